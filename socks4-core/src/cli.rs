@@ -1,0 +1,165 @@
+//! The command line every adapter's binary shares, and the TOML config-file loader (feature `cli`).
+//!
+//! ```
+//! use socks4_core::cli::ServerArgs;
+//! let args = ServerArgs::try_parse_from(["socks4", "--listen", "0.0.0.0:1080",
+//!     "--deny", "port 25", "--allow", "from 10.0.0.0/8", "--idle-timeout", "1m"])?;
+//! let config = args.to_config()?;
+//! assert_eq!(config.rules.0[0].to_string(), "deny port 25"); // command-line order is kept
+//! assert_eq!(config.timeouts.idle.as_secs(), 60);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::string::{String, ToString};
+use std::time::Duration;
+use std::vec::Vec;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::config::{ConfigError, ServerConfig, parse_duration};
+use crate::rules::{Action, Rule};
+
+/// The adapters' shared options. Options given on the command line override the config file.
+#[derive(Debug, Clone, Parser)]
+#[command(about = "A SOCKS4/SOCKS4a proxy server", version)]
+pub struct ServerArgs {
+    /// Address to listen on (repeatable; IPv4 or IPv6). Default 127.0.0.1:1080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// TOML config file (see the README for its keys).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Allow requests matching RULE, e.g. 'from 10.0.0.0/8 port 443' or 'any' (repeatable, in order).
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Deny requests matching RULE, e.g. 'to 169.254.0.0/16' or 'any' (repeatable, in order).
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+    /// Time for a client to send its whole request (e.g. 10s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Time to resolve a SOCKS4a name and, separately, to connect (e.g. 10s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub connect_timeout: Option<Duration>,
+    /// BIND: time for the peer to connect (e.g. 2m).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub bind_timeout: Option<Duration>,
+    /// Close a relay idle in both directions for this long (e.g. 5m).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, let live relays run this long before closing them (e.g. 10s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Most connections at once; more are closed on accept (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Longest user id accepted, in bytes (at most 255).
+    #[arg(long, value_name = "N")]
+    pub max_user_id: Option<u8>,
+    /// Longest SOCKS4a host name accepted, in bytes (at most 255).
+    #[arg(long, value_name = "N")]
+    pub max_host: Option<u8>,
+    /// Give each worker its own SO_REUSEPORT listener (Linux) instead of one acceptor.
+    #[arg(long)]
+    pub reuseport: bool,
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
+    #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
+    pub log_level: String,
+    /// `--allow`/`--deny` in command-line order.
+    #[arg(skip)]
+    ordered_rules: Vec<(Action, String)>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl ServerArgs {
+    /// Parses the process's arguments; prints usage and exits on error, like clap.
+    pub fn parse_env() -> Self {
+        Self::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses the given arguments (the first is the program name).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut parsed = Self::from_arg_matches(&matches)?;
+        let mut ordered = Vec::new();
+        for (id, action, values) in [("allow", Action::Allow, &parsed.allow), ("deny", Action::Deny, &parsed.deny)] {
+            let indices = matches.indices_of(id).into_iter().flatten();
+            ordered.extend(indices.zip(values).map(|(i, v)| (i, action, v.clone())));
+        }
+        ordered.sort_by_key(|(i, _, _)| *i);
+        parsed.ordered_rules = ordered.into_iter().map(|(_, a, v)| (a, v)).collect();
+        Ok(parsed)
+    }
+
+    /// The config: the file's (if any) with the command line's options on top, validated.
+    pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => load_config_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen.clone_from(&self.listen);
+        }
+        config.workers = self.workers.or(config.workers);
+        config.max_connections = self.max_connections.unwrap_or(config.max_connections);
+        config.reuseport |= self.reuseport;
+        config.limits.user_id = self.max_user_id.unwrap_or(config.limits.user_id);
+        config.limits.host = self.max_host.unwrap_or(config.limits.host);
+        let t = &mut config.timeouts;
+        for (value, slot) in [
+            (self.handshake_timeout, &mut t.handshake),
+            (self.connect_timeout, &mut t.connect),
+            (self.bind_timeout, &mut t.bind),
+            (self.idle_timeout, &mut t.idle),
+            (self.shutdown_grace, &mut t.shutdown_grace),
+        ] {
+            *slot = value.unwrap_or(*slot);
+        }
+        for (action, text) in &self.ordered_rules {
+            config.rules.0.push(cli_rule(*action, text)?);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
+fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
+    let conditions = conditions.trim();
+    if conditions == "any" || conditions == "all" {
+        return Ok(Rule::any(action));
+    }
+    Ok(std::format!("{action} {conditions}").parse::<Rule>()?)
+}
+
+/// Reads and parses a TOML config file (not yet validated).
+pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(std::format!("{}: {e}", path.display())))?;
+    parse_config_toml(&text).map_err(|e| match e {
+        ConfigError::File(msg) => ConfigError::File(std::format!("{}: {msg}", path.display())),
+        other => other,
+    })
+}
+
+/// Parses a TOML config text (not yet validated).
+///
+/// ```
+/// let config = socks4_core::cli::parse_config_toml("listen = ['[::1]:1080']\n[timeouts]\nidle = '30s'\n")?;
+/// assert_eq!(config.timeouts.idle.as_secs(), 30);
+/// # Ok::<(), socks4_core::config::ConfigError>(())
+/// ```
+pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+}

@@ -1,0 +1,166 @@
+//! The client side of the handshake as a sans-IO state machine.
+
+use core::fmt;
+use core::net::SocketAddrV4;
+
+use crate::error::{EncodeError, ParseError};
+use crate::reply::{REPLY_LEN, Reply, ReplyCode};
+use crate::request::{Command, MAX_REQUEST_LEN, Request, Status};
+
+/// What a reply meant; returned by [`ClientHandshake::handle_input`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The request was granted; the connection now carries the relayed stream. For CONNECT the
+    /// address is the one the server reports (often its outgoing address, or zeros); for BIND it is
+    /// the peer that connected.
+    Granted(SocketAddrV4),
+    /// BIND's first reply: the server listens here (an unspecified IP means "the proxy's own
+    /// address"). Tell the peer, then keep feeding input for the second reply.
+    BindListening(SocketAddrV4),
+    /// The server refused (91, 92 or 93); it closes the connection.
+    Rejected(ReplyCode),
+}
+
+/// The server's reply could not be understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The reply bytes are invalid.
+    BadReply(ParseError),
+    /// The server closed the connection before its reply was complete.
+    UnexpectedEof,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadReply(e) => write!(f, "bad reply from the proxy: {e}"),
+            Self::UnexpectedEof => f.write_str("the proxy closed the connection during the handshake"),
+        }
+    }
+}
+
+impl core::error::Error for ClientError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first (or only) reply.
+    First,
+    /// BIND: waiting for the second reply.
+    Second,
+    /// A final event was reported.
+    Done,
+}
+
+/// The client side of one handshake: the request to send and a parser for the reply or replies.
+///
+/// ```
+/// use core::net::SocketAddrV4;
+/// use socks4_core::{ClientEvent, ClientHandshake};
+/// let mut hs = ClientHandshake::connect_host("example.com", 80, b"")?;
+/// assert_eq!(hs.request_bytes(), b"\x04\x01\x00\x50\x00\x00\x00\x01\0example.com\0");
+/// let input = [0, 90, 0, 0, 0, 0, 0, 0, b'h', b'i'];
+/// let (used, event) = hs.handle_input(&input)?;
+/// assert_eq!(event, Some(ClientEvent::Granted(SocketAddrV4::new([0, 0, 0, 0].into(), 0))));
+/// assert_eq!(&input[used..], b"hi"); // payload that followed the reply
+/// assert!(hs.is_done());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    request: [u8; MAX_REQUEST_LEN],
+    request_len: u16,
+    command: Command,
+    reply: [u8; REPLY_LEN],
+    reply_len: u8,
+    phase: Phase,
+}
+
+impl ClientHandshake {
+    /// A handshake that sends `request` (CONNECT or BIND, SOCKS4 or 4a).
+    pub fn new(request: &Request<'_>) -> Result<Self, EncodeError> {
+        let mut buf = [0; MAX_REQUEST_LEN];
+        let len = request.encode(&mut buf)?;
+        Ok(Self {
+            request: buf,
+            request_len: len as u16,
+            command: request.command,
+            reply: [0; REPLY_LEN],
+            reply_len: 0,
+            phase: Phase::First,
+        })
+    }
+
+    /// SOCKS4 CONNECT to an IPv4 address.
+    pub fn connect(addr: SocketAddrV4, user_id: &[u8]) -> Result<Self, EncodeError> {
+        Self::new(&Request::connect(addr, user_id))
+    }
+
+    /// SOCKS4a CONNECT to a host name the proxy resolves.
+    pub fn connect_host(host: &str, port: u16, user_id: &[u8]) -> Result<Self, EncodeError> {
+        Self::new(&Request::connect_host(host, port, user_id))
+    }
+
+    /// BIND: ask the proxy to accept one connection from `expected_peer` (its port is informative).
+    pub fn bind(expected_peer: SocketAddrV4, user_id: &[u8]) -> Result<Self, EncodeError> {
+        let req = Request { command: Command::Bind, ..Request::connect(expected_peer, user_id) };
+        Self::new(&req)
+    }
+
+    /// The request bytes to write to the proxy, once.
+    pub fn request_bytes(&self) -> &[u8] {
+        &self.request[..self.request_len as usize]
+    }
+
+    /// Feeds bytes read from the proxy. Returns how many were used (at most up to the end of one
+    /// reply) and the event that reply completed, if any. Call again with the rest while it
+    /// consumes bytes; once [`is_done`](Self::is_done), the rest is relayed payload.
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(usize, Option<ClientEvent>), ClientError> {
+        if self.phase == Phase::Done {
+            return Ok((0, None));
+        }
+        let have = self.reply_len as usize;
+        let take = data.len().min(REPLY_LEN - have);
+        self.reply[have..have + take].copy_from_slice(&data[..take]);
+        self.reply_len += take as u8;
+        let reply = match Reply::parse(&self.reply[..self.reply_len as usize]) {
+            Ok(Status::Complete(reply)) => reply,
+            Ok(Status::Partial) => return Ok((take, None)),
+            Err(e) => {
+                self.phase = Phase::Done;
+                return Err(ClientError::BadReply(e));
+            }
+        };
+        self.reply_len = 0;
+        let event = match (reply.code, self.command, self.phase) {
+            (ReplyCode::Granted, Command::Bind, Phase::First) => {
+                self.phase = Phase::Second;
+                ClientEvent::BindListening(reply.addr)
+            }
+            (ReplyCode::Granted, _, _) => {
+                self.phase = Phase::Done;
+                ClientEvent::Granted(reply.addr)
+            }
+            (code, _, _) => {
+                self.phase = Phase::Done;
+                ClientEvent::Rejected(code)
+            }
+        };
+        Ok((take, Some(event)))
+    }
+
+    /// The proxy closed the connection: an error unless the handshake already finished.
+    pub fn handle_eof(&mut self) -> Result<(), ClientError> {
+        if self.phase == Phase::Done {
+            Ok(())
+        } else {
+            self.phase = Phase::Done;
+            Err(ClientError::UnexpectedEof)
+        }
+    }
+
+    /// Has a final event ([`ClientEvent::Granted`] or [`ClientEvent::Rejected`]) been reported?
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}

@@ -1,0 +1,256 @@
+//! Server configuration as plain data: listen addresses, pool size, limits, timeouts, rules.
+//!
+//! With the `serde` feature it deserializes from a config file (TOML with the `cli` feature):
+//!
+//! ```toml
+//! listen = ["127.0.0.1:1080", "[::1]:1080"]
+//! workers = 4
+//! max_connections = 4096
+//! rules = ["deny to 169.254.0.0/16", "allow from 127.0.0.0/8"]
+//!
+//! [limits]
+//! user_id = 64
+//! host = 255
+//!
+//! [timeouts]
+//! handshake = "10s"
+//! connect = "10s"
+//! bind = "2m"
+//! idle = "5m"
+//! shutdown_grace = "10s"
+//! ```
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddr};
+use core::time::Duration;
+
+use crate::request::Limits;
+use crate::rules::{RuleError, Rules};
+
+/// How long each phase may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Timeouts {
+    /// From accept until the whole request has arrived (default 10 s).
+    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    pub handshake: Duration,
+    /// Resolving a SOCKS4a name, and separately connecting to the destination (default 10 s).
+    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    pub connect: Duration,
+    /// BIND: waiting for the peer after the first reply (default 2 min).
+    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    pub bind: Duration,
+    /// Relay: close when neither side sent anything for this long (default 5 min).
+    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    pub idle: Duration,
+    /// Shutdown: how long live relays may go on after the listeners close (default 10 s).
+    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            bind: Duration::from_secs(120),
+            idle: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a server adapter needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct ServerConfig {
+    /// Addresses to listen on (default `127.0.0.1:1080`).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; `None` means one per CPU.
+    pub workers: Option<usize>,
+    /// Most connections served at once; more are closed on accept and counted (default 4096).
+    pub max_connections: usize,
+    /// Give each worker its own `SO_REUSEPORT` listener instead of one acceptor (Linux).
+    pub reuseport: bool,
+    /// User id and host name limits.
+    pub limits: Limits,
+    /// Phase timeouts.
+    pub timeouts: Timeouts,
+    /// Access rules; empty allows everything and is refused beyond loopback.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "rules_text"))]
+    pub rules: Rules,
+}
+
+/// The default listen address, `127.0.0.1:1080`.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![DEFAULT_LISTEN],
+            workers: None,
+            max_connections: 4096,
+            reuseport: false,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            rules: Rules::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the config is safe and usable: at least one listen address, non-zero workers and
+    /// connection limit, and rules whenever any listen address is not loopback.
+    ///
+    /// ```
+    /// use socks4_core::{ServerConfig, rules::Rules};
+    /// let mut config = ServerConfig::default();
+    /// assert!(config.validate().is_ok());
+    /// config.listen = vec!["0.0.0.0:1080".parse().unwrap()];
+    /// assert!(config.validate().is_err()); // an open proxy: refused
+    /// config.rules = Rules::parse("allow from 10.0.0.0/8")?;
+    /// assert!(config.validate().is_ok());
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListen);
+        }
+        if self.workers == Some(0) {
+            return Err(ConfigError::Zero("workers"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Zero("max_connections"));
+        }
+        if self.rules.is_empty() {
+            if let Some(addr) = self.listen.iter().find(|a| !a.ip().to_canonical().is_loopback()) {
+                return Err(ConfigError::OpenProxy(*addr));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The configuration is unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No listen address.
+    NoListen,
+    /// A count that must be positive is zero.
+    Zero(&'static str),
+    /// Listening beyond loopback with no access rules would be an open proxy.
+    OpenProxy(SocketAddr),
+    /// A rule is malformed.
+    Rule(RuleError),
+    /// A duration is malformed.
+    BadDuration(String),
+    /// The config file could not be read or parsed (path or message).
+    File(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoListen => f.write_str("no listen address"),
+            Self::Zero(what) => write!(f, "{what} must be at least 1"),
+            Self::OpenProxy(addr) => write!(
+                f,
+                "refusing to listen on {addr} with no access rules: that is an open proxy. \
+                 Add rules, e.g. `--allow 'from 192.168.0.0/16'` (anything else is then denied), \
+                 or `rules = [\"allow from 192.168.0.0/16\"]` in the config file, or listen on 127.0.0.1"
+            ),
+            Self::Rule(e) => write!(f, "bad rule: {e}"),
+            Self::BadDuration(s) => write!(f, "`{s}` is not a duration like 500ms, 10s, 2m or 1h"),
+            Self::File(msg) => write!(f, "config file: {msg}"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+impl From<RuleError> for ConfigError {
+    fn from(e: RuleError) -> Self {
+        Self::Rule(e)
+    }
+}
+
+/// Parses a duration: a number with an optional unit `ms`, `s` (the default), `m` or `h`.
+///
+/// ```
+/// use core::time::Duration;
+/// use socks4_core::config::parse_duration;
+/// assert_eq!(parse_duration("1.5s")?, Duration::from_millis(1500));
+/// assert_eq!(parse_duration("2m")?, Duration::from_secs(120));
+/// assert_eq!(parse_duration("250ms")?, Duration::from_millis(250));
+/// assert_eq!(parse_duration("10")?, Duration::from_secs(10));
+/// assert!(parse_duration("soon").is_err());
+/// # Ok::<(), socks4_core::config::ConfigError>(())
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration(text.to_string());
+    let s = text.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { alloc::format!("{}s", d.as_secs()) } else { alloc::format!("{}ms", d.as_millis()) }
+}
+
+#[cfg(feature = "serde")]
+mod duration_text {
+    use super::{format_duration, parse_duration};
+    use core::time::Duration;
+    use serde::de::{self, Visitor};
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a duration like \"10s\", or a number of seconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("negative duration"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+                Duration::try_from_secs_f64(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(feature = "serde")]
+fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error> {
+    use serde::Deserialize;
+    let lines = Vec::<String>::deserialize(d)?;
+    let rules = lines.iter().map(|l| l.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
+    Ok(Rules(rules))
+}

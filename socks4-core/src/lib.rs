@@ -1,0 +1,91 @@
+//! # socks4-core
+//!
+//! A sans-IO implementation of the SOCKS4 and SOCKS4a proxy protocol: a zero-copy codec, the server
+//! and client handshakes as state machines, and access rules. It never touches a socket, a clock or a
+//! thread: `no_std` with `alloc` (only the rules and config own heap data), `#![forbid(unsafe_code)]`,
+//! and no allocation anywhere on the handshake path. The adapters `socks4-tokio`, `socks4-smol` and
+//! `socks4-std` wrap it into servers.
+//!
+//! - Codec: [`parse_request`] / [`Request::encode`], [`Reply::parse`] / [`Reply::to_bytes`]; parsing
+//!   reports [`Status::Partial`] until a message is whole, and errors as soon as it cannot become valid.
+//! - [`ServerHandshake`]: bytes and results in, [`Output`] actions out (send a reply, resolve, authorize,
+//!   connect, listen for a BIND peer, relay, close), deadlines on the caller's clock.
+//! - [`ClientHandshake`]: builds a CONNECT or BIND request (4 or 4a) and reads the reply or replies.
+//! - [`rules`] and [`config`]: access rules and the server configuration as plain data; `serde`
+//!   derives behind the `serde` feature, the adapters' shared command line behind `cli`.
+//!
+//! ## Example: a client and a server handshake talking in memory
+//!
+//! ```
+//! use core::net::SocketAddrV4;
+//! use core::time::Duration;
+//! use socks4_core::{ClientEvent, ClientHandshake, Limits, Output, ServerHandshake, Timeouts};
+//! use socks4_core::rules::Rules;
+//!
+//! let now = Duration::ZERO;
+//! let rules = Rules::parse("allow from 127.0.0.0/8")?;
+//! let mut client = ClientHandshake::connect_host("localhost", 7, b"alice")?;
+//! let mut server = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+//!
+//! // The client writes its request and some payload in one go; the server reads it in two pieces.
+//! let mut wire = client.request_bytes().to_vec();
+//! wire.extend_from_slice(b"hello");
+//! let first = server.handle_input(now, &wire[..3]);
+//! let second = server.handle_input(now, &wire[3..]);
+//! assert_eq!(&wire[first + second..], b"hello"); // early data: relay it first
+//!
+//! // Drive the server: it asks us to resolve, authorize, connect and reply.
+//! let mut to_client = Vec::new();
+//! loop {
+//!     match server.poll_output() {
+//!         Output::Resolve { host, .. } => {
+//!             assert_eq!(host, "localhost");
+//!             server.handle_resolved(now, Ok([127, 0, 0, 1].into()))?;
+//!         }
+//!         Output::Authorize(_) => {
+//!             server.authorize(now, &rules, [127, 0, 0, 1].into())?;
+//!         }
+//!         Output::Connect(addr) => {
+//!             assert_eq!(addr, SocketAddrV4::new([127, 0, 0, 1].into(), 7));
+//!             server.handle_connected(now, Ok(SocketAddrV4::new([127, 0, 0, 1].into(), 50000)))?;
+//!         }
+//!         Output::Send(reply) => to_client.extend_from_slice(&reply.to_bytes()),
+//!         Output::Relay => break,
+//!         other => panic!("unexpected {other:?}"),
+//!     }
+//! }
+//!
+//! // The client reads the reply; whatever follows it is relayed data.
+//! to_client.extend_from_slice(b"hello");
+//! let (used, event) = client.handle_input(&to_client)?;
+//! assert_eq!(event, Some(ClientEvent::Granted(SocketAddrV4::new([127, 0, 0, 1].into(), 50000))));
+//! assert_eq!(&to_client[used..], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod client;
+pub mod config;
+mod error;
+mod reply;
+mod request;
+pub mod rules;
+mod server;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+pub use client::{ClientError, ClientEvent, ClientHandshake};
+pub use config::{ServerConfig, Timeouts};
+pub use error::{EncodeError, Misuse, ParseError};
+pub use reply::{REPLY_LEN, Reply, ReplyCode};
+pub use request::{
+    Command, Dest, Limits, MAX_REQUEST_LEN, Request, SOCKS4_VERSION, SOCKS4A_MARKER, Status, parse_request,
+};
+pub use server::{CloseReason, Failure, Output, ServerHandshake};

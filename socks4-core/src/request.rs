@@ -1,0 +1,303 @@
+//! The client's request: types, incremental zero-copy parsing and encoding.
+
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::error::{EncodeError, ParseError};
+
+/// The result of parsing a prefix of a byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status<T> {
+    /// A whole message was parsed.
+    Complete(T),
+    /// The bytes so far are a valid prefix; more are needed.
+    Partial,
+}
+
+/// The request's version byte.
+pub const SOCKS4_VERSION: u8 = 4;
+
+/// Longest request any limits allow: header, 255-byte user id, NUL, 255-byte host, NUL.
+pub const MAX_REQUEST_LEN: usize = 8 + 255 + 1 + 255 + 1;
+
+/// What the client asks the server to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// Open a TCP connection to the destination (CD = 1).
+    Connect,
+    /// Accept one inbound connection from the destination (CD = 2).
+    Bind,
+}
+
+impl Command {
+    /// The command's byte on the wire.
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Connect => 1,
+            Self::Bind => 2,
+        }
+    }
+
+    /// The command for a wire byte, if it is one.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Connect),
+            2 => Some(Self::Bind),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "CONNECT",
+            Self::Bind => "BIND",
+        })
+    }
+}
+
+/// The destination of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest<'a> {
+    /// SOCKS4: an IPv4 address.
+    Ip(Ipv4Addr),
+    /// SOCKS4a: a host name for the server to resolve (validated: non-empty, printable ASCII).
+    Domain(&'a str),
+}
+
+impl fmt::Display for Dest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip(ip) => ip.fmt(f),
+            Self::Domain(host) => f.write_str(host),
+        }
+    }
+}
+
+/// Upper bounds on the variable-length fields a parser accepts.
+///
+/// The fields are `u8`, so no configuration can exceed the protocol-sized buffer
+/// ([`MAX_REQUEST_LEN`]) the server handshake keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Limits {
+    /// Longest user id in bytes, without its NUL (default 255).
+    pub user_id: u8,
+    /// Longest SOCKS4a host name in bytes, without its NUL (default 255).
+    pub host: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { user_id: 255, host: 255 }
+    }
+}
+
+/// A parsed SOCKS4 or SOCKS4a request, borrowing from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Request<'a> {
+    /// CONNECT or BIND.
+    pub command: Command,
+    /// Destination port.
+    pub port: u16,
+    /// Destination address or host name.
+    pub dest: Dest<'a>,
+    /// The user id, without its NUL (any bytes but NUL).
+    pub user_id: &'a [u8],
+}
+
+/// Is this DSTIP the SOCKS4a marker `0.0.0.x`, `x != 0`?
+const fn is_4a_marker(ip: [u8; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] != 0
+}
+
+/// The IPv4 marker `0.0.0.1` that a SOCKS4a request sends in place of an address.
+pub const SOCKS4A_MARKER: Ipv4Addr = Ipv4Addr::new(0, 0, 0, 1);
+
+/// Is `b` allowed in a host name (printable ASCII, no space)?
+const fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_graphic()
+}
+
+/// Finds the NUL ending a field that starts at `start`, allowing at most `limit` bytes before it.
+///
+/// `Ok(Some(i))`: the NUL is at `i`; `Ok(None)`: more bytes needed; `Err(())`: the field is too long.
+fn find_nul(buf: &[u8], start: usize, limit: u8) -> Result<Option<usize>, ()> {
+    let window_end = buf.len().min(start + limit as usize + 1);
+    let window = buf.get(start..window_end).unwrap_or(&[]);
+    match window.iter().position(|&b| b == 0) {
+        Some(i) => Ok(Some(start + i)),
+        None if window.len() == limit as usize + 1 => Err(()),
+        None => Ok(None),
+    }
+}
+
+/// Parses a request from the start of `buf`.
+///
+/// Returns `Complete((request, used))` where `used` counts the request's bytes: anything after them
+/// is payload the client sent early. Returns `Partial` while `buf` is a valid prefix, and an error as
+/// soon as the bytes seen cannot begin a valid request (so a hostile client is rejected early).
+/// Parsing never allocates and never reads past `limits` worth of variable fields.
+///
+/// ```
+/// use socks4_core::{parse_request, Command, Dest, Limits, Status};
+/// let bytes = b"\x04\x01\x00\x50\x7f\x00\x00\x01alice\0payload";
+/// let Status::Complete((req, used)) = parse_request(bytes, &Limits::default())? else { panic!() };
+/// assert_eq!(req.command, Command::Connect);
+/// assert_eq!(req.port, 80);
+/// assert_eq!(req.dest, Dest::Ip([127, 0, 0, 1].into()));
+/// assert_eq!(req.user_id, b"alice");
+/// assert_eq!(&bytes[used..], b"payload");
+/// assert_eq!(parse_request(&bytes[..5], &Limits::default())?, Status::Partial);
+/// # Ok::<(), socks4_core::ParseError>(())
+/// ```
+pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Status<(Request<'a>, usize)>, ParseError> {
+    let Some(&version) = buf.first() else {
+        return Ok(Status::Partial);
+    };
+    if version != SOCKS4_VERSION {
+        return Err(ParseError::BadVersion(version));
+    }
+    let Some(&cd) = buf.get(1) else {
+        return Ok(Status::Partial);
+    };
+    let command = Command::from_code(cd).ok_or(ParseError::BadCommand(cd))?;
+    let Some(header) = buf.get(..8) else {
+        return Ok(Status::Partial);
+    };
+    let port = u16::from_be_bytes([header[2], header[3]]);
+    let ip = [header[4], header[5], header[6], header[7]];
+
+    let Some(user_end) = find_nul(buf, 8, limits.user_id).map_err(|()| ParseError::UserIdTooLong)? else {
+        return Ok(Status::Partial);
+    };
+    let user_id = &buf[8..user_end];
+    if !is_4a_marker(ip) {
+        let request = Request { command, port, dest: Dest::Ip(Ipv4Addr::from(ip)), user_id };
+        return Ok(Status::Complete((request, user_end + 1)));
+    }
+
+    let host_start = user_end + 1;
+    let found = find_nul(buf, host_start, limits.host);
+    let host_end = match found {
+        Ok(Some(end)) => end,
+        Ok(None) | Err(()) => {
+            // Reject bad bytes as soon as they arrive, before the length verdict.
+            let seen = buf.get(host_start..).unwrap_or(&[]);
+            if let Some(&bad) = seen.iter().take(limits.host as usize).find(|&&b| !is_host_byte(b)) {
+                return Err(ParseError::BadHostByte(bad));
+            }
+            return match found {
+                Err(()) => Err(ParseError::HostTooLong),
+                _ => Ok(Status::Partial),
+            };
+        }
+    };
+    let host = &buf[host_start..host_end];
+    if host.is_empty() {
+        return Err(ParseError::EmptyHost);
+    }
+    if let Some(&bad) = host.iter().find(|&&b| !is_host_byte(b)) {
+        return Err(ParseError::BadHostByte(bad));
+    }
+    let host = core::str::from_utf8(host).map_err(|_| ParseError::BadHostByte(host[0]))?;
+    let request = Request { command, port, dest: Dest::Domain(host), user_id };
+    Ok(Status::Complete((request, host_end + 1)))
+}
+
+impl<'a> Request<'a> {
+    /// A SOCKS4 CONNECT request to an IPv4 socket address.
+    pub const fn connect(addr: SocketAddrV4, user_id: &'a [u8]) -> Self {
+        Self { command: Command::Connect, port: addr.port(), dest: Dest::Ip(*addr.ip()), user_id }
+    }
+
+    /// A SOCKS4a CONNECT request to a host name the server resolves.
+    pub const fn connect_host(host: &'a str, port: u16, user_id: &'a [u8]) -> Self {
+        Self { command: Command::Connect, port, dest: Dest::Domain(host), user_id }
+    }
+
+    /// Parses a request with the given limits; see [`parse_request`].
+    pub fn parse(buf: &'a [u8], limits: &Limits) -> Result<Status<(Self, usize)>, ParseError> {
+        parse_request(buf, limits)
+    }
+
+    /// Checks that the request can be encoded: user id without NUL and at most 255 bytes, host
+    /// name non-empty, printable ASCII and at most 255 bytes.
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        if self.user_id.len() > 255 || self.user_id.contains(&0) {
+            return Err(EncodeError::BadUserId);
+        }
+        if let Dest::Domain(host) = self.dest {
+            let bytes = host.as_bytes();
+            if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|&b| is_host_byte(b)) {
+                return Err(EncodeError::BadHost);
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of bytes [`encode`](Self::encode) writes.
+    pub fn encoded_len(&self) -> usize {
+        let host = match self.dest {
+            Dest::Ip(_) => 0,
+            Dest::Domain(host) => host.len() + 1,
+        };
+        8 + self.user_id.len() + 1 + host
+    }
+
+    /// Encodes the request into `out`, returning the number of bytes written.
+    ///
+    /// ```
+    /// use socks4_core::Request;
+    /// let req = Request::connect_host("example.com", 443, b"");
+    /// let mut buf = [0u8; 64];
+    /// let n = req.encode(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"\x04\x01\x01\xbb\x00\x00\x00\x01\0example.com\0");
+    /// # Ok::<(), socks4_core::EncodeError>(())
+    /// ```
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        self.validate()?;
+        let needed = self.encoded_len();
+        let Some(out) = out.get_mut(..needed) else {
+            return Err(EncodeError::BufferTooSmall { needed });
+        };
+        let ip = match self.dest {
+            Dest::Ip(ip) => ip,
+            Dest::Domain(_) => SOCKS4A_MARKER,
+        };
+        out[0] = SOCKS4_VERSION;
+        out[1] = self.command.code();
+        out[2..4].copy_from_slice(&self.port.to_be_bytes());
+        out[4..8].copy_from_slice(&ip.octets());
+        let user_end = 8 + self.user_id.len();
+        out[8..user_end].copy_from_slice(self.user_id);
+        out[user_end] = 0;
+        if let Dest::Domain(host) = self.dest {
+            out[user_end + 1..needed - 1].copy_from_slice(host.as_bytes());
+            out[needed - 1] = 0;
+        }
+        Ok(needed)
+    }
+
+    /// Appends the encoded request to a [`bytes::BufMut`] (for example a `BytesMut` or a `Vec<u8>`).
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::Request;
+    /// let mut out = Vec::new();
+    /// Request::connect(SocketAddrV4::new([10, 0, 0, 1].into(), 80), b"bob").encode_to(&mut out)?;
+    /// assert_eq!(out, b"\x04\x01\x00\x50\x0a\x00\x00\x01bob\0");
+    /// # Ok::<(), socks4_core::EncodeError>(())
+    /// ```
+    pub fn encode_to<B: bytes::BufMut>(&self, out: &mut B) -> Result<(), EncodeError> {
+        let mut buf = [0u8; MAX_REQUEST_LEN];
+        let n = self.encode(&mut buf)?;
+        if out.remaining_mut() < n {
+            return Err(EncodeError::BufferTooSmall { needed: n });
+        }
+        out.put_slice(&buf[..n]);
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! socks4-smol (work in progress).

@@ -1,0 +1,1 @@
+//! socks4-std (work in progress).

@@ -1,0 +1,1 @@
+//! socks4-tokio (work in progress).

@@ -1,0 +1,127 @@
+//! `socks4-check PROXY_ADDR [options]`: runs the behavioural scenarios against any SOCKS4/4a
+//! server listening on `PROXY_ADDR` (the targets are started on 127.0.0.1 by the checker).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use socks4_tools::report;
+use socks4_tools::scenarios::{Ctx, Profile};
+
+const USAGE: &str = "\
+usage: socks4-check PROXY_ADDR [options]
+
+Runs the SOCKS4/4a behavioural scenarios against the server at PROXY_ADDR (host:port).
+Destination servers are started on 127.0.0.1, so the server must be able to reach them.
+
+options:
+  --only NAME              run only this scenario (repeatable)
+  --list                   list the scenario names and exit
+  --user-id-limit N        the server's longest accepted user id, in bytes
+  --handshake-timeout SECS the server's handshake timeout (fractions allowed)
+  --denied-user U          a user id the server's rules deny (all others allowed)
+  --no-bind                skip the BIND scenarios
+  --no-localhost           the server does not resolve `localhost` (skip that 4a case)
+  --bulk-mib N             MiB sent each way by bulk_both_ways (default 64)
+  -h, --help               this help
+
+Exit status: 0 if nothing failed, 1 if a scenario failed, 2 on bad usage.";
+
+struct Args {
+    proxy: SocketAddr,
+    only: Vec<String>,
+    profile: Profile,
+}
+
+enum Parsed {
+    Run(Args),
+    List,
+    Help,
+}
+
+fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+    it.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut it = args.into_iter();
+    let mut proxy = None;
+    let mut only = Vec::new();
+    let mut profile = Profile::default();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--list" => return Ok(Parsed::List),
+            "--only" => only.push(value(&mut it, &arg)?),
+            "--user-id-limit" => {
+                let v = value(&mut it, &arg)?;
+                profile.user_id_limit = Some(v.parse().map_err(|e| format!("--user-id-limit {v}: {e}"))?);
+            }
+            "--handshake-timeout" => {
+                let v = value(&mut it, &arg)?;
+                let secs: f64 = v.parse().map_err(|e| format!("--handshake-timeout {v}: {e}"))?;
+                let d = Duration::try_from_secs_f64(secs).map_err(|e| format!("--handshake-timeout {v}: {e}"))?;
+                profile.handshake_timeout = Some(d);
+            }
+            "--denied-user" => profile.denied_user = Some(value(&mut it, &arg)?),
+            "--no-bind" => profile.bind = false,
+            "--no-localhost" => profile.resolves_localhost = false,
+            "--bulk-mib" => {
+                let v = value(&mut it, &arg)?;
+                let mib: u64 = v.parse().map_err(|e| format!("--bulk-mib {v}: {e}"))?;
+                profile.bulk_bytes = mib.checked_mul(1 << 20).ok_or("--bulk-mib too large")?;
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => {
+                if proxy.is_some() {
+                    return Err(format!("unexpected argument {s}"));
+                }
+                let addr = s
+                    .to_socket_addrs()
+                    .map_err(|e| format!("PROXY_ADDR {s}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("PROXY_ADDR {s}: no address"))?;
+                proxy = Some(addr);
+            }
+        }
+    }
+    let proxy = proxy.ok_or("missing PROXY_ADDR")?;
+    Ok(Parsed::Run(Args { proxy, only, profile }))
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::List) => {
+            for s in socks4_tools::scenarios::all() {
+                println!("{}", s.name);
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("socks4-check: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let selected = match report::select(&args.only) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("socks4-check: {e} (see --list)");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx { proxy: args.proxy, profile: args.profile };
+    let mut out = std::io::stdout().lock();
+    match report::run(&ctx, &selected, &mut out) {
+        Ok(summary) if summary.ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("socks4-check: writing the report: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

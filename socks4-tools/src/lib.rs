@@ -1,0 +1,88 @@
+//! Behavioural scenarios for any SOCKS4/4a server, and the tools built on them.
+//!
+//! - [`targets`]: echo, sink and source destination servers on `127.0.0.1`.
+//! - [`wire`]: hand-written request encoding and reply decoding (independent of `socks4-core`).
+//! - [`scenarios`]: the named cases, the [`Profile`](scenarios::Profile) of the server under
+//!   test, and [`scenario_tests!`] to turn them into `#[test]`s.
+//! - [`report`]: run all or some scenarios and print `PASS`/`FAIL`/`SKIP` lines.
+//! - [`checksum`]: deterministic payloads and FNV-1a.
+//!
+//! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server.
+
+pub mod checksum;
+pub mod report;
+pub mod scenarios;
+pub mod targets;
+pub mod wire;
+
+/// Calls `callback! { (args) module::name ... }` with every scenario, in order (the callback
+/// is given as a parenthesised path).
+/// The single list behind both [`scenarios::all`] and [`scenario_tests!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_scenario {
+    (($($callback:tt)+) ($($args:tt)*)) => {
+        $($callback)+! { ($($args)*)
+            connect::connect_basic
+            connect::connect_4a_localhost
+            connect::connect_4a_unresolvable
+            connect::connect_4a_empty_host
+            connect::connect_refused
+            connect::request_byte_at_a_time
+            connect::early_data
+            connect::user_id_at_limit
+            connect::user_id_over_limit
+            connect::rules_denied_user
+            bind::bind_basic
+            bind::bind_wrong_peer
+            robustness::garbage_input
+            robustness::http_request
+            robustness::mid_handshake_disconnects
+            robustness::silent_client_timeout
+            streams::half_close_client_first
+            streams::half_close_target_first
+            streams::bulk_both_ways
+            load::concurrent_500
+        }
+    };
+}
+
+/// Generates one `#[test]` per scenario, named after it.
+///
+/// The argument is a function or closure `FnOnce() -> (SocketAddr, Profile, G)` that is called
+/// at the start of every generated test; the `G` value (e.g. the server handle) is kept alive
+/// until the scenario ends, then dropped.
+///
+/// ```ignore
+/// fn start_server() -> (std::net::SocketAddr, socks4_tools::scenarios::Profile, MyServerHandle) {
+///     let server = MyServerHandle::start("127.0.0.1:0");
+///     (server.addr(), socks4_tools::scenarios::Profile::test_server(), server)
+/// }
+/// socks4_tools::scenario_tests!(start_server);
+/// ```
+///
+/// The generated tests run in parallel threads of one test binary. The start function decides
+/// whether each test gets its own server (simplest: return the new server as the guard) or all
+/// share one (start it once in a `static OnceLock` and return `()` as the guard); the scenarios
+/// are independent, so either works. Note `concurrent_500` holds 500 proxied connections open at
+/// once: with the server in the same process that is about 2,000 file descriptors.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($start:expr $(,)?) => {
+        $crate::__for_each_scenario!(($crate::__socks4_scenario_tests)($start));
+    };
+}
+
+/// Implementation detail of [`scenario_tests!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __socks4_scenario_tests {
+    ( ($start:expr) $( $module:ident :: $name:ident )* ) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::scenarios::run_as_test(stringify!($name), $start);
+            }
+        )*
+    };
+}
