@@ -163,3 +163,106 @@ pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigEr
 pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let mut all = std::vec!["socks4"];
+        all.extend_from_slice(args);
+        ServerArgs::try_parse_from(all).unwrap().to_config()
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert!(c.listen[0].ip().is_loopback());
+    }
+
+    #[test]
+    fn options_override_and_rules_keep_order() {
+        let c = config(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--workers",
+            "3",
+            "--allow",
+            "user a",
+            "--deny",
+            "any",
+            "--allow",
+            "port 80",
+            "--max-connections",
+            "7",
+            "--max-user-id",
+            "9",
+            "--max-host",
+            "10",
+            "--handshake-timeout",
+            "1s",
+            "--connect-timeout",
+            "2s",
+            "--bind-timeout",
+            "3s",
+            "--shutdown-grace",
+            "4s",
+            "--reuseport",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.workers, Some(3));
+        let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
+        assert_eq!(texts, ["allow user a", "deny", "allow port 80"]);
+        assert_eq!((c.max_connections, c.limits.user_id, c.limits.host, c.reuseport), (7, 9, 10, true));
+        let t = c.timeouts;
+        assert_eq!([t.handshake, t.connect, t.bind, t.shutdown_grace].map(|d| d.as_secs()), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn refusals_and_errors() {
+        assert!(matches!(config(&["--listen", "0.0.0.0:1080"]), Err(ConfigError::OpenProxy(_))));
+        assert!(config(&["--listen", "0.0.0.0:1080", "--allow", "from 10.0.0.0/8"]).is_ok());
+        assert!(matches!(config(&["--allow", "from nowhere"]), Err(ConfigError::Rule(_))));
+        assert!(ServerArgs::try_parse_from(["socks4", "--idle-timeout", "soon"]).is_err());
+        assert!(ServerArgs::try_parse_from(["socks4", "--max-user-id", "256"]).is_err());
+        let missing = config(&["--config", "/nonexistent/socks4.toml"]).unwrap_err();
+        assert!(std::format!("{missing}").contains("/nonexistent/socks4.toml"));
+    }
+
+    #[test]
+    fn toml_file() {
+        let text = r#"
+            listen = ["0.0.0.0:1080"]
+            workers = 2
+            max_connections = 100
+            rules = ["deny to 169.254.0.0/16", "allow from 10.0.0.0/8"]
+            [limits]
+            user_id = 32
+            [timeouts]
+            handshake = "3s"
+            connect = 4
+            bind = 1.5
+            idle = "10m"
+        "#;
+        let c = parse_config_toml(text).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!((c.workers, c.max_connections, c.limits.user_id, c.limits.host), (Some(2), 100, 32, 255));
+        assert_eq!(c.rules.0.len(), 2);
+        assert_eq!(c.timeouts.bind, Duration::from_millis(1500));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(600));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(4));
+        assert!(parse_config_toml("rules = [\"allow port x\"]").is_err());
+        assert!(parse_config_toml("listen = 5").is_err());
+        assert!(parse_config_toml("unknown_key = 1").is_err());
+        assert!(parse_config_toml("[timeouts]\nidle = -1").is_err());
+        let dir = std::env::temp_dir().join(std::format!("socks4-core-test-{}.toml", std::process::id()));
+        std::fs::write(&dir, "workers = 5\n").unwrap();
+        let from_file = config(&["--config", dir.to_str().unwrap(), "--workers", "6"]).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(from_file.workers, Some(6), "the command line wins over the file");
+    }
+}

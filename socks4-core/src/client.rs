@@ -164,3 +164,66 @@ impl ClientHandshake {
         self.phase == Phase::Done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    fn v4(a: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(a.into(), port)
+    }
+
+    #[test]
+    fn connect_granted_byte_at_a_time() {
+        let mut hs = ClientHandshake::connect(v4([10, 1, 2, 3], 8080), b"me").unwrap();
+        assert_eq!(hs.request_bytes(), b"\x04\x01\x1f\x90\x0a\x01\x02\x03me\0");
+        let reply = [0, 90, 0x1f, 0x90, 1, 2, 3, 4];
+        for (i, b) in reply.iter().enumerate() {
+            let (used, event) = hs.handle_input(core::slice::from_ref(b)).unwrap();
+            assert_eq!(used, 1);
+            assert_eq!(event.is_some(), i == 7);
+        }
+        assert!(hs.is_done());
+        assert_eq!(hs.handle_input(b"payload").unwrap(), (0, None));
+        assert_eq!(hs.handle_eof(), Ok(()));
+    }
+
+    #[test]
+    fn rejection_and_bad_replies() {
+        let mut a = ClientHandshake::connect_host("h", 1, b"").unwrap();
+        assert_eq!(
+            a.handle_input(&[0, 92, 0, 0, 0, 0, 0, 0]).unwrap(),
+            (8, Some(ClientEvent::Rejected(ReplyCode::IdentUnreachable)))
+        );
+        assert!(a.is_done());
+        let mut b = ClientHandshake::connect_host("h", 1, b"").unwrap();
+        assert_eq!(b.handle_input(b"HTTP/1.1 400"), Err(ClientError::BadReply(ParseError::BadReplyVersion(b'H'))));
+        assert!(b.is_done());
+        let mut c = ClientHandshake::connect_host("h", 1, b"").unwrap();
+        assert_eq!(c.handle_input(&[0, 90, 0]).unwrap(), (3, None));
+        assert_eq!(c.handle_eof(), Err(ClientError::UnexpectedEof));
+        assert!(ClientHandshake::connect_host("bad host", 1, b"").is_err());
+        assert!(!std::format!("{}", ClientError::UnexpectedEof).is_empty());
+    }
+
+    #[test]
+    fn bind_reads_two_replies_and_leaves_payload() {
+        let mut hs = ClientHandshake::bind(v4([127, 0, 0, 1], 0), b"").unwrap();
+        assert_eq!(hs.request_bytes(), b"\x04\x02\x00\x00\x7f\x00\x00\x01\0");
+        let mut input = std::vec![0, 90, 0x9c, 0x40, 0, 0, 0, 0, 0, 90, 0x13, 0x88, 127, 0, 0, 1];
+        input.extend_from_slice(b"data");
+        let (a, e1) = hs.handle_input(&input).unwrap();
+        assert_eq!((a, e1), (8, Some(ClientEvent::BindListening(v4([0, 0, 0, 0], 40000)))));
+        assert!(!hs.is_done());
+        let (b, e2) = hs.handle_input(&input[a..]).unwrap();
+        assert_eq!(e2, Some(ClientEvent::Granted(v4([127, 0, 0, 1], 5000))));
+        assert_eq!(&input[a + b..], b"data");
+        let mut wrong = ClientHandshake::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), b"").unwrap();
+        wrong.handle_input(&input[..8]).unwrap();
+        assert_eq!(
+            wrong.handle_input(&[0, 91, 0, 0, 0, 0, 0, 0]).unwrap().1,
+            Some(ClientEvent::Rejected(ReplyCode::Rejected))
+        );
+    }
+}

@@ -254,3 +254,50 @@ fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error>
     let rules = lines.iter().map(|l| l.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
     Ok(Rules(rules))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_catches_each_problem() {
+        let ok = ServerConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut ServerConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate()
+        };
+        assert_eq!(with(&|c| c.listen.clear()), Err(ConfigError::NoListen));
+        assert_eq!(with(&|c| c.workers = Some(0)), Err(ConfigError::Zero("workers")));
+        assert_eq!(with(&|c| c.max_connections = 0), Err(ConfigError::Zero("max_connections")));
+        let open: SocketAddr = "[::]:1080".parse().unwrap();
+        assert_eq!(with(&|c| c.listen.push(open)), Err(ConfigError::OpenProxy(open)));
+        assert_eq!(
+            with(&|c| c.listen = vec!["[::1]:1".parse().unwrap(), "[::ffff:127.0.0.1]:1".parse().unwrap()]),
+            Ok(())
+        );
+        assert_eq!(
+            with(&|c| {
+                c.listen.push(open);
+                c.rules = Rules::parse("allow from ::1").unwrap();
+            }),
+            Ok(())
+        );
+        let msg = std::format!("{}", ConfigError::OpenProxy(open));
+        assert!(msg.contains("--allow"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration(" 3m "), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["", "s", "-1s", "5 parsecs", "1e9999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(7)), "7s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert!(std::format!("{}", ConfigError::BadDuration("x".into())).contains("`x`"));
+    }
+}

@@ -121,3 +121,29 @@ impl Reply {
         Ok(Status::Complete(Self::new(code, SocketAddrV4::new(ip, port))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in [ReplyCode::Granted, ReplyCode::Rejected, ReplyCode::IdentUnreachable, ReplyCode::IdentMismatch] {
+            assert_eq!(ReplyCode::from_code(code.code()), Some(code));
+            let reply = Reply::new(code, SocketAddrV4::new([1, 2, 3, 4].into(), 0x0102));
+            assert_eq!(Reply::parse(&reply.to_bytes()), Ok(Status::Complete(reply)));
+        }
+        assert_eq!(ReplyCode::from_code(89), None);
+        assert_eq!(std::format!("{}", ReplyCode::Rejected), "91 (rejected or failed)");
+    }
+
+    #[test]
+    fn parse_errors_and_partials() {
+        assert_eq!(Reply::parse(&[]), Ok(Status::Partial));
+        assert_eq!(Reply::parse(&[0]), Ok(Status::Partial));
+        assert_eq!(Reply::parse(&[4, 90]), Err(ParseError::BadReplyVersion(4)));
+        assert_eq!(Reply::parse(&[0, 94]), Err(ParseError::BadReplyCode(94)));
+        assert_eq!(Reply::parse(&[0, 90, 0, 0, 0, 0, 0]), Ok(Status::Partial));
+        assert_eq!(Reply::rejected().to_bytes(), [0, 91, 0, 0, 0, 0, 0, 0]);
+    }
+}

@@ -301,3 +301,137 @@ impl<'a> Request<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    const L: Limits = Limits { user_id: 255, host: 255 };
+
+    fn complete<'a>(buf: &'a [u8], limits: &Limits) -> (Request<'a>, usize) {
+        match parse_request(buf, limits) {
+            Ok(Status::Complete(c)) => c,
+            other => panic!("expected complete, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connect_request_and_early_data() {
+        let bytes = b"\x04\x01\x1f\x90\xc0\xa8\x01\x02bob\0extra";
+        let (req, used) = complete(bytes, &L);
+        assert_eq!(req, Request::connect(SocketAddrV4::new([192, 168, 1, 2].into(), 8080), b"bob"));
+        assert_eq!(used, 12);
+    }
+
+    #[test]
+    fn socks4a_request() {
+        let bytes = b"\x04\x02\x00\x15\x00\x00\x00\x07\0ftp.example.org\0";
+        let (req, used) = complete(bytes, &L);
+        assert_eq!(req.command, Command::Bind);
+        assert_eq!(req.dest, Dest::Domain("ftp.example.org"));
+        assert_eq!(req.user_id, b"");
+        assert_eq!(used, bytes.len());
+    }
+
+    #[test]
+    fn zero_address_is_not_4a() {
+        let (req, used) = complete(b"\x04\x01\x00\x50\x00\x00\x00\x00\0host\0", &L);
+        assert_eq!(req.dest, Dest::Ip(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(used, 9);
+    }
+
+    #[test]
+    fn every_prefix_is_partial() {
+        let bytes = b"\x04\x01\x00\x50\x00\x00\x00\x01alice\0example.com\0";
+        for end in 0..bytes.len() {
+            assert_eq!(parse_request(&bytes[..end], &L), Ok(Status::Partial), "prefix {end}");
+        }
+        assert!(matches!(parse_request(bytes, &L), Ok(Status::Complete(_))));
+    }
+
+    #[test]
+    fn bad_version_and_command_fail_early() {
+        assert_eq!(parse_request(b"G", &L), Err(ParseError::BadVersion(b'G')));
+        assert_eq!(parse_request(b"\x05\x01", &L), Err(ParseError::BadVersion(5)));
+        assert_eq!(parse_request(b"\x04\x03", &L), Err(ParseError::BadCommand(3)));
+        assert_eq!(parse_request(b"\x04\x00\x00", &L), Err(ParseError::BadCommand(0)));
+    }
+
+    #[test]
+    fn user_id_limit() {
+        let mut at = b"\x04\x01\x00\x50\x7f\x00\x00\x01".to_vec();
+        at.extend(core::iter::repeat_n(b'u', 255));
+        let mut over = at.clone();
+        at.push(0);
+        assert_eq!(complete(&at, &L).0.user_id.len(), 255);
+        over.push(b'u');
+        assert_eq!(parse_request(&over, &L), Err(ParseError::UserIdTooLong));
+        // Too long is detected without waiting for the NUL, and a smaller limit applies.
+        let small = Limits { user_id: 3, host: 255 };
+        assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abc", &small), Ok(Status::Partial));
+        assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abcd", &small), Err(ParseError::UserIdTooLong));
+        assert!(matches!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abc\0", &small), Ok(Status::Complete(_))));
+        let zero = Limits { user_id: 0, host: 255 };
+        assert!(matches!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01\0", &zero), Ok(Status::Complete(_))));
+        assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01a", &zero), Err(ParseError::UserIdTooLong));
+    }
+
+    #[test]
+    fn host_limits_and_bytes() {
+        let head = b"\x04\x01\x00\x50\x00\x00\x00\x01\0";
+        let with = |host: &[u8], nul: bool| {
+            let mut v = head.to_vec();
+            v.extend_from_slice(host);
+            if nul {
+                v.push(0);
+            }
+            v
+        };
+        let small = Limits { user_id: 255, host: 4 };
+        assert!(matches!(parse_request(&with(b"abcd", true), &small), Ok(Status::Complete(_))));
+        assert_eq!(parse_request(&with(b"abcde", false), &small), Err(ParseError::HostTooLong));
+        assert_eq!(parse_request(&with(b"", true), &L), Err(ParseError::EmptyHost));
+        assert_eq!(parse_request(&with(b"a b", true), &L), Err(ParseError::BadHostByte(b' ')));
+        assert_eq!(parse_request(&with(b"a\x7f", false), &L), Err(ParseError::BadHostByte(0x7f)));
+        assert_eq!(parse_request(&with(b"\xc3\xa9", false), &L), Err(ParseError::BadHostByte(0xc3)));
+        // A bad byte beyond the limit is reported as too long, not as a bad byte.
+        assert_eq!(parse_request(&with(b"abcd ", false), &small), Err(ParseError::HostTooLong));
+    }
+
+    #[test]
+    fn encode_round_trips_and_validates() {
+        let mut buf = [0u8; MAX_REQUEST_LEN];
+        let req = Request::connect_host("example.com", 443, b"me");
+        let n = req.encode(&mut buf).unwrap();
+        assert_eq!(n, req.encoded_len());
+        assert_eq!(complete(&buf[..n], &L), (req, n));
+        assert_eq!(req.encode(&mut buf[..n - 1]), Err(EncodeError::BufferTooSmall { needed: n }));
+        assert_eq!(Request::connect_host("", 1, b"").encode(&mut buf), Err(EncodeError::BadHost));
+        assert_eq!(Request::connect_host("a b", 1, b"").encode(&mut buf), Err(EncodeError::BadHost));
+        let long: std::string::String = core::iter::repeat_n('h', 256).collect();
+        assert_eq!(Request::connect_host(&long, 1, b"").encode(&mut buf), Err(EncodeError::BadHost));
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        assert_eq!(Request::connect(addr, b"a\0b").encode(&mut buf), Err(EncodeError::BadUserId));
+        assert_eq!(Request::connect(addr, &[b'u'; 256]).encode(&mut buf), Err(EncodeError::BadUserId));
+        let mut out = Vec::new();
+        Request::connect(addr, b"x").encode_to(&mut out).unwrap();
+        assert_eq!(out, b"\x04\x01\x00\x01\x7f\x00\x00\x01x\0");
+        let mut tiny = [0u8; 3];
+        assert_eq!(
+            Request::connect(addr, b"").encode_to(&mut &mut tiny[..]),
+            Err(EncodeError::BufferTooSmall { needed: 9 })
+        );
+    }
+
+    #[test]
+    fn commands_and_display() {
+        for c in [Command::Connect, Command::Bind] {
+            assert_eq!(Command::from_code(c.code()), Some(c));
+        }
+        assert_eq!(Command::from_code(0), None);
+        assert_eq!(std::format!("{} {}", Command::Connect, Command::Bind), "CONNECT BIND");
+        assert_eq!(std::format!("{} {}", Dest::Ip(Ipv4Addr::LOCALHOST), Dest::Domain("h")), "127.0.0.1 h");
+        assert_eq!(Limits::default(), L);
+    }
+}

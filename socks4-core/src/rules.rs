@@ -391,3 +391,101 @@ impl fmt::Display for RuleError {
 }
 
 impl core::error::Error for RuleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::format;
+
+    fn req<'a>(command: Command, ip: [u8; 4], port: u16, host: Option<&'a str>, user: &'a [u8]) -> AccessRequest<'a> {
+        AccessRequest { command, addr: SocketAddrV4::new(ip.into(), port), host, user_id: user }
+    }
+
+    #[test]
+    fn every_condition_matches_and_misses() {
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let r = |s: &str| s.parse::<Rule>().unwrap();
+        let base = req(Command::Connect, [10, 1, 2, 3], 443, Some("www.Example.com"), b"alice");
+        assert!(r("allow").matches(local, &base));
+        assert!(r("allow from 127.0.0.0/8").matches(local, &base));
+        assert!(!r("allow from 10.0.0.0/8").matches(local, &base));
+        assert!(r("allow from 127.0.0.1").matches("::ffff:127.0.0.1".parse().unwrap(), &base), "v4-mapped client");
+        assert!(r("allow from ::1").matches("::1".parse().unwrap(), &base));
+        assert!(!r("allow from ::1").matches(local, &base));
+        assert!(r("allow to 10.0.0.0/8").matches(local, &base));
+        assert!(!r("allow to 10.2.0.0/16").matches(local, &base));
+        assert!(r("allow to 0.0.0.0/0").matches(local, &base));
+        assert!(r("allow to *.example.com").matches(local, &base));
+        assert!(
+            !r("allow to *.example.com")
+                .matches(local, &req(Command::Connect, [1, 1, 1, 1], 1, Some("example.com"), b""))
+        );
+        assert!(r("allow to www.example.COM").matches(local, &base));
+        assert!(r("allow to *").matches(local, &base));
+        assert!(
+            !r("allow to *").matches(local, &req(Command::Connect, [1, 1, 1, 1], 1, None, b"")),
+            "no host, no match"
+        );
+        assert!(r("allow port 443").matches(local, &base));
+        assert!(r("allow port 1-1024").matches(local, &base));
+        assert!(!r("allow port 444-500").matches(local, &base));
+        assert!(r("allow command CONNECT").matches(local, &base));
+        assert!(!r("allow command bind").matches(local, &base));
+        assert!(r("allow user alice").matches(local, &base));
+        assert!(!r("allow user bob").matches(local, &base));
+    }
+
+    #[test]
+    fn parse_errors_are_typed() {
+        let e = |s: &str| s.parse::<Rule>().unwrap_err();
+        assert_eq!(e(""), RuleError::Empty);
+        assert!(matches!(e("permit"), RuleError::BadAction(_)));
+        assert!(matches!(e("allow via x"), RuleError::UnknownKey(_)));
+        assert!(matches!(e("allow from"), RuleError::MissingValue(_)));
+        assert!(matches!(e("allow port 1 port 2"), RuleError::Duplicate(_)));
+        assert!(matches!(e("allow from 10.0.0.0/33"), RuleError::BadNetwork(_)));
+        assert!(matches!(e("allow from nonsense"), RuleError::BadNetwork(_)));
+        assert!(matches!(e("allow to ::1"), RuleError::BadNetwork(_)));
+        assert!(matches!(e("allow to 10.0.0.256"), RuleError::BadNetwork(_)));
+        assert!(matches!(e("allow port 70000"), RuleError::BadPort(_)));
+        assert!(matches!(e("allow port 9-1"), RuleError::BadPort(_)));
+        assert!(matches!(e("allow command udp"), RuleError::BadCommand(_)));
+        assert!(matches!(e("allow to bad_host!"), RuleError::BadHostPattern(_)));
+        assert!(matches!(e("allow to *."), RuleError::BadHostPattern(_)));
+        for err in [e(""), e("permit"), e("allow via x"), e("allow from"), e("allow port 1 port 2"), e("allow to ::1")]
+        {
+            assert!(!format!("{err}").is_empty());
+        }
+        let err = Rules::parse("allow\n\n# c\ndeny port x\n").unwrap_err();
+        assert!(matches!(&err, RuleError::Line(4, inner) if matches!(**inner, RuleError::BadPort(_))));
+        assert!(format!("{err}").starts_with("line 4: "));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in [
+            "allow",
+            "deny from 192.168.0.0/16 to 10.0.0.1/32 port 22 command bind user root",
+            "allow from ::1/128 to *.example.com port 80-443",
+        ] {
+            let rule: Rule = text.parse().unwrap();
+            assert_eq!(format!("{rule}"), text);
+            assert_eq!(format!("{rule}").parse::<Rule>().unwrap(), rule);
+        }
+        assert_eq!(IpNet::new([10, 0, 0, 0].into(), 33), None);
+    }
+
+    #[test]
+    fn first_match_wins_and_no_match_denies() {
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let rules = Rules::parse("deny port 25\nallow from 127.0.0.0/8\n").unwrap();
+        assert_eq!(rules.evaluate(local, &req(Command::Connect, [1, 1, 1, 1], 25, None, b"")), Action::Deny);
+        assert_eq!(rules.evaluate(local, &req(Command::Connect, [1, 1, 1, 1], 80, None, b"")), Action::Allow);
+        assert_eq!(
+            rules.evaluate([8, 8, 8, 8].into(), &req(Command::Connect, [1, 1, 1, 1], 80, None, b"")),
+            Action::Deny
+        );
+        assert_eq!(Rules::default().evaluate(local, &req(Command::Bind, [1, 1, 1, 1], 80, None, b"")), Action::Allow);
+        assert!(Rules::default().is_empty());
+    }
+}

@@ -450,3 +450,283 @@ impl ServerHandshake {
         consumed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Rules;
+    use std::vec::Vec;
+
+    const T0: Duration = Duration::from_secs(100);
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn timeouts() -> Timeouts {
+        Timeouts { handshake: SEC * 5, connect: SEC * 7, bind: SEC * 20, idle: SEC * 60, shutdown_grace: SEC }
+    }
+
+    fn hs() -> ServerHandshake {
+        ServerHandshake::new(T0, Limits::default(), timeouts())
+    }
+
+    fn v4(a: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(a.into(), port)
+    }
+
+    /// Drains outputs up to and including the first non-`Send`, returning the replies and it.
+    fn drain(hs: &mut ServerHandshake) -> (Vec<Reply>, std::string::String) {
+        let mut sent = Vec::new();
+        loop {
+            match hs.poll_output() {
+                Output::Send(r) => sent.push(r),
+                other => return (sent, std::format!("{other:?}")),
+            }
+        }
+    }
+
+    const CONNECT: &[u8] = b"\x04\x01\x00\x50\x0a\x00\x00\x01u\0";
+
+    #[test]
+    fn connect_happy_path_with_deadlines() {
+        let mut hs = hs();
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 5) });
+        assert_eq!(hs.handle_input(T0, CONNECT), CONNECT.len());
+        let Output::Authorize(req) = hs.poll_output() else { panic!() };
+        assert_eq!(req.addr, v4([10, 0, 0, 1], 80));
+        assert_eq!(req.user_id, b"u");
+        assert!(matches!(hs.poll_output(), Output::Authorize(_)), "repeats until answered");
+        hs.accept(T0 + SEC).unwrap();
+        assert_eq!(hs.poll_output(), Output::Connect(v4([10, 0, 0, 1], 80)));
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 8) });
+        assert_eq!(hs.handle_input(T0, b"more"), 0, "nothing consumed after the request");
+        hs.handle_connected(T0, Ok(v4([10, 0, 0, 9], 5555))).unwrap();
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([10, 0, 0, 9], 5555))));
+        assert_eq!(hs.poll_output(), Output::Relay);
+        assert_eq!(hs.poll_output(), Output::Relay);
+        assert_eq!(hs.deadline(), None);
+        hs.handle_timeout(T0 + SEC * 1000);
+        assert_eq!(hs.poll_output(), Output::Relay);
+    }
+
+    #[test]
+    fn byte_at_a_time_then_early_data() {
+        let mut hs = hs();
+        let mut wire = CONNECT.to_vec();
+        wire.extend_from_slice(b"early");
+        let mut used = 0;
+        for i in 0..CONNECT.len() - 1 {
+            used += hs.handle_input(T0, &wire[i..i + 1]);
+            assert!(matches!(hs.poll_output(), Output::Wait { .. }));
+        }
+        used += hs.handle_input(T0, &wire[CONNECT.len() - 1..]);
+        assert_eq!(used, CONNECT.len());
+        assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+        assert_eq!(hs.request().unwrap().user_id, b"u");
+    }
+
+    #[test]
+    fn socks4a_resolves_then_authorizes_with_host() {
+        let mut hs = hs();
+        hs.handle_input(T0, b"\x04\x01\x01\xbb\x00\x00\x00\x01\0Example.com\0");
+        assert_eq!(hs.poll_output(), Output::Resolve { host: "Example.com", port: 443 });
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 7) });
+        assert!(hs.access_request().is_none());
+        hs.handle_resolved(T0 + SEC, Ok([93, 184, 216, 34].into())).unwrap();
+        let rules = Rules::parse("deny to *.example.com\nallow to example.com port 443\n").unwrap();
+        assert_eq!(hs.authorize(T0 + SEC, &rules, [127, 0, 0, 1].into()), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Connect(v4([93, 184, 216, 34], 443)));
+    }
+
+    #[test]
+    fn resolve_failure_and_timeout_reply_91() {
+        let mut hs1 = hs();
+        hs1.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0nope.invalid\0");
+        assert!(matches!(hs1.poll_output(), Output::Resolve { .. }));
+        hs1.handle_resolved(T0, Err(Failure::NotFound)).unwrap();
+        let (sent, last) = drain(&mut hs1);
+        assert_eq!(sent, [Reply::rejected()]);
+        assert_eq!(last, std::format!("{:?}", Output::Closed(CloseReason::ResolveFailed(Failure::NotFound))));
+
+        let mut hs2 = hs();
+        hs2.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0slow\0");
+        hs2.handle_timeout(T0 + SEC * 7 - Duration::from_nanos(1));
+        assert!(matches!(hs2.poll_output(), Output::Resolve { .. }));
+        hs2.handle_timeout(T0 + SEC * 7);
+        assert_eq!(drain(&mut hs2).0, [Reply::rejected()]);
+        assert_eq!(hs2.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST)), Err(Misuse { call: "handle_resolved" }));
+    }
+
+    #[test]
+    fn invalid_request_gets_91_then_close() {
+        for (bytes, err) in [
+            (&b"GET / HTTP/1.1\r\n"[..], ParseError::BadVersion(b'G')),
+            (&b"\x04\x09"[..], ParseError::BadCommand(9)),
+            (&b"\x04\x01\x00\x50\x00\x00\x00\x01\0\0"[..], ParseError::EmptyHost),
+        ] {
+            let mut hs = hs();
+            hs.handle_input(T0, bytes);
+            assert_eq!(hs.poll_output(), Output::Send(Reply::rejected()));
+            assert_eq!(hs.poll_output(), Output::Closed(CloseReason::Invalid(err)));
+            assert_eq!(hs.poll_output(), Output::Closed(CloseReason::Invalid(err)));
+            assert_eq!(hs.handle_input(T0, b"\x04"), 0);
+        }
+    }
+
+    #[test]
+    fn eof_and_handshake_timeout_close_without_reply() {
+        let mut a = hs();
+        a.handle_input(T0, b"\x04\x01\x00");
+        a.handle_eof(T0);
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::ClientEof));
+
+        let mut b = hs();
+        b.handle_timeout(T0 + SEC * 4);
+        assert!(matches!(b.poll_output(), Output::Wait { .. }));
+        b.handle_timeout(T0 + SEC * 5);
+        assert_eq!(b.poll_output(), Output::Closed(CloseReason::HandshakeTimeout));
+
+        // After a complete request, EOF is only a half-close: the request stands.
+        let mut c = hs();
+        c.handle_input(T0, CONNECT);
+        c.handle_eof(T0);
+        assert!(matches!(c.poll_output(), Output::Authorize(_)));
+        c.handle_timeout(T0 + SEC * 5);
+        assert_eq!(c.poll_output(), Output::Closed(CloseReason::HandshakeTimeout));
+    }
+
+    #[test]
+    fn connect_failure_and_timeout() {
+        let mut a = hs();
+        a.handle_input(T0, CONNECT);
+        a.accept(T0).unwrap();
+        a.handle_connected(T0, Err(Failure::Refused)).unwrap();
+        assert_eq!(drain(&mut a).0, [Reply::rejected()]);
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::ConnectFailed(Failure::Refused)));
+
+        let mut b = hs();
+        b.handle_input(T0, CONNECT);
+        b.accept(T0).unwrap();
+        b.handle_timeout(T0 + SEC * 7);
+        assert_eq!(b.poll_output(), Output::Send(Reply::rejected()), "the Connect action is superseded");
+        assert_eq!(b.poll_output(), Output::Closed(CloseReason::ConnectFailed(Failure::TimedOut)));
+    }
+
+    #[test]
+    fn reject_and_rules() {
+        let mut a = hs();
+        a.handle_input(T0, CONNECT);
+        assert_eq!(a.reject(ReplyCode::Granted), Err(Misuse { call: "reject" }));
+        a.reject(ReplyCode::IdentMismatch).unwrap();
+        assert_eq!(
+            a.poll_output().clone(),
+            Output::Send(Reply { code: ReplyCode::IdentMismatch, ..Reply::rejected() })
+        );
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::Denied(ReplyCode::IdentMismatch)));
+
+        let rules = Rules::parse("deny user u\nallow").unwrap();
+        let mut b = hs();
+        b.handle_input(T0, CONNECT);
+        assert_eq!(b.authorize(T0, &rules, [127, 0, 0, 1].into()), Ok(Action::Deny));
+        assert_eq!(drain(&mut b).0, [Reply::rejected()]);
+        assert_eq!(b.authorize(T0, &rules, [127, 0, 0, 1].into()), Err(Misuse { call: "authorize" }));
+    }
+
+    #[test]
+    fn misuse_leaves_state_unchanged() {
+        let mut hs = hs();
+        assert_eq!(hs.accept(T0), Err(Misuse { call: "accept" }));
+        assert_eq!(hs.reject(ReplyCode::Rejected), Err(Misuse { call: "reject" }));
+        assert_eq!(hs.handle_connected(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
+        assert_eq!(hs.handle_listening(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_listening" }));
+        assert_eq!(hs.handle_bind_peer(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_bind_peer" }));
+        assert_eq!(hs.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST)), Err(Misuse { call: "handle_resolved" }));
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 5) });
+        hs.handle_input(T0, CONNECT);
+        assert_eq!(hs.handle_connected(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
+        assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+        assert_eq!(std::format!("{}", Misuse { call: "accept" }), "`accept` called in a state that does not expect it");
+    }
+
+    fn bind_until_listening(expected: [u8; 4]) -> ServerHandshake {
+        let mut hs = hs();
+        let mut req = [0u8; 16];
+        let n = Request { command: Command::Bind, ..Request::connect(v4(expected, 21), b"") }.encode(&mut req).unwrap();
+        hs.handle_input(T0, &req[..n]);
+        hs.accept(T0).unwrap();
+        assert_eq!(hs.poll_output(), Output::Listen { expected_peer: expected.into() });
+        hs.handle_listening(T0 + SEC, Ok(v4([127, 0, 0, 1], 40000))).unwrap();
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([127, 0, 0, 1], 40000))));
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 21) });
+        hs
+    }
+
+    #[test]
+    fn bind_two_replies_then_relay() {
+        let mut hs = bind_until_listening([127, 0, 0, 1]);
+        hs.handle_bind_peer(T0, Ok(v4([127, 0, 0, 1], 5000))).unwrap();
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([127, 0, 0, 1], 5000))));
+        assert_eq!(hs.poll_output(), Output::Relay);
+    }
+
+    #[test]
+    fn bind_wrong_peer_timeout_and_failures() {
+        let mut a = bind_until_listening([127, 0, 0, 2]);
+        a.handle_bind_peer(T0, Ok(v4([127, 0, 0, 1], 5000))).unwrap();
+        assert_eq!(drain(&mut a).0, [Reply::rejected()]);
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::WrongPeer([127, 0, 0, 1].into())));
+
+        let mut b = bind_until_listening([127, 0, 0, 1]);
+        b.handle_timeout(T0 + SEC * 21);
+        assert_eq!(drain(&mut b).0, [Reply::rejected()]);
+        assert_eq!(b.poll_output(), Output::Closed(CloseReason::BindTimeout));
+
+        let mut c = bind_until_listening([127, 0, 0, 1]);
+        c.handle_bind_peer(T0, Err(Failure::TimedOut)).unwrap();
+        assert_eq!(drain(&mut c).1, std::format!("{:?}", Output::Closed(CloseReason::BindTimeout)));
+        let mut d = bind_until_listening([127, 0, 0, 1]);
+        d.handle_bind_peer(T0, Err(Failure::Other)).unwrap();
+        assert_eq!(drain(&mut d).1, std::format!("{:?}", Output::Closed(CloseReason::BindFailed(Failure::Other))));
+
+        let mut e = hs();
+        e.handle_input(T0, b"\x04\x02\x00\x15\x7f\x00\x00\x01\0");
+        e.accept(T0).unwrap();
+        e.handle_listening(T0, Err(Failure::Other)).unwrap();
+        assert_eq!(drain(&mut e).0, [Reply::rejected()]);
+        let mut f = hs();
+        f.handle_input(T0, b"\x04\x02\x00\x15\x7f\x00\x00\x01\0");
+        f.accept(T0).unwrap();
+        f.handle_timeout(T0 + SEC * 7);
+        assert_eq!(drain(&mut f).1, std::format!("{:?}", Output::Closed(CloseReason::BindFailed(Failure::TimedOut))));
+    }
+
+    #[test]
+    fn reasons_and_failures_display() {
+        let reasons = [
+            CloseReason::ClientEof,
+            CloseReason::HandshakeTimeout,
+            CloseReason::Invalid(ParseError::EmptyHost),
+            CloseReason::Denied(ReplyCode::Rejected),
+            CloseReason::ResolveFailed(Failure::NotFound),
+            CloseReason::ConnectFailed(Failure::Refused),
+            CloseReason::BindFailed(Failure::Unreachable),
+            CloseReason::BindTimeout,
+            CloseReason::WrongPeer(Ipv4Addr::LOCALHOST),
+        ];
+        let texts: Vec<_> = reasons.iter().map(|r| std::format!("{r}")).collect();
+        assert_eq!(texts[5], "connect refused");
+        assert_eq!(texts[8], "bind: unexpected peer 127.0.0.1");
+        assert!(texts.iter().all(|t| !t.is_empty()));
+        assert_eq!(std::format!("{}", Failure::TimedOut), "timed out");
+        assert_eq!(std::format!("{}", Failure::Other), "failed");
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn io_errors_map_to_failures() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(Failure::from(&Error::from(ErrorKind::ConnectionRefused)), Failure::Refused);
+        assert_eq!(Failure::from(&Error::from(ErrorKind::TimedOut)), Failure::TimedOut);
+        assert_eq!(Failure::from(&Error::from(ErrorKind::HostUnreachable)), Failure::Unreachable);
+        assert_eq!(Failure::from(&Error::from(ErrorKind::NotFound)), Failure::NotFound);
+        assert_eq!(Failure::from(&Error::from(ErrorKind::Other)), Failure::Other);
+    }
+}
