@@ -1,1 +1,37 @@
-//! socks4-tokio (work in progress).
+//! # socks4-tokio
+//!
+//! A SOCKS4/SOCKS4a server and client connector on tokio, built on the sans-IO
+//! [`socks4_core`] handshakes.
+//!
+//! The server runs a pool of worker threads, each with its own current-thread runtime and
+//! [`LocalSet`](tokio::task::LocalSet). One acceptor hands every accepted connection to the next
+//! worker in turn (round-robin); with [`ServerConfig::reuseport`] each worker has its own
+//! `SO_REUSEPORT` listener instead and the kernel spreads the connections.
+//!
+//! ```no_run
+//! use socks4_core::ServerConfig;
+//! let server = socks4_tokio::Server::bind(ServerConfig::default())?;
+//! println!("listening on {:?}", server.local_addrs());
+//! let handle = server.spawn()?;
+//! // ... later
+//! handle.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The client side: [`connect`] (SOCKS4 or 4a CONNECT) and [`bind`] (BIND).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), socks4_tokio::ClientError> {
+//! let stream = socks4_tokio::connect("127.0.0.1:1080", ("example.com", 80), b"alice").await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod conn;
+mod pool;
+mod relay;
+mod server;
+
+pub use client::{Bind, ClientError, Target, bind, connect};
+pub use server::{Server, ServerHandle, Stats};
+pub use socks4_core::ServerConfig;

@@ -1,0 +1,313 @@
+//! One client connection: drives the [`ServerHandshake`], performs its actions, then relays.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use socks4_core::{Command, Dest, Failure, Output, ServerHandshake};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::relay::{self, RelayEnd, write_all};
+use crate::server::ActiveGuard;
+
+/// Read buffer for the request; a request is at most [`socks4_core::MAX_REQUEST_LEN`] bytes.
+const HANDSHAKE_BUF: usize = 1024;
+
+/// What the one log line of a connection says; logged when the connection ends (also when it is
+/// dropped at shutdown).
+pub(crate) struct Record {
+    client: SocketAddr,
+    start: Instant,
+    command: Option<Command>,
+    dest: Option<String>,
+    user: Option<String>,
+    result: Option<String>,
+    /// Bytes client → destination.
+    pub(crate) up: Cell<u64>,
+    /// Bytes destination → client.
+    pub(crate) down: Cell<u64>,
+}
+
+impl Record {
+    fn new(client: SocketAddr) -> Self {
+        Record {
+            client,
+            start: Instant::now(),
+            command: None,
+            dest: None,
+            user: None,
+            result: None,
+            up: Cell::new(0),
+            down: Cell::new(0),
+        }
+    }
+
+    fn note_request(&mut self, hs: &ServerHandshake) {
+        if self.command.is_some() {
+            return;
+        }
+        if let Some(req) = hs.request() {
+            self.command = Some(req.command);
+            self.dest = Some(match req.dest {
+                Dest::Ip(ip) => SocketAddrV4::new(ip, req.port).to_string(),
+                Dest::Domain(host) => format!("{host}:{}", req.port),
+            });
+            if !req.user_id.is_empty() {
+                self.user = Some(String::from_utf8_lossy(req.user_id).into_owned());
+            }
+        }
+    }
+
+    fn finish(&mut self, result: impl fmt::Display) {
+        self.result.get_or_insert_with(|| result.to_string());
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cmd = match self.command {
+            Some(Command::Connect) => "CONNECT",
+            Some(Command::Bind) => "BIND",
+            None => "-",
+        };
+        write!(
+            f,
+            "conn client={} cmd={cmd} dest={} user={} result={} up={} down={} ms={}",
+            self.client,
+            self.dest.as_deref().unwrap_or("-"),
+            self.user.as_deref().unwrap_or("-"),
+            self.result.as_deref().unwrap_or("closed at shutdown"),
+            self.up.get(),
+            self.down.get(),
+            self.start.elapsed().as_millis(),
+        )
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        tracing::info!("{self}");
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, guard: ActiveGuard) {
+    let mut record = Record::new(peer);
+    let result = handshake_and_relay(&client, peer, &guard, &mut record).await;
+    match result {
+        Ok(()) => record.finish("ok"),
+        Err(e) => record.finish(e),
+    }
+    drop(client);
+    drop(record);
+    drop(guard);
+}
+
+/// Why a connection ended other than "ok".
+#[derive(Debug)]
+enum ConnError {
+    /// The handshake closed (the reason's text).
+    Handshake(String),
+    /// An I/O error on a socket.
+    Io(&'static str, io::Error),
+    /// Relay idle for too long.
+    Idle,
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Handshake(reason) => f.write_str(reason),
+            Self::Io(what, e) => write!(f, "{what}: {e}"),
+            Self::Idle => f.write_str("idle timeout"),
+        }
+    }
+}
+
+async fn handshake_and_relay(
+    client: &TcpStream,
+    peer: SocketAddr,
+    guard: &ActiveGuard,
+    record: &mut Record,
+) -> Result<(), ConnError> {
+    let config = &guard.shared().config;
+    let _ = client.set_nodelay(true);
+    let start = record.start;
+    let now = || start.elapsed();
+    let at = |d: Duration| tokio::time::Instant::from_std(start + d);
+    let mut hs = ServerHandshake::new(now(), config.limits, config.timeouts);
+    let mut early: Vec<u8> = Vec::new();
+    let mut upstream: Option<TcpStream> = None;
+    let mut bind_listener: Option<TcpListener> = None;
+    let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
+
+    loop {
+        match hs.poll_output() {
+            Output::Send(reply) => {
+                write_all(client, &reply.to_bytes()).await.map_err(|e| ConnError::Io("writing reply", e))?;
+            }
+            Output::Authorize(_) => {
+                record.note_request(&hs);
+                hs.authorize(now(), &config.rules, peer.ip().to_canonical()).map_err(misuse)?;
+            }
+            Output::Resolve { host, port } => {
+                let host = host.to_owned();
+                record.note_request(&hs);
+                let deadline = hs.deadline().map(at);
+                let result = with_deadline(deadline, resolve(host, port)).await.and_then(|r| r);
+                hs.handle_resolved(now(), result).map_err(misuse)?;
+            }
+            Output::Connect(addr) => {
+                let deadline = hs.deadline().map(at);
+                let result = with_deadline(deadline, async {
+                    let stream = TcpStream::connect(addr).await.map_err(|e| Failure::from(&e))?;
+                    let _ = stream.set_nodelay(true);
+                    let local = match stream.local_addr() {
+                        Ok(SocketAddr::V4(a)) => a,
+                        _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                    };
+                    Ok((stream, local))
+                })
+                .await
+                .and_then(|r| r);
+                let result = result.map(|(stream, local)| {
+                    upstream = Some(stream);
+                    local
+                });
+                hs.handle_connected(now(), result).map_err(misuse)?;
+            }
+            Output::Listen { .. } => {
+                let result = match listen_for_peer(client).await {
+                    Ok((listener, addr)) => {
+                        bind_listener = Some(listener);
+                        Ok(addr)
+                    }
+                    Err(e) => Err(Failure::from(&e)),
+                };
+                hs.handle_listening(now(), result).map_err(misuse)?;
+            }
+            Output::Relay => break,
+            Output::Closed(reason) => {
+                record.note_request(&hs);
+                return Err(ConnError::Handshake(reason.to_string()));
+            }
+            Output::Wait { deadline } => {
+                let deadline = deadline.map(at);
+                if let Some(listener) = bind_listener.take() {
+                    // BIND: the first reply went out; wait for one peer, then close the listener.
+                    let result = with_deadline(deadline, async {
+                        let (stream, from) = listener.accept().await.map_err(|e| Failure::from(&e))?;
+                        match from {
+                            SocketAddr::V4(a) => Ok((stream, a)),
+                            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                                Some(ip) => Ok((stream, SocketAddrV4::new(ip, a.port()))),
+                                None => Err(Failure::Other),
+                            },
+                        }
+                    })
+                    .await
+                    .and_then(|r| r);
+                    drop(listener);
+                    let result = result.map(|(stream, from)| {
+                        let _ = stream.set_nodelay(true);
+                        upstream = Some(stream);
+                        from
+                    });
+                    hs.handle_bind_peer(now(), result).map_err(misuse)?;
+                } else if hs.request().is_none() {
+                    read_request(client, &mut hs, &mut early, deadline, &now).await?;
+                    record.note_request(&hs);
+                } else {
+                    // Nothing else to wait for: let the deadline pass (never reached in practice).
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => return Err(ConnError::Handshake("internal error: stalled handshake".into())),
+                    }
+                    hs.handle_timeout(now());
+                }
+            }
+            _ => return Err(ConnError::Handshake("internal error: unknown handshake output".into())),
+        }
+    }
+
+    let Some(upstream) = upstream else {
+        return Err(ConnError::Handshake("internal error: relay without a destination".into()));
+    };
+    drop(hs);
+    match relay::relay(client, &upstream, early, config.timeouts.idle, record).await {
+        RelayEnd::Done => Ok(()),
+        RelayEnd::Idle => Err(ConnError::Idle),
+        RelayEnd::Error(what, e) => Err(ConnError::Io(what, e)),
+    }
+}
+
+/// Reads once from the client (until the deadline) and feeds the handshake; bytes past the
+/// request are kept as early data.
+async fn read_request(
+    client: &TcpStream,
+    hs: &mut ServerHandshake,
+    early: &mut Vec<u8>,
+    deadline: Option<tokio::time::Instant>,
+    now: &impl Fn() -> Duration,
+) -> Result<(), ConnError> {
+    let mut buf = [0u8; HANDSHAKE_BUF];
+    let read = async {
+        loop {
+            client.readable().await?;
+            match client.try_read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    };
+    match with_deadline(deadline, read).await {
+        Err(_timed_out) => hs.handle_timeout(now()),
+        Ok(Ok(0)) => hs.handle_eof(now()),
+        Ok(Ok(n)) => {
+            let used = hs.handle_input(now(), &buf[..n]);
+            if hs.request().is_some() && used < n {
+                early.extend_from_slice(&buf[used..n]);
+            }
+        }
+        Ok(Err(e)) => return Err(ConnError::Io("reading request", e)),
+    }
+    Ok(())
+}
+
+/// Runs `fut` until `deadline`; a missed deadline is `Failure::TimedOut`.
+async fn with_deadline<T, F>(deadline: Option<tokio::time::Instant>, fut: F) -> Result<T, Failure>
+where
+    F: Future<Output = T>,
+{
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut).await.map_err(|_| Failure::TimedOut),
+        None => Ok(fut.await),
+    }
+}
+
+/// Resolves a SOCKS4a name to its first IPv4 address.
+async fn resolve(host: String, port: u16) -> Result<Ipv4Addr, Failure> {
+    let addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|_| Failure::NotFound)?;
+    addrs
+        .filter_map(|a| match a {
+            SocketAddr::V4(a) => Some(*a.ip()),
+            SocketAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or(Failure::NotFound)
+}
+
+/// BIND: listens on the address the client reached us on, port 0; returns the address to report.
+async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketAddrV4)> {
+    let local = client.local_addr()?.ip().to_canonical();
+    let (bind_ip, report_ip) = match local {
+        IpAddr::V4(ip) => (IpAddr::V4(ip), ip),
+        // Reached over IPv6: listen dual-stack and let the client use the server's address.
+        IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), Ipv4Addr::UNSPECIFIED),
+    };
+    let listener = TcpListener::bind((bind_ip, 0)).await?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, SocketAddrV4::new(report_ip, port)))
+}
