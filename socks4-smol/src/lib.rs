@@ -1,1 +1,47 @@
-//! socks4-smol (work in progress).
+//! # socks4-smol
+//!
+//! A SOCKS4/SOCKS4a proxy server and client connector on [smol](https://docs.rs/smol), built on the
+//! sans-IO [`socks4_core`].
+//!
+//! - [`Server`]: binds the configured addresses; an acceptor thread per listener deals accepted
+//!   connections round-robin to a pool of worker threads, each running its own
+//!   [`async_executor::LocalExecutor`] (no work stealing, no `Send` bounds). Connection limit,
+//!   access rules, accept-error back-off and graceful shutdown ([`ServerHandle::shutdown`], or
+//!   SIGINT/SIGTERM with [`Server::run`]).
+//! - The per-connection code (handshake, connect, resolve, BIND, relay with half-close, early data,
+//!   timeouts) is written against `futures-io` plus the small [`Runtime`] trait, so it is
+//!   runtime-agnostic: [`Smol`] is the default runtime.
+//! - **async-std**: with the non-default `async-std` feature, [`AsyncStd`] runs the same server on
+//!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
+//!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
+//! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
+//!   for smol's `TcpStream`.
+//!
+//! Every connection logs one line at `info` when it ends:
+//! `conn client=… cmd=CONNECT|BIND|- dest=… user=… result=ok|… up=… down=… ms=…`.
+//!
+//! ```no_run
+//! use socks4_core::{ServerConfig, rules::Rules};
+//! let config = ServerConfig {
+//!     listen: vec!["0.0.0.0:1080".parse()?],
+//!     rules: Rules::parse("allow from 192.168.0.0/16")?, // required beyond loopback
+//!     ..ServerConfig::default()
+//! };
+//! socks4_smol::Server::bind(config)?.run()?; // until SIGINT/SIGTERM
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "async-std")]
+mod async_std_runtime;
+pub mod client;
+mod conn;
+mod relay;
+mod runtime;
+mod server;
+
+#[cfg(feature = "async-std")]
+pub use async_std_runtime::AsyncStd;
+pub use runtime::{Runtime, Smol};
+pub use server::{Server, ServerHandle};
+pub use socks4_core;

@@ -1,0 +1,240 @@
+//! One client connection: drive the sans-IO [`ServerHandshake`] with the runtime's I/O, then relay.
+//! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
+
+use std::fmt::{self, Write as _};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use socks4_core::{Command, Dest, Failure, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake};
+
+use crate::relay::{Counts, RelayEnd, relay};
+use crate::runtime::{Runtime, with_timeout};
+
+/// The per-connection log line, written exactly once: when the connection ends, or when its task
+/// is dropped (shutdown after the grace period).
+#[derive(Debug)]
+pub(crate) struct ConnLog {
+    client: SocketAddr,
+    start: Instant,
+    cmd: &'static str,
+    dest: String,
+    user: String,
+    result: Option<String>,
+    counts: Counts,
+}
+
+impl ConnLog {
+    pub(crate) fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            start: Instant::now(),
+            cmd: "-",
+            dest: "-".into(),
+            user: "-".into(),
+            result: None,
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn finish(&mut self, result: impl fmt::Display) {
+        self.result = Some(result.to_string());
+    }
+
+    /// Records the request's facts for the log line.
+    fn note_request(&mut self, hs: &ServerHandshake) {
+        let Some(req) = hs.request() else { return };
+        self.cmd = match req.command {
+            Command::Connect => "CONNECT",
+            Command::Bind => "BIND",
+        };
+        self.dest.clear();
+        let _ = match req.dest {
+            Dest::Ip(ip) => write!(self.dest, "{ip}:{}", req.port),
+            Dest::Domain(host) => write!(self.dest, "{host}:{}", req.port),
+        };
+        self.user = if req.user_id.is_empty() { "-".into() } else { String::from_utf8_lossy(req.user_id).into_owned() };
+    }
+}
+
+impl Drop for ConnLog {
+    fn drop(&mut self) {
+        let result = self.result.as_deref().unwrap_or("shutdown");
+        tracing::info!(
+            "conn client={} cmd={} dest={} user={} result={} up={} down={} ms={}",
+            self.client,
+            self.cmd,
+            self.dest,
+            self.user,
+            result,
+            self.counts.up.get(),
+            self.counts.down.get(),
+            self.start.elapsed().as_millis()
+        );
+    }
+}
+
+/// The IPv4 form of an address the client reached us on, for BIND's listener.
+fn bind_ip(local: IpAddr) -> Option<Ipv4Addr> {
+    match local.to_canonical() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) if ip.is_loopback() => Some(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v4(addr: SocketAddr) -> SocketAddrV4 {
+    match addr {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddrV4::new(ip, a.port()),
+            None => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.port()),
+        },
+    }
+}
+
+/// Serves one accepted client connection to the end, filling in `log`.
+pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
+    match handshake::<R>(client.clone(), config, log).await {
+        Ok(Some((dest, early))) => {
+            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
+            match end {
+                RelayEnd::Done => log.finish("ok"),
+                RelayEnd::Idle => log.finish("idle timeout"),
+                RelayEnd::Error(e) => log.finish(e),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => log.finish(e),
+    }
+}
+
+/// Runs the handshake. `Ok(Some((dest, early)))`: relay `client` ⇄ `dest`, sending `early` first;
+/// `Ok(None)`: the handshake closed (the reason is in `log`); `Err`: an I/O error with the client.
+async fn handshake<R: Runtime>(
+    mut client: R::Stream,
+    config: &ServerConfig,
+    log: &mut ConnLog,
+) -> io::Result<Option<(R::Stream, Vec<u8>)>> {
+    let epoch = Instant::now();
+    let now = || epoch.elapsed();
+    let client_ip = log.client.ip();
+    let mut hs = ServerHandshake::new(now(), config.limits, config.timeouts);
+    let mut buf = [0u8; MAX_REQUEST_LEN];
+    let mut early: Vec<u8> = Vec::new();
+    let mut dest: Option<R::Stream> = None;
+    let mut listener: Option<R::Listener> = None;
+    loop {
+        match hs.poll_output() {
+            Output::Send(reply) => client.write_all(&reply.to_bytes()).await?,
+            Output::Resolve { host, port } => {
+                let host = host.to_owned();
+                let answer = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port)).await;
+                let result = match answer {
+                    Ok(addrs) => addrs
+                        .iter()
+                        .find_map(|a| match a.ip().to_canonical() {
+                            IpAddr::V4(ip) => Some(ip),
+                            IpAddr::V6(_) => None,
+                        })
+                        .ok_or(Failure::NotFound),
+                    Err(e) => Err(Failure::from(&e)),
+                };
+                misuse(hs.handle_resolved(now(), result))?;
+            }
+            Output::Authorize(_) => {
+                log.note_request(&hs);
+                misuse(hs.authorize(now(), &config.rules, client_ip))?;
+            }
+            Output::Connect(addr) => {
+                let result = match R::connect(addr.into(), config.timeouts.connect).await {
+                    Ok(stream) => {
+                        let _ = R::set_nodelay(&stream);
+                        let local = R::local_addr(&stream).map(v4).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                        dest = Some(stream);
+                        Ok(local)
+                    }
+                    Err(e) => Err(Failure::from(&e)),
+                };
+                misuse(hs.handle_connected(now(), result))?;
+            }
+            Output::Listen { .. } => {
+                let result = match R::local_addr(&client).ok().and_then(|a| bind_ip(a.ip())) {
+                    None => Err(Failure::Unreachable),
+                    Some(ip) => match R::listen(SocketAddr::new(ip.into(), 0)).await.and_then(|l| {
+                        let addr = R::listener_addr(&l)?;
+                        Ok((l, addr))
+                    }) {
+                        Ok((l, addr)) => {
+                            listener = Some(l);
+                            Ok(v4(addr))
+                        }
+                        Err(e) => Err(Failure::from(&e)),
+                    },
+                };
+                misuse(hs.handle_listening(now(), result))?;
+            }
+            Output::Wait { deadline } => {
+                let left = deadline.map(|d| d.saturating_sub(now()));
+                if let Some(l) = listener.take() {
+                    // BIND: accept one peer, then the listener closes.
+                    let accepted = match left {
+                        Some(left) => with_timeout::<R, _>(left, R::accept(&l)).await,
+                        None => R::accept(&l).await,
+                    };
+                    drop(l);
+                    let result = match accepted {
+                        Ok((peer, addr)) => {
+                            let _ = R::set_nodelay(&peer);
+                            dest = Some(peer);
+                            Ok(v4(addr))
+                        }
+                        Err(e) => Err(Failure::from(&e)),
+                    };
+                    misuse(hs.handle_bind_peer(now(), result))?;
+                    continue;
+                }
+                let read = async { Some(client.read(&mut buf).await) };
+                let timer = async {
+                    match left {
+                        Some(left) => {
+                            R::sleep(left).await;
+                            None
+                        }
+                        None => future::pending().await,
+                    }
+                };
+                match future::or(read, timer).await {
+                    None => hs.handle_timeout(now()),
+                    Some(Ok(0)) => hs.handle_eof(now()),
+                    Some(Ok(n)) => {
+                        let used = hs.handle_input(now(), &buf[..n]);
+                        early.extend_from_slice(&buf[used..n]);
+                    }
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+            Output::Relay => {
+                log.note_request(&hs);
+                return match dest {
+                    Some(d) => Ok(Some((d, early))),
+                    None => Err(io::Error::other("relay without a destination")),
+                };
+            }
+            Output::Closed(reason) => {
+                log.note_request(&hs);
+                log.finish(reason);
+                let _ = client.flush().await;
+                return Ok(None);
+            }
+            _ => return Err(io::Error::other("unexpected handshake output")),
+        }
+    }
+}
+
+/// A state-machine misuse is a bug here, never the peer's doing: end the connection with it.
+fn misuse<T>(r: Result<T, socks4_core::Misuse>) -> io::Result<T> {
+    r.map_err(io::Error::other)
+}

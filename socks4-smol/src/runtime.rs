@@ -1,0 +1,118 @@
+//! The few things a runtime must provide, and the smol implementation.
+//!
+//! The per-connection code ([`crate::conn`]) only needs `futures-io` streams plus this trait, so the
+//! same code runs on smol ([`Smol`]) and, with the `async-std` feature, on async-std
+//! ([`AsyncStd`](crate::AsyncStd)).
+
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
+
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::future;
+
+/// What the server needs from an async runtime. Every worker runs single-threaded, so nothing here
+/// needs `Send`.
+pub trait Runtime: 'static {
+    /// A TCP stream. `Clone` handles share one socket (both smol's and async-std's streams are
+    /// reference-counted), which lets the relay read and write it from two directions at once.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Clone + 'static;
+    /// A TCP listener (BIND's one-shot listener).
+    type Listener: 'static;
+
+    /// Runs a future to completion on the current thread, driving the runtime's reactor and timers.
+    fn block_on<T>(future: impl Future<Output = T>) -> T;
+    /// Registers a connected std stream (handed over from the acceptor thread) with the runtime.
+    fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
+    /// Connects to `addr` within `timeout` (no source port is bound first).
+    fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
+    /// Resolves `host` off the event loop.
+    fn resolve(host: &str, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>>;
+    /// Listens on `addr` (port 0 picks a free port).
+    fn listen(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>>;
+    /// Accepts one connection.
+    fn accept(listener: &Self::Listener) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+    /// The address a listener is bound to.
+    fn listener_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+    /// Waits for `duration`.
+    fn sleep(duration: Duration) -> impl Future<Output = ()>;
+    /// Half-closes a stream: no more writes, the peer sees end of file.
+    fn shutdown_write(stream: &Self::Stream) -> io::Result<()>;
+    /// Sets `TCP_NODELAY`.
+    fn set_nodelay(stream: &Self::Stream) -> io::Result<()>;
+    /// The stream's local address.
+    fn local_addr(stream: &Self::Stream) -> io::Result<SocketAddr>;
+    /// The stream's remote address.
+    fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr>;
+}
+
+/// Runs `op`, or fails with `ErrorKind::TimedOut` after `timeout`.
+pub(crate) async fn with_timeout<R: Runtime, T>(
+    timeout: Duration,
+    op: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    future::or(op, async {
+        R::sleep(timeout).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+    })
+    .await
+}
+
+/// The smol runtime: `async-io` reactor and timers, `async-net` sockets, resolution on the
+/// `blocking` thread pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
+
+impl Runtime for Smol {
+    type Stream = smol::net::TcpStream;
+    type Listener = smol::net::TcpListener;
+
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        async_io::block_on(future)
+    }
+
+    fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream> {
+        smol::net::TcpStream::try_from(stream)
+    }
+
+    async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
+        with_timeout::<Self, _>(timeout, smol::net::TcpStream::connect(addr)).await
+    }
+
+    async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        smol::net::resolve((host, port)).await
+    }
+
+    async fn listen(addr: SocketAddr) -> io::Result<Self::Listener> {
+        smol::net::TcpListener::bind(addr).await
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        listener.accept().await
+    }
+
+    fn listener_addr(listener: &Self::Listener) -> io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+
+    async fn sleep(duration: Duration) {
+        async_io::Timer::after(duration).await;
+    }
+
+    fn shutdown_write(stream: &Self::Stream) -> io::Result<()> {
+        stream.shutdown(Shutdown::Write)
+    }
+
+    fn set_nodelay(stream: &Self::Stream) -> io::Result<()> {
+        stream.set_nodelay(true)
+    }
+
+    fn local_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
+        stream.local_addr()
+    }
+
+    fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
+        stream.peer_addr()
+    }
+}

@@ -1,0 +1,349 @@
+//! The server: listeners, an acceptor thread per listener dealing connections round-robin to a pool
+//! of worker threads, each running its own single-threaded executor; connection limit; shutdown.
+
+use std::cell::Cell;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use async_executor::LocalExecutor;
+use async_io::{Async, Timer};
+use futures_lite::{StreamExt, future};
+use smol::channel::{self, Receiver, Sender};
+use socks4_core::ServerConfig;
+
+use crate::conn::{ConnLog, serve};
+use crate::runtime::{Runtime, Smol};
+
+/// Pause after an accept error such as running out of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often a worker checks whether its connections have finished during shutdown.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A connection handed from an acceptor to a worker.
+type Handoff = (TcpStream, SocketAddr);
+
+/// Counters shared by the acceptors and the workers.
+#[derive(Debug, Default)]
+struct Shared {
+    active: AtomicUsize,
+    refused: AtomicU64,
+}
+
+/// A bound, not yet running server.
+///
+/// ```no_run
+/// use socks4_core::ServerConfig;
+/// let server = socks4_smol::Server::bind(ServerConfig { listen: vec!["127.0.0.1:0".parse()?], ..Default::default() })?;
+/// println!("listening on {:?}", server.local_addrs());
+/// let handle = server.spawn()?;
+/// // ...
+/// handle.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    config: Arc<ServerConfig>,
+    /// Each listener, with the one worker it feeds when `reuseport` gives every worker its own.
+    listeners: Vec<(TcpListener, Option<usize>)>,
+    addrs: Vec<SocketAddr>,
+    workers: usize,
+}
+
+impl Server {
+    /// Validates `config` (an open proxy beyond loopback is refused) and binds its listen
+    /// addresses. Port 0 picks a free port; see [`local_addrs`](Self::local_addrs).
+    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for &addr in &config.listen {
+            if config.reuseport {
+                let first = reuseport_listener(addr)?;
+                let bound = first.local_addr()?;
+                listeners.push((first, Some(0)));
+                for worker in 1..workers {
+                    listeners.push((reuseport_listener(bound)?, Some(worker)));
+                }
+                addrs.push(bound);
+            } else {
+                let listener = TcpListener::bind(addr)?;
+                addrs.push(listener.local_addr()?);
+                listeners.push((listener, None));
+            }
+        }
+        Ok(Server { config: Arc::new(config), listeners, addrs, workers })
+    }
+
+    /// The addresses the server listens on (with the actual ports).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Starts the acceptors and the worker pool on smol in background threads.
+    pub fn spawn(self) -> io::Result<ServerHandle> {
+        self.spawn_on::<Smol>()
+    }
+
+    /// Starts the acceptors and the worker pool on runtime `R` in background threads.
+    pub fn spawn_on<R: Runtime>(self) -> io::Result<ServerHandle> {
+        let shared = Arc::new(Shared::default());
+        let mut handle = ServerHandle {
+            addrs: self.addrs.clone(),
+            stop: None,
+            acceptors: Vec::new(),
+            workers: Vec::new(),
+            shared: shared.clone(),
+            grace: self.config.timeouts.shutdown_grace,
+        };
+        let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        handle.stop = Some(stop_tx);
+        let mut senders = Vec::with_capacity(self.workers);
+        for i in 0..self.workers {
+            let (tx, rx) = channel::unbounded::<Handoff>();
+            senders.push(tx);
+            let (config, shared) = (self.config.clone(), shared.clone());
+            let thread = thread::Builder::new()
+                .name(format!("socks4-smol-worker-{i}"))
+                .spawn(move || worker::<R>(rx, config, shared))?;
+            handle.workers.push(thread);
+        }
+        let next = Arc::new(AtomicUsize::new(0));
+        for (listener, fixed) in self.listeners {
+            let targets = match fixed {
+                Some(w) => senders.get(w).cloned().into_iter().collect(),
+                None => senders.clone(),
+            };
+            let acceptor = Acceptor {
+                targets,
+                next: next.clone(),
+                shared: shared.clone(),
+                max: self.config.max_connections,
+            };
+            let stop = stop_rx.clone();
+            let thread =
+                thread::Builder::new().name("socks4-smol-accept".into()).spawn(move || acceptor.run(listener, stop))?;
+            handle.acceptors.push(thread);
+        }
+        Ok(handle)
+    }
+
+    /// Runs on smol until SIGINT or SIGTERM, then shuts down gracefully.
+    pub fn run(self) -> io::Result<()> {
+        self.run_on::<Smol>()
+    }
+
+    /// Runs on runtime `R` until SIGINT or SIGTERM, then shuts down gracefully.
+    pub fn run_on<R: Runtime>(self) -> io::Result<()> {
+        let mut signals = async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
+        let handle = self.spawn_on::<R>()?;
+        let signal = async_io::block_on(signals.next());
+        tracing::info!(
+            "received {:?}; stopping, live connections may finish within {:?}",
+            signal.and_then(Result::ok),
+            handle.grace
+        );
+        handle.shutdown();
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reuseport_listener(_addr: SocketAddr) -> io::Result<TcpListener> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "reuseport is only supported on Linux"))
+}
+
+/// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    stop: Option<Sender<()>>,
+    acceptors: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+impl ServerHandle {
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Connections being served now.
+    pub fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed on accept because `max_connections` were already being served.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets live connections finish within `timeouts.shutdown_grace`, closes the
+    /// rest and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // Closing the stop channel ends every acceptor; each drops its senders, so once all are
+        // gone the workers' channels close and they start their grace period.
+        drop(self.stop.take());
+        for t in self.acceptors.drain(..) {
+            let _ = t.join();
+        }
+        for t in self.workers.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// One listener's accept loop.
+struct Acceptor {
+    targets: Vec<Sender<Handoff>>,
+    next: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    max: usize,
+}
+
+impl Acceptor {
+    fn run(self, listener: TcpListener, stop: Receiver<()>) {
+        let listener = match Async::new(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot register the listener: {e}");
+                return;
+            }
+        };
+        async_io::block_on(future::or(
+            async {
+                let _ = stop.recv().await;
+            },
+            self.accept_loop(&listener),
+        ));
+    }
+
+    async fn accept_loop(&self, listener: &Async<TcpListener>) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => self.deal(stream, peer),
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
+                    Timer::after(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    fn deal(&self, stream: Async<TcpStream>, peer: SocketAddr) {
+        let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
+        if active >= self.max {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            let refused = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!("connection limit {} reached: closed {peer} ({refused} refused so far)", self.max);
+            return;
+        }
+        let stream = match stream.into_inner() {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("could not hand over {peer}: {e}");
+                return;
+            }
+        };
+        if self.targets.is_empty() {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        if self.targets[i].try_send((stream, peer)).is_err() {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("worker {i} is gone; closed {peer}");
+        }
+    }
+}
+
+/// Errors that concern one connection only (retry at once), as opposed to resource exhaustion.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Decrements the live counts when a connection's task ends or is dropped.
+struct LiveGuard {
+    live: Rc<Cell<usize>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.set(self.live.get().saturating_sub(1));
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A worker thread: one single-threaded executor serving the connections it is handed.
+fn worker<R: Runtime>(rx: Receiver<Handoff>, config: Arc<ServerConfig>, shared: Arc<Shared>) {
+    let ex = LocalExecutor::new();
+    let live = Rc::new(Cell::new(0usize));
+    R::block_on(ex.run(async {
+        while let Ok((stream, peer)) = rx.recv().await {
+            live.set(live.get() + 1);
+            let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
+            let config = config.clone();
+            ex.spawn(async move {
+                let _guard = guard;
+                let mut log = ConnLog::new(peer);
+                match R::from_std(stream) {
+                    Ok(client) => {
+                        let _ = R::set_nodelay(&client);
+                        serve::<R>(client, &config, &mut log).await;
+                    }
+                    Err(e) => log.finish(e),
+                }
+            })
+            .detach();
+        }
+        // Shutdown: let live connections finish, up to the grace period.
+        let end = Instant::now() + config.timeouts.shutdown_grace;
+        while live.get() > 0 {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::info!("closing {} connections after the shutdown grace period", live.get());
+                break;
+            }
+            R::sleep(left.min(DRAIN_POLL)).await;
+        }
+    }));
+    // Dropping the executor cancels what is left; their log lines say `result=shutdown`.
+    drop(ex);
+}
