@@ -1,0 +1,36 @@
+//! Shared test helpers: the test server's configuration.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socks4_core::ServerConfig;
+use socks4_core::rules::Rules;
+
+/// The configuration `Profile::test_server()` describes, on 127.0.0.1 port 0.
+pub fn test_config() -> ServerConfig {
+    let mut config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: Some(2),
+        rules: Rules::parse("deny user denied\nallow").unwrap(),
+        ..ServerConfig::default()
+    };
+    config.limits.user_id = 255;
+    config.timeouts.handshake = Duration::from_secs(1);
+    config.timeouts.bind = Duration::from_secs(5);
+    config.timeouts.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// The server's one address.
+pub fn addr_of(addrs: &[SocketAddr]) -> SocketAddr {
+    addrs[0]
+}
+
+/// Logs to the test output (once per test binary).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+}
