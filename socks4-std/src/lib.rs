@@ -1,1 +1,40 @@
-//! socks4-std (work in progress).
+//! # socks4-std
+//!
+//! A SOCKS4/4a server with no async runtime: an acceptor thread deals connections round-robin to
+//! a fixed pool of worker threads, each blocking in its own [`polling::Poller`] (epoll, kqueue)
+//! over a slab of connections with non-blocking std sockets and a timer heap for the handshake,
+//! connect, BIND and idle deadlines. The protocol is [`socks4_core`]'s sans-IO
+//! [`ServerHandshake`](socks4_core::ServerHandshake); SOCKS4a names are resolved by a small
+//! thread pool that answers through the worker's poller. The relay buffers at most
+//! [`MAX_PENDING`] bytes per direction per connection (nothing while idle) and stops reading a
+//! side whose peer cannot take more.
+//!
+//! Also a blocking client: [`connect`] (CONNECT, SOCKS4 or 4a) and [`bind`] (BIND) over
+//! [`std::net::TcpStream`], built on [`ClientHandshake`](socks4_core::ClientHandshake).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use socks4_core::ServerConfig;
+//!
+//! let mut config = ServerConfig::default();
+//! config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+//! let server = socks4_std::Server::bind(config)?;
+//! let proxy = server.local_addrs()[0];
+//! let handle = server.spawn()?;
+//! let stream = socks4_std::connect(proxy, ("localhost", 8080), b"me", Duration::from_secs(5))?;
+//! # drop(stream);
+//! handle.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod client;
+mod conn;
+mod relay;
+mod resolver;
+mod server;
+mod timers;
+mod worker;
+
+pub use client::{BindPending, ConnectError, Target, bind, connect};
+pub use relay::MAX_PENDING;
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,745 @@
+//! One proxied connection inside a worker: the handshake driven through `ServerHandshake`, the
+//! outgoing connect or BIND listener, then the relay, and a short linger after a rejection.
+//!
+//! A connection owns up to three sockets, each registered with the worker's poller under the key
+//! `slot * KEYS_PER_CONN + side`. Interest is one-shot: after each event the socket is disarmed,
+//! and [`Conn::rearm`] re-registers exactly what the current state wants.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use polling::{Event, Poller};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socks4_core::{Dest, Failure, Output, REPLY_LEN, ServerConfig, ServerHandshake};
+
+use crate::relay::{Dir, MAX_PENDING, PumpError};
+use crate::resolver::Job;
+use crate::worker::Msg;
+
+/// Poller keys per connection.
+pub(crate) const KEYS_PER_CONN: usize = 4;
+
+/// After a rejection: how long to keep reading (and discarding) the client's input so that
+/// closing does not reset the connection before the client has read the reply.
+const LINGER: Duration = Duration::from_secs(2);
+/// After a rejection: the most input discarded before closing anyway.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// Which of a connection's sockets an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The accepted client connection.
+    Client = 0,
+    /// The outgoing connection (CONNECT) or the accepted peer (BIND).
+    Upstream = 1,
+    /// The BIND listener.
+    Listener = 2,
+}
+
+impl Side {
+    /// The side a key's low bits name.
+    pub(crate) fn from_key(key: usize) -> Option<Self> {
+        match key % KEYS_PER_CONN {
+            0 => Some(Self::Client),
+            1 => Some(Self::Upstream),
+            2 => Some(Self::Listener),
+            _ => None,
+        }
+    }
+}
+
+/// Readiness wanted from one socket.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Interest {
+    read: bool,
+    write: bool,
+}
+
+impl Interest {
+    fn is_none(self) -> bool {
+        !self.read && !self.write
+    }
+}
+
+/// What the worker lends a connection while it handles an event.
+pub(crate) struct Ctx<'a> {
+    /// The worker's poller.
+    pub(crate) poller: &'a Arc<Poller>,
+    /// The time the event is handled at.
+    pub(crate) now: Instant,
+    /// The worker's clock origin (`ServerHandshake` time is `now - epoch`).
+    pub(crate) epoch: Instant,
+    /// The server configuration.
+    pub(crate) config: &'a ServerConfig,
+    /// The worker's read buffer.
+    pub(crate) scratch: &'a mut [u8],
+    /// The resolver pool.
+    pub(crate) resolver: &'a Sender<Job>,
+    /// The worker's own channel (for resolver answers).
+    pub(crate) inbox: &'a Sender<Msg>,
+}
+
+impl Ctx<'_> {
+    fn clock(&self) -> Duration {
+        self.now.saturating_duration_since(self.epoch)
+    }
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Driving the handshake.
+    Handshake,
+    /// Relaying both ways.
+    Relay { up: Dir, down: Dir },
+    /// A final reply is (being) sent; then read and discard until EOF or `until`.
+    Linger { until: Instant, discarded: usize },
+    /// Finished; the worker logs and removes it.
+    Done,
+}
+
+/// Up to two 8-byte replies not yet written to the client.
+#[derive(Debug, Default)]
+struct Outbox {
+    buf: [u8; 2 * REPLY_LEN],
+    start: usize,
+    end: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, bytes: [u8; REPLY_LEN]) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        // The handshake never emits more than two replies, and the first is flushed before the second.
+        let room = self.buf.len() - self.end;
+        let n = room.min(REPLY_LEN);
+        self.buf[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Writes what the client takes; `Ok(true)` once empty.
+    fn flush(&mut self, client: &TcpStream) -> io::Result<bool> {
+        while self.start < self.end {
+            match (&*client).write(&self.buf[self.start..self.end]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let v = self.buf[self.start..self.end].to_vec();
+        self.start = 0;
+        self.end = 0;
+        v
+    }
+}
+
+/// One connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    id: u64,
+    slot: usize,
+    client: TcpStream,
+    client_addr: SocketAddr,
+    upstream: Option<TcpStream>,
+    connecting: bool,
+    listener: Option<TcpListener>,
+    hs: ServerHandshake,
+    stage: Stage,
+    reading_request: bool,
+    /// Client bytes past the request, read during the handshake.
+    early: Vec<u8>,
+    out: Outbox,
+    hs_deadline: Option<Instant>,
+    registered: [bool; 3],
+    armed: [Interest; 3],
+    started: Instant,
+    last_active: Instant,
+    up_bytes: u64,
+    down_bytes: u64,
+    result: Option<String>,
+    /// The deadline of this connection's live timer entry, if any.
+    pub(crate) scheduled: Option<Instant>,
+}
+
+impl Conn {
+    /// A connection just accepted (already non-blocking), in `slot`, registered for reading.
+    pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &Ctx<'_>) -> Self {
+        let hs = ServerHandshake::new(ctx.clock(), ctx.config.limits, ctx.config.timeouts);
+        let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
+        let mut conn = Self {
+            id,
+            slot,
+            client,
+            client_addr,
+            upstream: None,
+            connecting: false,
+            listener: None,
+            hs,
+            stage: Stage::Handshake,
+            reading_request: true,
+            early: Vec::new(),
+            out: Outbox::default(),
+            hs_deadline,
+            registered: [false; 3],
+            armed: [Interest::default(); 3],
+            started: ctx.now,
+            last_active: ctx.now,
+            up_bytes: 0,
+            down_bytes: 0,
+            result: None,
+            scheduled: None,
+        };
+        conn.rearm(ctx.poller);
+        conn
+    }
+
+    /// The connection's id (unique within its worker).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether it is finished and should be removed.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// When it next needs [`on_timer`](Self::on_timer).
+    pub(crate) fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        match &self.stage {
+            Stage::Handshake => self.hs_deadline,
+            Stage::Relay { .. } => Some(self.last_active + config.timeouts.idle),
+            Stage::Linger { until, .. } => Some(*until),
+            Stage::Done => None,
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------------
+
+    /// A readiness event for one of its sockets.
+    pub(crate) fn on_event(&mut self, ctx: &mut Ctx<'_>, side: Side, ev: Event) {
+        let i = side as usize;
+        let wanted = self.armed[i];
+        // One-shot: the socket is disarmed now.
+        self.armed[i] = Interest::default();
+        let readable = ev.readable && wanted.read;
+        let writable = ev.writable && wanted.write;
+        match self.stage {
+            Stage::Handshake => self.handshake_event(ctx, side, readable, writable),
+            Stage::Relay { .. } => self.relay_event(ctx, side, readable, writable),
+            Stage::Linger { .. } => self.linger_event(ctx, side, readable, writable),
+            Stage::Done => {}
+        }
+        self.rearm(ctx.poller);
+    }
+
+    /// Its deadline may have passed.
+    pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        match &self.stage {
+            Stage::Handshake => {
+                self.hs.handle_timeout(ctx.clock());
+                self.drive(ctx);
+            }
+            Stage::Relay { .. } => {
+                if ctx.now >= self.last_active + ctx.config.timeouts.idle {
+                    self.finish("idle timeout");
+                }
+            }
+            Stage::Linger { until, .. } => {
+                if ctx.now >= *until {
+                    self.stage = Stage::Done;
+                }
+            }
+            Stage::Done => {}
+        }
+        self.rearm(ctx.poller);
+    }
+
+    /// The answer to its SOCKS4a lookup.
+    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, result: Result<Ipv4Addr, Failure>) {
+        if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
+    /// The shutdown grace period is over.
+    pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
+        if !self.is_done() {
+            self.finish("server shutdown");
+        }
+        self.rearm(poller);
+    }
+
+    // ---- handshake ----------------------------------------------------------------------------
+
+    fn handshake_event(&mut self, ctx: &mut Ctx<'_>, side: Side, readable: bool, writable: bool) {
+        match side {
+            Side::Client => {
+                if writable {
+                    self.flush_out();
+                }
+                if readable && self.reading_request {
+                    self.read_request(ctx);
+                }
+            }
+            Side::Upstream if writable && self.connecting => self.connect_progress(ctx),
+            Side::Listener if readable => self.accept_peer(ctx),
+            _ => {}
+        }
+    }
+
+    fn read_request(&mut self, ctx: &mut Ctx<'_>) {
+        let buf = &mut ctx.scratch[..MAX_PENDING];
+        match (&self.client).read(buf) {
+            Ok(0) => self.hs.handle_eof(ctx.clock()),
+            Ok(n) => {
+                let now = ctx.now.saturating_duration_since(ctx.epoch);
+                let used = self.hs.handle_input(now, &buf[..n]);
+                if self.hs.request().is_some() {
+                    self.reading_request = false;
+                    if used < n {
+                        self.early = buf[used..n].to_vec();
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
+            Err(e) => return self.finish(&format!("client read: {e}")),
+        }
+        self.drive(ctx);
+    }
+
+    /// Performs what the handshake asks until it waits, relays or closes.
+    fn drive(&mut self, ctx: &mut Ctx<'_>) {
+        enum Step {
+            Resolve(String, u16),
+            Authorize,
+            Connect(SocketAddrV4),
+            Listen,
+            Relay,
+            Wait(Option<Duration>),
+            Closed(String),
+        }
+        loop {
+            let step = match self.hs.poll_output() {
+                Output::Send(reply) => {
+                    self.out.push(reply.to_bytes());
+                    continue;
+                }
+                Output::Resolve { host, port } => Step::Resolve(host.to_owned(), port),
+                Output::Authorize(_) => Step::Authorize,
+                Output::Connect(addr) => Step::Connect(addr),
+                Output::Listen { .. } => Step::Listen,
+                Output::Relay => Step::Relay,
+                Output::Wait { deadline } => Step::Wait(deadline),
+                Output::Closed(reason) => Step::Closed(reason.to_string()),
+                other => Step::Closed(format!("unexpected handshake output {other:?}")),
+            };
+            let now = ctx.clock();
+            match step {
+                Step::Resolve(host, port) => {
+                    let job = Job {
+                        host,
+                        port,
+                        slot: self.slot,
+                        id: self.id,
+                        reply: ctx.inbox.clone(),
+                        poller: Arc::clone(ctx.poller),
+                    };
+                    if ctx.resolver.send(job).is_err() {
+                        let _ = self.hs.handle_resolved(now, Err(Failure::Other));
+                    }
+                }
+                Step::Authorize => {
+                    let ip = self.client_addr.ip().to_canonical();
+                    if let Err(e) = self.hs.authorize(now, &ctx.config.rules, ip) {
+                        return self.finish(&e.to_string());
+                    }
+                }
+                Step::Connect(addr) => {
+                    let done = self.start_connect(addr);
+                    if let Some(result) = done {
+                        let _ = self.hs.handle_connected(now, result);
+                    }
+                }
+                Step::Listen => {
+                    let result = self.start_listen();
+                    let _ = self.hs.handle_listening(now, result);
+                }
+                Step::Relay => return self.start_relay(ctx),
+                Step::Wait(deadline) => {
+                    self.hs_deadline = deadline.map(|d| ctx.epoch + d);
+                    self.flush_out();
+                    return;
+                }
+                Step::Closed(reason) => {
+                    self.result = Some(reason);
+                    self.drop_upstream(ctx.poller);
+                    if self.out.is_empty() {
+                        self.stage = Stage::Done;
+                    } else {
+                        self.stage = Stage::Linger { until: ctx.now + LINGER, discarded: 0 };
+                        self.flush_out();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes pending replies; in the linger stage, shuts the client's write side once done.
+    fn flush_out(&mut self) {
+        match self.out.flush(&self.client) {
+            Ok(true) => {
+                if matches!(self.stage, Stage::Linger { .. }) {
+                    let _ = self.client.shutdown(Shutdown::Write);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                if matches!(self.stage, Stage::Linger { .. }) {
+                    self.stage = Stage::Done;
+                } else {
+                    self.finish(&format!("client write: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
+    fn start_connect(&mut self, addr: SocketAddrV4) -> Option<Result<SocketAddrV4, Failure>> {
+        let socket = match Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(Failure::from(&e))),
+        };
+        if let Err(e) = socket.set_nonblocking(true) {
+            return Some(Err(Failure::from(&e)));
+        }
+        let result = socket.connect(&SockAddr::from(addr));
+        let stream = TcpStream::from(socket);
+        let _ = stream.set_nodelay(true);
+        match result {
+            Ok(()) => {
+                let local = local_v4(&stream);
+                self.upstream = Some(stream);
+                Some(local)
+            }
+            Err(e) if is_in_progress(&e) => {
+                self.upstream = Some(stream);
+                // `rearm` registers it for writability.
+                self.connecting = true;
+                None
+            }
+            Err(e) => Some(Err(Failure::from(&e))),
+        }
+    }
+
+    fn connect_progress(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(stream) = &self.upstream else { return };
+        let result = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(Failure::from(&e)),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => local_v4(stream),
+                // Not connected yet (a spurious wake-up): keep waiting, bounded by the deadline.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Err(Failure::from(&e)),
+            },
+        };
+        self.connecting = false;
+        if result.is_err() {
+            self.drop_upstream(ctx.poller);
+        }
+        let _ = self.hs.handle_connected(ctx.clock(), result);
+        self.drive(ctx);
+    }
+
+    /// BIND: listens on the address the client reached us on, port 0.
+    fn start_listen(&mut self) -> Result<SocketAddrV4, Failure> {
+        let local = self.client.local_addr().map_err(|e| Failure::from(&e))?;
+        let ip = local.ip().to_canonical();
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
+        listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
+        let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
+        self.listener = Some(listener);
+        Ok(match ip {
+            IpAddr::V4(v4) => SocketAddrV4::new(v4, port),
+            // An IPv6 listener: 0.0.0.0 tells the client to use the proxy's own address.
+            IpAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        })
+    }
+
+    fn accept_peer(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(listener) = &self.listener else { return };
+        let result = match listener.accept() {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = stream.set_nonblocking(true) {
+                    Err(Failure::from(&e))
+                } else {
+                    self.upstream = Some(stream);
+                    Ok(match addr.ip().to_canonical() {
+                        IpAddr::V4(ip) => SocketAddrV4::new(ip, addr.port()),
+                        IpAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, addr.port()),
+                    })
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => return,
+            Err(e) => Err(Failure::from(&e)),
+        };
+        // One accept only: the listener closes now.
+        self.drop_socket(ctx.poller, Side::Listener);
+        let _ = self.hs.handle_bind_peer(ctx.clock(), result);
+        self.drive(ctx);
+    }
+
+    // ---- relay --------------------------------------------------------------------------------
+
+    fn start_relay(&mut self, ctx: &mut Ctx<'_>) {
+        if self.upstream.is_none() {
+            return self.finish("relay without an upstream connection");
+        }
+        let early = std::mem::take(&mut self.early);
+        let mut up = Dir::with_pending(early);
+        up.bytes = up.buffered() as u64;
+        let down = Dir::with_pending(self.out.take());
+        self.stage = Stage::Relay { up, down };
+        self.last_active = ctx.now;
+        self.pump_both(ctx, true, true);
+    }
+
+    fn relay_event(&mut self, ctx: &mut Ctx<'_>, side: Side, readable: bool, writable: bool) {
+        match side {
+            // Client readable or upstream writable: the up direction; the reverse: down.
+            Side::Client => self.pump_both(ctx, readable, writable),
+            Side::Upstream => self.pump_both(ctx, writable, readable),
+            Side::Listener => {}
+        }
+    }
+
+    fn pump_both(&mut self, ctx: &mut Ctx<'_>, do_up: bool, do_down: bool) {
+        let Stage::Relay { up, down } = &mut self.stage else { return };
+        let Some(upstream) = &self.upstream else { return };
+        let mut failure = None;
+        let mut moved = false;
+        if do_up {
+            match up.pump(&self.client, upstream, ctx.scratch) {
+                Ok(p) => moved |= p.moved,
+                Err(e) => failure = Some(describe("client", "upstream", e)),
+            }
+        }
+        if do_down && failure.is_none() {
+            match down.pump(upstream, &self.client, ctx.scratch) {
+                Ok(p) => moved |= p.moved,
+                Err(e) => failure = Some(describe("upstream", "client", e)),
+            }
+        }
+        self.up_bytes = up.bytes;
+        self.down_bytes = down.bytes;
+        let both_done = up.is_done() && down.is_done();
+        if moved {
+            self.last_active = ctx.now;
+        }
+        if let Some(f) = failure {
+            self.finish(&f);
+        } else if both_done {
+            self.finish("ok");
+        }
+    }
+
+    // ---- linger -------------------------------------------------------------------------------
+
+    fn linger_event(&mut self, _ctx: &mut Ctx<'_>, side: Side, readable: bool, writable: bool) {
+        if side != Side::Client {
+            return;
+        }
+        if writable {
+            self.flush_out();
+        }
+        if !readable {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match (&self.client).read(&mut buf) {
+                Ok(0) => break self.stage = Stage::Done,
+                Ok(n) => {
+                    if let Stage::Linger { discarded, .. } = &mut self.stage {
+                        *discarded += n;
+                        if *discarded > LINGER_MAX_BYTES {
+                            break self.stage = Stage::Done;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break self.stage = Stage::Done,
+            }
+        }
+    }
+
+    // ---- bookkeeping --------------------------------------------------------------------------
+
+    /// Ends the connection with `result` (unless a result was already recorded).
+    fn finish(&mut self, result: &str) {
+        if self.result.is_none() {
+            self.result = Some(result.to_owned());
+        }
+        self.stage = Stage::Done;
+    }
+
+    fn interest(&self, side: Side) -> Interest {
+        match (&self.stage, side) {
+            (Stage::Done, _) => Interest::default(),
+            (Stage::Handshake, Side::Client) => {
+                Interest { read: self.reading_request, write: !self.out.is_empty() }
+            }
+            (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
+            (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
+            (Stage::Relay { up, down }, Side::Client) => Interest { read: up.wants_read(), write: down.wants_write() },
+            (Stage::Relay { up, down }, Side::Upstream) => Interest { read: down.wants_read(), write: up.wants_write() },
+            (Stage::Linger { .. }, Side::Client) => Interest { read: true, write: !self.out.is_empty() },
+            _ => Interest::default(),
+        }
+    }
+
+    /// Brings each socket's registration in line with what the state wants.
+    fn rearm(&mut self, poller: &Poller) {
+        for side in [Side::Client, Side::Upstream, Side::Listener] {
+            let want = self.interest(side);
+            let i = side as usize;
+            if want == self.armed[i] && (self.registered[i] || want.is_none()) {
+                continue;
+            }
+            let key = self.slot * KEYS_PER_CONN + i;
+            let event = Event::new(key, want.read, want.write);
+            let result = match side {
+                Side::Client => arm(poller, &self.client, &mut self.registered[i], event),
+                Side::Upstream => match &self.upstream {
+                    Some(s) => arm(poller, s, &mut self.registered[i], event),
+                    None => continue,
+                },
+                Side::Listener => match &self.listener {
+                    Some(l) => arm(poller, l, &mut self.registered[i], event),
+                    None => continue,
+                },
+            };
+            match result {
+                Ok(()) => self.armed[i] = want,
+                Err(e) => {
+                    self.finish(&format!("poller: {e}"));
+                    // Done wants nothing: the loop's later sides are skipped by their own check.
+                }
+            }
+        }
+    }
+
+    fn drop_socket(&mut self, poller: &Poller, side: Side) {
+        let i = side as usize;
+        let registered = std::mem::take(&mut self.registered[i]);
+        self.armed[i] = Interest::default();
+        match side {
+            Side::Client => {}
+            Side::Upstream => {
+                if let Some(s) = self.upstream.take() {
+                    if registered {
+                        let _ = poller.delete(&s);
+                    }
+                }
+                self.connecting = false;
+            }
+            Side::Listener => {
+                if let Some(l) = self.listener.take() {
+                    if registered {
+                        let _ = poller.delete(&l);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_upstream(&mut self, poller: &Poller) {
+        self.drop_socket(poller, Side::Upstream);
+        self.drop_socket(poller, Side::Listener);
+    }
+
+    /// Deregisters every socket; dropping the connection then closes them.
+    pub(crate) fn deregister(&mut self, poller: &Poller) {
+        self.drop_upstream(poller);
+        if std::mem::take(&mut self.registered[Side::Client as usize]) {
+            let _ = poller.delete(&self.client);
+        }
+    }
+
+    /// The connection's log line fields: client, command, destination, user, result, bytes, time.
+    pub(crate) fn log(&self, now: Instant) {
+        let (cmd, dest, user) = match self.hs.request() {
+            Some(req) => {
+                let dest = match req.dest {
+                    Dest::Ip(ip) => format!("{ip}:{}", req.port),
+                    Dest::Domain(host) => format!("{host}:{}", req.port),
+                };
+                (req.command.to_string(), dest, String::from_utf8_lossy(req.user_id).into_owned())
+            }
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        let result = self.result.as_deref().unwrap_or("ok");
+        let ms = now.saturating_duration_since(self.started).as_millis();
+        tracing::info!(
+            "conn client={} cmd={cmd} dest={dest} user={user} result={result} up={} down={} ms={ms}",
+            self.client_addr,
+            self.up_bytes,
+            self.down_bytes,
+        );
+    }
+}
+
+/// Registers (first time) or re-arms a socket.
+fn arm<S>(poller: &Poller, source: &S, registered: &mut bool, event: Event) -> io::Result<()>
+where
+    S: polling::AsSource,
+    for<'a> &'a S: polling::AsRawSource,
+{
+    if *registered {
+        poller.modify(source, event)
+    } else {
+        // SAFETY: every registered socket is deleted from the poller before it is dropped:
+        // `drop_socket` and `deregister` do so, and the worker calls `deregister` on every
+        // connection before dropping it.
+        unsafe { poller.add(source, event)? };
+        *registered = true;
+        Ok(())
+    }
+}
+
+fn describe(from: &str, to: &str, e: PumpError) -> String {
+    match e {
+        PumpError::Read(e) => format!("{from} read: {e}"),
+        PumpError::Write(e) => format!("{to} write: {e}"),
+    }
+}
+
+fn is_in_progress(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
+}
+
+fn local_v4(stream: &TcpStream) -> Result<SocketAddrV4, Failure> {
+    match stream.local_addr() {
+        Ok(SocketAddr::V4(a)) => Ok(a),
+        Ok(SocketAddr::V6(a)) => Ok(SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port())),
+        Err(e) => Err(Failure::from(&e)),
+    }
+}

@@ -1,0 +1,285 @@
+//! The server: listeners, the acceptor thread, the worker pool, and shutdown.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use polling::{Event, Events, Poller};
+use socket2::{Domain, Protocol, Socket, Type};
+use socks4_core::ServerConfig;
+
+use crate::resolver::{self, RESOLVER_THREADS};
+use crate::worker::{Msg, Shared, Worker};
+
+/// Listen backlog.
+const BACKLOG: i32 = 1024;
+/// Pause after an accept error such as EMFILE.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Accepts per listener wake-up before looking at the others.
+const ACCEPTS_PER_WAKE: usize = 128;
+/// Stack size of the server's threads.
+const STACK: usize = 512 * 1024;
+
+/// A bound, not yet running server.
+///
+/// ```no_run
+/// use socks4_core::ServerConfig;
+/// let server = socks4_std::Server::bind(ServerConfig::default())?;
+/// println!("listening on {:?}", server.local_addrs());
+/// let handle = server.spawn()?;
+/// // ... later:
+/// handle.shutdown();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    config: Arc<ServerConfig>,
+}
+
+impl Server {
+    /// Binds every listen address of `config` (port 0 picks a free port).
+    ///
+    /// The config should have been validated (`ServerConfig::validate`); an invalid one is
+    /// refused with `InvalidInput`.
+    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if config.reuseport {
+            tracing::warn!("socks4-std has one acceptor thread; --reuseport is ignored");
+        }
+        let listeners = config.listen.iter().map(|addr| listen(*addr)).collect::<io::Result<Vec<_>>>()?;
+        Ok(Server { listeners, config: Arc::new(config) })
+    }
+
+    /// The addresses actually bound (with the ports picked for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Starts the acceptor, the workers and the resolver pool in background threads.
+    pub fn spawn(self) -> io::Result<ServerHandle> {
+        let addrs = self.local_addrs();
+        let workers = self.config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let shared = Arc::new(Shared::default());
+        let resolver = resolver::start(RESOLVER_THREADS)?;
+        let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
+        let mut links = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let poller = Arc::new(Poller::new()?);
+            let (tx, rx) = mpsc::channel();
+            let worker = Worker {
+                poller: Arc::clone(&poller),
+                inbox_rx: rx,
+                inbox_tx: tx.clone(),
+                resolver: resolver.clone(),
+                config: Arc::clone(&self.config),
+                shared: Arc::clone(&shared),
+            };
+            let thread =
+                thread::Builder::new().name(format!("socks4-worker-{i}")).stack_size(STACK).spawn(move || worker.run())?;
+            handle.workers.push((Arc::clone(&poller), thread));
+            links.push(WorkerLink { tx, poller });
+        }
+        drop(resolver);
+        let poller = Arc::new(Poller::new()?);
+        let acceptor = Acceptor {
+            listeners: self.listeners,
+            poller: Arc::clone(&poller),
+            workers: links,
+            shared,
+            max_connections: self.config.max_connections,
+        };
+        let thread = thread::Builder::new().name("socks4-accept".into()).stack_size(STACK).spawn(move || acceptor.run())?;
+        handle.acceptor = Some((poller, thread));
+        Ok(handle)
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully (see [`ServerHandle::shutdown`]).
+    pub fn run(self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = self.spawn()?;
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "shutting down: no new connections, live ones get the grace period");
+        }
+        handle.shutdown();
+        Ok(())
+    }
+}
+
+/// Binds one listener (SO_REUSEADDR, IPv6-only for IPv6 addresses, non-blocking).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A running server. Dropping it shuts the server down like [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    acceptor: Option<(Arc<Poller>, JoinHandle<()>)>,
+    workers: Vec<(Arc<Poller>, JoinHandle<()>)>,
+}
+
+impl ServerHandle {
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Connections currently open (accepted and not yet closed).
+    pub fn live_connections(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed on accept because `max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting (the listeners close), lets live connections go on for up to
+    /// `timeouts.shutdown_grace`, then closes what is left and joins the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop_accepting.store(true, Ordering::SeqCst);
+        if let Some((poller, thread)) = self.acceptor.take() {
+            let _ = poller.notify();
+            let _ = thread.join();
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for (poller, _) in &self.workers {
+            let _ = poller.notify();
+        }
+        for (_, thread) in self.workers.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct WorkerLink {
+    tx: Sender<Msg>,
+    poller: Arc<Poller>,
+}
+
+struct Acceptor {
+    listeners: Vec<TcpListener>,
+    poller: Arc<Poller>,
+    workers: Vec<WorkerLink>,
+    shared: Arc<Shared>,
+    max_connections: usize,
+}
+
+impl Acceptor {
+    fn run(self) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            // SAFETY: the listeners are deleted from the poller below, before they are dropped.
+            if let Err(e) = unsafe { self.poller.add(l, Event::readable(i)) } {
+                tracing::error!("cannot watch listener {:?}: {e}", l.local_addr());
+            }
+        }
+        let mut events = Events::new();
+        let mut next = 0usize;
+        while !self.shared.stop_accepting.load(Ordering::SeqCst) {
+            events.clear();
+            if let Err(e) = self.poller.wait(&mut events, None) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("acceptor poller failed: {e}");
+                    thread::sleep(ACCEPT_BACKOFF);
+                }
+                continue;
+            }
+            let mut back_off = false;
+            for ev in events.iter() {
+                let Some(listener) = self.listeners.get(ev.key) else { continue };
+                for _ in 0..ACCEPTS_PER_WAKE {
+                    match listener.accept() {
+                        Ok((stream, addr)) => self.dispatch(stream, addr, &mut next),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::Interrupted
+                                    | io::ErrorKind::ConnectionAborted
+                                    | io::ErrorKind::ConnectionReset
+                            ) => {}
+                        Err(e) => {
+                            // EMFILE, ENFILE, ENOBUFS, ENOMEM...: pause rather than spin.
+                            tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
+                            back_off = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if back_off {
+                thread::sleep(ACCEPT_BACKOFF);
+            }
+            for ev in events.iter() {
+                if let Some(l) = self.listeners.get(ev.key) {
+                    if let Err(e) = self.poller.modify(l, Event::readable(ev.key)) {
+                        tracing::error!("cannot re-arm listener: {e}");
+                    }
+                }
+            }
+        }
+        for l in &self.listeners {
+            let _ = self.poller.delete(l);
+        }
+    }
+
+    fn dispatch(&self, stream: TcpStream, addr: SocketAddr, next: &mut usize) {
+        let live = self.shared.live.fetch_add(1, Ordering::SeqCst);
+        if live >= self.max_connections {
+            self.shared.live.fetch_sub(1, Ordering::SeqCst);
+            let refused = self.shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
+            tracing::warn!(
+                "connection limit {} reached: closing {addr} ({refused} refused so far)",
+                self.max_connections
+            );
+            return;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            self.shared.live.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("dropping {addr}: {e}");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        // Round-robin; a worker that is gone (it cannot be, short of a bug) passes its turn on.
+        let n = self.workers.len();
+        let mut msg = Msg::Conn(stream, addr);
+        for _ in 0..n {
+            let link = &self.workers[*next % n];
+            *next = (*next + 1) % n;
+            match link.tx.send(msg) {
+                Ok(()) => {
+                    let _ = link.poller.notify();
+                    return;
+                }
+                Err(mpsc::SendError(back)) => msg = back,
+            }
+        }
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,168 @@
+//! A worker thread: one `polling::Poller`, a slab of connections, a timer queue, and a channel
+//! through which the acceptor hands over connections and the resolver answers.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use polling::{Events, Poller};
+use slab::Slab;
+use socks4_core::{Failure, ServerConfig};
+
+use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
+use crate::resolver::Job;
+use crate::timers::{Entry, Timers};
+
+/// Size of each worker's read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// A message to a worker.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// A newly accepted connection (non-blocking) and its peer address.
+    Conn(TcpStream, SocketAddr),
+    /// The answer to a connection's SOCKS4a lookup.
+    Resolved {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The first IPv4 address, or why there is none.
+        result: Result<std::net::Ipv4Addr, Failure>,
+    },
+}
+
+/// State shared by the acceptor, the workers and the handle.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Connections accepted and not yet closed.
+    pub(crate) live: AtomicUsize,
+    /// Connections closed at once because of the connection limit.
+    pub(crate) refused: AtomicU64,
+    /// Stop accepting.
+    pub(crate) stop_accepting: AtomicBool,
+    /// Workers: finish live connections within the grace period, then exit.
+    pub(crate) draining: AtomicBool,
+}
+
+/// What a worker runs with.
+pub(crate) struct Worker {
+    pub(crate) poller: Arc<Poller>,
+    pub(crate) inbox_rx: Receiver<Msg>,
+    pub(crate) inbox_tx: Sender<Msg>,
+    pub(crate) resolver: Sender<Job>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Runs the event loop until drained after shutdown.
+    pub(crate) fn run(self) {
+        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared } = self;
+        let epoch = Instant::now();
+        let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
+        let mut conns: Slab<Conn> = Slab::new();
+        let mut timers = Timers::default();
+        let mut events = Events::new();
+        let mut next_id = 0u64;
+        let mut grace_end: Option<Instant> = None;
+        let mut touched: Vec<usize> = Vec::new();
+
+        loop {
+            let now = Instant::now();
+            let wake_at = match (timers.next_deadline(), grace_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
+            events.clear();
+            if let Err(e) = poller.wait(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("worker poller failed: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let now = Instant::now();
+            let mut ctx = Ctx {
+                poller: &poller,
+                now,
+                epoch,
+                config: &config,
+                scratch: &mut scratch,
+                resolver: &resolver,
+                inbox: &inbox_tx,
+            };
+            // Read before the inbox: everything the acceptor sent before stopping is then visible.
+            let draining = shared.draining.load(Ordering::SeqCst);
+            touched.clear();
+
+            for ev in events.iter() {
+                let slot = ev.key / KEYS_PER_CONN;
+                let (Some(side), Some(conn)) = (Side::from_key(ev.key), conns.get_mut(slot)) else { continue };
+                conn.on_event(&mut ctx, side, ev);
+                touched.push(slot);
+            }
+
+            loop {
+                match inbox_rx.try_recv() {
+                    Ok(Msg::Conn(stream, addr)) => {
+                        let entry = conns.vacant_entry();
+                        let slot = entry.key();
+                        next_id += 1;
+                        entry.insert(Conn::new(next_id, slot, stream, addr, &ctx));
+                        touched.push(slot);
+                    }
+                    Ok(Msg::Resolved { slot, id, result }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_resolved(&mut ctx, result);
+                            touched.push(slot);
+                        }
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+
+            while let Some(Entry { slot, id, at }) = timers.pop_due(now) {
+                if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id && c.scheduled == Some(at)) {
+                    conn.scheduled = None;
+                    conn.on_timer(&mut ctx);
+                    touched.push(slot);
+                }
+            }
+
+            if grace_end.is_none() && draining {
+                grace_end = Some(now + config.timeouts.shutdown_grace);
+            }
+            if grace_end.is_some_and(|t| now >= t) {
+                for (slot, conn) in conns.iter_mut() {
+                    conn.on_shutdown(&poller);
+                    touched.push(slot);
+                }
+            }
+
+            for &slot in &touched {
+                let Some(conn) = conns.get_mut(slot) else { continue };
+                if conn.is_done() {
+                    let mut conn = conns.remove(slot);
+                    conn.deregister(&poller);
+                    conn.log(now);
+                    drop(conn);
+                    shared.live.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                if let Some(at) = conn.deadline(&config) {
+                    if conn.scheduled.is_none_or(|s| s > at) {
+                        conn.scheduled = Some(at);
+                        timers.push(Entry { at, slot, id: conn.id() });
+                    }
+                }
+            }
+
+            if grace_end.is_some() && conns.is_empty() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Shared test helpers: the test server configuration and a running server.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socks4_core::ServerConfig;
+use socks4_core::rules::Rules;
+use socks4_std::{Server, ServerHandle};
+
+/// The configuration `Profile::test_server()` describes, on 127.0.0.1:0.
+pub fn test_config(workers: usize) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().expect("address")];
+    config.workers = Some(workers);
+    config.limits.user_id = 255;
+    config.timeouts.handshake = Duration::from_secs(1);
+    config.timeouts.bind = Duration::from_secs(5);
+    config.timeouts.shutdown_grace = Duration::from_secs(1);
+    config.rules = Rules::parse("deny user denied\nallow").expect("rules");
+    config
+}
+
+/// Starts a server with `config`; returns its address and handle.
+pub fn start_with(config: ServerConfig) -> (SocketAddr, ServerHandle) {
+    let server = Server::bind(config).expect("bind");
+    let addr = server.local_addrs()[0];
+    (addr, server.spawn().expect("spawn"))
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur as u64;
+            }
+        }
+    }
+    lim.rlim_cur as u64
+}
