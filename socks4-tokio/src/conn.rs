@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::{Command, Dest, Failure, Output, ServerHandshake};
+use socks4_core::{Command, Dest, Failure, Output, ServerConfig, ServerHandshake};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, RelayEnd, write_all};
@@ -133,6 +133,23 @@ async fn handshake_and_relay(
     record: &mut Record,
 ) -> Result<(), ConnError> {
     let config = &guard.shared().config;
+    // Separate futures, so the handshake's state is not kept while relaying.
+    let (upstream, early) = handshake(client, peer, config, record).await?;
+    match relay::relay(client, &upstream, early, config.timeouts.idle, record).await {
+        RelayEnd::Done => Ok(()),
+        RelayEnd::Idle => Err(ConnError::Idle),
+        RelayEnd::Error(what, e) => Err(ConnError::Io(what, e)),
+    }
+}
+
+/// Drives the handshake to the relay; returns the destination (or BIND peer) stream and the
+/// client's early data.
+async fn handshake(
+    client: &TcpStream,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    record: &mut Record,
+) -> Result<(TcpStream, Vec<u8>), ConnError> {
     let _ = client.set_nodelay(true);
     let start = record.start;
     let now = || start.elapsed();
@@ -232,14 +249,9 @@ async fn handshake_and_relay(
         }
     }
 
-    let Some(upstream) = upstream else {
-        return Err(ConnError::Handshake("internal error: relay without a destination".into()));
-    };
-    drop(hs);
-    match relay::relay(client, &upstream, early, config.timeouts.idle, record).await {
-        RelayEnd::Done => Ok(()),
-        RelayEnd::Idle => Err(ConnError::Idle),
-        RelayEnd::Error(what, e) => Err(ConnError::Io(what, e)),
+    match upstream {
+        Some(upstream) => Ok((upstream, early)),
+        None => Err(ConnError::Handshake("internal error: relay without a destination".into())),
     }
 }
 

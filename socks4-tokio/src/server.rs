@@ -28,10 +28,8 @@ impl Shared {
     /// Counts a newly accepted connection in, unless the limit is reached.
     pub(crate) fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<ActiveGuard> {
         let max = self.config.max_connections;
-        let admitted = self
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .is_ok();
+        let admitted =
+            self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
         if admitted {
             self.accepted.fetch_add(1, Ordering::Relaxed);
             Some(ActiveGuard(Arc::clone(self)))
@@ -96,12 +94,8 @@ impl Server {
             }
             listeners.push(group);
         }
-        let shared = Shared {
-            config,
-            active: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            over_limit: AtomicU64::new(0),
-        };
+        let shared =
+            Shared { config, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) };
         Ok(Server { shared: Arc::new(shared), workers, listeners })
     }
 

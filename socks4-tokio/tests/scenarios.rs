@@ -4,8 +4,8 @@ mod common;
 
 use std::net::SocketAddr;
 
-use socks4_tools::scenarios::Profile;
 use socks4_tokio::ServerHandle;
+use socks4_tools::scenarios::Profile;
 
 fn start() -> (SocketAddr, Profile, ServerHandle) {
     let (addr, handle) = common::start_with(common::test_config());

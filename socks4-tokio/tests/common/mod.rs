@@ -32,3 +32,43 @@ pub fn start_with(config: ServerConfig) -> (SocketAddr, ServerHandle) {
     let addr = server.local_addrs()[0];
     (addr, server.spawn().unwrap())
 }
+
+/// Opens a SOCKS4 CONNECT through `proxy` to `target` with blocking std sockets and checks the
+/// reply is 90.
+pub fn open_connect(proxy: SocketAddr, target: std::net::SocketAddrV4) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&socks4_tools::wire::connect(target, b"test")).unwrap();
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 90, "reply {reply:?}");
+    s
+}
+
+/// Writes `msg` and reads it back (through an echo target).
+pub fn echo(s: &mut std::net::TcpStream, msg: &[u8]) {
+    use std::io::{Read, Write};
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
+
+/// Reads until EOF or error, with `limit` as the read timeout; returns whether the peer closed
+/// (EOF or reset) rather than timing out.
+pub fn closes_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
