@@ -152,7 +152,8 @@ async fn handshake<R: Runtime>(
                 let result = match R::connect(addr.into(), config.timeouts.connect).await {
                     Ok(stream) => {
                         let _ = R::set_nodelay(&stream);
-                        let local = R::local_addr(&stream).map(v4).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                        let local =
+                            R::local_addr(&stream).map(v4).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
                         dest = Some(stream);
                         Ok(local)
                     }

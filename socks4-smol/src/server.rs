@@ -119,12 +119,8 @@ impl Server {
                 Some(w) => senders.get(w).cloned().into_iter().collect(),
                 None => senders.clone(),
             };
-            let acceptor = Acceptor {
-                targets,
-                next: next.clone(),
-                shared: shared.clone(),
-                max: self.config.max_connections,
-            };
+            let acceptor =
+                Acceptor { targets, next: next.clone(), shared: shared.clone(), max: self.config.max_connections };
             let stop = stop_rx.clone();
             let thread =
                 thread::Builder::new().name("socks4-smol-accept".into()).spawn(move || acceptor.run(listener, stop))?;
