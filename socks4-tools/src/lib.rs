@@ -6,10 +6,13 @@
 //!   test, and [`scenario_tests!`] to turn them into `#[test]`s.
 //! - [`report`]: run all or some scenarios and print `PASS`/`FAIL`/`SKIP` lines.
 //! - [`checksum`]: deterministic payloads and FNV-1a.
+//! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
 //!
-//! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server.
+//! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
+//! measures one.
 
 pub mod checksum;
+pub mod load;
 pub mod report;
 pub mod scenarios;
 pub mod targets;
