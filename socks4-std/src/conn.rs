@@ -692,7 +692,11 @@ impl Conn {
                     Dest::Ip(ip) => format!("{ip}:{}", req.port),
                     Dest::Domain(host) => format!("{host}:{}", req.port),
                 };
-                (req.command.to_string(), dest, String::from_utf8_lossy(req.user_id).into_owned())
+                let user = match req.user_id {
+                    [] => "-".to_owned(),
+                    id => String::from_utf8_lossy(id).into_owned(),
+                };
+                (req.command.to_string(), dest, user)
             }
             None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };

@@ -1,0 +1,128 @@
+//! Server behaviour beyond the shared scenarios: connection limit, idle timeout, graceful
+//! shutdown, config validation.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socks4_std::Server;
+use socks4_tools::targets::EchoTarget;
+
+const T: Duration = Duration::from_secs(10);
+
+fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+    s.set_read_timeout(Some(T)).expect("timeout");
+    s.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("read");
+    assert_eq!(back, msg);
+}
+
+/// Waits (bounded) for the peer to close: EOF or reset.
+fn expect_closed(s: &mut TcpStream, within: Duration) {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) => {}
+        other => panic!("expected the proxy to close the connection, got {other:?}"),
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn connections_over_the_limit_are_closed_and_counted() {
+    let mut config = common::test_config(2);
+    config.max_connections = 2;
+    let (proxy, handle) = common::start_with(config);
+    let echo = EchoTarget::start().expect("echo");
+    let mut a = socks4_std::connect(proxy, echo.addr(), b"", T).expect("first");
+    let mut b = socks4_std::connect(proxy, echo.addr(), b"", T).expect("second");
+    round_trip(&mut a, b"a");
+    round_trip(&mut b, b"b");
+    let mut c = TcpStream::connect(proxy).expect("tcp connect still works");
+    expect_closed(&mut c, T);
+    assert_eq!(handle.refused_connections(), 1);
+    // The others are unaffected; closing one makes room again.
+    round_trip(&mut a, b"still a");
+    drop(b);
+    wait_until("the closed connection to be released", || handle.live_connections() < 2);
+    let mut d = socks4_std::connect(proxy, echo.addr(), b"", T).expect("room again");
+    round_trip(&mut d, b"d");
+}
+
+#[test]
+fn idle_relays_are_closed() {
+    let mut config = common::test_config(1);
+    config.timeouts.idle = Duration::from_millis(300);
+    let (proxy, _handle) = common::start_with(config);
+    let echo = EchoTarget::start().expect("echo");
+    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    // Traffic keeps it alive past the idle timeout...
+    for _ in 0..4 {
+        round_trip(&mut s, b"keepalive");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // ...silence ends it.
+    expect_closed(&mut s, T);
+}
+
+#[test]
+fn shutdown_lets_relays_finish_within_the_grace_period_then_closes() {
+    let mut config = common::test_config(2);
+    config.timeouts.shutdown_grace = Duration::from_secs(2);
+    let (proxy, handle) = common::start_with(config);
+    let echo = EchoTarget::start().expect("echo");
+    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    round_trip(&mut s, b"before");
+    let started = Instant::now();
+    let stopper = thread::spawn(move || handle.shutdown());
+    // New connections are refused once the listener is closed.
+    wait_until("the listener to close", || TcpStream::connect_timeout(&proxy, T).is_err());
+    // The live relay still works during the grace period.
+    round_trip(&mut s, b"during the grace period");
+    stopper.join().expect("shutdown");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "shutdown did not wait for the live relay");
+    expect_closed(&mut s, T);
+}
+
+#[test]
+fn shutdown_is_prompt_when_nothing_is_open() {
+    let (_proxy, handle) = common::start_with(common::test_config(2));
+    let started = Instant::now();
+    handle.shutdown();
+    assert!(started.elapsed() < T);
+}
+
+#[test]
+fn relays_that_end_by_themselves_do_not_hold_up_shutdown() {
+    let mut config = common::test_config(1);
+    config.timeouts.shutdown_grace = Duration::from_secs(30);
+    let (proxy, handle) = common::start_with(config);
+    let echo = EchoTarget::start().expect("echo");
+    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    round_trip(&mut s, b"x");
+    let stopper = thread::spawn(move || handle.shutdown());
+    thread::sleep(Duration::from_millis(200));
+    s.shutdown(Shutdown::Write).expect("half-close");
+    expect_closed(&mut s, T);
+    stopper.join().expect("shutdown returns once the relay ended, well before the 30 s grace");
+}
+
+#[test]
+fn an_open_proxy_config_is_refused() {
+    let mut config = common::test_config(1);
+    config.listen = vec!["0.0.0.0:0".parse().expect("addr")];
+    config.rules = socks4_core::rules::Rules::default();
+    assert!(Server::bind(config).is_err());
+}
