@@ -295,6 +295,12 @@ impl Json {
             None => self.raw(k, "null"),
         }
     }
+    fn opt_num(&mut self, k: &str, v: Option<f64>) {
+        match v {
+            Some(v) => self.num(k, v),
+            None => self.raw(k, "null"),
+        }
+    }
     fn strs(&mut self, k: &str, v: &[String]) {
         self.key(k);
         self.0.push('[');
@@ -640,24 +646,21 @@ pub struct HoldReport {
     pub held: usize,
     /// Seconds it took to open them all.
     pub open_secs: f64,
-    /// Server RSS (KiB, summed over its process tree) before opening.
-    pub rss_before_kib: Option<u64>,
-    /// Server RSS (KiB) with all connections held.
-    pub rss_after_kib: Option<u64>,
-    /// Processes in the server's tree at the second sample.
-    pub server_processes: usize,
-    /// `(after - before) / held`.
+    /// Server memory (summed over its process tree) before opening.
+    pub before: Option<rss::TreeMemory>,
+    /// Server memory with all connections held.
+    pub after: Option<rss::TreeMemory>,
+    /// VmRSS `(after - before) / held`, KiB.
     pub kib_per_conn: Option<f64>,
+    /// The same from PSS (differs from RSS for a multi-process server sharing pages).
+    pub pss_kib_per_conn: Option<f64>,
 }
 
 /// Runs the hold test: opens `connections` connections from `concurrency` threads, proves each
 /// with a 64-byte echo, keeps them all open, samples the server's memory, then closes them.
 pub fn run_hold(label: &str, plan: &Plan, cfg: &HoldConfig) -> io::Result<HoldReport> {
     let conn = Connector::new(plan)?;
-    let before = match cfg.server_pid {
-        Some(pid) => Some(rss::tree_rss_kib(pid)?.0),
-        None => None,
-    };
+    let before = cfg.server_pid.map(rss::tree_memory).transpose()?;
     let claimed = AtomicUsize::new(0);
     let start = Instant::now();
     let held: Vec<TcpStream> = thread::scope(|scope| -> io::Result<Vec<TcpStream>> {
@@ -690,28 +693,24 @@ pub fn run_hold(label: &str, plan: &Plan, cfg: &HoldConfig) -> io::Result<HoldRe
     })?;
     let open_secs = start.elapsed().as_secs_f64();
     thread::sleep(cfg.settle);
-    let (after, procs) = match cfg.server_pid {
-        Some(pid) => {
-            let (kib, n) = rss::tree_rss_kib(pid)?;
-            (Some(kib), n)
-        }
-        None => (None, 0),
-    };
+    let after = cfg.server_pid.map(rss::tree_memory).transpose()?;
     let n = held.len();
     drop(held);
-    let kib_per_conn = match (before, after) {
+    let per = |f: fn(&rss::TreeMemory) -> Option<u64>| match (before.as_ref().and_then(f), after.as_ref().and_then(f)) {
         (Some(b), Some(a)) if n > 0 => Some((a as f64 - b as f64) / n as f64),
         _ => None,
     };
+    let kib_per_conn = per(|m| Some(m.rss_kib));
+    let pss_kib_per_conn = per(|m| m.pss_kib);
     Ok(HoldReport {
         common: Common::new(label, &conn),
         requested: cfg.connections,
         held: n,
         open_secs,
-        rss_before_kib: before,
-        rss_after_kib: after,
-        server_processes: procs,
+        before,
+        after,
         kib_per_conn,
+        pss_kib_per_conn,
     })
 }
 
@@ -726,15 +725,18 @@ impl HoldReport {
             self.requested,
             self.open_secs
         );
-        match (self.rss_before_kib, self.rss_after_kib, self.kib_per_conn) {
+        match (self.before, self.after, self.kib_per_conn) {
             (Some(b), Some(a), Some(per)) => {
                 let _ = write!(
                     out,
-                    "; server RSS {b} KiB -> {a} KiB ({} processes) = {per:.2} KiB per connection",
-                    self.server_processes
+                    "\n  server VmRSS {} KiB -> {} KiB ({} processes) = {per:.2} KiB per connection",
+                    b.rss_kib, a.rss_kib, a.processes
                 );
+                if let (Some(pb), Some(pa), Some(pp)) = (b.pss_kib, a.pss_kib, self.pss_kib_per_conn) {
+                    let _ = write!(out, "; PSS {pb} KiB -> {pa} KiB = {pp:.2} KiB per connection");
+                }
             }
-            _ => out.push_str("; server RSS not sampled (no --server-pid)"),
+            _ => out.push_str("\n  server memory not sampled (no --server-pid, or nothing held)"),
         }
         c.human_tail(&mut out);
         out
@@ -747,13 +749,13 @@ impl HoldReport {
         j.int("requested", self.requested as u64);
         j.int("held", self.held as u64);
         j.num("open_secs", self.open_secs);
-        j.opt("rss_before_kib", self.rss_before_kib);
-        j.opt("rss_after_kib", self.rss_after_kib);
-        j.int("server_processes", self.server_processes as u64);
-        match self.kib_per_conn {
-            Some(v) => j.num("kib_per_conn", v),
-            None => j.raw("kib_per_conn", "null"),
-        }
+        j.opt("rss_before_kib", self.before.map(|m| m.rss_kib));
+        j.opt("rss_after_kib", self.after.map(|m| m.rss_kib));
+        j.opt("pss_before_kib", self.before.and_then(|m| m.pss_kib));
+        j.opt("pss_after_kib", self.after.and_then(|m| m.pss_kib));
+        j.int("server_processes", self.after.map_or(0, |m| m.processes as u64));
+        j.opt_num("kib_per_conn", self.kib_per_conn);
+        j.opt_num("pss_kib_per_conn", self.pss_kib_per_conn);
         self.common.json_tail(&mut j);
         j.finish()
     }
@@ -791,3 +793,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mode_tests;
