@@ -323,3 +323,29 @@ async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketA
     let port = listener.local_addr()?.port();
     Ok((listener, SocketAddrV4::new(report_ip, port)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::server::Shared;
+
+    /// The per-connection task stays small: the perf goal is < 16 KiB per idle relayed connection
+    /// in total, and the relay holds no buffer while idle.
+    #[test]
+    fn connection_future_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let shared = Arc::new(Shared::new(ServerConfig::default()));
+            let guard = shared.admit(addr).unwrap();
+            let task = serve(stream, addr, guard);
+            let size = std::mem::size_of_val(&task);
+            println!("connection future: {size} bytes");
+            assert!(size < 4096, "connection future is {size} bytes");
+        });
+    }
+}

@@ -25,6 +25,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Fresh counters for `config`.
+    pub(crate) fn new(config: ServerConfig) -> Self {
+        Shared { config, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) }
+    }
+
     /// Counts a newly accepted connection in, unless the limit is reached.
     pub(crate) fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<ActiveGuard> {
         let max = self.config.max_connections;
@@ -94,9 +99,7 @@ impl Server {
             }
             listeners.push(group);
         }
-        let shared =
-            Shared { config, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) };
-        Ok(Server { shared: Arc::new(shared), workers, listeners })
+        Ok(Server { shared: Arc::new(Shared::new(config)), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.

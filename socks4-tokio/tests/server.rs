@@ -152,3 +152,64 @@ fn idle_timeout_closes_an_idle_relay() {
     assert!(closes_within(&mut s, Duration::from_secs(5)), "idle relay not closed");
     assert!(idle_from.elapsed() >= Duration::from_millis(400));
 }
+
+#[test]
+fn accept_emfile_is_logged_and_retried() {
+    // Run the binary with a tiny descriptor limit, exhaust it with idle clients, then free them:
+    // the server must log the accept error, survive, and serve again.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let script = format!(
+        "ulimit -n 40 && exec {} --listen {listen} --workers 1 --handshake-timeout 30s --log-level warn",
+        env!("CARGO_BIN_EXE_socks4-tokio")
+    );
+    let mut child =
+        Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let proxy: std::net::SocketAddr = listen.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(proxy).is_err() {
+        assert!(Instant::now() < deadline, "the binary did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let hogs: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(proxy).ok()).collect();
+    thread::sleep(Duration::from_millis(500));
+    drop(hogs);
+    thread::sleep(Duration::from_millis(500));
+
+    let target = EchoTarget::start().unwrap();
+    let served = (0..50).any(|_| {
+        let ok = try_echo(proxy, target.addr()).is_ok();
+        if !ok {
+            thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(still_running, "the server exited: {log}");
+    assert!(served, "the server did not serve after the descriptors were freed: {log}");
+    assert!(log.contains("accept failed"), "no accept error logged: {log}");
+    let errors = log.matches("accept failed").count();
+    assert!(errors < 100, "{errors} accept errors logged: a busy loop?");
+}
+
+/// CONNECT through `proxy` to an echo `target` and one round trip, without panicking.
+fn try_echo(proxy: std::net::SocketAddr, target: std::net::SocketAddrV4) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(proxy)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&socks4_tools::wire::connect(target, b"test"))?;
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply)?;
+    if reply[1] != 90 {
+        return Err(std::io::Error::other(format!("reply {reply:?}")));
+    }
+    s.write_all(b"alive")?;
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back)?;
+    if &back != b"alive" {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
