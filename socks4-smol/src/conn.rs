@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,6 +12,10 @@ use socks4_core::{Command, Dest, Failure, MAX_REQUEST_LEN, Output, ServerConfig,
 
 use crate::relay::{Counts, RelayEnd, relay};
 use crate::runtime::{Runtime, with_timeout};
+
+/// How long, and how many bytes, to drain from a rejected client before closing.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// The per-connection log line, written exactly once: when the connection ends, or when its task
 /// is dropped (shutdown after the grace period).
@@ -227,12 +231,32 @@ async fn handshake<R: Runtime>(
             Output::Closed(reason) => {
                 log.note_request(&hs);
                 log.finish(reason);
-                let _ = client.flush().await;
+                linger::<R>(&mut client, &mut buf).await;
                 return Ok(None);
             }
             _ => return Err(io::Error::other("unexpected handshake output")),
         }
     }
+}
+
+/// Closes gently after a rejection: half-close, then read and discard what the client still sends
+/// (bounded in bytes and time), so that closing with unread input does not reset the connection
+/// and destroy the reply in flight.
+async fn linger<R: Runtime>(client: &mut R::Stream, buf: &mut [u8]) {
+    let _ = client.flush().await;
+    if R::shutdown_write(client).is_err() {
+        return;
+    }
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    future::or(drain, R::sleep(LINGER_TIME)).await;
 }
 
 /// A state-machine misuse is a bug here, never the peer's doing: end the connection with it.

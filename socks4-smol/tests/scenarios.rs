@@ -1,4 +1,5 @@
 //! The shared behavioural scenarios against socks4-smol on smol.
+#![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;
 

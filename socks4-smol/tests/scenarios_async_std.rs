@@ -1,5 +1,6 @@
 //! The shared behavioural scenarios against socks4-smol running on async-std.
 #![cfg(feature = "async-std")]
+#![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;
 

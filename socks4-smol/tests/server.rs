@@ -1,5 +1,6 @@
 //! Server behaviour beyond the shared scenarios: connection limit, graceful shutdown, idle
 //! timeout, config refusal (library and binary).
+#![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;
 

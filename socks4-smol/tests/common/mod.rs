@@ -1,5 +1,5 @@
 //! Shared test helpers: the test server's configuration.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
