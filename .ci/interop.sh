@@ -16,8 +16,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq curl socat ncat python3-socks proxychains4 chromium dante-server >/dev/null
 fi
 
-cargo build -q -p socks4-tokio -p socks4-smol -p socks4-std -p socks4-tools --bins
-bin=target/debug
+cargo build -q $(for s in ${INTEROP_SERVERS:-tokio smol std}; do printf -- "-p socks4-%s " "$s"; done) -p socks4-tools --bins
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 work=$(mktemp -d)
 pids=()
@@ -110,7 +110,7 @@ checker() { # name, proxy addr, socks4-check flags...
     fi
 }
 
-for s in tokio smol std; do
+for s in ${INTEROP_SERVERS:-tokio smol std}; do
     port=$(free_port)
     "$bin/socks4-$s" --listen "127.0.0.1:$port" --workers 2 --handshake-timeout 2s --bind-timeout 10s \
         --max-connections 20000 --deny 'user denied' --allow any --log-level info >"$work/server-$s.log" 2>&1 &
