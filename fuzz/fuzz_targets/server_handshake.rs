@@ -64,7 +64,14 @@ enum Op {
     /// Raw client bytes.
     Input(Vec<u8>),
     /// A well-formed request (4 or 4a) with trailing payload, so deep states are reached quickly.
-    Request { bind: bool, port: u16, ip: [u8; 4], host: Option<Vec<u8>>, user: Vec<u8>, payload: Vec<u8> },
+    Request {
+        bind: bool,
+        port: u16,
+        ip: [u8; 4],
+        host: Option<Vec<u8>>,
+        user: Vec<u8>,
+        payload: Vec<u8>,
+    },
     Eof,
     /// Move the clock forward without telling the handshake.
     Advance(u16),
@@ -74,7 +81,10 @@ enum Op {
     TimeoutAtDeadline,
     Accept,
     Reject(u8),
-    Authorize { rules: u8, client: [u8; 4] },
+    Authorize {
+        rules: u8,
+        client: [u8; 4],
+    },
     Resolved(Result<[u8; 4], Fail>),
     Connected(Result<([u8; 4], u16), Fail>),
     Listening(Result<([u8; 4], u16), Fail>),
@@ -264,11 +274,12 @@ impl Driver {
     }
 
     fn request_changed(&mut self) {
-        if self.request.is_none() {
-            if let Some(req) = self.hs.request() {
-                self.request = Some((req.command, matches!(req.dest, Dest::Domain(_))));
-                assert_eq!(self.consumed, req.encoded_len(), "consumed bytes != request length");
-            }
+        if self.request.is_some() {
+            return;
+        }
+        if let Some(req) = self.hs.request() {
+            self.request = Some((req.command, matches!(req.dest, Dest::Domain(_))));
+            assert_eq!(self.consumed, req.encoded_len(), "consumed bytes != request length");
         }
     }
 
@@ -304,7 +315,9 @@ impl Driver {
     fn step(&mut self, op: &Op) {
         // Formatting the state is the costliest part of a run: only for the calls that need it.
         let before = match op {
-            Op::Input(_) | Op::Request { .. } | Op::Advance(_) | Op::Timeout(_) | Op::TimeoutAtDeadline => String::new(),
+            Op::Input(_) | Op::Request { .. } | Op::Advance(_) | Op::Timeout(_) | Op::TimeoutAtDeadline => {
+                String::new()
+            }
             _ => self.snapshot(),
         };
         match op {
