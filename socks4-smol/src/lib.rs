@@ -14,6 +14,8 @@
 //! - **async-std**: with the non-default `async-std` feature, [`AsyncStd`] runs the same server on
 //!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
 //!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
+//! - The acceptor threads use `async-io` directly and hand each connection to its worker as a
+//!   `std::net::TcpStream`, which the worker registers with its runtime ([`Runtime::from_std`]).
 //! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
 //!   for smol's `TcpStream`.
 //!

@@ -92,6 +92,10 @@ impl Server {
 
     /// Starts the acceptors and the worker pool on runtime `R` in background threads.
     pub fn spawn_on<R: Runtime>(self) -> io::Result<ServerHandle> {
+        // Register the listeners here: this also starts the async-io reactor on this thread, so a
+        // failure (e.g. no file descriptor for epoll) is an error now, not a panic in a thread later.
+        let listeners =
+            self.listeners.into_iter().map(|(l, fixed)| Ok((Async::new(l)?, fixed))).collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared::default());
         let mut handle = ServerHandle {
             addrs: self.addrs.clone(),
@@ -114,7 +118,7 @@ impl Server {
             handle.workers.push(thread);
         }
         let next = Arc::new(AtomicUsize::new(0));
-        for (listener, fixed) in self.listeners {
+        for (listener, fixed) in listeners {
             let targets = match fixed {
                 Some(w) => senders.get(w).cloned().into_iter().collect(),
                 None => senders.clone(),
@@ -226,14 +230,7 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    fn run(self, listener: TcpListener, stop: Receiver<()>) {
-        let listener = match Async::new(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cannot register the listener: {e}");
-                return;
-            }
-        };
+    fn run(self, listener: Async<TcpListener>, stop: Receiver<()>) {
         async_io::block_on(future::or(
             async {
                 let _ = stop.recv().await;

@@ -21,6 +21,9 @@ fn accept_errors_pause_and_recover() {
     let proxy = handle.local_addrs()[0];
     let echo = EchoTarget::start().unwrap();
 
+    // Everything (reactor, worker, targets) is up before the descriptors run out.
+    assert!(roundtrip(proxy, echo.addr()).unwrap());
+
     let used = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(64);
     let old = getrlimit(Resource::Nofile);
     setrlimit(Resource::Nofile, Rlimit { current: Some(used + 16), maximum: old.maximum }).unwrap();
@@ -41,21 +44,7 @@ fn accept_errors_pause_and_recover() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let target = echo.addr();
     loop {
-        let attempt = (|| -> std::io::Result<bool> {
-            let mut s = TcpStream::connect(proxy)?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut req = vec![4, 1];
-            req.extend_from_slice(&target.port().to_be_bytes());
-            req.extend_from_slice(&target.ip().octets());
-            req.push(0);
-            s.write_all(&req)?;
-            let mut reply = [0; 8];
-            s.read_exact(&mut reply)?;
-            s.write_all(b"ok?")?;
-            let mut back = [0; 3];
-            s.read_exact(&mut back)?;
-            Ok(reply[1] == 90 && &back == b"ok?")
-        })();
+        let attempt = roundtrip(proxy, target);
         if let Ok(true) = attempt {
             break;
         }
@@ -63,4 +52,21 @@ fn accept_errors_pause_and_recover() {
         thread::sleep(Duration::from_millis(50));
     }
     handle.shutdown();
+}
+
+/// A CONNECT through `proxy` to the echo `target` and back.
+fn roundtrip(proxy: std::net::SocketAddr, target: std::net::SocketAddrV4) -> std::io::Result<bool> {
+    let mut s = TcpStream::connect(proxy)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&target.port().to_be_bytes());
+    req.extend_from_slice(&target.ip().octets());
+    req.push(0);
+    s.write_all(&req)?;
+    let mut reply = [0; 8];
+    s.read_exact(&mut reply)?;
+    s.write_all(b"ok?")?;
+    let mut back = [0; 3];
+    s.read_exact(&mut back)?;
+    Ok(reply[1] == 90 && &back == b"ok?")
 }

@@ -223,3 +223,20 @@ fn bind_listens_on_the_address_the_client_reached(spawn: Spawn) {
     drop(s);
     handle.shutdown();
 }
+
+#[test]
+fn reuseport_gives_each_worker_a_listener() {
+    common::init_tracing();
+    let config = ServerConfig { reuseport: true, workers: Some(2), ..common::test_config() };
+    let handle = on_smol(config);
+    let proxy = handle.local_addrs()[0];
+    let echo = EchoTarget::start().unwrap();
+    for _ in 0..8 {
+        let mut s = open(proxy, echo.addr());
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0; 2];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+    handle.shutdown();
+}
