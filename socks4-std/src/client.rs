@@ -176,7 +176,11 @@ fn open(
 }
 
 /// Reads one reply (never more than its bytes) and returns what it meant.
-fn next_event(stream: &mut TcpStream, hs: &mut ClientHandshake, deadline: Instant) -> Result<ClientEvent, ConnectError> {
+fn next_event(
+    stream: &mut TcpStream,
+    hs: &mut ClientHandshake,
+    deadline: Instant,
+) -> Result<ClientEvent, ConnectError> {
     let mut buf = [0u8; REPLY_LEN];
     let mut need = REPLY_LEN;
     loop {

@@ -604,13 +604,13 @@ impl Conn {
     fn interest(&self, side: Side) -> Interest {
         match (&self.stage, side) {
             (Stage::Done, _) => Interest::default(),
-            (Stage::Handshake, Side::Client) => {
-                Interest { read: self.reading_request, write: !self.out.is_empty() }
-            }
+            (Stage::Handshake, Side::Client) => Interest { read: self.reading_request, write: !self.out.is_empty() },
             (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
             (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
             (Stage::Relay { up, down }, Side::Client) => Interest { read: up.wants_read(), write: down.wants_write() },
-            (Stage::Relay { up, down }, Side::Upstream) => Interest { read: down.wants_read(), write: up.wants_write() },
+            (Stage::Relay { up, down }, Side::Upstream) => {
+                Interest { read: down.wants_read(), write: up.wants_write() }
+            }
             (Stage::Linger { .. }, Side::Client) => Interest { read: true, write: !self.out.is_empty() },
             _ => Interest::default(),
         }
@@ -743,7 +743,9 @@ fn is_in_progress(e: &io::Error) -> bool {
 fn local_v4(stream: &TcpStream) -> Result<SocketAddrV4, Failure> {
     match stream.local_addr() {
         Ok(SocketAddr::V4(a)) => Ok(a),
-        Ok(SocketAddr::V6(a)) => Ok(SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port())),
+        Ok(SocketAddr::V6(a)) => {
+            Ok(SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port()))
+        }
         Err(e) => Err(Failure::from(&e)),
     }
 }

@@ -79,8 +79,10 @@ impl Server {
                 config: Arc::clone(&self.config),
                 shared: Arc::clone(&shared),
             };
-            let thread =
-                thread::Builder::new().name(format!("socks4-worker-{i}")).stack_size(STACK).spawn(move || worker.run())?;
+            let thread = thread::Builder::new()
+                .name(format!("socks4-worker-{i}"))
+                .stack_size(STACK)
+                .spawn(move || worker.run())?;
             handle.workers.push((Arc::clone(&poller), thread));
             links.push(WorkerLink { tx, poller });
         }
@@ -93,7 +95,8 @@ impl Server {
             shared,
             max_connections: self.config.max_connections,
         };
-        let thread = thread::Builder::new().name("socks4-accept".into()).stack_size(STACK).spawn(move || acceptor.run())?;
+        let thread =
+            thread::Builder::new().name("socks4-accept".into()).stack_size(STACK).spawn(move || acceptor.run())?;
         handle.acceptor = Some((poller, thread));
         Ok(handle)
     }

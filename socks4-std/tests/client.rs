@@ -42,10 +42,7 @@ fn rejections_are_reported_with_their_code() {
     }
     let closed = socks4_tools::targets::closed_port().expect("closed port");
     assert!(matches!(socks4_std::connect(proxy, closed, b"", T), Err(ConnectError::Rejected(_))));
-    assert!(matches!(
-        socks4_std::connect(proxy, ("no-such-host.invalid", 80), b"", T),
-        Err(ConnectError::Rejected(_))
-    ));
+    assert!(matches!(socks4_std::connect(proxy, ("no-such-host.invalid", 80), b"", T), Err(ConnectError::Rejected(_))));
     assert!(matches!(socks4_std::connect(proxy, echo.addr(), b"nul\0inside", T), Err(ConnectError::Encode(_))));
 }
 
@@ -119,7 +116,10 @@ fn fake_proxy_rejection_bad_reply_and_early_close() {
     let target = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
 
     let proxy = fake_proxy(req.clone(), |s| s.write_all(&[0, 93, 0, 0, 0, 0, 0, 0]).expect("write"));
-    assert!(matches!(socks4_std::connect(proxy, target, b"", T), Err(ConnectError::Rejected(ReplyCode::IdentMismatch))));
+    assert!(matches!(
+        socks4_std::connect(proxy, target, b"", T),
+        Err(ConnectError::Rejected(ReplyCode::IdentMismatch))
+    ));
 
     let proxy = fake_proxy(req.clone(), |s| s.write_all(&[4, 90, 0, 0, 0, 0, 0, 0]).expect("write"));
     assert!(matches!(socks4_std::connect(proxy, target, b"", T), Err(ConnectError::Protocol(_))));
@@ -136,7 +136,8 @@ fn fake_proxy_that_never_replies_times_out() {
     let req = b"\x04\x01\x00\x50\x0a\x00\x00\x01\0".to_vec();
     let proxy = fake_proxy(req, |_s| thread::sleep(Duration::from_secs(5)));
     let started = Instant::now();
-    let r = socks4_std::connect(proxy, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80), b"", Duration::from_millis(300));
+    let r =
+        socks4_std::connect(proxy, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80), b"", Duration::from_millis(300));
     assert!(matches!(r, Err(ConnectError::TimedOut)), "got {r:?}");
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout was not honoured");
 }

@@ -11,9 +11,11 @@ use socks4_std::{Server, ServerHandle};
 
 /// The configuration `Profile::test_server()` describes, on 127.0.0.1:0.
 pub fn test_config(workers: usize) -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.listen = vec!["127.0.0.1:0".parse().expect("address")];
-    config.workers = Some(workers);
+    let mut config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().expect("address")],
+        workers: Some(workers),
+        ..ServerConfig::default()
+    };
     config.limits.user_id = 255;
     config.timeouts.handshake = Duration::from_secs(1);
     config.timeouts.bind = Duration::from_secs(5);
@@ -30,6 +32,7 @@ pub fn start_with(config: ServerConfig) -> (SocketAddr, ServerHandle) {
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit.
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` everywhere
 pub fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
