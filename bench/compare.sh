@@ -16,6 +16,9 @@
 #   BULK_STREAMS=8      bulk: streams                BULK_MIB=256   bulk: MiB each stream sends
 #   HOLD_K=10000        hold: connections (capped so the server's 2 fds each fit the fd limit)
 #   WORKERS=2           --workers for our servers
+#   DANTE_COOLDOWN=60   seconds to wait after each Dante run: Dante binds every outgoing port before
+#                       connecting, and those ports stay reserved in TIME_WAIT (60 s on Linux) for
+#                       every address, so without the wait the next runs fail with EADDRNOTAVAIL
 #   SERVERS="tokio smol std dante direct"   which to run, in this order
 #   SKIP_BUILD=1        use the existing release binaries
 #   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl
@@ -33,6 +36,7 @@ BULK_STREAMS=${BULK_STREAMS:-8}
 BULK_MIB=${BULK_MIB:-256}
 HOLD_K=${HOLD_K:-10000}
 WORKERS=${WORKERS:-2}
+DANTE_COOLDOWN=${DANTE_COOLDOWN:-60}
 SERVERS=${SERVERS:-"tokio smol std dante direct"}
 OUT=${OUT:-$root/bench/results.md}
 RAW=${OUT%.md}.jsonl
@@ -181,6 +185,10 @@ for round in $(seq 1 "$ROUNDS"); do
     run_load "$s" "$route" bulk --streams "$BULK_STREAMS" --mib "$BULK_MIB"
     run_load "$s" "$route" rate --concurrency "$RATE_C" --secs "$RATE_SECS"
     stop_server
+    if [ "$s" = dante ] && [ "$DANTE_COOLDOWN" -gt 0 ]; then
+      log "waiting ${DANTE_COOLDOWN} s for the ports Dante bound (now in TIME_WAIT) to be released"
+      sleep "$DANTE_COOLDOWN"
+    fi
   done
 done
 elapsed=$(($(date +%s) - started))
@@ -227,7 +235,7 @@ medians='
   echo "ratios are median / median (above 1× is better for rates, below 1× is better for memory)."
   echo "Raw runs: \`$(basename "$RAW")\`."
   echo
-  echo "Settings: ROUNDS=$ROUNDS RATE_SECS=$RATE_SECS RATE_C=$RATE_C BULK_STREAMS=$BULK_STREAMS BULK_MIB=$BULK_MIB HOLD_K=$HOLD_K WORKERS=$WORKERS"
+  echo "Settings: ROUNDS=$ROUNDS RATE_SECS=$RATE_SECS RATE_C=$RATE_C BULK_STREAMS=$BULK_STREAMS BULK_MIB=$BULK_MIB HOLD_K=$HOLD_K WORKERS=$WORKERS DANTE_COOLDOWN=$DANTE_COOLDOWN"
   echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000\`;"
   echo "Dante: \`socks4-tools/scripts/dante.sh\`; the load generator and its echo targets share the same $(nproc) CPUs)."
   echo
@@ -254,8 +262,10 @@ medians='
   echo "Clients bind 127.0.0.2–127.0.0.17 with IP_BIND_ADDRESS_NO_PORT and the echo targets listen on"
   echo "127.0.1.1–127.0.1.4, so the ephemeral port range is per (source, destination) pair; each run's"
   echo "\`source_ports\` in the raw file says how many source ports it used. Errors are counted, never"
-  echo "retried: a server that runs out of ports (Dante binds its outgoing port before connecting) shows"
-  echo "them here."
+  echo "retried. Dante binds each outgoing connection's port before connecting; on Linux such a port stays"
+  echo "reserved (for every address) while in TIME_WAIT, so after each Dante run the script waits"
+  echo "DANTE_COOLDOWN s. \"Cannot assign requested address\" errors in the raw file mean the machine's"
+  echo "ephemeral ports were exhausted (by Dante or by other processes binding ports), not a server fault."
 } >"$OUT"
 log "wrote $OUT and $RAW"
 cat "$OUT"
