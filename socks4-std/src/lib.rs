@@ -37,4 +37,4 @@ mod worker;
 
 pub use client::{BindPending, ConnectError, Target, bind, connect};
 pub use relay::MAX_PENDING;
-pub use server::{Server, ServerHandle};
+pub use server::{ACCEPT_BACKOFF, Server, ServerHandle};

@@ -18,9 +18,9 @@ use crate::worker::{Msg, Shared, Worker};
 /// Listen backlog.
 const BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts per listener wake-up before looking at the others.
-const ACCEPTS_PER_WAKE: usize = 128;
+pub(crate) const ACCEPTS_PER_WAKE: usize = 128;
 /// Stack size of the server's threads.
 const STACK: usize = 512 * 1024;
 
@@ -37,7 +37,9 @@ const STACK: usize = 512 * 1024;
 /// ```
 #[derive(Debug)]
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    /// One group per listen address: one listener, or (reuseport) one per worker.
+    listeners: Vec<Vec<TcpListener>>,
+    workers: usize,
     config: Arc<ServerConfig>,
 }
 
@@ -48,22 +50,45 @@ impl Server {
     /// refused with `InvalidInput`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        if config.reuseport {
-            tracing::warn!("socks4-std has one acceptor thread; --reuseport is ignored");
+        let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let per_address = if config.reuseport { workers } else { 1 };
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let first = listen(addr, config.reuseport)?;
+            let bound = first.local_addr()?;
+            let mut group = vec![first];
+            for _ in 1..per_address {
+                group.push(listen(bound, true)?);
+            }
+            listeners.push(group);
         }
-        let listeners = config.listen.iter().map(|addr| listen(*addr)).collect::<io::Result<Vec<_>>>()?;
-        Ok(Server { listeners, config: Arc::new(config) })
+        Ok(Server { listeners, workers, config: Arc::new(config) })
     }
 
-    /// The addresses actually bound (with the ports picked for port 0).
+    /// The addresses actually bound (with the ports picked for port 0), one per listen address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners.iter().filter_map(|g| g.first().and_then(|l| l.local_addr().ok())).collect()
     }
 
-    /// Starts the acceptor, the workers and the resolver pool in background threads.
+    /// Starts the workers, the resolver pool and (unless in reuseport mode, where every worker
+    /// accepts on its own listener) the acceptor in background threads.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addrs = self.local_addrs();
-        let workers = self.config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = self.workers;
+        let reuseport = self.config.reuseport;
+        // Reuseport: worker i gets the i-th listener of every group; otherwise the acceptor gets all.
+        let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut for_acceptor = Vec::new();
+        for group in self.listeners {
+            if reuseport {
+                for (i, l) in group.into_iter().enumerate() {
+                    per_worker[i % workers].push(l);
+                }
+            } else {
+                for_acceptor.extend(group);
+            }
+        }
+        let mut per_worker = per_worker.into_iter();
         let shared = Arc::new(Shared::default());
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
@@ -78,6 +103,7 @@ impl Server {
                 resolver: resolver.clone(),
                 config: Arc::clone(&self.config),
                 shared: Arc::clone(&shared),
+                listeners: per_worker.next().unwrap_or_default(),
             };
             let thread = thread::Builder::new()
                 .name(format!("socks4-worker-{i}"))
@@ -87,9 +113,12 @@ impl Server {
             links.push(WorkerLink { tx, poller });
         }
         drop(resolver);
+        if reuseport {
+            return Ok(handle);
+        }
         let poller = Arc::new(Poller::new()?);
         let acceptor = Acceptor {
-            listeners: self.listeners,
+            listeners: for_acceptor,
             poller: Arc::clone(&poller),
             workers: links,
             shared,
@@ -114,13 +143,18 @@ impl Server {
     }
 }
 
-/// Binds one listener (SO_REUSEADDR, IPv6-only for IPv6 addresses, non-blocking).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds one listener (SO_REUSEADDR, IPv6-only for IPv6 addresses, non-blocking, and
+/// SO_REUSEPORT if asked).
+fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if reuseport {
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+        socket.set_reuse_port(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -151,6 +185,11 @@ impl ServerHandle {
     /// Connections closed on accept because `max_connections` were open.
     pub fn refused_connections(&self) -> u64 {
         self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Times accepting paused after an error such as EMFILE (about [`ACCEPT_BACKOFF`] each).
+    pub fn accept_pauses(&self) -> u64 {
+        self.shared.accept_pauses.load(Ordering::SeqCst)
     }
 
     /// Stops accepting (the listeners close), lets live connections go on for up to
@@ -217,19 +256,11 @@ impl Acceptor {
             for ev in events.iter() {
                 let Some(listener) = self.listeners.get(ev.key) else { continue };
                 for _ in 0..ACCEPTS_PER_WAKE {
-                    match listener.accept() {
-                        Ok((stream, addr)) => self.dispatch(stream, addr, &mut next),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::Interrupted
-                                    | io::ErrorKind::ConnectionAborted
-                                    | io::ErrorKind::ConnectionReset
-                            ) => {}
-                        Err(e) => {
-                            // EMFILE, ENFILE, ENOBUFS, ENOMEM...: pause rather than spin.
-                            tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
+                    match accept_one(listener, &self.shared) {
+                        Accepted::Conn(stream, addr) => self.dispatch(stream, addr, &mut next),
+                        Accepted::Again => {}
+                        Accepted::Drained => break,
+                        Accepted::BackOff => {
                             back_off = true;
                             break;
                         }
@@ -253,22 +284,7 @@ impl Acceptor {
     }
 
     fn dispatch(&self, stream: TcpStream, addr: SocketAddr, next: &mut usize) {
-        let live = self.shared.live.fetch_add(1, Ordering::SeqCst);
-        if live >= self.max_connections {
-            self.shared.live.fetch_sub(1, Ordering::SeqCst);
-            let refused = self.shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
-            tracing::warn!(
-                "connection limit {} reached: closing {addr} ({refused} refused so far)",
-                self.max_connections
-            );
-            return;
-        }
-        if let Err(e) = stream.set_nonblocking(true) {
-            self.shared.live.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("dropping {addr}: {e}");
-            return;
-        }
-        let _ = stream.set_nodelay(true);
+        let Some(stream) = admit(&self.shared, self.max_connections, stream, addr) else { return };
         // Round-robin; a worker that is gone (it cannot be, short of a bug) passes its turn on.
         let n = self.workers.len();
         let mut msg = Msg::Conn(stream, addr);
@@ -285,4 +301,55 @@ impl Acceptor {
         }
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// What one `accept` gave.
+pub(crate) enum Accepted {
+    /// A connection.
+    Conn(TcpStream, SocketAddr),
+    /// A transient error (the peer gave up, a signal): try again.
+    Again,
+    /// Nothing more to accept now.
+    Drained,
+    /// Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM...): pause, do not spin.
+    BackOff,
+}
+
+/// Accepts one connection from a non-blocking listener.
+pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
+    match listener.accept() {
+        Ok((stream, addr)) => Accepted::Conn(stream, addr),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Accepted::Again
+        }
+        Err(e) => {
+            tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
+            shared.accept_pauses.fetch_add(1, Ordering::SeqCst);
+            Accepted::BackOff
+        }
+    }
+}
+
+/// Applies the connection limit and prepares the socket; `None` if it was closed.
+pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, addr: SocketAddr) -> Option<TcpStream> {
+    let live = shared.live.fetch_add(1, Ordering::SeqCst);
+    if live >= max_connections {
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+        let refused = shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::warn!("connection limit {max_connections} reached: closing {addr} ({refused} refused so far)");
+        return None;
+    }
+    if let Err(e) = stream.set_nonblocking(true) {
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("dropping {addr}: {e}");
+        return None;
+    }
+    let _ = stream.set_nodelay(true);
+    Some(stream)
 }

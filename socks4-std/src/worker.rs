@@ -1,7 +1,7 @@
 //! A worker thread: one `polling::Poller`, a slab of connections, a timer queue, and a channel
 //! through which the acceptor hands over connections and the resolver answers.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -13,6 +13,7 @@ use socks4_core::{Failure, ServerConfig};
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
 use crate::resolver::Job;
+use crate::server::{ACCEPT_BACKOFF, ACCEPTS_PER_WAKE, Accepted, accept_one, admit};
 use crate::timers::{Entry, Timers};
 
 /// Size of each worker's read buffer.
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) live: AtomicUsize,
     /// Connections closed at once because of the connection limit.
     pub(crate) refused: AtomicU64,
+    /// Accept errors (EMFILE...) that paused accepting.
+    pub(crate) accept_pauses: AtomicU64,
     /// Stop accepting.
     pub(crate) stop_accepting: AtomicBool,
     /// Workers: finish live connections within the grace period, then exit.
@@ -55,12 +58,25 @@ pub(crate) struct Worker {
     pub(crate) resolver: Sender<Job>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) shared: Arc<Shared>,
+    /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
+    pub(crate) listeners: Vec<TcpListener>,
 }
+
+/// The key side (low bits) of a worker's own listener: `index * KEYS_PER_CONN + LISTENER_KEY`.
+const LISTENER_KEY: usize = KEYS_PER_CONN - 1;
 
 impl Worker {
     /// Runs the event loop until drained after shutdown.
     pub(crate) fn run(self) {
-        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared } = self;
+        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared, mut listeners } = self;
+        for (i, l) in listeners.iter().enumerate() {
+            // SAFETY: the listeners are deleted from the poller (`close_listeners`) before being dropped.
+            if let Err(e) = unsafe { poller.add(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY)) } {
+                tracing::error!("cannot watch listener {:?}: {e}", l.local_addr());
+            }
+        }
+        let mut accepted: Vec<(TcpStream, SocketAddr)> = Vec::new();
+        let mut accept_paused: Option<Instant> = None;
         let epoch = Instant::now();
         let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
         let mut conns: Slab<Conn> = Slab::new();
@@ -72,10 +88,7 @@ impl Worker {
 
         loop {
             let now = Instant::now();
-            let wake_at = match (timers.next_deadline(), grace_end) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_at = [timers.next_deadline(), grace_end, accept_paused].into_iter().flatten().min();
             let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             events.clear();
             if let Err(e) = poller.wait(&mut events, timeout) {
@@ -98,13 +111,53 @@ impl Worker {
             let draining = shared.draining.load(Ordering::SeqCst);
             touched.clear();
 
+            let mut rearm_listeners = Vec::new();
             for ev in events.iter() {
+                if ev.key % KEYS_PER_CONN == LISTENER_KEY {
+                    let i = ev.key / KEYS_PER_CONN;
+                    let Some(listener) = listeners.get(i) else { continue };
+                    for _ in 0..ACCEPTS_PER_WAKE {
+                        match accept_one(listener, &shared) {
+                            Accepted::Conn(stream, addr) => {
+                                if let Some(stream) = admit(&shared, config.max_connections, stream, addr) {
+                                    accepted.push((stream, addr));
+                                }
+                            }
+                            Accepted::Again => {}
+                            Accepted::Drained => break,
+                            Accepted::BackOff => {
+                                accept_paused = Some(now + ACCEPT_BACKOFF);
+                                break;
+                            }
+                        }
+                    }
+                    rearm_listeners.push(i);
+                    continue;
+                }
                 let slot = ev.key / KEYS_PER_CONN;
                 let (Some(side), Some(conn)) = (Side::from_key(ev.key), conns.get_mut(slot)) else { continue };
                 conn.on_event(&mut ctx, side, ev);
                 touched.push(slot);
             }
 
+            for (stream, addr) in accepted.drain(..) {
+                let entry = conns.vacant_entry();
+                let slot = entry.key();
+                next_id += 1;
+                entry.insert(Conn::new(next_id, slot, stream, addr, &ctx));
+                touched.push(slot);
+            }
+            if accept_paused.is_some_and(|t| now >= t) {
+                accept_paused = None;
+                rearm_listeners = (0..listeners.len()).collect();
+            }
+            if accept_paused.is_none() && !draining {
+                for i in rearm_listeners {
+                    if let Some(l) = listeners.get(i) {
+                        let _ = poller.modify(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY));
+                    }
+                }
+            }
             loop {
                 match inbox_rx.try_recv() {
                     Ok(Msg::Conn(stream, addr)) => {
@@ -134,6 +187,7 @@ impl Worker {
 
             if grace_end.is_none() && draining {
                 grace_end = Some(now + config.timeouts.shutdown_grace);
+                close_listeners(&poller, &mut listeners);
             }
             if grace_end.is_some_and(|t| now >= t) {
                 for (slot, conn) in conns.iter_mut() {
@@ -164,5 +218,13 @@ impl Worker {
                 break;
             }
         }
+        close_listeners(&poller, &mut listeners);
+    }
+}
+
+/// Stops watching the worker's own listeners and closes them.
+fn close_listeners(poller: &Poller, listeners: &mut Vec<TcpListener>) {
+    for l in listeners.drain(..) {
+        let _ = poller.delete(&l);
     }
 }

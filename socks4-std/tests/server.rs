@@ -126,3 +126,21 @@ fn an_open_proxy_config_is_refused() {
     config.rules = socks4_core::rules::Rules::default();
     assert!(Server::bind(config).is_err());
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn reuseport_mode_has_every_worker_accept_on_its_own_listener() {
+    let mut config = common::test_config(3);
+    config.reuseport = true;
+    let (proxy, handle) = common::start_with(config);
+    let echo = EchoTarget::start().expect("echo");
+    let mut conns: Vec<TcpStream> = (0..30)
+        .map(|i| socks4_std::connect(proxy, echo.addr(), format!("u{i}").as_bytes(), T).expect("CONNECT"))
+        .collect();
+    for s in &mut conns {
+        round_trip(s, b"via reuseport");
+    }
+    assert_eq!(handle.live_connections(), 30);
+    drop(conns);
+    handle.shutdown();
+}
