@@ -100,6 +100,7 @@ fn check(direction_up: bool) {
 
     let (mut writer, mut reader) = if direction_up { (client, target) } else { (target, client) };
     let accepted = fill(&mut writer, limit);
+    println!("accepted {accepted} bytes with the reader stalled (bound {bound}, offered up to {limit})");
     assert!(
         accepted <= bound,
         "the proxy took {accepted} bytes while the reader read nothing; the bound is {bound} \
