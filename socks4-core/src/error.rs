@@ -56,6 +56,8 @@ pub enum EncodeError {
     BadUserId,
     /// The host name is empty, longer than 255 bytes, or not printable ASCII.
     BadHost,
+    /// An IPv4 destination `0.0.0.x` with `x != 0`: on the wire it would read as a SOCKS4a marker.
+    MarkerAddress,
 }
 
 impl fmt::Display for EncodeError {
@@ -64,6 +66,7 @@ impl fmt::Display for EncodeError {
             Self::BufferTooSmall { needed } => write!(f, "output buffer too small: {needed} bytes needed"),
             Self::BadUserId => f.write_str("user id has a NUL byte or is longer than 255 bytes"),
             Self::BadHost => f.write_str("host name is empty, longer than 255 bytes or not printable ASCII"),
+            Self::MarkerAddress => f.write_str("addresses 0.0.0.1 to 0.0.0.255 mean SOCKS4a on the wire"),
         }
     }
 }

@@ -224,10 +224,16 @@ impl<'a> Request<'a> {
     }
 
     /// Checks that the request can be encoded: user id without NUL and at most 255 bytes, host
-    /// name non-empty, printable ASCII and at most 255 bytes.
+    /// name non-empty, printable ASCII and at most 255 bytes, and no IPv4 destination in
+    /// `0.0.0.1..=0.0.0.255` (those mean SOCKS4a on the wire).
     pub fn validate(&self) -> Result<(), EncodeError> {
         if self.user_id.len() > 255 || self.user_id.contains(&0) {
             return Err(EncodeError::BadUserId);
+        }
+        if let Dest::Ip(ip) = self.dest {
+            if is_4a_marker(ip.octets()) {
+                return Err(EncodeError::MarkerAddress);
+            }
         }
         if let Dest::Domain(host) = self.dest {
             let bytes = host.as_bytes();
@@ -248,6 +254,9 @@ impl<'a> Request<'a> {
     }
 
     /// Encodes the request into `out`, returning the number of bytes written.
+    ///
+    /// A SOCKS4a request always carries the marker `0.0.0.1` ([`SOCKS4A_MARKER`]); a parsed request
+    /// that used another `0.0.0.x` marker re-encodes with that byte normalised.
     ///
     /// ```
     /// use socks4_core::Request;
@@ -414,6 +423,9 @@ mod tests {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         assert_eq!(Request::connect(addr, b"a\0b").encode(&mut buf), Err(EncodeError::BadUserId));
         assert_eq!(Request::connect(addr, &[b'u'; 256]).encode(&mut buf), Err(EncodeError::BadUserId));
+        let marker = SocketAddrV4::new([0, 0, 0, 5].into(), 80);
+        assert_eq!(Request::connect(marker, b"").encode(&mut buf), Err(EncodeError::MarkerAddress));
+        assert!(Request::connect(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), b"").encode(&mut buf).is_ok());
         let mut out = Vec::new();
         Request::connect(addr, b"x").encode_to(&mut out).unwrap();
         assert_eq!(out, b"\x04\x01\x00\x01\x7f\x00\x00\x01x\0");

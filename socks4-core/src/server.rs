@@ -67,7 +67,8 @@ impl From<&std::io::Error> for Failure {
 pub enum CloseReason {
     /// The client closed before sending a whole request (no reply sent).
     ClientEof,
-    /// The client did not finish its request in time (no reply sent).
+    /// The handshake phase timed out: no whole request in time (no reply sent), or no decision on a
+    /// complete one (reply 91 sent).
     HandshakeTimeout,
     /// The request was malformed (reply 91 sent).
     Invalid(ParseError),
@@ -260,7 +261,8 @@ impl ServerHandshake {
             return;
         }
         match self.state {
-            State::Reading | State::Authorizing => self.close(CloseReason::HandshakeTimeout),
+            State::Reading => self.close(CloseReason::HandshakeTimeout),
+            State::Authorizing => self.reject_with(CloseReason::HandshakeTimeout),
             State::Resolving { .. } => self.reject_with(CloseReason::ResolveFailed(Failure::TimedOut)),
             State::Connecting { .. } => self.reject_with(CloseReason::ConnectFailed(Failure::TimedOut)),
             State::Listening { .. } => self.reject_with(CloseReason::BindFailed(Failure::TimedOut)),
@@ -590,6 +592,7 @@ mod tests {
         c.handle_eof(T0);
         assert!(matches!(c.poll_output(), Output::Authorize(_)));
         c.handle_timeout(T0 + SEC * 5);
+        assert_eq!(c.poll_output(), Output::Send(Reply::rejected()), "a complete request gets its 91");
         assert_eq!(c.poll_output(), Output::Closed(CloseReason::HandshakeTimeout));
     }
 
