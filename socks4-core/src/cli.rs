@@ -137,11 +137,7 @@ impl ServerArgs {
 
 /// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
 fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
-    let conditions = conditions.trim();
-    if conditions == "any" || conditions == "all" {
-        return Ok(Rule::any(action));
-    }
-    Ok(std::format!("{action} {conditions}").parse::<Rule>()?)
+    Ok(std::format!("{action} {}", conditions.trim()).parse::<Rule>()?)
 }
 
 /// Reads and parses a TOML config file (not yet validated).

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! allow|deny [from CIDR] [to CIDR|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
+//! allow|deny any
 //! ```
 //!
 //! `from` matches the client's address (IPv4 or IPv6), `to` the destination: a network matches the
@@ -242,6 +243,10 @@ impl FromStr for Rule {
             None => return Err(RuleError::Empty),
         };
         let mut rule = Rule::any(action);
+        let mut peek = words.clone();
+        if matches!((peek.next(), peek.next()), (Some("any" | "all"), None)) {
+            return Ok(rule);
+        }
         while let Some(key) = words.next() {
             let value = words.next().ok_or_else(|| RuleError::MissingValue(key.to_string()))?;
             let duplicate = match key {
@@ -407,6 +412,8 @@ mod tests {
         let r = |s: &str| s.parse::<Rule>().unwrap();
         let base = req(Command::Connect, [10, 1, 2, 3], 443, Some("www.Example.com"), b"alice");
         assert!(r("allow").matches(local, &base));
+        assert_eq!(r("deny any"), Rule::any(Action::Deny));
+        assert_eq!(r("allow all"), Rule::any(Action::Allow));
         assert!(r("allow from 127.0.0.0/8").matches(local, &base));
         assert!(!r("allow from 10.0.0.0/8").matches(local, &base));
         assert!(r("allow from 127.0.0.1").matches("::ffff:127.0.0.1".parse().unwrap(), &base), "v4-mapped client");
