@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::string::{String, ToString};
 use std::time::Duration;
 use std::vec::Vec;
@@ -132,6 +133,60 @@ impl ServerArgs {
         }
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// What an adapter's server offers the shared [`main`].
+pub trait Serve: Sized {
+    /// Binds the listeners of a validated config.
+    fn bind(config: ServerConfig) -> std::io::Result<Self>;
+    /// The addresses actually bound.
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+    /// Serves until SIGINT/SIGTERM, then shuts down gracefully.
+    fn run(self) -> std::io::Result<()>;
+}
+
+/// The whole `main` of an adapter's binary: parse the shared command line, set up logging
+/// (`--log-level`), build and validate the config (exit status 2 with the reason if it is bad, e.g.
+/// an open proxy), bind, log the listen addresses, and serve until SIGINT/SIGTERM.
+///
+/// ```no_run
+/// # struct MyServer;
+/// # impl socks4_core::cli::Serve for MyServer {
+/// #     fn bind(_: socks4_core::ServerConfig) -> std::io::Result<Self> { Ok(MyServer) }
+/// #     fn local_addrs(&self) -> Vec<std::net::SocketAddr> { Vec::new() }
+/// #     fn run(self) -> std::io::Result<()> { Ok(()) }
+/// # }
+/// fn main() -> std::process::ExitCode {
+///     socks4_core::cli::main::<MyServer>("my-socks4")
+/// }
+/// ```
+pub fn main<S: Serve>(name: &str) -> ExitCode {
+    let args = ServerArgs::parse_env();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level)).init();
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(e) => {
+            std::eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match S::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            std::eprintln!("{name}: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in server.local_addrs() {
+        tracing::info!("{name} listening on {addr}");
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            std::eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -73,6 +73,7 @@ extern crate std;
 mod client;
 pub mod config;
 mod error;
+pub mod log;
 mod reply;
 mod request;
 pub mod rules;

@@ -409,6 +409,12 @@ impl ServerHandshake {
         }
     }
 
+    /// The request's bytes as received, once complete (empty before): a copy lets the caller log
+    /// the request after dropping the handshake (parse it back with [`parse_request`]).
+    pub fn request_bytes(&self) -> &[u8] {
+        &self.buf[..self.request_len as usize]
+    }
+
     /// The request with its destination address: the literal one, or the SOCKS4a name's resolution.
     pub fn access_request(&self) -> Option<AccessRequest<'_>> {
         let req = self.request()?;
@@ -523,6 +529,7 @@ mod tests {
         assert_eq!(used, CONNECT.len());
         assert!(matches!(hs.poll_output(), Output::Authorize(_)));
         assert_eq!(hs.request().unwrap().user_id, b"u");
+        assert_eq!(hs.request_bytes(), CONNECT);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! One client connection: drive the sans-IO [`ServerHandshake`] with the runtime's I/O, then relay.
 //! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{Command, Dest, Failure, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake};
+use socks4_core::log::ConnLine;
+use socks4_core::{Failure, Limits, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake, Status, parse_request};
 
 use crate::relay::{Counts, RelayEnd, relay};
 use crate::runtime::{Runtime, with_timeout};
@@ -23,60 +24,43 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub(crate) struct ConnLog {
     client: SocketAddr,
     start: Instant,
-    cmd: &'static str,
-    dest: String,
-    user: String,
+    /// The request's bytes, kept to log it after the handshake is gone.
+    request: Vec<u8>,
     result: Option<String>,
     counts: Counts,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self {
-            client,
-            start: Instant::now(),
-            cmd: "-",
-            dest: "-".into(),
-            user: "-".into(),
-            result: None,
-            counts: Counts::default(),
-        }
+        Self { client, start: Instant::now(), request: Vec::new(), result: None, counts: Counts::default() }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
         self.result = Some(result.to_string());
     }
 
-    /// Records the request's facts for the log line.
+    /// Records the request for the log line.
     fn note_request(&mut self, hs: &ServerHandshake) {
-        let Some(req) = hs.request() else { return };
-        self.cmd = match req.command {
-            Command::Connect => "CONNECT",
-            Command::Bind => "BIND",
-        };
-        self.dest.clear();
-        let _ = match req.dest {
-            Dest::Ip(ip) => write!(self.dest, "{ip}:{}", req.port),
-            Dest::Domain(host) => write!(self.dest, "{host}:{}", req.port),
-        };
-        self.user = if req.user_id.is_empty() { "-".into() } else { String::from_utf8_lossy(req.user_id).into_owned() };
+        self.request.clear();
+        self.request.extend_from_slice(hs.request_bytes());
     }
 }
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
-        let result = self.result.as_deref().unwrap_or("shutdown");
-        tracing::info!(
-            "conn client={} cmd={} dest={} user={} result={} up={} down={} ms={}",
-            self.client,
-            self.cmd,
-            self.dest,
-            self.user,
-            result,
-            self.counts.up.get(),
-            self.counts.down.get(),
-            self.start.elapsed().as_millis()
-        );
+        let request = match parse_request(&self.request, &Limits::default()) {
+            Ok(Status::Complete((req, _))) => Some(req),
+            _ => None,
+        };
+        let line = ConnLine {
+            client: self.client,
+            request,
+            result: &self.result.as_deref().unwrap_or("shutdown"),
+            up: self.counts.up.get(),
+            down: self.counts.down.get(),
+            elapsed: self.start.elapsed(),
+        };
+        tracing::info!("{line}");
     }
 }
 

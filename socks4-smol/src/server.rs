@@ -340,3 +340,17 @@ fn worker<R: Runtime>(rx: Receiver<Handoff>, config: Arc<ServerConfig>, shared: 
     // Dropping the executor cancels what is left; their log lines say `result=shutdown`.
     drop(ex);
 }
+
+impl socks4_core::cli::Serve for Server {
+    fn bind(config: ServerConfig) -> io::Result<Self> {
+        Server::bind(config)
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        Server::local_addrs(self)
+    }
+
+    fn run(self) -> io::Result<()> {
+        Server::run(self)
+    }
+}

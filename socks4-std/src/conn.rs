@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use socks4_core::{Dest, Failure, Output, REPLY_LEN, ServerConfig, ServerHandshake};
+use socks4_core::log::ConnLine;
+use socks4_core::{Failure, Output, REPLY_LEN, ServerConfig, ServerHandshake};
 
 use crate::relay::{Dir, MAX_PENDING, PumpError};
 use crate::resolver::Job;
@@ -684,30 +685,17 @@ impl Conn {
         }
     }
 
-    /// The connection's log line fields: client, command, destination, user, result, bytes, time.
+    /// Writes the connection's one log line.
     pub(crate) fn log(&self, now: Instant) {
-        let (cmd, dest, user) = match self.hs.request() {
-            Some(req) => {
-                let dest = match req.dest {
-                    Dest::Ip(ip) => format!("{ip}:{}", req.port),
-                    Dest::Domain(host) => format!("{host}:{}", req.port),
-                };
-                let user = match req.user_id {
-                    [] => "-".to_owned(),
-                    id => String::from_utf8_lossy(id).into_owned(),
-                };
-                (req.command.to_string(), dest, user)
-            }
-            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        let line = ConnLine {
+            client: self.client_addr,
+            request: self.hs.request(),
+            result: &self.result.as_deref().unwrap_or("ok"),
+            up: self.up_bytes,
+            down: self.down_bytes,
+            elapsed: now.saturating_duration_since(self.started),
         };
-        let result = self.result.as_deref().unwrap_or("ok");
-        let ms = now.saturating_duration_since(self.started).as_millis();
-        tracing::info!(
-            "conn client={} cmd={cmd} dest={dest} user={user} result={result} up={} down={} ms={ms}",
-            self.client_addr,
-            self.up_bytes,
-            self.down_bytes,
-        );
+        tracing::info!("{line}");
     }
 }
 

@@ -353,3 +353,17 @@ pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, 
     let _ = stream.set_nodelay(true);
     Some(stream)
 }
+
+impl socks4_core::cli::Serve for Server {
+    fn bind(config: ServerConfig) -> io::Result<Self> {
+        Server::bind(config)
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        Server::local_addrs(self)
+    }
+
+    fn run(self) -> io::Result<()> {
+        Server::run(self)
+    }
+}

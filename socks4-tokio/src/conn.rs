@@ -6,7 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::{Command, Dest, Failure, Output, ServerConfig, ServerHandshake};
+use socks4_core::log::ConnLine;
+use socks4_core::{Failure, Limits, Output, ServerConfig, ServerHandshake, Status, parse_request};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, RelayEnd, write_all};
@@ -20,9 +21,8 @@ const HANDSHAKE_BUF: usize = 1024;
 pub(crate) struct Record {
     client: SocketAddr,
     start: Instant,
-    command: Option<Command>,
-    dest: Option<String>,
-    user: Option<String>,
+    /// The request's bytes, kept to log it after the handshake is gone.
+    request: Vec<u8>,
     result: Option<String>,
     /// Bytes client → destination.
     pub(crate) up: Cell<u64>,
@@ -35,9 +35,7 @@ impl Record {
         Record {
             client,
             start: Instant::now(),
-            command: None,
-            dest: None,
-            user: None,
+            request: Vec::new(),
             result: None,
             up: Cell::new(0),
             down: Cell::new(0),
@@ -45,18 +43,8 @@ impl Record {
     }
 
     fn note_request(&mut self, hs: &ServerHandshake) {
-        if self.command.is_some() {
-            return;
-        }
-        if let Some(req) = hs.request() {
-            self.command = Some(req.command);
-            self.dest = Some(match req.dest {
-                Dest::Ip(ip) => SocketAddrV4::new(ip, req.port).to_string(),
-                Dest::Domain(host) => format!("{host}:{}", req.port),
-            });
-            if !req.user_id.is_empty() {
-                self.user = Some(String::from_utf8_lossy(req.user_id).into_owned());
-            }
+        if self.request.is_empty() {
+            self.request.extend_from_slice(hs.request_bytes());
         }
     }
 
@@ -65,30 +53,21 @@ impl Record {
     }
 }
 
-impl fmt::Display for Record {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cmd = match self.command {
-            Some(Command::Connect) => "CONNECT",
-            Some(Command::Bind) => "BIND",
-            None => "-",
-        };
-        write!(
-            f,
-            "conn client={} cmd={cmd} dest={} user={} result={} up={} down={} ms={}",
-            self.client,
-            self.dest.as_deref().unwrap_or("-"),
-            self.user.as_deref().unwrap_or("-"),
-            self.result.as_deref().unwrap_or("closed at shutdown"),
-            self.up.get(),
-            self.down.get(),
-            self.start.elapsed().as_millis(),
-        )
-    }
-}
-
 impl Drop for Record {
     fn drop(&mut self) {
-        tracing::info!("{self}");
+        let request = match parse_request(&self.request, &Limits::default()) {
+            Ok(Status::Complete((req, _))) => Some(req),
+            _ => None,
+        };
+        let line = ConnLine {
+            client: self.client,
+            request,
+            result: &self.result.as_deref().unwrap_or("closed at shutdown"),
+            up: self.up.get(),
+            down: self.down.get(),
+            elapsed: self.start.elapsed(),
+        };
+        tracing::info!("{line}");
     }
 }
 

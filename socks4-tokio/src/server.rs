@@ -204,3 +204,17 @@ impl Drop for ServerHandle {
         self.stop_and_join();
     }
 }
+
+impl socks4_core::cli::Serve for Server {
+    fn bind(config: ServerConfig) -> io::Result<Self> {
+        Server::bind(config)
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        Server::local_addrs(self)
+    }
+
+    fn run(self) -> io::Result<()> {
+        Server::run(self)
+    }
+}

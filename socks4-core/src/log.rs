@@ -1,0 +1,114 @@
+//! The one log line every adapter writes per connection, in one format:
+//!
+//! ```text
+//! conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=alice result=ok up=78 down=1256 ms=41
+//! ```
+//!
+//! A missing field prints as `-`. The user id is the only peer-chosen free text, so bytes outside
+//! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
+
+use core::fmt::{self, Display};
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use crate::request::{Dest, Request};
+
+/// A user id for a log line: `-` when empty, otherwise escaped (see the [module docs](self)).
+///
+/// ```
+/// use socks4_core::log::UserId;
+/// assert_eq!(UserId(b"alice").to_string(), "alice");
+/// assert_eq!(UserId(b"x y=1\n").to_string(), "x\\x20y\\x3d1\\x0a");
+/// assert_eq!(UserId(b"").to_string(), "-");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct UserId<'a>(pub &'a [u8]);
+
+impl Display for UserId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for &b in self.0 {
+            if b.is_ascii_graphic() && b != b'\\' && b != b'=' {
+                fmt::Write::write_char(f, char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One connection's log line; format it with `Display` (only when the log level wants it).
+///
+/// ```
+/// use core::time::Duration;
+/// use socks4_core::{log::ConnLine, parse_request, Limits, Status};
+/// let Status::Complete((req, _)) = parse_request(b"\x04\x01\x00\x50\x00\x00\x00\x01bob\0example.com\0", &Limits::default())? else { panic!() };
+/// let line = ConnLine {
+///     client: "127.0.0.1:50522".parse().unwrap(),
+///     request: Some(req),
+///     result: &"ok",
+///     up: 78,
+///     down: 1256,
+///     elapsed: Duration::from_millis(41),
+/// };
+/// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41");
+/// # Ok::<(), socks4_core::ParseError>(())
+/// ```
+pub struct ConnLine<'a> {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request, if one arrived whole.
+    pub request: Option<Request<'a>>,
+    /// How the connection ended: `ok`, a [`CloseReason`](crate::CloseReason), an error.
+    pub result: &'a dyn Display,
+    /// Bytes relayed client → destination.
+    pub up: u64,
+    /// Bytes relayed destination → client.
+    pub down: u64,
+    /// Time since accept.
+    pub elapsed: Duration,
+}
+
+impl Display for ConnLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn client={} ", self.client)?;
+        match &self.request {
+            Some(req) => {
+                write!(f, "cmd={} dest=", req.command)?;
+                match req.dest {
+                    Dest::Ip(ip) => write!(f, "{ip}")?,
+                    Dest::Domain(host) => f.write_str(host)?,
+                }
+                write!(f, ":{} user={}", req.port, UserId(req.user_id))?;
+            }
+            None => f.write_str("cmd=- dest=- user=-")?,
+        }
+        write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn line_without_request_and_escaped_user() {
+        let line = ConnLine {
+            client: "[::1]:9".parse().unwrap(),
+            request: None,
+            result: &"handshake timed out",
+            up: 0,
+            down: 0,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(
+            line.to_string(),
+            "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000"
+        );
+        assert_eq!(UserId(b"\\\xff").to_string(), "\\x5c\\xff");
+    }
+}
