@@ -1,7 +1,7 @@
 //! Relaying bytes both ways between two streams: early data first, half-close propagated, an idle
 //! timeout over both directions, byte counts for the log line.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,8 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::Runtime;
 
-/// Bytes read per call, per direction (allocated when the relay starts).
-const BUF_LEN: usize = 16 * 1024;
+/// Bytes read per call. A direction borrows a buffer from its worker's pool while bytes flow.
+const BUF_LEN: usize = 32 * 1024;
 
 /// Byte counts of one relay, readable while it runs (for a log line written on cancellation).
 #[derive(Debug, Default)]
@@ -64,6 +64,9 @@ pub(crate) async fn relay<R: Runtime>(
 }
 
 /// Copies `from` → `to` (after `first`) until end of file, then half-closes `to`.
+///
+/// The buffer is borrowed from the worker's [`BufPool`] only while bytes flow: on a runtime that
+/// can wait for readability ([`Runtime::readable`]), an idle direction holds no buffer at all.
 async fn pump<R: Runtime>(
     mut from: R::Stream,
     mut to: R::Stream,
@@ -76,16 +79,81 @@ async fn pump<R: Runtime>(
         count.set(count.get() + first.len() as u64);
         last.set(Instant::now());
     }
-    let mut buf = vec![0u8; BUF_LEN];
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            to.flush().await?;
-            return R::shutdown_write(&to);
+        let can_wait = match R::readable(&from) {
+            Some(ready) => {
+                ready.await?;
+                true
+            }
+            None => false,
+        };
+        let mut buf = BufPool::take();
+        loop {
+            let n = if can_wait {
+                match future::poll_once(from.read(&mut buf[..])).await {
+                    Some(n) => n?,
+                    // Drained: give the buffer back and wait for more without it.
+                    None => break,
+                }
+            } else {
+                from.read(&mut buf[..]).await?
+            };
+            if n == 0 {
+                drop(buf);
+                to.flush().await?;
+                return R::shutdown_write(&to);
+            }
+            last.set(Instant::now());
+            to.write_all(&buf[..n]).await?;
+            count.set(count.get() + n as u64);
+            last.set(Instant::now());
         }
-        last.set(Instant::now());
-        to.write_all(&buf[..n]).await?;
-        count.set(count.get() + n as u64);
-        last.set(Instant::now());
+    }
+}
+
+/// A relay buffer borrowed from the worker thread's pool; it goes back when dropped.
+struct PooledBuf(Box<[u8]>);
+
+/// Each worker thread's free relay buffers: an idle connection holds none, and a busy worker
+/// reuses them instead of allocating per read. At most [`POOL_KEEP`] are kept.
+struct BufPool;
+
+/// Free buffers a worker keeps for reuse (the rest are freed).
+const POOL_KEEP: usize = 32;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl BufPool {
+    fn take() -> PooledBuf {
+        let buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice());
+        PooledBuf(buf)
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // During thread teardown the pool may be gone: the buffer is then simply freed.
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_KEEP {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
     }
 }

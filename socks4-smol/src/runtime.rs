@@ -7,8 +7,10 @@
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_io::Async;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::future;
 
@@ -45,6 +47,14 @@ pub trait Runtime: 'static {
     fn local_addr(stream: &Self::Stream) -> io::Result<SocketAddr>;
     /// The stream's remote address.
     fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr>;
+
+    /// Waits until a read on `stream` would not block (bytes, end of file or an error are there),
+    /// without a buffer. `None` (the default) when the runtime cannot tell: the relay then waits
+    /// inside `read` with its buffer held, instead of borrowing one only while bytes flow.
+    fn readable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
+        let _ = stream;
+        None::<future::Ready<io::Result<()>>>
+    }
 }
 
 /// Runs `op`, or fails with `ErrorKind::TimedOut` after `timeout`.
@@ -114,5 +124,11 @@ impl Runtime for Smol {
 
     fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
         stream.peer_addr()
+    }
+
+    fn readable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
+        // The smol stream is a handle on a shared `Async` source: wait on the source itself.
+        let source: Arc<Async<std::net::TcpStream>> = stream.clone().into();
+        Some(async move { source.readable().await })
     }
 }
