@@ -126,7 +126,12 @@ done
 echo "=== Dante (reference)"
 export DANTE_DIR="$work/dante"
 mkdir -p "$DANTE_DIR"
-if dante_addr=$(socks4-tools/scripts/dante.sh 2>"$work/dante.err"); then
+dante_addr=""
+for _ in 1 2 3; do
+    dante_addr=$(socks4-tools/scripts/dante.sh 2>"$work/dante.err") && break
+    dante_addr=""
+done
+if [ -n "$dante_addr" ]; then
     checker dante "$dante_addr" --handshake-timeout 2 --no-localhost --user-id-limit 1382
     kill "$(cat "$DANTE_DIR/danted.pid")" 2>/dev/null || true
 else

@@ -9,7 +9,7 @@
 #   With --foreground the address is printed and danted then runs in this shell's process.
 #
 # environment:
-#   DANTE_PORT               port to listen on (default: a free one in 20000-40000)
+#   DANTE_PORT               port to listen on (default: a free one in 10000 up to the ephemeral range)
 #   DANTE_NEGOTIATE_TIMEOUT  seconds a client may take to send its request (default 2); pass
 #                            the same value to socks4-check --handshake-timeout
 #   DANTE_DIR                directory for config, log and pid file (default: a new temp dir)
@@ -38,8 +38,11 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 port=${DANTE_PORT:-}
 if [ -z "$port" ]; then
+  # Below the ephemeral range: a port some outgoing connection holds cannot be seen by port_in_use.
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 11000 ] || low=32768
   for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 20000))
+    p=$((10000 + RANDOM % (low - 10000)))
     if ! port_in_use "$p"; then port=$p; break; fi
   done
   [ -n "$port" ] || { echo "dante.sh: no free port found" >&2; exit 1; }
