@@ -18,6 +18,7 @@ use socks4_core::{Failure, Output, REPLY_LEN, ServerConfig, ServerHandshake};
 
 use crate::relay::{Dir, MAX_PENDING, PumpError};
 use crate::resolver::Job;
+use crate::splice::Pipes;
 use crate::worker::Msg;
 
 /// Poller keys per connection.
@@ -77,6 +78,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) config: &'a ServerConfig,
     /// The worker's read buffer.
     pub(crate) scratch: &'a mut [u8],
+    /// The worker's pipes for splicing.
+    pub(crate) pipes: &'a mut Pipes,
     /// The resolver pool.
     pub(crate) resolver: &'a Sender<Job>,
     /// The worker's own channel (for resolver answers).
@@ -304,7 +307,8 @@ impl Conn {
     }
 
     fn read_request(&mut self, ctx: &mut Ctx<'_>) {
-        let buf = &mut ctx.scratch[..MAX_PENDING];
+        let len = MAX_PENDING.min(ctx.scratch.len());
+        let buf = &mut ctx.scratch[..len];
         match (&self.client).read(buf) {
             Ok(0) => self.hs.handle_eof(ctx.clock()),
             Ok(n) => {
@@ -537,13 +541,13 @@ impl Conn {
         let mut failure = None;
         let mut moved = false;
         if do_up {
-            match up.pump(&self.client, upstream, ctx.scratch) {
+            match up.pump(&self.client, upstream, ctx.scratch, ctx.pipes) {
                 Ok(p) => moved |= p.moved,
                 Err(e) => failure = Some(describe("client", "upstream", e)),
             }
         }
         if do_down && failure.is_none() {
-            match down.pump(upstream, &self.client, ctx.scratch) {
+            match down.pump(upstream, &self.client, ctx.scratch, ctx.pipes) {
                 Ok(p) => moved |= p.moved,
                 Err(e) => failure = Some(describe("upstream", "client", e)),
             }

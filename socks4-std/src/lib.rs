@@ -5,9 +5,11 @@
 //! over a slab of connections with non-blocking std sockets and a timer heap for the handshake,
 //! connect, BIND and idle deadlines. The protocol is [`socks4_core`]'s sans-IO
 //! [`ServerHandshake`](socks4_core::ServerHandshake); SOCKS4a names are resolved by a small
-//! thread pool that answers through the worker's poller. The relay buffers at most
-//! [`MAX_PENDING`] bytes per direction per connection (nothing while idle) and stops reading a
-//! side whose peer cannot take more.
+//! thread pool that answers through the worker's poller. On Linux the relay is zero-copy:
+//! `splice(2)` socket → pipe → socket through pipes each worker lends a direction only while it
+//! has bytes in flight ([`Server::splice`]); elsewhere it copies through the worker's buffer. It
+//! holds at most [`MAX_PENDING`] bytes per direction per connection (nothing, and no pipe, while
+//! idle) and stops reading a side whose peer cannot take more.
 //!
 //! Also a blocking client: [`connect`] (CONNECT, SOCKS4 or 4a) and [`bind`] (BIND) over
 //! [`std::net::TcpStream`], built on [`ClientHandshake`](socks4_core::ClientHandshake).
@@ -32,6 +34,7 @@ mod conn;
 mod relay;
 mod resolver;
 mod server;
+mod splice;
 mod timers;
 mod worker;
 

@@ -1,17 +1,23 @@
 //! One direction of a relay: read from a source socket, write to a destination socket, with a
 //! bounded pending buffer and back-pressure.
 //!
-//! Bytes are read into the worker's shared scratch buffer and written straight on; only what
-//! the destination does not take at once is copied into the direction's own pending buffer,
-//! which is freed as soon as it drains. While anything is pending the source is not read, so a
-//! direction never holds more than [`MAX_PENDING`] bytes and an idle relay holds none.
+//! On Linux bytes are spliced socket → pipe → socket ([`crate::splice`]) through a pipe borrowed
+//! from the worker's pool while they are in flight. Otherwise (or when no pipe can be had) they
+//! are read into the worker's shared scratch buffer and written straight on; only what the
+//! destination does not take at once is copied into the direction's own pending buffer, which is
+//! freed as soon as it drains. While anything is pending (in the pipe or the buffer) the source
+//! is not read, so a direction never holds more than [`MAX_PENDING`] bytes and an idle relay holds
+//! neither a buffer nor a pipe.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 
-/// The most bytes one direction of one connection ever buffers in the proxy (and the size of
-/// each read). A connection buffers at most twice this, and nothing while idle.
-pub const MAX_PENDING: usize = 32 * 1024;
+use crate::splice::{self, Pipe, Pipes};
+
+/// The most bytes one direction of one connection ever holds in the proxy: the capacity asked of
+/// a splice pipe and the most one splice moves (copying reads at most the worker's 64 KiB buffer
+/// at a time). A connection holds at most twice this, and nothing while idle.
+pub const MAX_PENDING: usize = 256 * 1024;
 
 /// Reads per wake-up before yielding to other connections (the source stays armed).
 const READS_PER_PUMP: usize = 16;
@@ -22,6 +28,9 @@ pub(crate) struct Dir {
     /// Bytes read but not yet written (`pending[off..]`), empty (unallocated) when drained.
     pending: Vec<u8>,
     off: usize,
+    /// Bytes spliced from the source and not yet on to the destination, and the pipe holding
+    /// them (`None` when there are none: the pipe went back to the worker's pool).
+    piped: Option<(Pipe, usize)>,
     /// The source reached EOF.
     eof: bool,
     /// The destination was shut down for writing (EOF propagated): this direction is done.
@@ -67,21 +76,28 @@ impl Dir {
         self.shut
     }
 
-    /// Bytes currently buffered.
+    /// Bytes currently buffered (in the pending buffer or the pipe).
     pub(crate) fn buffered(&self) -> usize {
-        self.pending.len() - self.off
+        self.pending.len() - self.off + self.piped.as_ref().map_or(0, |(_, n)| *n)
     }
 
     fn has_pending(&self) -> bool {
-        self.off < self.pending.len()
+        self.off < self.pending.len() || self.piped.is_some()
     }
 
-    /// Moves bytes from `src` to `dst` until one of them would block (or after a fair share).
-    pub(crate) fn pump(&mut self, src: &TcpStream, dst: &TcpStream, scratch: &mut [u8]) -> Result<Progress, PumpError> {
+    /// Moves bytes from `src` to `dst` until one of them would block (or after a fair share),
+    /// splicing through a pipe from `pipes` when one can be had, else copying via `scratch`.
+    pub(crate) fn pump(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        scratch: &mut [u8],
+        pipes: &mut Pipes,
+    ) -> Result<Progress, PumpError> {
         let mut progress = Progress::default();
         let mut reads = 0;
         loop {
-            if self.has_pending() {
+            if self.off < self.pending.len() {
                 match write_some(dst, &self.pending[self.off..]) {
                     Ok(0) => return Ok(progress),
                     Ok(n) => {
@@ -92,6 +108,22 @@ impl Dir {
                         }
                         self.pending = Vec::new();
                         self.off = 0;
+                    }
+                    Err(e) => return Err(PumpError::Write(e)),
+                }
+            }
+            if let Some((pipe, left)) = &mut self.piped {
+                match splice::drain(pipe, dst, *left) {
+                    Ok(None) => return Ok(progress),
+                    Ok(Some(n)) => {
+                        progress.moved = true;
+                        *left = left.saturating_sub(n);
+                        if *left > 0 {
+                            continue;
+                        }
+                        if let Some((pipe, _)) = self.piped.take() {
+                            pipes.put(pipe);
+                        }
                     }
                     Err(e) => return Err(PumpError::Write(e)),
                 }
@@ -108,6 +140,30 @@ impl Dir {
                 return Ok(progress);
             }
             reads += 1;
+            if let Some(pipe) = pipes.take() {
+                match splice::fill(&pipe, src, MAX_PENDING) {
+                    Ok(Some(0)) => {
+                        pipes.put(pipe);
+                        self.eof = true;
+                    }
+                    Ok(Some(n)) => {
+                        progress.moved = true;
+                        self.bytes += n as u64;
+                        self.piped = Some((pipe, n));
+                    }
+                    Ok(None) => {
+                        pipes.put(pipe);
+                        return Ok(progress);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        // These sockets cannot be spliced: copy from now on (this read too).
+                        pipes.disable();
+                        reads -= 1;
+                    }
+                    Err(e) => return Err(PumpError::Read(e)),
+                }
+                continue;
+            }
             let len = MAX_PENDING.min(scratch.len());
             let chunk = &mut scratch[..len];
             let n = match (&*src).read(chunk) {

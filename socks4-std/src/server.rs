@@ -41,6 +41,7 @@ pub struct Server {
     listeners: Vec<Vec<TcpListener>>,
     workers: usize,
     config: Arc<ServerConfig>,
+    splice: bool,
 }
 
 impl Server {
@@ -62,7 +63,14 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { listeners, workers, config: Arc::new(config) })
+        Ok(Server { listeners, workers, config: Arc::new(config), splice: true })
+    }
+
+    /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
+    /// default), rather than copying them through a buffer (always the case elsewhere).
+    pub fn splice(mut self, on: bool) -> Self {
+        self.splice = on;
+        self
     }
 
     /// The addresses actually bound (with the ports picked for port 0), one per listen address.
@@ -104,6 +112,7 @@ impl Server {
                 config: Arc::clone(&self.config),
                 shared: Arc::clone(&shared),
                 listeners: per_worker.next().unwrap_or_default(),
+                splice: self.splice,
             };
             let thread = thread::Builder::new()
                 .name(format!("socks4-worker-{i}"))

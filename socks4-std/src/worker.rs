@@ -14,6 +14,7 @@ use socks4_core::{Failure, ServerConfig};
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
 use crate::resolver::Job;
 use crate::server::{ACCEPT_BACKOFF, ACCEPTS_PER_WAKE, Accepted, accept_one, admit};
+use crate::splice::Pipes;
 use crate::timers::{Entry, Timers};
 
 /// Size of each worker's read buffer.
@@ -60,6 +61,8 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
     pub(crate) listeners: Vec<TcpListener>,
+    /// Relay with `splice(2)` where the platform has it.
+    pub(crate) splice: bool,
 }
 
 /// The key side (low bits) of a worker's own listener: `index * KEYS_PER_CONN + LISTENER_KEY`.
@@ -68,7 +71,7 @@ const LISTENER_KEY: usize = KEYS_PER_CONN - 1;
 impl Worker {
     /// Runs the event loop until drained after shutdown.
     pub(crate) fn run(self) {
-        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared, mut listeners } = self;
+        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared, mut listeners, splice } = self;
         for (i, l) in listeners.iter().enumerate() {
             // SAFETY: the listeners are deleted from the poller (`close_listeners`) before being dropped.
             if let Err(e) = unsafe { poller.add(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY)) } {
@@ -79,6 +82,7 @@ impl Worker {
         let mut accept_paused: Option<Instant> = None;
         let epoch = Instant::now();
         let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
+        let mut pipes = Pipes::new(splice);
         let mut conns: Slab<Conn> = Slab::new();
         let mut timers = Timers::default();
         let mut events = Events::new();
@@ -104,6 +108,7 @@ impl Worker {
                 epoch,
                 config: &config,
                 scratch: &mut scratch,
+                pipes: &mut pipes,
                 resolver: &resolver,
                 inbox: &inbox_tx,
             };
