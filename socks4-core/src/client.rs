@@ -6,6 +6,9 @@ use core::net::SocketAddrV4;
 use crate::error::{EncodeError, ParseError};
 use crate::reply::{REPLY_LEN, Reply, ReplyCode};
 use crate::request::{Command, MAX_REQUEST_LEN, Request, Status};
+#[cfg(feature = "std")]
+use crate::target::ConnectError;
+use crate::target::Target;
 
 /// What a reply meant; returned by [`ClientHandshake::handle_input`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,51 @@ pub enum ClientEvent {
     BindListening(SocketAddrV4),
     /// The server refused (91, 92 or 93); it closes the connection.
     Rejected(ReplyCode),
+}
+
+#[cfg(feature = "std")]
+impl ClientEvent {
+    /// For a connector that expects a grant (CONNECT's reply, BIND's second): the address of a
+    /// [`Granted`](Self::Granted); a rejection is [`ConnectError::Rejected`],
+    /// any other event [`ConnectError::Unexpected`]. Only with `std`.
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::{ClientEvent, ConnectError, ReplyCode};
+    /// let addr = SocketAddrV4::new([192, 0, 2, 1].into(), 80);
+    /// assert_eq!(ClientEvent::Granted(addr).granted().unwrap(), addr);
+    /// let refused = ClientEvent::Rejected(ReplyCode::Rejected).granted();
+    /// assert!(matches!(refused, Err(ConnectError::Rejected(ReplyCode::Rejected))));
+    /// assert!(matches!(ClientEvent::BindListening(addr).granted(), Err(ConnectError::Unexpected(_))));
+    /// ```
+    pub fn granted(self) -> Result<SocketAddrV4, ConnectError> {
+        match self {
+            Self::Granted(addr) => Ok(addr),
+            Self::Rejected(code) => Err(ConnectError::Rejected(code)),
+            other => Err(ConnectError::Unexpected(other)),
+        }
+    }
+
+    /// For a BIND's first reply: the address of a [`BindListening`](Self::BindListening); a
+    /// rejection is [`ConnectError::Rejected`], any other event
+    /// [`ConnectError::Unexpected`]. Only with `std`.
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::{ClientEvent, ConnectError, ReplyCode};
+    /// let addr = SocketAddrV4::new([0, 0, 0, 0].into(), 40000);
+    /// assert_eq!(ClientEvent::BindListening(addr).bind_listening().unwrap(), addr);
+    /// let refused = ClientEvent::Rejected(ReplyCode::IdentMismatch).bind_listening();
+    /// assert!(matches!(refused, Err(ConnectError::Rejected(ReplyCode::IdentMismatch))));
+    /// assert!(matches!(ClientEvent::Granted(addr).bind_listening(), Err(ConnectError::Unexpected(_))));
+    /// ```
+    pub fn bind_listening(self) -> Result<SocketAddrV4, ConnectError> {
+        match self {
+            Self::BindListening(addr) => Ok(addr),
+            Self::Rejected(code) => Err(ConnectError::Rejected(code)),
+            other => Err(ConnectError::Unexpected(other)),
+        }
+    }
 }
 
 /// The server's reply could not be understood.
@@ -101,6 +149,25 @@ impl ClientHandshake {
         Self::new(&Request::connect_host(host, port, user_id))
     }
 
+    /// CONNECT to `target`: SOCKS4 for an address, SOCKS4a for a host name (what
+    /// [`connect`](Self::connect) or [`connect_host`](Self::connect_host) would build).
+    ///
+    /// ```
+    /// use core::net::Ipv4Addr;
+    /// use socks4_core::{ClientHandshake, Target};
+    /// let by_ip = ClientHandshake::connect_to((Ipv4Addr::new(10, 0, 0, 1), 80).into(), b"me")?;
+    /// assert_eq!(by_ip.request_bytes(), b"\x04\x01\x00\x50\x0a\x00\x00\x01me\0");
+    /// let by_name = ClientHandshake::connect_to(Target::Host("example.com", 80), b"")?;
+    /// assert_eq!(by_name.request_bytes(), b"\x04\x01\x00\x50\x00\x00\x00\x01\0example.com\0");
+    /// # Ok::<(), socks4_core::EncodeError>(())
+    /// ```
+    pub fn connect_to(target: Target<'_>, user_id: &[u8]) -> Result<Self, EncodeError> {
+        match target {
+            Target::Addr(addr) => Self::connect(addr, user_id),
+            Target::Host(host, port) => Self::connect_host(host, port, user_id),
+        }
+    }
+
     /// BIND: ask the proxy to accept one connection from `expected_peer` (its port is informative).
     pub fn bind(expected_peer: SocketAddrV4, user_id: &[u8]) -> Result<Self, EncodeError> {
         let req = Request { command: Command::Bind, ..Request::connect(expected_peer, user_id) };
@@ -159,6 +226,31 @@ impl ClientHandshake {
         }
     }
 
+    /// How many bytes to read next: what is left of the reply being read (0 once
+    /// [`is_done`](Self::is_done)). Reading exactly that many (`read_exact`, or reads into a buffer
+    /// of that length) never consumes payload that follows the reply.
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::{ClientHandshake, REPLY_LEN};
+    /// let mut hs = ClientHandshake::bind(SocketAddrV4::new([127, 0, 0, 1].into(), 0), b"")?;
+    /// assert_eq!(hs.bytes_wanted(), REPLY_LEN);
+    /// hs.handle_input(&[0, 90, 0x9c])?; // a short read
+    /// assert_eq!(hs.bytes_wanted(), REPLY_LEN - 3);
+    /// hs.handle_input(&[0x40, 0, 0, 0, 0])?; // the first BIND reply is complete
+    /// assert_eq!(hs.bytes_wanted(), REPLY_LEN); // the second one comes next
+    /// hs.handle_input(&[0, 90, 0x13, 0x88, 127, 0, 0, 1])?;
+    /// assert!(hs.is_done());
+    /// assert_eq!(hs.bytes_wanted(), 0); // the rest is payload
+    /// # Ok::<(), Box<dyn core::error::Error>>(())
+    /// ```
+    pub fn bytes_wanted(&self) -> usize {
+        match self.phase {
+            Phase::Done => 0,
+            Phase::First | Phase::Second => REPLY_LEN - self.reply_len as usize,
+        }
+    }
+
     /// Has a final event ([`ClientEvent::Granted`] or [`ClientEvent::Rejected`]) been reported?
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
@@ -187,6 +279,54 @@ mod tests {
         assert!(hs.is_done());
         assert_eq!(hs.handle_input(b"payload").unwrap(), (0, None));
         assert_eq!(hs.handle_eof(), Ok(()));
+    }
+
+    #[test]
+    fn connect_to_matches_connect_and_connect_host() {
+        let addr = v4([10, 1, 2, 3], 8080);
+        let a = ClientHandshake::connect_to(Target::Addr(addr), b"me").unwrap();
+        assert_eq!(a.request_bytes(), ClientHandshake::connect(addr, b"me").unwrap().request_bytes());
+        let h = ClientHandshake::connect_to(Target::Host("example.com", 80), b"u").unwrap();
+        assert_eq!(h.request_bytes(), ClientHandshake::connect_host("example.com", 80, b"u").unwrap().request_bytes());
+        assert_eq!(ClientHandshake::connect_to(("bad host", 1).into(), b"").unwrap_err(), EncodeError::BadHost);
+        assert_eq!(ClientHandshake::connect_to(addr.into(), b"nul\0").unwrap_err(), EncodeError::BadUserId);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn events_as_connector_results() {
+        let a = v4([10, 1, 2, 3], 8080);
+        assert_eq!(ClientEvent::Granted(a).granted().unwrap(), a);
+        assert_eq!(ClientEvent::BindListening(a).bind_listening().unwrap(), a);
+        for code in [ReplyCode::Rejected, ReplyCode::IdentUnreachable, ReplyCode::IdentMismatch] {
+            assert!(matches!(ClientEvent::Rejected(code).granted(), Err(ConnectError::Rejected(c)) if c == code));
+            assert!(
+                matches!(ClientEvent::Rejected(code).bind_listening(), Err(ConnectError::Rejected(c)) if c == code)
+            );
+        }
+        let odd = ClientEvent::BindListening(a).granted();
+        assert!(matches!(odd, Err(ConnectError::Unexpected(ClientEvent::BindListening(x))) if x == a));
+        let odd = ClientEvent::Granted(a).bind_listening();
+        assert!(matches!(odd, Err(ConnectError::Unexpected(ClientEvent::Granted(x))) if x == a));
+    }
+
+    #[test]
+    fn bytes_wanted_tracks_the_current_reply() {
+        let mut hs = ClientHandshake::connect(v4([10, 1, 2, 3], 8080), b"").unwrap();
+        let reply = [0, 90, 0, 0, 0, 0, 0, 0];
+        for (i, b) in reply.iter().enumerate() {
+            assert_eq!(hs.bytes_wanted(), REPLY_LEN - i);
+            hs.handle_input(core::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(hs.bytes_wanted(), 0);
+        let mut bad = ClientHandshake::connect(v4([10, 1, 2, 3], 8080), b"").unwrap();
+        assert!(bad.handle_input(b"HTTP").is_err());
+        assert_eq!(bad.bytes_wanted(), 0);
+        let mut eof = ClientHandshake::connect(v4([10, 1, 2, 3], 8080), b"").unwrap();
+        eof.handle_input(&[0, 90]).unwrap();
+        assert_eq!(eof.bytes_wanted(), 6);
+        assert!(eof.handle_eof().is_err());
+        assert_eq!(eof.bytes_wanted(), 0);
     }
 
     #[test]

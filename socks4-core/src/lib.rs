@@ -10,7 +10,8 @@
 //!   reports [`Status::Partial`] until a message is whole, and errors as soon as it cannot become valid.
 //! - [`ServerHandshake`]: bytes and results in, [`Output`] actions out (send a reply, resolve, authorize,
 //!   connect, listen for a BIND peer, relay, close), deadlines on the caller's clock.
-//! - [`ClientHandshake`]: builds a CONNECT or BIND request (4 or 4a) and reads the reply or replies.
+//! - [`ClientHandshake`]: builds a CONNECT (to a [`Target`]) or BIND request (4 or 4a) and reads the
+//!   reply or replies. With `std`, `ConnectError` is the error of the adapters' client connectors.
 //! - [`rules`] and [`config`]: access rules and the server configuration as plain data; `serde`
 //!   derives behind the `serde` feature, the adapters' shared command line behind `cli`.
 //!
@@ -78,6 +79,7 @@ mod reply;
 mod request;
 pub mod rules;
 mod server;
+mod target;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -90,3 +92,6 @@ pub use request::{
     Command, Dest, Limits, MAX_REQUEST_LEN, Request, SOCKS4_VERSION, SOCKS4A_MARKER, Status, parse_request,
 };
 pub use server::{CloseReason, Failure, Output, ServerHandshake};
+#[cfg(feature = "std")]
+pub use target::ConnectError;
+pub use target::Target;

@@ -1,85 +1,20 @@
-//! A blocking SOCKS4/4a client over `std::net::TcpStream`, built on `ClientHandshake`.
+//! A blocking SOCKS4/4a client over `std::net::TcpStream`, built on `ClientHandshake`. [`Target`]
+//! and [`ConnectError`] are [`socks4_core`]'s, re-exported.
 
-use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use socks4_core::{ClientError, ClientEvent, ClientHandshake, EncodeError, REPLY_LEN, ReplyCode};
+use socks4_core::{ClientEvent, ClientHandshake, REPLY_LEN};
+pub use socks4_core::{ConnectError, Target};
 
-/// Where a CONNECT goes: an IPv4 address (SOCKS4) or a host name the proxy resolves (SOCKS4a).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target<'a> {
-    /// An IPv4 address and port.
-    Addr(SocketAddrV4),
-    /// A host name and port, resolved by the proxy.
-    Host(&'a str, u16),
-}
-
-impl From<SocketAddrV4> for Target<'_> {
-    fn from(addr: SocketAddrV4) -> Self {
-        Target::Addr(addr)
-    }
-}
-
-impl From<(Ipv4Addr, u16)> for Target<'_> {
-    fn from((ip, port): (Ipv4Addr, u16)) -> Self {
-        Target::Addr(SocketAddrV4::new(ip, port))
-    }
-}
-
-impl<'a> From<(&'a str, u16)> for Target<'a> {
-    fn from((host, port): (&'a str, u16)) -> Self {
-        Target::Host(host, port)
-    }
-}
-
-/// Why a client handshake failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// Connecting to the proxy or talking to it failed.
-    Io(io::Error),
-    /// The timeout passed before the handshake finished.
-    TimedOut,
-    /// The proxy refused with this code (91, 92 or 93).
-    Rejected(ReplyCode),
-    /// The proxy's reply was invalid, or it closed the connection during the handshake.
-    Protocol(ClientError),
-    /// The request could not be encoded (a NUL in the user id, a bad host name).
-    Encode(EncodeError),
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "proxy I/O: {e}"),
-            Self::TimedOut => f.write_str("the proxy handshake timed out"),
-            Self::Rejected(code) => write!(f, "the proxy refused the request (reply {})", code.code()),
-            Self::Protocol(e) => write!(f, "{e}"),
-            Self::Encode(e) => write!(f, "cannot encode the request: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io(e) => Some(e),
-            Self::Protocol(e) => Some(e),
-            Self::Encode(e) => Some(e),
-            Self::TimedOut | Self::Rejected(_) => None,
-        }
-    }
-}
-
-impl From<io::Error> for ConnectError {
-    fn from(e: io::Error) -> Self {
-        if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
-            Self::TimedOut
-        } else {
-            Self::Io(e)
-        }
+/// An I/O error of the handshake: a read or write timeout (`TimedOut`, or `WouldBlock` from a
+/// socket timeout) is [`ConnectError::TimedOut`], anything else [`ConnectError::Io`].
+fn io_error(e: io::Error) -> ConnectError {
+    if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
+        ConnectError::TimedOut
+    } else {
+        ConnectError::Io(e)
     }
 }
 
@@ -93,18 +28,11 @@ pub fn connect<'a>(
     user_id: &[u8],
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let hs = match target.into() {
-        Target::Addr(addr) => ClientHandshake::connect(addr, user_id),
-        Target::Host(host, port) => ClientHandshake::connect_host(host, port, user_id),
-    }
-    .map_err(ConnectError::Encode)?;
+    let hs = ClientHandshake::connect_to(target.into(), user_id)?;
     let deadline = Instant::now() + timeout;
     let (mut stream, mut hs) = open(proxy, hs, deadline)?;
-    match next_event(&mut stream, &mut hs, deadline)? {
-        ClientEvent::Granted(_) => finish(stream),
-        ClientEvent::Rejected(code) => Err(ConnectError::Rejected(code)),
-        ClientEvent::BindListening(_) => Err(ConnectError::Protocol(ClientError::UnexpectedEof)),
-    }
+    next_event(&mut stream, &mut hs, deadline)?.granted()?;
+    finish(stream)
 }
 
 /// Asks the proxy at `proxy` to accept one connection from `expected_peer` (SOCKS4 BIND).
@@ -117,18 +45,12 @@ pub fn bind(
     user_id: &[u8],
     timeout: Duration,
 ) -> Result<BindPending, ConnectError> {
-    let hs = ClientHandshake::bind(expected_peer, user_id).map_err(ConnectError::Encode)?;
+    let hs = ClientHandshake::bind(expected_peer, user_id)?;
     let deadline = Instant::now() + timeout;
     let (mut stream, mut hs) = open(proxy, hs, deadline)?;
-    match next_event(&mut stream, &mut hs, deadline)? {
-        ClientEvent::BindListening(addr) => {
-            let ip = if addr.ip().is_unspecified() { proxy.ip() } else { (*addr.ip()).into() };
-            Ok(BindPending { stream, hs, listen: SocketAddr::new(ip, addr.port()) })
-        }
-        ClientEvent::Rejected(code) => Err(ConnectError::Rejected(code)),
-        // A single 90 reply to a BIND cannot happen: the handshake reports the first as listening.
-        ClientEvent::Granted(_) => Err(ConnectError::Protocol(ClientError::UnexpectedEof)),
-    }
+    let addr = next_event(&mut stream, &mut hs, deadline)?.bind_listening()?;
+    let ip = if addr.ip().is_unspecified() { proxy.ip() } else { (*addr.ip()).into() };
+    Ok(BindPending { stream, hs, listen: SocketAddr::new(ip, addr.port()) })
 }
 
 /// A BIND after the proxy's first reply: the proxy listens and waits for the peer.
@@ -149,11 +71,8 @@ impl BindPending {
     /// (blocking, no timeouts) and the peer's address.
     pub fn accept(mut self, timeout: Duration) -> Result<(TcpStream, SocketAddrV4), ConnectError> {
         let deadline = Instant::now() + timeout;
-        match next_event(&mut self.stream, &mut self.hs, deadline)? {
-            ClientEvent::Granted(peer) => Ok((finish(self.stream)?, peer)),
-            ClientEvent::Rejected(code) => Err(ConnectError::Rejected(code)),
-            ClientEvent::BindListening(_) => Err(ConnectError::Protocol(ClientError::UnexpectedEof)),
-        }
+        let peer = next_event(&mut self.stream, &mut self.hs, deadline)?.granted()?;
+        Ok((finish(self.stream)?, peer))
     }
 }
 
@@ -168,42 +87,41 @@ fn open(
     hs: ClientHandshake,
     deadline: Instant,
 ) -> Result<(TcpStream, ClientHandshake), ConnectError> {
-    let mut stream = TcpStream::connect_timeout(&proxy, remaining(deadline)?)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(remaining(deadline)?))?;
-    stream.write_all(hs.request_bytes())?;
+    let mut stream = TcpStream::connect_timeout(&proxy, remaining(deadline)?).map_err(io_error)?;
+    stream.set_nodelay(true).map_err(io_error)?;
+    stream.set_write_timeout(Some(remaining(deadline)?)).map_err(io_error)?;
+    stream.write_all(hs.request_bytes()).map_err(io_error)?;
     Ok((stream, hs))
 }
 
-/// Reads one reply (never more than its bytes) and returns what it meant.
+/// Reads one reply (never more than its bytes: [`ClientHandshake::bytes_wanted`]) and returns what
+/// it meant.
 fn next_event(
     stream: &mut TcpStream,
     hs: &mut ClientHandshake,
     deadline: Instant,
 ) -> Result<ClientEvent, ConnectError> {
     let mut buf = [0u8; REPLY_LEN];
-    let mut need = REPLY_LEN;
     loop {
-        stream.set_read_timeout(Some(remaining(deadline)?))?;
-        let n = match stream.read(&mut buf[..need]) {
+        stream.set_read_timeout(Some(remaining(deadline)?)).map_err(io_error)?;
+        let buf = &mut buf[..hs.bytes_wanted()];
+        let n = match stream.read(buf) {
             Ok(0) => {
-                hs.handle_eof().map_err(ConnectError::Protocol)?;
-                return Err(ConnectError::Protocol(ClientError::UnexpectedEof));
+                hs.handle_eof()?;
+                return Err(ConnectError::Protocol(socks4_core::ClientError::UnexpectedEof));
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_error(e)),
         };
-        let (used, event) = hs.handle_input(&buf[..n]).map_err(ConnectError::Protocol)?;
-        need -= used;
-        if let Some(event) = event {
+        if let (_, Some(event)) = hs.handle_input(&buf[..n])? {
             return Ok(event);
         }
     }
 }
 
 fn finish(stream: TcpStream) -> Result<TcpStream, ConnectError> {
-    stream.set_read_timeout(None)?;
-    stream.set_write_timeout(None)?;
+    stream.set_read_timeout(None).map_err(io_error)?;
+    stream.set_write_timeout(None).map_err(io_error)?;
     Ok(stream)
 }

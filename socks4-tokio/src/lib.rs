@@ -21,7 +21,7 @@
 //! The client side: [`connect`] (SOCKS4 or 4a CONNECT) and [`bind`] (BIND).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), socks4_tokio::ClientError> {
+//! # async fn demo() -> Result<(), socks4_tokio::ConnectError> {
 //! let stream = socks4_tokio::connect("127.0.0.1:1080", ("example.com", 80), b"alice").await?;
 //! # Ok(()) }
 //! ```
@@ -32,6 +32,6 @@ mod pool;
 mod relay;
 mod server;
 
-pub use client::{Bind, ClientError, Target, bind, connect};
+pub use client::{Bind, ConnectError, Target, bind, connect};
 pub use server::{Server, ServerHandle, Stats};
 pub use socks4_core::ServerConfig;

@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use socks4_core::ReplyCode;
-use socks4_tokio::{ClientError, connect};
+use socks4_tokio::{ConnectError, connect};
 use socks4_tools::targets::EchoTarget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,7 +43,7 @@ async fn connect_denied_by_the_server_rules() {
     let (proxy, _server) = common::start_with(common::test_config());
     let target = EchoTarget::start().unwrap();
     match connect(proxy, target.addr(), b"denied").await {
-        Err(ClientError::Rejected(ReplyCode::Rejected)) => {}
+        Err(ConnectError::Rejected(ReplyCode::Rejected)) => {}
         other => panic!("expected a 91 rejection, got {other:?}"),
     }
 }
@@ -121,7 +121,7 @@ async fn fake_granted_socks4a() {
 async fn fake_rejected_91() {
     let (proxy, fake) = fake_proxy(REQ_4, vec![vec![0, 91, 0, 0, 0, 0, 0, 0]]);
     match connect(proxy, target_4(), b"alice").await {
-        Err(ClientError::Rejected(ReplyCode::Rejected)) => {}
+        Err(ConnectError::Rejected(ReplyCode::Rejected)) => {}
         other => panic!("expected Rejected(91), got {other:?}"),
     }
     fake.join().unwrap();
@@ -131,7 +131,7 @@ async fn fake_rejected_91() {
 async fn fake_garbage_reply() {
     let (proxy, fake) = fake_proxy(REQ_4, vec![b"HTTP/1.0".to_vec()]);
     match connect(proxy, target_4(), b"alice").await {
-        Err(ClientError::Protocol(socks4_core::ClientError::BadReply(_))) => {}
+        Err(ConnectError::Protocol(socks4_core::ClientError::BadReply(_))) => {}
         other => panic!("expected a bad reply error, got {other:?}"),
     }
     fake.join().unwrap();
@@ -153,7 +153,7 @@ async fn fake_payload_right_after_the_reply_is_delivered() {
 async fn fake_close_mid_reply() {
     let (proxy, fake) = fake_proxy(REQ_4, vec![vec![0, 90, 0]]);
     match connect(proxy, target_4(), b"alice").await {
-        Err(ClientError::Protocol(socks4_core::ClientError::UnexpectedEof)) => {}
+        Err(ConnectError::Protocol(socks4_core::ClientError::UnexpectedEof)) => {}
         other => panic!("expected an unexpected-EOF error, got {other:?}"),
     }
     fake.join().unwrap();
@@ -163,7 +163,7 @@ async fn fake_close_mid_reply() {
 async fn fake_close_before_any_reply() {
     let (proxy, fake) = fake_proxy(REQ_4, vec![]);
     match connect(proxy, target_4(), b"alice").await {
-        Err(ClientError::Protocol(socks4_core::ClientError::UnexpectedEof)) => {}
+        Err(ConnectError::Protocol(socks4_core::ClientError::UnexpectedEof)) => {}
         other => panic!("expected an unexpected-EOF error, got {other:?}"),
     }
     fake.join().unwrap();
@@ -195,7 +195,7 @@ async fn fake_bind_second_reply_rejected() {
     let bind = socks4_tokio::bind(proxy, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 20), b"").await.unwrap();
     assert_eq!(bind.listen_addr(), "127.0.0.1:4242".parse().unwrap());
     match bind.accept().await {
-        Err(ClientError::Rejected(ReplyCode::Rejected)) => {}
+        Err(ConnectError::Rejected(ReplyCode::Rejected)) => {}
         other => panic!("expected Rejected(91), got {other:?}"),
     }
     fake.join().unwrap();
@@ -204,7 +204,7 @@ async fn fake_bind_second_reply_rejected() {
 #[tokio::test]
 async fn bad_user_id_is_refused_before_connecting() {
     match connect("127.0.0.1:9", target_4(), b"nul\0inside").await {
-        Err(ClientError::Request(_)) => {}
+        Err(ConnectError::Encode(_)) => {}
         other => panic!("expected a request encoding error, got {other:?}"),
     }
 }
