@@ -180,8 +180,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// A connection just accepted (already non-blocking), in `slot`, registered for reading.
-    pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &Ctx<'_>) -> Self {
+    /// A connection just accepted (already non-blocking), in `slot`. The request has usually
+    /// arrived by the time the worker sees the connection, so it is read at once; the socket is
+    /// then registered for what the state wants.
+    pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &mut Ctx<'_>) -> Self {
+        let _ = client.set_nodelay(true);
         let hs = ServerHandshake::new(ctx.clock(), ctx.config.limits, ctx.config.timeouts);
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
         let mut conn = Self {
@@ -207,6 +210,7 @@ impl Conn {
             result: None,
             scheduled: None,
         };
+        conn.read_request(ctx);
         conn.rearm(ctx.poller);
         conn
     }
@@ -426,13 +430,10 @@ impl Conn {
 
     /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
     fn start_connect(&mut self, addr: SocketAddrV4) -> Option<Result<SocketAddrV4, Failure>> {
-        let socket = match Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)) {
+        let socket = match new_nonblocking_socket() {
             Ok(s) => s,
             Err(e) => return Some(Err(Failure::from(&e))),
         };
-        if let Err(e) = socket.set_nonblocking(true) {
-            return Some(Err(Failure::from(&e)));
-        }
         let result = socket.connect(&SockAddr::from(addr));
         let stream = TcpStream::from(socket);
         let _ = stream.set_nodelay(true);
@@ -454,14 +455,11 @@ impl Conn {
 
     fn connect_progress(&mut self, ctx: &mut Ctx<'_>) {
         let Some(stream) = &self.upstream else { return };
+        // Writable with no pending error: the connect completed (the poller reports a connecting
+        // socket writable only once it has succeeded or failed).
         let result = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(Failure::from(&e)),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => local_v4(stream),
-                // Not connected yet (a spurious wake-up): keep waiting, bounded by the deadline.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) => Err(Failure::from(&e)),
-            },
+            Ok(None) => local_v4(stream),
         };
         self.connecting = false;
         if result.is_err() {
@@ -725,6 +723,18 @@ fn describe(from: &str, to: &str, e: PumpError) -> String {
     match e {
         PumpError::Read(e) => format!("{from} read: {e}"),
         PumpError::Write(e) => format!("{to} write: {e}"),
+    }
+}
+
+/// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).
+fn new_nonblocking_socket() -> io::Result<Socket> {
+    #[cfg(target_os = "linux")]
+    return Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP));
+    #[cfg(not(target_os = "linux"))]
+    {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
     }
 }
 

@@ -252,6 +252,7 @@ impl Acceptor {
         }
         let mut events = Events::new();
         let mut next = 0usize;
+        let mut wake = vec![false; self.workers.len()];
         while !self.shared.stop_accepting.load(Ordering::SeqCst) {
             events.clear();
             if let Err(e) = self.poller.wait(&mut events, None) {
@@ -266,7 +267,7 @@ impl Acceptor {
                 let Some(listener) = self.listeners.get(ev.key) else { continue };
                 for _ in 0..ACCEPTS_PER_WAKE {
                     match accept_one(listener, &self.shared) {
-                        Accepted::Conn(stream, addr) => self.dispatch(stream, addr, &mut next),
+                        Accepted::Conn(stream, addr) => self.dispatch(stream, addr, &mut next, &mut wake),
                         Accepted::Again => {}
                         Accepted::Drained => break,
                         Accepted::BackOff => {
@@ -275,6 +276,8 @@ impl Acceptor {
                         }
                     }
                 }
+                // One wake-up per worker for the whole batch, not one per connection.
+                self.wake(&mut wake);
             }
             if back_off {
                 thread::sleep(ACCEPT_BACKOFF);
@@ -292,17 +295,29 @@ impl Acceptor {
         }
     }
 
-    fn dispatch(&self, stream: TcpStream, addr: SocketAddr, next: &mut usize) {
+    /// Wakes the workers marked in `wake` (they were handed connections) and clears the marks.
+    fn wake(&self, wake: &mut [bool]) {
+        for (link, woken) in self.workers.iter().zip(wake.iter_mut()) {
+            if std::mem::take(woken) {
+                let _ = link.poller.notify();
+            }
+        }
+    }
+
+    /// Hands a connection to the next worker and marks it in `wake`.
+    fn dispatch(&self, stream: TcpStream, addr: SocketAddr, next: &mut usize, wake: &mut [bool]) {
         let Some(stream) = admit(&self.shared, self.max_connections, stream, addr) else { return };
         // Round-robin; a worker that is gone (it cannot be, short of a bug) passes its turn on.
         let n = self.workers.len();
         let mut msg = Msg::Conn(stream, addr);
         for _ in 0..n {
-            let link = &self.workers[*next % n];
+            let i = *next % n;
             *next = (*next + 1) % n;
-            match link.tx.send(msg) {
+            match self.workers[i].tx.send(msg) {
                 Ok(()) => {
-                    let _ = link.poller.notify();
+                    if let Some(w) = wake.get_mut(i) {
+                        *w = true;
+                    }
                     return;
                 }
                 Err(mpsc::SendError(back)) => msg = back,
@@ -324,9 +339,10 @@ pub(crate) enum Accepted {
     BackOff,
 }
 
-/// Accepts one connection from a non-blocking listener.
+/// Accepts one connection from a non-blocking listener; the connection is non-blocking too (on
+/// Linux in the same `accept4` call, no extra syscall).
 pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
-    match listener.accept() {
+    match accept_nonblocking(listener) {
         Ok((stream, addr)) => Accepted::Conn(stream, addr),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
         Err(e)
@@ -345,7 +361,28 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
     }
 }
 
-/// Applies the connection limit and prepares the socket; `None` if it was closed.
+#[cfg(target_os = "linux")]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let stream = TcpStream::from(fd);
+    let addr = match addr.map(SocketAddr::try_from) {
+        Some(Ok(addr)) => addr,
+        // Not an IP peer (cannot happen on a TCP listener): ask the socket.
+        _ => stream.peer_addr()?,
+    };
+    Ok((stream, addr))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, addr) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok((stream, addr))
+}
+
+/// Applies the connection limit; `None` if the connection was closed. Nothing else happens on
+/// the accepting thread: the worker sets the socket's options.
 pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, addr: SocketAddr) -> Option<TcpStream> {
     let live = shared.live.fetch_add(1, Ordering::SeqCst);
     if live >= max_connections {
@@ -354,12 +391,6 @@ pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, 
         tracing::warn!("connection limit {max_connections} reached: closing {addr} ({refused} refused so far)");
         return None;
     }
-    if let Err(e) = stream.set_nonblocking(true) {
-        shared.live.fetch_sub(1, Ordering::SeqCst);
-        tracing::warn!("dropping {addr}: {e}");
-        return None;
-    }
-    let _ = stream.set_nodelay(true);
     Some(stream)
 }
 

@@ -149,7 +149,7 @@ impl Worker {
                 let entry = conns.vacant_entry();
                 let slot = entry.key();
                 next_id += 1;
-                entry.insert(Conn::new(next_id, slot, stream, addr, &ctx));
+                entry.insert(Conn::new(next_id, slot, stream, addr, &mut ctx));
                 touched.push(slot);
             }
             if accept_paused.is_some_and(|t| now >= t) {
@@ -169,7 +169,7 @@ impl Worker {
                         let entry = conns.vacant_entry();
                         let slot = entry.key();
                         next_id += 1;
-                        entry.insert(Conn::new(next_id, slot, stream, addr, &ctx));
+                        entry.insert(Conn::new(next_id, slot, stream, addr, &mut ctx));
                         touched.push(slot);
                     }
                     Ok(Msg::Resolved { slot, id, result }) => {
