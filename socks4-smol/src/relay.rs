@@ -79,6 +79,10 @@ async fn pump<R: Runtime>(
         count.set(count.get() + first.len() as u64);
         last.set(Instant::now());
     }
+    #[cfg(target_os = "linux")]
+    if let Some(end) = splice::pump::<R>(&from, &to, count, last).await {
+        return end;
+    }
     loop {
         let can_wait = match R::readable(&from) {
             Some(ready) => {
@@ -155,5 +159,140 @@ impl std::ops::Deref for PooledBuf {
 impl std::ops::DerefMut for PooledBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.0
+    }
+}
+
+/// Linux: the zero-copy relay of one direction, socket → pipe → socket with `splice(2)`.
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::cell::{Cell, RefCell};
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::time::Instant;
+
+    use rustix::io::Errno;
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+
+    use crate::runtime::Runtime;
+
+    /// The most bytes one splice moves, and the capacity asked of each pipe: a direction never
+    /// holds more than this in the proxy.
+    const PIPE_LEN: usize = 256 * 1024;
+    /// Free pipes a worker keeps for reuse.
+    const PIPES_KEPT: usize = 16;
+
+    /// A pipe borrowed from the worker thread's pool; it goes back when dropped empty.
+    struct Pipe {
+        /// Read and write ends (always `Some` until dropped).
+        ends: Option<(OwnedFd, OwnedFd)>,
+        /// Bytes in the pipe.
+        held: Cell<usize>,
+    }
+
+    thread_local! {
+        static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl Pipe {
+        fn take() -> Option<Pipe> {
+            let ends = match PIPES.with(|p| p.borrow_mut().pop()) {
+                Some(ends) => ends,
+                None => {
+                    let ends = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+                    // Fewer, larger splices; the default capacity (64 KiB) works too.
+                    let _ = fcntl_setpipe_size(&ends.1, PIPE_LEN);
+                    ends
+                }
+            };
+            Some(Pipe { ends: Some(ends), held: Cell::new(0) })
+        }
+
+        fn ends(&self) -> io::Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+            match &self.ends {
+                Some((r, w)) => Ok((r.as_fd(), w.as_fd())),
+                None => Err(io::Error::other("pipe already returned")),
+            }
+        }
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            // A pipe still holding bytes (the relay failed) is closed, never reused.
+            let Some(ends) = self.ends.take().filter(|_| self.held.get() == 0) else { return };
+            // During thread teardown the pool may be gone: the pipe is then simply closed.
+            let _ = PIPES.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < PIPES_KEPT {
+                    p.push(ends);
+                }
+            });
+        }
+    }
+
+    /// Relays `from` → `to` with `splice(2)` until end of file, then half-closes `to`. `None`
+    /// when the runtime or the kernel cannot splice these streams, or no pipe can be had (e.g.
+    /// out of descriptors), with nothing in flight: the caller copies the rest instead.
+    pub(super) async fn pump<R: Runtime>(
+        from: &R::Stream,
+        to: &R::Stream,
+        count: &Cell<u64>,
+        last: &Cell<Instant>,
+    ) -> Option<io::Result<()>> {
+        let (src, dst) = (R::fd(from)?, R::fd(to)?);
+        if R::readable(from).is_none() || R::writable(to).is_none() {
+            return None;
+        }
+        let mut moved_any = false;
+        loop {
+            if let Some(ready) = R::readable(from) {
+                if let Err(e) = ready.await {
+                    return Some(Err(e));
+                }
+            }
+            // No pipe now (out of descriptors): copy this stretch instead.
+            let pipe = Pipe::take()?;
+            let (pipe_read, pipe_write) = match pipe.ends() {
+                Ok(ends) => ends,
+                Err(e) => return Some(Err(e)),
+            };
+            loop {
+                match splice(src, None, pipe_write, None, PIPE_LEN, SpliceFlags::MOVE | SpliceFlags::NONBLOCK) {
+                    Ok(0) => {
+                        drop(pipe);
+                        return Some(R::shutdown_write(to));
+                    }
+                    Ok(n) => {
+                        moved_any = true;
+                        pipe.held.set(n);
+                        last.set(Instant::now());
+                    }
+                    // Drained: give the pipe back and wait for more without it.
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if !moved_any => return None,
+                    Err(e) => return Some(Err(e.into())),
+                }
+                while pipe.held.get() > 0 {
+                    let held = pipe.held.get();
+                    match splice(pipe_read, None, dst, None, held, SpliceFlags::MOVE | SpliceFlags::NONBLOCK) {
+                        Ok(0) => return Some(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(k) => {
+                            pipe.held.set(held - k.min(held));
+                            count.set(count.get() + k as u64);
+                            last.set(Instant::now());
+                        }
+                        Err(Errno::AGAIN) => {
+                            if let Some(ready) = R::writable(to) {
+                                if let Err(e) = ready.await {
+                                    return Some(Err(e));
+                                }
+                            }
+                        }
+                        Err(Errno::INTR) => {}
+                        Err(e) => return Some(Err(e.into())),
+                    }
+                }
+            }
+        }
     }
 }

@@ -55,6 +55,22 @@ pub trait Runtime: 'static {
         let _ = stream;
         None::<future::Ready<io::Result<()>>>
     }
+
+    /// Waits until a write on `stream` would not block. `None` (the default) when the runtime
+    /// cannot tell; the relay then copies instead of splicing.
+    fn writable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
+        let _ = stream;
+        None::<future::Ready<io::Result<()>>>
+    }
+
+    /// Linux: the stream's (non-blocking) socket, for the zero-copy `splice(2)` relay, which also
+    /// needs [`readable`](Self::readable) and [`writable`](Self::writable). `None` (the default):
+    /// the relay copies.
+    #[cfg(target_os = "linux")]
+    fn fd(stream: &Self::Stream) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let _ = stream;
+        None
+    }
 }
 
 /// Runs `op`, or fails with `ErrorKind::TimedOut` after `timeout`.
@@ -130,5 +146,16 @@ impl Runtime for Smol {
         // The smol stream is a handle on a shared `Async` source: wait on the source itself.
         let source: Arc<Async<std::net::TcpStream>> = stream.clone().into();
         Some(async move { source.readable().await })
+    }
+
+    fn writable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
+        let source: Arc<Async<std::net::TcpStream>> = stream.clone().into();
+        Some(async move { source.writable().await })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn fd(stream: &Self::Stream) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(stream.as_fd())
     }
 }
