@@ -11,7 +11,7 @@
 //! - The per-connection code (handshake, connect, resolve, BIND, relay with half-close, early data,
 //!   timeouts) is written against `futures-io` plus the small [`Runtime`] trait, so it is
 //!   runtime-agnostic: [`Smol`] is the default runtime.
-//! - **async-std**: with the non-default `async-std` feature, [`AsyncStd`] runs the same server on
+//! - **async-std**: with the non-default `async-std` feature, `AsyncStd` runs the same server on
 //!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
 //!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
 //! - The acceptor threads use `async-io` directly and hand each connection to its worker as a
