@@ -4,9 +4,12 @@
 //! [`socks4_core`] handshakes.
 //!
 //! The server runs a pool of worker threads, each with its own current-thread runtime and
-//! [`LocalSet`](tokio::task::LocalSet). One acceptor hands every accepted connection to the next
-//! worker in turn (round-robin); with [`ServerConfig::reuseport`] each worker has its own
-//! `SO_REUSEPORT` listener instead and the kernel spreads the connections.
+//! [`LocalSet`](tokio::task::LocalSet). One acceptor (a task on the first worker) hands every
+//! accepted connection to the next worker in turn (round-robin); with [`ServerConfig::reuseport`]
+//! each worker has its own `SO_REUSEPORT` listener instead and the kernel spreads the connections.
+//!
+//! On Linux the relay moves bulk data with splice(2) through pipes borrowed from a small per-worker
+//! pool (no copy to user space); small chunks, and other systems, go through pooled buffers.
 //!
 //! ```no_run
 //! use socks4_core::ServerConfig;

@@ -16,6 +16,9 @@ use crate::conn::Record;
 
 /// Size of one relay buffer.
 const BUF_SIZE: usize = 16 * 1024;
+/// A spliced chunk smaller than this sends the direction back to the buffered copy.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SMALL_CHUNK: usize = 4 * 1024;
 /// Most idle buffers a worker keeps for reuse.
 const POOL_MAX: usize = 64;
 
@@ -84,34 +87,236 @@ pub(crate) async fn relay(
     }
 }
 
+/// What one direction's pump reports when it fails: what it was doing, and the error.
+type PumpError = (&'static str, io::Error);
+
 /// Copies `src` to `dst` until EOF, then shuts down `dst`'s write side.
+///
+/// On Linux the bytes go through a pipe borrowed from the worker's pool with splice(2), so they are
+/// never copied to user space; the pipe is borrowed only while a chunk is in flight. Where no pipe
+/// can be had (or splice is refused) the chunk goes through a pooled buffer instead.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     count: &Cell<u64>,
     last: &Cell<Instant>,
     what: (&'static str, &'static str),
-) -> Result<(), (&'static str, io::Error)> {
+) -> Result<(), PumpError> {
+    // Small chunks (a request, a keystroke) go through a buffer: fewer system calls than a
+    // splice in and out. Once a read fills the whole buffer the direction is streaming, and its
+    // chunks go through a pipe until one turns out small again.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let (mut streaming, mut can_splice) = (false, true);
     loop {
         src.readable().await.map_err(|e| (what.0, e))?;
-        let mut buf = PooledBuf::take();
-        let n = match src.try_read(&mut buf.0) {
-            Ok(0) => {
-                // Half-close: the other direction goes on. The peer may be gone already.
-                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
-                return Ok(());
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if streaming && can_splice {
+            match zero_copy::chunk(src, dst, count, last, what).await? {
+                Chunk::Moved(n) => {
+                    streaming = n >= SMALL_CHUNK;
+                    continue;
+                }
+                Chunk::Eof => break,
+                Chunk::NotReady => continue,
+                Chunk::Unsupported => can_splice = false,
+                Chunk::NoPipe => {}
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err((what.0, e)),
-        };
-        last.set(Instant::now());
-        write_all(dst, &buf.0[..n]).await.map_err(|e| (what.1, e))?;
-        count.set(count.get() + n as u64);
-        last.set(Instant::now());
+        }
+        match copy_chunk(src, dst, count, last, what).await? {
+            Chunk::Eof => break,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Chunk::Moved(n) => streaming = n == BUF_SIZE,
+            _ => {}
+        }
     }
+    // Half-close: the other direction goes on. The peer may be gone already.
+    let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+    Ok(())
 }
 
+/// The outcome of moving one chunk.
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+enum Chunk {
+    /// This many bytes went across.
+    Moved(usize),
+    /// `src` reached EOF.
+    Eof,
+    /// `src` had nothing after all (readiness was stale).
+    NotReady,
+    /// splice(2) does not work on these sockets: use the buffered copy from now on.
+    Unsupported,
+    /// No pipe could be had (e.g. EMFILE): use the buffered copy for this chunk.
+    NoPipe,
+}
+
+/// Moves one chunk through a pooled buffer: one read, then write it all.
+async fn copy_chunk(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &Cell<u64>,
+    last: &Cell<Instant>,
+    what: (&'static str, &'static str),
+) -> Result<Chunk, PumpError> {
+    let mut buf = PooledBuf::take();
+    let n = match src.try_read(&mut buf.0) {
+        Ok(0) => return Ok(Chunk::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
+        Err(e) => return Err((what.0, e)),
+    };
+    last.set(Instant::now());
+    write_all(dst, &buf.0[..n]).await.map_err(|e| (what.1, e))?;
+    count.set(count.get() + n as u64);
+    last.set(Instant::now());
+    Ok(Chunk::Moved(n))
+}
+
+/// splice(2) through pipes from a per-worker pool.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod zero_copy {
+    use std::cell::{Cell, RefCell};
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::time::Instant;
+
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::{Chunk, PumpError};
+
+    /// Capacity asked for each pipe (the kernel may round it or refuse; 64 KiB is the default).
+    const PIPE_SIZE: usize = 256 * 1024;
+    /// Most idle pipes a worker keeps (2 descriptors each).
+    const POOL_MAX: usize = 16;
+
+    /// A pipe: read end, write end.
+    struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        /// What the pipe holds at most.
+        capacity: usize,
+    }
+
+    thread_local! {
+        static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A pipe borrowed from the worker's pool. Returned on drop if empty; closed if it still
+    /// holds bytes (the relay failed or was cancelled mid-chunk).
+    struct Lease {
+        pipe: Option<Pipe>,
+        /// Bytes in the pipe.
+        pending: usize,
+    }
+
+    impl Lease {
+        fn take() -> io::Result<Lease> {
+            let pipe = match PIPES.with(|p| p.borrow_mut().pop()) {
+                Some(pipe) => pipe,
+                None => {
+                    let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+                    let capacity = fcntl_setpipe_size(&write, PIPE_SIZE).unwrap_or(64 * 1024);
+                    Pipe { read, write, capacity }
+                }
+            };
+            Ok(Lease { pipe: Some(pipe), pending: 0 })
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {
+            if self.pending != 0 {
+                return;
+            }
+            if let Some(pipe) = self.pipe.take() {
+                PIPES.with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() < POOL_MAX {
+                        p.push(pipe);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to the pipe's
+    /// capacity), then splices the pipe out to `dst` until it is empty. `src` is not read again
+    /// before the pipe is empty, which is the back-pressure.
+    pub(super) async fn chunk(
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &Cell<u64>,
+        last: &Cell<Instant>,
+        what: (&'static str, &'static str),
+    ) -> Result<Chunk, PumpError> {
+        let Ok(mut lease) = Lease::take() else {
+            return Ok(Chunk::NoPipe);
+        };
+        let Some(pipe) = lease.pipe.as_ref() else {
+            return Ok(Chunk::NoPipe);
+        };
+        let (pipe_r, pipe_w, capacity) = (&pipe.read, &pipe.write, pipe.capacity);
+        let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+        // The pipe is empty, so EAGAIN can only mean that `src` has nothing: the readiness may be
+        // cleared.
+        let n = match src.try_io(Interest::READABLE, || Ok(splice(src, None, pipe_w, None, capacity, flags)?)) {
+            Ok(0) => return Ok(Chunk::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                return Ok(Chunk::Unsupported);
+            }
+            Err(e) => return Err((what.0, e)),
+        };
+        lease.pending = n;
+        last.set(Instant::now());
+        while lease.pending > 0 {
+            dst.writable().await.map_err(|e| (what.1, e))?;
+            // The pipe holds bytes, so EAGAIN can only mean that `dst` is full.
+            match dst.try_io(Interest::WRITABLE, || Ok(splice(pipe_r, None, dst, None, lease.pending, flags)?)) {
+                Ok(0) => return Err((what.1, io::ErrorKind::WriteZero.into())),
+                Ok(m) => {
+                    lease.pending -= m;
+                    count.set(count.get() + m as u64);
+                    last.set(Instant::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err((what.1, e)),
+            }
+        }
+        Ok(Chunk::Moved(n))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn pooled() -> usize {
+            PIPES.with(|p| p.borrow().len())
+        }
+
+        #[test]
+        fn only_empty_pipes_go_back_to_the_pool() {
+            let before = pooled();
+            let lease = Lease::take().expect("pipe");
+            drop(lease);
+            assert_eq!(pooled(), before + 1, "an empty pipe is kept for reuse");
+            let mut lease = Lease::take().expect("pipe");
+            assert_eq!(pooled(), before, "the pooled pipe is reused");
+            lease.pending = 1;
+            drop(lease);
+            assert_eq!(pooled(), before, "a pipe still holding bytes is closed, not pooled");
+        }
+
+        #[test]
+        fn the_pool_is_bounded() {
+            let leases: Vec<Lease> = (0..POOL_MAX + 4).map(|_| Lease::take().expect("pipe")).collect();
+            drop(leases);
+            assert_eq!(pooled(), POOL_MAX);
+        }
+    }
+}
 /// Returns once `last` is `idle` old.
 async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
     loop {
