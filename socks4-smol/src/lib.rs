@@ -3,8 +3,8 @@
 //! A SOCKS4/SOCKS4a proxy server and client connector on [smol](https://docs.rs/smol), built on the
 //! sans-IO [`socks4_core`].
 //!
-//! - [`Server`]: binds the configured addresses; an acceptor thread per listener deals accepted
-//!   connections round-robin to a pool of worker threads, each running its own
+//! - [`Server`]: binds the configured addresses; an accept task per listener, running on one of
+//!   the worker threads, deals accepted connections round-robin to the workers, each running its own
 //!   [`async_executor::LocalExecutor`] (no work stealing, no `Send` bounds). Connection limit,
 //!   access rules, accept-error back-off and graceful shutdown ([`ServerHandle::shutdown`], or
 //!   SIGINT/SIGTERM with [`Server::run`]).
@@ -14,8 +14,9 @@
 //! - **async-std**: with the non-default `async-std` feature, `AsyncStd` runs the same server on
 //!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
 //!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
-//! - The acceptor threads use `async-io` directly and hand each connection to its worker as a
-//!   `std::net::TcpStream`, which the worker registers with its runtime ([`Runtime::from_std`]).
+//! - The accept tasks use `async-io` directly, accept non-blocking sockets without registering
+//!   them, and hand each connection to its worker as a `std::net::TcpStream`, which the worker
+//!   registers with its runtime ([`Runtime::from_std`]).
 //! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
 //!   for smol's `TcpStream`.
 //!

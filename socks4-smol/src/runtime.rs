@@ -25,7 +25,8 @@ pub trait Runtime: 'static {
 
     /// Runs a future to completion on the current thread, driving the runtime's reactor and timers.
     fn block_on<T>(future: impl Future<Output = T>) -> T;
-    /// Registers a connected std stream (handed over from the acceptor thread) with the runtime.
+    /// Registers a connected std stream (handed over by an accept task, already non-blocking) with
+    /// the runtime.
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
     /// Connects to `addr` within `timeout` (no source port is bound first).
     fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
@@ -99,7 +100,8 @@ impl Runtime for Smol {
     }
 
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream> {
-        smol::net::TcpStream::try_from(stream)
+        // Accepted non-blocking (accept4 with SOCK_NONBLOCK): no fcntl/ioctl again.
+        Async::new_nonblocking(stream).map(smol::net::TcpStream::from)
     }
 
     async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {

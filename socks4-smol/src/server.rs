@@ -1,5 +1,6 @@
-//! The server: listeners, an acceptor thread per listener dealing connections round-robin to a pool
-//! of worker threads, each running its own single-threaded executor; connection limit; shutdown.
+//! The server: listeners, a pool of worker threads each running its own single-threaded executor,
+//! an accept task per listener (on one of the workers) dealing connections round-robin to the
+//! workers; connection limit; shutdown.
 
 use std::cell::Cell;
 use std::io;
@@ -85,12 +86,12 @@ impl Server {
         self.addrs.clone()
     }
 
-    /// Starts the acceptors and the worker pool on smol in background threads.
+    /// Starts the worker pool (which also accepts) on smol in background threads.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         self.spawn_on::<Smol>()
     }
 
-    /// Starts the acceptors and the worker pool on runtime `R` in background threads.
+    /// Starts the worker pool (which also accepts) on runtime `R` in background threads.
     pub fn spawn_on<R: Runtime>(self) -> io::Result<ServerHandle> {
         // Register the listeners here: this also starts the async-io reactor on this thread, so a
         // failure (e.g. no file descriptor for epoll) is an error now, not a panic in a thread later.
@@ -100,35 +101,34 @@ impl Server {
         let mut handle = ServerHandle {
             addrs: self.addrs.clone(),
             stop: None,
-            acceptors: Vec::new(),
             workers: Vec::new(),
             shared: shared.clone(),
             grace: self.config.timeouts.shutdown_grace,
         };
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         handle.stop = Some(stop_tx);
-        let mut senders = Vec::with_capacity(self.workers);
-        for i in 0..self.workers {
-            let (tx, rx) = channel::unbounded::<Handoff>();
-            senders.push(tx);
-            let (config, shared) = (self.config.clone(), shared.clone());
-            let thread = thread::Builder::new()
-                .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, config, shared))?;
-            handle.workers.push(thread);
-        }
+        let workers = self.workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel::unbounded::<Handoff>()).unzip();
+        // Each listener's accept loop runs as a task on one worker (the one `reuseport` gives it,
+        // else round-robin over the listeners): no acceptor thread to wake per connection.
+        let mut accept_tasks: Vec<Vec<(Async<TcpListener>, Acceptor)>> = (0..workers).map(|_| Vec::new()).collect();
         let next = Arc::new(AtomicUsize::new(0));
-        for (listener, fixed) in listeners {
-            let targets = match fixed {
-                Some(w) => senders.get(w).cloned().into_iter().collect(),
-                None => senders.clone(),
+        for (k, (listener, fixed)) in listeners.into_iter().enumerate() {
+            let (home, targets) = match fixed {
+                Some(w) => (w % workers, senders.get(w).cloned().into_iter().collect()),
+                None => (k % workers, senders.clone()),
             };
             let acceptor =
                 Acceptor { targets, next: next.clone(), shared: shared.clone(), max: self.config.max_connections };
-            let stop = stop_rx.clone();
-            let thread =
-                thread::Builder::new().name("socks4-smol-accept".into()).spawn(move || acceptor.run(listener, stop))?;
-            handle.acceptors.push(thread);
+            accept_tasks[home].push((listener, acceptor));
+        }
+        drop(senders);
+        for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
+            let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
+            let thread = thread::Builder::new()
+                .name(format!("socks4-smol-worker-{i}"))
+                .spawn(move || worker::<R>(rx, acceptors, stop, config, shared))?;
+            handle.workers.push(thread);
         }
         Ok(handle)
     }
@@ -174,7 +174,6 @@ fn reuseport_listener(_addr: SocketAddr) -> io::Result<TcpListener> {
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     stop: Option<Sender<()>>,
-    acceptors: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     grace: Duration,
@@ -203,12 +202,9 @@ impl ServerHandle {
     }
 
     fn stop_and_join(&mut self) {
-        // Closing the stop channel ends every acceptor; each drops its senders, so once all are
-        // gone the workers' channels close and they start their grace period.
+        // Closing the stop channel ends every accept task; each drops its senders, so once all
+        // are gone the workers' channels close and they start their grace period.
         drop(self.stop.take());
-        for t in self.acceptors.drain(..) {
-            let _ = t.join();
-        }
         for t in self.workers.drain(..) {
             let _ = t.join();
         }
@@ -229,20 +225,42 @@ struct Acceptor {
     max: usize,
 }
 
+/// Connections accepted in a row before the accept task lets its worker's other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
 impl Acceptor {
-    fn run(self, listener: Async<TcpListener>, stop: Receiver<()>) {
-        async_io::block_on(future::or(
+    /// Accepts until `stop` closes.
+    async fn run(self, listener: Async<TcpListener>, stop: Receiver<()>) {
+        future::or(
             async {
                 let _ = stop.recv().await;
             },
             self.accept_loop(&listener),
-        ));
+        )
+        .await;
     }
 
+    /// Accepts every pending connection (non-blocking, without registering it with the reactor:
+    /// its worker does that), then waits for the listener to become readable again.
     async fn accept_loop(&self, listener: &Async<TcpListener>) {
+        let mut batch = 0;
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => self.deal(stream, peer),
+            match accept_nonblocking(listener.get_ref()) {
+                Ok((stream, peer)) => {
+                    self.deal(stream, peer);
+                    batch += 1;
+                    if batch >= ACCEPT_BATCH {
+                        batch = 0;
+                        future::yield_now().await;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    batch = 0;
+                    if let Err(e) = listener.readable().await {
+                        tracing::warn!("listener failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
+                        Timer::after(ACCEPT_ERROR_PAUSE).await;
+                    }
+                }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
@@ -252,7 +270,7 @@ impl Acceptor {
         }
     }
 
-    fn deal(&self, stream: Async<TcpStream>, peer: SocketAddr) {
+    fn deal(&self, stream: TcpStream, peer: SocketAddr) {
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         if active >= self.max {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -260,14 +278,6 @@ impl Acceptor {
             tracing::warn!("connection limit {} reached: closed {peer} ({refused} refused so far)", self.max);
             return;
         }
-        let stream = match stream.into_inner() {
-            Ok(s) => s,
-            Err(e) => {
-                self.shared.active.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!("could not hand over {peer}: {e}");
-                return;
-            }
-        };
         if self.targets.is_empty() {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -278,6 +288,27 @@ impl Acceptor {
             tracing::warn!("worker {i} is gone; closed {peer}");
         }
     }
+}
+
+/// Accepts one pending connection as a non-blocking, close-on-exec socket in one system call.
+#[cfg(target_os = "linux")]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let stream = TcpStream::from(fd);
+    match addr.and_then(|a| SocketAddr::try_from(a).ok()) {
+        Some(peer) => Ok((stream, peer)),
+        // Closes the socket: without an IP peer address it cannot be served or logged.
+        None => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "accepted a socket without an IP peer address")),
+    }
+}
+
+/// Accepts one pending connection and makes it non-blocking.
+#[cfg(not(target_os = "linux"))]
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok((stream, peer))
 }
 
 /// Errors that concern one connection only (retry at once), as opposed to resource exhaustion.
@@ -304,10 +335,21 @@ impl Drop for LiveGuard {
     }
 }
 
-/// A worker thread: one single-threaded executor serving the connections it is handed.
-fn worker<R: Runtime>(rx: Receiver<Handoff>, config: Arc<ServerConfig>, shared: Arc<Shared>) {
+/// A worker thread: one single-threaded executor running its listeners' accept tasks and serving
+/// the connections it is handed.
+fn worker<R: Runtime>(
+    rx: Receiver<Handoff>,
+    acceptors: Vec<(Async<TcpListener>, Acceptor)>,
+    stop: Receiver<()>,
+    config: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+) {
     let ex = LocalExecutor::new();
     let live = Rc::new(Cell::new(0usize));
+    for (listener, acceptor) in acceptors {
+        ex.spawn(acceptor.run(listener, stop.clone())).detach();
+    }
+    drop(stop);
     R::block_on(ex.run(async {
         while let Ok((stream, peer)) = rx.recv().await {
             live.set(live.get() + 1);
