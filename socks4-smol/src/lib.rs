@@ -42,6 +42,7 @@ mod conn;
 mod relay;
 mod runtime;
 mod server;
+mod timers;
 
 #[cfg(feature = "async-std")]
 pub use async_std_runtime::AsyncStd;

@@ -96,7 +96,7 @@ impl Runtime for Smol {
     type Listener = smol::net::TcpListener;
 
     fn block_on<T>(future: impl Future<Output = T>) -> T {
-        async_io::block_on(future)
+        crate::timers::block_on(future)
     }
 
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream> {
@@ -125,7 +125,7 @@ impl Runtime for Smol {
     }
 
     async fn sleep(duration: Duration) {
-        async_io::Timer::after(duration).await;
+        crate::timers::Sleep::after(duration).await;
     }
 
     fn shutdown_write(stream: &Self::Stream) -> io::Result<()> {
