@@ -147,7 +147,7 @@ pub trait Serve: Sized {
 }
 
 /// The whole `main` of an adapter's binary: parse the shared command line, set up logging
-/// (`--log-level`), build and validate the config (exit status 2 with the reason if it is bad, e.g.
+/// (`--log-level`, to stderr, coloured only on a terminal), build and validate the config (exit status 2 with the reason if it is bad, e.g.
 /// an open proxy), bind, log the listen addresses, and serve until SIGINT/SIGTERM.
 ///
 /// ```no_run
@@ -163,7 +163,12 @@ pub trait Serve: Sized {
 /// ```
 pub fn main<S: Serve>(name: &str) -> ExitCode {
     let args = ServerArgs::parse_env();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level)).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
     let config = match args.to_config() {
         Ok(config) => config,
         Err(e) => {
