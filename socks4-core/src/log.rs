@@ -11,7 +11,10 @@ use core::fmt::{self, Display};
 use core::net::SocketAddr;
 use core::time::Duration;
 
-use crate::request::{Dest, Request};
+use alloc::vec::Vec;
+
+use crate::request::{Dest, Limits, Request, Status, parse_request};
+use crate::server::ServerHandshake;
 
 /// A user id for a log line: `-` when empty, otherwise escaped (see the [module docs](self)).
 ///
@@ -87,6 +90,39 @@ impl Display for ConnLine<'_> {
             None => f.write_str("cmd=- dest=- user=-")?,
         }
         write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())
+    }
+}
+
+/// A copy of a request's bytes, to log the request after its handshake is gone.
+///
+/// ```
+/// use core::time::Duration;
+/// use socks4_core::{log::RequestCopy, Limits, ServerHandshake, Timeouts};
+/// let mut hs = ServerHandshake::new(Duration::ZERO, Limits::default(), Timeouts::default());
+/// let mut copy = RequestCopy::default();
+/// copy.note(&hs); // nothing yet
+/// hs.handle_input(Duration::ZERO, b"\x04\x01\x00\x50\x7f\x00\x00\x01bob\0");
+/// copy.note(&hs);
+/// drop(hs);
+/// assert_eq!(copy.request().map(|r| r.user_id), Some(&b"bob"[..]));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RequestCopy(Vec<u8>);
+
+impl RequestCopy {
+    /// Copies the handshake's request once it is complete; later calls change nothing.
+    pub fn note(&mut self, hs: &ServerHandshake) {
+        if self.0.is_empty() {
+            self.0.extend_from_slice(hs.request_bytes());
+        }
+    }
+
+    /// The noted request, if any.
+    pub fn request(&self) -> Option<Request<'_>> {
+        match parse_request(&self.0, &Limits::default()) {
+            Ok(Status::Complete((req, _))) => Some(req),
+            _ => None,
+        }
     }
 }
 

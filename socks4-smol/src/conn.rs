@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::log::ConnLine;
-use socks4_core::{Failure, Limits, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake, Status, parse_request};
+use socks4_core::log::{ConnLine, RequestCopy};
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake};
 
 use crate::relay::{Counts, RelayEnd, relay};
 use crate::runtime::{Runtime, with_timeout};
@@ -24,15 +24,14 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub(crate) struct ConnLog {
     client: SocketAddr,
     start: Instant,
-    /// The request's bytes, kept to log it after the handshake is gone.
-    request: Vec<u8>,
+    request: RequestCopy,
     result: Option<String>,
     counts: Counts,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self { client, start: Instant::now(), request: Vec::new(), result: None, counts: Counts::default() }
+        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -41,20 +40,15 @@ impl ConnLog {
 
     /// Records the request for the log line.
     fn note_request(&mut self, hs: &ServerHandshake) {
-        self.request.clear();
-        self.request.extend_from_slice(hs.request_bytes());
+        self.request.note(hs);
     }
 }
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
-        let request = match parse_request(&self.request, &Limits::default()) {
-            Ok(Status::Complete((req, _))) => Some(req),
-            _ => None,
-        };
         let line = ConnLine {
             client: self.client,
-            request,
+            request: self.request.request(),
             result: &self.result.as_deref().unwrap_or("shutdown"),
             up: self.counts.up.get(),
             down: self.counts.down.get(),

@@ -6,8 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::log::ConnLine;
-use socks4_core::{Failure, Limits, Output, ServerConfig, ServerHandshake, Status, parse_request};
+use socks4_core::log::{ConnLine, RequestCopy};
+use socks4_core::{Failure, Output, ServerConfig, ServerHandshake};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, RelayEnd, write_all};
@@ -21,8 +21,7 @@ const HANDSHAKE_BUF: usize = 1024;
 pub(crate) struct Record {
     client: SocketAddr,
     start: Instant,
-    /// The request's bytes, kept to log it after the handshake is gone.
-    request: Vec<u8>,
+    request: RequestCopy,
     result: Option<String>,
     /// Bytes client → destination.
     pub(crate) up: Cell<u64>,
@@ -35,7 +34,7 @@ impl Record {
         Record {
             client,
             start: Instant::now(),
-            request: Vec::new(),
+            request: RequestCopy::default(),
             result: None,
             up: Cell::new(0),
             down: Cell::new(0),
@@ -43,9 +42,7 @@ impl Record {
     }
 
     fn note_request(&mut self, hs: &ServerHandshake) {
-        if self.request.is_empty() {
-            self.request.extend_from_slice(hs.request_bytes());
-        }
+        self.request.note(hs);
     }
 
     fn finish(&mut self, result: impl fmt::Display) {
@@ -55,13 +52,9 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let request = match parse_request(&self.request, &Limits::default()) {
-            Ok(Status::Complete((req, _))) => Some(req),
-            _ => None,
-        };
         let line = ConnLine {
             client: self.client,
-            request,
+            request: self.request.request(),
             result: &self.result.as_deref().unwrap_or("closed at shutdown"),
             up: self.up.get(),
             down: self.down.get(),
