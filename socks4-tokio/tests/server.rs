@@ -157,20 +157,27 @@ fn idle_timeout_closes_an_idle_relay() {
 fn accept_emfile_is_logged_and_retried() {
     // Run the binary with a tiny descriptor limit, exhaust it with idle clients, then free them:
     // the server must log the accept error, survive, and serve again.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    // Port 0, and the address read back from the log: a port picked by binding and dropping a listener
+    // could be taken by another test before the binary binds it.
     let script = format!(
-        "ulimit -n 40 && exec {} --listen {listen} --workers 1 --handshake-timeout 30s --log-level warn",
+        "ulimit -n 40 && exec {} --listen 127.0.0.1:0 --workers 1 --handshake-timeout 30s \
+         --log-level warn,socks4_core::cli=info",
         env!("CARGO_BIN_EXE_socks4-tokio")
     );
     let mut child =
         Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let proxy: std::net::SocketAddr = listen.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(proxy).is_err() {
-        assert!(Instant::now() < deadline, "the binary did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    let proxy: std::net::SocketAddr = first
+        .rsplit_once("listening on ")
+        .and_then(|(_, addr)| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no listen address in {first:?}"));
+    let rest = thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
     let hogs: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(proxy).ok()).collect();
     thread::sleep(Duration::from_millis(500));
     drop(hogs);
@@ -187,7 +194,7 @@ fn accept_emfile_is_logged_and_retried() {
     let still_running = child.try_wait().unwrap().is_none();
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let log = String::from_utf8_lossy(&output.stdout).into_owned() + &rest.join().unwrap();
     assert!(still_running, "the server exited: {log}");
     assert!(served, "the server did not serve after the descriptors were freed: {log}");
     assert!(log.contains("accept failed"), "no accept error logged: {log}");
