@@ -12,15 +12,7 @@ use socks4_core::ReplyCode;
 use socks4_std::ConnectError;
 use socks4_tools::targets::EchoTarget;
 
-const T: Duration = Duration::from_secs(10);
-
-fn round_trip(s: &mut TcpStream, msg: &[u8]) {
-    s.set_read_timeout(Some(T)).expect("timeout");
-    s.write_all(msg).expect("write");
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back).expect("read");
-    assert_eq!(back, msg);
-}
+use common::{T, round_trip};
 
 #[test]
 fn connect_through_the_server_by_ip_and_by_name() {

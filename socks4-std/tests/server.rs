@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -11,15 +11,7 @@ use std::time::{Duration, Instant};
 use socks4_std::Server;
 use socks4_tools::targets::EchoTarget;
 
-const T: Duration = Duration::from_secs(10);
-
-fn round_trip(s: &mut TcpStream, msg: &[u8]) {
-    s.set_read_timeout(Some(T)).expect("timeout");
-    s.write_all(msg).expect("write");
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back).expect("read");
-    assert_eq!(back, msg);
-}
+use common::{T, round_trip};
 
 /// Waits (bounded) for the peer to close: EOF or reset.
 fn expect_closed(s: &mut TcpStream, within: Duration) {

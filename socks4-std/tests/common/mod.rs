@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use socks4_core::ServerConfig;
@@ -48,4 +49,16 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur as u64
+}
+
+/// Read timeout for test sockets.
+pub const T: Duration = Duration::from_secs(10);
+
+/// Writes `msg` through an established relay and expects it back from an echo target.
+pub fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+    s.set_read_timeout(Some(T)).expect("timeout");
+    s.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("read");
+    assert_eq!(back, msg);
 }
