@@ -71,6 +71,8 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod accept;
 mod client;
 pub mod config;
 mod error;

@@ -261,7 +261,7 @@ impl Acceptor {
                         Timer::after(ACCEPT_ERROR_PAUSE).await;
                     }
                 }
-                Err(e) if is_per_connection(&e) => {}
+                Err(e) if socks4_core::accept::is_per_connection(&e) => {}
                 Err(e) => {
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
                     Timer::after(ACCEPT_ERROR_PAUSE).await;
@@ -309,17 +309,6 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAd
     let (stream, peer) = listener.accept()?;
     stream.set_nonblocking(true)?;
     Ok((stream, peer))
-}
-
-/// Errors that concern one connection only (retry at once), as opposed to resource exhaustion.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }
 
 /// Decrements the live counts when a connection's task ends or is dropped.

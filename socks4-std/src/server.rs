@@ -345,14 +345,7 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
     match accept_nonblocking(listener) {
         Ok((stream, addr)) => Accepted::Conn(stream, addr),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            Accepted::Again
-        }
+        Err(e) if socks4_core::accept::is_per_connection(&e) => Accepted::Again,
         Err(e) => {
             tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
             shared.accept_pauses.fetch_add(1, Ordering::SeqCst);
