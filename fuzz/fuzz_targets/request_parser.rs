@@ -11,7 +11,7 @@ use socks4_core::{Dest, Limits, MAX_REQUEST_LEN, Status, parse_request};
 
 fuzz_target!(|data: &[u8]| {
     let (limits, buf) = match data {
-        [u, h, rest @ ..] => (Limits { user_id: *u, host: *h }, rest),
+        [u, h, rest @ ..] => (Limits::new(*u, *h), rest),
         _ => (Limits::default(), data),
     };
     let result = parse_request(buf, &limits);

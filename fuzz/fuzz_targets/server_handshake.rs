@@ -410,13 +410,11 @@ impl Driver {
 }
 
 fuzz_target!(|case: Case| {
-    let limits = Limits { user_id: case.user_limit, host: case.host_limit };
-    let timeouts = Timeouts {
-        handshake: Duration::from_millis(u64::from(case.handshake_ms)),
-        connect: Duration::from_millis(u64::from(case.connect_ms)),
-        bind: Duration::from_millis(u64::from(case.bind_ms)),
-        ..Timeouts::default()
-    };
+    let limits = Limits::new(case.user_limit, case.host_limit);
+    let timeouts = Timeouts::default()
+        .with_handshake(Duration::from_millis(u64::from(case.handshake_ms)))
+        .with_connect(Duration::from_millis(u64::from(case.connect_ms)))
+        .with_bind(Duration::from_millis(u64::from(case.bind_ms)));
     let now = Duration::from_millis(u64::from(case.start_ms));
     let hs = ServerHandshake::new(now, limits, timeouts);
     let mut d = Driver {

@@ -2,9 +2,10 @@
 //!
 //! A sans-IO implementation of the SOCKS4 and SOCKS4a proxy protocol: a zero-copy codec, the server
 //! and client handshakes as state machines, and access rules. It never touches a socket, a clock or a
-//! thread: `no_std` with `alloc` (only the rules and config own heap data), `#![forbid(unsafe_code)]`,
+//! thread: `no_std` with `alloc` (only the rules own heap data), `#![forbid(unsafe_code)]`,
 //! and no allocation anywhere on the handshake path. The adapters `socks4-tokio`, `socks4-smol` and
-//! `socks4-std` wrap it into servers.
+//! `socks4-std` wrap it into servers; what running a server takes beyond the protocol (config file,
+//! command line, logs) is in the `socks4-server` crate, not here.
 //!
 //! - Codec: [`parse_request`] / [`Request::encode`], [`Reply::parse`] / [`Reply::to_bytes`]; parsing
 //!   reports [`Status::Partial`] until a message is whole, and errors as soon as it cannot become valid.
@@ -12,8 +13,8 @@
 //!   connect, listen for a BIND peer, relay, close), deadlines on the caller's clock.
 //! - [`ClientHandshake`]: builds a CONNECT (to a [`Target`]) or BIND request (4 or 4a) and reads the
 //!   reply or replies. With `std`, `ConnectError` is the error of the adapters' client connectors.
-//! - [`rules`] and [`config`]: access rules and the server configuration as plain data; `serde`
-//!   derives behind the `serde` feature, the adapters' shared command line behind `cli`.
+//! - [`rules`]: access rules as plain data, with a text form; [`Limits`] and [`Timeouts`] bound the
+//!   handshake.
 //!
 //! ## Example: a client and a server handshake talking in memory
 //!
@@ -71,23 +72,16 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
-#[cfg(feature = "std")]
-pub mod accept;
 mod client;
-pub mod config;
 mod error;
-pub mod log;
 mod reply;
 mod request;
 pub mod rules;
 mod server;
 mod target;
-
-#[cfg(feature = "cli")]
-pub mod cli;
+mod timeouts;
 
 pub use client::{ClientError, ClientEvent, ClientHandshake};
-pub use config::{ServerConfig, Timeouts};
 pub use error::{EncodeError, Misuse, ParseError};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};
 pub use request::{
@@ -97,3 +91,4 @@ pub use server::{CloseReason, Failure, Output, ServerHandshake};
 #[cfg(feature = "std")]
 pub use target::ConnectError;
 pub use target::Target;
+pub use timeouts::Timeouts;

@@ -79,9 +79,15 @@ impl fmt::Display for Dest<'_> {
 ///
 /// The fields are `u8`, so no configuration can exceed the protocol-sized buffer
 /// ([`MAX_REQUEST_LEN`]) the server handshake keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+///
+/// ```
+/// use socks4_core::Limits;
+/// let limits = Limits::new(64, 255);
+/// assert_eq!((limits.user_id, limits.host), (64, 255));
+/// assert_eq!(Limits::default(), Limits::new(255, 255));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Limits {
     /// Longest user id in bytes, without its NUL (default 255).
     pub user_id: u8,
@@ -91,7 +97,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { user_id: 255, host: 255 }
+        Self::new(255, 255)
+    }
+}
+
+impl Limits {
+    /// The longest user id and SOCKS4a host name accepted, in bytes without their NULs.
+    pub const fn new(user_id: u8, host: u8) -> Self {
+        Self { user_id, host }
     }
 }
 
@@ -291,6 +304,7 @@ impl<'a> Request<'a> {
     }
 
     /// Appends the encoded request to a [`bytes::BufMut`] (for example a `BytesMut` or a `Vec<u8>`).
+    /// Feature `bytes`.
     ///
     /// ```
     /// use core::net::SocketAddrV4;
@@ -300,6 +314,8 @@ impl<'a> Request<'a> {
     /// assert_eq!(out, b"\x04\x01\x00\x50\x0a\x00\x00\x01bob\0");
     /// # Ok::<(), socks4_core::EncodeError>(())
     /// ```
+    #[cfg(feature = "bytes")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bytes")))]
     pub fn encode_to<B: bytes::BufMut>(&self, out: &mut B) -> Result<(), EncodeError> {
         let mut buf = [0u8; MAX_REQUEST_LEN];
         let n = self.encode(&mut buf)?;
@@ -316,7 +332,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    const L: Limits = Limits { user_id: 255, host: 255 };
+    const L: Limits = Limits::new(255, 255);
 
     fn complete<'a>(buf: &'a [u8], limits: &Limits) -> (Request<'a>, usize) {
         match parse_request(buf, limits) {
@@ -377,11 +393,11 @@ mod tests {
         over.push(b'u');
         assert_eq!(parse_request(&over, &L), Err(ParseError::UserIdTooLong));
         // Too long is detected without waiting for the NUL, and a smaller limit applies.
-        let small = Limits { user_id: 3, host: 255 };
+        let small = Limits::new(3, 255);
         assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abc", &small), Ok(Status::Partial));
         assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abcd", &small), Err(ParseError::UserIdTooLong));
         assert!(matches!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01abc\0", &small), Ok(Status::Complete(_))));
-        let zero = Limits { user_id: 0, host: 255 };
+        let zero = Limits::new(0, 255);
         assert!(matches!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01\0", &zero), Ok(Status::Complete(_))));
         assert_eq!(parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01a", &zero), Err(ParseError::UserIdTooLong));
     }
@@ -397,7 +413,7 @@ mod tests {
             }
             v
         };
-        let small = Limits { user_id: 255, host: 4 };
+        let small = Limits::new(255, 4);
         assert!(matches!(parse_request(&with(b"abcd", true), &small), Ok(Status::Complete(_))));
         assert_eq!(parse_request(&with(b"abcde", false), &small), Err(ParseError::HostTooLong));
         assert_eq!(parse_request(&with(b"", true), &L), Err(ParseError::EmptyHost));
@@ -426,6 +442,12 @@ mod tests {
         let marker = SocketAddrV4::new([0, 0, 0, 5].into(), 80);
         assert_eq!(Request::connect(marker, b"").encode(&mut buf), Err(EncodeError::MarkerAddress));
         assert!(Request::connect(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), b"").encode(&mut buf).is_ok());
+    }
+
+    #[cfg(feature = "bytes")]
+    #[test]
+    fn encode_to_buf_mut() {
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         let mut out = Vec::new();
         Request::connect(addr, b"x").encode_to(&mut out).unwrap();
         assert_eq!(out, b"\x04\x01\x00\x01\x7f\x00\x00\x01x\0");

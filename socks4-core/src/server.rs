@@ -13,11 +13,11 @@ use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
-use crate::config::Timeouts;
 use crate::error::{Misuse, ParseError};
 use crate::reply::{Reply, ReplyCode};
 use crate::request::{Command, Dest, Limits, MAX_REQUEST_LEN, Request, Status, parse_request};
 use crate::rules::{AccessRequest, Action, Rules};
+use crate::timeouts::Timeouts;
 
 /// Why an action the runtime performed failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -469,7 +469,7 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn timeouts() -> Timeouts {
-        Timeouts { handshake: SEC * 5, connect: SEC * 7, bind: SEC * 20, idle: SEC * 60, shutdown_grace: SEC }
+        Timeouts::default().with_handshake(SEC * 5).with_connect(SEC * 7).with_bind(SEC * 20)
     }
 
     fn hs() -> ServerHandshake {

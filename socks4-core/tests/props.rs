@@ -95,7 +95,7 @@ proptest! {
     /// Arbitrary bytes never panic, and a complete parse never claims more than it was given.
     #[test]
     fn arbitrary_bytes_are_safe(bytes in proptest::collection::vec(any::<u8>(), 0..600), user in any::<u8>(), host in any::<u8>()) {
-        let limits = Limits { user_id: user, host };
+        let limits = Limits::new(user, host);
         if let Ok(Status::Complete((req, used))) = parse_request(&bytes, &limits) {
             prop_assert!(used <= bytes.len());
             prop_assert!(req.user_id.len() <= user as usize);
@@ -155,9 +155,9 @@ proptest! {
     /// asked for at most once per phase, and a deadline is never handed out at or before `now`.
     #[test]
     fn server_state_machine_is_well_behaved(events in proptest::collection::vec(event(), 0..40)) {
-        let timeouts = Timeouts { handshake: Duration::from_secs(5), connect: Duration::from_secs(5), bind: Duration::from_secs(5), ..Timeouts::default() };
+        let timeouts = Timeouts::default().with_handshake(Duration::from_secs(5)).with_connect(Duration::from_secs(5)).with_bind(Duration::from_secs(5));
         let mut now = Duration::ZERO;
-        let mut hs = ServerHandshake::new(now, Limits { user_id: 8, host: 16 }, timeouts);
+        let mut hs = ServerHandshake::new(now, Limits::new(8, 16), timeouts);
         let allow = Rules::default();
         let deny = Rules::parse("deny").unwrap();
         let addr = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9);

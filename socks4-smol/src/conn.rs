@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::log::{ConnLine, RequestCopy};
-use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerConfig, ServerHandshake};
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake};
+use socks4_server::ServerConfig;
+use socks4_server::log::{ConnLine, RequestCopy};
 
 use crate::relay::{Counts, RelayEnd, relay};
 use crate::runtime::{Runtime, with_timeout};
@@ -103,7 +104,7 @@ async fn handshake<R: Runtime>(
     let epoch = Instant::now();
     let now = || epoch.elapsed();
     let client_ip = log.client.ip();
-    let mut hs = ServerHandshake::new(now(), config.limits, config.timeouts);
+    let mut hs = ServerHandshake::new(now(), config.limits, config.handshake_timeouts());
     let mut buf = [0u8; MAX_REQUEST_LEN];
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;

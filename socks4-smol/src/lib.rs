@@ -24,12 +24,11 @@
 //! `conn client=… cmd=CONNECT|BIND|- dest=… user=… result=ok|… up=… down=… ms=…`.
 //!
 //! ```no_run
-//! use socks4_core::{ServerConfig, rules::Rules};
-//! let config = ServerConfig {
-//!     listen: vec!["0.0.0.0:1080".parse()?],
-//!     rules: Rules::parse("allow from 192.168.0.0/16")?, // required beyond loopback
-//!     ..ServerConfig::default()
-//! };
+//! use socks4_core::rules::Rules;
+//! use socks4_server::ServerConfig;
+//! let mut config = ServerConfig::default();
+//! config.listen = vec!["0.0.0.0:1080".parse()?];
+//! config.rules = Rules::parse("allow from 192.168.0.0/16")?; // required beyond loopback
 //! socks4_smol::Server::bind(config)?.run()?; // until SIGINT/SIGTERM
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

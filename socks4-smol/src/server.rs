@@ -15,7 +15,7 @@ use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
 use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
-use socks4_core::ServerConfig;
+use socks4_server::ServerConfig;
 
 use crate::conn::{ConnLog, serve};
 use crate::runtime::{Runtime, Smol};
@@ -38,8 +38,10 @@ struct Shared {
 /// A bound, not yet running server.
 ///
 /// ```no_run
-/// use socks4_core::ServerConfig;
-/// let server = socks4_smol::Server::bind(ServerConfig { listen: vec!["127.0.0.1:0".parse()?], ..Default::default() })?;
+/// use socks4_server::ServerConfig;
+/// let mut config = ServerConfig::default();
+/// config.listen = vec!["127.0.0.1:0".parse()?];
+/// let server = socks4_smol::Server::bind(config)?;
 /// println!("listening on {:?}", server.local_addrs());
 /// let handle = server.spawn()?;
 /// // ...
@@ -261,7 +263,7 @@ impl Acceptor {
                         Timer::after(ACCEPT_ERROR_PAUSE).await;
                     }
                 }
-                Err(e) if socks4_core::accept::is_per_connection(&e) => {}
+                Err(e) if socks4_server::accept::is_per_connection(&e) => {}
                 Err(e) => {
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
                     Timer::after(ACCEPT_ERROR_PAUSE).await;
@@ -372,7 +374,7 @@ fn worker<R: Runtime>(
     drop(ex);
 }
 
-impl socks4_core::cli::Serve for Server {
+impl socks4_server::cli::Serve for Server {
     fn bind(config: ServerConfig) -> io::Result<Self> {
         Server::bind(config)
     }

@@ -10,14 +10,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-use socks4_core::ServerConfig;
 use socks4_smol::Server;
 use socks4_tools::targets::EchoTarget;
 
 #[test]
 fn accept_errors_pause_and_recover() {
     common::init_tracing();
-    let handle = Server::bind(ServerConfig { workers: Some(1), ..common::test_config() }).unwrap().spawn().unwrap();
+    let mut config = common::test_config();
+    config.workers = Some(1);
+    let handle = Server::bind(config).unwrap().spawn().unwrap();
     let proxy = handle.local_addrs()[0];
     let echo = EchoTarget::start().unwrap();
 

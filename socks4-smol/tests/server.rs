@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socks4_core::ServerConfig;
+use socks4_server::ServerConfig;
 use socks4_smol::{Server, ServerHandle};
 use socks4_tools::targets::EchoTarget;
 
@@ -76,7 +76,8 @@ fn closed(s: &mut TcpStream) -> bool {
 
 fn max_connections_closes_extra_and_keeps_accepting(spawn: Spawn) {
     common::init_tracing();
-    let config = ServerConfig { max_connections: 2, ..common::test_config() };
+    let mut config = common::test_config();
+    config.max_connections = 2;
     let handle = spawn(config);
     let proxy = handle.local_addrs()[0];
     let echo = EchoTarget::start().unwrap();
@@ -194,7 +195,8 @@ fn idle_relay_is_closed(spawn: Spawn) {
 
 #[test]
 fn library_refuses_open_proxy() {
-    let config = ServerConfig { listen: vec!["0.0.0.0:0".parse().unwrap()], ..ServerConfig::default() };
+    let mut config = ServerConfig::default();
+    config.listen = vec!["0.0.0.0:0".parse().unwrap()];
     let err = Server::bind(config).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("open proxy"), "{err}");
@@ -227,7 +229,8 @@ fn bind_listens_on_the_address_the_client_reached(spawn: Spawn) {
 #[test]
 fn reuseport_gives_each_worker_a_listener() {
     common::init_tracing();
-    let config = ServerConfig { reuseport: true, workers: Some(2), ..common::test_config() };
+    let mut config = common::test_config();
+    (config.reuseport, config.workers) = (true, Some(2));
     let handle = on_smol(config);
     let proxy = handle.local_addrs()[0];
     let echo = EchoTarget::start().unwrap();

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use socks4_core::log::ConnLine;
-use socks4_core::{Failure, Output, REPLY_LEN, ServerConfig, ServerHandshake};
+use socks4_core::{Failure, Output, REPLY_LEN, ServerHandshake};
+use socks4_server::ServerConfig;
+use socks4_server::log::ConnLine;
 
 use crate::relay::{Dir, MAX_PENDING, PumpError};
 use crate::resolver::Job;
@@ -185,7 +186,7 @@ impl Conn {
     /// then registered for what the state wants.
     pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &mut Ctx<'_>) -> Self {
         let _ = client.set_nodelay(true);
-        let hs = ServerHandshake::new(ctx.clock(), ctx.config.limits, ctx.config.timeouts);
+        let hs = ServerHandshake::new(ctx.clock(), ctx.config.limits, ctx.config.handshake_timeouts());
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
         let mut conn = Self {
             id,

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use socks4_core::ServerConfig;
+//! use socks4_server::ServerConfig;
 //!
 //! let mut config = ServerConfig::default();
 //! config.listen = vec!["127.0.0.1:0".parse().unwrap()];

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use polling::{Event, Events, Poller};
 use socket2::{Domain, Protocol, Socket, Type};
-use socks4_core::ServerConfig;
+use socks4_server::ServerConfig;
 
 use crate::resolver::{self, RESOLVER_THREADS};
 use crate::worker::{Msg, Shared, Worker};
@@ -27,7 +27,7 @@ const STACK: usize = 512 * 1024;
 /// A bound, not yet running server.
 ///
 /// ```no_run
-/// use socks4_core::ServerConfig;
+/// use socks4_server::ServerConfig;
 /// let server = socks4_std::Server::bind(ServerConfig::default())?;
 /// println!("listening on {:?}", server.local_addrs());
 /// let handle = server.spawn()?;
@@ -345,7 +345,7 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
     match accept_nonblocking(listener) {
         Ok((stream, addr)) => Accepted::Conn(stream, addr),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
-        Err(e) if socks4_core::accept::is_per_connection(&e) => Accepted::Again,
+        Err(e) if socks4_server::accept::is_per_connection(&e) => Accepted::Again,
         Err(e) => {
             tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
             shared.accept_pauses.fetch_add(1, Ordering::SeqCst);
@@ -387,7 +387,7 @@ pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, 
     Some(stream)
 }
 
-impl socks4_core::cli::Serve for Server {
+impl socks4_server::cli::Serve for Server {
     fn bind(config: ServerConfig) -> io::Result<Self> {
         Server::bind(config)
     }

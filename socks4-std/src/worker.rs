@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use polling::{Events, Poller};
 use slab::Slab;
-use socks4_core::{Failure, ServerConfig};
+use socks4_core::Failure;
+use socks4_server::ServerConfig;
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
 use crate::resolver::Job;

@@ -6,8 +6,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::log::{ConnLine, RequestCopy};
-use socks4_core::{Failure, Output, ServerConfig, ServerHandshake};
+use socks4_core::{Failure, Output, ServerHandshake};
+use socks4_server::ServerConfig;
+use socks4_server::log::{ConnLine, RequestCopy};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, RelayEnd, write_all};
@@ -126,7 +127,7 @@ async fn handshake(
     let start = record.start;
     let now = || start.elapsed();
     let at = |d: Duration| tokio::time::Instant::from_std(start + d);
-    let mut hs = ServerHandshake::new(now(), config.limits, config.timeouts);
+    let mut hs = ServerHandshake::new(now(), config.limits, config.handshake_timeouts());
     let mut early: Vec<u8> = Vec::new();
     let mut upstream: Option<TcpStream> = None;
     let mut bind_listener: Option<TcpListener> = None;

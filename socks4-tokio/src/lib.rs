@@ -12,7 +12,7 @@
 //! pool (no copy to user space); small chunks, and other systems, go through pooled buffers.
 //!
 //! ```no_run
-//! use socks4_core::ServerConfig;
+//! use socks4_server::ServerConfig;
 //! let server = socks4_tokio::Server::bind(ServerConfig::default())?;
 //! println!("listening on {:?}", server.local_addrs());
 //! let handle = server.spawn()?;
@@ -37,4 +37,4 @@ mod server;
 
 pub use client::{Bind, ConnectError, Target, bind, connect};
 pub use server::{Server, ServerHandle, Stats};
-pub use socks4_core::ServerConfig;
+pub use socks4_server::ServerConfig;

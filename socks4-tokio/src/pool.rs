@@ -232,7 +232,7 @@ async fn accept_loop(
                         dispatch(stream, client, guard);
                     }
                 }
-                Err(e) if socks4_core::accept::is_per_connection(&e) => tracing::debug!("accept: {e}"),
+                Err(e) if socks4_server::accept::is_per_connection(&e) => tracing::debug!("accept: {e}"),
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -300,7 +300,7 @@ async fn accept_loop(
                     dispatch(stream, client, guard);
                 }
             }
-            Err(e) if socks4_core::accept::is_per_connection(&e) => tracing::debug!("accept: {e}"),
+            Err(e) if socks4_server::accept::is_per_connection(&e) => tracing::debug!("accept: {e}"),
             Err(e) => {
                 tracing::warn!("accept failed: {e}; retrying in {} ms", ACCEPT_ERROR_PAUSE.as_millis());
                 tokio::select! {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use socks4_core::ServerConfig;
+use socks4_server::ServerConfig;
 use tokio::sync::watch;
 
 use crate::pool;
@@ -205,7 +205,7 @@ impl Drop for ServerHandle {
     }
 }
 
-impl socks4_core::cli::Serve for Server {
+impl socks4_server::cli::Serve for Server {
     fn bind(config: ServerConfig) -> io::Result<Self> {
         Server::bind(config)
     }

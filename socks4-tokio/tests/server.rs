@@ -161,7 +161,7 @@ fn accept_emfile_is_logged_and_retried() {
     // could be taken by another test before the binary binds it.
     let script = format!(
         "ulimit -n 40 && exec {} --listen 127.0.0.1:0 --workers 1 --handshake-timeout 30s \
-         --log-level warn,socks4_core::cli=info",
+         --log-level warn,socks4_server::cli=info",
         env!("CARGO_BIN_EXE_socks4-tokio")
     );
     let mut child =

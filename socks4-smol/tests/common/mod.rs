@@ -4,17 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socks4_core::ServerConfig;
 use socks4_core::rules::Rules;
+use socks4_server::ServerConfig;
 
 /// The configuration `Profile::test_server()` describes, on 127.0.0.1 port 0.
 pub fn test_config() -> ServerConfig {
-    let mut config = ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        workers: Some(2),
-        rules: Rules::parse("deny user denied\nallow").unwrap(),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.workers = Some(2);
+    config.rules = Rules::parse("deny user denied\nallow").unwrap();
     config.limits.user_id = 255;
     config.timeouts.handshake = Duration::from_secs(1);
     config.timeouts.bind = Duration::from_secs(5);

@@ -6,17 +6,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use socks4_core::ServerConfig;
 use socks4_core::rules::Rules;
+use socks4_server::ServerConfig;
 use socks4_std::{Server, ServerHandle};
 
 /// The configuration `Profile::test_server()` describes, on 127.0.0.1:0.
 pub fn test_config(workers: usize) -> ServerConfig {
-    let mut config = ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().expect("address")],
-        workers: Some(workers),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().expect("address")];
+    config.workers = Some(workers);
     config.limits.user_id = 255;
     config.timeouts.handshake = Duration::from_secs(1);
     config.timeouts.bind = Duration::from_secs(5);

@@ -4,26 +4,22 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use socks4_core::Limits;
 use socks4_core::rules::Rules;
-use socks4_core::{Limits, ServerConfig, Timeouts};
+use socks4_server::ServerConfig;
 use socks4_tokio::{Server, ServerHandle};
 
 /// The configuration `Profile::test_server()` describes, on 127.0.0.1:0 with two workers.
 pub fn test_config() -> ServerConfig {
-    ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        workers: Some(2),
-        limits: Limits { user_id: 255, host: 255 },
-        timeouts: Timeouts {
-            handshake: Duration::from_secs(1),
-            connect: Duration::from_secs(5),
-            bind: Duration::from_secs(5),
-            idle: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
-        },
-        rules: Rules::parse("deny user denied\nallow").unwrap(),
-        ..ServerConfig::default()
-    }
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.workers = Some(2);
+    config.limits = Limits::new(255, 255);
+    let t = &mut config.timeouts;
+    (t.handshake, t.connect, t.bind) = (Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(5));
+    (t.idle, t.shutdown_grace) = (Duration::from_secs(60), Duration::from_secs(5));
+    config.rules = Rules::parse("deny user denied\nallow").unwrap();
+    config
 }
 
 /// Binds and spawns a server with `config`; returns its first address and its handle.

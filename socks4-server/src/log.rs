@@ -7,19 +7,16 @@
 //! A missing field prints as `-`. The user id is the only peer-chosen free text, so bytes outside
 //! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
 
-use core::fmt::{self, Display};
-use core::net::SocketAddr;
-use core::time::Duration;
+use std::fmt::{self, Display};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use alloc::vec::Vec;
-
-use crate::request::{Dest, Limits, Request, Status, parse_request};
-use crate::server::ServerHandshake;
+use socks4_core::{Dest, Limits, Request, ServerHandshake, Status, parse_request};
 
 /// A user id for a log line: `-` when empty, otherwise escaped (see the [module docs](self)).
 ///
 /// ```
-/// use socks4_core::log::UserId;
+/// use socks4_server::log::UserId;
 /// assert_eq!(UserId(b"alice").to_string(), "alice");
 /// assert_eq!(UserId(b"x y=1\n").to_string(), "x\\x20y\\x3d1\\x0a");
 /// assert_eq!(UserId(b"").to_string(), "-");
@@ -47,7 +44,8 @@ impl Display for UserId<'_> {
 ///
 /// ```
 /// use core::time::Duration;
-/// use socks4_core::{log::ConnLine, parse_request, Limits, Status};
+/// use socks4_core::{parse_request, Limits, Status};
+/// use socks4_server::log::ConnLine;
 /// let Status::Complete((req, _)) = parse_request(b"\x04\x01\x00\x50\x00\x00\x00\x01bob\0example.com\0", &Limits::default())? else { panic!() };
 /// let line = ConnLine {
 ///     client: "127.0.0.1:50522".parse().unwrap(),
@@ -65,7 +63,7 @@ pub struct ConnLine<'a> {
     pub client: SocketAddr,
     /// The request, if one arrived whole.
     pub request: Option<Request<'a>>,
-    /// How the connection ended: `ok`, a [`CloseReason`](crate::CloseReason), an error.
+    /// How the connection ended: `ok`, a [`CloseReason`](socks4_core::CloseReason), an error.
     pub result: &'a dyn Display,
     /// Bytes relayed client → destination.
     pub up: u64,
@@ -97,7 +95,8 @@ impl Display for ConnLine<'_> {
 ///
 /// ```
 /// use core::time::Duration;
-/// use socks4_core::{log::RequestCopy, Limits, ServerHandshake, Timeouts};
+/// use socks4_core::{Limits, ServerHandshake, Timeouts};
+/// use socks4_server::log::RequestCopy;
 /// let mut hs = ServerHandshake::new(Duration::ZERO, Limits::default(), Timeouts::default());
 /// let mut copy = RequestCopy::default();
 /// copy.note(&hs); // nothing yet
@@ -129,7 +128,6 @@ impl RequestCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::string::ToString;
 
     #[test]
     fn line_without_request_and_escaped_user() {

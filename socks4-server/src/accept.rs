@@ -1,11 +1,11 @@
-//! Accept-loop policy shared by the adapters (feature `std`).
+//! Accept-loop policy shared by the adapters.
 
 /// Does this `accept` error concern only the connection being accepted (retry at once), rather than
 /// the listener or the process (e.g. EMFILE: log and back off)?
 ///
 /// ```
 /// use std::io::{Error, ErrorKind};
-/// use socks4_core::accept::is_per_connection;
+/// use socks4_server::accept::is_per_connection;
 /// assert!(is_per_connection(&Error::from(ErrorKind::ConnectionAborted)));
 /// assert!(!is_per_connection(&Error::from_raw_os_error(24))); // EMFILE
 /// ```

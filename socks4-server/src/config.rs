@@ -1,6 +1,6 @@
 //! Server configuration as plain data: listen addresses, pool size, limits, timeouts, rules.
 //!
-//! With the `serde` feature it deserializes from a config file (TOML with the `cli` feature):
+//! It deserializes from the config file (TOML, see [`cli::load_config_file`](crate::cli::load_config_file)):
 //!
 //! ```toml
 //! listen = ["127.0.0.1:1080", "[::1]:1080"]
@@ -20,35 +20,32 @@
 //! shutdown_grace = "10s"
 //! ```
 
-use alloc::string::{String, ToString};
-use alloc::vec;
-use alloc::vec::Vec;
-use core::fmt;
-use core::net::{Ipv4Addr, SocketAddr};
-use core::time::Duration;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
-use crate::request::Limits;
-use crate::rules::{RuleError, Rules};
+use socks4_core::Limits;
+use socks4_core::rules::{RuleError, Rules};
 
-/// How long each phase may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+/// How long each phase of a connection may take: the handshake's own phases and the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// From accept until the whole request has arrived (default 10 s).
-    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    #[serde(with = "duration_text")]
     pub handshake: Duration,
     /// Resolving a SOCKS4a name, and separately connecting to the destination (default 10 s).
-    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    #[serde(with = "duration_text")]
     pub connect: Duration,
     /// BIND: waiting for the peer after the first reply (default 2 min).
-    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    #[serde(with = "duration_text")]
     pub bind: Duration,
     /// Relay: close when neither side sent anything for this long (default 5 min).
-    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    #[serde(with = "duration_text")]
     pub idle: Duration,
     /// Shutdown: how long live relays may go on after the listeners close (default 10 s).
-    #[cfg_attr(feature = "serde", serde(with = "duration_text"))]
+    #[serde(with = "duration_text")]
     pub shutdown_grace: Duration,
 }
 
@@ -64,10 +61,21 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The handshake's share: handshake, connect and BIND timeouts for
+    /// [`ServerHandshake::new`](socks4_core::ServerHandshake::new).
+    pub fn handshake(&self) -> socks4_core::Timeouts {
+        socks4_core::Timeouts::default().with_handshake(self.handshake).with_connect(self.connect).with_bind(self.bind)
+    }
+}
+
 /// Everything a server adapter needs to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+///
+/// Start from [`ServerConfig::default`] and set fields; more fields will come (it is
+/// `#[non_exhaustive]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Addresses to listen on (default `127.0.0.1:1080`).
     pub listen: Vec<SocketAddr>,
@@ -78,16 +86,17 @@ pub struct ServerConfig {
     /// Give each worker its own `SO_REUSEPORT` listener instead of one acceptor (Linux).
     pub reuseport: bool,
     /// User id and host name limits.
+    #[serde(with = "limits_file")]
     pub limits: Limits,
     /// Phase timeouts.
     pub timeouts: Timeouts,
     /// Access rules; empty allows everything and is refused beyond loopback.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "rules_text"))]
+    #[serde(deserialize_with = "rules_text")]
     pub rules: Rules,
 }
 
 /// The default listen address, `127.0.0.1:1080`.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -104,11 +113,17 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
+    pub fn handshake_timeouts(&self) -> socks4_core::Timeouts {
+        self.timeouts.handshake()
+    }
+
     /// Checks the config is safe and usable: at least one listen address, non-zero workers and
     /// connection limit, and rules whenever any listen address is not loopback.
     ///
     /// ```
-    /// use socks4_core::{ServerConfig, rules::Rules};
+    /// use socks4_server::ServerConfig;
+    /// use socks4_core::rules::Rules;
     /// let mut config = ServerConfig::default();
     /// assert!(config.validate().is_ok());
     /// config.listen = vec!["0.0.0.0:1080".parse().unwrap()];
@@ -172,7 +187,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl core::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {}
 
 impl From<RuleError> for ConfigError {
     fn from(e: RuleError) -> Self {
@@ -184,13 +199,13 @@ impl From<RuleError> for ConfigError {
 ///
 /// ```
 /// use core::time::Duration;
-/// use socks4_core::config::parse_duration;
+/// use socks4_server::config::parse_duration;
 /// assert_eq!(parse_duration("1.5s")?, Duration::from_millis(1500));
 /// assert_eq!(parse_duration("2m")?, Duration::from_secs(120));
 /// assert_eq!(parse_duration("250ms")?, Duration::from_millis(250));
 /// assert_eq!(parse_duration("10")?, Duration::from_secs(10));
 /// assert!(parse_duration("soon").is_err());
-/// # Ok::<(), socks4_core::config::ConfigError>(())
+/// # Ok::<(), socks4_server::config::ConfigError>(())
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::BadDuration(text.to_string());
@@ -210,14 +225,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
 
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 { alloc::format!("{}s", d.as_secs()) } else { alloc::format!("{}ms", d.as_millis()) }
+    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
-#[cfg(feature = "serde")]
 mod duration_text {
     use super::{format_duration, parse_duration};
-    use core::time::Duration;
     use serde::de::{self, Visitor};
+    use std::time::Duration;
 
     pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*d))
@@ -227,7 +241,7 @@ mod duration_text {
         struct V;
         impl Visitor<'_> for V {
             type Value = Duration;
-            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a duration like \"10s\", or a number of seconds")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
@@ -247,7 +261,30 @@ mod duration_text {
     }
 }
 
-#[cfg(feature = "serde")]
+/// The `[limits]` table of the config file (the core's `Limits` carries no serde).
+mod limits_file {
+    use serde::{Deserialize, Serialize};
+    use socks4_core::Limits;
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct File {
+        user_id: u8,
+        host: u8,
+    }
+
+    impl Default for File {
+        fn default() -> Self {
+            let l = Limits::default();
+            Self { user_id: l.user_id, host: l.host }
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
+        File::deserialize(d).map(|f| Limits::new(f.user_id, f.host))
+    }
+}
+
 fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error> {
     use serde::Deserialize;
     let lines = Vec::<String>::deserialize(d)?;
@@ -284,7 +321,7 @@ mod tests {
             }),
             Ok(())
         );
-        let msg = std::format!("{}", ConfigError::OpenProxy(open));
+        let msg = format!("{}", ConfigError::OpenProxy(open));
         assert!(msg.contains("--allow"), "{msg}");
     }
 
@@ -298,6 +335,6 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(7)), "7s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert!(std::format!("{}", ConfigError::BadDuration("x".into())).contains("`x`"));
+        assert!(format!("{}", ConfigError::BadDuration("x".into())).contains("`x`"));
     }
 }

@@ -1,7 +1,7 @@
-//! The command line every adapter's binary shares, and the TOML config-file loader (feature `cli`).
+//! The command line every adapter's binary shares, and the TOML config-file loader.
 //!
 //! ```
-//! use socks4_core::cli::ServerArgs;
+//! use socks4_server::cli::ServerArgs;
 //! let args = ServerArgs::try_parse_from(["socks4", "--listen", "0.0.0.0:1080",
 //!     "--deny", "port 25", "--allow", "from 10.0.0.0/8", "--idle-timeout", "1m"])?;
 //! let config = args.to_config()?;
@@ -13,14 +13,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::string::{String, ToString};
 use std::time::Duration;
-use std::vec::Vec;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{ConfigError, ServerConfig, parse_duration};
-use crate::rules::{Action, Rule};
+use socks4_core::rules::{Action, Rule};
 
 /// The adapters' shared options. Options given on the command line override the config file.
 #[derive(Debug, Clone, Parser)]
@@ -152,13 +150,13 @@ pub trait Serve: Sized {
 ///
 /// ```no_run
 /// # struct MyServer;
-/// # impl socks4_core::cli::Serve for MyServer {
-/// #     fn bind(_: socks4_core::ServerConfig) -> std::io::Result<Self> { Ok(MyServer) }
+/// # impl socks4_server::cli::Serve for MyServer {
+/// #     fn bind(_: socks4_server::ServerConfig) -> std::io::Result<Self> { Ok(MyServer) }
 /// #     fn local_addrs(&self) -> Vec<std::net::SocketAddr> { Vec::new() }
 /// #     fn run(self) -> std::io::Result<()> { Ok(()) }
 /// # }
 /// fn main() -> std::process::ExitCode {
-///     socks4_core::cli::main::<MyServer>("my-socks4")
+///     socks4_server::cli::main::<MyServer>("my-socks4")
 /// }
 /// ```
 pub fn main<S: Serve>(name: &str) -> ExitCode {
@@ -172,14 +170,14 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     let config = match args.to_config() {
         Ok(config) => config,
         Err(e) => {
-            std::eprintln!("{name}: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
     };
     let server = match S::bind(config) {
         Ok(server) => server,
         Err(e) => {
-            std::eprintln!("{name}: cannot listen: {e}");
+            eprintln!("{name}: cannot listen: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -189,7 +187,7 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            std::eprintln!("{name}: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -197,14 +195,14 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
 
 /// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
 fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
-    Ok(std::format!("{action} {}", conditions.trim()).parse::<Rule>()?)
+    Ok(format!("{action} {}", conditions.trim()).parse::<Rule>()?)
 }
 
 /// Reads and parses a TOML config file (not yet validated).
 pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(std::format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
     parse_config_toml(&text).map_err(|e| match e {
-        ConfigError::File(msg) => ConfigError::File(std::format!("{}: {msg}", path.display())),
+        ConfigError::File(msg) => ConfigError::File(format!("{}: {msg}", path.display())),
         other => other,
     })
 }
@@ -212,9 +210,9 @@ pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigEr
 /// Parses a TOML config text (not yet validated).
 ///
 /// ```
-/// let config = socks4_core::cli::parse_config_toml("listen = ['[::1]:1080']\n[timeouts]\nidle = '30s'\n")?;
+/// let config = socks4_server::cli::parse_config_toml("listen = ['[::1]:1080']\n[timeouts]\nidle = '30s'\n")?;
 /// assert_eq!(config.timeouts.idle.as_secs(), 30);
-/// # Ok::<(), socks4_core::config::ConfigError>(())
+/// # Ok::<(), socks4_server::config::ConfigError>(())
 /// ```
 pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
@@ -225,7 +223,7 @@ mod tests {
     use super::*;
 
     fn config(args: &[&str]) -> Result<ServerConfig, ConfigError> {
-        let mut all = std::vec!["socks4"];
+        let mut all = vec!["socks4"];
         all.extend_from_slice(args);
         ServerArgs::try_parse_from(all).unwrap().to_config()
     }
@@ -286,7 +284,7 @@ mod tests {
         assert!(ServerArgs::try_parse_from(["socks4", "--idle-timeout", "soon"]).is_err());
         assert!(ServerArgs::try_parse_from(["socks4", "--max-user-id", "256"]).is_err());
         let missing = config(&["--config", "/nonexistent/socks4.toml"]).unwrap_err();
-        assert!(std::format!("{missing}").contains("/nonexistent/socks4.toml"));
+        assert!(format!("{missing}").contains("/nonexistent/socks4.toml"));
     }
 
     #[test]
@@ -315,7 +313,7 @@ mod tests {
         assert!(parse_config_toml("listen = 5").is_err());
         assert!(parse_config_toml("unknown_key = 1").is_err());
         assert!(parse_config_toml("[timeouts]\nidle = -1").is_err());
-        let dir = std::env::temp_dir().join(std::format!("socks4-core-test-{}.toml", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("socks4-server-test-{}.toml", std::process::id()));
         std::fs::write(&dir, "workers = 5\n").unwrap();
         let from_file = config(&["--config", dir.to_str().unwrap(), "--workers", "6"]).unwrap();
         std::fs::remove_file(&dir).unwrap();

@@ -1,0 +1,26 @@
+//! # socks4-server
+//!
+//! The runtime-neutral half of a SOCKS4/SOCKS4a server, shared by the adapters `socks4-tokio`,
+//! `socks4-smol` and `socks4-std`: everything about *running* a server that is not I/O. The protocol
+//! itself (codec, handshakes, access rules) is [`socks4_core`]; this crate knows no async runtime.
+//!
+//! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
+//! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
+//! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
+//! - [`accept`]: how an accept loop treats each kind of error.
+//!
+//! ```
+//! use socks4_server::{ServerConfig, cli::ServerArgs};
+//! let args = ServerArgs::try_parse_from(["socks4", "--listen", "0.0.0.0:1080", "--allow", "from 10.0.0.0/8"])?;
+//! let config: ServerConfig = args.to_config()?;
+//! assert_eq!(config.rules.0.len(), 1);
+//! assert_eq!(config.handshake_timeouts().connect.as_secs(), 10);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod accept;
+pub mod cli;
+pub mod config;
+pub mod log;
+
+pub use config::{ConfigError, ServerConfig, Timeouts};
