@@ -49,7 +49,7 @@ fn handshake(c: &mut Criterion) {
             assert!(matches!(hs.poll_output(), Output::Authorize(_)));
             hs.authorize(now, black_box(&rules), client).expect("authorizing");
             assert!(matches!(hs.poll_output(), Output::Connect(_)));
-            hs.handle_connected(now, Ok(bound)).expect("connecting");
+            hs.handle_connected(now, Ok(bound.into())).expect("connecting");
             let Output::Send(reply) = hs.poll_output() else { panic!("no reply") };
             assert!(matches!(hs.poll_output(), Output::Relay));
             (used, reply.to_bytes())

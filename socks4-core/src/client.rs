@@ -12,6 +12,7 @@ use crate::target::Target;
 
 /// What a reply meant; returned by [`ClientHandshake::handle_input`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// The request was granted; the connection now carries the relayed stream. For CONNECT the
     /// address is the one the server reports (often its outgoing address, or zeros); for BIND it is
@@ -149,8 +150,9 @@ impl ClientHandshake {
         Self::new(&Request::connect_host(host, port, user_id))
     }
 
-    /// CONNECT to `target`: SOCKS4 for an address, SOCKS4a for a host name (what
-    /// [`connect`](Self::connect) or [`connect_host`](Self::connect_host) would build).
+    /// CONNECT to `target`: SOCKS4 for an IPv4 (or IPv4-mapped) address, SOCKS4a for a host name
+    /// (what [`connect`](Self::connect) or [`connect_host`](Self::connect_host) would build). An IPv6
+    /// address is [`EncodeError::NotIpv4`]: SOCKS4 cannot carry it (send its name instead).
     ///
     /// ```
     /// use core::net::Ipv4Addr;
@@ -163,7 +165,10 @@ impl ClientHandshake {
     /// ```
     pub fn connect_to(target: Target<'_>, user_id: &[u8]) -> Result<Self, EncodeError> {
         match target {
-            Target::Addr(addr) => Self::connect(addr, user_id),
+            Target::Addr(addr) => match addr.ip().to_canonical() {
+                core::net::IpAddr::V4(ip) => Self::connect(SocketAddrV4::new(ip, addr.port()), user_id),
+                core::net::IpAddr::V6(_) => Err(EncodeError::NotIpv4),
+            },
             Target::Host(host, port) => Self::connect_host(host, port, user_id),
         }
     }
@@ -284,7 +289,7 @@ mod tests {
     #[test]
     fn connect_to_matches_connect_and_connect_host() {
         let addr = v4([10, 1, 2, 3], 8080);
-        let a = ClientHandshake::connect_to(Target::Addr(addr), b"me").unwrap();
+        let a = ClientHandshake::connect_to(Target::Addr(addr.into()), b"me").unwrap();
         assert_eq!(a.request_bytes(), ClientHandshake::connect(addr, b"me").unwrap().request_bytes());
         let h = ClientHandshake::connect_to(Target::Host("example.com", 80), b"u").unwrap();
         assert_eq!(h.request_bytes(), ClientHandshake::connect_host("example.com", 80, b"u").unwrap().request_bytes());

@@ -58,6 +58,8 @@ pub enum EncodeError {
     BadHost,
     /// An IPv4 destination `0.0.0.x` with `x != 0`: on the wire it would read as a SOCKS4a marker.
     MarkerAddress,
+    /// An IPv6 destination address: a SOCKS4 request carries IPv4 only.
+    NotIpv4,
 }
 
 impl fmt::Display for EncodeError {
@@ -67,6 +69,7 @@ impl fmt::Display for EncodeError {
             Self::BadUserId => f.write_str("user id has a NUL byte or is longer than 255 bytes"),
             Self::BadHost => f.write_str("host name is empty, longer than 255 bytes or not printable ASCII"),
             Self::MarkerAddress => f.write_str("addresses 0.0.0.1 to 0.0.0.255 mean SOCKS4a on the wire"),
+            Self::NotIpv4 => f.write_str("SOCKS4 carries IPv4 destinations only: send the host name (SOCKS4a)"),
         }
     }
 }
@@ -89,3 +92,12 @@ impl fmt::Display for Misuse {
 }
 
 impl core::error::Error for Misuse {}
+
+/// A misuse becomes an [`std::io::ErrorKind::Other`] error, so a driver returning `io::Result` can
+/// use `?` on every state-machine call. Only with `std`.
+#[cfg(feature = "std")]
+impl From<Misuse> for std::io::Error {
+    fn from(m: Misuse) -> Self {
+        std::io::Error::other(m)
+    }
+}

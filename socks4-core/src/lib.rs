@@ -21,7 +21,7 @@
 //! ```
 //! use core::net::SocketAddrV4;
 //! use core::time::Duration;
-//! use socks4_core::{ClientEvent, ClientHandshake, Limits, Output, ServerHandshake, Timeouts};
+//! use socks4_core::{ClientEvent, ClientHandshake, Limits, Output, ServerHandshake, Target, Timeouts};
 //! use socks4_core::rules::Rules;
 //!
 //! let now = Duration::ZERO;
@@ -33,7 +33,9 @@
 //! let mut wire = client.request_bytes().to_vec();
 //! wire.extend_from_slice(b"hello");
 //! let first = server.handle_input(now, &wire[..3]);
+//! assert!(server.wants_input());
 //! let second = server.handle_input(now, &wire[3..]);
+//! assert!(!server.wants_input());
 //! assert_eq!(&wire[first + second..], b"hello"); // early data: relay it first
 //!
 //! // Drive the server: it asks us to resolve, authorize, connect and reply.
@@ -47,9 +49,9 @@
 //!         Output::Authorize(_) => {
 //!             server.authorize(now, &rules, [127, 0, 0, 1].into())?;
 //!         }
-//!         Output::Connect(addr) => {
-//!             assert_eq!(addr, SocketAddrV4::new([127, 0, 0, 1].into(), 7));
-//!             server.handle_connected(now, Ok(SocketAddrV4::new([127, 0, 0, 1].into(), 50000)))?;
+//!         Output::Connect(target) => {
+//!             assert_eq!(target, Target::Addr("127.0.0.1:7".parse()?));
+//!             server.handle_connected(now, Ok("127.0.0.1:50000".parse()?))?;
 //!         }
 //!         Output::Send(reply) => to_client.extend_from_slice(&reply.to_bytes()),
 //!         Output::Relay => break,
@@ -64,6 +66,40 @@
 //! assert_eq!(&to_client[used..], b"hello");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Features
+//!
+//! No feature is on by default, and with none the crate has no dependencies.
+//!
+//! - `std`: helpers that need the OS — [`ConnectError`] (the client connectors' error) and
+//!   `From<&ConnectError> for Failure`, `From<&io::Error> for Failure`, `From<Misuse> for
+//!   io::Error`, and [`driver`] ([`driver::Clock`] for deadlines as `Instant`,
+//!   [`driver::connect_candidates`] to order a name lookup's addresses).
+//! - `bytes`: [`Request::encode_to`] into any `bytes::BufMut`.
+//!
+//! `core::error::Error` is implemented for every error type either way.
+//!
+//! ## Is this SOCKS4? Sniffing the first bytes
+//!
+//! A listener that serves several protocols can tell SOCKS4 from the first byte or two:
+//! [`parse_request`] fails with [`ParseError::BadVersion`] at byte 0 unless it is 4, and with
+//! [`ParseError::BadCommand`] at byte 1 unless it is CONNECT or BIND. (SOCKS5 starts with 5, TLS
+//! with 0x16, HTTP with a letter.)
+//!
+//! ```
+//! use socks4_core::{parse_request, Limits, ParseError, Status};
+//! fn is_socks4(first_bytes: &[u8]) -> Option<bool> {
+//!     match parse_request(first_bytes, &Limits::default()) {
+//!         Ok(Status::Partial) if first_bytes.len() < 2 => None, // read more
+//!         Err(ParseError::BadVersion(_) | ParseError::BadCommand(_)) => Some(false),
+//!         _ => Some(true), // a SOCKS4 request, whole or not, valid or not: hand it to a ServerHandshake
+//!     }
+//! }
+//! assert_eq!(is_socks4(b"\x04"), None);
+//! assert_eq!(is_socks4(b"\x04\x01\x00\x50"), Some(true));
+//! assert_eq!(is_socks4(b"\x05\x01\x00"), Some(false));
+//! assert_eq!(is_socks4(b"CONNECT example.com:443 HTTP/1.1\r\n"), Some(false));
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -73,6 +109,9 @@ extern crate alloc;
 extern crate std;
 
 mod client;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub mod driver;
 mod error;
 mod reply;
 mod request;
@@ -87,7 +126,8 @@ pub use reply::{REPLY_LEN, Reply, ReplyCode};
 pub use request::{
     Command, Dest, Limits, MAX_REQUEST_LEN, Request, SOCKS4_VERSION, SOCKS4A_MARKER, Status, parse_request,
 };
-pub use server::{CloseReason, Failure, Output, ServerHandshake};
+pub use rules::{AccessRequest, Action};
+pub use server::{CloseReason, Failure, Names, Output, ServerHandshake};
 #[cfg(feature = "std")]
 pub use target::ConnectError;
 pub use target::Target;

@@ -231,6 +231,19 @@ impl<'a> Request<'a> {
         Self { command: Command::Connect, port, dest: Dest::Domain(host), user_id }
     }
 
+    /// Where a CONNECT goes (for BIND: the expected peer): the IPv4 address, or the SOCKS4a name.
+    ///
+    /// ```
+    /// use socks4_core::{Request, Target};
+    /// assert_eq!(Request::connect_host("example.com", 80, b"").target(), Target::Host("example.com", 80));
+    /// ```
+    pub fn target(&self) -> crate::Target<'a> {
+        match self.dest {
+            Dest::Ip(ip) => (ip, self.port).into(),
+            Dest::Domain(host) => crate::Target::Host(host, self.port),
+        }
+    }
+
     /// Parses a request with the given limits; see [`parse_request`].
     pub fn parse(buf: &'a [u8], limits: &Limits) -> Result<Status<(Self, usize)>, ParseError> {
         parse_request(buf, limits)

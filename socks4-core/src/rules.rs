@@ -3,25 +3,36 @@
 //! The text form, one rule per line (the config file and the `--allow`/`--deny` options use it):
 //!
 //! ```text
-//! allow|deny [from CIDR] [to CIDR|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
+//! allow|deny [from CIDR] [to CIDR|CLASS|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
 //! allow|deny any
 //! ```
 //!
-//! `from` matches the client's address (IPv4 or IPv6), `to` the destination: a network matches the
-//! destination address (for SOCKS4a, the address the name resolved to), a host pattern (`example.com`,
-//! `*.example.com`, `*`) matches a SOCKS4a host name, case-insensitively. A rule with no conditions
-//! matches everything. With rules present, a request no rule matches is denied.
+//! `from` matches the client's address, `to` the destination: a network (IPv4 or IPv6) matches the
+//! destination address (for SOCKS4a, the address the name resolved to); a [class](AddrClass)
+//! (`loopback`, `private`, `link-local`) matches every address of that kind, IPv4 and IPv6, including
+//! IPv4-mapped IPv6; a host pattern (`example.com`, `*.example.com`, `*`) matches a SOCKS4a host
+//! name, case-insensitively. IPv4-mapped IPv6 addresses count as IPv4 everywhere. A rule with no
+//! conditions matches everything. With rules present, a request no rule matches is denied.
+//!
+//! A destination address that is never a real destination — unspecified (`0.0.0.0/8`, `::`),
+//! broadcast or multicast, see [`is_forbidden_destination`] — is refused by the
+//! [`ServerHandshake`](crate::ServerHandshake) before any rule is asked.
+//!
+//! When a server forwards SOCKS4a names unresolved (see
+//! [`Names::Forward`](crate::Names::Forward)), a request carries a host name and no address:
+//! `to CIDR` and `to CLASS` conditions never match it (they never match a placeholder address).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use core::net::{IpAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::str::FromStr;
 
 use crate::request::Command;
 
 /// What a rule does with a request it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Action {
     /// Let the request through.
     Allow,
@@ -39,16 +50,145 @@ impl fmt::Display for Action {
 }
 
 /// The facts a rule is checked against: one request, after any SOCKS4a name was resolved.
+///
+/// ```
+/// use socks4_core::{AccessRequest, Command};
+/// let by_ip = AccessRequest::new(Command::Connect, 443, b"alice").with_addr([10, 0, 0, 1].into());
+/// let by_name = AccessRequest::new(Command::Connect, 443, b"").with_host("example.com");
+/// assert_eq!(by_ip.addr, Some([10, 0, 0, 1].into()));
+/// assert_eq!((by_name.addr, by_name.host), (None, Some("example.com")));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AccessRequest<'a> {
     /// CONNECT or BIND.
     pub command: Command,
-    /// The destination (CONNECT) or the expected peer (BIND), with the requested port.
-    pub addr: SocketAddrV4,
-    /// The SOCKS4a host name the address came from, if any.
+    /// The destination address (CONNECT) or the expected peer (BIND): the request's IPv4 address or
+    /// what its SOCKS4a name resolved to (IPv4 or IPv6). `None` when the name is forwarded unresolved.
+    pub addr: Option<IpAddr>,
+    /// The requested port.
+    pub port: u16,
+    /// The SOCKS4a host name, if any.
     pub host: Option<&'a str>,
     /// The user id the client sent.
     pub user_id: &'a [u8],
+}
+
+impl<'a> AccessRequest<'a> {
+    /// A request with no destination address or host name yet.
+    pub const fn new(command: Command, port: u16, user_id: &'a [u8]) -> Self {
+        Self { command, addr: None, port, host: None, user_id }
+    }
+
+    /// With the destination address.
+    #[must_use]
+    pub const fn with_addr(mut self, addr: IpAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// With the SOCKS4a host name.
+    #[must_use]
+    pub const fn with_host(mut self, host: &'a str) -> Self {
+        self.host = Some(host);
+        self
+    }
+}
+
+/// Is `ip` never a real destination? True for the unspecified networks (`0.0.0.0/8`, `::`), the
+/// IPv4 broadcast address and multicast (`224.0.0.0/4`, `ff00::/8`), also as IPv4-mapped IPv6.
+/// Linux connects `0.0.0.0` to the local host, so an unchecked `0.0.0.0` bypasses `deny to
+/// 127.0.0.0/8`; the server handshake refuses these before any rule.
+///
+/// ```
+/// use socks4_core::rules::is_forbidden_destination;
+/// assert!(is_forbidden_destination([0, 0, 0, 0].into()));
+/// assert!(is_forbidden_destination([0, 1, 2, 3].into()));
+/// assert!(is_forbidden_destination("::ffff:0.0.0.0".parse().unwrap()));
+/// assert!(is_forbidden_destination([255, 255, 255, 255].into()));
+/// assert!(is_forbidden_destination([239, 1, 1, 1].into()));
+/// assert!(is_forbidden_destination("::".parse().unwrap()));
+/// assert!(is_forbidden_destination("ff02::1".parse().unwrap()));
+/// assert!(!is_forbidden_destination([127, 0, 0, 1].into()));
+/// assert!(!is_forbidden_destination("::1".parse().unwrap()));
+/// ```
+pub fn is_forbidden_destination(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    }
+}
+
+/// A kind of address a rule can name instead of listing networks: `to loopback`, `to private`,
+/// `to link-local`. Each covers IPv4 and IPv6 (and IPv4-mapped IPv6).
+///
+/// ```
+/// use socks4_core::rules::AddrClass;
+/// assert!(AddrClass::Private.contains([192, 168, 1, 1].into()));
+/// assert!(AddrClass::Private.contains("fd00::1".parse().unwrap()));
+/// assert!(AddrClass::Loopback.contains("::ffff:127.0.0.2".parse().unwrap()));
+/// assert!(AddrClass::LinkLocal.contains([169, 254, 169, 254].into()));
+/// assert!(!AddrClass::Private.contains([8, 8, 8, 8].into()));
+/// assert_eq!("link-local".parse::<AddrClass>(), Ok(AddrClass::LinkLocal));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AddrClass {
+    /// `127.0.0.0/8` and `::1`.
+    Loopback,
+    /// Private and shared networks: `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, the carrier-grade
+    /// NAT `100.64.0.0/10`, and IPv6 unique-local `fc00::/7`.
+    Private,
+    /// `169.254.0.0/16` (cloud metadata services live here) and `fe80::/10`.
+    LinkLocal,
+}
+
+impl AddrClass {
+    /// Is `ip` of this class?
+    pub fn contains(self, ip: IpAddr) -> bool {
+        match (self, ip.to_canonical()) {
+            (Self::Loopback, ip) => ip.is_loopback(),
+            (Self::Private, IpAddr::V4(v4)) => v4.is_private() || is_shared_v4(v4),
+            (Self::Private, IpAddr::V6(v6)) => v6.segments()[0] & 0xfe00 == 0xfc00,
+            (Self::LinkLocal, IpAddr::V4(v4)) => v4.is_link_local(),
+            (Self::LinkLocal, IpAddr::V6(v6)) => is_link_local_v6(v6),
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::Private => "private",
+            Self::LinkLocal => "link-local",
+        }
+    }
+}
+
+/// `100.64.0.0/10`, the carrier-grade NAT range.
+fn is_shared_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 100 && o[1] & 0xc0 == 64
+}
+
+fn is_link_local_v6(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+impl FromStr for AddrClass {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        [Self::Loopback, Self::Private, Self::LinkLocal]
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| RuleError::BadHostPattern(s.to_string()))
+    }
+}
+
+impl fmt::Display for AddrClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// An IP network: an address and a prefix length.
@@ -140,11 +280,14 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// Where a request goes: a network or a host-name pattern.
+/// Where a request goes: a network, an address class or a host-name pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DestMatch {
-    /// The destination address lies in this IPv4 network.
+    /// The destination address lies in this network (IPv4 or IPv6).
     Net(IpNet),
+    /// The destination address is of this class.
+    Class(AddrClass),
     /// The SOCKS4a host name matches this pattern.
     Host(HostPattern),
 }
@@ -186,7 +329,18 @@ impl fmt::Display for PortRange {
 }
 
 /// One access rule: an action and the conditions (all must hold) under which it applies.
+///
+/// Parse one from its text form, or build one from [`Rule::any`] and the `with_*` methods:
+///
+/// ```
+/// use socks4_core::rules::{Action, AddrClass, DestMatch, Rule};
+/// let rule = Rule::any(Action::Deny).with_to(DestMatch::Class(AddrClass::Private)).with_user("guest");
+/// assert_eq!(rule.to_string(), "deny to private user guest");
+/// assert_eq!("deny to private user guest".parse::<Rule>()?, rule);
+/// # Ok::<(), socks4_core::rules::RuleError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Rule {
     /// What to do with a matching request.
     pub action: Action,
@@ -208,14 +362,50 @@ impl Rule {
         Self { action, from: None, to: None, port: None, command: None, user: None }
     }
 
+    /// With the client network.
+    #[must_use]
+    pub fn with_from(mut self, net: IpNet) -> Self {
+        self.from = Some(net);
+        self
+    }
+
+    /// With the destination condition.
+    #[must_use]
+    pub fn with_to(mut self, to: DestMatch) -> Self {
+        self.to = Some(to);
+        self
+    }
+
+    /// With the destination port range.
+    #[must_use]
+    pub fn with_port(mut self, port: PortRange) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// With the command.
+    #[must_use]
+    pub fn with_command(mut self, command: Command) -> Self {
+        self.command = Some(command);
+        self
+    }
+
+    /// With the exact user id.
+    #[must_use]
+    pub fn with_user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_string());
+        self
+    }
+
     /// Do all of the rule's conditions hold for this client and request?
     pub fn matches(&self, client: IpAddr, req: &AccessRequest<'_>) -> bool {
         self.from.is_none_or(|net| net.contains(client))
             && self.to.as_ref().is_none_or(|to| match to {
-                DestMatch::Net(net) => net.contains(IpAddr::V4(*req.addr.ip())),
+                DestMatch::Net(net) => req.addr.is_some_and(|ip| net.contains(ip)),
+                DestMatch::Class(class) => req.addr.is_some_and(|ip| class.contains(ip)),
                 DestMatch::Host(pat) => req.host.is_some_and(|h| pat.matches(h)),
             })
-            && self.port.is_none_or(|p| p.contains(req.addr.port()))
+            && self.port.is_none_or(|p| p.contains(req.port))
             && self.command.is_none_or(|c| c == req.command)
             && self.user.as_ref().is_none_or(|u| u.as_bytes() == req.user_id)
     }
@@ -252,13 +442,15 @@ impl FromStr for Rule {
             let duplicate = match key {
                 "from" => rule.from.replace(value.parse()?).is_some(),
                 "to" => {
-                    let to = match value.parse::<IpNet>() {
-                        Ok(net) if net.addr.is_ipv4() => DestMatch::Net(net),
-                        Ok(_) => return Err(RuleError::BadNetwork(value.to_string())),
-                        Err(_) if value.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/') => {
+                    let to = match (value.parse::<IpNet>(), value.parse::<AddrClass>()) {
+                        (Ok(net), _) => DestMatch::Net(net),
+                        (_, Ok(class)) => DestMatch::Class(class),
+                        _ if value.contains(':')
+                            || value.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/') =>
+                        {
                             return Err(RuleError::BadNetwork(value.to_string()));
                         }
-                        Err(_) => DestMatch::Host(value.parse()?),
+                        _ => DestMatch::Host(value.parse()?),
                     };
                     rule.to.replace(to).is_some()
                 }
@@ -290,6 +482,7 @@ impl fmt::Display for Rule {
         }
         match &self.to {
             Some(DestMatch::Net(net)) => write!(f, " to {net}")?,
+            Some(DestMatch::Class(class)) => write!(f, " to {class}")?,
             Some(DestMatch::Host(pat)) => write!(f, " to {pat}")?,
             None => {}
         }
@@ -318,10 +511,9 @@ impl Rules {
     /// The decision for a request from `client`.
     ///
     /// ```
-    /// use core::net::SocketAddrV4;
-    /// use socks4_core::{rules::{AccessRequest, Action, Rules}, Command};
+    /// use socks4_core::{rules::Rules, AccessRequest, Action, Command};
     /// let rules = Rules::parse("deny user mallory\nallow from 127.0.0.0/8  # local clients\n")?;
-    /// let req = AccessRequest { command: Command::Connect, addr: SocketAddrV4::new([10, 0, 0, 1].into(), 80), host: None, user_id: b"alice" };
+    /// let req = AccessRequest::new(Command::Connect, 80, b"alice").with_addr([10, 0, 0, 1].into());
     /// assert_eq!(rules.evaluate([127, 0, 0, 1].into(), &req), Action::Allow);
     /// assert_eq!(rules.evaluate([192, 0, 2, 1].into(), &req), Action::Deny);
     /// # Ok::<(), socks4_core::rules::RuleError>(())
@@ -366,7 +558,7 @@ pub enum RuleError {
     MissingValue(String),
     /// A condition appears twice.
     Duplicate(String),
-    /// Not an IP network (`to` takes IPv4 networks only).
+    /// Not an IP network.
     BadNetwork(String),
     /// Not a port or port range.
     BadPort(String),
@@ -386,10 +578,12 @@ impl fmt::Display for RuleError {
             Self::UnknownKey(w) => write!(f, "unknown condition `{w}` (use from, to, port, command, user)"),
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
-            Self::BadNetwork(w) => write!(f, "`{w}` is not a network like 10.0.0.0/8 (`to` takes IPv4 only)"),
+            Self::BadNetwork(w) => write!(f, "`{w}` is not a network like 10.0.0.0/8 or fd00::/8"),
             Self::BadPort(w) => write!(f, "`{w}` is not a port or a range like 80-443"),
             Self::BadCommand(w) => write!(f, "`{w}` is not a command (connect or bind)"),
-            Self::BadHostPattern(w) => write!(f, "`{w}` is not a host pattern like *.example.com"),
+            Self::BadHostPattern(w) => {
+                write!(f, "`{w}` is not a host pattern like *.example.com or a class (loopback, private, link-local)")
+            }
             Self::Line(n, e) => write!(f, "line {n}: {e}"),
         }
     }
@@ -403,7 +597,11 @@ mod tests {
     use std::format;
 
     fn req<'a>(command: Command, ip: [u8; 4], port: u16, host: Option<&'a str>, user: &'a [u8]) -> AccessRequest<'a> {
-        AccessRequest { command, addr: SocketAddrV4::new(ip.into(), port), host, user_id: user }
+        let r = AccessRequest::new(command, port, user).with_addr(ip.into());
+        match host {
+            Some(h) => r.with_host(h),
+            None => r,
+        }
     }
 
     #[test]
@@ -452,14 +650,15 @@ mod tests {
         assert!(matches!(e("allow port 1 port 2"), RuleError::Duplicate(_)));
         assert!(matches!(e("allow from 10.0.0.0/33"), RuleError::BadNetwork(_)));
         assert!(matches!(e("allow from nonsense"), RuleError::BadNetwork(_)));
-        assert!(matches!(e("allow to ::1"), RuleError::BadNetwork(_)));
+        assert!(matches!(e("allow to ::1/200"), RuleError::BadNetwork(_)));
         assert!(matches!(e("allow to 10.0.0.256"), RuleError::BadNetwork(_)));
         assert!(matches!(e("allow port 70000"), RuleError::BadPort(_)));
         assert!(matches!(e("allow port 9-1"), RuleError::BadPort(_)));
         assert!(matches!(e("allow command udp"), RuleError::BadCommand(_)));
         assert!(matches!(e("allow to bad_host!"), RuleError::BadHostPattern(_)));
         assert!(matches!(e("allow to *."), RuleError::BadHostPattern(_)));
-        for err in [e(""), e("permit"), e("allow via x"), e("allow from"), e("allow port 1 port 2"), e("allow to ::1")]
+        for err in
+            [e(""), e("permit"), e("allow via x"), e("allow from"), e("allow port 1 port 2"), e("allow to ::1/200")]
         {
             assert!(!format!("{err}").is_empty());
         }
@@ -480,6 +679,53 @@ mod tests {
             assert_eq!(format!("{rule}").parse::<Rule>().unwrap(), rule);
         }
         assert_eq!(IpNet::new([10, 0, 0, 0].into(), 33), None);
+    }
+
+    #[test]
+    fn ipv6_networks_classes_and_unresolved_names() {
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let r = |s: &str| s.parse::<Rule>().unwrap();
+        let v6 = |s: &str| AccessRequest::new(Command::Connect, 80, b"").with_addr(s.parse().unwrap());
+        assert!(r("deny to ::1").matches(local, &v6("::1")));
+        assert!(r("deny to 2001:db8::/32").matches(local, &v6("2001:db8::7")));
+        assert!(!r("deny to 2001:db8::/32").matches(local, &v6("2001:db9::7")));
+        assert!(r("deny to 127.0.0.0/8").matches(local, &v6("::ffff:127.0.0.1")), "v4-mapped destination");
+        for (class, yes, no) in [
+            ("loopback", ["127.9.9.9", "::1", "::ffff:127.0.0.1"], ["10.0.0.1", "::2", "fe80::1"]),
+            ("private", ["10.1.1.1", "172.31.0.1", "fd12::1"], ["172.32.0.1", "8.8.8.8", "2001:db8::1"]),
+            ("private", ["192.168.0.1", "100.64.0.1", "::ffff:10.0.0.1"], ["100.128.0.1", "127.0.0.1", "fe80::1"]),
+            ("link-local", ["169.254.169.254", "fe80::1", "febf::1"], ["169.255.0.1", "fec0::1", "10.0.0.1"]),
+        ] {
+            let rule = r(&format!("deny to {class}"));
+            assert_eq!(format!("{rule}"), format!("deny to {class}"));
+            for ip in yes {
+                assert!(rule.matches(local, &v6(ip)), "{class} {ip}");
+            }
+            for ip in no {
+                assert!(!rule.matches(local, &v6(ip)), "{class} {ip}");
+            }
+        }
+        // A name forwarded unresolved has no address: address conditions never match it.
+        let by_name = AccessRequest::new(Command::Connect, 80, b"").with_host("internal.example");
+        for rule in ["deny to 0.0.0.0/0", "deny to ::/0", "deny to loopback", "deny to private"] {
+            assert!(!r(rule).matches(local, &by_name), "{rule}");
+        }
+        assert!(r("deny to *.example").matches(local, &by_name));
+    }
+
+    #[test]
+    fn forbidden_destinations() {
+        for ip in ["0.0.0.0", "0.255.255.255", "255.255.255.255", "224.0.0.1", "239.255.255.255", "::", "ff02::1"] {
+            assert!(is_forbidden_destination(ip.parse().unwrap()), "{ip}");
+            let mapped: IpAddr = match ip.parse().unwrap() {
+                IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                v6 => v6,
+            };
+            assert!(is_forbidden_destination(mapped), "{mapped}");
+        }
+        for ip in ["1.0.0.0", "127.0.0.1", "223.255.255.255", "240.0.0.1", "::1", "2001:db8::1", "fe80::1"] {
+            assert!(!is_forbidden_destination(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

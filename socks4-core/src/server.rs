@@ -6,17 +6,39 @@
 //! [`Output::Wait`], [`Output::Relay`] or [`Output::Closed`].
 //!
 //! Time is the caller's: every `now` is a reading of one monotonic clock as a [`Duration`] since an
-//! epoch the caller picks (for example `Instant::now()` when the worker started); deadlines come
-//! back on the same clock.
+//! epoch the caller picks (for example `Instant::now()` when the worker started, see
+//! `driver::Clock` with feature `std`); deadlines come back on the same clock.
+//!
+//! ## Phases, outputs and timeouts
+//!
+//! | phase | output | answered by | [`handle_timeout`](ServerHandshake::handle_timeout) at the deadline |
+//! |---|---|---|---|
+//! | reading the request | `Wait` ([`wants_input`](ServerHandshake::wants_input) is true) | [`handle_input`](ServerHandshake::handle_input) / [`handle_eof`](ServerHandshake::handle_eof) | close, no reply (`HandshakeTimeout`) |
+//! | resolving a 4a name | `Resolve`, **once** | [`handle_resolved`](ServerHandshake::handle_resolved) | reply 91 (`ResolveFailed(TimedOut)`) |
+//! | deciding | `Authorize`, repeated until answered | [`accept`](ServerHandshake::accept) / [`reject`](ServerHandshake::reject) / [`authorize`](ServerHandshake::authorize) | reply 91 (`HandshakeTimeout`) |
+//! | connecting | `Connect`, **once** per address | [`handle_connected`](ServerHandshake::handle_connected) or [`retry_connect`](ServerHandshake::retry_connect) | reply 91 (`ConnectFailed(TimedOut)`) |
+//! | BIND: listening | `Listen`, **once** | [`handle_listening`](ServerHandshake::handle_listening) | reply 91 (`BindFailed(TimedOut)`) |
+//! | BIND: awaiting the peer | `Wait` | [`handle_bind_peer`](ServerHandshake::handle_bind_peer) | second reply 91 (`BindTimeout`) |
+//! | done | `Relay` or `Closed`, repeated | — | nothing |
+//!
+//! The deadlines: the handshake timeout from accept covers reading and deciding; resolving gets the
+//! connect timeout, and connecting gets it again (shared by every address tried); awaiting a BIND
+//! peer gets the bind timeout. A `handle_timeout` before the deadline is a no-op. `Send` is
+//! returned at most twice (BIND's two replies) and always before the `Closed` it explains.
+//!
+//! Whatever the rules say, a CONNECT to an address that is never a real destination (see
+//! [`is_forbidden_destination`](crate::rules::is_forbidden_destination)) is refused with 91 and
+//! [`CloseReason::Forbidden`], whether the address came literally or from a name.
 
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 
 use crate::error::{Misuse, ParseError};
 use crate::reply::{Reply, ReplyCode};
 use crate::request::{Command, Dest, Limits, MAX_REQUEST_LEN, Request, Status, parse_request};
-use crate::rules::{AccessRequest, Action, Rules};
+use crate::rules::{AccessRequest, Action, Rules, is_forbidden_destination};
+use crate::target::Target;
 use crate::timeouts::Timeouts;
 
 /// Why an action the runtime performed failed.
@@ -29,8 +51,11 @@ pub enum Failure {
     Refused,
     /// The destination network or host is unreachable.
     Unreachable,
-    /// The host name has no IPv4 address.
+    /// The host name has no (usable) address.
     NotFound,
+    /// An upstream proxy refused with this reply code; the client gets the same code (a
+    /// [`Granted`](ReplyCode::Granted) here is treated as 91).
+    Rejected(ReplyCode),
     /// Any other error.
     Other,
 }
@@ -41,7 +66,8 @@ impl fmt::Display for Failure {
             Self::TimedOut => "timed out",
             Self::Refused => "refused",
             Self::Unreachable => "unreachable",
-            Self::NotFound => "no IPv4 address",
+            Self::NotFound => "no address",
+            Self::Rejected(code) => return write!(f, "rejected by upstream ({})", code.code()),
             Self::Other => "failed",
         })
     }
@@ -83,7 +109,10 @@ pub enum CloseReason {
     /// BIND: no peer connected in time (second reply 91 sent).
     BindTimeout,
     /// BIND: a peer other than the expected one connected (second reply 91 sent).
-    WrongPeer(Ipv4Addr),
+    WrongPeer(IpAddr),
+    /// CONNECT to an address that is never a real destination: unspecified, broadcast or multicast
+    /// (reply 91 sent, no rule asked).
+    Forbidden(IpAddr),
 }
 
 impl fmt::Display for CloseReason {
@@ -98,6 +127,7 @@ impl fmt::Display for CloseReason {
             Self::BindFailed(e) => write!(f, "bind {e}"),
             Self::BindTimeout => f.write_str("bind: no peer in time"),
             Self::WrongPeer(ip) => write!(f, "bind: unexpected peer {ip}"),
+            Self::Forbidden(ip) => write!(f, "forbidden destination {ip}"),
         }
     }
 }
@@ -108,7 +138,8 @@ impl fmt::Display for CloseReason {
 pub enum Output<'a> {
     /// Write this 8-byte reply to the client (`reply.to_bytes()`).
     Send(Reply),
-    /// Resolve `host` to an IPv4 address; answer with [`ServerHandshake::handle_resolved`].
+    /// Resolve `host` to an address (IPv4 or IPv6); answer with [`ServerHandshake::handle_resolved`].
+    /// Emitted once, and never with [`Names::Forward`] for a CONNECT.
     Resolve {
         /// The SOCKS4a host name.
         host: &'a str,
@@ -119,15 +150,17 @@ pub enum Output<'a> {
     /// [`reject`](ServerHandshake::reject) or [`authorize`](ServerHandshake::authorize).
     /// Repeated until answered.
     Authorize(AccessRequest<'a>),
-    /// Open a TCP connection; answer with [`ServerHandshake::handle_connected`] and the local address
-    /// of the new connection.
-    Connect(SocketAddrV4),
+    /// Open a TCP connection to this target: an address (IPv4, or IPv6 from a SOCKS4a name), or with
+    /// [`Names::Forward`] a host name to pass on unresolved. Answer with
+    /// [`ServerHandshake::handle_connected`] and the local address of the new connection, or
+    /// [`ServerHandshake::retry_connect`] with the name's next address. Emitted once per address.
+    Connect(Target<'a>),
     /// BIND: listen on a fresh port of the address the client reached the server on; answer with
     /// [`ServerHandshake::handle_listening`], then accept one connection and answer with
-    /// [`ServerHandshake::handle_bind_peer`].
+    /// [`ServerHandshake::handle_bind_peer`]. Emitted once.
     Listen {
         /// The only peer address the second reply may grant.
-        expected_peer: Ipv4Addr,
+        expected_peer: IpAddr,
     },
     /// The handshake is done: relay both ways. Client bytes after those
     /// [`handle_input`](ServerHandshake::handle_input) consumed go upstream first. Repeats.
@@ -155,6 +188,21 @@ enum State {
     Closed(CloseReason),
 }
 
+/// What the server handshake does with a SOCKS4a host name in a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Names {
+    /// Ask the caller to resolve it ([`Output::Resolve`]), authorize with the name and the address,
+    /// and connect to the address (the default).
+    #[default]
+    Resolve,
+    /// Resolve nothing: authorize with the name alone (no address, so `to CIDR` rules do not
+    /// match) and hand the name on in [`Output::Connect`] as [`Target::Host`], for a proxy that
+    /// forwards to an upstream SOCKS4a proxy (no DNS lookup, no DNS leak). BIND requests by name
+    /// are still resolved: the peer check needs an address.
+    Forward,
+}
+
 /// The server side of one connection's handshake.
 ///
 /// One flat value (about 600 bytes, no heap) per connection. It copies at most one request's worth
@@ -171,10 +219,11 @@ enum State {
 /// let input = b"\x04\x01\x00\x50\x0a\x00\x00\x01\0GET / HTTP/1.0\r\n\r\n";
 /// let used = hs.handle_input(now, input);
 /// assert_eq!(&input[used..], b"GET / HTTP/1.0\r\n\r\n"); // early data, to forward first
+/// assert!(!hs.wants_input()); // the rest stays in the socket until the relay
 /// assert!(matches!(hs.poll_output(), Output::Authorize(_)));
 /// hs.accept(now)?;
-/// assert_eq!(hs.poll_output(), Output::Connect(SocketAddrV4::new([10, 0, 0, 1].into(), 80)));
-/// hs.handle_connected(now, Ok(SocketAddrV4::new([192, 0, 2, 7].into(), 40000)))?;
+/// assert_eq!(hs.poll_output(), Output::Connect(SocketAddrV4::new([10, 0, 0, 1].into(), 80).into()));
+/// hs.handle_connected(now, Ok(SocketAddrV4::new([192, 0, 2, 7].into(), 40000).into()))?;
 /// let Output::Send(reply) = hs.poll_output() else { panic!() };
 /// assert_eq!(reply.code, ReplyCode::Granted);
 /// assert_eq!(hs.poll_output(), Output::Relay);
@@ -186,7 +235,8 @@ pub struct ServerHandshake {
     len: u16,
     /// Length of the complete request in `buf`, 0 while incomplete.
     request_len: u16,
-    resolved: Option<Ipv4Addr>,
+    resolved: Option<IpAddr>,
+    names: Names,
     state: State,
     pending: Option<Reply>,
     deadline: Option<Duration>,
@@ -202,12 +252,33 @@ impl ServerHandshake {
             len: 0,
             request_len: 0,
             resolved: None,
+            names: Names::Resolve,
             state: State::Reading,
             pending: None,
             deadline: Some(now.saturating_add(timeouts.handshake)),
             limits,
             timeouts,
         }
+    }
+
+    /// Sets what happens to SOCKS4a names (default [`Names::Resolve`]).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{Limits, Names, Output, ServerHandshake, Target, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default()).with_names(Names::Forward);
+    /// hs.handle_input(now, b"\x04\x01\x01\xbb\x00\x00\x00\x01\0example.onion\0");
+    /// let Output::Authorize(req) = hs.poll_output() else { panic!() };
+    /// assert_eq!((req.host, req.addr), (Some("example.onion"), None)); // no placeholder address
+    /// hs.accept(now)?;
+    /// assert_eq!(hs.poll_output(), Output::Connect(Target::Host("example.onion", 443)));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    #[must_use]
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -227,10 +298,19 @@ impl ServerHandshake {
         let filled = old + take;
         match parse_request(&self.buf[..filled], &self.limits) {
             Ok(Status::Complete((req, used))) => {
-                let is_domain = matches!(req.dest, Dest::Domain(_));
+                let resolve = match req.dest {
+                    Dest::Domain(_) => self.names == Names::Resolve || req.command == Command::Bind,
+                    Dest::Ip(_) => false,
+                };
+                let forbidden = match (req.command, req.dest) {
+                    (Command::Connect, Dest::Ip(ip)) => Some(IpAddr::V4(ip)).filter(|&ip| is_forbidden_destination(ip)),
+                    _ => None,
+                };
                 self.len = used as u16;
                 self.request_len = used as u16;
-                if is_domain {
+                if let Some(ip) = forbidden {
+                    self.reject_with(CloseReason::Forbidden(ip));
+                } else if resolve {
                     self.enter(State::Resolving { asked: false }, now, self.timeouts.connect);
                 } else {
                     self.state = State::Authorizing;
@@ -308,14 +388,19 @@ impl ServerHandshake {
         Ok(action)
     }
 
-    /// The result of [`Output::Resolve`]: the host's IPv4 address, or why there is none (→ 91).
-    pub fn handle_resolved(&mut self, now: Duration, result: Result<Ipv4Addr, Failure>) -> Result<(), Misuse> {
+    /// The result of [`Output::Resolve`]: the host's first usable address (IPv4 or IPv6), or why
+    /// there is none (→ 91). Keep the others for [`retry_connect`](Self::retry_connect). An
+    /// address that is never a real destination is refused (→ 91, [`CloseReason::Forbidden`]).
+    pub fn handle_resolved(&mut self, now: Duration, result: Result<IpAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Resolving { .. }) {
             return Err(Misuse { call: "handle_resolved" });
         }
         match result {
+            Ok(ip) if self.is_connect() && is_forbidden_destination(ip) => {
+                self.reject_with(CloseReason::Forbidden(ip.to_canonical()));
+            }
             Ok(ip) => {
-                self.resolved = Some(ip);
+                self.resolved = Some(ip.to_canonical());
                 self.enter(State::Authorizing, now, self.timeouts.handshake);
             }
             Err(e) => self.reject_with(CloseReason::ResolveFailed(e)),
@@ -324,27 +409,68 @@ impl ServerHandshake {
     }
 
     /// The result of [`Output::Connect`]: the outgoing connection's local address (sent in the
-    /// reply), or why it failed (→ 91).
-    pub fn handle_connected(&mut self, _now: Duration, result: Result<SocketAddrV4, Failure>) -> Result<(), Misuse> {
+    /// reply; an IPv6 one is sent as `0.0.0.0` with its port), or why it failed (→ 91, or the code
+    /// of a [`Failure::Rejected`]).
+    pub fn handle_connected(&mut self, _now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Connecting { .. }) {
             return Err(Misuse { call: "handle_connected" });
         }
         match result {
             Ok(bound) => self.grant(bound),
+            Err(Failure::Rejected(code)) => {
+                let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
+                self.pending = Some(Reply { code, ..Reply::rejected() });
+                self.close(CloseReason::ConnectFailed(Failure::Rejected(code)));
+            }
             Err(e) => self.reject_with(CloseReason::ConnectFailed(e)),
         }
         Ok(())
     }
 
+    /// Instead of [`handle_connected`](Self::handle_connected) with an error: the connection to a
+    /// resolved name's address failed, try its `next` address. The request is authorized again
+    /// for that address ([`Output::Authorize`], then [`Output::Connect`]), within the deadline of
+    /// the first connect. Only for a name this handshake asked to resolve.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{Limits, Output, ServerHandshake, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\x00\x00\x00\x01\0dual.example\0");
+    /// assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+    /// hs.handle_resolved(now, Ok([192, 0, 2, 1].into()))?;
+    /// hs.accept(now)?;
+    /// assert!(matches!(hs.poll_output(), Output::Connect(_)));
+    /// // 192.0.2.1 refused; the lookup also gave 2001:db8::1.
+    /// hs.retry_connect(now, "2001:db8::1".parse().unwrap())?;
+    /// let Output::Authorize(req) = hs.poll_output() else { panic!() };
+    /// assert_eq!(req.addr, Some("2001:db8::1".parse().unwrap()));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    pub fn retry_connect(&mut self, _now: Duration, next: IpAddr) -> Result<(), Misuse> {
+        if !matches!(self.state, State::Connecting { .. }) || self.resolved.is_none() {
+            return Err(Misuse { call: "retry_connect" });
+        }
+        if is_forbidden_destination(next) {
+            self.reject_with(CloseReason::Forbidden(next.to_canonical()));
+        } else {
+            self.resolved = Some(next.to_canonical());
+            self.state = State::Authorizing; // the connect deadline stands
+        }
+        Ok(())
+    }
+
     /// BIND: the result of [`Output::Listen`]: the listening address for the first reply (an
-    /// unspecified IP tells the client to use the server's address), or why listening failed (→ 91).
-    pub fn handle_listening(&mut self, now: Duration, result: Result<SocketAddrV4, Failure>) -> Result<(), Misuse> {
+    /// unspecified IP tells the client to use the server's address; an IPv6 one is sent as
+    /// `0.0.0.0` with its port), or why listening failed (→ 91).
+    pub fn handle_listening(&mut self, now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Listening { .. }) {
             return Err(Misuse { call: "handle_listening" });
         }
         match result {
             Ok(addr) => {
-                self.pending = Some(Reply::new(ReplyCode::Granted, addr));
+                self.pending = Some(Reply::new(ReplyCode::Granted, reply_addr(addr)));
                 self.enter(State::AwaitingPeer, now, self.timeouts.bind);
             }
             Err(e) => self.reject_with(CloseReason::BindFailed(e)),
@@ -354,14 +480,14 @@ impl ServerHandshake {
 
     /// BIND: the address of the peer that connected to the listener, or why none did. A peer whose
     /// IP differs from the request's gets the second reply 91; the expected one gets 90 and the relay.
-    pub fn handle_bind_peer(&mut self, _now: Duration, result: Result<SocketAddrV4, Failure>) -> Result<(), Misuse> {
+    pub fn handle_bind_peer(&mut self, _now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         let expected = match (self.state, self.access_request()) {
-            (State::AwaitingPeer, Some(req)) => *req.addr.ip(),
+            (State::AwaitingPeer, Some(AccessRequest { addr: Some(ip), .. })) => ip,
             _ => return Err(Misuse { call: "handle_bind_peer" }),
         };
         match result {
-            Ok(peer) if *peer.ip() == expected => self.grant(peer),
-            Ok(peer) => self.reject_with(CloseReason::WrongPeer(*peer.ip())),
+            Ok(peer) if peer.ip().to_canonical() == expected => self.grant(peer),
+            Ok(peer) => self.reject_with(CloseReason::WrongPeer(peer.ip().to_canonical())),
             Err(Failure::TimedOut) => self.reject_with(CloseReason::BindTimeout),
             Err(e) => self.reject_with(CloseReason::BindFailed(e)),
         }
@@ -392,8 +518,14 @@ impl ServerHandshake {
             (State::Resolving { .. }, Some(Request { dest: Dest::Domain(host), port, .. }), _) => {
                 Output::Resolve { host, port }
             }
-            (State::Connecting { .. }, _, Some(req)) => Output::Connect(req.addr),
-            (State::Listening { .. }, _, Some(req)) => Output::Listen { expected_peer: *req.addr.ip() },
+            (State::Connecting { .. }, _, Some(req)) => Output::Connect(match (req.addr, req.host) {
+                (Some(ip), _) => Target::Addr(SocketAddr::new(ip, req.port)),
+                (None, Some(host)) => Target::Host(host, req.port),
+                (None, None) => return Output::Wait { deadline: self.deadline }, // unreachable: a request has one
+            }),
+            (State::Listening { .. }, _, Some(AccessRequest { addr: Some(ip), .. })) => {
+                Output::Listen { expected_peer: ip }
+            }
             _ => Output::Wait { deadline: self.deadline },
         }
     }
@@ -415,14 +547,30 @@ impl ServerHandshake {
         &self.buf[..self.request_len as usize]
     }
 
-    /// The request with its destination address: the literal one, or the SOCKS4a name's resolution.
+    /// The request with its destination address: the literal one, or the SOCKS4a name's resolution
+    /// (`None` before it, and with [`Names::Forward`] where the name is passed on unresolved).
     pub fn access_request(&self) -> Option<AccessRequest<'_>> {
         let req = self.request()?;
-        let (ip, host) = match req.dest {
-            Dest::Ip(ip) => (ip, None),
-            Dest::Domain(host) => (self.resolved?, Some(host)),
-        };
-        Some(AccessRequest { command: req.command, addr: SocketAddrV4::new(ip, req.port), host, user_id: req.user_id })
+        let base = AccessRequest::new(req.command, req.port, req.user_id);
+        match req.dest {
+            Dest::Ip(ip) => Some(base.with_addr(IpAddr::V4(ip))),
+            Dest::Domain(host) => match (self.resolved, self.names, req.command) {
+                (Some(ip), _, _) => Some(base.with_host(host).with_addr(ip)),
+                (None, Names::Forward, Command::Connect) => Some(base.with_host(host)),
+                (None, _, _) => None,
+            },
+        }
+    }
+
+    /// Does the handshake want more request bytes? True until the request is complete (or
+    /// rejected); afterwards "waiting" means waiting for an answer, and client bytes are payload
+    /// to leave in the socket until [`Output::Relay`].
+    pub fn wants_input(&self) -> bool {
+        self.state == State::Reading
+    }
+
+    fn is_connect(&self) -> bool {
+        self.request().is_some_and(|r| r.command == Command::Connect)
     }
 
     /// The current phase's deadline, if any.
@@ -437,8 +585,8 @@ impl ServerHandshake {
         self.deadline = Some(now.saturating_add(timeout));
     }
 
-    fn grant(&mut self, addr: SocketAddrV4) {
-        self.pending = Some(Reply::new(ReplyCode::Granted, addr));
+    fn grant(&mut self, addr: SocketAddr) {
+        self.pending = Some(Reply::new(ReplyCode::Granted, reply_addr(addr)));
         self.state = State::Relay;
         self.deadline = None;
     }
@@ -456,6 +604,14 @@ impl ServerHandshake {
     fn fail(&mut self, reason: CloseReason, consumed: usize) -> usize {
         self.reject_with(reason);
         consumed
+    }
+}
+
+/// The address a reply can carry: IPv4 (or IPv4-mapped) as is, IPv6 as `0.0.0.0` with its port.
+fn reply_addr(addr: SocketAddr) -> SocketAddrV4 {
+    match addr.ip().to_canonical() {
+        IpAddr::V4(ip) => SocketAddrV4::new(ip, addr.port()),
+        IpAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, addr.port()),
     }
 }
 
@@ -480,6 +636,14 @@ mod tests {
         SocketAddrV4::new(a.into(), port)
     }
 
+    fn sa(a: [u8; 4], port: u16) -> SocketAddr {
+        v4(a, port).into()
+    }
+
+    fn tgt(a: [u8; 4], port: u16) -> Target<'static> {
+        v4(a, port).into()
+    }
+
     /// Drains outputs up to and including the first non-`Send`, returning the replies and it.
     fn drain(hs: &mut ServerHandshake) -> (Vec<Reply>, std::string::String) {
         let mut sent = Vec::new();
@@ -499,14 +663,14 @@ mod tests {
         assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 5) });
         assert_eq!(hs.handle_input(T0, CONNECT), CONNECT.len());
         let Output::Authorize(req) = hs.poll_output() else { panic!() };
-        assert_eq!(req.addr, v4([10, 0, 0, 1], 80));
+        assert_eq!((req.addr, req.port), (Some([10, 0, 0, 1].into()), 80));
         assert_eq!(req.user_id, b"u");
         assert!(matches!(hs.poll_output(), Output::Authorize(_)), "repeats until answered");
         hs.accept(T0 + SEC).unwrap();
-        assert_eq!(hs.poll_output(), Output::Connect(v4([10, 0, 0, 1], 80)));
+        assert_eq!(hs.poll_output(), Output::Connect(tgt([10, 0, 0, 1], 80)));
         assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 8) });
         assert_eq!(hs.handle_input(T0, b"more"), 0, "nothing consumed after the request");
-        hs.handle_connected(T0, Ok(v4([10, 0, 0, 9], 5555))).unwrap();
+        hs.handle_connected(T0, Ok(sa([10, 0, 0, 9], 5555))).unwrap();
         assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([10, 0, 0, 9], 5555))));
         assert_eq!(hs.poll_output(), Output::Relay);
         assert_eq!(hs.poll_output(), Output::Relay);
@@ -539,10 +703,10 @@ mod tests {
         assert_eq!(hs.poll_output(), Output::Resolve { host: "Example.com", port: 443 });
         assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 7) });
         assert!(hs.access_request().is_none());
-        hs.handle_resolved(T0 + SEC, Ok([93, 184, 216, 34].into())).unwrap();
+        hs.handle_resolved(T0 + SEC, Ok(Ipv4Addr::new(93, 184, 216, 34).into())).unwrap();
         let rules = Rules::parse("deny to *.example.com\nallow to example.com port 443\n").unwrap();
         assert_eq!(hs.authorize(T0 + SEC, &rules, [127, 0, 0, 1].into()), Ok(Action::Allow));
-        assert_eq!(hs.poll_output(), Output::Connect(v4([93, 184, 216, 34], 443)));
+        assert_eq!(hs.poll_output(), Output::Connect(tgt([93, 184, 216, 34], 443)));
     }
 
     #[test]
@@ -561,7 +725,7 @@ mod tests {
         assert!(matches!(hs2.poll_output(), Output::Resolve { .. }));
         hs2.handle_timeout(T0 + SEC * 7);
         assert_eq!(drain(&mut hs2).0, [Reply::rejected()]);
-        assert_eq!(hs2.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST)), Err(Misuse { call: "handle_resolved" }));
+        assert_eq!(hs2.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST.into())), Err(Misuse { call: "handle_resolved" }));
     }
 
     #[test]
@@ -645,13 +809,13 @@ mod tests {
         let mut hs = hs();
         assert_eq!(hs.accept(T0), Err(Misuse { call: "accept" }));
         assert_eq!(hs.reject(ReplyCode::Rejected), Err(Misuse { call: "reject" }));
-        assert_eq!(hs.handle_connected(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
-        assert_eq!(hs.handle_listening(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_listening" }));
-        assert_eq!(hs.handle_bind_peer(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_bind_peer" }));
-        assert_eq!(hs.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST)), Err(Misuse { call: "handle_resolved" }));
+        assert_eq!(hs.handle_connected(T0, Ok(sa([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
+        assert_eq!(hs.handle_listening(T0, Ok(sa([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_listening" }));
+        assert_eq!(hs.handle_bind_peer(T0, Ok(sa([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_bind_peer" }));
+        assert_eq!(hs.handle_resolved(T0, Ok(Ipv4Addr::LOCALHOST.into())), Err(Misuse { call: "handle_resolved" }));
         assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 5) });
         hs.handle_input(T0, CONNECT);
-        assert_eq!(hs.handle_connected(T0, Ok(v4([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
+        assert_eq!(hs.handle_connected(T0, Ok(sa([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
         assert!(matches!(hs.poll_output(), Output::Authorize(_)));
         assert_eq!(std::format!("{}", Misuse { call: "accept" }), "`accept` called in a state that does not expect it");
     }
@@ -662,8 +826,8 @@ mod tests {
         let n = Request { command: Command::Bind, ..Request::connect(v4(expected, 21), b"") }.encode(&mut req).unwrap();
         hs.handle_input(T0, &req[..n]);
         hs.accept(T0).unwrap();
-        assert_eq!(hs.poll_output(), Output::Listen { expected_peer: expected.into() });
-        hs.handle_listening(T0 + SEC, Ok(v4([127, 0, 0, 1], 40000))).unwrap();
+        assert_eq!(hs.poll_output(), Output::Listen { expected_peer: Ipv4Addr::from(expected).into() });
+        hs.handle_listening(T0 + SEC, Ok(sa([127, 0, 0, 1], 40000))).unwrap();
         assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([127, 0, 0, 1], 40000))));
         assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 21) });
         hs
@@ -672,7 +836,7 @@ mod tests {
     #[test]
     fn bind_two_replies_then_relay() {
         let mut hs = bind_until_listening([127, 0, 0, 1]);
-        hs.handle_bind_peer(T0, Ok(v4([127, 0, 0, 1], 5000))).unwrap();
+        hs.handle_bind_peer(T0, Ok(sa([127, 0, 0, 1], 5000))).unwrap();
         assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([127, 0, 0, 1], 5000))));
         assert_eq!(hs.poll_output(), Output::Relay);
     }
@@ -680,9 +844,9 @@ mod tests {
     #[test]
     fn bind_wrong_peer_timeout_and_failures() {
         let mut a = bind_until_listening([127, 0, 0, 2]);
-        a.handle_bind_peer(T0, Ok(v4([127, 0, 0, 1], 5000))).unwrap();
+        a.handle_bind_peer(T0, Ok(sa([127, 0, 0, 1], 5000))).unwrap();
         assert_eq!(drain(&mut a).0, [Reply::rejected()]);
-        assert_eq!(a.poll_output(), Output::Closed(CloseReason::WrongPeer([127, 0, 0, 1].into())));
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::WrongPeer(Ipv4Addr::LOCALHOST.into())));
 
         let mut b = bind_until_listening([127, 0, 0, 1]);
         b.handle_timeout(T0 + SEC * 21);
@@ -709,6 +873,101 @@ mod tests {
     }
 
     #[test]
+    fn forbidden_destinations_refused_before_rules() {
+        // A literal 0.0.0.0 (Linux connects it to the local host) never reaches Authorize.
+        let mut a = hs();
+        a.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x00\0");
+        assert!(!a.wants_input());
+        assert_eq!(a.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into())));
+        for ip in [[255, 255, 255, 255], [224, 0, 0, 1], [0, 9, 9, 9]] {
+            let mut b = hs();
+            let mut req = [0u8; 16];
+            let n = Request::connect(v4(ip, 80), b"").encode(&mut req).unwrap();
+            b.handle_input(T0, &req[..n]);
+            assert_eq!(drain(&mut b).1, std::format!("{:?}", Output::Closed(CloseReason::Forbidden(ip.into()))));
+        }
+        // A name that resolves to one (`0`, `0.0.0.0`, `::ffff:0.0.0.0`) is refused the same way.
+        for resolved in [IpAddr::from([0, 0, 0, 0]), "::ffff:0.0.0.0".parse().unwrap(), "::".parse().unwrap()] {
+            let mut c = hs();
+            c.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\x000\0");
+            assert!(matches!(c.poll_output(), Output::Resolve { host: "0", .. }));
+            c.handle_resolved(T0, Ok(resolved)).unwrap();
+            assert_eq!(c.poll_output(), Output::Send(Reply::rejected()));
+            assert_eq!(c.poll_output(), Output::Closed(CloseReason::Forbidden(resolved.to_canonical())));
+        }
+        // BIND's address is the expected peer, not a destination: not refused here.
+        let mut d = hs();
+        d.handle_input(T0, b"\x04\x02\x00\x15\x00\x00\x00\x00\0");
+        assert!(matches!(d.poll_output(), Output::Authorize(_)));
+    }
+
+    #[test]
+    fn forward_names_never_resolve_or_match_addresses() {
+        let rules = Rules::parse("deny to 0.0.0.0/0\ndeny to loopback\nallow to *.onion\n").unwrap();
+        let mut a = hs().with_names(Names::Forward);
+        a.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01u\0abc.onion\0");
+        let Output::Authorize(req) = a.poll_output() else { panic!() };
+        assert_eq!((req.addr, req.host, req.port), (None, Some("abc.onion"), 80));
+        assert_eq!(a.authorize(T0, &rules, [127, 0, 0, 1].into()), Ok(Action::Allow));
+        assert_eq!(a.poll_output(), Output::Connect(Target::Host("abc.onion", 80)));
+        assert_eq!(a.retry_connect(T0, Ipv4Addr::LOCALHOST.into()), Err(Misuse { call: "retry_connect" }));
+        a.handle_connected(T0, Ok("[2001:db8::1]:4000".parse().unwrap())).unwrap();
+        assert_eq!(a.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([0, 0, 0, 0], 4000))));
+        // Literal addresses are still checked by address rules in forward mode.
+        let mut b = hs().with_names(Names::Forward);
+        b.handle_input(T0, b"\x04\x01\x00\x50\x7f\x00\x00\x01u\0");
+        assert_eq!(b.authorize(T0, &rules, [127, 0, 0, 1].into()), Ok(Action::Deny));
+        // A BIND by name still resolves: the peer check needs an address.
+        let mut c = hs().with_names(Names::Forward);
+        c.handle_input(T0, b"\x04\x02\x00\x15\x00\x00\x00\x01u\0peer.example\0");
+        assert!(matches!(c.poll_output(), Output::Resolve { host: "peer.example", .. }));
+    }
+
+    #[test]
+    fn ipv6_destination_retry_and_upstream_codes() {
+        let rules = Rules::parse("deny to 2001:db8:bad::/48\nallow").unwrap();
+        let mut a = hs();
+        a.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0six.example\0");
+        assert!(matches!(a.poll_output(), Output::Resolve { .. }));
+        a.handle_resolved(T0, Ok("2001:db8::1".parse().unwrap())).unwrap();
+        a.authorize(T0, &rules, [127, 0, 0, 1].into()).unwrap();
+        assert_eq!(a.poll_output(), Output::Connect(Target::Addr("[2001:db8::1]:80".parse().unwrap())));
+        // The first address fails: retry with the next, authorized again under the same deadline.
+        a.retry_connect(T0 + SEC, "2001:db8:bad::1".parse().unwrap()).unwrap();
+        assert!(matches!(a.poll_output(), Output::Authorize(_)));
+        assert_eq!(a.deadline(), Some(T0 + SEC * 7), "the connect deadline stands");
+        assert_eq!(a.authorize(T0, &rules, [127, 0, 0, 1].into()), Ok(Action::Deny), "rules see each address");
+        assert_eq!(drain(&mut a).0, [Reply::rejected()]);
+
+        let mut b = hs();
+        b.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0two.example\0");
+        b.handle_resolved(T0, Ok(Ipv4Addr::new(192, 0, 2, 1).into())).unwrap();
+        b.accept(T0).unwrap();
+        assert!(matches!(b.poll_output(), Output::Connect(_)));
+        assert_eq!(b.retry_connect(T0, Ipv4Addr::BROADCAST.into()), Ok(()));
+        assert_eq!(b.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(b.poll_output(), Output::Closed(CloseReason::Forbidden(Ipv4Addr::BROADCAST.into())));
+
+        // An upstream's refusal keeps its code.
+        let mut c = hs();
+        c.handle_input(T0, CONNECT);
+        c.accept(T0).unwrap();
+        assert_eq!(c.retry_connect(T0, Ipv4Addr::LOCALHOST.into()), Err(Misuse { call: "retry_connect" }), "literal");
+        c.handle_connected(T0, Err(Failure::Rejected(ReplyCode::IdentMismatch))).unwrap();
+        assert_eq!(c.poll_output(), Output::Send(Reply { code: ReplyCode::IdentMismatch, ..Reply::rejected() }));
+        let closed = c.poll_output();
+        assert_eq!(closed, Output::Closed(CloseReason::ConnectFailed(Failure::Rejected(ReplyCode::IdentMismatch))));
+        let Output::Closed(reason) = closed else { panic!() };
+        assert_eq!(std::format!("{reason}"), "connect rejected by upstream (93)");
+        let mut d = hs();
+        d.handle_input(T0, CONNECT);
+        d.accept(T0).unwrap();
+        d.handle_connected(T0, Err(Failure::Rejected(ReplyCode::Granted))).unwrap();
+        assert_eq!(d.poll_output(), Output::Send(Reply::rejected()), "a 90 is no refusal code");
+    }
+
+    #[test]
     fn reasons_and_failures_display() {
         let reasons = [
             CloseReason::ClientEof,
@@ -719,11 +978,13 @@ mod tests {
             CloseReason::ConnectFailed(Failure::Refused),
             CloseReason::BindFailed(Failure::Unreachable),
             CloseReason::BindTimeout,
-            CloseReason::WrongPeer(Ipv4Addr::LOCALHOST),
+            CloseReason::WrongPeer(Ipv4Addr::LOCALHOST.into()),
+            CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into()),
         ];
         let texts: Vec<_> = reasons.iter().map(|r| std::format!("{r}")).collect();
         assert_eq!(texts[5], "connect refused");
         assert_eq!(texts[8], "bind: unexpected peer 127.0.0.1");
+        assert_eq!(texts[9], "forbidden destination 0.0.0.0");
         assert!(texts.iter().all(|t| !t.is_empty()));
         assert_eq!(std::format!("{}", Failure::TimedOut), "timed out");
         assert_eq!(std::format!("{}", Failure::Other), "failed");

@@ -1,12 +1,19 @@
 //! Where a client's CONNECT goes, and (with `std`) why a client connector failed: the types the
 //! adapters' client connectors share.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-/// Where a CONNECT goes: an IPv4 address (SOCKS4) or a host name the proxy resolves (SOCKS4a).
+/// Where a CONNECT goes: a socket address, or a host name and port.
 ///
-/// Build one with `into()` from a [`SocketAddrV4`], an `(Ipv4Addr, u16)` or a `(&str, u16)`, and
-/// start the handshake with [`ClientHandshake::connect_to`](crate::ClientHandshake::connect_to).
+/// A client connector sends an IPv4 address as a SOCKS4 request and a host name as SOCKS4a
+/// ([`ClientHandshake::connect_to`](crate::ClientHandshake::connect_to)); a server handshake asks its
+/// caller to connect to one ([`Output::Connect`](crate::Output::Connect)): an address of either family
+/// (a SOCKS4a name may resolve to IPv6), or a host name when names are forwarded unresolved. So a
+/// chaining proxy hands the server's target straight to its upstream's client handshake.
+///
+/// Build one with `into()` from a [`SocketAddr`], a [`SocketAddrV4`], an `(IpAddr, u16)`, an
+/// `(Ipv4Addr, u16)` or a `(&str, u16)`.
 ///
 /// ```
 /// use core::net::{Ipv4Addr, SocketAddrV4};
@@ -16,24 +23,57 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 /// let c: Target<'_> = ("example.com", 443).into();
 /// assert_eq!(a, b);
 /// assert_eq!(c, Target::Host("example.com", 443));
+/// assert_eq!(c.to_string(), "example.com:443");
+/// assert_eq!(c.port(), 443);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target<'a> {
-    /// An IPv4 address and port: a SOCKS4 request.
-    Addr(SocketAddrV4),
+    /// A socket address. A client connector can send only IPv4 (SOCKS4 has no IPv6 field).
+    Addr(SocketAddr),
     /// A host name and port, resolved by the proxy: a SOCKS4a request.
     Host(&'a str, u16),
 }
 
+impl Target<'_> {
+    /// The destination port.
+    pub const fn port(&self) -> u16 {
+        match self {
+            Self::Addr(addr) => addr.port(),
+            Self::Host(_, port) => *port,
+        }
+    }
+}
+
+impl fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => addr.fmt(f),
+            Self::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Target<'_> {
+    fn from(addr: SocketAddr) -> Self {
+        Target::Addr(addr)
+    }
+}
+
 impl From<SocketAddrV4> for Target<'_> {
     fn from(addr: SocketAddrV4) -> Self {
-        Target::Addr(addr)
+        Target::Addr(addr.into())
+    }
+}
+
+impl From<(IpAddr, u16)> for Target<'_> {
+    fn from((ip, port): (IpAddr, u16)) -> Self {
+        Target::Addr(SocketAddr::new(ip, port))
     }
 }
 
 impl From<(Ipv4Addr, u16)> for Target<'_> {
     fn from((ip, port): (Ipv4Addr, u16)) -> Self {
-        Target::Addr(SocketAddrV4::new(ip, port))
+        Target::Addr(SocketAddrV4::new(ip, port).into())
     }
 }
 
@@ -51,7 +91,7 @@ mod connect_error {
     use core::fmt;
     use std::io;
 
-    use crate::{ClientError, ClientEvent, EncodeError, ReplyCode};
+    use crate::{ClientError, ClientEvent, EncodeError, Failure, ReplyCode};
 
     /// Why a client connector (CONNECT or BIND through a proxy) failed; shared by the adapters.
     ///
@@ -127,6 +167,27 @@ mod connect_error {
             Self::Protocol(e)
         }
     }
+
+    /// How a chaining proxy answers its client when the upstream connector failed: an upstream
+    /// refusal keeps its reply code ([`Failure::Rejected`]), an I/O error maps like
+    /// `From<&io::Error>`, a timeout is [`Failure::TimedOut`], anything else [`Failure::Other`].
+    ///
+    /// ```
+    /// use socks4_core::{ConnectError, Failure, ReplyCode};
+    /// let refused = ConnectError::Rejected(ReplyCode::IdentMismatch);
+    /// assert_eq!(Failure::from(&refused), Failure::Rejected(ReplyCode::IdentMismatch));
+    /// assert_eq!(Failure::from(&ConnectError::TimedOut), Failure::TimedOut);
+    /// ```
+    impl From<&ConnectError> for Failure {
+        fn from(e: &ConnectError) -> Self {
+            match e {
+                ConnectError::Io(e) => Failure::from(e),
+                ConnectError::TimedOut => Failure::TimedOut,
+                ConnectError::Rejected(code) => Failure::Rejected(*code),
+                _ => Failure::Other,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -136,8 +197,10 @@ mod tests {
     #[test]
     fn conversions() {
         let addr = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080);
-        assert_eq!(Target::from(addr), Target::Addr(addr));
-        assert_eq!(Target::from((Ipv4Addr::new(10, 0, 0, 1), 8080)), Target::Addr(addr));
+        assert_eq!(Target::from(addr), Target::Addr(addr.into()));
+        assert_eq!(Target::from((Ipv4Addr::new(10, 0, 0, 1), 8080)), Target::Addr(addr.into()));
+        assert_eq!(Target::from((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 8080)), Target::Addr(addr.into()));
+        assert_eq!(std::format!("{}", Target::from(SocketAddr::from(addr))), "10.0.0.1:8080");
         let host = std::string::String::from("example.com");
         assert_eq!(Target::from((host.as_str(), 80)), Target::Host("example.com", 80));
     }

@@ -143,8 +143,8 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
-fn ok_or(ok: bool, addr: SocketAddrV4) -> Result<SocketAddrV4, Failure> {
-    if ok { Ok(addr) } else { Err(Failure::Refused) }
+fn ok_or(ok: bool, addr: SocketAddrV4) -> Result<std::net::SocketAddr, Failure> {
+    if ok { Ok(addr.into()) } else { Err(Failure::Refused) }
 }
 
 proptest! {
@@ -171,10 +171,10 @@ proptest! {
                 Event::Accept => { let _ = hs.accept(now); }
                 Event::Reject(c) => { let _ = ReplyCode::from_code(c).map(|c| hs.reject(c)); }
                 Event::Authorize(ok) => { let _ = hs.authorize(now, if ok { &allow } else { &deny }, [127, 0, 0, 1].into()); }
-                Event::Resolved(r) => { let _ = hs.handle_resolved(now, r.map(Ipv4Addr::from).ok_or(Failure::NotFound)); }
+                Event::Resolved(r) => { let _ = hs.handle_resolved(now, r.map(|o| Ipv4Addr::from(o).into()).ok_or(Failure::NotFound)); }
                 Event::Connected(ok) => { let _ = hs.handle_connected(now, ok_or(ok, addr)); }
                 Event::Listening(ok) => { let _ = hs.handle_listening(now, ok_or(ok, addr)); }
-                Event::Peer(p) => { let _ = hs.handle_bind_peer(now, p.map(|ip| SocketAddrV4::new(ip.into(), 1)).ok_or(Failure::TimedOut)); }
+                Event::Peer(p) => { let _ = hs.handle_bind_peer(now, p.map(|ip| SocketAddrV4::new(ip.into(), 1).into()).ok_or(Failure::TimedOut)); }
             }
             for _ in 0..8 {
                 let out = hs.poll_output();

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake};
+use socks4_core::driver::connect_candidates;
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 
@@ -68,16 +69,6 @@ fn bind_ip(local: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
-fn v4(addr: SocketAddr) -> SocketAddrV4 {
-    match addr {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(ip) => SocketAddrV4::new(ip, a.port()),
-            None => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.port()),
-        },
-    }
-}
-
 /// Serves one accepted client connection to the end, filling in `log`.
 pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
     match handshake::<R>(client.clone(), config, log).await {
@@ -109,6 +100,8 @@ async fn handshake<R: Runtime>(
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;
     let mut listener: Option<R::Listener> = None;
+    // A SOCKS4a name's further addresses, tried in turn when a connect fails.
+    let mut candidates: std::vec::IntoIter<IpAddr> = Vec::new().into_iter();
     loop {
         match hs.poll_output() {
             Output::Send(reply) => client.write_all(&reply.to_bytes()).await?,
@@ -116,13 +109,10 @@ async fn handshake<R: Runtime>(
                 let host = host.to_owned();
                 let answer = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port)).await;
                 let result = match answer {
-                    Ok(addrs) => addrs
-                        .iter()
-                        .find_map(|a| match a.ip().to_canonical() {
-                            IpAddr::V4(ip) => Some(ip),
-                            IpAddr::V6(_) => None,
-                        })
-                        .ok_or(Failure::NotFound),
+                    Ok(addrs) => {
+                        candidates = connect_candidates(addrs).into_iter();
+                        candidates.next().ok_or(Failure::NotFound)
+                    }
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_resolved(now(), result))?;
@@ -131,18 +121,25 @@ async fn handshake<R: Runtime>(
                 log.note_request(&hs);
                 misuse(hs.authorize(now(), &config.rules, client_ip))?;
             }
-            Output::Connect(addr) => {
-                let result = match R::connect(addr.into(), config.timeouts.connect).await {
+            Output::Connect(Target::Addr(addr)) => {
+                // Every address of a name shares the connect phase's deadline.
+                let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
+                match R::connect(addr, left).await {
                     Ok(stream) => {
                         let _ = R::set_nodelay(&stream);
-                        let local =
-                            R::local_addr(&stream).map(v4).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                        let local = R::local_addr(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         dest = Some(stream);
-                        Ok(local)
+                        misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
-                    Err(e) => Err(Failure::from(&e)),
-                };
-                misuse(hs.handle_connected(now(), result))?;
+                    Err(e) => match candidates.next().filter(|_| e.kind() != io::ErrorKind::TimedOut) {
+                        Some(next) => misuse(hs.retry_connect(now(), next))?,
+                        None => misuse(hs.handle_connected(now(), Err(Failure::from(&e))))?,
+                    },
+                }
+            }
+            Output::Connect(Target::Host(..)) => {
+                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
+                misuse(hs.handle_connected(now(), Err(Failure::Other)))?;
             }
             Output::Listen { .. } => {
                 let result = match R::local_addr(&client).ok().and_then(|a| bind_ip(a.ip())) {
@@ -153,7 +150,7 @@ async fn handshake<R: Runtime>(
                     }) {
                         Ok((l, addr)) => {
                             listener = Some(l);
-                            Ok(v4(addr))
+                            Ok(addr)
                         }
                         Err(e) => Err(Failure::from(&e)),
                     },
@@ -173,7 +170,7 @@ async fn handshake<R: Runtime>(
                         Ok((peer, addr)) => {
                             let _ = R::set_nodelay(&peer);
                             dest = Some(peer);
-                            Ok(v4(addr))
+                            Ok(addr)
                         }
                         Err(e) => Err(Failure::from(&e)),
                     };

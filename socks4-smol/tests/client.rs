@@ -36,7 +36,7 @@ fn connect_through_server_socks4() {
     let (_server, proxy) = server();
     let echo = EchoTarget::start().unwrap();
     smol::block_on(async {
-        let mut s = client::connect(proxy, Target::Addr(echo.addr()), b"alice").await.unwrap();
+        let mut s = client::connect(proxy, Target::Addr(echo.addr().into()), b"alice").await.unwrap();
         echo_roundtrip(&mut s, b"hello through socks4").await;
     });
 }
@@ -56,7 +56,7 @@ fn connect_through_server_denied_user() {
     let (_server, proxy) = server();
     let echo = EchoTarget::start().unwrap();
     smol::block_on(async {
-        let err = client::connect(proxy, Target::Addr(echo.addr()), b"denied").await.unwrap_err();
+        let err = client::connect(proxy, Target::Addr(echo.addr().into()), b"denied").await.unwrap_err();
         assert!(matches!(err, ConnectError::Rejected(ReplyCode::Rejected)), "{err}");
     });
 }
@@ -148,7 +148,7 @@ fn connect_request(user: &[u8]) -> Vec<u8> {
 fn fake_proxy_granted_exact_request() {
     let (proxy, fake) = fake_proxy(connect_request(b"bob"), Script::Answer(vec![0, 90, 0, 0, 0, 0, 0, 0]));
     smol::block_on(async {
-        let s = client::connect(proxy, Target::Addr(TARGET), b"bob").await.unwrap();
+        let s = client::connect(proxy, Target::Addr(TARGET.into()), b"bob").await.unwrap();
         drop(s);
     });
     fake.join().unwrap();
@@ -169,7 +169,7 @@ fn fake_proxy_socks4a_exact_request() {
 fn fake_proxy_rejected_91() {
     let (proxy, fake) = fake_proxy(connect_request(b""), Script::AnswerAndClose(vec![0, 91, 0, 0, 0, 0, 0, 0]));
     smol::block_on(async {
-        let err = client::connect(proxy, Target::Addr(TARGET), b"").await.unwrap_err();
+        let err = client::connect(proxy, Target::Addr(TARGET.into()), b"").await.unwrap_err();
         assert!(matches!(err, ConnectError::Rejected(ReplyCode::Rejected)), "{err}");
     });
     fake.join().unwrap();
@@ -179,7 +179,7 @@ fn fake_proxy_rejected_91() {
 fn fake_proxy_garbage_reply() {
     let (proxy, fake) = fake_proxy(connect_request(b""), Script::Answer(b"HTTP/1.1 400 Bad\r\n".to_vec()));
     smol::block_on(async {
-        let err = client::connect(proxy, Target::Addr(TARGET), b"").await.unwrap_err();
+        let err = client::connect(proxy, Target::Addr(TARGET.into()), b"").await.unwrap_err();
         assert!(
             matches!(err, ConnectError::Protocol(ClientError::BadReply(ParseError::BadReplyVersion(b'H')))),
             "{err}"
@@ -194,7 +194,7 @@ fn fake_proxy_reply_and_payload_in_one_write() {
     answer.extend_from_slice(b"payload right after the reply");
     let (proxy, fake) = fake_proxy(connect_request(b"x"), Script::AnswerAndClose(answer));
     smol::block_on(async {
-        let mut s = client::connect(proxy, Target::Addr(TARGET), b"x").await.unwrap();
+        let mut s = client::connect(proxy, Target::Addr(TARGET.into()), b"x").await.unwrap();
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"payload right after the reply");
@@ -206,7 +206,7 @@ fn fake_proxy_reply_and_payload_in_one_write() {
 fn fake_proxy_closes_mid_reply() {
     let (proxy, fake) = fake_proxy(connect_request(b""), Script::AnswerAndClose(vec![0, 90, 0]));
     smol::block_on(async {
-        let err = client::connect(proxy, Target::Addr(TARGET), b"").await.unwrap_err();
+        let err = client::connect(proxy, Target::Addr(TARGET.into()), b"").await.unwrap_err();
         assert!(matches!(err, ConnectError::Protocol(ClientError::UnexpectedEof)), "{err}");
     });
     fake.join().unwrap();
@@ -236,7 +236,7 @@ fn fake_proxy_bind_two_replies_and_payload() {
 fn bad_user_id_is_an_encode_error() {
     smol::block_on(async {
         let proxy: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let err = client::connect(proxy, Target::Addr(TARGET), b"nul\0inside").await.unwrap_err();
+        let err = client::connect(proxy, Target::Addr(TARGET.into()), b"nul\0inside").await.unwrap_err();
         assert!(matches!(err, ConnectError::Encode(_)), "{err}");
     });
 }

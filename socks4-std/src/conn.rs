@@ -6,14 +6,14 @@
 //! and [`Conn::rearm`] re-registers exactly what the current state wants.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use socks4_core::{Failure, Output, REPLY_LEN, ServerHandshake};
+use socks4_core::{Failure, Output, REPLY_LEN, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::ConnLine;
 
@@ -167,6 +167,8 @@ pub(crate) struct Conn {
     reading_request: bool,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
+    /// A SOCKS4a name's further addresses, last to try first.
+    candidates: Vec<IpAddr>,
     out: Outbox,
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
@@ -200,6 +202,7 @@ impl Conn {
             stage: Stage::Handshake,
             reading_request: true,
             early: Vec::new(),
+            candidates: Vec::new(),
             out: Outbox::default(),
             hs_deadline,
             registered: [false; 3],
@@ -278,8 +281,14 @@ impl Conn {
     }
 
     /// The answer to its SOCKS4a lookup.
-    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, result: Result<Ipv4Addr, Failure>) {
-        if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), result).is_ok() {
+    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, result: Result<Vec<IpAddr>, Failure>) {
+        let first = result.and_then(|mut addrs| {
+            addrs.reverse(); // `pop` gives the next to try
+            let first = addrs.pop().ok_or(Failure::NotFound);
+            self.candidates = addrs;
+            first
+        });
+        if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);
         }
@@ -319,7 +328,7 @@ impl Conn {
             Ok(n) => {
                 let now = ctx.now.saturating_duration_since(ctx.epoch);
                 let used = self.hs.handle_input(now, &buf[..n]);
-                if self.hs.request().is_some() {
+                if !self.hs.wants_input() {
                     self.reading_request = false;
                     if used < n {
                         self.early = buf[used..n].to_vec();
@@ -337,7 +346,8 @@ impl Conn {
         enum Step {
             Resolve(String, u16),
             Authorize,
-            Connect(SocketAddrV4),
+            Connect(SocketAddr),
+            ConnectByName,
             Listen,
             Relay,
             Wait(Option<Duration>),
@@ -351,7 +361,8 @@ impl Conn {
                 }
                 Output::Resolve { host, port } => Step::Resolve(host.to_owned(), port),
                 Output::Authorize(_) => Step::Authorize,
-                Output::Connect(addr) => Step::Connect(addr),
+                Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
+                Output::Connect(Target::Host(..)) => Step::ConnectByName,
                 Output::Listen { .. } => Step::Listen,
                 Output::Relay => Step::Relay,
                 Output::Wait { deadline } => Step::Wait(deadline),
@@ -380,11 +391,12 @@ impl Conn {
                     }
                 }
                 Step::Connect(addr) => {
-                    let done = self.start_connect(addr);
-                    if let Some(result) = done {
-                        let _ = self.hs.handle_connected(now, result);
+                    if let Some(result) = self.start_connect(addr) {
+                        self.connect_done(now, result);
                     }
                 }
+                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
+                Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen();
                     let _ = self.hs.handle_listening(now, result);
@@ -429,9 +441,22 @@ impl Conn {
         }
     }
 
+    /// Answers the handshake's connect: the connection, or the name's next address to try (none
+    /// after a timeout: the phase's time is used up), or the failure.
+    fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
+        match result {
+            Err(e) if e != Failure::TimedOut && !self.candidates.is_empty() => {
+                if let Some(next) = self.candidates.pop() {
+                    let _ = self.hs.retry_connect(now, next);
+                }
+            }
+            result => drop(self.hs.handle_connected(now, result)),
+        }
+    }
+
     /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
-    fn start_connect(&mut self, addr: SocketAddrV4) -> Option<Result<SocketAddrV4, Failure>> {
-        let socket = match new_nonblocking_socket() {
+    fn start_connect(&mut self, addr: SocketAddr) -> Option<Result<SocketAddr, Failure>> {
+        let socket = match new_nonblocking_socket(Domain::for_address(addr)) {
             Ok(s) => s,
             Err(e) => return Some(Err(Failure::from(&e))),
         };
@@ -440,7 +465,7 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         match result {
             Ok(()) => {
-                let local = local_v4(&stream);
+                let local = stream.local_addr().map_err(|e| Failure::from(&e));
                 self.upstream = Some(stream);
                 Some(local)
             }
@@ -460,29 +485,26 @@ impl Conn {
         // socket writable only once it has succeeded or failed).
         let result = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(Failure::from(&e)),
-            Ok(None) => local_v4(stream),
+            Ok(None) => stream.local_addr().map_err(|e| Failure::from(&e)),
         };
         self.connecting = false;
         if result.is_err() {
             self.drop_upstream(ctx.poller);
         }
-        let _ = self.hs.handle_connected(ctx.clock(), result);
+        self.connect_done(ctx.clock(), result);
         self.drive(ctx);
     }
 
     /// BIND: listens on the address the client reached us on, port 0.
-    fn start_listen(&mut self) -> Result<SocketAddrV4, Failure> {
+    fn start_listen(&mut self) -> Result<SocketAddr, Failure> {
         let local = self.client.local_addr().map_err(|e| Failure::from(&e))?;
         let ip = local.ip().to_canonical();
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
         listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
         let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
         self.listener = Some(listener);
-        Ok(match ip {
-            IpAddr::V4(v4) => SocketAddrV4::new(v4, port),
-            // An IPv6 listener: 0.0.0.0 tells the client to use the proxy's own address.
-            IpAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-        })
+        // An IPv6 listener is reported as 0.0.0.0: the client uses the proxy's own address.
+        Ok(SocketAddr::new(ip, port))
     }
 
     fn accept_peer(&mut self, ctx: &mut Ctx<'_>) {
@@ -494,10 +516,7 @@ impl Conn {
                     Err(Failure::from(&e))
                 } else {
                     self.upstream = Some(stream);
-                    Ok(match addr.ip().to_canonical() {
-                        IpAddr::V4(ip) => SocketAddrV4::new(ip, addr.port()),
-                        IpAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, addr.port()),
-                    })
+                    Ok(addr)
                 }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
@@ -728,12 +747,12 @@ fn describe(from: &str, to: &str, e: PumpError) -> String {
 }
 
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).
-fn new_nonblocking_socket() -> io::Result<Socket> {
+fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
     #[cfg(target_os = "linux")]
-    return Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP));
+    return Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP));
     #[cfg(not(target_os = "linux"))]
     {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
         Ok(socket)
     }
@@ -741,14 +760,4 @@ fn new_nonblocking_socket() -> io::Result<Socket> {
 
 fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
-}
-
-fn local_v4(stream: &TcpStream) -> Result<SocketAddrV4, Failure> {
-    match stream.local_addr() {
-        Ok(SocketAddr::V4(a)) => Ok(a),
-        Ok(SocketAddr::V6(a)) => {
-            Ok(SocketAddrV4::new(a.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), a.port()))
-        }
-        Err(e) => Err(Failure::from(&e)),
-    }
 }

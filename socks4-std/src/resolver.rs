@@ -2,7 +2,7 @@
 //! `getaddrinfo`, answering each worker through its channel and its poller's `notify`.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -52,23 +52,19 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let result = resolve_v4(&job.host, job.port);
+        let result = resolve(&job.host, job.port);
         if job.reply.send(Msg::Resolved { slot: job.slot, id: job.id, result }).is_ok() {
             let _ = job.poller.notify();
         }
     }
 }
 
-/// The first IPv4 address of `host`, or why there is none.
-pub(crate) fn resolve_v4(host: &str, port: u16) -> Result<Ipv4Addr, Failure> {
+/// The addresses of `host` worth trying, in order (never empty), or why there are none.
+pub(crate) fn resolve(host: &str, port: u16) -> Result<Vec<IpAddr>, Failure> {
     match (host, port).to_socket_addrs() {
-        Ok(addrs) => addrs
-            .filter_map(|a| match a {
-                SocketAddr::V4(v4) => Some(*v4.ip()),
-                SocketAddr::V6(_) => None,
-            })
-            .next()
-            .ok_or(Failure::NotFound),
+        Ok(addrs) => {
+            Some(socks4_core::driver::connect_candidates(addrs)).filter(|c| !c.is_empty()).ok_or(Failure::NotFound)
+        }
         // getaddrinfo's "no such name" has no error kind of its own.
         Err(e) => Err(match Failure::from(&e) {
             Failure::Other => Failure::NotFound,
@@ -83,11 +79,13 @@ mod tests {
 
     #[test]
     fn localhost_resolves_to_ipv4() {
-        assert_eq!(resolve_v4("localhost", 80), Ok(Ipv4Addr::LOCALHOST));
+        assert_eq!(resolve("localhost", 80).unwrap()[0], IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(resolve("::1", 80), Ok(vec![IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]));
+        assert_eq!(resolve("0.0.0.0", 80), Ok(vec![IpAddr::from([0, 0, 0, 0])]), "for the handshake to refuse");
     }
 
     #[test]
     fn unknown_name_is_not_found() {
-        assert!(resolve_v4("no-such-host.invalid", 80).is_err());
+        assert!(resolve("no-such-host.invalid", 80).is_err());
     }
 }

@@ -32,8 +32,8 @@ pub(crate) enum Msg {
         slot: usize,
         /// The connection's id.
         id: u64,
-        /// The first IPv4 address, or why there is none.
-        result: Result<std::net::Ipv4Addr, Failure>,
+        /// The addresses to try in order (never empty), or why there are none.
+        result: Result<Vec<std::net::IpAddr>, Failure>,
     },
 }
 

@@ -3,10 +3,10 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use socks4_core::{Failure, Output, ServerHandshake};
+use socks4_core::{Failure, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 use tokio::net::{TcpListener, TcpStream};
@@ -131,6 +131,8 @@ async fn handshake(
     let mut early: Vec<u8> = Vec::new();
     let mut upstream: Option<TcpStream> = None;
     let mut bind_listener: Option<TcpListener> = None;
+    // A SOCKS4a name's further addresses, tried in turn when a connect fails.
+    let mut candidates: std::vec::IntoIter<IpAddr> = Vec::new().into_iter();
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -147,26 +149,37 @@ async fn handshake(
                 record.note_request(&hs);
                 let deadline = hs.deadline().map(at);
                 let result = with_deadline(deadline, resolve(host, port)).await.and_then(|r| r);
-                hs.handle_resolved(now(), result).map_err(misuse)?;
+                let first = result.map(|addrs| {
+                    candidates = addrs.into_iter();
+                    candidates.next()
+                });
+                hs.handle_resolved(now(), first.and_then(|ip| ip.ok_or(Failure::NotFound))).map_err(misuse)?;
             }
-            Output::Connect(addr) => {
+            Output::Connect(Target::Addr(addr)) => {
                 let deadline = hs.deadline().map(at);
                 let result = with_deadline(deadline, async {
                     let stream = TcpStream::connect(addr).await.map_err(|e| Failure::from(&e))?;
                     let _ = stream.set_nodelay(true);
-                    let local = match stream.local_addr() {
-                        Ok(SocketAddr::V4(a)) => a,
-                        _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                    };
+                    let local = stream.local_addr().unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                     Ok((stream, local))
                 })
                 .await
                 .and_then(|r| r);
-                let result = result.map(|(stream, local)| {
-                    upstream = Some(stream);
-                    local
-                });
-                hs.handle_connected(now(), result).map_err(misuse)?;
+                match result {
+                    Ok((stream, local)) => {
+                        upstream = Some(stream);
+                        hs.handle_connected(now(), Ok(local)).map_err(misuse)?;
+                    }
+                    // A timeout used the whole connect phase: no time is left for another address.
+                    Err(e) => match candidates.next().filter(|_| e != Failure::TimedOut) {
+                        Some(next) => hs.retry_connect(now(), next).map_err(misuse)?,
+                        None => hs.handle_connected(now(), Err(e)).map_err(misuse)?,
+                    },
+                }
+            }
+            Output::Connect(Target::Host(..)) => {
+                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
+                hs.handle_connected(now(), Err(Failure::Other)).map_err(misuse)?;
             }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
@@ -187,18 +200,10 @@ async fn handshake(
                 let deadline = deadline.map(at);
                 if let Some(listener) = bind_listener.take() {
                     // BIND: the first reply went out; wait for one peer, then close the listener.
-                    let result = with_deadline(deadline, async {
-                        let (stream, from) = listener.accept().await.map_err(|e| Failure::from(&e))?;
-                        match from {
-                            SocketAddr::V4(a) => Ok((stream, a)),
-                            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                                Some(ip) => Ok((stream, SocketAddrV4::new(ip, a.port()))),
-                                None => Err(Failure::Other),
-                            },
-                        }
-                    })
-                    .await
-                    .and_then(|r| r);
+                    let result =
+                        with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) })
+                            .await
+                            .and_then(|r| r);
                     drop(listener);
                     let result = result.map(|(stream, from)| {
                         let _ = stream.set_nodelay(true);
@@ -206,7 +211,7 @@ async fn handshake(
                         from
                     });
                     hs.handle_bind_peer(now(), result).map_err(misuse)?;
-                } else if hs.request().is_none() {
+                } else if hs.wants_input() {
                     read_request(client, &mut hs, &mut early, deadline, &now).await?;
                     record.note_request(&hs);
                 } else {
@@ -272,29 +277,23 @@ where
     }
 }
 
-/// Resolves a SOCKS4a name to its first IPv4 address.
-async fn resolve(host: String, port: u16) -> Result<Ipv4Addr, Failure> {
+/// Resolves a SOCKS4a name to the addresses worth trying, in order.
+async fn resolve(host: String, port: u16) -> Result<Vec<IpAddr>, Failure> {
     let addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|_| Failure::NotFound)?;
-    addrs
-        .filter_map(|a| match a {
-            SocketAddr::V4(a) => Some(*a.ip()),
-            SocketAddr::V6(_) => None,
-        })
-        .next()
-        .ok_or(Failure::NotFound)
+    Ok(socks4_core::driver::connect_candidates(addrs))
 }
 
 /// BIND: listens on the address the client reached us on, port 0; returns the address to report.
-async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketAddrV4)> {
+async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketAddr)> {
     let local = client.local_addr()?.ip().to_canonical();
     let (bind_ip, report_ip) = match local {
-        IpAddr::V4(ip) => (IpAddr::V4(ip), ip),
+        IpAddr::V4(ip) => (IpAddr::V4(ip), IpAddr::V4(ip)),
         // Reached over IPv6: listen dual-stack and let the client use the server's address.
-        IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
     };
     let listener = TcpListener::bind((bind_ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    Ok((listener, SocketAddrV4::new(report_ip, port)))
+    Ok((listener, SocketAddr::new(report_ip, port)))
 }
 
 #[cfg(test)]
