@@ -132,3 +132,8 @@ pub use server::{CloseReason, Failure, Names, Output, ServerHandshake};
 pub use target::ConnectError;
 pub use target::Target;
 pub use timeouts::Timeouts;
+
+/// The README's examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

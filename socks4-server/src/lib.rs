@@ -24,3 +24,8 @@ pub mod config;
 pub mod log;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
+
+/// The README's examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
