@@ -36,6 +36,8 @@ macro_rules! __for_each_scenario {
             connect::user_id_at_limit
             connect::user_id_over_limit
             connect::rules_denied_user
+            destinations::connect_forbidden_destinations
+            destinations::connect_4a_ipv6
             bind::bind_basic
             bind::bind_wrong_peer
             robustness::garbage_input

@@ -189,6 +189,14 @@ impl EchoTarget {
     }
 }
 
+/// Echoes one accepted connection with the targets' idle timeouts (for a listener of one's own,
+/// e.g. on `[::1]`).
+pub(crate) fn echo_with_timeouts(conn: TcpStream) {
+    let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IDLE_TIMEOUT));
+    echo(conn);
+}
+
 fn echo(mut conn: TcpStream) {
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
