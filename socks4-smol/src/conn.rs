@@ -60,15 +60,6 @@ impl Drop for ConnLog {
     }
 }
 
-/// The IPv4 form of an address the client reached us on, for BIND's listener.
-fn bind_ip(local: IpAddr) -> Option<Ipv4Addr> {
-    match local.to_canonical() {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(ip) if ip.is_loopback() => Some(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => None,
-    }
-}
-
 /// Serves one accepted client connection to the end, filling in `log`.
 pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
     match handshake::<R>(client.clone(), config, log).await {
@@ -142,18 +133,20 @@ async fn handshake<R: Runtime>(
                 misuse(hs.handle_connected(now(), Err(Failure::Other)))?;
             }
             Output::Listen { .. } => {
-                let result = match R::local_addr(&client).ok().and_then(|a| bind_ip(a.ip())) {
-                    None => Err(Failure::Unreachable),
-                    Some(ip) => match R::listen(SocketAddr::new(ip.into(), 0)).await.and_then(|l| {
-                        let addr = R::listener_addr(&l)?;
-                        Ok((l, addr))
-                    }) {
-                        Ok((l, addr)) => {
-                            listener = Some(l);
-                            Ok(addr)
-                        }
-                        Err(e) => Err(Failure::from(&e)),
-                    },
+                // Listen on the address the client reached us on (an IPv6 one is reported as
+                // 0.0.0.0: the client uses the address it reached us on).
+                let listening = async {
+                    let ip = R::local_addr(&client)?.ip().to_canonical();
+                    let l = R::listen(SocketAddr::new(ip, 0)).await?;
+                    let addr = R::listener_addr(&l)?;
+                    Ok::<_, io::Error>((l, addr))
+                };
+                let result = match listening.await {
+                    Ok((l, addr)) => {
+                        listener = Some(l);
+                        Ok(addr)
+                    }
+                    Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_listening(now(), result))?;
             }

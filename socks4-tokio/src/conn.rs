@@ -283,17 +283,13 @@ async fn resolve(host: String, port: u16) -> Result<Vec<IpAddr>, Failure> {
     Ok(socks4_core::driver::connect_candidates(addrs))
 }
 
-/// BIND: listens on the address the client reached us on, port 0; returns the address to report.
+/// BIND: listens on the address the client reached us on, port 0; returns the listener and its
+/// address (an IPv6 one is reported as 0.0.0.0: the client uses the address it reached us on).
 async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketAddr)> {
     let local = client.local_addr()?.ip().to_canonical();
-    let (bind_ip, report_ip) = match local {
-        IpAddr::V4(ip) => (IpAddr::V4(ip), IpAddr::V4(ip)),
-        // Reached over IPv6: listen dual-stack and let the client use the server's address.
-        IpAddr::V6(_) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-    };
-    let listener = TcpListener::bind((bind_ip, 0)).await?;
-    let port = listener.local_addr()?.port();
-    Ok((listener, SocketAddr::new(report_ip, port)))
+    let listener = TcpListener::bind((local, 0)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 #[cfg(test)]
