@@ -113,6 +113,10 @@ pub enum CloseReason {
     /// CONNECT to an address that is never a real destination: unspecified, broadcast or multicast
     /// (reply 91 sent, no rule asked).
     Forbidden(IpAddr),
+    /// A SOCKS4 CONNECT by address while addresses are refused
+    /// ([`refuse_addresses`](ServerHandshake::refuse_addresses)): the client resolved the name
+    /// itself (reply 91 sent, no rule asked).
+    AddressOnly(Ipv4Addr),
 }
 
 impl fmt::Display for CloseReason {
@@ -128,6 +132,7 @@ impl fmt::Display for CloseReason {
             Self::BindTimeout => f.write_str("bind: no peer in time"),
             Self::WrongPeer(ip) => write!(f, "bind: unexpected peer {ip}"),
             Self::Forbidden(ip) => write!(f, "forbidden destination {ip}"),
+            Self::AddressOnly(ip) => write!(f, "refused request by address {ip} (names required)"),
         }
     }
 }
@@ -237,6 +242,7 @@ pub struct ServerHandshake {
     request_len: u16,
     resolved: Option<IpAddr>,
     names: Names,
+    refuse_addresses: bool,
     state: State,
     pending: Option<Reply>,
     deadline: Option<Duration>,
@@ -253,6 +259,7 @@ impl ServerHandshake {
             request_len: 0,
             resolved: None,
             names: Names::Resolve,
+            refuse_addresses: false,
             state: State::Reading,
             pending: None,
             deadline: Some(now.saturating_add(timeouts.handshake)),
@@ -281,6 +288,26 @@ impl ServerHandshake {
         self
     }
 
+    /// With `true`, refuses every CONNECT that carries only an IP address (SOCKS4 rather than 4a),
+    /// like Tor's `SafeSocks`: such a client resolved the name itself, leaking its DNS lookup to
+    /// the local network. Reply 91 and [`CloseReason::AddressOnly`], before any rule. BIND always
+    /// carries an address and is not affected.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{CloseReason, Limits, Output, ServerHandshake, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default()).refuse_addresses(true);
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\x5d\xb8\xd8\x22\0");
+    /// assert!(matches!(hs.poll_output(), Output::Send(_))); // 91
+    /// assert_eq!(hs.poll_output(), Output::Closed(CloseReason::AddressOnly([93, 184, 216, 34].into())));
+    /// ```
+    #[must_use]
+    pub fn refuse_addresses(mut self, refuse: bool) -> Self {
+        self.refuse_addresses = refuse;
+        self
+    }
+
     // ---- inputs -------------------------------------------------------------------------------
 
     /// Feeds bytes read from the client; returns how many belong to the request.
@@ -302,14 +329,17 @@ impl ServerHandshake {
                     Dest::Domain(_) => self.names == Names::Resolve || req.command == Command::Bind,
                     Dest::Ip(_) => false,
                 };
-                let forbidden = match (req.command, req.dest) {
-                    (Command::Connect, Dest::Ip(ip)) => Some(IpAddr::V4(ip)).filter(|&ip| is_forbidden_destination(ip)),
+                let refused = match (req.command, req.dest) {
+                    (Command::Connect, Dest::Ip(ip)) if is_forbidden_destination(ip.into()) => {
+                        Some(CloseReason::Forbidden(ip.into()))
+                    }
+                    (Command::Connect, Dest::Ip(ip)) if self.refuse_addresses => Some(CloseReason::AddressOnly(ip)),
                     _ => None,
                 };
                 self.len = used as u16;
                 self.request_len = used as u16;
-                if let Some(ip) = forbidden {
-                    self.reject_with(CloseReason::Forbidden(ip));
+                if let Some(reason) = refused {
+                    self.reject_with(reason);
                 } else if resolve {
                     self.enter(State::Resolving { asked: false }, now, self.timeouts.connect);
                 } else {
@@ -903,6 +933,20 @@ mod tests {
     }
 
     #[test]
+    fn refusing_addresses_keeps_names_and_bind() {
+        let mut a = hs().refuse_addresses(true);
+        a.handle_input(T0, CONNECT);
+        assert_eq!(drain(&mut a).0, [Reply::rejected()]);
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::AddressOnly([10, 0, 0, 1].into())));
+        let mut b = hs().refuse_addresses(true);
+        b.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0example.com\0");
+        assert!(matches!(b.poll_output(), Output::Resolve { .. }));
+        let mut c = hs().refuse_addresses(true);
+        c.handle_input(T0, b"\x04\x02\x00\x15\x7f\x00\x00\x01\0");
+        assert!(matches!(c.poll_output(), Output::Authorize(_)));
+    }
+
+    #[test]
     fn forward_names_never_resolve_or_match_addresses() {
         let rules = Rules::parse("deny to 0.0.0.0/0\ndeny to loopback\nallow to *.onion\n").unwrap();
         let mut a = hs().with_names(Names::Forward);
@@ -980,11 +1024,13 @@ mod tests {
             CloseReason::BindTimeout,
             CloseReason::WrongPeer(Ipv4Addr::LOCALHOST.into()),
             CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into()),
+            CloseReason::AddressOnly(Ipv4Addr::LOCALHOST),
         ];
         let texts: Vec<_> = reasons.iter().map(|r| std::format!("{r}")).collect();
         assert_eq!(texts[5], "connect refused");
         assert_eq!(texts[8], "bind: unexpected peer 127.0.0.1");
         assert_eq!(texts[9], "forbidden destination 0.0.0.0");
+        assert_eq!(texts[10], "refused request by address 127.0.0.1 (names required)");
         assert!(texts.iter().all(|t| !t.is_empty()));
         assert_eq!(std::format!("{}", Failure::TimedOut), "timed out");
         assert_eq!(std::format!("{}", Failure::Other), "failed");

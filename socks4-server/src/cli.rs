@@ -66,6 +66,10 @@ pub struct ServerArgs {
     /// Give each worker its own SO_REUSEPORT listener (Linux) instead of one acceptor.
     #[arg(long)]
     pub reuseport: bool,
+    /// Refuse CONNECT requests by IP address: clients must send host names (SOCKS4a), so an
+    /// application that resolved the name itself (a DNS leak) is caught and logged, like Tor's SafeSocks.
+    #[arg(long)]
+    pub safe_socks: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
     pub log_level: String,
@@ -114,6 +118,7 @@ impl ServerArgs {
         config.workers = self.workers.or(config.workers);
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.reuseport |= self.reuseport;
+        config.safe_socks |= self.safe_socks;
         config.limits.user_id = self.max_user_id.unwrap_or(config.limits.user_id);
         config.limits.host = self.max_host.unwrap_or(config.limits.host);
         let t = &mut config.timeouts;
@@ -265,8 +270,10 @@ mod tests {
             "--shutdown-grace",
             "4s",
             "--reuseport",
+            "--safe-socks",
         ])
         .unwrap();
+        assert!(c.safe_socks);
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.workers, Some(3));
         let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
@@ -294,6 +301,7 @@ mod tests {
             workers = 2
             max_connections = 100
             rules = ["deny to 169.254.0.0/16", "allow from 10.0.0.0/8"]
+            safe_socks = true
             [limits]
             user_id = 32
             [timeouts]
@@ -309,6 +317,7 @@ mod tests {
         assert_eq!(c.timeouts.bind, Duration::from_millis(1500));
         assert_eq!(c.timeouts.idle, Duration::from_secs(600));
         assert_eq!(c.timeouts.connect, Duration::from_secs(4));
+        assert!(c.safe_socks);
         assert!(parse_config_toml("rules = [\"allow port x\"]").is_err());
         assert!(parse_config_toml("listen = 5").is_err());
         assert!(parse_config_toml("unknown_key = 1").is_err());

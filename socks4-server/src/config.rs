@@ -93,6 +93,9 @@ pub struct ServerConfig {
     /// Access rules; empty allows everything and is refused beyond loopback.
     #[serde(deserialize_with = "rules_text")]
     pub rules: Rules,
+    /// Refuse CONNECT requests that carry only an IP address, like Tor's `SafeSocks`: clients must
+    /// send names (SOCKS4a), so one that resolved a name itself (a DNS leak) is caught and logged.
+    pub safe_socks: bool,
 }
 
 /// The default listen address, `127.0.0.1:1080`.
@@ -108,11 +111,27 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             rules: Rules::default(),
+            safe_socks: false,
         }
     }
 }
 
 impl ServerConfig {
+    /// A handshake for a connection accepted at `now`, with this config's limits, timeouts and
+    /// request policy (`safe_socks`): what every adapter starts a connection with.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut config = socks4_server::ServerConfig::default();
+    /// config.safe_socks = true;
+    /// let mut hs = config.handshake(Duration::ZERO);
+    /// hs.handle_input(Duration::ZERO, b"\x04\x01\x00\x50\x7f\x00\x00\x01\0");
+    /// assert!(matches!(hs.poll_output(), socks4_core::Output::Send(_))); // 91: names required
+    /// ```
+    pub fn handshake(&self, now: Duration) -> socks4_core::ServerHandshake {
+        socks4_core::ServerHandshake::new(now, self.limits, self.handshake_timeouts()).refuse_addresses(self.safe_socks)
+    }
+
     /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
     pub fn handshake_timeouts(&self) -> socks4_core::Timeouts {
         self.timeouts.handshake()
@@ -177,8 +196,12 @@ impl fmt::Display for ConfigError {
             Self::OpenProxy(addr) => write!(
                 f,
                 "refusing to listen on {addr} with no access rules: that is an open proxy. \
-                 Add rules, e.g. `--allow 'from 192.168.0.0/16'` (anything else is then denied), \
-                 or `rules = [\"allow from 192.168.0.0/16\"]` in the config file, or listen on 127.0.0.1"
+                 Add rules, or listen on 127.0.0.1. A safe start, for clients in 192.168.0.0/16 \
+                 reaching the internet but not this host or its networks:\n  \
+                 --deny 'to loopback' --deny 'to private' --deny 'to link-local' --allow 'from 192.168.0.0/16'\n\
+                 or in the config file:\n  \
+                 rules = [\"deny to loopback\", \"deny to private\", \"deny to link-local\", \"allow from 192.168.0.0/16\"]\n\
+                 (rules are tried in order; a request no rule allows is denied)"
             ),
             Self::Rule(e) => write!(f, "bad rule: {e}"),
             Self::BadDuration(s) => write!(f, "`{s}` is not a duration like 500ms, 10s, 2m or 1h"),
@@ -323,6 +346,18 @@ mod tests {
         );
         let msg = format!("{}", ConfigError::OpenProxy(open));
         assert!(msg.contains("--allow"), "{msg}");
+        // The safe rule set it suggests is valid and keeps the open listener from being refused.
+        let suggested = ["deny to loopback", "deny to private", "deny to link-local", "allow from 192.168.0.0/16"];
+        for rule in suggested {
+            assert!(msg.contains(&format!("\"{rule}\"")), "{msg}");
+        }
+        let mut safe = ok.clone();
+        safe.listen = vec![open];
+        safe.rules = Rules::parse(&suggested.join("\n")).unwrap();
+        assert_eq!(safe.validate(), Ok(()));
+        let local =
+            socks4_core::AccessRequest::new(socks4_core::Command::Connect, 80, b"").with_addr([127, 0, 0, 1].into());
+        assert_eq!(safe.rules.evaluate([192, 168, 1, 2].into(), &local), socks4_core::Action::Deny);
     }
 
     #[test]

@@ -86,7 +86,7 @@ async fn handshake<R: Runtime>(
     let epoch = Instant::now();
     let now = || epoch.elapsed();
     let client_ip = log.client.ip();
-    let mut hs = ServerHandshake::new(now(), config.limits, config.handshake_timeouts());
+    let mut hs = config.handshake(now());
     let mut buf = [0u8; MAX_REQUEST_LEN];
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;

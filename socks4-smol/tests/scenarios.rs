@@ -19,3 +19,14 @@ fn start() -> (SocketAddr, Profile, ()) {
 }
 
 socks4_tools::scenario_tests!(start);
+
+/// `--safe-socks`: the scenario that needs a server refusing requests by address.
+#[test]
+fn safe_socks_server_requires_names() {
+    socks4_tools::scenarios::run_as_test("safe_socks_requires_names", || {
+        let mut config = common::test_config();
+        config.safe_socks = true;
+        let handle = Server::bind(config).unwrap().spawn().unwrap();
+        (handle.local_addrs()[0], Profile { safe_socks: true, ..Profile::test_server() }, handle)
+    });
+}

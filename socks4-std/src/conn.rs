@@ -188,7 +188,7 @@ impl Conn {
     /// then registered for what the state wants.
     pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &mut Ctx<'_>) -> Self {
         let _ = client.set_nodelay(true);
-        let hs = ServerHandshake::new(ctx.clock(), ctx.config.limits, ctx.config.handshake_timeouts());
+        let hs = ctx.config.handshake(ctx.clock());
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
         let mut conn = Self {
             id,

@@ -127,7 +127,7 @@ async fn handshake(
     let start = record.start;
     let now = || start.elapsed();
     let at = |d: Duration| tokio::time::Instant::from_std(start + d);
-    let mut hs = ServerHandshake::new(now(), config.limits, config.handshake_timeouts());
+    let mut hs = config.handshake(now());
     let mut early: Vec<u8> = Vec::new();
     let mut upstream: Option<TcpStream> = None;
     let mut bind_listener: Option<TcpListener> = None;

@@ -13,3 +13,14 @@ fn start() -> (SocketAddr, Profile, ServerHandle) {
 }
 
 socks4_tools::scenario_tests!(start);
+
+/// `--safe-socks`: the scenario that needs a server refusing requests by address.
+#[test]
+fn safe_socks_server_requires_names() {
+    socks4_tools::scenarios::run_as_test("safe_socks_requires_names", || {
+        let mut config = common::test_config();
+        config.safe_socks = true;
+        let (addr, handle) = common::start_with(config);
+        (addr, Profile { safe_socks: true, ..Profile::test_server() }, handle)
+    });
+}

@@ -38,6 +38,7 @@ macro_rules! __for_each_scenario {
             connect::rules_denied_user
             destinations::connect_forbidden_destinations
             destinations::connect_4a_ipv6
+            destinations::safe_socks_requires_names
             bind::bind_basic
             bind::bind_wrong_peer
             robustness::garbage_input

@@ -22,6 +22,7 @@ options:
   --denied-user U          a user id the server's rules deny (all others allowed)
   --no-bind                skip the BIND scenarios
   --no-localhost           the server does not resolve `localhost` (skip that 4a case)
+  --safe-socks             the server refuses CONNECT by IP address (names required)
   --bulk-mib N             MiB sent each way by bulk_both_ways (default 64)
   -h, --help               this help
 
@@ -66,6 +67,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--denied-user" => profile.denied_user = Some(value(&mut it, &arg)?),
             "--no-bind" => profile.bind = false,
             "--no-localhost" => profile.resolves_localhost = false,
+            "--safe-socks" => profile.safe_socks = true,
             "--bulk-mib" => {
                 let v = value(&mut it, &arg)?;
                 let mib: u64 = v.parse().map_err(|e| format!("--bulk-mib {v}: {e}"))?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::support::{Context, connect_proxy, echo_round_trip, expect_rejected, expect_reply};
 use super::{Ctx, Failure, Outcome};
+use crate::targets::EchoTarget;
 use crate::wire;
 
 /// CONNECT to `0.0.0.0:P` (Linux connects it to the local host, bypassing `deny to 127.0.0.0/8`),
@@ -41,6 +42,25 @@ pub(crate) fn connect_forbidden_destinations(ctx: &Ctx) -> Result<Outcome, Failu
         }
         Err(e) => Err(Failure::new(format!("checking the local service: {e}"))),
     }
+}
+
+/// With names required (`Profile::safe_socks`): a CONNECT by IP address gets 91, one by name
+/// (SOCKS4a `localhost`) is served. Skipped for a server without the option.
+pub(crate) fn safe_socks_requires_names(ctx: &Ctx) -> Result<Outcome, Failure> {
+    if !ctx.profile.safe_socks {
+        return Ok(Outcome::Skip("the profile says the server accepts requests by address".into()));
+    }
+    let target = EchoTarget::start().context("starting the echo target")?;
+    let mut by_ip = connect_proxy(ctx)?;
+    by_ip.write_all(&wire::connect(target.addr(), b"user")).context("sending CONNECT by address")?;
+    expect_rejected(&mut by_ip, "CONNECT by address with names required")?;
+    let mut by_name = connect_proxy(ctx)?;
+    by_name
+        .write_all(&wire::connect_host("localhost", target.addr().port(), b"user"))
+        .context("sending a 4a CONNECT")?;
+    expect_reply(&mut by_name, wire::GRANTED, "4a CONNECT with names required")?;
+    echo_round_trip(&mut by_name, b"named", "echo")?;
+    Ok(Outcome::Pass)
 }
 
 /// SOCKS4a CONNECT to the IPv6 literal `::1` (as Tor accepts): reply 90 and an echo round trip

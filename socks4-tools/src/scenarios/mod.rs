@@ -38,6 +38,8 @@ pub struct Profile {
     pub resolves_localhost: bool,
     /// Bytes sent each way by the bulk scenario.
     pub bulk_bytes: u64,
+    /// Whether the server refuses CONNECT by IP address (names required, like Tor's SafeSocks).
+    pub safe_socks: bool,
 }
 
 impl Default for Profile {
@@ -50,6 +52,7 @@ impl Default for Profile {
             bind: true,
             resolves_localhost: true,
             bulk_bytes: DEFAULT_BULK_BYTES,
+            safe_socks: false,
         }
     }
 }
