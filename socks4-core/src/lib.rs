@@ -74,7 +74,7 @@
 //! - `std`: helpers that need the OS — [`ConnectError`] (the client connectors' error) and
 //!   `From<&ConnectError> for Failure`, `From<&io::Error> for Failure`, `From<Misuse> for
 //!   io::Error`, and [`driver`] ([`driver::Clock`] for deadlines as `Instant`,
-//!   [`driver::connect_candidates`] to order a name lookup's addresses).
+//!   [`driver::Candidates`] to hand a name lookup's addresses to the handshake in order).
 //! - `bytes`: [`Request::encode_to`] into any `bytes::BufMut`.
 //!
 //! `core::error::Error` is implemented for every error type either way.

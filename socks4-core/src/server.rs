@@ -177,7 +177,10 @@ pub enum Output<'a> {
         deadline: Option<Duration>,
     },
     /// The handshake failed; any reply has already been returned as [`Output::Send`]. Close the
-    /// connection. Repeats.
+    /// connection. Repeats. To close cleanly after a reply: write it, shut down the write side,
+    /// then read and discard what the client still sends (bounded in bytes and time) before
+    /// closing; closing a socket with unread input sends a reset, which can destroy the reply in
+    /// flight.
     Closed(CloseReason),
 }
 
