@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod bind;
 mod connect;
+mod faults;
 mod load;
 mod robustness;
 mod streams;
