@@ -1,17 +1,17 @@
 //! One client connection: drives the [`ServerHandshake`], performs its actions, then relays.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::{Failure, Output, ServerHandshake};
+use socks4_core::{Failure, Output, Relay, ServerHandshake, Side};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::relay::{self, RelayEnd, write_all};
+use crate::relay::{self, write_all};
 use crate::server::ActiveGuard;
 
 /// Read buffer for the request; a request is at most [`socks4_core::MAX_REQUEST_LEN`] bytes.
@@ -21,13 +21,12 @@ const HANDSHAKE_BUF: usize = 1024;
 /// dropped at shutdown).
 pub(crate) struct Record {
     client: SocketAddr,
-    start: Instant,
+    /// When the connection was accepted: the origin of the handshake's and the relay's clocks.
+    pub(crate) start: Instant,
     request: RequestCopy,
     result: Option<String>,
-    /// Bytes client → destination.
-    pub(crate) up: Cell<u64>,
-    /// Bytes destination → client.
-    pub(crate) down: Cell<u64>,
+    /// The relay's bookkeeping (byte counts for the line), set up when the relay starts.
+    pub(crate) relay: RefCell<Relay>,
 }
 
 impl Record {
@@ -37,8 +36,7 @@ impl Record {
             start: Instant::now(),
             request: RequestCopy::default(),
             result: None,
-            up: Cell::new(0),
-            down: Cell::new(0),
+            relay: RefCell::new(Relay::new(Duration::ZERO, Duration::ZERO)),
         }
     }
 
@@ -53,12 +51,13 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        let relay = self.relay.get_mut();
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or("closed at shutdown"),
-            up: self.up.get(),
-            down: self.down.get(),
+            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            up: relay.bytes(Side::Client),
+            down: relay.bytes(Side::Upstream),
             elapsed: self.start.elapsed(),
         };
         tracing::info!("{line}");
@@ -85,8 +84,6 @@ enum ConnError {
     Handshake(String),
     /// An I/O error on a socket.
     Io(&'static str, io::Error),
-    /// Relay idle for too long.
-    Idle,
 }
 
 impl fmt::Display for ConnError {
@@ -94,7 +91,6 @@ impl fmt::Display for ConnError {
         match self {
             Self::Handshake(reason) => f.write_str(reason),
             Self::Io(what, e) => write!(f, "{what}: {e}"),
-            Self::Idle => f.write_str("idle timeout"),
         }
     }
 }
@@ -108,11 +104,9 @@ async fn handshake_and_relay(
     let config = &guard.shared().config;
     // Separate futures, so the handshake's state is not kept while relaying.
     let (upstream, early) = handshake(client, peer, config, record).await?;
-    match relay::relay(client, &upstream, early, config.timeouts.idle, record).await {
-        RelayEnd::Done => Ok(()),
-        RelayEnd::Idle => Err(ConnError::Idle),
-        RelayEnd::Error(what, e) => Err(ConnError::Io(what, e)),
-    }
+    let end = relay::relay(client, &upstream, early, config.timeouts.idle, record).await;
+    record.finish(end);
+    Ok(())
 }
 
 /// Drives the handshake to the relay; returns the destination (or BIND peer) stream and the
