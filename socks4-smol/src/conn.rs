@@ -1,6 +1,7 @@
 //! One client connection: drive the sans-IO [`ServerHandshake`] with the runtime's I/O, then relay.
 //! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -8,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake};
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, Relay, ServerHandshake, Side};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 
-use crate::relay::{Counts, RelayEnd, relay};
+use crate::relay::relay;
 use crate::runtime::{Runtime, with_timeout};
 
 /// How long, and how many bytes, to drain from a rejected client before closing.
@@ -27,12 +28,19 @@ pub(crate) struct ConnLog {
     start: Instant,
     request: RequestCopy,
     result: Option<String>,
-    counts: Counts,
+    /// The relay's bookkeeping (byte counts for the line), restarted when the relay starts.
+    relay: RefCell<Relay>,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
+        Self {
+            client,
+            start: Instant::now(),
+            request: RequestCopy::default(),
+            result: None,
+            relay: RefCell::new(Relay::new(Duration::ZERO, Duration::ZERO)),
+        }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -47,12 +55,13 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
+        let relay = self.relay.get_mut();
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or("shutdown"),
-            up: self.counts.up.get(),
-            down: self.counts.down.get(),
+            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            up: relay.bytes(Side::Client),
+            down: relay.bytes(Side::Upstream),
             elapsed: self.start.elapsed(),
         };
         tracing::info!("{line}");
@@ -82,12 +91,8 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
     match handshake::<R>(client.clone(), config, log).await {
         Ok(Some((dest, early))) => {
-            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
-            match end {
-                RelayEnd::Done => log.finish("ok"),
-                RelayEnd::Idle => log.finish("idle timeout"),
-                RelayEnd::Error(e) => log.finish(e),
-            }
+            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.relay, log.start).await;
+            log.finish(end);
         }
         Ok(None) => {}
         Err(e) => log.finish(e),
