@@ -254,7 +254,7 @@ impl Relay {
         self.progress(now);
     }
 
-    /// A read from, write to or shutdown of `on`'s socket failed. The relay ends: the other side is
+    /// A read from or a write to `on`'s socket failed. The relay ends: the other side is
     /// aborted ([`RelayOutput::Abort`]), so a reset reaches it as a reset and an error is never
     /// passed on as a clean end of file. Only the first error after the start counts.
     pub fn handle_error(&mut self, _now: Duration, on: Side, fault: Fault) {

@@ -7,10 +7,12 @@
 //! - [`report`]: run all or some scenarios and print `PASS`/`FAIL`/`SKIP` lines.
 //! - [`checksum`]: deterministic payloads and FNV-1a.
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
+//! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
 //! measures one.
 
+pub mod binary;
 pub mod checksum;
 pub mod load;
 pub mod report;
