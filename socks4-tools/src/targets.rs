@@ -1,5 +1,5 @@
-//! Destination servers for the scenarios: echo, sink and source, and ([`faults`]) a source that
-//! resets and a target that reports how each connection ended.
+//! Destination servers for the scenarios: echo, sink and source, and a source that
+//! resets ([`ResetSource`]) and a target that reports how each connection ended ([`EndWatcher`]).
 //!
 //! Each target binds `127.0.0.1:0`, accepts on a background thread, serves every connection on its
 //! own thread (blocking std sockets with read and write timeouts) and stops on drop: the accept
