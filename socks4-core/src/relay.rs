@@ -197,9 +197,10 @@ pub struct Relay {
     eof: [bool; 2],
     /// Per direction: the shutdown of the destination was emitted (the direction is over).
     shut: [bool; 2],
-    idle: Duration,
-    /// Last progress plus `idle`; unused when `idle` is zero.
-    deadline: Duration,
+    /// The idle timeout in nanoseconds (0: none); nanoseconds keep the value small.
+    idle: u64,
+    /// Last progress plus `idle`, in nanoseconds on the caller's clock; unused without a timeout.
+    deadline: u64,
     /// An abort to emit before `Done`.
     abort: Option<Side>,
     end: Option<RelayEnd>,
@@ -213,8 +214,8 @@ impl Relay {
             counts: [Counts::default(); 2],
             eof: [false; 2],
             shut: [false; 2],
-            idle,
-            deadline: now.saturating_add(idle),
+            idle: nanos(idle),
+            deadline: nanos(now).saturating_add(nanos(idle)),
             abort: None,
             end: None,
         }
@@ -271,7 +272,7 @@ impl Relay {
     /// The deadline from [`RelayOutput::Wait`] may have passed: at or after it the relay ends
     /// with [`RelayEnd::Idle`]; earlier calls change nothing.
     pub fn handle_timeout(&mut self, now: Duration) {
-        if self.end.is_none() && !self.idle.is_zero() && now >= self.deadline {
+        if self.end.is_none() && self.idle != 0 && nanos(now) >= self.deadline {
             self.end = Some(RelayEnd::Idle);
         }
     }
@@ -307,7 +308,7 @@ impl Relay {
 
     /// The idle deadline, `None` without an idle timeout or once the relay has ended.
     pub fn deadline(&self) -> Option<Duration> {
-        (self.end.is_none() && !self.idle.is_zero()).then_some(self.deadline)
+        (self.end.is_none() && self.idle != 0).then_some(Duration::from_nanos(self.deadline))
     }
 
     /// Whether reading `from` is still wanted: not after its end of file or the relay's end.
@@ -325,8 +326,13 @@ impl Relay {
     }
 
     fn progress(&mut self, now: Duration) {
-        self.deadline = self.deadline.max(now.saturating_add(self.idle));
+        self.deadline = self.deadline.max(nanos(now).saturating_add(self.idle));
     }
+}
+
+/// A duration in nanoseconds, saturating (at about 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -469,7 +475,7 @@ mod tests {
 
     #[test]
     fn the_value_is_small() {
-        assert!(core::mem::size_of::<Relay>() <= 72, "{}", core::mem::size_of::<Relay>());
+        assert!(core::mem::size_of::<Relay>() <= 56, "{}", core::mem::size_of::<Relay>());
     }
 
     #[cfg(feature = "std")]

@@ -1,7 +1,6 @@
 //! One client connection: drive the sans-IO [`ServerHandshake`] with the runtime's I/O, then relay.
 //! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -9,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{Failure, MAX_REQUEST_LEN, Output, Relay, ServerHandshake, Side};
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 
-use crate::relay::relay;
+use crate::relay::{Counts, relay};
 use crate::runtime::{Runtime, with_timeout};
 
 /// How long, and how many bytes, to drain from a rejected client before closing.
@@ -28,19 +27,12 @@ pub(crate) struct ConnLog {
     start: Instant,
     request: RequestCopy,
     result: Option<String>,
-    /// The relay's bookkeeping (byte counts for the line), restarted when the relay starts.
-    relay: RefCell<Relay>,
+    counts: Counts,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self {
-            client,
-            start: Instant::now(),
-            request: RequestCopy::default(),
-            result: None,
-            relay: RefCell::new(Relay::new(Duration::ZERO, Duration::ZERO)),
-        }
+        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -55,13 +47,12 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
-        let relay = self.relay.get_mut();
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
             result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
-            up: relay.bytes(Side::Client),
-            down: relay.bytes(Side::Upstream),
+            up: self.counts.up.get(),
+            down: self.counts.down.get(),
             elapsed: self.start.elapsed(),
         };
         tracing::info!("{line}");
@@ -91,7 +82,7 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
     match handshake::<R>(client.clone(), config, log).await {
         Ok(Some((dest, early))) => {
-            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.relay, log.start).await;
+            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
             log.finish(end);
         }
         Ok(None) => {}

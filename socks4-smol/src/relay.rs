@@ -2,7 +2,7 @@
 //! data first, a half-close passed on as a half-close and a reset as a reset, an idle timeout
 //! over both directions, byte counts for the log line.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,31 @@ const BUF_LEN: usize = 32 * 1024;
 /// A pump stops early with the relay's end.
 type Stop = RelayEnd;
 
-/// What the two pumps and the idle watch share: the core's bookkeeping (owned by the connection's
-/// log, so the counts survive a relay dropped at shutdown), the two streams and the clock.
+/// Byte counts of one relay for the log line, set when the relay ends or is dropped (shutdown).
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Client → destination.
+    pub(crate) up: Cell<u64>,
+    /// Destination → client.
+    pub(crate) down: Cell<u64>,
+}
+
+/// What the two pumps and the idle watch share: the core's bookkeeping, the two streams, the
+/// clock, and where the counts go when the relay ends or is dropped.
 struct Shared<'a, R: Runtime> {
-    relay: &'a RefCell<Relay>,
+    relay: RefCell<Relay>,
     client: &'a R::Stream,
     upstream: &'a R::Stream,
     start: Instant,
+    counts: &'a Counts,
+}
+
+impl<R: Runtime> Drop for Shared<'_, R> {
+    fn drop(&mut self) {
+        let relay = self.relay.get_mut();
+        self.counts.up.set(relay.bytes(Side::Client));
+        self.counts.down.set(relay.bytes(Side::Upstream));
+    }
 }
 
 impl<R: Runtime> Shared<'_, R> {
@@ -77,18 +95,18 @@ impl<R: Runtime> Shared<'_, R> {
 }
 
 /// Relays `client` ⇄ `upstream` until both directions have ended, one side fails (the other is
-/// then reset), or both are idle for `idle`, driving `relay` (restarted here) on a clock that
-/// starts at `start`. `early` (client bytes that arrived with the request) goes upstream first.
+/// then reset), or both are idle for `idle`, driving the core's [`Relay`]; the counts go to
+/// `counts`. `early` (client bytes that arrived with the request) goes upstream first.
 pub(crate) async fn relay<R: Runtime>(
     client: R::Stream,
     upstream: R::Stream,
     early: &[u8],
     idle: Duration,
-    relay: &RefCell<Relay>,
-    start: Instant,
+    counts: &Counts,
 ) -> RelayEnd {
-    *relay.borrow_mut() = Relay::new(start.elapsed(), idle);
-    let sh = Shared::<R> { relay, client: &client, upstream: &upstream, start };
+    let start = Instant::now();
+    let relay = RefCell::new(Relay::new(Duration::ZERO, idle));
+    let sh = Shared::<R> { relay, client: &client, upstream: &upstream, start, counts };
     let up = pump(&sh, Side::Client, early);
     let down = pump(&sh, Side::Upstream, &[]);
     let both = async {

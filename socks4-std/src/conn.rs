@@ -97,8 +97,8 @@ impl Ctx<'_> {
 enum Stage {
     /// Driving the handshake.
     Handshake,
-    /// Relaying both ways, with the core's bookkeeping.
-    Relay { up: Dir, down: Dir, relay: Relay },
+    /// Relaying both ways (the bookkeeping is [`Conn::relay`]).
+    Relay { up: Dir, down: Dir },
     /// A final reply is (being) sent; then read and discard until EOF or `until`.
     Linger { until: Instant, discarded: usize },
     /// Finished; the worker logs and removes it.
@@ -171,11 +171,10 @@ pub(crate) struct Conn {
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
     armed: [Interest; 3],
+    /// When it was accepted: also the origin of the relay's clock.
     started: Instant,
-    /// The relay's idle deadline.
-    relay_deadline: Option<Instant>,
-    up_bytes: u64,
-    down_bytes: u64,
+    /// The relay's bookkeeping (counts for the log line), started with the relay.
+    relay: Relay,
     result: Option<String>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
@@ -206,9 +205,7 @@ impl Conn {
             registered: [false; 3],
             armed: [Interest::default(); 3],
             started: ctx.now,
-            relay_deadline: None,
-            up_bytes: 0,
-            down_bytes: 0,
+            relay: Relay::new(Duration::ZERO, Duration::ZERO),
             result: None,
             scheduled: None,
         };
@@ -231,7 +228,7 @@ impl Conn {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.stage {
             Stage::Handshake => self.hs_deadline,
-            Stage::Relay { .. } => self.relay_deadline,
+            Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
             Stage::Done => None,
         }
@@ -258,14 +255,14 @@ impl Conn {
 
     /// Its deadline may have passed.
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
-        match &mut self.stage {
+        match &self.stage {
             Stage::Handshake => {
                 self.hs.handle_timeout(ctx.clock());
                 self.drive(ctx);
             }
-            Stage::Relay { relay, .. } => {
-                relay.handle_timeout(ctx.clock());
-                self.settle_relay(ctx);
+            Stage::Relay { .. } => {
+                self.relay.handle_timeout(self.relay_clock(ctx));
+                self.settle_relay();
             }
             Stage::Linger { until, .. } => {
                 if ctx.now >= *until {
@@ -516,12 +513,13 @@ impl Conn {
         if self.upstream.is_none() {
             return self.finish("relay without an upstream connection");
         }
-        let mut relay = Relay::new(ctx.clock(), ctx.config.timeouts.idle);
+        let now = self.relay_clock(ctx);
+        self.relay = Relay::new(now, ctx.config.timeouts.idle);
         let early = std::mem::take(&mut self.early);
-        relay.handle_read(ctx.clock(), RelaySide::Client, early.len());
+        self.relay.handle_read(now, RelaySide::Client, early.len());
         let up = Dir::with_pending(early);
         let down = Dir::with_unreported(self.out.take());
-        self.stage = Stage::Relay { up, down, relay };
+        self.stage = Stage::Relay { up, down };
         self.pump_both(ctx, true, true);
     }
 
@@ -535,9 +533,10 @@ impl Conn {
     }
 
     fn pump_both(&mut self, ctx: &mut Ctx<'_>, do_up: bool, do_down: bool) {
-        let Stage::Relay { up, down, relay } = &mut self.stage else { return };
+        let now = self.relay_clock(ctx);
+        let Stage::Relay { up, down } = &mut self.stage else { return };
         let Some(upstream) = &self.upstream else { return };
-        let now = ctx.clock();
+        let relay = &mut self.relay;
         let mut failed = false;
         if do_up {
             failed = pump_one(up, relay, (&self.client, upstream), RelaySide::Client, ctx, now);
@@ -545,13 +544,21 @@ impl Conn {
         if do_down && !failed {
             pump_one(down, relay, (upstream, &self.client), RelaySide::Upstream, ctx, now);
         }
-        self.settle_relay(ctx);
+        self.settle_relay();
+    }
+
+    /// The relay's clock: time since accept.
+    fn relay_clock(&self, ctx: &Ctx<'_>) -> Duration {
+        ctx.now.saturating_duration_since(self.started)
     }
 
     /// Performs what the relay asks after its inputs: half-closes, aborts, the end.
-    fn settle_relay(&mut self, ctx: &Ctx<'_>) {
-        let Stage::Relay { relay, .. } = &mut self.stage else { return };
+    fn settle_relay(&mut self) {
+        if !matches!(self.stage, Stage::Relay { .. }) {
+            return;
+        }
         let Some(upstream) = &self.upstream else { return };
+        let relay = &mut self.relay;
         let socket = |side| match side {
             RelaySide::Client => &self.client,
             RelaySide::Upstream => upstream,
@@ -566,9 +573,6 @@ impl Conn {
                 _ => break None,
             }
         };
-        self.up_bytes = relay.bytes(RelaySide::Client);
-        self.down_bytes = relay.bytes(RelaySide::Upstream);
-        self.relay_deadline = relay.deadline().map(|d| ctx.epoch + d);
         if let Some(end) = end {
             self.finish(&end.to_string());
         }
@@ -621,10 +625,8 @@ impl Conn {
             (Stage::Handshake, Side::Client) => Interest { read: self.reading_request, write: !self.out.is_empty() },
             (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
             (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
-            (Stage::Relay { up, down, .. }, Side::Client) => {
-                Interest { read: up.wants_read(), write: down.wants_write() }
-            }
-            (Stage::Relay { up, down, .. }, Side::Upstream) => {
+            (Stage::Relay { up, down }, Side::Client) => Interest { read: up.wants_read(), write: down.wants_write() },
+            (Stage::Relay { up, down }, Side::Upstream) => {
                 Interest { read: down.wants_read(), write: up.wants_write() }
             }
             (Stage::Linger { .. }, Side::Client) => Interest { read: true, write: !self.out.is_empty() },
@@ -706,8 +708,8 @@ impl Conn {
             client: self.client_addr,
             request: self.hs.request(),
             result: &self.result.as_deref().unwrap_or("ok"),
-            up: self.up_bytes,
-            down: self.down_bytes,
+            up: self.relay.bytes(RelaySide::Client),
+            down: self.relay.bytes(RelaySide::Upstream),
             elapsed: now.saturating_duration_since(self.started),
         };
         tracing::info!("{line}");

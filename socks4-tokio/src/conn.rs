@@ -1,12 +1,12 @@
 //! One client connection: drives the [`ServerHandshake`], performs its actions, then relays.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use socks4_core::{Failure, Output, Relay, ServerHandshake, Side};
+use socks4_core::{Failure, Output, ServerHandshake};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,8 +25,10 @@ pub(crate) struct Record {
     pub(crate) start: Instant,
     request: RequestCopy,
     result: Option<String>,
-    /// The relay's bookkeeping (byte counts for the line), set up when the relay starts.
-    pub(crate) relay: RefCell<Relay>,
+    /// Bytes client → destination, set when the relay ends (or is dropped at shutdown).
+    pub(crate) up: Cell<u64>,
+    /// Bytes destination → client, likewise.
+    pub(crate) down: Cell<u64>,
 }
 
 impl Record {
@@ -36,7 +38,8 @@ impl Record {
             start: Instant::now(),
             request: RequestCopy::default(),
             result: None,
-            relay: RefCell::new(Relay::new(Duration::ZERO, Duration::ZERO)),
+            up: Cell::new(0),
+            down: Cell::new(0),
         }
     }
 
@@ -51,13 +54,12 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let relay = self.relay.get_mut();
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
             result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
-            up: relay.bytes(Side::Client),
-            down: relay.bytes(Side::Upstream),
+            up: self.up.get(),
+            down: self.down.get(),
             elapsed: self.start.elapsed(),
         };
         tracing::info!("{line}");

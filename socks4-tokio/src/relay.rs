@@ -50,14 +50,23 @@ impl Drop for PooledBuf {
     }
 }
 
-/// What the relay shares between its two pumps and its idle watch: the core's bookkeeping (kept
-/// in the connection's [`Record`], so the log line has the counts even if the relay is dropped at
-/// shutdown), the two sockets and the clock.
+/// What the relay shares between its two pumps and its idle watch: the core's bookkeeping, the
+/// two sockets, the clock, and the connection's record, which gets the counts when the relay ends
+/// or is dropped (at shutdown).
 struct Shared<'a> {
-    relay: &'a RefCell<Relay>,
+    relay: RefCell<Relay>,
     client: &'a TcpStream,
     upstream: &'a TcpStream,
     start: Instant,
+    record: &'a Record,
+}
+
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        let relay = self.relay.get_mut();
+        self.record.up.set(relay.bytes(Side::Client));
+        self.record.down.set(relay.bytes(Side::Upstream));
+    }
 }
 
 /// A pump stops early with the relay's end.
@@ -109,8 +118,8 @@ impl Shared<'_> {
 }
 
 /// Relays until both directions end, one side fails (the other is then reset), or the connection
-/// is idle for `idle`, driving the core's [`Relay`] kept in `record`. `early` (client bytes that
-/// came with the request) goes upstream first.
+/// is idle for `idle`, driving the core's [`Relay`]; the counts go to `record`. `early` (client
+/// bytes that came with the request) goes upstream first.
 pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -119,8 +128,8 @@ pub(crate) async fn relay(
     record: &Record,
 ) -> RelayEnd {
     let start = record.start;
-    *record.relay.borrow_mut() = Relay::new(start.elapsed(), idle);
-    let sh = Shared { relay: &record.relay, client, upstream, start };
+    let relay = RefCell::new(Relay::new(start.elapsed(), idle));
+    let sh = Shared { relay, client, upstream, start, record };
     if !early.is_empty() {
         let sent = match sh.read(Side::Client, early.len()) {
             Ok(()) => match write_all(upstream, &early).await {

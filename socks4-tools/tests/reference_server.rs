@@ -216,13 +216,18 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
     }
 }
 
-/// Copies both ways, propagating each EOF as `shutdown(Write)`.
+/// Copies both ways, propagating each EOF as `shutdown(Write)` and a failure as a reset.
 fn relay(a: TcpStream, b: TcpStream) -> io::Result<()> {
     let (a2, b2) = (a.try_clone()?, b.try_clone()?);
     let t = thread::Builder::new().stack_size(STACK).spawn(move || copy(a2, b2))?;
     copy(b, a);
     let _ = t.join();
     Ok(())
+}
+
+/// Makes the last close of `s` send a reset (`SO_LINGER` 0).
+fn set_abortive(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 fn copy(mut from: TcpStream, mut to: TcpStream) {
@@ -235,12 +240,14 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
             }
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
-                    let _ = from.shutdown(Shutdown::Both);
+                    set_abortive(&from);
                     return;
                 }
             }
             Err(_) => {
-                let _ = to.shutdown(Shutdown::Both);
+                // Reset `to` once both threads let go of it; wake the other thread's read of it.
+                set_abortive(&to);
+                let _ = to.shutdown(Shutdown::Read);
                 return;
             }
         }
