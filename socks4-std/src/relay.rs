@@ -34,9 +34,9 @@ pub(crate) struct Dir {
     piped: Option<(Pipe, usize)>,
     /// The source reached EOF.
     eof: bool,
-    /// Leading pending bytes that are not relayed data (the handshake's last reply): written,
-    /// but not reported.
-    unreported: usize,
+    /// Leading pending bytes that are not relayed data (the handshake's replies, at most 16):
+    /// written, but not reported. One byte, so that it packs with `eof`.
+    unreported: u8,
 }
 
 /// What a pump did, to report to the relay even when it then failed.
@@ -66,10 +66,10 @@ impl Dir {
         Self { pending: initial, ..Self::default() }
     }
 
-    /// A direction that starts with bytes that are not relayed data pending (the handshake's last
-    /// reply, not yet written): they go first and are never reported.
+    /// A direction that starts with bytes that are not relayed data pending (the handshake's
+    /// replies not yet written, at most 16 bytes): they go first and are never reported.
     pub(crate) fn with_unreported(initial: Vec<u8>) -> Self {
-        Self { unreported: initial.len(), pending: initial, ..Self::default() }
+        Self { unreported: u8::try_from(initial.len()).unwrap_or(u8::MAX), pending: initial, ..Self::default() }
     }
 
     /// Whether the source should be watched for readability.
@@ -103,8 +103,9 @@ impl Dir {
                 match write_some(dst, &self.pending[self.off..]) {
                     Ok(0) => return Ok(()),
                     Ok(n) => {
-                        let skipped = n.min(self.unreported);
-                        self.unreported -= skipped;
+                        let skipped = n.min(usize::from(self.unreported));
+                        // `skipped` <= `unreported`, a `u8`.
+                        self.unreported -= skipped as u8;
                         progress.written += n - skipped;
                         self.off += n;
                         if self.off < self.pending.len() {
