@@ -3,7 +3,7 @@
 //! A sans-IO implementation of the SOCKS4 and SOCKS4a proxy protocol: a zero-copy codec, the server
 //! and client handshakes as state machines, and access rules. It never touches a socket, a clock or a
 //! thread: `no_std` with `alloc` (only the rules own heap data), `#![forbid(unsafe_code)]`,
-//! and no allocation anywhere on the handshake path. The adapters `socks4-tokio`, `socks4-smol` and
+//! and no allocation anywhere on the handshake or relay path. The adapters `socks4-tokio`, `socks4-smol` and
 //! `socks4-std` wrap it into servers; what running a server takes beyond the protocol (config file,
 //! command line, logs) is in the `socks4-server` crate, not here.
 //!
@@ -13,6 +13,8 @@
 //!   connect, listen for a BIND peer, relay, close), deadlines on the caller's clock.
 //! - [`ClientHandshake`]: builds a CONNECT (to a [`Target`]) or BIND request (4 or 4a) and reads the
 //!   reply or replies. With `std`, `ConnectError` is the error of the adapters' client connectors.
+//! - [`Relay`]: the bookkeeping of the relay that follows a granted request (byte counts,
+//!   half-close and reset propagation, idle deadline), driven with the caller's own I/O.
 //! - [`rules`]: access rules as plain data, with a text form; [`Limits`] and [`Timeouts`] bound the
 //!   handshake.
 //!
@@ -113,6 +115,7 @@ mod client;
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod driver;
 mod error;
+mod relay;
 mod reply;
 mod request;
 pub mod rules;
@@ -122,6 +125,7 @@ mod timeouts;
 
 pub use client::{ClientError, ClientEvent, ClientHandshake};
 pub use error::{EncodeError, Misuse, ParseError};
+pub use relay::{Fault, Relay, RelayEnd, RelayOutput, Side};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};
 pub use request::{
     Command, Dest, Limits, MAX_REQUEST_LEN, Request, SOCKS4_VERSION, SOCKS4A_MARKER, Status, parse_request,

@@ -1,5 +1,6 @@
-//! The handshake path never allocates: codec, server handshake (CONNECT by IP and by name, BIND,
-//! rules, a rejection) and client handshake, under a counting global allocator.
+//! The handshake and relay paths never allocate: codec, server handshake (CONNECT by IP and by name,
+//! BIND, rules, a rejection), client handshake and the relay bookkeeping, under a counting global
+//! allocator.
 //!
 //! Only allocations made by the current thread while it is counting are counted, so the test
 //! harness's other threads cannot disturb the result.
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use socks4_core::rules::{Action, Rules};
 use socks4_core::{
-    ClientEvent, ClientHandshake, CloseReason, Limits, MAX_REQUEST_LEN, Output, Reply, ReplyCode, Request,
-    ServerHandshake, Status, Timeouts, parse_request,
+    ClientEvent, ClientHandshake, CloseReason, Fault, Limits, MAX_REQUEST_LEN, Output, Relay, RelayEnd, RelayOutput,
+    Reply, ReplyCode, Request, ServerHandshake, Side, Status, Timeouts, parse_request,
 };
 
 /// `System`, counting this thread's allocations while [`COUNTING`] is set.
@@ -233,5 +234,35 @@ fn client() {
         assert!(matches!(first, Some(ClientEvent::BindListening(_))));
         let (_, second) = hs.handle_input(&replies[used..]).expect("second reply");
         assert_eq!(second, Some(ClientEvent::Rejected(ReplyCode::Rejected)));
+    });
+}
+
+#[test]
+fn relay_bookkeeping() {
+    let idle = Duration::from_secs(300);
+    assert_no_alloc("relay: early data, half-closes both ways, done", || {
+        let mut relay = Relay::new(NOW, idle);
+        relay.handle_read(NOW, Side::Client, 5);
+        relay.handle_written(NOW, Side::Client, 5);
+        for _ in 0..100 {
+            relay.handle_read(NOW, Side::Upstream, 16 * 1024);
+            relay.handle_written(NOW, Side::Upstream, 16 * 1024);
+            assert!(matches!(relay.poll_output(), RelayOutput::Wait { .. }));
+        }
+        relay.handle_eof(NOW, Side::Upstream);
+        assert_eq!(relay.poll_output(), RelayOutput::Shutdown(Side::Client));
+        relay.handle_eof(NOW, Side::Client);
+        assert_eq!(relay.poll_output(), RelayOutput::Shutdown(Side::Upstream));
+        assert_eq!(relay.poll_output(), RelayOutput::Done(RelayEnd::Closed));
+        let _ = format_args!("{}", RelayEnd::Closed);
+        relay.bytes(Side::Upstream)
+    });
+    assert_no_alloc("relay: reset and idle", || {
+        let mut relay = Relay::new(NOW, idle);
+        relay.handle_error(NOW, Side::Upstream, Fault::Reset);
+        assert_eq!(relay.poll_output(), RelayOutput::Abort(Side::Client));
+        let mut quiet = Relay::new(NOW, idle);
+        quiet.handle_timeout(NOW + idle);
+        assert_eq!(quiet.poll_output(), RelayOutput::Done(RelayEnd::Idle));
     });
 }

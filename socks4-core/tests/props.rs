@@ -1,5 +1,5 @@
 //! Property tests: codec round trips, split-anywhere equivalence, arbitrary input safety, and the
-//! server state machine under arbitrary event sequences.
+//! server state machine and the relay bookkeeping under arbitrary event sequences.
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
@@ -7,8 +7,8 @@ use core::time::Duration;
 use proptest::prelude::*;
 use socks4_core::rules::Rules;
 use socks4_core::{
-    Command, Dest, Failure, Limits, MAX_REQUEST_LEN, Output, Reply, ReplyCode, Request, ServerHandshake, Status,
-    Timeouts, parse_request,
+    Command, Dest, Failure, Fault, Limits, MAX_REQUEST_LEN, Output, Relay, RelayEnd, RelayOutput, Reply, ReplyCode,
+    Request, ServerHandshake, Side, Status, Timeouts, parse_request,
 };
 
 fn command() -> impl Strategy<Value = Command> {
@@ -203,6 +203,112 @@ proptest! {
                     Output::Relay => { prop_assert!(!rejected); prop_assert!(replies >= 1); terminal = Some(text); break; }
                     Output::Closed(_) => { terminal = Some(text); break; }
                     Output::Authorize(_) => { prop_assert!(!rejected); break; }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// One thing that can happen to a relay.
+#[derive(Debug, Clone)]
+enum RelayEvent {
+    Read(Side, u16),
+    Written(Side, u16),
+    Eof(Side),
+    Error(Side, bool),
+    Advance(u16),
+}
+
+fn side() -> impl Strategy<Value = Side> {
+    prop_oneof![Just(Side::Client), Just(Side::Upstream)]
+}
+
+fn relay_event() -> impl Strategy<Value = RelayEvent> {
+    prop_oneof![
+        6 => (side(), any::<u16>()).prop_map(|(s, n)| RelayEvent::Read(s, n)),
+        6 => (side(), any::<u16>()).prop_map(|(s, n)| RelayEvent::Written(s, n)),
+        2 => side().prop_map(RelayEvent::Eof),
+        1 => (side(), any::<bool>()).prop_map(|(s, r)| RelayEvent::Error(s, r)),
+        3 => (0u16..3_000).prop_map(RelayEvent::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// Arbitrary relay event sequences: the counts are the sums of the bytes written (capped at
+    /// what was read, nothing after an end of file or the end), a half-close is emitted once per
+    /// direction and only with nothing in flight, `Done` comes only after both half-closes, an
+    /// abort or the idle deadline, stays put, and a deadline is always after `now`.
+    #[test]
+    fn relay_bookkeeping_is_well_behaved(events in proptest::collection::vec(relay_event(), 0..60), idle_ms in 1u64..2_000) {
+        let idle = Duration::from_millis(idle_ms);
+        let mut now = Duration::from_secs(7);
+        let mut relay = Relay::new(now, idle);
+        // The model: per direction read, written, eof; shutdowns seen; the last progress.
+        let (mut read, mut written, mut eof, mut shut) = ([0u64; 2], [0u64; 2], [false; 2], [false; 2]);
+        let (mut last, mut aborted, mut errored, mut done) = (now, None::<Side>, None::<(Side, bool)>, None::<RelayEnd>);
+        let ix = |s: Side| if s == Side::Client { 0 } else { 1 };
+        for ev in events {
+            let live = done.is_none() && errored.is_none();
+            match ev {
+                RelayEvent::Read(s, n) => {
+                    relay.handle_read(now, s, n.into());
+                    if live && !eof[ix(s)] && n > 0 { read[ix(s)] += u64::from(n); last = now; }
+                }
+                RelayEvent::Written(s, n) => {
+                    relay.handle_written(now, s, n.into());
+                    if live && n > 0 { written[ix(s)] += u64::from(n).min(read[ix(s)] - written[ix(s)]); last = now; }
+                }
+                RelayEvent::Eof(s) => {
+                    relay.handle_eof(now, s);
+                    if live && !eof[ix(s)] { eof[ix(s)] = true; last = now; }
+                }
+                RelayEvent::Error(s, reset) => {
+                    relay.handle_error(now, s, if reset { Fault::Reset } else { Fault::Other });
+                    if live { errored = Some((s, reset)); }
+                }
+                RelayEvent::Advance(ms) => { now += Duration::from_millis(ms.into()); relay.handle_timeout(now); }
+            }
+            prop_assert_eq!(relay.bytes(Side::Client), written[0]);
+            prop_assert_eq!(relay.bytes(Side::Upstream), written[1]);
+            for _ in 0..6 {
+                match relay.poll_output() {
+                    RelayOutput::Shutdown(to) => {
+                        let from = ix(to.peer());
+                        prop_assert!(done.is_none() && errored.is_none(), "a half-close after the end");
+                        prop_assert!(!shut[from], "half-close emitted twice");
+                        prop_assert!(eof[from] && read[from] == written[from], "half-close before EOF or with bytes in flight");
+                        shut[from] = true;
+                    }
+                    RelayOutput::Abort(side) => {
+                        let Some((failed, _)) = errored else { panic!("abort without an error") };
+                        prop_assert_eq!(side, failed.peer());
+                        prop_assert!(aborted.is_none(), "two aborts");
+                        aborted = Some(side);
+                    }
+                    RelayOutput::Wait { deadline } => {
+                        prop_assert!(done.is_none() && errored.is_none());
+                        let Some(d) = deadline else { panic!("no deadline with an idle timeout") };
+                        prop_assert!(d > now, "deadline {:?} not after now {:?}", d, now);
+                        prop_assert_eq!(d, last + idle);
+                        break;
+                    }
+                    RelayOutput::Done(end) => {
+                        if let Some(prev) = done { prop_assert_eq!(prev, end, "Done changed"); break; }
+                        match (end, errored) {
+                            (RelayEnd::Closed, None) => prop_assert!(shut == [true; 2]),
+                            (RelayEnd::Idle, None) => prop_assert!(now >= last + idle),
+                            (RelayEnd::Reset(s), Some((f, true))) | (RelayEnd::Error(s), Some((f, false))) => {
+                                prop_assert_eq!(s, f);
+                                prop_assert_eq!(aborted, Some(f.peer()), "no abort before Done");
+                            }
+                            other => panic!("unexpected end {other:?}"),
+                        }
+                        done = Some(end);
+                        break;
+                    }
                     _ => break,
                 }
             }

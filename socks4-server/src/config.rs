@@ -41,7 +41,7 @@ pub struct Timeouts {
     /// BIND: waiting for the peer after the first reply (default 2 min).
     #[serde(with = "duration_text")]
     pub bind: Duration,
-    /// Relay: close when neither side sent anything for this long (default 5 min).
+    /// Relay: close when neither side sent anything for this long (default 5 min; zero: never).
     #[serde(with = "duration_text")]
     pub idle: Duration,
     /// Shutdown: how long live relays may go on after the listeners close (default 10 s).
@@ -135,6 +135,23 @@ impl ServerConfig {
     /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
     pub fn handshake_timeouts(&self) -> socks4_core::Timeouts {
         self.timeouts.handshake()
+    }
+
+    /// The addresses to bind, in order: each listen address as configured, except that an
+    /// IPv4-mapped IPv6 address becomes the IPv4 address it stands for, so every adapter binds
+    /// `[::ffff:127.0.0.1]:1080` as `127.0.0.1:1080` (an IPv6-only socket cannot bind a mapped
+    /// address, and a dual-stack one would only ever see IPv4 clients on it).
+    ///
+    /// ```
+    /// use socks4_server::ServerConfig;
+    /// let mut config = ServerConfig::default();
+    /// config.listen = vec!["[::ffff:127.0.0.1]:1080".parse()?, "[::1]:1080".parse()?];
+    /// let addrs: Vec<_> = config.listen_addrs().map(|a| a.to_string()).collect();
+    /// assert_eq!(addrs, ["127.0.0.1:1080", "[::1]:1080"]);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn listen_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen.iter().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
     }
 
     /// Checks the config is safe and usable: at least one listen address, non-zero workers and

@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use socks4_core::{Dest, Limits, Request, ServerHandshake, Status, parse_request};
 
+/// The result of a connection still open when the shutdown grace period ended, on every adapter.
+/// (A relay's own end is a [`RelayEnd`](socks4_core::RelayEnd), a handshake's a
+/// [`CloseReason`](socks4_core::CloseReason).)
+pub const SHUTDOWN: &str = "server shutdown";
+
 /// A user id for a log line: `-` when empty, otherwise escaped (see the [module docs](self)).
 ///
 /// ```
@@ -63,7 +68,9 @@ pub struct ConnLine<'a> {
     pub client: SocketAddr,
     /// The request, if one arrived whole.
     pub request: Option<Request<'a>>,
-    /// How the connection ended: `ok`, a [`CloseReason`](socks4_core::CloseReason), an error.
+    /// How the connection ended: a relay's [`RelayEnd`](socks4_core::RelayEnd) (`ok`, `idle timeout`,
+    /// `client reset`, …), a handshake's [`CloseReason`](socks4_core::CloseReason), [`SHUTDOWN`], or
+    /// an error.
     pub result: &'a dyn Display,
     /// Bytes relayed client → destination.
     pub up: u64,

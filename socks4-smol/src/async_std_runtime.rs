@@ -60,6 +60,10 @@ impl Runtime for AsyncStd {
         stream.shutdown(Shutdown::Write)
     }
 
+    fn set_abortive(stream: &Self::Stream) -> io::Result<()> {
+        socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+    }
+
     fn set_nodelay(stream: &Self::Stream) -> io::Result<()> {
         stream.set_nodelay(true)
     }

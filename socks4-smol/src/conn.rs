@@ -13,7 +13,7 @@ use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 
-use crate::relay::{Counts, RelayEnd, relay};
+use crate::relay::{Counts, relay};
 use crate::runtime::{Runtime, with_timeout};
 
 /// How long, and how many bytes, to drain from a rejected client before closing.
@@ -51,7 +51,7 @@ impl Drop for ConnLog {
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or("shutdown"),
+            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
             up: self.counts.up.get(),
             down: self.counts.down.get(),
             elapsed: self.start.elapsed(),
@@ -65,11 +65,7 @@ pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, 
     match handshake::<R>(client.clone(), config, log).await {
         Ok(Some((dest, early))) => {
             let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
-            match end {
-                RelayEnd::Done => log.finish("ok"),
-                RelayEnd::Idle => log.finish("idle timeout"),
-                RelayEnd::Error(e) => log.finish(e),
-            }
+            log.finish(end);
         }
         Ok(None) => {}
         Err(e) => log.finish(e),

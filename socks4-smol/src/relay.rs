@@ -1,5 +1,6 @@
-//! Relaying bytes both ways between two streams: early data first, half-close propagated, an idle
-//! timeout over both directions, byte counts for the log line.
+//! Relaying bytes both ways between two streams, driving the core's [`Relay`] bookkeeping: early
+//! data first, a half-close passed on as a half-close and a reset as a reset, an idle timeout
+//! over both directions, byte counts for the log line.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -7,13 +8,17 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
 
 use crate::runtime::Runtime;
 
 /// Bytes read per call. A direction borrows a buffer from its worker's pool while bytes flow.
 const BUF_LEN: usize = 32 * 1024;
 
-/// Byte counts of one relay, readable while it runs (for a log line written on cancellation).
+/// A pump stops early with the relay's end.
+type Stop = RelayEnd;
+
+/// Byte counts of one relay for the log line, set when the relay ends or is dropped (shutdown).
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
     /// Client → destination.
@@ -22,95 +27,153 @@ pub(crate) struct Counts {
     pub(crate) down: Cell<u64>,
 }
 
-/// How a relay ended.
-#[derive(Debug)]
-pub(crate) enum RelayEnd {
-    /// Both directions reached end of file.
-    Done,
-    /// Nothing moved either way for the idle timeout.
-    Idle,
-    /// A read, write or shutdown failed.
-    Error(io::Error),
+/// What the two pumps and the idle watch share: the core's bookkeeping, the two streams, the
+/// clock, and where the counts go when the relay ends or is dropped.
+struct Shared<'a, R: Runtime> {
+    relay: RefCell<Relay>,
+    client: &'a R::Stream,
+    upstream: &'a R::Stream,
+    start: Instant,
+    counts: &'a Counts,
 }
 
-/// Relays `client` ⇄ `dest` until both directions have ended, one fails, or both are idle for
-/// `idle`. `early` (client bytes that arrived with the request) goes to `dest` first.
+impl<R: Runtime> Drop for Shared<'_, R> {
+    fn drop(&mut self) {
+        let relay = self.relay.get_mut();
+        self.counts.up.set(relay.bytes(Side::Client));
+        self.counts.down.set(relay.bytes(Side::Upstream));
+    }
+}
+
+impl<R: Runtime> Shared<'_, R> {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn socket(&self, side: Side) -> &R::Stream {
+        match side {
+            Side::Client => self.client,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// Feeds the relay one input, then performs what it asks; `Err` once it is done.
+    fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<(), Stop> {
+        let mut relay = self.relay.borrow_mut();
+        input(&mut relay, self.now());
+        loop {
+            match relay.poll_output() {
+                // The peer may be gone already: the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(R::shutdown_write(self.socket(side))),
+                // Closing the stream (its last handle drops when the relay returns) then resets.
+                RelayOutput::Abort(side) => drop(R::set_abortive(self.socket(side))),
+                RelayOutput::Done(end) => return Err(end),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn read(&self, from: Side, n: usize) -> Result<(), Stop> {
+        self.feed(|r, now| r.handle_read(now, from, n))
+    }
+
+    fn written(&self, from: Side, n: usize) -> Result<(), Stop> {
+        self.feed(|r, now| r.handle_written(now, from, n))
+    }
+
+    fn eof(&self, from: Side) -> Result<(), Stop> {
+        self.feed(|r, now| r.handle_eof(now, from))
+    }
+
+    fn error(&self, on: Side, e: &io::Error) -> Stop {
+        tracing::debug!("relay: {on}: {e}");
+        match self.feed(|r, now| r.handle_error(now, on, Fault::from(e))) {
+            Err(end) => end,
+            Ok(()) => RelayEnd::Error(on),
+        }
+    }
+}
+
+/// Relays `client` ⇄ `upstream` until both directions have ended, one side fails (the other is
+/// then reset), or both are idle for `idle`, driving the core's [`Relay`]; the counts go to
+/// `counts`. `early` (client bytes that arrived with the request) goes upstream first.
 pub(crate) async fn relay<R: Runtime>(
     client: R::Stream,
-    dest: R::Stream,
+    upstream: R::Stream,
     early: &[u8],
     idle: Duration,
     counts: &Counts,
 ) -> RelayEnd {
-    let last = Cell::new(Instant::now());
-    let up = pump::<R>(client.clone(), dest.clone(), early, &counts.up, &last);
-    let down = pump::<R>(dest, client, &[], &counts.down, &last);
+    let start = Instant::now();
+    let relay = RefCell::new(Relay::new(Duration::ZERO, idle));
+    let sh = Shared::<R> { relay, client: &client, upstream: &upstream, start, counts };
+    let up = pump(&sh, Side::Client, early);
+    let down = pump(&sh, Side::Upstream, &[]);
     let both = async {
         match future::try_zip(up, down).await {
-            Ok(_) => RelayEnd::Done,
-            Err(e) => RelayEnd::Error(e),
+            // Both directions ended: the relay says so (`Closed`).
+            Ok(_) => sh.feed(|_, _| {}).err().unwrap_or(RelayEnd::Closed),
+            Err(end) => end,
         }
     };
     let watchdog = async {
         loop {
-            let since = last.get().elapsed();
-            if since >= idle {
-                return RelayEnd::Idle;
+            let Some(deadline) = sh.relay.borrow().deadline() else {
+                return future::pending().await;
+            };
+            R::sleep(deadline.saturating_sub(sh.now())).await;
+            if let Err(end) = sh.feed(|r, now| r.handle_timeout(now)) {
+                return end;
             }
-            R::sleep(idle - since).await;
         }
     };
     future::or(both, watchdog).await
 }
 
-/// Copies `from` → `to` (after `first`) until end of file, then half-closes `to`.
+/// Copies `from` to its peer (after `first`) until end of file, which the relay passes on as a
+/// half-close; `Err` once the relay is over.
 ///
 /// The buffer is borrowed from the worker's [`BufPool`] only while bytes flow: on a runtime that
 /// can wait for readability ([`Runtime::readable`]), an idle direction holds no buffer at all.
-async fn pump<R: Runtime>(
-    mut from: R::Stream,
-    mut to: R::Stream,
-    first: &[u8],
-    count: &Cell<u64>,
-    last: &Cell<Instant>,
-) -> io::Result<()> {
+async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Result<(), Stop> {
+    let (mut src, mut dst) = (sh.socket(from).clone(), sh.socket(from.peer()).clone());
     if !first.is_empty() {
-        to.write_all(first).await?;
-        count.set(count.get() + first.len() as u64);
-        last.set(Instant::now());
+        sh.read(from, first.len())?;
+        dst.write_all(first).await.map_err(|e| sh.error(from.peer(), &e))?;
+        sh.written(from, first.len())?;
     }
     #[cfg(target_os = "linux")]
-    if let Some(end) = splice::pump::<R>(&from, &to, count, last).await {
+    if let Some(end) = splice::pump(sh, from).await {
         return end;
     }
     loop {
-        let can_wait = match R::readable(&from) {
+        let can_wait = match R::readable(&src) {
             Some(ready) => {
-                ready.await?;
+                ready.await.map_err(|e| sh.error(from, &e))?;
                 true
             }
             None => false,
         };
         let mut buf = BufPool::take();
         loop {
-            let n = if can_wait {
-                match future::poll_once(from.read(&mut buf[..])).await {
-                    Some(n) => n?,
+            let read = if can_wait {
+                match future::poll_once(src.read(&mut buf[..])).await {
+                    Some(read) => read,
                     // Drained: give the buffer back and wait for more without it.
                     None => break,
                 }
             } else {
-                from.read(&mut buf[..]).await?
+                src.read(&mut buf[..]).await
             };
+            let n = read.map_err(|e| sh.error(from, &e))?;
             if n == 0 {
                 drop(buf);
-                to.flush().await?;
-                return R::shutdown_write(&to);
+                dst.flush().await.map_err(|e| sh.error(from.peer(), &e))?;
+                return sh.eof(from);
             }
-            last.set(Instant::now());
-            to.write_all(&buf[..n]).await?;
-            count.set(count.get() + n as u64);
-            last.set(Instant::now());
+            sh.read(from, n)?;
+            dst.write_all(&buf[..n]).await.map_err(|e| sh.error(from.peer(), &e))?;
+            sh.written(from, n)?;
         }
     }
 }
@@ -168,11 +231,12 @@ mod splice {
     use std::cell::{Cell, RefCell};
     use std::io;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-    use std::time::Instant;
 
     use rustix::io::Errno;
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use socks4_core::Side;
 
+    use super::{Shared, Stop};
     use crate::runtime::Runtime;
 
     /// The most bytes one splice moves, and the capacity asked of each pipe: a direction never
@@ -229,15 +293,11 @@ mod splice {
         }
     }
 
-    /// Relays `from` → `to` with `splice(2)` until end of file, then half-closes `to`. `None`
-    /// when the runtime or the kernel cannot splice these streams, or no pipe can be had (e.g.
-    /// out of descriptors), with nothing in flight: the caller copies the rest instead.
-    pub(super) async fn pump<R: Runtime>(
-        from: &R::Stream,
-        to: &R::Stream,
-        count: &Cell<u64>,
-        last: &Cell<Instant>,
-    ) -> Option<io::Result<()>> {
+    /// Relays `from` → its peer with `splice(2)` until end of file (which the relay passes on).
+    /// `None` when the runtime or the kernel cannot splice these streams, or no pipe can be had
+    /// (e.g. out of descriptors), with nothing in flight: the caller copies the rest instead.
+    pub(super) async fn pump<R: Runtime>(sh: &Shared<'_, R>, side: Side) -> Option<Result<(), Stop>> {
+        let (from, to) = (sh.socket(side), sh.socket(side.peer()));
         let (src, dst) = (R::fd(from)?, R::fd(to)?);
         if R::readable(from).is_none() || R::writable(to).is_none() {
             return None;
@@ -246,50 +306,53 @@ mod splice {
         loop {
             if let Some(ready) = R::readable(from) {
                 if let Err(e) = ready.await {
-                    return Some(Err(e));
+                    return Some(Err(sh.error(side, &e)));
                 }
             }
             // No pipe now (out of descriptors): copy this stretch instead.
             let pipe = Pipe::take()?;
             let (pipe_read, pipe_write) = match pipe.ends() {
                 Ok(ends) => ends,
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(sh.error(side, &e))),
             };
             loop {
                 match splice(src, None, pipe_write, None, PIPE_LEN, SpliceFlags::MOVE | SpliceFlags::NONBLOCK) {
                     Ok(0) => {
                         drop(pipe);
-                        return Some(R::shutdown_write(to));
+                        return Some(sh.eof(side));
                     }
                     Ok(n) => {
                         moved_any = true;
                         pipe.held.set(n);
-                        last.set(Instant::now());
+                        if let Err(end) = sh.read(side, n) {
+                            return Some(Err(end));
+                        }
                     }
                     // Drained: give the pipe back and wait for more without it.
                     Err(Errno::AGAIN) => break,
                     Err(Errno::INTR) => continue,
                     Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if !moved_any => return None,
-                    Err(e) => return Some(Err(e.into())),
+                    Err(e) => return Some(Err(sh.error(side, &e.into()))),
                 }
                 while pipe.held.get() > 0 {
                     let held = pipe.held.get();
                     match splice(pipe_read, None, dst, None, held, SpliceFlags::MOVE | SpliceFlags::NONBLOCK) {
-                        Ok(0) => return Some(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(0) => return Some(Err(sh.error(side.peer(), &io::ErrorKind::WriteZero.into()))),
                         Ok(k) => {
                             pipe.held.set(held - k.min(held));
-                            count.set(count.get() + k as u64);
-                            last.set(Instant::now());
+                            if let Err(end) = sh.written(side, k) {
+                                return Some(Err(end));
+                            }
                         }
                         Err(Errno::AGAIN) => {
                             if let Some(ready) = R::writable(to) {
                                 if let Err(e) = ready.await {
-                                    return Some(Err(e));
+                                    return Some(Err(sh.error(side.peer(), &e)));
                                 }
                             }
                         }
                         Err(Errno::INTR) => {}
-                        Err(e) => return Some(Err(e.into())),
+                        Err(e) => return Some(Err(sh.error(side.peer(), &e.into()))),
                     }
                 }
             }

@@ -42,6 +42,9 @@ pub trait Runtime: 'static {
     fn sleep(duration: Duration) -> impl Future<Output = ()>;
     /// Half-closes a stream: no more writes, the peer sees end of file.
     fn shutdown_write(stream: &Self::Stream) -> io::Result<()>;
+    /// Makes closing the stream abortive (`SO_LINGER` 0): once its last handle is dropped, the
+    /// peer sees a reset instead of an end of file. How the relay passes a reset on.
+    fn set_abortive(stream: &Self::Stream) -> io::Result<()>;
     /// Sets `TCP_NODELAY`.
     fn set_nodelay(stream: &Self::Stream) -> io::Result<()>;
     /// The stream's local address.
@@ -130,6 +133,10 @@ impl Runtime for Smol {
 
     fn shutdown_write(stream: &Self::Stream) -> io::Result<()> {
         stream.shutdown(Shutdown::Write)
+    }
+
+    fn set_abortive(stream: &Self::Stream) -> io::Result<()> {
+        socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
     }
 
     fn set_nodelay(stream: &Self::Stream) -> io::Result<()> {

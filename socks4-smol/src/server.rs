@@ -65,19 +65,19 @@ impl Server {
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
-        for &addr in &config.listen {
+        for addr in config.listen_addrs() {
             if config.reuseport {
-                let first = reuseport_listener(addr)?;
+                let first = listener(addr, true)?;
                 let bound = first.local_addr()?;
                 listeners.push((first, Some(0)));
                 for worker in 1..workers {
-                    listeners.push((reuseport_listener(bound)?, Some(worker)));
+                    listeners.push((listener(bound, true)?, Some(worker)));
                 }
                 addrs.push(bound);
             } else {
-                let listener = TcpListener::bind(addr)?;
-                addrs.push(listener.local_addr()?);
-                listeners.push((listener, None));
+                let single = listener(addr, false)?;
+                addrs.push(single.local_addr()?);
+                listeners.push((single, None));
             }
         }
         Ok(Server { config: Arc::new(config), listeners, addrs, workers })
@@ -155,20 +155,26 @@ impl Server {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds one listener like the other adapters do: `SO_REUSEADDR`, IPv6-only for IPv6 addresses
+/// (so `[::]` and `0.0.0.0` can coexist, and `[::]` means IPv6 on every adapter), and
+/// `SO_REUSEPORT` if asked (Linux only).
+fn listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    #[cfg(unix)]
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuseport {
+        #[cfg(target_os = "linux")]
+        socket.set_reuse_port(true)?;
+        #[cfg(not(target_os = "linux"))]
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "reuseport is only supported on Linux"));
+    }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reuseport_listener(_addr: SocketAddr) -> io::Result<TcpListener> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "reuseport is only supported on Linux"))
 }
 
 /// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use socks4_core::{Failure, Output, REPLY_LEN, ServerHandshake, Target};
+use socks4_core::{Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ServerHandshake, Side as RelaySide, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::ConnLine;
 
-use crate::relay::{Dir, MAX_PENDING, PumpError};
+use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
 use crate::resolver::Job;
 use crate::splice::Pipes;
 use crate::worker::Msg;
@@ -97,7 +97,7 @@ impl Ctx<'_> {
 enum Stage {
     /// Driving the handshake.
     Handshake,
-    /// Relaying both ways.
+    /// Relaying both ways (the bookkeeping is [`Conn::relay`]).
     Relay { up: Dir, down: Dir },
     /// A final reply is (being) sent; then read and discard until EOF or `until`.
     Linger { until: Instant, discarded: usize },
@@ -173,10 +173,10 @@ pub(crate) struct Conn {
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
     armed: [Interest; 3],
+    /// When it was accepted: also the origin of the relay's clock.
     started: Instant,
-    last_active: Instant,
-    up_bytes: u64,
-    down_bytes: u64,
+    /// The relay's bookkeeping (counts for the log line), started with the relay.
+    relay: Relay,
     result: Option<String>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
@@ -208,9 +208,7 @@ impl Conn {
             registered: [false; 3],
             armed: [Interest::default(); 3],
             started: ctx.now,
-            last_active: ctx.now,
-            up_bytes: 0,
-            down_bytes: 0,
+            relay: Relay::new(Duration::ZERO, Duration::ZERO),
             result: None,
             scheduled: None,
         };
@@ -230,10 +228,10 @@ impl Conn {
     }
 
     /// When it next needs [`on_timer`](Self::on_timer).
-    pub(crate) fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.stage {
             Stage::Handshake => self.hs_deadline,
-            Stage::Relay { .. } => Some(self.last_active + config.timeouts.idle),
+            Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
             Stage::Done => None,
         }
@@ -266,9 +264,8 @@ impl Conn {
                 self.drive(ctx);
             }
             Stage::Relay { .. } => {
-                if ctx.now >= self.last_active + ctx.config.timeouts.idle {
-                    self.finish("idle timeout");
-                }
+                self.relay.handle_timeout(self.relay_clock(ctx));
+                self.settle_relay();
             }
             Stage::Linger { until, .. } => {
                 if ctx.now >= *until {
@@ -297,7 +294,7 @@ impl Conn {
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
-            self.finish("server shutdown");
+            self.finish(socks4_server::log::SHUTDOWN);
         }
         self.rearm(poller);
     }
@@ -535,12 +532,13 @@ impl Conn {
         if self.upstream.is_none() {
             return self.finish("relay without an upstream connection");
         }
+        let now = self.relay_clock(ctx);
+        self.relay = Relay::new(now, ctx.config.timeouts.idle);
         let early = std::mem::take(&mut self.early);
-        let mut up = Dir::with_pending(early);
-        up.bytes = up.buffered() as u64;
-        let down = Dir::with_pending(self.out.take());
+        self.relay.handle_read(now, RelaySide::Client, early.len());
+        let up = Dir::with_pending(early);
+        let down = Dir::with_unreported(self.out.take());
         self.stage = Stage::Relay { up, down };
-        self.last_active = ctx.now;
         self.pump_both(ctx, true, true);
     }
 
@@ -554,32 +552,48 @@ impl Conn {
     }
 
     fn pump_both(&mut self, ctx: &mut Ctx<'_>, do_up: bool, do_down: bool) {
+        let now = self.relay_clock(ctx);
         let Stage::Relay { up, down } = &mut self.stage else { return };
         let Some(upstream) = &self.upstream else { return };
-        let mut failure = None;
-        let mut moved = false;
+        let relay = &mut self.relay;
+        let mut failed = false;
         if do_up {
-            match up.pump(&self.client, upstream, ctx.scratch, ctx.pipes) {
-                Ok(p) => moved |= p.moved,
-                Err(e) => failure = Some(describe("client", "upstream", e)),
+            failed = pump_one(up, relay, (&self.client, upstream), RelaySide::Client, ctx, now);
+        }
+        if do_down && !failed {
+            pump_one(down, relay, (upstream, &self.client), RelaySide::Upstream, ctx, now);
+        }
+        self.settle_relay();
+    }
+
+    /// The relay's clock: time since accept.
+    fn relay_clock(&self, ctx: &Ctx<'_>) -> Duration {
+        ctx.now.saturating_duration_since(self.started)
+    }
+
+    /// Performs what the relay asks after its inputs: half-closes, aborts, the end.
+    fn settle_relay(&mut self) {
+        if !matches!(self.stage, Stage::Relay { .. }) {
+            return;
+        }
+        let Some(upstream) = &self.upstream else { return };
+        let relay = &mut self.relay;
+        let socket = |side| match side {
+            RelaySide::Client => &self.client,
+            RelaySide::Upstream => upstream,
+        };
+        let end = loop {
+            match relay.poll_output() {
+                // The peer may already be gone; the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(socket(side).shutdown(Shutdown::Write)),
+                // Closing the socket when the connection is dropped then sends a reset.
+                RelayOutput::Abort(side) => drop(socket2::SockRef::from(socket(side)).set_linger(Some(Duration::ZERO))),
+                RelayOutput::Done(end) => break Some(end),
+                _ => break None,
             }
-        }
-        if do_down && failure.is_none() {
-            match down.pump(upstream, &self.client, ctx.scratch, ctx.pipes) {
-                Ok(p) => moved |= p.moved,
-                Err(e) => failure = Some(describe("upstream", "client", e)),
-            }
-        }
-        self.up_bytes = up.bytes;
-        self.down_bytes = down.bytes;
-        let both_done = up.is_done() && down.is_done();
-        if moved {
-            self.last_active = ctx.now;
-        }
-        if let Some(f) = failure {
-            self.finish(&f);
-        } else if both_done {
-            self.finish("ok");
+        };
+        if let Some(end) = end {
+            self.finish(&end.to_string());
         }
     }
 
@@ -713,8 +727,8 @@ impl Conn {
             client: self.client_addr,
             request: self.hs.request(),
             result: &self.result.as_deref().unwrap_or("ok"),
-            up: self.up_bytes,
-            down: self.down_bytes,
+            up: self.relay.bytes(RelaySide::Client),
+            down: self.relay.bytes(RelaySide::Upstream),
             elapsed: now.saturating_duration_since(self.started),
         };
         tracing::info!("{line}");
@@ -739,11 +753,30 @@ where
     }
 }
 
-fn describe(from: &str, to: &str, e: PumpError) -> String {
-    match e {
-        PumpError::Read(e) => format!("{from} read: {e}"),
-        PumpError::Write(e) => format!("{to} write: {e}"),
+/// Pumps one direction and reports what it did to the relay; returns whether a socket failed.
+fn pump_one(
+    dir: &mut Dir,
+    relay: &mut Relay,
+    (src, dst): (&TcpStream, &TcpStream),
+    from: RelaySide,
+    ctx: &mut Ctx<'_>,
+    now: Duration,
+) -> bool {
+    let mut progress = Progress::default();
+    let result = dir.pump(src, dst, ctx.scratch, ctx.pipes, &mut progress);
+    relay.handle_read(now, from, progress.read);
+    relay.handle_written(now, from, progress.written);
+    if progress.eof {
+        relay.handle_eof(now, from);
     }
+    let (on, e) = match result {
+        Ok(()) => return false,
+        Err(PumpError::Read(e)) => (from, e),
+        Err(PumpError::Write(e)) => (from.peer(), e),
+    };
+    tracing::debug!("relay: {on}: {e}");
+    relay.handle_error(now, on, Fault::from(&e));
+    true
 }
 
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).

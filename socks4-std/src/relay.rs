@@ -1,5 +1,6 @@
 //! One direction of a relay: read from a source socket, write to a destination socket, with a
-//! bounded pending buffer and back-pressure.
+//! bounded pending buffer and back-pressure. What it moved is reported in a [`Progress`], which
+//! the connection feeds to the core's `Relay` (counts, half-close, reset, idle deadline).
 //!
 //! On Linux bytes are spliced socket → pipe → socket ([`crate::splice`]) through a pipe borrowed
 //! from the worker's pool while they are in flight. Otherwise (or when no pipe can be had) they
@@ -10,7 +11,7 @@
 //! neither a buffer nor a pipe.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 
 use crate::splice::{self, Pipe, Pipes};
 
@@ -33,17 +34,20 @@ pub(crate) struct Dir {
     piped: Option<(Pipe, usize)>,
     /// The source reached EOF.
     eof: bool,
-    /// The destination was shut down for writing (EOF propagated): this direction is done.
-    shut: bool,
-    /// Bytes read from the source (including early data handed over at the start).
-    pub(crate) bytes: u64,
+    /// Leading pending bytes that are not relayed data (the handshake's replies, at most 16):
+    /// written, but not reported. One byte, so that it packs with `eof`.
+    unreported: u8,
 }
 
-/// What a pump did.
+/// What a pump did, to report to the relay even when it then failed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Progress {
-    /// Some bytes moved.
-    pub(crate) moved: bool,
+    /// Bytes read from the source.
+    pub(crate) read: usize,
+    /// Bytes written to the destination.
+    pub(crate) written: usize,
+    /// The source reached EOF.
+    pub(crate) eof: bool,
 }
 
 /// Which socket failed.
@@ -56,9 +60,16 @@ pub(crate) enum PumpError {
 }
 
 impl Dir {
-    /// A direction that starts with `initial` pending (a reply, or the client's early data).
+    /// A direction that starts with relayed bytes pending (the client's early data; report them
+    /// as read).
     pub(crate) fn with_pending(initial: Vec<u8>) -> Self {
         Self { pending: initial, ..Self::default() }
+    }
+
+    /// A direction that starts with bytes that are not relayed data pending (the handshake's
+    /// replies not yet written, at most 16 bytes): they go first and are never reported.
+    pub(crate) fn with_unreported(initial: Vec<u8>) -> Self {
+        Self { unreported: u8::try_from(initial.len()).unwrap_or(u8::MAX), pending: initial, ..Self::default() }
     }
 
     /// Whether the source should be watched for readability.
@@ -71,37 +82,31 @@ impl Dir {
         self.has_pending()
     }
 
-    /// Whether the direction is finished (EOF seen, everything written, destination shut down).
-    pub(crate) fn is_done(&self) -> bool {
-        self.shut
-    }
-
-    /// Bytes currently buffered (in the pending buffer or the pipe).
-    pub(crate) fn buffered(&self) -> usize {
-        self.pending.len() - self.off + self.piped.as_ref().map_or(0, |(_, n)| *n)
-    }
-
     fn has_pending(&self) -> bool {
         self.off < self.pending.len() || self.piped.is_some()
     }
 
-    /// Moves bytes from `src` to `dst` until one of them would block (or after a fair share),
-    /// splicing through a pipe from `pipes` when one can be had, else copying via `scratch`.
+    /// Moves bytes from `src` to `dst` until one of them would block, EOF, or a fair share,
+    /// splicing through a pipe from `pipes` when one can be had, else copying via `scratch`;
+    /// adds what it did to `progress` (also when it fails).
     pub(crate) fn pump(
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
         scratch: &mut [u8],
         pipes: &mut Pipes,
-    ) -> Result<Progress, PumpError> {
-        let mut progress = Progress::default();
+        progress: &mut Progress,
+    ) -> Result<(), PumpError> {
         let mut reads = 0;
         loop {
             if self.off < self.pending.len() {
                 match write_some(dst, &self.pending[self.off..]) {
-                    Ok(0) => return Ok(progress),
+                    Ok(0) => return Ok(()),
                     Ok(n) => {
-                        progress.moved = true;
+                        let skipped = n.min(usize::from(self.unreported));
+                        // `skipped` <= `unreported`, a `u8`.
+                        self.unreported -= skipped as u8;
+                        progress.written += n - skipped;
                         self.off += n;
                         if self.off < self.pending.len() {
                             continue;
@@ -114,9 +119,9 @@ impl Dir {
             }
             if let Some((pipe, left)) = &mut self.piped {
                 match splice::drain(pipe, dst, *left) {
-                    Ok(None) => return Ok(progress),
+                    Ok(None) => return Ok(()),
                     Ok(Some(n)) => {
-                        progress.moved = true;
+                        progress.written += n;
                         *left = left.saturating_sub(n);
                         if *left > 0 {
                             continue;
@@ -129,15 +134,11 @@ impl Dir {
                 }
             }
             if self.eof {
-                if !self.shut {
-                    // The peer may already be gone; the direction is over either way.
-                    let _ = dst.shutdown(Shutdown::Write);
-                    self.shut = true;
-                }
-                return Ok(progress);
+                // The relay passes the EOF on (shuts `dst` down) once everything is written.
+                return Ok(());
             }
             if reads == READS_PER_PUMP {
-                return Ok(progress);
+                return Ok(());
             }
             reads += 1;
             if let Some(pipe) = pipes.take() {
@@ -145,15 +146,15 @@ impl Dir {
                     Ok(Some(0)) => {
                         pipes.put(pipe);
                         self.eof = true;
+                        progress.eof = true;
                     }
                     Ok(Some(n)) => {
-                        progress.moved = true;
-                        self.bytes += n as u64;
+                        progress.read += n;
                         self.piped = Some((pipe, n));
                     }
                     Ok(None) => {
                         pipes.put(pipe);
-                        return Ok(progress);
+                        return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         // These sockets cannot be spliced: copy from now on (this read too).
@@ -169,20 +170,21 @@ impl Dir {
             let n = match (&*src).read(chunk) {
                 Ok(0) => {
                     self.eof = true;
+                    progress.eof = true;
                     continue;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(PumpError::Read(e)),
             };
-            progress.moved = true;
-            self.bytes += n as u64;
+            progress.read += n;
             let written = write_some(dst, &chunk[..n]).map_err(PumpError::Write)?;
+            progress.written += written;
             if written < n {
                 self.pending = chunk[written..n].to_vec();
                 self.off = 0;
-                return Ok(progress);
+                return Ok(());
             }
         }
     }

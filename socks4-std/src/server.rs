@@ -54,7 +54,7 @@ impl Server {
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let per_address = if config.reuseport { workers } else { 1 };
         let mut listeners = Vec::with_capacity(config.listen.len());
-        for &addr in &config.listen {
+        for addr in config.listen_addrs() {
             let first = listen(addr, config.reuseport)?;
             let bound = first.local_addr()?;
             let mut group = vec![first];

@@ -212,7 +212,7 @@ impl Worker {
                     shared.live.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
-                if let Some(at) = conn.deadline(&config) {
+                if let Some(at) = conn.deadline() {
                     if conn.scheduled.is_none_or(|s| s > at) {
                         conn.scheduled = Some(at);
                         timers.push(Entry { at, slot, id: conn.id() });

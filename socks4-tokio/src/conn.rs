@@ -11,7 +11,7 @@ use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::relay::{self, RelayEnd, write_all};
+use crate::relay::{self, write_all};
 use crate::server::ActiveGuard;
 
 /// Read buffer for the request; a request is at most [`socks4_core::MAX_REQUEST_LEN`] bytes.
@@ -21,12 +21,13 @@ const HANDSHAKE_BUF: usize = 1024;
 /// dropped at shutdown).
 pub(crate) struct Record {
     client: SocketAddr,
-    start: Instant,
+    /// When the connection was accepted: the origin of the handshake's and the relay's clocks.
+    pub(crate) start: Instant,
     request: RequestCopy,
     result: Option<String>,
-    /// Bytes client → destination.
+    /// Bytes client → destination, set when the relay ends (or is dropped at shutdown).
     pub(crate) up: Cell<u64>,
-    /// Bytes destination → client.
+    /// Bytes destination → client, likewise.
     pub(crate) down: Cell<u64>,
 }
 
@@ -56,7 +57,7 @@ impl Drop for Record {
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or("closed at shutdown"),
+            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
             up: self.up.get(),
             down: self.down.get(),
             elapsed: self.start.elapsed(),
@@ -85,8 +86,6 @@ enum ConnError {
     Handshake(String),
     /// An I/O error on a socket.
     Io(&'static str, io::Error),
-    /// Relay idle for too long.
-    Idle,
 }
 
 impl fmt::Display for ConnError {
@@ -94,7 +93,6 @@ impl fmt::Display for ConnError {
         match self {
             Self::Handshake(reason) => f.write_str(reason),
             Self::Io(what, e) => write!(f, "{what}: {e}"),
-            Self::Idle => f.write_str("idle timeout"),
         }
     }
 }
@@ -108,11 +106,9 @@ async fn handshake_and_relay(
     let config = &guard.shared().config;
     // Separate futures, so the handshake's state is not kept while relaying.
     let (upstream, early) = handshake(client, peer, config, record).await?;
-    match relay::relay(client, &upstream, early, config.timeouts.idle, record).await {
-        RelayEnd::Done => Ok(()),
-        RelayEnd::Idle => Err(ConnError::Idle),
-        RelayEnd::Error(what, e) => Err(ConnError::Io(what, e)),
-    }
+    let end = relay::relay(client, &upstream, early, config.timeouts.idle, record).await;
+    record.finish(end);
+    Ok(())
 }
 
 /// Drives the handshake to the relay; returns the destination (or BIND peer) stream and the

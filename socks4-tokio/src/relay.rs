@@ -1,15 +1,17 @@
-//! The relay between the client and the destination (or BIND peer): early bytes first, both
-//! directions at once, half-close propagated, idle timeout.
+//! The relay between the client and the destination (or BIND peer), driving the core's [`Relay`]
+//! bookkeeping: early bytes first, both directions at once, a half-close passed on as a
+//! half-close and a reset as a reset, idle timeout.
 //!
 //! Buffers are taken from a per-thread pool only while bytes are in flight, so an idle relayed
 //! connection holds no buffer.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
 use tokio::net::TcpStream;
 
 use crate::conn::Record;
@@ -48,19 +50,76 @@ impl Drop for PooledBuf {
     }
 }
 
-/// How a relay ended.
-#[derive(Debug)]
-pub(crate) enum RelayEnd {
-    /// Both directions reached EOF.
-    Done,
-    /// No bytes either way for the idle timeout.
-    Idle,
-    /// A socket failed (what was being done, and the error); both ends are closed.
-    Error(&'static str, io::Error),
+/// What the relay shares between its two pumps and its idle watch: the core's bookkeeping, the
+/// two sockets, the clock, and the connection's record, which gets the counts when the relay ends
+/// or is dropped (at shutdown).
+struct Shared<'a> {
+    relay: RefCell<Relay>,
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    start: Instant,
+    record: &'a Record,
 }
 
-/// Relays until both directions end, one fails, or the connection is idle for `idle`.
-/// `early` (client bytes that came with the request) goes upstream first.
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        let relay = self.relay.get_mut();
+        self.record.up.set(relay.bytes(Side::Client));
+        self.record.down.set(relay.bytes(Side::Upstream));
+    }
+}
+
+/// A pump stops early with the relay's end.
+type Stop = RelayEnd;
+
+impl Shared<'_> {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn socket(&self, side: Side) -> &TcpStream {
+        match side {
+            Side::Client => self.client,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// Feeds the relay one input, then performs what it asks; `Err` once it is done.
+    fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<(), Stop> {
+        let mut relay = self.relay.borrow_mut();
+        input(&mut relay, self.now());
+        loop {
+            match relay.poll_output() {
+                // The peer may be gone already: the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(SockRef::from(self.socket(side)).shutdown(Shutdown::Write)),
+                // Closing the socket (when the relay returns) then sends a reset.
+                RelayOutput::Abort(side) => drop(SockRef::from(self.socket(side)).set_linger(Some(Duration::ZERO))),
+                RelayOutput::Done(end) => return Err(end),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn read(&self, from: Side, n: usize) -> Result<(), Stop> {
+        self.feed(|r, now| r.handle_read(now, from, n))
+    }
+
+    fn written(&self, from: Side, n: usize) -> Result<(), Stop> {
+        self.feed(|r, now| r.handle_written(now, from, n))
+    }
+
+    fn error(&self, on: Side, e: &io::Error) -> Stop {
+        tracing::debug!("relay: {on}: {e}");
+        match self.feed(|r, now| r.handle_error(now, on, Fault::from(e))) {
+            Err(end) => end,
+            Ok(()) => RelayEnd::Error(on),
+        }
+    }
+}
+
+/// Relays until both directions end, one side fails (the other is then reset), or the connection
+/// is idle for `idle`, driving the core's [`Relay`]; the counts go to `record`. `early` (client
+/// bytes that came with the request) goes upstream first.
 pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -68,50 +127,52 @@ pub(crate) async fn relay(
     idle: Duration,
     record: &Record,
 ) -> RelayEnd {
-    let last = Cell::new(Instant::now());
+    let start = record.start;
+    let relay = RefCell::new(Relay::new(start.elapsed(), idle));
+    let sh = Shared { relay, client, upstream, start, record };
     if !early.is_empty() {
-        if let Err(e) = write_all(upstream, &early).await {
-            return RelayEnd::Error("writing early data upstream", e);
+        let sent = match sh.read(Side::Client, early.len()) {
+            Ok(()) => match write_all(upstream, &early).await {
+                Ok(()) => sh.written(Side::Client, early.len()),
+                Err(e) => Err(sh.error(Side::Upstream, &e)),
+            },
+            Err(end) => Err(end),
+        };
+        if let Err(end) = sent {
+            return end;
         }
-        record.up.set(early.len() as u64);
     }
     drop(early);
-    let up = pump(client, upstream, &record.up, &last, ("reading client", "writing upstream"));
-    let down = pump(upstream, client, &record.down, &last, ("reading upstream", "writing client"));
+    let up = pump(&sh, Side::Client);
+    let down = pump(&sh, Side::Upstream);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => match r {
-            Ok(_) => RelayEnd::Done,
-            Err((what, e)) => RelayEnd::Error(what, e),
+            // Both directions ended: the relay says so (`Closed`).
+            Ok(_) => sh.feed(|_, _| {}).err().unwrap_or(RelayEnd::Closed),
+            Err(end) => end,
         },
-        () = idle_watch(&last, idle) => RelayEnd::Idle,
+        end = idle_watch(&sh) => end,
     }
 }
 
-/// What one direction's pump reports when it fails: what it was doing, and the error.
-type PumpError = (&'static str, io::Error);
-
-/// Copies `src` to `dst` until EOF, then shuts down `dst`'s write side.
+/// Copies `from` to its peer until EOF (the relay then shuts down the peer's write side), or until
+/// the relay ends (`Err`).
 ///
 /// On Linux the bytes go through a pipe borrowed from the worker's pool with splice(2), so they are
 /// never copied to user space; the pipe is borrowed only while a chunk is in flight. Where no pipe
 /// can be had (or splice is refused) the chunk goes through a pooled buffer instead.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &Cell<u64>,
-    last: &Cell<Instant>,
-    what: (&'static str, &'static str),
-) -> Result<(), PumpError> {
+async fn pump(sh: &Shared<'_>, from: Side) -> Result<(), Stop> {
+    let (src, dst) = (sh.socket(from), sh.socket(from.peer()));
     // Small chunks (a request, a keystroke) go through a buffer: fewer system calls than a
     // splice in and out. Once a read fills the whole buffer the direction is streaming, and its
     // chunks go through a pipe until one turns out small again.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let (mut streaming, mut can_splice) = (false, true);
     loop {
-        src.readable().await.map_err(|e| (what.0, e))?;
+        src.readable().await.map_err(|e| sh.error(from, &e))?;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if streaming && can_splice {
-            match zero_copy::chunk(src, dst, count, last, what).await? {
+            match zero_copy::chunk(sh, src, dst, from).await? {
                 Chunk::Moved(n) => {
                     streaming = n >= SMALL_CHUNK;
                     continue;
@@ -122,16 +183,15 @@ async fn pump(
                 Chunk::NoPipe => {}
             }
         }
-        match copy_chunk(src, dst, count, last, what).await? {
+        match copy_chunk(sh, src, dst, from).await? {
             Chunk::Eof => break,
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Chunk::Moved(n) => streaming = n == BUF_SIZE,
             _ => {}
         }
     }
-    // Half-close: the other direction goes on. The peer may be gone already.
-    let _ = SockRef::from(dst).shutdown(Shutdown::Write);
-    Ok(())
+    // The relay shuts down the peer's write side (half-close); the other direction goes on.
+    sh.feed(|r, now| r.handle_eof(now, from))
 }
 
 /// The outcome of moving one chunk.
@@ -150,40 +210,33 @@ enum Chunk {
 }
 
 /// Moves one chunk through a pooled buffer: one read, then write it all.
-async fn copy_chunk(
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &Cell<u64>,
-    last: &Cell<Instant>,
-    what: (&'static str, &'static str),
-) -> Result<Chunk, PumpError> {
+async fn copy_chunk(sh: &Shared<'_>, src: &TcpStream, dst: &TcpStream, from: Side) -> Result<Chunk, Stop> {
     let mut buf = PooledBuf::take();
     let n = match src.try_read(&mut buf.0) {
         Ok(0) => return Ok(Chunk::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
-        Err(e) => return Err((what.0, e)),
+        Err(e) => return Err(sh.error(from, &e)),
     };
-    last.set(Instant::now());
-    write_all(dst, &buf.0[..n]).await.map_err(|e| (what.1, e))?;
-    count.set(count.get() + n as u64);
-    last.set(Instant::now());
+    sh.read(from, n)?;
+    write_all(dst, &buf.0[..n]).await.map_err(|e| sh.error(from.peer(), &e))?;
+    sh.written(from, n)?;
     Ok(Chunk::Moved(n))
 }
 
 /// splice(2) through pipes from a per-worker pool.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod zero_copy {
-    use std::cell::{Cell, RefCell};
+    use std::cell::RefCell;
     use std::io;
     use std::os::fd::OwnedFd;
-    use std::time::Instant;
 
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use socks4_core::Side;
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{Chunk, PumpError};
+    use super::{Chunk, Shared, Stop};
 
     /// Capacity asked for each pipe (the kernel may round it or refuse; 64 KiB is the default).
     const PIPE_SIZE: usize = 256 * 1024;
@@ -243,13 +296,7 @@ mod zero_copy {
     /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to the pipe's
     /// capacity), then splices the pipe out to `dst` until it is empty. `src` is not read again
     /// before the pipe is empty, which is the back-pressure.
-    pub(super) async fn chunk(
-        src: &TcpStream,
-        dst: &TcpStream,
-        count: &Cell<u64>,
-        last: &Cell<Instant>,
-        what: (&'static str, &'static str),
-    ) -> Result<Chunk, PumpError> {
+    pub(super) async fn chunk(sh: &Shared<'_>, src: &TcpStream, dst: &TcpStream, from: Side) -> Result<Chunk, Stop> {
         let Ok(mut lease) = Lease::take() else {
             return Ok(Chunk::NoPipe);
         };
@@ -267,22 +314,21 @@ mod zero_copy {
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 return Ok(Chunk::Unsupported);
             }
-            Err(e) => return Err((what.0, e)),
+            Err(e) => return Err(sh.error(from, &e)),
         };
         lease.pending = n;
-        last.set(Instant::now());
+        sh.read(from, n)?;
         while lease.pending > 0 {
-            dst.writable().await.map_err(|e| (what.1, e))?;
+            dst.writable().await.map_err(|e| sh.error(from.peer(), &e))?;
             // The pipe holds bytes, so EAGAIN can only mean that `dst` is full.
             match dst.try_io(Interest::WRITABLE, || Ok(splice(pipe_r, None, dst, None, lease.pending, flags)?)) {
-                Ok(0) => return Err((what.1, io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(sh.error(from.peer(), &io::ErrorKind::WriteZero.into())),
                 Ok(m) => {
                     lease.pending -= m;
-                    count.set(count.get() + m as u64);
-                    last.set(Instant::now());
+                    sh.written(from, m)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err((what.1, e)),
+                Err(e) => return Err(sh.error(from.peer(), &e)),
             }
         }
         Ok(Chunk::Moved(n))
@@ -317,14 +363,16 @@ mod zero_copy {
         }
     }
 }
-/// Returns once `last` is `idle` old.
-async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
+/// Returns once the relay's idle deadline has passed (never without an idle timeout).
+async fn idle_watch(sh: &Shared<'_>) -> RelayEnd {
     loop {
-        let deadline = last.get() + idle;
-        if Instant::now() >= deadline {
-            return;
+        let Some(deadline) = sh.relay.borrow().deadline() else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until((sh.start + deadline).into()).await;
+        if let Err(end) = sh.feed(|r, now| r.handle_timeout(now)) {
+            return end;
         }
-        tokio::time::sleep_until(deadline.into()).await;
     }
 }
 

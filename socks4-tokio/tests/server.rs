@@ -220,3 +220,13 @@ fn try_echo(proxy: std::net::SocketAddr, target: std::net::SocketAddrV4) -> std:
     }
     Ok(())
 }
+
+/// `--listen [::ffff:127.0.0.1]:0` listens on 127.0.0.1 (as on every adapter), and an upstream
+/// reset is logged in the same words as on every adapter, with the same counts.
+#[test]
+fn mapped_listen_address_and_reset_log_words() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
+    if let Err(f) = socks4_tools::binary::mapped_listen_and_reset_words(binary) {
+        panic!("{f}");
+    }
+}

@@ -7,10 +7,12 @@
 //! - [`report`]: run all or some scenarios and print `PASS`/`FAIL`/`SKIP` lines.
 //! - [`checksum`]: deterministic payloads and FNV-1a.
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
+//! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
 //! measures one.
 
+pub mod binary;
 pub mod checksum;
 pub mod load;
 pub mod report;
@@ -48,6 +50,8 @@ macro_rules! __for_each_scenario {
             streams::half_close_client_first
             streams::half_close_target_first
             streams::bulk_both_ways
+            faults::upstream_reset_reaches_client
+            faults::client_reset_reaches_upstream
             load::concurrent_500
         }
     };

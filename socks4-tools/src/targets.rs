@@ -1,4 +1,5 @@
-//! Destination servers for the scenarios: echo, sink and source.
+//! Destination servers for the scenarios: echo, sink and source, and a source that
+//! resets ([`ResetSource`]) and a target that reports how each connection ended ([`EndWatcher`]).
 //!
 //! Each target binds `127.0.0.1:0`, accepts on a background thread, serves every connection on its
 //! own thread (blocking std sockets with read and write timeouts) and stops on drop: the accept
@@ -14,6 +15,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::checksum::{Fnv1a, pattern};
+
+mod faults;
+pub use faults::{EndWatcher, Ending, ResetSource, reset};
 
 /// How long a target's connection may sit idle (no bytes either way) before the target gives up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -162,19 +162,24 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
     if req.user == b"denied" {
         return reject(&mut client);
     }
-    let ip = match &req.host {
-        None => req.ip,
+    let ip: IpAddr = match &req.host {
+        None => req.ip.into(),
         Some(h) => {
-            let found = (h.as_str(), req.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut it| it.find_map(|a| if let SocketAddr::V4(a) = a { Some(*a.ip()) } else { None }));
+            let found = (h.as_str(), req.port).to_socket_addrs().ok().and_then(|mut it| it.next());
             match found {
-                Some(ip) => ip,
+                Some(a) => a.ip().to_canonical(),
                 None => return reject(&mut client),
             }
         }
     };
+    // Never a real destination: 0.0.0.0/8 (Linux connects it to this host), ::, broadcast, multicast.
+    let never = match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    };
+    if req.command == 1 && never {
+        return reject(&mut client);
+    }
     match req.command {
         1 => {
             let dest = SocketAddr::from((ip, req.port));
@@ -202,7 +207,7 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
                 }
             };
             peer.set_nonblocking(false)?;
-            if from.ip() != IpAddr::V4(ip) {
+            if from.ip().to_canonical() != ip {
                 let _ = peer.shutdown(Shutdown::Both);
                 return reject(&mut client);
             }
@@ -216,13 +221,18 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
     }
 }
 
-/// Copies both ways, propagating each EOF as `shutdown(Write)`.
+/// Copies both ways, propagating each EOF as `shutdown(Write)` and a failure as a reset.
 fn relay(a: TcpStream, b: TcpStream) -> io::Result<()> {
     let (a2, b2) = (a.try_clone()?, b.try_clone()?);
     let t = thread::Builder::new().stack_size(STACK).spawn(move || copy(a2, b2))?;
     copy(b, a);
     let _ = t.join();
     Ok(())
+}
+
+/// Makes the last close of `s` send a reset (`SO_LINGER` 0).
+fn set_abortive(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 fn copy(mut from: TcpStream, mut to: TcpStream) {
@@ -235,12 +245,14 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
             }
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
-                    let _ = from.shutdown(Shutdown::Both);
+                    set_abortive(&from);
                     return;
                 }
             }
             Err(_) => {
-                let _ = to.shutdown(Shutdown::Both);
+                // Reset `to` once both threads let go of it; wake the other thread's read of it.
+                set_abortive(&to);
+                let _ = to.shutdown(Shutdown::Read);
                 return;
             }
         }

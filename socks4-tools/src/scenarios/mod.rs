@@ -12,6 +12,7 @@ use std::time::Duration;
 mod bind;
 mod connect;
 mod destinations;
+mod faults;
 mod load;
 mod robustness;
 mod streams;
