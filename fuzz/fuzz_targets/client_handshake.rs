@@ -1,6 +1,7 @@
 //! `ClientHandshake` with arbitrary request parameters and arbitrary reply bytes in arbitrary chunks.
 //!
-//! Checks: no panic; a request that builds parses back to itself; `handle_input` uses at most its
+//! Checks: no panic; a request that builds parses back to itself (and a CONNECT built with
+//! `connect_to(request.target())` has the same bytes); `handle_input` uses at most its
 //! input and only up to the end of a reply; events come in a valid order (BIND: `BindListening`
 //! then a final one; CONNECT: one final event); once done (or after an error) nothing is consumed.
 #![no_main]
@@ -42,8 +43,12 @@ fuzz_target!(|case: Case| {
         }
     };
 
-    // The request bytes parse back to the request.
+    // The request bytes parse back to the request; a CONNECT built from its target is the same.
     let wire = hs.request_bytes();
+    if command == Command::Connect {
+        let via_target = ClientHandshake::connect_to(req.target(), &case.user).expect("a valid request's target");
+        assert_eq!(via_target.request_bytes(), wire, "connect_to(target) differs");
+    }
     assert_eq!(wire.len(), req.encoded_len());
     match (dest, parse_request(wire, &Limits::default())) {
         (_, Ok(Status::Complete((parsed, used)))) => {
@@ -86,6 +91,7 @@ fuzz_target!(|case: Case| {
                         let expected = match ev {
                             ClientEvent::Granted(a) | ClientEvent::BindListening(a) => (90, a),
                             ClientEvent::Rejected(code) => (code.code(), SocketAddrV4::new(0.into(), 0)),
+                            other => panic!("unknown event {other:?}"),
                         };
                         assert_eq!(reply.code.code(), expected.0);
                         if expected.0 == 90 {

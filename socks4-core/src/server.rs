@@ -244,6 +244,8 @@ pub struct ServerHandshake {
     /// Length of the complete request in `buf`, 0 while incomplete.
     request_len: u16,
     resolved: Option<IpAddr>,
+    /// A [`retry_connect`](Self::retry_connect) happened: later addresses keep the connect deadline.
+    retried: bool,
     names: Names,
     refuse_addresses: bool,
     state: State,
@@ -261,6 +263,7 @@ impl ServerHandshake {
             len: 0,
             request_len: 0,
             resolved: None,
+            retried: false,
             names: Names::Resolve,
             refuse_addresses: false,
             state: State::Reading,
@@ -394,7 +397,11 @@ impl ServerHandshake {
             Command::Connect => State::Connecting { asked: false },
             Command::Bind => State::Listening { asked: false },
         };
-        self.enter(next, now, self.timeouts.connect);
+        if self.retried {
+            self.state = next; // every address of a name shares the first connect's deadline
+        } else {
+            self.enter(next, now, self.timeouts.connect);
+        }
         Ok(())
     }
 
@@ -489,7 +496,8 @@ impl ServerHandshake {
             self.reject_with(CloseReason::Forbidden(next.to_canonical()));
         } else {
             self.resolved = Some(next.to_canonical());
-            self.state = State::Authorizing; // the connect deadline stands
+            self.retried = true;
+            self.state = State::Authorizing; // the connect deadline stands, through `accept` too
         }
         Ok(())
     }
@@ -1012,6 +1020,26 @@ mod tests {
         d.accept(T0).unwrap();
         d.handle_connected(T0, Err(Failure::Rejected(ReplyCode::Granted))).unwrap();
         assert_eq!(d.poll_output(), Output::Send(Reply::rejected()), "a 90 is no refusal code");
+    }
+
+    #[test]
+    fn retries_share_the_first_connect_deadline() {
+        let mut a = hs();
+        a.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0dual.example\0");
+        assert!(matches!(a.poll_output(), Output::Resolve { .. }));
+        a.handle_resolved(T0, Ok(Ipv4Addr::new(192, 0, 2, 1).into())).unwrap();
+        a.accept(T0 + SEC).unwrap();
+        assert!(matches!(a.poll_output(), Output::Connect(_)));
+        assert_eq!(a.deadline(), Some(T0 + SEC * 8));
+        // The first address fails 4 s in; the second is accepted 2 s later: still the first deadline.
+        a.retry_connect(T0 + SEC * 5, "2001:db8::1".parse().unwrap()).unwrap();
+        assert!(matches!(a.poll_output(), Output::Authorize(_)));
+        a.accept(T0 + SEC * 7).unwrap();
+        assert_eq!(a.poll_output(), Output::Connect(Target::Addr("[2001:db8::1]:80".parse().unwrap())));
+        assert_eq!(a.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 8) }, "not T0 + 14 s");
+        a.handle_timeout(T0 + SEC * 8);
+        assert_eq!(a.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::ConnectFailed(Failure::TimedOut)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The handshake and relay paths never allocate: codec, server handshake (CONNECT by IP and by name,
-//! BIND, rules, a rejection), client handshake and the relay bookkeeping, under a counting global
+//! a name forwarded unresolved, an IPv6 resolution with a retry, BIND, rules, rejections including a
+//! forbidden destination), client handshake and the relay bookkeeping, under a counting global
 //! allocator.
 //!
 //! Only allocations made by the current thread while it is counting are counted, so the test
@@ -7,13 +8,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use socks4_core::rules::{Action, Rules};
 use socks4_core::{
-    ClientEvent, ClientHandshake, CloseReason, Fault, Limits, MAX_REQUEST_LEN, Output, Relay, RelayEnd, RelayOutput,
-    Reply, ReplyCode, Request, ServerHandshake, Side, Status, Timeouts, parse_request,
+    ClientEvent, ClientHandshake, CloseReason, Fault, Limits, MAX_REQUEST_LEN, Names, Output, Relay, RelayEnd,
+    RelayOutput, Reply, ReplyCode, Request, ServerHandshake, Side, Status, Target, Timeouts, parse_request,
 };
 
 /// `System`, counting this thread's allocations while [`COUNTING`] is set.
@@ -156,6 +157,53 @@ fn server_connect_by_name() {
 }
 
 #[test]
+fn server_connect_by_forwarded_name() {
+    let rules = rules();
+    let bound: SocketAddr = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9), 40002).into();
+    assert_no_alloc("server CONNECT (4a, name forwarded)", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default()).with_names(Names::Forward);
+        assert_eq!(hs.handle_input(NOW, CONNECT_4A), CONNECT_4A.len());
+        assert!(!hs.wants_input());
+        let Output::Authorize(req) = hs.poll_output() else { panic!("no Authorize") };
+        assert_eq!((req.addr, req.host), (None, Some("example.com")));
+        assert_eq!(hs.authorize(NOW, &rules, CLIENT), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Connect(Target::Host("example.com", 80)));
+        hs.handle_connected(NOW, Ok(bound)).expect("connecting");
+        // An IPv6 local address goes out as 0.0.0.0 with its port.
+        let zeros = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 40002);
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, zeros)));
+        assert_eq!(hs.poll_output(), Output::Relay);
+    });
+}
+
+#[test]
+fn server_connect_ipv6_resolution_with_retry() {
+    let rules = rules();
+    let first = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    let second = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+    let bound: SocketAddr = (Ipv6Addr::LOCALHOST, 40003).into();
+    assert_no_alloc("server CONNECT (4a, IPv6, retried)", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        assert_eq!(hs.handle_input(NOW, CONNECT_4A), CONNECT_4A.len());
+        assert_eq!(hs.poll_output(), Output::Resolve { host: "example.com", port: 80 });
+        hs.handle_resolved(NOW, Ok(first)).expect("resolving");
+        assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+        assert_eq!(hs.authorize(NOW, &rules, CLIENT), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Connect(Target::Addr(SocketAddr::new(first, 80))));
+        // The first address is unreachable: try the lookup's next one, authorized again.
+        hs.retry_connect(NOW, second).expect("retrying");
+        let Output::Authorize(req) = hs.poll_output() else { panic!("no Authorize for the retry") };
+        assert_eq!(req.addr, Some(second));
+        assert_eq!(hs.authorize(NOW, &rules, CLIENT), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Connect(Target::Addr(SocketAddr::new(second, 80))));
+        hs.handle_connected(NOW, Ok(bound)).expect("connecting");
+        let zeros = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 40003);
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, zeros)));
+        assert_eq!(hs.poll_output(), Output::Relay);
+    });
+}
+
+#[test]
 fn server_bind() {
     let rules = rules();
     let listening = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50000);
@@ -203,6 +251,31 @@ fn server_rejections() {
         hs.handle_bind_peer(NOW, Ok(SocketAddrV4::new([203, 0, 113, 9].into(), 20).into())).expect("peer");
         assert_eq!(hs.poll_output(), Output::Send(Reply::rejected()));
         assert!(matches!(hs.poll_output(), Output::Closed(CloseReason::WrongPeer(_))));
+    });
+    assert_no_alloc("server: forbidden literal destination", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, b"\x04\x01\x00\x50\x00\x00\x00\x00user\0");
+        assert_eq!(hs.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(hs.poll_output(), Output::Closed(CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into())));
+    });
+    assert_no_alloc("server: name resolved to a forbidden destination", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, CONNECT_4A);
+        assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+        hs.handle_resolved(NOW, Ok(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().into())).expect("resolving");
+        assert_eq!(hs.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(hs.poll_output(), Output::Closed(CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into())));
+    });
+    assert_no_alloc("server: retry to a forbidden destination", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, CONNECT_4A);
+        assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+        hs.handle_resolved(NOW, Ok(Ipv4Addr::new(93, 184, 215, 14).into())).expect("resolving");
+        hs.accept(NOW).expect("accepting");
+        assert!(matches!(hs.poll_output(), Output::Connect(_)));
+        hs.retry_connect(NOW, Ipv6Addr::UNSPECIFIED.into()).expect("retrying");
+        assert_eq!(hs.poll_output(), Output::Send(Reply::rejected()));
+        assert_eq!(hs.poll_output(), Output::Closed(CloseReason::Forbidden(Ipv6Addr::UNSPECIFIED.into())));
     });
     assert_no_alloc("server: handshake timeout", || {
         let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());

@@ -1,14 +1,16 @@
-//! Property tests: codec round trips, split-anywhere equivalence, arbitrary input safety, and the
-//! server state machine and the relay bookkeeping under arbitrary event sequences.
+//! Property tests: codec round trips, split-anywhere equivalence, arbitrary input safety, the
+//! server state machine under arbitrary event sequences (both name modes, IPv4/IPv6/mapped/forbidden
+//! addresses, retries, upstream refusals), the relay bookkeeping under arbitrary event sequences and,
+//! with `std`, `driver::connect_candidates`.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 
 use proptest::prelude::*;
-use socks4_core::rules::Rules;
+use socks4_core::rules::{Rules, is_forbidden_destination};
 use socks4_core::{
-    Command, Dest, Failure, Fault, Limits, MAX_REQUEST_LEN, Output, Relay, RelayEnd, RelayOutput, Reply, ReplyCode,
-    Request, ServerHandshake, Side, Status, Timeouts, parse_request,
+    CloseReason, Command, Dest, Failure, Fault, Limits, MAX_REQUEST_LEN, Names, Output, Relay, RelayEnd, RelayOutput,
+    Reply, ReplyCode, Request, ServerHandshake, Side, Status, Target, Timeouts, parse_request,
 };
 
 fn command() -> impl Strategy<Value = Command> {
@@ -107,6 +109,71 @@ proptest! {
     }
 }
 
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+const fn v6(a: u16, b: u16, h: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(a, b, 0, 0, 0, 0, 0, h))
+}
+
+const fn mapped(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V6(Ipv4Addr::new(a, b, c, d).to_ipv6_mapped())
+}
+
+/// Never real destinations, in each spelling.
+const FORBIDDEN: [IpAddr; 10] = [
+    v4(0, 0, 0, 0),
+    v4(0, 9, 9, 9),
+    v4(255, 255, 255, 255),
+    v4(224, 0, 0, 1),
+    v6(0, 0, 0),
+    v6(0xff02, 0, 1),
+    mapped(0, 0, 0, 0),
+    mapped(0, 0, 0, 7),
+    mapped(255, 255, 255, 255),
+    mapped(239, 1, 2, 3),
+];
+
+/// Addresses rules single out, and a few that repeat (so lookups have duplicates).
+const SPECIAL: [IpAddr; 9] = [
+    v4(127, 0, 0, 1),
+    v6(0, 0, 1),
+    mapped(127, 0, 0, 1),
+    v4(10, 0, 0, 1),
+    v6(0xfd00, 0, 1),
+    v4(192, 0, 2, 1),
+    mapped(192, 0, 2, 1),
+    v6(0x2001, 0xdb8, 1),
+    v6(0x2001, 0xdb8, 2),
+];
+
+/// Any address a resolver or a socket could hand over: IPv4, IPv6, IPv4-mapped, forbidden.
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        3 => any::<[u8; 4]>().prop_map(IpAddr::from),
+        2 => any::<[u16; 8]>().prop_map(IpAddr::from),
+        1 => any::<[u8; 4]>().prop_map(|o| IpAddr::V6(Ipv4Addr::from(o).to_ipv6_mapped())),
+        3 => prop::sample::select(FORBIDDEN.to_vec()),
+        3 => prop::sample::select(SPECIAL.to_vec()),
+    ]
+}
+
+fn sock() -> impl Strategy<Value = SocketAddr> {
+    (ip(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+fn failure() -> impl Strategy<Value = Failure> {
+    prop_oneof![
+        Just(Failure::TimedOut),
+        Just(Failure::Refused),
+        Just(Failure::Unreachable),
+        Just(Failure::NotFound),
+        Just(Failure::Other),
+        (90u8..=93).prop_map(|c| Failure::Rejected(ReplyCode::from_code(c).expect("90..=93"))),
+    ]
+}
+
 /// One thing that can happen to a server handshake.
 #[derive(Debug, Clone)]
 enum Event {
@@ -115,67 +182,196 @@ enum Event {
     Advance(u16),
     Accept,
     Reject(u8),
-    Authorize(bool),
-    Resolved(Option<[u8; 4]>),
-    Connected(bool),
-    Listening(bool),
-    Peer(Option<[u8; 4]>),
+    Authorize(usize, IpAddr),
+    Resolved(Result<IpAddr, Failure>),
+    Connected(Result<SocketAddr, Failure>),
+    Retry(IpAddr),
+    Listening(Result<SocketAddr, Failure>),
+    /// `Ok(None)`: the expected peer, as the handshake announced it.
+    Peer(Result<Option<SocketAddr>, Failure>),
+    /// Answers what the handshake last asked for with this address and port (the flag picks
+    /// `authorize` over `accept`, `retry_connect` over `handle_connected`, another peer over the
+    /// expected one), so that deep states (retries, BIND's second reply) are reached often.
+    Answer(IpAddr, u16, bool),
+}
+
+/// What the handshake last asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Resolve,
+    Decide,
+    Connect,
+    Listen,
+    Peer,
 }
 
 fn event() -> impl Strategy<Value = Event> {
-    let ip = prop_oneof![Just([127, 0, 0, 1]), Just([10, 0, 0, 1]), any::<[u8; 4]>()];
     prop_oneof![
         4 => prop_oneof![
             Just(b"\x04\x01\x00\x50\x7f\x00\x00\x01u\0".to_vec()),
             Just(b"\x04\x02\x00\x50\x7f\x00\x00\x01\0".to_vec()),
             Just(b"\x04\x01\x00\x50\x00\x00\x00\x01\0host\0".to_vec()),
+            Just(b"\x04\x01\x01\xbb\x00\x00\x00\x01u\0dual.example\0".to_vec()),
+            Just(b"\x04\x02\x00\x15\x00\x00\x00\x01\0peer\0".to_vec()),
+            Just(b"\x04\x01\x00\x50\x00\x00\x00\x00u\0".to_vec()),
+            Just(b"\x04\x01\x00\x50\xff\xff\xff\xff\0".to_vec()),
+            Just(b"\x04\x01\x00\x50\xe0\x00\x00\x01\0".to_vec()),
             proptest::collection::vec(any::<u8>(), 0..12),
         ].prop_map(Event::Input),
         1 => Just(Event::Eof),
         2 => (0u16..20_000).prop_map(Event::Advance),
         2 => Just(Event::Accept),
         1 => (89u8..=94).prop_map(Event::Reject),
-        2 => any::<bool>().prop_map(Event::Authorize),
-        2 => proptest::option::of(ip.clone()).prop_map(Event::Resolved),
-        2 => any::<bool>().prop_map(Event::Connected),
-        2 => any::<bool>().prop_map(Event::Listening),
-        2 => proptest::option::of(ip).prop_map(Event::Peer),
+        2 => (0..RULES.len(), ip()).prop_map(|(r, client)| Event::Authorize(r, client)),
+        3 => prop_oneof![3 => ip().prop_map(Ok), 1 => failure().prop_map(Err)].prop_map(Event::Resolved),
+        3 => prop_oneof![2 => sock().prop_map(Ok), 1 => failure().prop_map(Err)].prop_map(Event::Connected),
+        2 => ip().prop_map(Event::Retry),
+        2 => prop_oneof![2 => sock().prop_map(Ok), 1 => failure().prop_map(Err)].prop_map(Event::Listening),
+        2 => prop_oneof![
+            2 => Just(Ok(None)),
+            2 => sock().prop_map(|a| Ok(Some(a))),
+            1 => failure().prop_map(Err),
+        ].prop_map(Event::Peer),
+        4 => (ip(), any::<u16>(), any::<bool>()).prop_map(|(ip, port, alt)| Event::Answer(ip, port, alt)),
     ]
 }
 
-fn ok_or(ok: bool, addr: SocketAddrV4) -> Result<std::net::SocketAddr, Failure> {
-    if ok { Ok(addr.into()) } else { Err(Failure::Refused) }
+const RULES: [&str; 4] =
+    ["", "deny", "deny to loopback\ndeny to ::/0\nallow to 0.0.0.0/0\nallow to *", "allow to *.example"];
+
+/// What the next outputs must be, after a call whose outcome is known.
+#[derive(Debug, Clone, PartialEq)]
+enum Want {
+    Send(Reply),
+    Closed(CloseReason),
+    /// `Authorize` for this address.
+    Authorize(IpAddr),
+}
+
+/// 91, then `Closed(reason)`.
+fn refused(reason: CloseReason) -> Vec<Want> {
+    vec![Want::Send(Reply::rejected()), Want::Closed(reason)]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
-    /// Arbitrary event sequences never panic, and outputs respect the protocol: at most two replies,
-    /// a rejection reply is followed only by `Closed`, terminal outputs stay terminal, each action is
-    /// asked for at most once per phase, and a deadline is never handed out at or before `now`.
+    /// Arbitrary event sequences, in either name mode, never panic, and outputs respect the protocol:
+    /// at most two replies, a rejection reply is followed only by `Closed`, terminal outputs stay
+    /// terminal, `Resolve` and `Listen` at most once and `Connect` once per address tried, a deadline
+    /// is never handed out at or before `now`, and a `Misuse` changes nothing. Addresses: no forbidden
+    /// CONNECT destination reaches `Authorize` or `Connect` (literal, resolved and retried ones are
+    /// refused with 91 and `Forbidden`); a forwarded name never resolves, is authorized without an
+    /// address and connected to as `Target::Host`; `retry_connect` works exactly while a resolved
+    /// name's `Connect` is pending, authorizes the next address and keeps the first connect's deadline;
+    /// an upstream's `Rejected(code)` is replied with that code (91 for 90); `wants_input()` is true
+    /// exactly while no request is complete and the handshake is open.
     #[test]
-    fn server_state_machine_is_well_behaved(events in proptest::collection::vec(event(), 0..40)) {
+    fn server_state_machine_is_well_behaved(forward in any::<bool>(), events in proptest::collection::vec(event(), 0..40)) {
         let timeouts = Timeouts::default().with_handshake(Duration::from_secs(5)).with_connect(Duration::from_secs(5)).with_bind(Duration::from_secs(5));
         let mut now = Duration::ZERO;
-        let mut hs = ServerHandshake::new(now, Limits::new(8, 16), timeouts);
-        let allow = Rules::default();
-        let deny = Rules::parse("deny").unwrap();
-        let addr = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9);
-        let (mut replies, mut actions, mut terminal) = (0, 0, None::<String>);
-        let mut rejected = false;
+        let names = if forward { Names::Forward } else { Names::Resolve };
+        let mut hs = ServerHandshake::new(now, Limits::new(8, 16), timeouts).with_names(names);
+        let rules: Vec<Rules> = RULES.iter().map(|r| Rules::parse(r).unwrap()).collect();
+        let mut terminal = None::<String>;
+        let (mut replies, mut rejected, mut closed) = (0, false, false);
+        let (mut resolves, mut listens, mut connects, mut retries) = (0, 0, 0, 0);
+        let mut connect_pending = false;
+        let mut asked = None::<Ask>;
+        let mut first_connect_deadline = None;
+        let mut connected_to = Vec::new();
+        let mut want: Vec<Want> = Vec::new();
         for ev in events {
-            match ev {
-                Event::Input(b) => { let n = hs.handle_input(now, &b); prop_assert!(n <= b.len()); }
-                Event::Eof => hs.handle_eof(now),
-                Event::Advance(ms) => { now += Duration::from_millis(ms.into()); hs.handle_timeout(now); }
-                Event::Accept => { let _ = hs.accept(now); }
-                Event::Reject(c) => { let _ = ReplyCode::from_code(c).map(|c| hs.reject(c)); }
-                Event::Authorize(ok) => { let _ = hs.authorize(now, if ok { &allow } else { &deny }, [127, 0, 0, 1].into()); }
-                Event::Resolved(r) => { let _ = hs.handle_resolved(now, r.map(|o| Ipv4Addr::from(o).into()).ok_or(Failure::NotFound)); }
-                Event::Connected(ok) => { let _ = hs.handle_connected(now, ok_or(ok, addr)); }
-                Event::Listening(ok) => { let _ = hs.handle_listening(now, ok_or(ok, addr)); }
-                Event::Peer(p) => { let _ = hs.handle_bind_peer(now, p.map(|ip| SocketAddrV4::new(ip.into(), 1).into()).ok_or(Failure::TimedOut)); }
+            let before = format!("{hs:?}");
+            let had_request = hs.request().is_some();
+            let connect = hs.request().is_some_and(|r| r.command == Command::Connect);
+            let by_name = hs.request().is_some_and(|r| matches!(r.dest, Dest::Domain(_)));
+            let ev = match (ev, asked) {
+                (Event::Answer(_, port, _), None) => Event::Advance(port % 1000),
+                (Event::Answer(ip, _, _), Some(Ask::Resolve)) => Event::Resolved(Ok(ip)),
+                (Event::Answer(ip, port, true), Some(Ask::Decide)) => Event::Authorize(usize::from(port) % RULES.len(), ip),
+                (Event::Answer(..), Some(Ask::Decide)) => Event::Accept,
+                (Event::Answer(ip, _, true), Some(Ask::Connect)) => Event::Retry(ip),
+                (Event::Answer(ip, port, false), Some(Ask::Connect)) => Event::Connected(Ok(SocketAddr::new(ip, port))),
+                (Event::Answer(ip, port, _), Some(Ask::Listen)) => Event::Listening(Ok(SocketAddr::new(ip, port))),
+                (Event::Answer(ip, port, true), Some(Ask::Peer)) => Event::Peer(Ok(Some(SocketAddr::new(ip, port)))),
+                (Event::Answer(..), Some(Ask::Peer)) => Event::Peer(Ok(None)),
+                (ev, _) => ev,
+            };
+            let result = match ev {
+                Event::Input(b) => {
+                    let n = hs.handle_input(now, &b);
+                    prop_assert!(n <= b.len());
+                    if let (false, Some(req)) = (had_request, hs.request()) {
+                        if let (Command::Connect, Dest::Ip(ip)) = (req.command, req.dest) {
+                            if is_forbidden_destination(ip.into()) {
+                                want = refused(CloseReason::Forbidden(ip.into()));
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Event::Eof => { hs.handle_eof(now); Ok(()) }
+                Event::Advance(ms) => { now += Duration::from_millis(ms.into()); hs.handle_timeout(now); Ok(()) }
+                Event::Accept => hs.accept(now),
+                Event::Reject(c) => ReplyCode::from_code(c).map_or(Ok(()), |c| hs.reject(c)),
+                Event::Authorize(r, client) => hs.authorize(now, &rules[r], client).map(drop),
+                Event::Resolved(r) => {
+                    let res = hs.handle_resolved(now, r);
+                    match r {
+                        Ok(ip) if res.is_ok() && connect && is_forbidden_destination(ip) => {
+                            want = refused(CloseReason::Forbidden(ip.to_canonical()));
+                        }
+                        Ok(ip) if res.is_ok() => want = vec![Want::Authorize(ip.to_canonical())],
+                        _ => {}
+                    }
+                    res
+                }
+                Event::Connected(r) => {
+                    let res = hs.handle_connected(now, r);
+                    if res.is_ok() {
+                        connect_pending = false;
+                        if let Err(Failure::Rejected(code)) = r {
+                            let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
+                            want = vec![
+                                Want::Send(Reply { code, ..Reply::rejected() }),
+                                Want::Closed(CloseReason::ConnectFailed(Failure::Rejected(code))),
+                            ];
+                        }
+                    }
+                    res
+                }
+                Event::Retry(next) => {
+                    let deadline = hs.deadline();
+                    let res = hs.retry_connect(now, next);
+                    prop_assert_eq!(res.is_ok(), connect_pending && by_name && !forward, "retry_connect: {:?}", res);
+                    if res.is_ok() {
+                        connect_pending = false;
+                        retries += 1;
+                        if is_forbidden_destination(next) {
+                            want = refused(CloseReason::Forbidden(next.to_canonical()));
+                        } else {
+                            prop_assert_eq!(hs.deadline(), deadline, "retry_connect moved the deadline");
+                            want = vec![Want::Authorize(next.to_canonical())];
+                        }
+                    }
+                    res
+                }
+                Event::Listening(r) => hs.handle_listening(now, r),
+                Event::Peer(p) => {
+                    let expected = hs.access_request().and_then(|r| r.addr).unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+                    hs.handle_bind_peer(now, p.map(|p| p.unwrap_or(SocketAddr::new(expected, 1))))
+                }
+                Event::Answer(..) => unreachable!("mapped above"),
+            };
+            if result.is_err() {
+                prop_assert_eq!(format!("{hs:?}"), before, "Misuse changed the state");
             }
+            let req_command = hs.request().map(|r| r.command);
+            let req_name = hs.request().and_then(|r| match r.dest {
+                Dest::Domain(name) => Some(name.to_owned()),
+                Dest::Ip(_) => None,
+            });
             for _ in 0..8 {
                 let out = hs.poll_output();
                 let text = format!("{out:?}");
@@ -183,17 +379,54 @@ proptest! {
                     prop_assert_eq!(&text, t, "terminal output changed");
                     break;
                 }
+                if !want.is_empty() {
+                    let ok = match (want.remove(0), &out) {
+                        (Want::Send(r), Output::Send(got)) => r == *got,
+                        (Want::Closed(r), Output::Closed(got)) => r == *got,
+                        (Want::Authorize(ip), Output::Authorize(req)) => req.addr == Some(ip),
+                        _ => false,
+                    };
+                    prop_assert!(ok, "unexpected output {}", text);
+                }
                 match out {
                     Output::Send(reply) => {
+                        asked = (replies == 0 && listens == 1 && reply.code == ReplyCode::Granted).then_some(Ask::Peer);
                         replies += 1;
                         prop_assert!(replies <= 2, "more than two replies");
                         prop_assert!(!rejected, "a reply after a rejection");
                         rejected = reply.code != ReplyCode::Granted;
                     }
-                    Output::Resolve { .. } | Output::Connect(_) | Output::Listen { .. } => {
+                    Output::Resolve { .. } => {
+                        asked = Some(Ask::Resolve);
                         prop_assert!(!rejected);
-                        actions += 1;
-                        prop_assert!(actions <= 2, "too many actions: {}", text);
+                        resolves += 1;
+                        prop_assert!(resolves <= 1, "Resolve twice");
+                        prop_assert!(!(forward && req_command == Some(Command::Connect)), "a forwarded name resolved");
+                    }
+                    Output::Listen { .. } => {
+                        asked = Some(Ask::Listen);
+                        prop_assert!(!rejected);
+                        listens += 1;
+                        prop_assert!(listens <= 1, "Listen twice");
+                    }
+                    Output::Connect(target) => {
+                        prop_assert!(!rejected);
+                        connects += 1;
+                        prop_assert!(connects <= 1 + retries, "Connect {} times after {} retries", connects, retries);
+                        match target {
+                            Target::Addr(a) => {
+                                prop_assert!(!is_forbidden_destination(a.ip()), "Connect to forbidden {}", a);
+                                connected_to.push(a.ip());
+                            }
+                            Target::Host(..) => prop_assert!(forward, "Connect to a name without Names::Forward"),
+                        }
+                        connect_pending = true;
+                        asked = Some(Ask::Connect);
+                        let d = hs.deadline();
+                        match first_connect_deadline {
+                            None => first_connect_deadline = d,
+                            Some(first) => prop_assert!(d.is_some_and(|d| d <= first), "retry deadline {:?} after the first {:?}", d, first),
+                        }
                     }
                     Output::Wait { deadline } => {
                         prop_assert!(!rejected, "waiting after a rejection");
@@ -201,11 +434,84 @@ proptest! {
                         break;
                     }
                     Output::Relay => { prop_assert!(!rejected); prop_assert!(replies >= 1); terminal = Some(text); break; }
-                    Output::Closed(_) => { terminal = Some(text); break; }
-                    Output::Authorize(_) => { prop_assert!(!rejected); break; }
+                    Output::Closed(reason) => {
+                        if let CloseReason::Forbidden(ip) = reason {
+                            prop_assert!(is_forbidden_destination(ip) && ip == ip.to_canonical());
+                            prop_assert_eq!(req_command, Some(Command::Connect));
+                        }
+                        closed = true;
+                        connect_pending = false;
+                        asked = None;
+                        terminal = Some(text);
+                        break;
+                    }
+                    Output::Authorize(access) => {
+                        asked = Some(Ask::Decide);
+                        prop_assert!(!rejected);
+                        prop_assert_eq!(req_command, Some(access.command), "Authorize without a request");
+                        if let (true, Command::Connect, Some(name)) = (forward, access.command, &req_name) {
+                            prop_assert_eq!((access.addr, access.host), (None, Some(name.as_str())), "forwarded name");
+                        }
+                        if let (Command::Connect, Some(ip)) = (access.command, access.addr) {
+                            prop_assert!(!is_forbidden_destination(ip), "Authorize for forbidden {}", ip);
+                        }
+                        break;
+                    }
                     _ => break,
                 }
             }
+            prop_assert!(want.is_empty(), "outputs not seen: {:?}", want);
+            prop_assert_eq!(hs.wants_input(), hs.request().is_none() && !closed, "wants_input");
+        }
+        prop_assert!(connected_to.iter().all(|&ip| !is_forbidden_destination(ip)));
+    }
+}
+
+/// Lookup results with duplicates across spellings (mapped and plain) and families.
+#[cfg(feature = "std")]
+fn lookup() -> impl Strategy<Value = Vec<SocketAddr>> {
+    let ip = prop_oneof![
+        3 => prop::sample::select(SPECIAL.to_vec()),
+        2 => prop::sample::select(FORBIDDEN.to_vec()),
+        1 => any::<[u8; 4]>().prop_map(IpAddr::from),
+        1 => any::<[u16; 8]>().prop_map(IpAddr::from),
+    ];
+    proptest::collection::vec((ip, any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port)), 0..12)
+}
+
+#[cfg(feature = "std")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// `connect_candidates`: no duplicates; no forbidden address unless it is the only one (and
+    /// then every input was forbidden and it is the first); IPv4 before IPv6; the lookup's order
+    /// within each family; every non-forbidden input present (canonical); empty only for no input.
+    #[test]
+    fn connect_candidates_orders_and_filters(lookup in lookup()) {
+        let out = socks4_core::driver::connect_candidates(lookup.iter().copied());
+        let canonical: Vec<IpAddr> = lookup.iter().map(|a| a.ip().to_canonical()).collect();
+        let mut usable: Vec<IpAddr> = Vec::new();
+        for &ip in &canonical {
+            if !is_forbidden_destination(ip) && !usable.contains(&ip) {
+                usable.push(ip);
+            }
+        }
+        for (i, ip) in out.iter().enumerate() {
+            prop_assert!(!out[..i].contains(ip), "duplicate {} in {:?}", ip, out);
+            prop_assert_eq!(*ip, ip.to_canonical());
+        }
+        if out.iter().any(|&ip| is_forbidden_destination(ip)) {
+            prop_assert_eq!(out.len(), 1, "a forbidden address among others: {:?}", out);
+            prop_assert!(usable.is_empty());
+            prop_assert_eq!(out[0], canonical[0]);
+        }
+        prop_assert_eq!(out.is_empty(), lookup.is_empty());
+        let first_v6 = out.iter().position(IpAddr::is_ipv6).unwrap_or(out.len());
+        prop_assert!(out[first_v6..].iter().all(IpAddr::is_ipv6), "IPv4 after IPv6: {:?}", out);
+        for family in [IpAddr::is_ipv4, IpAddr::is_ipv6] {
+            let got: Vec<IpAddr> = out.iter().copied().filter(|ip| family(ip) && !is_forbidden_destination(*ip)).collect();
+            let want: Vec<IpAddr> = usable.iter().copied().filter(family).collect();
+            prop_assert_eq!(got, want, "order within a family, every usable input present");
         }
     }
 }
