@@ -7,6 +7,8 @@
 //! before `now` is one that `handle_timeout(now)` acts on, and after `handle_timeout(t)` no deadline
 //! is at or before `t`); an early `handle_timeout` is a no-op; a `Misuse` error changes nothing;
 //! `handle_input` consumes at most its input, and exactly the request once it is complete.
+//! Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
+//! as the answer (or the ident deadline) calls for.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use socks4_core::ident::{ErrorKind, IdentReply};
 use socks4_core::rules::Rules;
 use socks4_core::{
     CloseReason, Command, Dest, Failure, Limits, MAX_REQUEST_LEN, Misuse, Output, Reply, ReplyCode, Request,
@@ -31,6 +34,7 @@ fn rule_sets() -> &'static [Rules] {
             "deny to 10.0.0.0/8\nallow port 1-1024 command connect\nallow command bind user alice",
             "allow to *.example.com\ndeny to 0.0.0.0/0 port 22",
             "deny",
+            "allow from 127.0.0.0/8 ident\nallow command bind ident\nallow user alice",
         ]
         .iter()
         .map(|text| Rules::parse(text).expect("fixed rules parse"))
@@ -90,6 +94,20 @@ enum Op {
     Listening(Result<([u8; 4], u16), Fail>),
     /// `Ok(None)` is the expected peer (the request's address), to reach the grant.
     BindPeer(Result<Option<([u8; 4], u16)>, Fail>),
+    AcceptWithIdent,
+    Ident(IdentAnswer),
+}
+
+/// Identd's answer to `Output::Ident`.
+#[derive(Arbitrary, Debug)]
+enum IdentAnswer {
+    /// The request's own user id.
+    Same,
+    /// This user id (possibly the request's).
+    User(Vec<u8>),
+    /// `ERROR : NO-USER`.
+    Error,
+    Fail(Fail),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -111,6 +129,7 @@ enum Out {
     Authorize,
     Connect(SocketAddrV4),
     Listen(Ipv4Addr),
+    Ident,
     Relay,
     Wait(Option<Duration>),
     Closed(CloseReason),
@@ -123,6 +142,7 @@ fn owned(out: Output<'_>) -> Out {
         Output::Authorize(_) => Out::Authorize,
         Output::Connect(a) => Out::Connect(a),
         Output::Listen { expected_peer } => Out::Listen(expected_peer),
+        Output::Ident => Out::Ident,
         Output::Relay => Out::Relay,
         Output::Wait { deadline } => Out::Wait(deadline),
         Output::Closed(r) => Out::Closed(r),
@@ -138,6 +158,7 @@ struct Driver {
     resolves: u32,
     connects: u32,
     listens: u32,
+    idents: u32,
     /// `Relay` or `Closed` once seen.
     terminal: Option<Out>,
     /// The code of the last successful `reject`.
@@ -156,6 +177,7 @@ enum Awaiting {
     Connected,
     Listening,
     Peer,
+    Ident,
 }
 
 impl Driver {
@@ -228,6 +250,13 @@ impl Driver {
                     assert_eq!(self.hs.request().map(|r| r.command), Some(Command::Bind));
                     self.awaiting = Some(Awaiting::Listening);
                 }
+                Out::Ident => {
+                    self.idents += 1;
+                    assert_eq!(self.idents, 1, "Ident twice");
+                    assert!(self.accepted, "Ident before accept");
+                    assert_eq!((self.connects, self.listens), (0, 0), "Ident after Connect or Listen");
+                    self.awaiting = Some(Awaiting::Ident);
+                }
                 Out::Authorize => {
                     assert!(!self.accepted);
                     assert_eq!(owned(self.hs.poll_output()), Out::Authorize, "Authorize does not repeat");
@@ -297,6 +326,9 @@ impl Driver {
 
     fn timeout(&mut self) {
         let early = self.hs.deadline().is_none_or(|d| self.now < d);
+        if !early && self.awaiting == Some(Awaiting::Ident) {
+            self.rejected_with = Some(ReplyCode::IdentUnreachable);
+        }
         let before = if early { self.snapshot() } else { String::new() };
         self.hs.handle_timeout(self.now);
         if early {
@@ -404,6 +436,30 @@ impl Driver {
                 let r = self.hs.handle_bind_peer(self.now, r);
                 self.check_answer(Awaiting::Peer, &before, &r);
             }
+            Op::AcceptWithIdent => {
+                let r = self.hs.accept_with_ident(self.now);
+                self.check_answer(Awaiting::Decision, &before, &r);
+                self.accepted |= r.is_ok();
+            }
+            Op::Ident(answer) => {
+                let own = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let answer = match answer {
+                    IdentAnswer::Same => Ok(IdentReply::User { os: "UNIX", charset: None, user: &own }),
+                    IdentAnswer::User(user) => Ok(IdentReply::User { os: "OTHER", charset: None, user }),
+                    IdentAnswer::Error => Ok(IdentReply::Error { kind: ErrorKind::NoUser, token: "NO-USER" }),
+                    IdentAnswer::Fail(f) => Err(Failure::from(*f)),
+                };
+                let refusal = match answer {
+                    Ok(IdentReply::User { user, .. }) if user == own.as_slice() => None,
+                    Ok(_) => Some(ReplyCode::IdentMismatch),
+                    Err(_) => Some(ReplyCode::IdentUnreachable),
+                };
+                let r = self.hs.handle_ident(self.now, answer);
+                self.check_answer(Awaiting::Ident, &before, &r);
+                if r.is_ok() {
+                    self.rejected_with = refusal.or(self.rejected_with);
+                }
+            }
         }
         self.drain();
     }
@@ -425,6 +481,7 @@ fuzz_target!(|case: Case| {
         resolves: 0,
         connects: 0,
         listens: 0,
+        idents: 0,
         terminal: None,
         rejected_with: None,
         accepted: false,
