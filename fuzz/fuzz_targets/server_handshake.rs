@@ -21,6 +21,8 @@
 //! name shares the first connect's deadline. Each answered result is followed by exactly the
 //! outputs it implies: the grant carries the bound address (IPv6 as `0.0.0.0` and its port),
 //! `Failure::Rejected(code)` replies with that code (91 for 90), failures reply 91 with their reason.
+//! Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
+//! as the answer (or the ident deadline) calls for.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use socks4_core::ident::{ErrorKind, IdentReply};
 use socks4_core::rules::{Action, Rules, is_forbidden_destination};
 use socks4_core::{
     CloseReason, Command, Dest, Failure, Limits, MAX_REQUEST_LEN, Misuse, Names, Output, Reply, ReplyCode, Request,
@@ -48,6 +51,7 @@ fn rule_sets() -> &'static [Rules] {
             "deny to loopback\ndeny to link-local\nallow to private\nallow to 2001:db8::/32",
             "deny to ::/0\ndeny to 0.0.0.0/0\nallow to *",
             "allow from ::1/128\nallow from 127.0.0.0/8 command bind\ndeny to fe80::/10",
+            "allow from 127.0.0.0/8 ident\nallow command bind ident\nallow user alice",
         ]
         .iter()
         .map(|text| Rules::parse(text).expect("fixed rules parse"))
@@ -231,6 +235,20 @@ enum Op {
         fail: Option<Fail>,
         other: bool,
     },
+    AcceptWithIdent,
+    Ident(IdentAnswer),
+}
+
+/// Identd's answer to `Output::Ident`.
+#[derive(Arbitrary, Debug)]
+enum IdentAnswer {
+    /// The request's own user id.
+    Same,
+    /// This user id (possibly the request's).
+    User(Vec<u8>),
+    /// `ERROR : NO-USER`.
+    Error,
+    Fail(Fail),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -260,6 +278,7 @@ enum Out {
     Authorize { command: Command, addr: Option<IpAddr>, host: Option<String>, port: u16 },
     Connect(To),
     Listen(IpAddr),
+    Ident,
     Relay,
     Wait(Option<Duration>),
     Closed(CloseReason),
@@ -275,6 +294,7 @@ fn owned(out: Output<'_>) -> Out {
         Output::Connect(Target::Addr(a)) => Out::Connect(To::Addr(a)),
         Output::Connect(Target::Host(h, p)) => Out::Connect(To::Host(h.to_owned(), p)),
         Output::Listen { expected_peer } => Out::Listen(expected_peer),
+        Output::Ident => Out::Ident,
         Output::Relay => Out::Relay,
         Output::Wait { deadline } => Out::Wait(deadline),
         Output::Closed(r) => Out::Closed(r),
@@ -312,6 +332,7 @@ struct Driver {
     /// `Connect`s since the last accept (at most one).
     connects: u32,
     listens: u32,
+    idents: u32,
     /// `Relay` or `Closed` once seen.
     terminal: Option<Out>,
     /// The code of the last successful `reject`, rules' deny or upstream refusal.
@@ -339,6 +360,7 @@ enum Awaiting {
     Connected,
     Listening,
     Peer,
+    Ident,
 }
 
 impl Driver {
@@ -450,6 +472,13 @@ impl Driver {
                     assert_eq!(self.hs.access_request().and_then(|r| r.addr), Some(*ip));
                     assert_eq!(self.hs.request().map(|r| r.command), Some(Command::Bind));
                     self.awaiting = Some(Awaiting::Listening);
+                }
+                Out::Ident => {
+                    self.idents += 1;
+                    assert_eq!(self.idents, 1, "Ident twice");
+                    assert!(self.accepted, "Ident before accept");
+                    assert_eq!((self.connects, self.listens), (0, 0), "Ident after Connect or Listen");
+                    self.awaiting = Some(Awaiting::Ident);
                 }
                 Out::Authorize { command, addr, host, port } => {
                     assert!(!self.accepted);
@@ -577,6 +606,9 @@ impl Driver {
 
     fn timeout(&mut self) {
         let early = self.hs.deadline().is_none_or(|d| self.now < d);
+        if !early && self.awaiting == Some(Awaiting::Ident) {
+            self.rejected_with = Some(ReplyCode::IdentUnreachable);
+        }
         let before = if early { self.snapshot() } else { String::new() };
         self.hs.handle_timeout(self.now);
         if early {
@@ -621,6 +653,11 @@ impl Driver {
                     Some(Awaiting::Listening) => Op::Listening(result),
                     Some(Awaiting::Peer) if *other => Op::BindPeer(result.map(|a| Peer::Other(a.0, a.1))),
                     Some(Awaiting::Peer) => Op::BindPeer(result.map(|a| Peer::Expected(a.1))),
+                    Some(Awaiting::Ident) => Op::Ident(match fail {
+                        Some(f) => IdentAnswer::Fail(*f),
+                        None if *other => IdentAnswer::Error,
+                        None => IdentAnswer::Same,
+                    }),
                 };
                 return self.step(&op);
             }
@@ -818,6 +855,30 @@ impl Driver {
                     };
                 }
             }
+            Op::AcceptWithIdent => {
+                let r = self.hs.accept_with_ident(self.now);
+                self.check_answer(Awaiting::Decision, &before, &r);
+                self.accepted |= r.is_ok();
+            }
+            Op::Ident(answer) => {
+                let own = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let answer = match answer {
+                    IdentAnswer::Same => Ok(IdentReply::User { os: "UNIX", charset: None, user: &own }),
+                    IdentAnswer::User(user) => Ok(IdentReply::User { os: "OTHER", charset: None, user }),
+                    IdentAnswer::Error => Ok(IdentReply::Error { kind: ErrorKind::NoUser, token: "NO-USER" }),
+                    IdentAnswer::Fail(f) => Err(Failure::from(*f)),
+                };
+                let refusal = match answer {
+                    Ok(IdentReply::User { user, .. }) if user == own.as_slice() => None,
+                    Ok(_) => Some(ReplyCode::IdentMismatch),
+                    Err(_) => Some(ReplyCode::IdentUnreachable),
+                };
+                let r = self.hs.handle_ident(self.now, answer);
+                self.check_answer(Awaiting::Ident, &before, &r);
+                if r.is_ok() {
+                    self.rejected_with = refusal.or(self.rejected_with);
+                }
+            }
         }
         self.drain();
         assert!(self.expect.is_empty(), "expected outputs not seen: {:?}", self.expect);
@@ -843,6 +904,7 @@ fuzz_target!(|case: Case| {
         resolves: 0,
         connects: 0,
         listens: 0,
+        idents: 0,
         terminal: None,
         rejected_with: None,
         accepted: false,

@@ -10,13 +10,17 @@
 //! - Codec: [`parse_request`] / [`Request::encode`], [`Reply::parse`] / [`Reply::to_bytes`]; parsing
 //!   reports [`Status::Partial`] until a message is whole, and errors as soon as it cannot become valid.
 //! - [`ServerHandshake`]: bytes and results in, [`Output`] actions out (send a reply, resolve, authorize,
-//!   connect, listen for a BIND peer, relay, close), deadlines on the caller's clock.
+//!   ask the client's identd, connect, listen for a BIND peer, relay, close), deadlines on the
+//!   caller's clock.
 //! - [`ClientHandshake`]: builds a CONNECT (to a [`Target`]) or BIND request (4 or 4a) and reads the
 //!   reply or replies. With `std`, `ConnectError` is the error of the adapters' client connectors.
 //! - [`Relay`]: the bookkeeping of the relay that follows a granted request (byte counts,
 //!   half-close and reset propagation, idle deadline), driven with the caller's own I/O.
 //! - [`rules`]: access rules as plain data, with a text form; [`Limits`] and [`Timeouts`] bound the
 //!   handshake.
+//! - [`ident`]: SOCKS4's own authentication, RFC 1413 ident: the query for the client host's identd
+//!   and a zero-copy parser for its reply. A rule with `ident` (`allow from 10.0.0.0/8 ident`) makes
+//!   the handshake ask for it ([`Output::Ident`]) and refuse with 92 or 93 as the protocol says.
 //!
 //! ## Example: a client and a server handshake talking in memory
 //!
@@ -115,6 +119,7 @@ mod client;
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod driver;
 mod error;
+pub mod ident;
 mod relay;
 mod reply;
 mod request;

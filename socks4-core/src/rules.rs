@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! allow|deny [from CIDR] [to CIDR|CLASS|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
+//! allow [conditions as above] ident
 //! allow|deny any
 //! ```
 //!
@@ -13,6 +14,15 @@
 //! IPv4-mapped IPv6; a host pattern (`example.com`, `*.example.com`, `*`) matches a SOCKS4a host
 //! name, case-insensitively. IPv4-mapped IPv6 addresses count as IPv4 everywhere. A rule with no
 //! conditions matches everything. With rules present, a request no rule matches is denied.
+//!
+//! `ident` (allow rules only) is not a condition but a requirement: a request the rule matches is
+//! allowed only if the client host's identd (RFC 1413) confirms that the connection belongs to the
+//! request's user id, byte for byte; otherwise the client gets 92 (identd unreachable or no valid
+//! answer) or 93 (another user, or an identd `ERROR`). [`Rules::decide`] reports it, and
+//! [`ServerHandshake::authorize`](crate::ServerHandshake::authorize) performs it (see
+//! [`Output::Ident`](crate::Output::Ident)). `allow user alice ident` lets only a client that
+//! says it is alice and whose identd agrees. On a deny rule `ident` would mean nothing (a denied
+//! request is refused whatever identd says), so it is an error there, [`RuleError::IdentOnDeny`].
 //!
 //! A destination address that is never a real destination — unspecified (`0.0.0.0/8`, `::`),
 //! broadcast or multicast, see [`is_forbidden_destination`] — is refused by the
@@ -354,12 +364,14 @@ pub struct Rule {
     pub command: Option<Command>,
     /// The exact user id.
     pub user: Option<String>,
+    /// Allow only if the client's identd confirms the request's user id (allow rules only).
+    pub ident: bool,
 }
 
 impl Rule {
     /// A rule with the action and no conditions: it matches every request.
     pub const fn any(action: Action) -> Self {
-        Self { action, from: None, to: None, port: None, command: None, user: None }
+        Self { action, from: None, to: None, port: None, command: None, user: None, ident: false }
     }
 
     /// With the client network.
@@ -397,7 +409,24 @@ impl Rule {
         self
     }
 
-    /// Do all of the rule's conditions hold for this client and request?
+    /// Requires the client's identd to confirm the request's user id (the `ident` keyword); only
+    /// meaningful on an allow rule (the text form refuses it on a deny rule).
+    ///
+    /// ```
+    /// use socks4_core::rules::{Action, Rule};
+    /// let rule = Rule::any(Action::Allow).with_user("alice").with_ident();
+    /// assert_eq!(rule.to_string(), "allow user alice ident");
+    /// assert_eq!("allow user alice ident".parse::<Rule>()?, rule);
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    #[must_use]
+    pub fn with_ident(mut self) -> Self {
+        self.ident = true;
+        self
+    }
+
+    /// Do all of the rule's conditions hold for this client and request? (`ident` is not a
+    /// condition: it is checked after the match, see [`Rules::decide`].)
     pub fn matches(&self, client: IpAddr, req: &AccessRequest<'_>) -> bool {
         self.from.is_none_or(|net| net.contains(client))
             && self.to.as_ref().is_none_or(|to| match to {
@@ -438,6 +467,13 @@ impl FromStr for Rule {
             return Ok(rule);
         }
         while let Some(key) = words.next() {
+            if key == "ident" {
+                if rule.ident {
+                    return Err(RuleError::Duplicate(key.to_string()));
+                }
+                rule.ident = true;
+                continue;
+            }
             let value = words.next().ok_or_else(|| RuleError::MissingValue(key.to_string()))?;
             let duplicate = match key {
                 "from" => rule.from.replace(value.parse()?).is_some(),
@@ -470,6 +506,9 @@ impl FromStr for Rule {
                 return Err(RuleError::Duplicate(key.to_string()));
             }
         }
+        if rule.ident && rule.action == Action::Deny {
+            return Err(RuleError::IdentOnDeny);
+        }
         Ok(rule)
     }
 }
@@ -498,6 +537,9 @@ impl fmt::Display for Rule {
         if let Some(user) = &self.user {
             write!(f, " user {user}")?;
         }
+        if self.ident {
+            f.write_str(" ident")?;
+        }
         Ok(())
     }
 }
@@ -519,10 +561,30 @@ impl Rules {
     /// # Ok::<(), socks4_core::rules::RuleError>(())
     /// ```
     pub fn evaluate(&self, client: IpAddr, req: &AccessRequest<'_>) -> Action {
+        self.decide(client, req).action
+    }
+
+    /// The decision for a request from `client`, with what the matching rule requires beyond it:
+    /// [`Decision::ident`] is set when the first matching rule is an allow rule with `ident`.
+    ///
+    /// ```
+    /// use socks4_core::{rules::Rules, AccessRequest, Action, Command};
+    /// let rules = Rules::parse("allow from 10.0.0.0/8 ident\nallow from 127.0.0.0/8")?;
+    /// let req = AccessRequest::new(Command::Connect, 80, b"alice").with_addr([192, 0, 2, 1].into());
+    /// let remote = rules.decide([10, 1, 2, 3].into(), &req);
+    /// assert_eq!((remote.action, remote.ident), (Action::Allow, true));
+    /// let local = rules.decide([127, 0, 0, 1].into(), &req);
+    /// assert_eq!((local.action, local.ident), (Action::Allow, false));
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    pub fn decide(&self, client: IpAddr, req: &AccessRequest<'_>) -> Decision {
         if self.0.is_empty() {
-            return Action::Allow;
+            return Decision { action: Action::Allow, ident: false };
         }
-        self.0.iter().find(|r| r.matches(client, req)).map_or(Action::Deny, |r| r.action)
+        match self.0.iter().find(|r| r.matches(client, req)) {
+            Some(rule) => Decision { action: rule.action, ident: rule.ident && rule.action == Action::Allow },
+            None => Decision { action: Action::Deny, ident: false },
+        }
     }
 
     /// Parses rules one per line; blank lines and `#` comments are skipped. Errors name the line.
@@ -544,6 +606,17 @@ impl Rules {
     }
 }
 
+/// What [`Rules::decide`] says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Allow or deny.
+    pub action: Action,
+    /// Allowed only if the client's identd confirms the request's user id (never set with
+    /// [`Action::Deny`]).
+    pub ident: bool,
+}
+
 /// A rule's text could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -552,7 +625,7 @@ pub enum RuleError {
     Empty,
     /// The first word is not `allow` or `deny`.
     BadAction(String),
-    /// A condition keyword is not one of `from`, `to`, `port`, `command`, `user`.
+    /// A condition keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`.
     UnknownKey(String),
     /// A condition keyword has no value after it.
     MissingValue(String),
@@ -566,6 +639,8 @@ pub enum RuleError {
     BadCommand(String),
     /// Not a host pattern (`*`, `*.example.com`, `example.com`).
     BadHostPattern(String),
+    /// `ident` on a deny rule, where it would mean nothing.
+    IdentOnDeny,
     /// The error is on this line (1-based) of a multi-line text.
     Line(usize, alloc::boxed::Box<RuleError>),
 }
@@ -575,7 +650,7 @@ impl fmt::Display for RuleError {
         match self {
             Self::Empty => f.write_str("empty rule: write `allow ...` or `deny ...`"),
             Self::BadAction(w) => write!(f, "rule starts with `{w}`, expected `allow` or `deny`"),
-            Self::UnknownKey(w) => write!(f, "unknown condition `{w}` (use from, to, port, command, user)"),
+            Self::UnknownKey(w) => write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident)"),
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
             Self::BadNetwork(w) => write!(f, "`{w}` is not a network like 10.0.0.0/8 or fd00::/8"),
@@ -584,6 +659,7 @@ impl fmt::Display for RuleError {
             Self::BadHostPattern(w) => {
                 write!(f, "`{w}` is not a host pattern like *.example.com or a class (loopback, private, link-local)")
             }
+            Self::IdentOnDeny => f.write_str("`ident` applies to allow rules only"),
             Self::Line(n, e) => write!(f, "line {n}: {e}"),
         }
     }
@@ -595,6 +671,7 @@ impl core::error::Error for RuleError {}
 mod tests {
     use super::*;
     use std::format;
+    use std::vec;
 
     fn req<'a>(command: Command, ip: [u8; 4], port: u16, host: Option<&'a str>, user: &'a [u8]) -> AccessRequest<'a> {
         let r = AccessRequest::new(command, port, user).with_addr(ip.into());
@@ -726,6 +803,38 @@ mod tests {
         for ip in ["1.0.0.0", "127.0.0.1", "223.255.255.255", "240.0.0.1", "::1", "2001:db8::1", "fe80::1"] {
             assert!(!is_forbidden_destination(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn ident_keyword_parses_displays_and_decides() {
+        let r = |s: &str| s.parse::<Rule>();
+        assert_eq!(r("allow ident"), Ok(Rule::any(Action::Allow).with_ident()));
+        assert_eq!(r("allow ident from 10.0.0.0/8"), r("allow from 10.0.0.0/8 ident"), "anywhere in the rule");
+        assert_eq!(r("allow user ident"), Ok(Rule::any(Action::Allow).with_user("ident")), "a user named ident");
+        assert_eq!(r("allow ident port 80 ident"), Err(RuleError::Duplicate("ident".into())));
+        assert_eq!(r("deny from 10.0.0.0/8 ident"), Err(RuleError::IdentOnDeny));
+        assert_eq!(r("allow any ident"), Err(RuleError::UnknownKey("any".into())));
+        assert_eq!(format!("{}", RuleError::IdentOnDeny), "`ident` applies to allow rules only");
+        for text in ["allow ident", "allow from 10.0.0.0/8 to *.example.com port 22 command connect user bob ident"] {
+            let rule: Rule = text.parse().unwrap();
+            assert!(rule.ident);
+            assert_eq!(format!("{rule}"), text);
+            assert_eq!(format!("{rule}").parse::<Rule>().unwrap(), rule);
+        }
+        // `ident` does not change what a rule matches; `decide` reports it for the first match.
+        let rules =
+            Rules::parse("allow from 10.0.0.0/8 user alice ident\ndeny user alice\nallow from 10.0.0.0/8").unwrap();
+        let alice = req(Command::Connect, [1, 1, 1, 1], 80, None, b"alice");
+        let bob = req(Command::Connect, [1, 1, 1, 1], 80, None, b"bob");
+        let inside: IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(rules.decide(inside, &alice), Decision { action: Action::Allow, ident: true });
+        assert_eq!(rules.decide(inside, &bob), Decision { action: Action::Allow, ident: false });
+        assert_eq!(rules.decide([8, 8, 8, 8].into(), &alice), Decision { action: Action::Deny, ident: false });
+        assert_eq!(rules.evaluate(inside, &alice), Action::Allow, "evaluate keeps its meaning");
+        assert_eq!(Rules::default().decide(inside, &alice), Decision { action: Action::Allow, ident: false });
+        // A deny rule built by hand with the flag still denies, without ident.
+        let hand = Rules(vec![Rule::any(Action::Deny).with_ident()]);
+        assert_eq!(hand.decide(inside, &alice), Decision { action: Action::Deny, ident: false });
     }
 
     #[test]

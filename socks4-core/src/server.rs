@@ -15,16 +15,18 @@
 //! |---|---|---|---|
 //! | reading the request | `Wait` ([`wants_input`](ServerHandshake::wants_input) is true) | [`handle_input`](ServerHandshake::handle_input) / [`handle_eof`](ServerHandshake::handle_eof) | close, no reply (`HandshakeTimeout`) |
 //! | resolving a 4a name | `Resolve`, **once** | [`handle_resolved`](ServerHandshake::handle_resolved) | reply 91 (`ResolveFailed(TimedOut)`) |
-//! | deciding | `Authorize`, repeated until answered | [`accept`](ServerHandshake::accept) / [`reject`](ServerHandshake::reject) / [`authorize`](ServerHandshake::authorize) | reply 91 (`HandshakeTimeout`) |
+//! | deciding | `Authorize`, repeated until answered | [`accept`](ServerHandshake::accept) / [`accept_with_ident`](ServerHandshake::accept_with_ident) / [`reject`](ServerHandshake::reject) / [`authorize`](ServerHandshake::authorize) | reply 91 (`HandshakeTimeout`) |
+//! | asking identd (a rule with `ident`, or `accept_with_ident`) | `Ident`, **once** | [`handle_ident`](ServerHandshake::handle_ident) | reply 92 (`IdentUnavailable(TimedOut)`) |
 //! | connecting | `Connect`, **once** per address | [`handle_connected`](ServerHandshake::handle_connected) or [`retry_connect`](ServerHandshake::retry_connect) | reply 91 (`ConnectFailed(TimedOut)`) |
 //! | BIND: listening | `Listen`, **once** | [`handle_listening`](ServerHandshake::handle_listening) | reply 91 (`BindFailed(TimedOut)`) |
 //! | BIND: awaiting the peer | `Wait` | [`handle_bind_peer`](ServerHandshake::handle_bind_peer) | second reply 91 (`BindTimeout`) |
 //! | done | `Relay` or `Closed`, repeated | — | nothing |
 //!
 //! The deadlines: the handshake timeout from accept covers reading and deciding; resolving gets the
-//! connect timeout, and connecting gets it again (shared by every address tried); awaiting a BIND
-//! peer gets the bind timeout. A `handle_timeout` before the deadline is a no-op. `Send` is
-//! returned at most twice (BIND's two replies) and always before the `Closed` it explains.
+//! connect timeout, asking identd the ident timeout, and connecting gets the connect timeout again
+//! (shared by every address tried); awaiting a BIND peer gets the bind timeout. A `handle_timeout`
+//! before the deadline is a no-op. `Send` is returned at most twice (BIND's two replies) and
+//! always before the `Closed` it explains.
 //!
 //! Whatever the rules say, a CONNECT to an address that is never a real destination (see
 //! [`is_forbidden_destination`](crate::rules::is_forbidden_destination)) is refused with 91 and
@@ -35,6 +37,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 
 use crate::error::{Misuse, ParseError};
+use crate::ident::{ErrorKind, IdentReply};
 use crate::reply::{Reply, ReplyCode};
 use crate::request::{Command, Dest, Limits, MAX_REQUEST_LEN, Request, Status, parse_request};
 use crate::rules::{AccessRequest, Action, Rules, is_forbidden_destination};
@@ -58,6 +61,9 @@ pub enum Failure {
     Rejected(ReplyCode),
     /// Any other error.
     Other,
+    /// The peer answered, but not with a valid answer: an ident reply that does not parse or is
+    /// about other ports (see `From<IdentError>`), or identd closed before the end of its line.
+    BadAnswer,
 }
 
 impl fmt::Display for Failure {
@@ -69,6 +75,7 @@ impl fmt::Display for Failure {
             Self::NotFound => "no address",
             Self::Rejected(code) => return write!(f, "rejected by upstream ({})", code.code()),
             Self::Other => "failed",
+            Self::BadAnswer => "bad answer",
         })
     }
 }
@@ -117,6 +124,12 @@ pub enum CloseReason {
     /// ([`refuse_addresses`](ServerHandshake::refuse_addresses)): the client resolved the name
     /// itself (reply 91 sent, no rule asked).
     AddressOnly(Ipv4Addr),
+    /// Ident: the client's identd could not be asked or gave no valid answer in time (reply 92 sent).
+    IdentUnavailable(Failure),
+    /// Ident: identd named a user other than the request's user id (reply 93 sent).
+    IdentMismatch,
+    /// Ident: identd answered `ERROR` of this type, so it did not confirm the user id (reply 93 sent).
+    IdentRefused(ErrorKind),
 }
 
 impl fmt::Display for CloseReason {
@@ -133,6 +146,9 @@ impl fmt::Display for CloseReason {
             Self::WrongPeer(ip) => write!(f, "bind: unexpected peer {ip}"),
             Self::Forbidden(ip) => write!(f, "forbidden destination {ip}"),
             Self::AddressOnly(ip) => write!(f, "refused request by address {ip} (names required)"),
+            Self::IdentUnavailable(e) => write!(f, "identd {e}"),
+            Self::IdentMismatch => f.write_str("identd names another user"),
+            Self::IdentRefused(kind) => write!(f, "identd answered ERROR {kind}"),
         }
     }
 }
@@ -160,6 +176,13 @@ pub enum Output<'a> {
     /// [`ServerHandshake::handle_connected`] and the local address of the new connection, or
     /// [`ServerHandshake::retry_connect`] with the name's next address. Emitted once per address.
     Connect(Target<'a>),
+    /// Ask the client host's identd who owns the client's connection (RFC 1413, see
+    /// [`ident`](crate::ident)): connect to port 113 of the client's address, write
+    /// [`ident::Query::new`](crate::ident::Query::new)`(client port, server port)`, read the answer
+    /// with [`ident::parse_reply`](crate::ident::parse_reply), and answer with
+    /// [`ServerHandshake::handle_ident`]. Emitted once, after the request was allowed by a rule
+    /// with `ident` or by [`ServerHandshake::accept_with_ident`].
+    Ident,
     /// BIND: listen on a fresh port of the address the client reached the server on; answer with
     /// [`ServerHandshake::handle_listening`], then accept one connection and answer with
     /// [`ServerHandshake::handle_bind_peer`]. Emitted once.
@@ -189,6 +212,7 @@ enum State {
     Reading,
     Resolving { asked: bool },
     Authorizing,
+    Ident { asked: bool },
     Connecting { asked: bool },
     Listening { asked: bool },
     AwaitingPeer,
@@ -213,7 +237,7 @@ pub enum Names {
 
 /// The server side of one connection's handshake.
 ///
-/// One flat value (about 600 bytes, no heap) per connection. It copies at most one request's worth
+/// One flat value (about 660 bytes, no heap) per connection. It copies at most one request's worth
 /// of bytes into its own buffer, so the caller may reuse its read buffer; bytes past the request
 /// are never consumed and are the client's early payload.
 ///
@@ -248,6 +272,8 @@ pub struct ServerHandshake {
     retried: bool,
     names: Names,
     refuse_addresses: bool,
+    /// Identd confirmed the user id: a retried connect does not ask again.
+    ident_confirmed: bool,
     state: State,
     pending: Option<Reply>,
     deadline: Option<Duration>,
@@ -266,6 +292,7 @@ impl ServerHandshake {
             retried: false,
             names: Names::Resolve,
             refuse_addresses: false,
+            ident_confirmed: false,
             state: State::Reading,
             pending: None,
             deadline: Some(now.saturating_add(timeouts.handshake)),
@@ -380,6 +407,9 @@ impl ServerHandshake {
             State::Reading => self.close(CloseReason::HandshakeTimeout),
             State::Authorizing => self.reject_with(CloseReason::HandshakeTimeout),
             State::Resolving { .. } => self.reject_with(CloseReason::ResolveFailed(Failure::TimedOut)),
+            State::Ident { .. } => {
+                self.refuse(ReplyCode::IdentUnreachable, CloseReason::IdentUnavailable(Failure::TimedOut));
+            }
             State::Connecting { .. } => self.reject_with(CloseReason::ConnectFailed(Failure::TimedOut)),
             State::Listening { .. } => self.reject_with(CloseReason::BindFailed(Failure::TimedOut)),
             State::AwaitingPeer => self.reject_with(CloseReason::BindTimeout),
@@ -389,18 +419,42 @@ impl ServerHandshake {
 
     /// Grants the request from [`Output::Authorize`]: the next output is `Connect` or `Listen`.
     pub fn accept(&mut self, now: Duration) -> Result<(), Misuse> {
-        let command = match (self.state, self.request()) {
-            (State::Authorizing, Some(req)) => req.command,
-            _ => return Err(Misuse { call: "accept" }),
-        };
-        let next = match command {
-            Command::Connect => State::Connecting { asked: false },
-            Command::Bind => State::Listening { asked: false },
-        };
-        if self.retried {
-            self.state = next; // every address of a name shares the first connect's deadline
+        if self.state != State::Authorizing || self.request().is_none() {
+            return Err(Misuse { call: "accept" });
+        }
+        self.proceed(now);
+        Ok(())
+    }
+
+    /// Grants the request from [`Output::Authorize`] on condition that the client's identd
+    /// confirms its user id: the next output is [`Output::Ident`] (what a rule with `ident` does
+    /// through [`authorize`](Self::authorize)). If identd already confirmed it (a
+    /// [`retry_connect`](Self::retry_connect)), this is [`accept`](Self::accept).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::ident::IdentReply;
+    /// use socks4_core::{CloseReason, Limits, Output, Reply, ReplyCode, ServerHandshake, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\x0a\x00\x00\x01alice\0");
+    /// assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+    /// hs.accept_with_ident(now)?;
+    /// assert_eq!(hs.poll_output(), Output::Ident);
+    /// assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(Duration::from_secs(10)) });
+    /// hs.handle_ident(now, Ok(IdentReply::User { os: "UNIX", charset: None, user: b"mallory" }))?;
+    /// assert_eq!(hs.poll_output(), Output::Send(Reply { code: ReplyCode::IdentMismatch, ..Reply::rejected() }));
+    /// assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentMismatch));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    pub fn accept_with_ident(&mut self, now: Duration) -> Result<(), Misuse> {
+        if self.state != State::Authorizing || self.request().is_none() {
+            return Err(Misuse { call: "accept_with_ident" });
+        }
+        if self.ident_confirmed {
+            self.proceed(now);
         } else {
-            self.enter(next, now, self.timeouts.connect);
+            self.enter(State::Ident { asked: false }, now, self.timeouts.ident);
         }
         Ok(())
     }
@@ -415,17 +469,67 @@ impl ServerHandshake {
         Ok(())
     }
 
-    /// Answers [`Output::Authorize`] with the rules' decision for `client` (deny → reply 91).
+    /// Answers [`Output::Authorize`] with the rules' decision for `client` (deny → reply 91). An
+    /// allow rule with `ident` allows through [`accept_with_ident`](Self::accept_with_ident): the
+    /// result is still [`Action::Allow`], and the next output is [`Output::Ident`].
     pub fn authorize(&mut self, now: Duration, rules: &Rules, client: IpAddr) -> Result<Action, Misuse> {
-        let action = match (self.state, self.access_request()) {
-            (State::Authorizing, Some(req)) => rules.evaluate(client, &req),
+        let decision = match (self.state, self.access_request()) {
+            (State::Authorizing, Some(req)) => rules.decide(client, &req),
             _ => return Err(Misuse { call: "authorize" }),
         };
-        match action {
+        match decision.action {
+            Action::Allow if decision.ident => self.accept_with_ident(now)?,
             Action::Allow => self.accept(now)?,
             Action::Deny => self.reject(ReplyCode::Rejected)?,
         }
-        Ok(action)
+        Ok(decision.action)
+    }
+
+    /// The result of [`Output::Ident`]: identd's reply, or why there is none.
+    ///
+    /// A `USERID` reply whose user id equals the request's, byte for byte, grants the request as
+    /// [`accept`](Self::accept) would (`Connect` or `Listen` next). Another user id gets 93
+    /// ([`CloseReason::IdentMismatch`]), and so does an `ERROR` reply
+    /// ([`CloseReason::IdentRefused`]): identd was reached and did not vouch for the user. No
+    /// reply — identd unreachable, refused, timed out, closed early, or a reply that does not
+    /// parse (`Err(IdentError::into())`) — gets 92 ([`CloseReason::IdentUnavailable`]).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::ident::{parse_reply, Query};
+    /// use socks4_core::rules::Rules;
+    /// use socks4_core::{Limits, Output, ServerHandshake, Status, Target, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let rules = Rules::parse("allow from 10.0.0.0/8 ident")?;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\xc0\x00\x02\x01alice\0");
+    /// hs.authorize(now, &rules, [10, 0, 0, 7].into())?;
+    /// assert_eq!(hs.poll_output(), Output::Ident);
+    /// // The client is 10.0.0.7:40000 and reached us on port 1080: ask 10.0.0.7:113.
+    /// let query = Query::new(40000, 1080);
+    /// let from_identd = b"40000 , 1080 : USERID : UNIX : alice\r\n";
+    /// let Ok(Status::Complete((reply, _))) = parse_reply(from_identd, &query) else { panic!() };
+    /// hs.handle_ident(now, Ok(reply))?;
+    /// assert_eq!(hs.poll_output(), Output::Connect(Target::Addr("192.0.2.1:80".parse()?)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn handle_ident(&mut self, now: Duration, answer: Result<IdentReply<'_>, Failure>) -> Result<(), Misuse> {
+        let user_id = match (self.state, self.request()) {
+            (State::Ident { .. }, Some(req)) => req.user_id,
+            _ => return Err(Misuse { call: "handle_ident" }),
+        };
+        match answer {
+            Ok(IdentReply::User { user, .. }) if user == user_id => {
+                self.ident_confirmed = true;
+                self.proceed(now);
+            }
+            Ok(IdentReply::User { .. }) => self.refuse(ReplyCode::IdentMismatch, CloseReason::IdentMismatch),
+            Ok(IdentReply::Error { kind, .. }) => {
+                self.refuse(ReplyCode::IdentMismatch, CloseReason::IdentRefused(kind))
+            }
+            Err(e) => self.refuse(ReplyCode::IdentUnreachable, CloseReason::IdentUnavailable(e)),
+        }
+        Ok(())
     }
 
     /// The result of [`Output::Resolve`]: the host's first usable address (IPv4 or IPv6), or why
@@ -544,6 +648,10 @@ impl ServerHandshake {
         }
         match self.state {
             State::Resolving { asked: false } => self.state = State::Resolving { asked: true },
+            State::Ident { asked: false } => {
+                self.state = State::Ident { asked: true };
+                return Output::Ident;
+            }
             State::Connecting { asked: false } => self.state = State::Connecting { asked: true },
             State::Listening { asked: false } => self.state = State::Listening { asked: true },
             _ => {
@@ -626,6 +734,19 @@ impl ServerHandshake {
         self.deadline = Some(now.saturating_add(timeout));
     }
 
+    /// Accepted (and identified, if asked): connect or listen next, under the connect timeout.
+    fn proceed(&mut self, now: Duration) {
+        let next = match self.request().map(|r| r.command) {
+            Some(Command::Bind) => State::Listening { asked: false },
+            _ => State::Connecting { asked: false },
+        };
+        if self.retried {
+            self.state = next; // every address of a name shares the first connect's deadline
+        } else {
+            self.enter(next, now, self.timeouts.connect);
+        }
+    }
+
     fn grant(&mut self, addr: SocketAddr) {
         self.pending = Some(Reply::new(ReplyCode::Granted, reply_addr(addr)));
         self.state = State::Relay;
@@ -638,7 +759,11 @@ impl ServerHandshake {
     }
 
     fn reject_with(&mut self, reason: CloseReason) {
-        self.pending = Some(Reply::rejected());
+        self.refuse(ReplyCode::Rejected, reason);
+    }
+
+    fn refuse(&mut self, code: ReplyCode, reason: CloseReason) {
+        self.pending = Some(Reply { code, ..Reply::rejected() });
         self.close(reason);
     }
 
@@ -666,7 +791,7 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn timeouts() -> Timeouts {
-        Timeouts::default().with_handshake(SEC * 5).with_connect(SEC * 7).with_bind(SEC * 20)
+        Timeouts::default().with_handshake(SEC * 5).with_connect(SEC * 7).with_bind(SEC * 20).with_ident(SEC * 3)
     }
 
     fn hs() -> ServerHandshake {
@@ -1056,15 +1181,154 @@ mod tests {
             CloseReason::WrongPeer(Ipv4Addr::LOCALHOST.into()),
             CloseReason::Forbidden(Ipv4Addr::UNSPECIFIED.into()),
             CloseReason::AddressOnly(Ipv4Addr::LOCALHOST),
+            CloseReason::IdentUnavailable(Failure::BadAnswer),
+            CloseReason::IdentMismatch,
+            CloseReason::IdentRefused(ErrorKind::HiddenUser),
         ];
         let texts: Vec<_> = reasons.iter().map(|r| std::format!("{r}")).collect();
         assert_eq!(texts[5], "connect refused");
         assert_eq!(texts[8], "bind: unexpected peer 127.0.0.1");
         assert_eq!(texts[9], "forbidden destination 0.0.0.0");
         assert_eq!(texts[10], "refused request by address 127.0.0.1 (names required)");
+        assert_eq!(texts[11], "identd bad answer");
+        assert_eq!(texts[12], "identd names another user");
+        assert_eq!(texts[13], "identd answered ERROR HIDDEN-USER");
         assert!(texts.iter().all(|t| !t.is_empty()));
         assert_eq!(std::format!("{}", Failure::TimedOut), "timed out");
         assert_eq!(std::format!("{}", Failure::Other), "failed");
+    }
+
+    const ALICE: &[u8] = b"\x04\x01\x00\x50\x0a\x00\x00\x01alice\0";
+
+    fn user(name: &[u8]) -> Result<IdentReply<'_>, Failure> {
+        Ok(IdentReply::User { os: "UNIX", charset: None, user: name })
+    }
+
+    /// A handshake for `request`, authorized by a rule with `ident`, that has asked for ident.
+    fn asking_ident(request: &[u8]) -> ServerHandshake {
+        let rules = Rules::parse("allow from 10.0.0.0/8 ident\nallow from 127.0.0.0/8").unwrap();
+        let mut hs = hs();
+        hs.handle_input(T0, request);
+        assert_eq!(hs.authorize(T0 + SEC, &rules, [10, 9, 9, 9].into()), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Ident);
+        assert_eq!(hs.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 4) }, "asked once, ident timeout");
+        assert!(!hs.wants_input());
+        hs
+    }
+
+    #[test]
+    fn ident_confirmed_connects_or_listens() {
+        let mut a = asking_ident(ALICE);
+        a.handle_ident(T0 + SEC * 2, user(b"alice")).unwrap();
+        assert_eq!(a.poll_output(), Output::Connect(tgt([10, 0, 0, 1], 80)));
+        assert_eq!(a.poll_output(), Output::Wait { deadline: Some(T0 + SEC * 9) }, "connect timeout from the answer");
+        a.handle_connected(T0, Ok(sa([10, 0, 0, 2], 4000))).unwrap();
+        assert_eq!(a.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, v4([10, 0, 0, 2], 4000))));
+        assert_eq!(a.poll_output(), Output::Relay);
+
+        let mut b = asking_ident(b"\x04\x02\x00\x15\x0a\x00\x00\x05alice\0");
+        b.handle_ident(T0, user(b"alice")).unwrap();
+        assert_eq!(b.poll_output(), Output::Listen { expected_peer: Ipv4Addr::new(10, 0, 0, 5).into() });
+
+        // A rule without `ident` does not ask.
+        let mut c = hs();
+        c.handle_input(T0, ALICE);
+        c.authorize(T0, &Rules::parse("allow from 10.0.0.0/8 ident\nallow").unwrap(), [127, 0, 0, 1].into()).unwrap();
+        assert_eq!(c.poll_output(), Output::Connect(tgt([10, 0, 0, 1], 80)));
+    }
+
+    #[test]
+    fn ident_mismatch_and_error_replies_get_93() {
+        for (answer, reason) in [
+            (user(b"bob"), CloseReason::IdentMismatch),
+            (user(b"Alice"), CloseReason::IdentMismatch),
+            (user(b"alice2"), CloseReason::IdentMismatch),
+            (user(b"alic"), CloseReason::IdentMismatch),
+            (
+                Ok(IdentReply::Error { kind: ErrorKind::NoUser, token: "NO-USER" }),
+                CloseReason::IdentRefused(ErrorKind::NoUser),
+            ),
+            (
+                Ok(IdentReply::Error { kind: ErrorKind::Other, token: "X-NO" }),
+                CloseReason::IdentRefused(ErrorKind::Other),
+            ),
+        ] {
+            let mut hs = asking_ident(ALICE);
+            hs.handle_ident(T0, answer).unwrap();
+            assert_eq!(hs.poll_output(), Output::Send(Reply { code: ReplyCode::IdentMismatch, ..Reply::rejected() }));
+            assert_eq!(hs.poll_output(), Output::Closed(reason));
+            assert_eq!(hs.poll_output(), Output::Closed(reason));
+            assert_eq!(hs.handle_ident(T0, user(b"alice")), Err(Misuse { call: "handle_ident" }), "answered once");
+        }
+        // A request with an empty user id is never confirmed (identd's user id is never empty).
+        let mut empty = asking_ident(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
+        empty.handle_ident(T0, user(b"root")).unwrap();
+        assert_eq!(drain(&mut empty).1, std::format!("{:?}", Output::Closed(CloseReason::IdentMismatch)));
+    }
+
+    #[test]
+    fn ident_unavailable_or_timeout_gets_92() {
+        let code92 = Output::Send(Reply { code: ReplyCode::IdentUnreachable, ..Reply::rejected() });
+        for failure in [Failure::Refused, Failure::Unreachable, Failure::TimedOut, Failure::BadAnswer, Failure::Other] {
+            let mut hs = asking_ident(ALICE);
+            hs.handle_ident(T0, Err(failure)).unwrap();
+            assert_eq!(hs.poll_output(), code92);
+            assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentUnavailable(failure)));
+        }
+        let mut late = asking_ident(ALICE);
+        late.handle_timeout(T0 + SEC * 4 - Duration::from_nanos(1));
+        assert!(matches!(late.poll_output(), Output::Wait { .. }), "early timeout is a no-op");
+        late.handle_timeout(T0 + SEC * 4);
+        assert_eq!(late.poll_output(), code92);
+        assert_eq!(late.poll_output(), Output::Closed(CloseReason::IdentUnavailable(Failure::TimedOut)));
+        assert_eq!(late.handle_ident(T0, user(b"alice")), Err(Misuse { call: "handle_ident" }));
+    }
+
+    #[test]
+    fn ident_misuse_leaves_state_unchanged() {
+        let mut hs = hs();
+        let snapshot = |hs: &ServerHandshake| std::format!("{hs:?}");
+        let before = snapshot(&hs);
+        assert_eq!(hs.accept_with_ident(T0), Err(Misuse { call: "accept_with_ident" }));
+        assert_eq!(hs.handle_ident(T0, user(b"u")), Err(Misuse { call: "handle_ident" }));
+        assert_eq!(snapshot(&hs), before);
+        hs.handle_input(T0, ALICE);
+        let before = snapshot(&hs);
+        assert_eq!(hs.handle_ident(T0, user(b"alice")), Err(Misuse { call: "handle_ident" }), "not asked yet");
+        assert_eq!(snapshot(&hs), before);
+        hs.accept_with_ident(T0).unwrap();
+        let before = snapshot(&hs);
+        for r in [hs.accept(T0), hs.accept_with_ident(T0), hs.reject(ReplyCode::Rejected)] {
+            assert!(r.is_err());
+        }
+        assert_eq!(hs.authorize(T0, &Rules::default(), [127, 0, 0, 1].into()), Err(Misuse { call: "authorize" }));
+        assert_eq!(hs.handle_connected(T0, Ok(sa([1, 1, 1, 1], 1))), Err(Misuse { call: "handle_connected" }));
+        assert_eq!(snapshot(&hs), before);
+        assert_eq!(hs.poll_output(), Output::Ident, "misuse did not consume the action");
+        hs.handle_ident(T0, user(b"alice")).unwrap();
+        assert_eq!(hs.handle_ident(T0, user(b"alice")), Err(Misuse { call: "handle_ident" }), "after the answer");
+        assert_eq!(hs.accept_with_ident(T0), Err(Misuse { call: "accept_with_ident" }));
+    }
+
+    #[test]
+    fn ident_is_asked_once_across_connect_retries() {
+        let mut hs = hs();
+        hs.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01alice\0dual.example\0");
+        assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+        hs.handle_resolved(T0, Ok(Ipv4Addr::new(192, 0, 2, 1).into())).unwrap();
+        let rules = Rules::parse("allow ident").unwrap();
+        hs.authorize(T0, &rules, [10, 0, 0, 9].into()).unwrap();
+        assert_eq!(hs.poll_output(), Output::Ident);
+        hs.handle_ident(T0, user(b"alice")).unwrap();
+        assert_eq!(hs.poll_output(), Output::Connect(tgt([192, 0, 2, 1], 80)));
+        hs.retry_connect(T0, "2001:db8::1".parse().unwrap()).unwrap();
+        assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+        hs.authorize(T0, &rules, [10, 0, 0, 9].into()).unwrap();
+        assert_eq!(
+            hs.poll_output(),
+            Output::Connect(Target::Addr("[2001:db8::1]:80".parse().unwrap())),
+            "no second Ident"
+        );
     }
 
     #[cfg(feature = "std")]

@@ -23,11 +23,19 @@ pub struct Timeouts {
     pub connect: Duration,
     /// BIND: waiting for the peer after the first reply (default 2 min).
     pub bind: Duration,
+    /// Asking the client's identd, for a request that needs it (default 10 s); see
+    /// [`Output::Ident`](crate::Output::Ident).
+    pub ident: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { handshake: Duration::from_secs(10), connect: Duration::from_secs(10), bind: Duration::from_secs(120) }
+        Self {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            bind: Duration::from_secs(120),
+            ident: Duration::from_secs(10),
+        }
     }
 }
 
@@ -50,6 +58,20 @@ impl Timeouts {
     #[must_use]
     pub const fn with_bind(mut self, d: Duration) -> Self {
         self.bind = d;
+        self
+    }
+
+    /// Sets the time to get an answer from the client's identd.
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::Timeouts;
+    /// assert_eq!(Timeouts::default().ident, Duration::from_secs(10));
+    /// assert_eq!(Timeouts::default().with_ident(Duration::from_secs(3)).ident, Duration::from_secs(3));
+    /// ```
+    #[must_use]
+    pub const fn with_ident(mut self, d: Duration) -> Self {
+        self.ident = d;
         self
     }
 }

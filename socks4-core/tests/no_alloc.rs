@@ -1,7 +1,7 @@
 //! The handshake and relay paths never allocate: codec, server handshake (CONNECT by IP and by name,
 //! a name forwarded unresolved, an IPv6 resolution with a retry, BIND, rules, rejections including a
-//! forbidden destination), client handshake and the relay bookkeeping, under a counting global
-//! allocator.
+//! forbidden destination, ident), the ident query and reply parser, client handshake and the relay
+//! bookkeeping, under a counting global allocator.
 //!
 //! Only allocations made by the current thread while it is counting are counted, so the test
 //! harness's other threads cannot disturb the result.
@@ -337,5 +337,59 @@ fn relay_bookkeeping() {
         let mut quiet = Relay::new(NOW, idle);
         quiet.handle_timeout(NOW + idle);
         assert_eq!(quiet.poll_output(), RelayOutput::Done(RelayEnd::Idle));
+    });
+}
+
+#[test]
+fn ident() {
+    use socks4_core::ident::{self, IdentReply, Query};
+    let rules = Rules::parse("allow from 127.0.0.0/8 ident").expect("rules parse");
+    let bound = SocketAddrV4::new([127, 0, 0, 1].into(), 40002);
+    assert_no_alloc("ident query and reply parser", || {
+        let query = Query::new(40000, 1080);
+        assert_eq!(query.as_bytes(), b"40000, 1080\r\n");
+        let reply = b"40000 , 1080 : USERID : UNIX , UTF-8 : us:er \r\n";
+        let Ok(socks4_core::Status::Complete((parsed, used))) = ident::parse_reply(reply, &query) else {
+            panic!("reply parses")
+        };
+        assert_eq!((parsed, used), (IdentReply::User { os: "UNIX", charset: Some("UTF-8"), user: b"us:er" }, 47));
+        assert!(ident::parse_reply(&reply[..20], &query).is_ok());
+        assert!(ident::parse_reply(b"1, 2 : ERROR : NO-USER\r\n", &query).is_err());
+    });
+    assert_no_alloc("server CONNECT with ident", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, CONNECT);
+        assert_eq!(hs.authorize(NOW, &rules, CLIENT), Ok(Action::Allow));
+        assert_eq!(hs.poll_output(), Output::Ident);
+        assert!(matches!(hs.poll_output(), Output::Wait { deadline: Some(_) }));
+        let query = Query::new(40000, 1080);
+        let Ok(socks4_core::Status::Complete((reply, _))) =
+            ident::parse_reply(b"40000,1080:USERID:UNIX:user\n", &query)
+        else {
+            panic!("reply parses")
+        };
+        hs.handle_ident(NOW, Ok(reply)).expect("asking identd");
+        assert_eq!(hs.poll_output(), Output::Connect(SocketAddrV4::new([127, 0, 0, 1].into(), 80).into()));
+        hs.handle_connected(NOW, Ok(bound.into())).expect("connecting");
+        assert_eq!(hs.poll_output(), Output::Send(Reply::new(ReplyCode::Granted, bound)));
+        assert_eq!(hs.poll_output(), Output::Relay);
+    });
+    assert_no_alloc("server: identd names another user (93) or is unreachable (92)", || {
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, CONNECT);
+        hs.accept_with_ident(NOW).expect("deciding");
+        assert_eq!(hs.poll_output(), Output::Ident);
+        hs.handle_ident(NOW, Ok(IdentReply::User { os: "UNIX", charset: None, user: b"root" })).expect("asking");
+        assert_eq!(hs.poll_output(), Output::Send(Reply { code: ReplyCode::IdentMismatch, ..Reply::rejected() }));
+        assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentMismatch));
+
+        let mut hs = ServerHandshake::new(NOW, Limits::default(), Timeouts::default());
+        hs.handle_input(NOW, CONNECT);
+        hs.accept_with_ident(NOW).expect("deciding");
+        assert_eq!(hs.poll_output(), Output::Ident);
+        let Output::Wait { deadline: Some(deadline) } = hs.poll_output() else { panic!("no deadline") };
+        hs.handle_timeout(deadline);
+        assert_eq!(hs.poll_output(), Output::Send(Reply { code: ReplyCode::IdentUnreachable, ..Reply::rejected() }));
+        assert!(matches!(hs.poll_output(), Output::Closed(CloseReason::IdentUnavailable(_))));
     });
 }

@@ -621,3 +621,220 @@ proptest! {
         }
     }
 }
+
+// ---- ident (RFC 1413) ---------------------------------------------------------------------------
+
+mod ident_props {
+    use core::time::Duration;
+
+    use proptest::prelude::*;
+    use socks4_core::ident::{self, ErrorKind, IdentReply, Query};
+    use socks4_core::{CloseReason, Failure, Limits, Output, Reply, ReplyCode, ServerHandshake, Status, Timeouts};
+
+    /// An owned ident reply and the text identd would send for it.
+    #[derive(Debug, Clone)]
+    enum Answer {
+        User { os: String, charset: Option<String>, user: Vec<u8> },
+        Error(String),
+    }
+
+    /// 1 to 64 printable ASCII characters without `:` (and, for an operating system, without `,`).
+    fn token(comma: bool) -> impl Strategy<Value = String> {
+        if comma { "[!-9;-~]{1,64}" } else { "[!-+\\--9;-~]{1,64}" }
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        // A user id: any octets but NUL, CR and LF, not starting or ending with white space.
+        let octet = any::<u8>().prop_map(|b| if matches!(b, 0 | b'\r' | b'\n') { b'x' } else { b });
+        let user = proptest::collection::vec(octet, 1..=ident::MAX_USER_LEN).prop_map(|mut u| {
+            for i in [0, u.len() - 1] {
+                if matches!(u[i], b' ' | b'\t') {
+                    u[i] = b'u';
+                }
+            }
+            u
+        });
+        let error = prop_oneof![
+            Just("NO-USER".to_string()),
+            Just("hidden-user".to_string()),
+            Just("INVALID-PORT".to_string()),
+            Just("UNKNOWN-ERROR".to_string()),
+            token(true),
+        ];
+        prop_oneof![
+            (token(false), proptest::option::of(token(true)), user).prop_map(|(os, charset, user)| Answer::User {
+                os,
+                charset,
+                user
+            }),
+            error.prop_map(Answer::Error),
+        ]
+    }
+
+    /// The reply line for `answer` with the white space `ws` (cycled) between the fields.
+    fn encode(q: &Query, answer: &Answer, ws: &[String], keyword_case: u8, lf_only: bool) -> Vec<u8> {
+        let mut gaps = ws.iter().cycle();
+        let mut gap = || gaps.next().cloned().unwrap_or_default();
+        let case = |s: &str| if keyword_case % 2 == 0 { s.to_string() } else { s.to_ascii_lowercase() };
+        let mut line = format!("{}{}{},{}{}{}:{}", gap(), q.client_port(), gap(), gap(), q.server_port(), gap(), gap())
+            .into_bytes();
+        match answer {
+            Answer::User { os, charset, user } => {
+                line.extend(format!("{}{}:{}{}{}", case("USERID"), gap(), gap(), os, gap()).bytes());
+                if let Some(cs) = charset {
+                    line.extend(format!(",{}{}{}", gap(), cs, gap()).bytes());
+                }
+                line.extend(format!(":{}", gap()).bytes());
+                line.extend_from_slice(user);
+                line.extend(gap().bytes());
+            }
+            Answer::Error(token) => {
+                line.extend(format!("{}{}:{}{}{}", case("ERROR"), gap(), gap(), token, gap()).bytes())
+            }
+        }
+        line.extend_from_slice(if lf_only { b"\n" } else { b"\r\n" });
+        line
+    }
+
+    fn matches_answer(reply: &IdentReply<'_>, answer: &Answer) -> bool {
+        match (reply, answer) {
+            (IdentReply::User { os, charset, user }, Answer::User { os: o, charset: c, user: u }) => {
+                os == o && charset.as_deref() == c.as_deref() && user == u
+            }
+            (IdentReply::Error { kind, token }, Answer::Error(t)) => {
+                let known = [ErrorKind::InvalidPort, ErrorKind::NoUser, ErrorKind::HiddenUser, ErrorKind::UnknownError]
+                    .into_iter()
+                    .find(|k| k.to_string().eq_ignore_ascii_case(t))
+                    .unwrap_or(ErrorKind::Other);
+                token == t && *kind == known
+            }
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Encoded with any white space, keyword case and line end, a reply parses back to itself and
+        /// uses exactly its line; every strict prefix is `Partial`; split anywhere, the halves give
+        /// `Partial` and then the same reply.
+        #[test]
+        fn ident_reply_round_trips(
+            ports in any::<(u16, u16)>(),
+            answer in answer(),
+            ws in proptest::collection::vec("[ \t]{0,2}", 1..8),
+            keyword_case in any::<u8>(),
+            lf_only in any::<bool>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let q = Query::new(ports.0, ports.1);
+            let mut wire = encode(&q, &answer, &ws, keyword_case, lf_only);
+            let len = wire.len();
+            prop_assert!(len <= ident::MAX_REPLY_LEN);
+            wire.extend_from_slice(&tail);
+            let parsed = ident::parse_reply(&wire, &q);
+            let Ok(Status::Complete((reply, used))) = parsed else {
+                return Err(TestCaseError::fail(format!("{parsed:?} for {:?}", String::from_utf8_lossy(&wire[..len]))));
+            };
+            prop_assert_eq!(used, len);
+            prop_assert!(matches_answer(&reply, &answer), "{:?} != {:?}", reply, answer);
+            for end in 0..len {
+                prop_assert_eq!(ident::parse_reply(&wire[..end], &q), Ok(Status::Partial), "prefix {}", end);
+            }
+            let at = split.index(wire.len() + 1);
+            let first = ident::parse_reply(&wire[..at], &q);
+            if at < len {
+                prop_assert_eq!(first, Ok(Status::Partial));
+            } else {
+                prop_assert_eq!(first, parsed);
+            }
+            prop_assert_eq!(ident::parse_reply(&wire[..len], &q), parsed, "the tail changes nothing");
+            // The same reply about other ports is refused.
+            let other = Query::new(ports.0.wrapping_add(1), ports.1);
+            prop_assert_eq!(
+                ident::parse_reply(&wire, &other),
+                Err(ident::IdentError::WrongPorts { client_port: ports.0, server_port: ports.1 })
+            );
+        }
+
+        /// Arbitrary bytes never panic; a verdict is final (longer input keeps it); a complete reply
+        /// uses at most the input and its user id respects the protocol's limits.
+        #[test]
+        fn ident_arbitrary_bytes_are_safe(
+            ports in prop_oneof![Just((6191u16, 23u16)), any::<(u16, u16)>()],
+            head in prop_oneof![Just(b"6191, 23 : ".to_vec()), Just(Vec::new())],
+            body in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b':'), Just(b'\n'), Just(b' ')], 0..1100),
+            more in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let q = Query::new(ports.0, ports.1);
+            let mut bytes = head;
+            bytes.extend_from_slice(&body);
+            let result = ident::parse_reply(&bytes, &q);
+            match result {
+                Ok(Status::Complete((reply, used))) => {
+                    prop_assert!(used <= bytes.len() && used <= ident::MAX_REPLY_LEN);
+                    prop_assert_eq!(bytes[used - 1], b'\n');
+                    if let IdentReply::User { user, .. } = reply {
+                        prop_assert!(!user.is_empty() && user.len() <= ident::MAX_USER_LEN);
+                        prop_assert!(!user.iter().any(|b| matches!(b, 0 | b'\r' | b'\n')));
+                    }
+                }
+                Ok(Status::Partial) => prop_assert!(bytes.len() < ident::MAX_REPLY_LEN),
+                Err(_) => {}
+            }
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(&more);
+            if result != Ok(Status::Partial) {
+                prop_assert_eq!(ident::parse_reply(&longer, &q), result);
+            }
+        }
+
+        /// In the ident phase the answer alone decides: the request's user id, byte for byte, goes
+        /// on to `Connect`; another user or an `ERROR` gets 93; no answer gets 92.
+        #[test]
+        fn ident_answer_decides_the_reply(
+            user_id in proptest::collection::vec(1u8..=255, 0..12),
+            identd in proptest::collection::vec(1u8..=255, 1..12),
+            same in any::<bool>(),
+            outcome in 0u8..4,
+        ) {
+            let now = Duration::from_secs(1);
+            let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+            let mut wire = b"\x04\x01\x00\x50\x0a\x00\x00\x01".to_vec();
+            wire.extend_from_slice(&user_id);
+            wire.push(0);
+            hs.handle_input(now, &wire);
+            hs.accept_with_ident(now).unwrap();
+            prop_assert_eq!(hs.poll_output(), Output::Ident);
+            let named: &[u8] = if same { &user_id } else { &identd };
+            let rejected = |code| Output::Send(Reply { code, ..Reply::rejected() });
+            match outcome {
+                0 => {
+                    hs.handle_ident(now, Ok(IdentReply::User { os: "UNIX", charset: None, user: named })).unwrap();
+                    if named == user_id.as_slice() {
+                        prop_assert!(matches!(hs.poll_output(), Output::Connect(_)));
+                    } else {
+                        prop_assert_eq!(hs.poll_output(), rejected(ReplyCode::IdentMismatch));
+                        prop_assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentMismatch));
+                    }
+                }
+                1 => {
+                    hs.handle_ident(now, Ok(IdentReply::Error { kind: ErrorKind::HiddenUser, token: "HIDDEN-USER" })).unwrap();
+                    prop_assert_eq!(hs.poll_output(), rejected(ReplyCode::IdentMismatch));
+                }
+                2 => {
+                    hs.handle_ident(now, Err(Failure::Refused)).unwrap();
+                    prop_assert_eq!(hs.poll_output(), rejected(ReplyCode::IdentUnreachable));
+                }
+                _ => {
+                    let Output::Wait { deadline: Some(d) } = hs.poll_output() else { panic!("no deadline") };
+                    prop_assert!(d > now);
+                    hs.handle_timeout(d);
+                    prop_assert_eq!(hs.poll_output(), rejected(ReplyCode::IdentUnreachable));
+                    prop_assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentUnavailable(Failure::TimedOut)));
+                }
+            }
+        }
+    }
+}
