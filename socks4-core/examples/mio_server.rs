@@ -21,12 +21,12 @@
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
-use socks4_core::driver::{Clock, connect_candidates};
+use socks4_core::driver::{Candidates, Clock};
 use socks4_core::rules::Rules;
 use socks4_core::{Command, Failure, Limits, Output, ReplyCode, ServerHandshake, Target, Timeouts};
 
@@ -126,7 +126,7 @@ struct Conn {
     /// The handshake's deadline, from the last `Output::Wait`.
     deadline: Option<Duration>,
     /// A SOCKS4a name's other addresses, next one last (for `retry_connect`).
-    candidates: Vec<IpAddr>,
+    candidates: Candidates,
     /// Client → upstream. Holds the early data (bytes after the request) before the relay starts.
     up: Pipe,
     /// Upstream → client. Holds the reply first.
@@ -146,7 +146,7 @@ impl Conn {
             hs,
             stage: Stage::Handshake,
             deadline,
-            candidates: vec![],
+            candidates: Candidates::default(),
             up,
             down,
         }
@@ -203,15 +203,8 @@ impl Conn {
                 Output::Resolve { host, port } => {
                     // Blocking lookup (see the top of the file). Answer with the first usable address
                     // and keep the others for `retry_connect`.
-                    let result = match (host, port).to_socket_addrs() {
-                        Ok(found) => {
-                            self.candidates = connect_candidates(found);
-                            self.candidates.reverse();
-                            self.candidates.pop().ok_or(Failure::NotFound)
-                        }
-                        Err(e) => Err(Failure::from(&e)),
-                    };
-                    self.hs.handle_resolved(now, result)?;
+                    self.candidates = Candidates::from_lookup((host, port).to_socket_addrs());
+                    self.hs.handle_resolved(now, self.candidates.first())?;
                 }
                 Output::Authorize(req) if req.command == Command::Bind => {
                     // This example does not implement BIND: refuse it (reply 91).
@@ -262,9 +255,9 @@ impl Conn {
         if let Some(mut up) = self.upstream.take() {
             registry.deregister(&mut up)?;
         }
-        match self.candidates.pop() {
-            Some(next) if failure != Failure::TimedOut => self.hs.retry_connect(now, next)?,
-            _ => self.hs.handle_connected(now, Err(failure))?,
+        match self.candidates.next_after(failure) {
+            Some(next) => self.hs.retry_connect(now, next)?,
+            None => self.hs.handle_connected(now, Err(failure))?,
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::thread;
 use std::time::Duration;
 
-use socks4_core::driver::{Clock, connect_candidates};
+use socks4_core::driver::{Candidates, Clock};
 use socks4_core::rules::Rules;
 use socks4_core::{
     Command, Failure, Limits, Output, ParseError, ReplyCode, ServerHandshake, Status, Target, Timeouts, parse_request,
@@ -138,7 +138,7 @@ fn serve_socks4(
     if !hs.wants_input() {
         early.extend_from_slice(&first[used..]);
     }
-    let mut candidates = Vec::new(); // a name's other addresses, next one last
+    let mut candidates = Candidates::default(); // a name's other addresses
     let mut upstream = None;
     let mut buf = [0u8; 4096];
     loop {
@@ -148,15 +148,8 @@ fn serve_socks4(
         match hs.poll_output() {
             Output::Send(reply) => client.write_all(&reply.to_bytes())?,
             Output::Resolve { host, port } => {
-                let result = match (host, port).to_socket_addrs() {
-                    Ok(found) => {
-                        candidates = connect_candidates(found);
-                        candidates.reverse();
-                        candidates.pop().ok_or(Failure::NotFound)
-                    }
-                    Err(e) => Err(Failure::from(&e)),
-                };
-                hs.handle_resolved(now, result)?;
+                candidates = Candidates::from_lookup((host, port).to_socket_addrs());
+                hs.handle_resolved(now, candidates.first())?;
             }
             Output::Authorize(req) if req.command == Command::Bind => hs.reject(ReplyCode::Rejected)?,
             Output::Authorize(_) => drop(hs.authorize(now, rules, peer.ip().to_canonical())?),
@@ -171,9 +164,9 @@ fn serve_socks4(
                         hs.handle_connected(clock.now(), stream.local_addr().map_err(|e| Failure::from(&e)))?;
                         upstream = Some(stream);
                     }
-                    Err(e) => match candidates.pop() {
-                        Some(next) if e.kind() != ErrorKind::TimedOut => hs.retry_connect(clock.now(), next)?,
-                        _ => hs.handle_connected(clock.now(), Err(Failure::from(&e)))?,
+                    Err(e) => match candidates.next_after(Failure::from(&e)) {
+                        Some(next) => hs.retry_connect(clock.now(), next)?,
+                        None => hs.handle_connected(clock.now(), Err(Failure::from(&e)))?,
                     },
                 }
             }

@@ -3,12 +3,12 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::driver::connect_candidates;
+use socks4_core::driver::Candidates;
 use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
@@ -88,21 +88,15 @@ async fn handshake<R: Runtime>(
     let mut dest: Option<R::Stream> = None;
     let mut listener: Option<R::Listener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
-    let mut candidates: std::vec::IntoIter<IpAddr> = Vec::new().into_iter();
+    let mut candidates = Candidates::default();
     loop {
         match hs.poll_output() {
             Output::Send(reply) => client.write_all(&reply.to_bytes()).await?,
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 let answer = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port)).await;
-                let result = match answer {
-                    Ok(addrs) => {
-                        candidates = connect_candidates(addrs).into_iter();
-                        candidates.next().ok_or(Failure::NotFound)
-                    }
-                    Err(e) => Err(Failure::from(&e)),
-                };
-                misuse(hs.handle_resolved(now(), result))?;
+                candidates = Candidates::from_lookup(answer);
+                misuse(hs.handle_resolved(now(), candidates.first()))?;
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
@@ -118,7 +112,7 @@ async fn handshake<R: Runtime>(
                         dest = Some(stream);
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
-                    Err(e) => match candidates.next().filter(|_| e.kind() != io::ErrorKind::TimedOut) {
+                    Err(e) => match candidates.next_after(Failure::from(&e)) {
                         Some(next) => misuse(hs.retry_connect(now(), next))?,
                         None => misuse(hs.handle_connected(now(), Err(Failure::from(&e))))?,
                     },

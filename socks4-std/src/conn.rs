@@ -6,13 +6,14 @@
 //! and [`Conn::rearm`] re-registers exactly what the current state wants.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socks4_core::driver::Candidates;
 use socks4_core::{Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ServerHandshake, Side as RelaySide, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::ConnLine;
@@ -167,8 +168,8 @@ pub(crate) struct Conn {
     reading_request: bool,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
-    /// A SOCKS4a name's further addresses, last to try first.
-    candidates: Vec<IpAddr>,
+    /// A SOCKS4a name's further addresses.
+    candidates: Candidates,
     out: Outbox,
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
@@ -202,7 +203,7 @@ impl Conn {
             stage: Stage::Handshake,
             reading_request: true,
             early: Vec::new(),
-            candidates: Vec::new(),
+            candidates: Candidates::default(),
             out: Outbox::default(),
             hs_deadline,
             registered: [false; 3],
@@ -278,13 +279,9 @@ impl Conn {
     }
 
     /// The answer to its SOCKS4a lookup.
-    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, result: Result<Vec<IpAddr>, Failure>) {
-        let first = result.and_then(|mut addrs| {
-            addrs.reverse(); // `pop` gives the next to try
-            let first = addrs.pop().ok_or(Failure::NotFound);
-            self.candidates = addrs;
-            first
-        });
+    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
+        self.candidates = candidates;
+        let first = self.candidates.first();
         if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);
@@ -441,13 +438,9 @@ impl Conn {
     /// Answers the handshake's connect: the connection, or the name's next address to try (none
     /// after a timeout: the phase's time is used up), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
-        match result {
-            Err(e) if e != Failure::TimedOut && !self.candidates.is_empty() => {
-                if let Some(next) = self.candidates.pop() {
-                    let _ = self.hs.retry_connect(now, next);
-                }
-            }
-            result => drop(self.hs.handle_connected(now, result)),
+        match result.map_err(|e| (e, self.candidates.next_after(e))) {
+            Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
+            result => drop(self.hs.handle_connected(now, result.map_err(|(e, _)| e))),
         }
     }
 

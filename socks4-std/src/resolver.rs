@@ -2,13 +2,13 @@
 //! `getaddrinfo`, answering each worker through its channel and its poller's `notify`.
 
 use std::io;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
 use polling::Poller;
-use socks4_core::Failure;
+use socks4_core::driver::Candidates;
 
 use crate::worker::Msg;
 
@@ -52,40 +52,37 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let result = resolve(&job.host, job.port);
-        if job.reply.send(Msg::Resolved { slot: job.slot, id: job.id, result }).is_ok() {
+        let candidates = resolve(&job.host, job.port);
+        if job.reply.send(Msg::Resolved { slot: job.slot, id: job.id, candidates }).is_ok() {
             let _ = job.poller.notify();
         }
     }
 }
 
-/// The addresses of `host` worth trying, in order (never empty), or why there are none.
-pub(crate) fn resolve(host: &str, port: u16) -> Result<Vec<IpAddr>, Failure> {
-    match (host, port).to_socket_addrs() {
-        Ok(addrs) => {
-            Some(socks4_core::driver::connect_candidates(addrs)).filter(|c| !c.is_empty()).ok_or(Failure::NotFound)
-        }
-        // getaddrinfo's "no such name" has no error kind of its own.
-        Err(e) => Err(match Failure::from(&e) {
-            Failure::Other => Failure::NotFound,
-            other => other,
-        }),
-    }
+/// The addresses of `host` worth trying, in order.
+pub(crate) fn resolve(host: &str, port: u16) -> Candidates {
+    Candidates::from_lookup((host, port).to_socket_addrs())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use socks4_core::Failure;
+
     use super::*;
 
     #[test]
     fn localhost_resolves_to_ipv4() {
-        assert_eq!(resolve("localhost", 80).unwrap()[0], IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(resolve("::1", 80), Ok(vec![IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]));
-        assert_eq!(resolve("0.0.0.0", 80), Ok(vec![IpAddr::from([0, 0, 0, 0])]), "for the handshake to refuse");
+        assert_eq!(resolve("localhost", 80).first(), Ok(IpAddr::from([127, 0, 0, 1])));
+        let mut v6 = resolve("::1", 80);
+        assert_eq!(v6.first(), Ok(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)));
+        assert_eq!(v6.next_after(Failure::Refused), None);
+        assert_eq!(resolve("0.0.0.0", 80).first(), Ok(IpAddr::from([0, 0, 0, 0])), "for the handshake to refuse");
     }
 
     #[test]
     fn unknown_name_is_not_found() {
-        assert!(resolve("no-such-host.invalid", 80).is_err());
+        assert_eq!(resolve("no-such-host.invalid", 80).first(), Err(Failure::NotFound));
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use polling::{Events, Poller};
 use slab::Slab;
-use socks4_core::Failure;
 use socks4_server::ServerConfig;
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
@@ -32,8 +31,8 @@ pub(crate) enum Msg {
         slot: usize,
         /// The connection's id.
         id: u64,
-        /// The addresses to try in order (never empty), or why there are none.
-        result: Result<Vec<std::net::IpAddr>, Failure>,
+        /// The addresses to try in order, or why there are none.
+        candidates: socks4_core::driver::Candidates,
     },
 }
 
@@ -173,9 +172,9 @@ impl Worker {
                         entry.insert(Conn::new(next_id, slot, stream, addr, &mut ctx));
                         touched.push(slot);
                     }
-                    Ok(Msg::Resolved { slot, id, result }) => {
+                    Ok(Msg::Resolved { slot, id, candidates }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_resolved(&mut ctx, result);
+                            conn.on_resolved(&mut ctx, candidates);
                             touched.push(slot);
                         }
                     }

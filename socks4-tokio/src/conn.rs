@@ -3,9 +3,10 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use socks4_core::driver::Candidates;
 use socks4_core::{Failure, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::log::{ConnLine, RequestCopy};
@@ -128,7 +129,7 @@ async fn handshake(
     let mut upstream: Option<TcpStream> = None;
     let mut bind_listener: Option<TcpListener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
-    let mut candidates: std::vec::IntoIter<IpAddr> = Vec::new().into_iter();
+    let mut candidates = Candidates::default();
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -144,12 +145,9 @@ async fn handshake(
                 let host = host.to_owned();
                 record.note_request(&hs);
                 let deadline = hs.deadline().map(at);
-                let result = with_deadline(deadline, resolve(host, port)).await.and_then(|r| r);
-                let first = result.map(|addrs| {
-                    candidates = addrs.into_iter();
-                    candidates.next()
-                });
-                hs.handle_resolved(now(), first.and_then(|ip| ip.ok_or(Failure::NotFound))).map_err(misuse)?;
+                let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port))).await;
+                candidates = lookup.map_or_else(Candidates::failed, Candidates::from_lookup);
+                hs.handle_resolved(now(), candidates.first()).map_err(misuse)?;
             }
             Output::Connect(Target::Addr(addr)) => {
                 let deadline = hs.deadline().map(at);
@@ -166,8 +164,7 @@ async fn handshake(
                         upstream = Some(stream);
                         hs.handle_connected(now(), Ok(local)).map_err(misuse)?;
                     }
-                    // A timeout used the whole connect phase: no time is left for another address.
-                    Err(e) => match candidates.next().filter(|_| e != Failure::TimedOut) {
+                    Err(e) => match candidates.next_after(e) {
                         Some(next) => hs.retry_connect(now(), next).map_err(misuse)?,
                         None => hs.handle_connected(now(), Err(e)).map_err(misuse)?,
                     },
@@ -271,12 +268,6 @@ where
         Some(d) => tokio::time::timeout_at(d, fut).await.map_err(|_| Failure::TimedOut),
         None => Ok(fut.await),
     }
-}
-
-/// Resolves a SOCKS4a name to the addresses worth trying, in order.
-async fn resolve(host: String, port: u16) -> Result<Vec<IpAddr>, Failure> {
-    let addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|_| Failure::NotFound)?;
-    Ok(socks4_core::driver::connect_candidates(addrs))
 }
 
 /// BIND: listens on the address the client reached us on, port 0; returns the listener and its
