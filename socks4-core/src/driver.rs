@@ -59,7 +59,7 @@ impl Clock {
 /// refuses it by name ([`CloseReason::Forbidden`](crate::CloseReason::Forbidden)).
 /// The first is the answer to [`Output::Resolve`](crate::Output::Resolve); the others are for
 /// [`ServerHandshake::retry_connect`](crate::ServerHandshake::retry_connect). Empty means
-/// [`Failure::NotFound`](crate::Failure::NotFound).
+/// [`Failure::NotFound`].
 ///
 /// ```
 /// use std::net::ToSocketAddrs;

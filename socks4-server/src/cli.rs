@@ -48,6 +48,9 @@ pub struct ServerArgs {
     /// BIND: time for the peer to connect (e.g. 2m).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub bind_timeout: Option<Duration>,
+    /// Ident (rules with `ident`): time for the client's identd to answer (e.g. 10s).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub ident_timeout: Option<Duration>,
     /// Close a relay idle in both directions for this long (e.g. 5m).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub idle_timeout: Option<Duration>,
@@ -126,6 +129,7 @@ impl ServerArgs {
             (self.handshake_timeout, &mut t.handshake),
             (self.connect_timeout, &mut t.connect),
             (self.bind_timeout, &mut t.bind),
+            (self.ident_timeout, &mut t.ident),
             (self.idle_timeout, &mut t.idle),
             (self.shutdown_grace, &mut t.shutdown_grace),
         ] {

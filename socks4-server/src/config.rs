@@ -41,6 +41,9 @@ pub struct Timeouts {
     /// BIND: waiting for the peer after the first reply (default 2 min).
     #[serde(with = "duration_text")]
     pub bind: Duration,
+    /// Ident (a rule with `ident`): asking the client's identd (default 10 s).
+    #[serde(with = "duration_text")]
+    pub ident: Duration,
     /// Relay: close when neither side sent anything for this long (default 5 min; zero: never).
     #[serde(with = "duration_text")]
     pub idle: Duration,
@@ -55,6 +58,7 @@ impl Default for Timeouts {
             handshake: Duration::from_secs(10),
             connect: Duration::from_secs(10),
             bind: Duration::from_secs(120),
+            ident: Duration::from_secs(10),
             idle: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -65,7 +69,11 @@ impl Timeouts {
     /// The handshake's share: handshake, connect and BIND timeouts for
     /// [`ServerHandshake::new`](socks4_core::ServerHandshake::new).
     pub fn handshake(&self) -> socks4_core::Timeouts {
-        socks4_core::Timeouts::default().with_handshake(self.handshake).with_connect(self.connect).with_bind(self.bind)
+        socks4_core::Timeouts::default()
+            .with_handshake(self.handshake)
+            .with_connect(self.connect)
+            .with_bind(self.bind)
+            .with_ident(self.ident)
     }
 }
 

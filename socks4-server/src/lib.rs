@@ -7,7 +7,8 @@
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
-//! - [`accept`]: how an accept loop treats each kind of error.
+//! - [`accept`]: how an accept loop treats each kind of error;
+//! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -21,6 +22,7 @@
 pub mod accept;
 pub mod cli;
 pub mod config;
+pub mod ident;
 pub mod log;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};

@@ -40,6 +40,10 @@ impl Runtime for AsyncStd {
         Ok((host, port).to_socket_addrs().await?.collect())
     }
 
+    async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+        async_std::task::spawn_blocking(work).await
+    }
+
     async fn listen(addr: SocketAddr) -> io::Result<Self::Listener> {
         TcpListener::bind(addr).await
     }

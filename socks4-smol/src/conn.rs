@@ -122,6 +122,14 @@ async fn handshake<R: Runtime>(
                 // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
                 misuse(hs.handle_connected(now(), Err(Failure::Other)))?;
             }
+            Output::Ident => {
+                let (peer, timeout) = (log.client, config.timeouts.ident);
+                let answer = match R::local_addr(&client) {
+                    Ok(local) => R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout)).await,
+                    Err(e) => Err(Failure::from(&e)),
+                };
+                misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
+            }
             Output::Listen { .. } => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as
                 // 0.0.0.0: the client uses the address it reached us on).

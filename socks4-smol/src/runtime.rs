@@ -32,6 +32,8 @@ pub trait Runtime: 'static {
     fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
     /// Resolves `host` off the event loop.
     fn resolve(host: &str, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>>;
+    /// Runs blocking `work` off the event loop (for an ident query).
+    fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> impl Future<Output = T>;
     /// Listens on `addr` (port 0 picks a free port).
     fn listen(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>>;
     /// Accepts one connection.
@@ -113,6 +115,10 @@ impl Runtime for Smol {
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         smol::net::resolve((host, port)).await
+    }
+
+    async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+        smol::unblock(work).await
     }
 
     async fn listen(addr: SocketAddr) -> io::Result<Self::Listener> {

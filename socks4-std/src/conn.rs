@@ -16,10 +16,11 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
 use socks4_core::{Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ServerHandshake, Side as RelaySide, Target};
 use socks4_server::ServerConfig;
+use socks4_server::ident::IdentAnswer;
 use socks4_server::log::ConnLine;
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
-use crate::resolver::Job;
+use crate::resolver::{Job, Task};
 use crate::splice::Pipes;
 use crate::worker::Msg;
 
@@ -288,6 +289,15 @@ impl Conn {
         }
     }
 
+    /// The answer to its ident query.
+    pub(crate) fn on_ident(&mut self, ctx: &mut Ctx<'_>, answer: &Result<IdentAnswer, Failure>) {
+        let reply = answer.as_ref().map_err(|e| *e).and_then(|a| a.reply());
+        if matches!(self.stage, Stage::Handshake) && self.hs.handle_ident(ctx.clock(), reply).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
@@ -342,6 +352,7 @@ impl Conn {
             Authorize,
             Connect(SocketAddr),
             ConnectByName,
+            Ident,
             Listen,
             Relay,
             Wait(Option<Duration>),
@@ -358,6 +369,7 @@ impl Conn {
                 Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
                 Output::Connect(Target::Host(..)) => Step::ConnectByName,
                 Output::Listen { .. } => Step::Listen,
+                Output::Ident => Step::Ident,
                 Output::Relay => Step::Relay,
                 Output::Wait { deadline } => Step::Wait(deadline),
                 Output::Closed(reason) => Step::Closed(reason.to_string()),
@@ -365,10 +377,25 @@ impl Conn {
             };
             let now = ctx.clock();
             match step {
+                Step::Ident => {
+                    let task = self
+                        .client
+                        .local_addr()
+                        .map(|local| Task::Ident(self.client_addr, local, ctx.config.timeouts.ident));
+                    let job = task.map(|task| Job {
+                        task,
+                        slot: self.slot,
+                        id: self.id,
+                        reply: ctx.inbox.clone(),
+                        poller: Arc::clone(ctx.poller),
+                    });
+                    if job.map_err(|_| ()).and_then(|job| ctx.resolver.send(job).map_err(|_| ())).is_err() {
+                        let _ = self.hs.handle_ident(now, Err(Failure::Other));
+                    }
+                }
                 Step::Resolve(host, port) => {
                     let job = Job {
-                        host,
-                        port,
+                        task: Task::Resolve(host, port),
                         slot: self.slot,
                         id: self.id,
                         reply: ctx.inbox.clone(),

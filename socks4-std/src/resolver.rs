@@ -15,12 +15,18 @@ use crate::worker::Msg;
 /// How many resolver threads a server runs.
 pub(crate) const RESOLVER_THREADS: usize = 4;
 
-/// One lookup to do.
+/// What a job asks for.
+pub(crate) enum Task {
+    /// Look up a SOCKS4a host name (the port is only passed to `getaddrinfo`).
+    Resolve(String, u16),
+    /// Ask the identd of the client (`client` → `local`) within the timeout.
+    Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
+}
+
+/// One lookup (or ident query) to do.
 pub(crate) struct Job {
-    /// The SOCKS4a host name.
-    pub(crate) host: String,
-    /// The requested port (only passed to `getaddrinfo`).
-    pub(crate) port: u16,
+    /// What to do.
+    pub(crate) task: Task,
     /// The asking connection's slot in its worker.
     pub(crate) slot: usize,
     /// The asking connection's id.
@@ -52,8 +58,15 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let candidates = resolve(&job.host, job.port);
-        if job.reply.send(Msg::Resolved { slot: job.slot, id: job.id, candidates }).is_ok() {
+        let msg = match job.task {
+            Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, candidates: resolve(&host, port) },
+            Task::Ident(client, local, timeout) => Msg::Ident {
+                slot: job.slot,
+                id: job.id,
+                answer: socks4_server::ident::ask_blocking(client, local, timeout),
+            },
+        };
+        if job.reply.send(msg).is_ok() {
             let _ = job.poller.notify();
         }
     }

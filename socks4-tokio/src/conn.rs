@@ -174,6 +174,17 @@ async fn handshake(
                 // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
                 hs.handle_connected(now(), Err(Failure::Other)).map_err(misuse)?;
             }
+            Output::Ident => {
+                let timeout = config.timeouts.ident;
+                let answer = match client.local_addr() {
+                    Ok(local) => {
+                        let ask = move || socks4_server::ident::ask_blocking(peer, local, timeout);
+                        tokio::task::spawn_blocking(ask).await.unwrap_or(Err(Failure::Other))
+                    }
+                    Err(e) => Err(Failure::from(&e)),
+                };
+                hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())).map_err(misuse)?;
+            }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
                     Ok((listener, addr)) => {

@@ -230,3 +230,15 @@ fn mapped_listen_address_and_reset_log_words() {
         panic!("{f}");
     }
 }
+
+/// Ident (RFC 1413) against Debian's oidentd: a confirmed user id gets 90, another 93, a host
+/// without identd 92 (skipped without oidentd unless `SOCKS4_REQUIRE_IDENTD` is set, as in CI).
+#[test]
+fn ident_rules_against_oidentd() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
+    match socks4_tools::binary::ident_rules(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP ident_rules_against_oidentd: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}

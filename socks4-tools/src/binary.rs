@@ -2,8 +2,8 @@
 //! line must give the same behaviour, and the same event the same words in the log, on every
 //! adapter.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -11,6 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
+use crate::targets::EchoTarget;
+use crate::wire;
 
 /// How long the server may take to start, and to write a connection's log line.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,15 +44,12 @@ fn line_with(lines: &Receiver<String>, needle: &str, seen: &mut Vec<String>) -> 
     }
 }
 
-/// Starts `binary` with `--listen [::ffff:127.0.0.1]:0` (an IPv4-mapped address, which every
-/// adapter must bind as `127.0.0.1`), runs the `upstream_reset_reaches_client` scenario through it
-/// and checks the connection's log line: `result=upstream reset up=1 down=1048576`.
-///
-/// # Errors
-/// What went wrong, with the server's log so far.
-pub fn mapped_listen_and_reset_words(binary: &Path) -> Result<(), Failure> {
+/// Starts `binary` with `args` and `--log-level info`; returns the process, its log lines, the
+/// address it listens on and the lines seen so far.
+fn start(binary: &Path, args: &[&str]) -> Result<(Server, Receiver<String>, SocketAddr, Vec<String>), Failure> {
     let mut child = Command::new(binary)
-        .args(["--listen", "[::ffff:127.0.0.1]:0", "--log-level", "info"])
+        .args(args)
+        .args(["--log-level", "info"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -72,6 +71,17 @@ pub fn mapped_listen_and_reset_words(binary: &Path) -> Result<(), Failure> {
     let listening = line_with(&lines, "listening on ", &mut seen)?;
     let text = listening.rsplit("listening on ").next().unwrap_or_default().trim();
     let proxy: SocketAddr = text.parse().map_err(|e| Failure::new(format!("listen address {text:?}: {e}")))?;
+    Ok((server, lines, proxy, seen))
+}
+
+/// Starts `binary` with `--listen [::ffff:127.0.0.1]:0` (an IPv4-mapped address, which every
+/// adapter must bind as `127.0.0.1`), runs the `upstream_reset_reaches_client` scenario through it
+/// and checks the connection's log line: `result=upstream reset up=1 down=1048576`.
+///
+/// # Errors
+/// What went wrong, with the server's log so far.
+pub fn mapped_listen_and_reset_words(binary: &Path) -> Result<(), Failure> {
+    let (server, lines, proxy, mut seen) = start(binary, &["--listen", "[::ffff:127.0.0.1]:0"])?;
     if !proxy.is_ipv4() || !proxy.ip().is_loopback() {
         return Err(Failure::new(format!("--listen [::ffff:127.0.0.1]:0 listens on {proxy}, not 127.0.0.1")));
     }
@@ -86,4 +96,117 @@ pub fn mapped_listen_and_reset_words(binary: &Path) -> Result<(), Failure> {
         return Err(Failure::new(format!("log line {line:?} does not say `result=upstream reset up=1 down=1048576`")));
     }
     Ok(())
+}
+
+/// The identd the ident check asks: one already listening on 127.0.0.1:113, or Debian's `oidentd`
+/// started here on 127.0.0.1 only (killed when dropped).
+struct Identd {
+    child: Option<Child>,
+    /// Whether this check started it bound to 127.0.0.1 alone (so 127.0.0.2:113 refuses).
+    loopback_only: bool,
+}
+
+impl Drop for Identd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn identd_listening() -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 113)), Duration::from_secs(1)).is_ok()
+}
+
+/// An identd on 127.0.0.1:113, or why there is none.
+fn identd() -> Result<Identd, String> {
+    if identd_listening() {
+        return Ok(Identd { child: None, loopback_only: false });
+    }
+    let child = Command::new("oidentd")
+        .args(["-i", "-S", "-q", "-a", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start oidentd ({e}); install it with `apt-get install oidentd`"))?;
+    let identd = Identd { child: Some(child), loopback_only: true };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !identd_listening() {
+        if Instant::now() > deadline {
+            return Err("oidentd did not listen on 127.0.0.1:113 (port 113 needs root)".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(identd)
+}
+
+/// Sends a CONNECT to `target` with `user` from `source` through `proxy`; returns the reply code.
+fn connect_from(
+    source: Ipv4Addr,
+    proxy: SocketAddr,
+    target: SocketAddrV4,
+    user: &[u8],
+) -> Result<(u8, TcpStream), Failure> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+    let mut s = TcpStream::from(socket);
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(&wire::connect(target, user))?;
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply)?;
+    Ok((reply[1], s))
+}
+
+/// Ident (RFC 1413) through `binary` with the rule `allow from 127.0.0.0/8 ident`, against a real
+/// identd (Debian's `oidentd`, started here if none listens on 127.0.0.1:113): the user id identd
+/// reports for this process gets 90 and a working relay, another user id 93, and a client whose
+/// host runs no identd (127.0.0.2, when the check started oidentd on 127.0.0.1 alone) 92; the log
+/// lines name why. Skips when no identd can be had, unless `SOCKS4_REQUIRE_IDENTD` is set.
+///
+/// # Errors
+/// What went wrong, with the server's log so far.
+pub fn ident_rules(binary: &Path) -> Result<Outcome, Failure> {
+    let identd = match identd() {
+        Ok(identd) => identd,
+        Err(why) if std::env::var_os("SOCKS4_REQUIRE_IDENTD").is_none() => return Ok(Outcome::Skip(why)),
+        Err(why) => return Err(Failure::new(why)),
+    };
+    let me = Command::new("id").arg("-un").output().map_err(|e| Failure::new(format!("id -un: {e}")))?;
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+    let args = ["--listen", "127.0.0.1:0", "--allow", "from 127.0.0.0/8 ident", "--ident-timeout", "5s"];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    let target = EchoTarget::start().map_err(|e| Failure::new(format!("starting the echo target: {e}")))?;
+    let localhost = Ipv4Addr::LOCALHOST;
+
+    let (code, mut s) = connect_from(localhost, proxy, target.addr(), me.as_bytes())?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("user {me:?}, which identd confirms: reply {code}, not 90; log: {seen:#?}")));
+    }
+    s.write_all(b"ident ok")?;
+    let mut echo = [0u8; 8];
+    s.read_exact(&mut echo)?;
+    if &echo != b"ident ok" {
+        return Err(Failure::new("no echo after an ident grant"));
+    }
+    drop(s);
+    line_with(&lines, &format!("user={me} result=ok"), &mut seen)?;
+
+    let (code, _s) = connect_from(localhost, proxy, target.addr(), b"someone-else")?;
+    if code != 93 {
+        return Err(Failure::new(format!("a user id identd does not confirm: reply {code}, not 93")));
+    }
+    line_with(&lines, "result=identd names another user", &mut seen)?;
+
+    if identd.loopback_only {
+        let (code, _s) = connect_from(Ipv4Addr::new(127, 0, 0, 2), proxy, target.addr(), me.as_bytes())?;
+        if code != 92 {
+            return Err(Failure::new(format!("a client whose host has no identd: reply {code}, not 92")));
+        }
+        line_with(&lines, "result=identd ", &mut seen)?;
+    }
+    drop(server);
+    Ok(Outcome::Pass)
 }
