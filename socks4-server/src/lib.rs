@@ -7,7 +7,10 @@
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
-//! - [`accept`]: how an accept loop treats each kind of error.
+//! - [`accept`]: how an accept loop treats each kind of error;
+//! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
+//! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -19,9 +22,14 @@
 //! ```
 
 pub mod accept;
+pub mod bandwidth;
 pub mod cli;
 pub mod config;
+mod gcra;
+pub mod limits;
 pub mod log;
+mod shards;
+pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
 
