@@ -10,6 +10,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::bandwidth::RateLimit;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
+use crate::limits::ConnRate;
+use crate::users::{self, Users};
 use socks4_core::rules::{Action, Rule};
 
 /// The adapters' shared options. Options given on the command line override the config file.
@@ -76,6 +80,35 @@ pub struct ServerArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
     pub log_level: String,
+
+    // --- Abuse limits, bandwidth caps, authentication. ---
+    /// Most connections open at once from one client (IPv4 address or IPv6 /64); 0 = no limit
+    /// (default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_per_client: Option<u32>,
+    /// Most new connections per client, e.g. 20/s or 600/m (token bucket, burst N; default: no limit).
+    #[arg(long, value_name = "N/s", value_parser = conn_rate)]
+    pub max_rate_per_client: Option<ConnRate>,
+    /// Most connections in their handshake, whole server; 0 = no limit (default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_handshakes: Option<u32>,
+    /// Bandwidth cap of each connection, each direction, e.g. 10M or 512K (bytes/s, K = 1024).
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    pub rate_limit_conn: Option<RateLimit>,
+    /// Bandwidth cap of each user id, all its connections together, each direction (bytes/s).
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    pub rate_limit_user: Option<RateLimit>,
+    /// Bandwidth cap of each client address (IPv6: /64), all its connections together (bytes/s).
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    pub rate_limit_client: Option<RateLimit>,
+    /// Users file: user ids must then be NAME:TOKEN, the token matching NAME's Argon2id hash in FILE
+    /// (lines from the `hash-token` subcommand).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// `--allow`/`--deny` in command-line order.
     #[arg(skip)]
     ordered_rules: Vec<(Action, String)>,
@@ -83,6 +116,74 @@ pub struct ServerArgs {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
+}
+
+// --- Abuse limits, bandwidth caps, authentication. ---
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Read a token from standard input (one line) and print the users-file line for it,
+    /// NAME:$argon2id$..., e.g. `head -c 18 /dev/urandom | base64 | tee token | socks4-tokio hash-token alice`.
+    HashToken {
+        /// The user's name: 1 to 64 of A-Z a-z 0-9 . _ - @ +.
+        name: String,
+    },
+}
+
+fn conn_rate(s: &str) -> Result<ConnRate, String> {
+    s.parse().map_err(|e: crate::limits::BadRate| e.to_string())
+}
+
+fn byte_rate(s: &str) -> Result<RateLimit, String> {
+    s.parse().map_err(|e: crate::bandwidth::BadByteRate| e.to_string())
+}
+
+/// Tokens shorter than this get a warning: they are secrets, guessed online at the verifier's pace.
+const SHORT_TOKEN: usize = 16;
+
+/// The `hash-token NAME` subcommand: reads the token (one line; the line end is not part of it)
+/// from `input`, writes the users-file line `NAME:$argon2id$...` to `out`, and any warning to `err`.
+/// Reading stdin rather than an argument keeps the token out of shell history and `ps`.
+///
+/// ```
+/// use socks4_server::cli::hash_token_command;
+/// let (mut out, mut err) = (Vec::new(), Vec::new());
+/// hash_token_command("alice", &mut &b"a-long-random-token-0123\n"[..], &mut out, &mut err)?;
+/// let line = String::from_utf8(out).unwrap();
+/// assert!(line.starts_with("alice:$argon2id$v=19$m=19456,t=2,p=1$"), "{line}");
+/// assert!(hash_token_command("alice", &mut &b"\n"[..], &mut Vec::new(), &mut err).is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn hash_token_command(
+    name: &str,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), String> {
+    if !users::valid_name(name.as_bytes()) {
+        return Err(format!("bad user name `{name}`: 1 to {} of A-Z a-z 0-9 . _ - @ +", users::MAX_NAME));
+    }
+    let mut line = Vec::new();
+    std::io::Read::take(input, 1024).read_until(b'\n', &mut line).map_err(|e| format!("cannot read the token: {e}"))?;
+    let token = line.strip_suffix(b"\n").unwrap_or(&line);
+    let token = token.strip_suffix(b"\r").unwrap_or(token);
+    if token.is_empty() {
+        return Err("no token on standard input".into());
+    }
+    if token.contains(&0) {
+        return Err("the token contains a NUL byte, which a SOCKS4 user id cannot carry".into());
+    }
+    let user_id_len = name.len() + 1 + token.len();
+    if user_id_len > usize::from(u8::MAX) {
+        return Err(format!("NAME:TOKEN is {user_id_len} bytes; a SOCKS4 user id is at most 255"));
+    }
+    if token.len() < SHORT_TOKEN {
+        let _ = writeln!(err, "warning: a token shorter than {SHORT_TOKEN} bytes is easy to guess");
+    }
+    let phc = users::hash_token(token).map_err(|e| format!("cannot hash the token: {e}"))?;
+    writeln!(out, "{name}:{phc}").map_err(|e| format!("cannot write: {e}"))
 }
 
 impl ServerArgs {
@@ -138,7 +239,23 @@ impl ServerArgs {
         for (action, text) in &self.ordered_rules {
             config.rules.0.push(cli_rule(*action, text)?);
         }
+        // --- Abuse limits, bandwidth caps, authentication. ---
+        let cl = &mut config.client_limits;
+        cl.max_per_client = self.max_per_client.unwrap_or(cl.max_per_client);
+        cl.max_rate_per_client = self.max_rate_per_client.or(cl.max_rate_per_client);
+        cl.max_handshakes = self.max_handshakes.unwrap_or(cl.max_handshakes);
+        let bw = &mut config.bandwidth;
+        bw.conn = self.rate_limit_conn.or(bw.conn);
+        bw.user = self.rate_limit_user.or(bw.user);
+        bw.client = self.rate_limit_client.or(bw.client);
+        if self.users.is_some() {
+            config.users.clone_from(&self.users);
+        }
         config.validate()?;
+        // A bad users file stops the server here, with the line number (the adapter loads it again).
+        if let Some(path) = &config.users {
+            Users::load(path)?;
+        }
         Ok(config)
     }
 }
@@ -170,6 +287,20 @@ pub trait Serve: Sized {
 /// ```
 pub fn main<S: Serve>(name: &str) -> ExitCode {
     let args = ServerArgs::parse_env();
+    // --- Subcommands. ---
+    if let Some(Command::HashToken { name: user }) = &args.command {
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        if std::io::IsTerminal::is_terminal(&stdin) {
+            eprintln!("token for {user} (one line; it is echoed):");
+        }
+        return match hash_token_command(user, &mut stdin.lock(), &mut stdout.lock(), &mut stderr.lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name} hash-token: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
@@ -207,13 +338,21 @@ fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
     Ok(format!("{action} {}", conditions.trim()).parse::<Rule>()?)
 }
 
-/// Reads and parses a TOML config file (not yet validated).
+/// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
+/// taken relative to the file's directory.
 pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-    parse_config_toml(&text).map_err(|e| match e {
+    let mut config = parse_config_toml(&text).map_err(|e| match e {
         ConfigError::File(msg) => ConfigError::File(format!("{}: {msg}", path.display())),
         other => other,
-    })
+    })?;
+    // --- Authentication: the users file sits beside the config file. ---
+    if let (Some(users), Some(dir)) = (&mut config.users, path.parent()) {
+        if users.is_relative() {
+            *users = dir.join(&*users);
+        }
+    }
+    Ok(config)
 }
 
 /// Parses a TOML config text (not yet validated).
@@ -331,5 +470,129 @@ mod tests {
         let from_file = config(&["--config", dir.to_str().unwrap(), "--workers", "6"]).unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(from_file.workers, Some(6), "the command line wins over the file");
+    }
+
+    // --- Abuse limits, bandwidth caps, authentication. ---
+
+    #[test]
+    fn limit_flags_and_defaults() {
+        let d = config(&[]).unwrap();
+        assert_eq!((d.client_limits.max_per_client, d.client_limits.max_handshakes), (1024, 1024));
+        assert_eq!(d.client_limits.max_rate_per_client, None);
+        assert!(d.bandwidth.is_off() && d.users.is_none());
+        let c = config(&[
+            "--max-per-client",
+            "16",
+            "--max-rate-per-client",
+            "20/s",
+            "--max-handshakes",
+            "0",
+            "--rate-limit-conn",
+            "10M",
+            "--rate-limit-user",
+            "512K",
+            "--rate-limit-client",
+            "1000000",
+        ])
+        .unwrap();
+        let cl = c.client_limits;
+        assert_eq!((cl.max_per_client, cl.max_handshakes), (16, 0));
+        assert_eq!(cl.max_rate_per_client, Some("20/s".parse().unwrap()));
+        let bw = c.bandwidth;
+        assert_eq!(bw.conn.map(|r| r.bytes_per_sec()), Some(10 << 20));
+        assert_eq!(bw.user.map(|r| r.bytes_per_sec()), Some(512 << 10));
+        assert_eq!(bw.client.map(|r| r.bytes_per_sec()), Some(1_000_000));
+        for bad in [
+            &["--max-rate-per-client", "fast"][..],
+            &["--rate-limit-conn", "0"],
+            &["--rate-limit-user", "1T"],
+            &["--max-per-client", "-1"],
+        ] {
+            let mut all = vec!["socks4"];
+            all.extend_from_slice(bad);
+            assert!(ServerArgs::try_parse_from(all).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limit_tables_in_the_file() {
+        let c = parse_config_toml(
+            r#"
+            users = "/etc/socks4/users"
+            [client_limits]
+            max_per_client = 8
+            max_rate_per_client = "600/m"
+            max_handshakes = 100
+            tracked_clients = 1000
+            [bandwidth]
+            conn = "1M"
+            user = 65536
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.client_limits.max_per_client, 8);
+        assert_eq!(c.client_limits.max_rate_per_client.map(|r| r.to_string()).as_deref(), Some("600/m"));
+        assert_eq!((c.client_limits.max_handshakes, c.client_limits.tracked_clients), (100, 1000));
+        assert_eq!(c.bandwidth.conn.map(|r| r.to_string()).as_deref(), Some("1M"));
+        assert_eq!(c.bandwidth.user.map(|r| r.bytes_per_sec()), Some(65536));
+        assert_eq!(c.bandwidth.client, None);
+        assert_eq!(c.users.as_deref(), Some(std::path::Path::new("/etc/socks4/users")));
+        for bad in [
+            "[client_limits]\nmax_per_connection = 1",
+            "[client_limits]\nmax_rate_per_client = \"0/s\"",
+            "[bandwidth]\nconn = \"fast\"",
+            "[bandwidth]\nup = \"1M\"",
+            "[client_limits]\ntracked_clients = -1",
+        ] {
+            assert!(parse_config_toml(bad).is_err(), "{bad}");
+        }
+        let zero = parse_config_toml("[client_limits]\ntracked_clients = 0").unwrap();
+        assert_eq!(zero.validate(), Err(ConfigError::Zero("client_limits.tracked_clients")));
+    }
+
+    #[test]
+    fn users_file_is_checked_and_relative_to_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("socks4-server-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let phc = users::hash_token_with(b"t", argon2::Params::new(8, 1, 1, None).unwrap()).unwrap();
+        std::fs::write(dir.join("users"), format!("alice:{phc}\n")).unwrap();
+        std::fs::write(dir.join("bad-users"), "# ok\nalice:{phc}\n").unwrap();
+        std::fs::write(dir.join("socks4.toml"), "users = \"users\"\n").unwrap();
+        let toml = dir.join("socks4.toml");
+        let c = config(&["--config", toml.to_str().unwrap()]).unwrap();
+        assert_eq!(c.users.as_deref(), Some(dir.join("users").as_path()));
+        let verifier = c.verifier().unwrap().unwrap();
+        assert_eq!(verifier.verify_blocking(b"alice:t"), Ok(()));
+        let bad = dir.join("bad-users");
+        let e = config(&["--users", bad.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(&e, ConfigError::Users(u) if u.line == 2), "{e}");
+        assert!(e.to_string().starts_with("users file: line 2: "), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(config(&["--users", "/nonexistent/users"]), Err(ConfigError::Users(_))));
+    }
+
+    #[test]
+    fn hash_token_subcommand() {
+        let args = ServerArgs::try_parse_from(["socks4", "hash-token", "alice"]).unwrap();
+        assert!(matches!(&args.command, Some(Command::HashToken { name }) if name == "alice"));
+        assert!(ServerArgs::try_parse_from(["socks4", "hash-token"]).is_err(), "the name is required");
+        let run = |name: &str, input: &[u8]| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let r = hash_token_command(name, &mut &input[..], &mut out, &mut err);
+            (r, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        };
+        let (r, out, err) = run("alice", b"short\r\nsecond line ignored\n");
+        assert_eq!(r, Ok(()));
+        assert!(err.contains("shorter than 16"), "{err}");
+        let users = Users::parse(out.as_bytes()).unwrap();
+        assert_eq!(users.users()[0].name(), "alice");
+        let v = crate::users::Verifier::new(users);
+        assert_eq!(v.verify_blocking(b"alice:short"), Ok(()), "the line end is not part of the token");
+        let (r, _, err) = run("bob", b"0123456789abcdefXYZ");
+        assert_eq!((r, err.as_str()), (Ok(()), ""), "no newline at the end is fine");
+        assert!(run("bad name", b"token\n").0.unwrap_err().contains("bad user name"));
+        assert!(run("alice", b"").0.unwrap_err().contains("no token"));
+        assert!(run("alice", b"a\0b\n").0.unwrap_err().contains("NUL"));
+        assert!(run("alice", &[b'x'; 300]).0.unwrap_err().contains("at most 255"));
     }
 }

@@ -19,13 +19,36 @@
 //! idle = "5m"
 //! shutdown_grace = "10s"
 //! ```
+//!
+//! Abuse limits, bandwidth caps and authentication have their own tables and key (see
+//! [`ClientLimits`], [`BandwidthCaps`], [`users`](crate::users)):
+//!
+//! ```toml
+//! users = "/etc/socks4/users"   # relative paths are relative to the config file
+//!
+//! [client_limits]
+//! max_per_client = 1024         # connections per client address (IPv6: /64); 0 = no limit
+//! max_rate_per_client = "20/s"  # new connections per client, burst 20; absent = no limit
+//! max_handshakes = 1024         # connections in their handshake, whole server; 0 = no limit
+//!
+//! [bandwidth]                   # bytes per second, each direction; absent = no cap
+//! conn = "10M"
+//! user = "20M"
+//! client = "20M"
+//! ```
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use socks4_core::Limits;
 use socks4_core::rules::{RuleError, Rules};
+
+use crate::bandwidth::{Bandwidth, BandwidthCaps};
+use crate::limits::{ClientLimits, Limiter};
+use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -104,6 +127,14 @@ pub struct ServerConfig {
     /// Refuse CONNECT requests that carry only an IP address, like Tor's `SafeSocks`: clients must
     /// send names (SOCKS4a), so one that resolved a name itself (a DNS leak) is caught and logged.
     pub safe_socks: bool,
+
+    // --- Abuse limits, bandwidth caps, authentication (modules `limits`, `bandwidth`, `users`). ---
+    /// Per-client admission limits (the `[client_limits]` table).
+    pub client_limits: ClientLimits,
+    /// Bandwidth caps (the `[bandwidth]` table); none by default.
+    pub bandwidth: BandwidthCaps,
+    /// The users file (`users = "FILE"`): when set, user ids must be `NAME:TOKEN` that verify.
+    pub users: Option<PathBuf>,
 }
 
 /// The default listen address, `127.0.0.1:1080`.
@@ -120,6 +151,10 @@ impl Default for ServerConfig {
             timeouts: Timeouts::default(),
             rules: Rules::default(),
             safe_socks: false,
+            // --- Abuse limits, bandwidth caps, authentication. ---
+            client_limits: ClientLimits::default(),
+            bandwidth: BandwidthCaps::default(),
+            users: None,
         }
     }
 }
@@ -191,7 +226,36 @@ impl ServerConfig {
                 return Err(ConfigError::OpenProxy(*addr));
             }
         }
+        // --- Abuse limits. ---
+        if self.client_limits.tracked_clients == 0 {
+            return Err(ConfigError::Zero("client_limits.tracked_clients"));
+        }
         Ok(())
+    }
+
+    // --- Abuse limits, bandwidth caps, authentication: what an adapter builds at bind. ---
+
+    /// The admission limiter for all workers: call [`Limiter::admit`] on each accepted connection.
+    pub fn limiter(&self, now: Instant) -> Arc<Limiter> {
+        Limiter::new(self.client_limits, now)
+    }
+
+    /// The shared bandwidth state, or `None` when no cap is set (relays then pay nothing).
+    pub fn bandwidth(&self, now: Instant) -> Option<Arc<Bandwidth>> {
+        Bandwidth::new(self.bandwidth, now)
+    }
+
+    /// Loads the users file, if one is set, into a [`Verifier`] (takes one hash's time: call it at
+    /// bind, not per connection).
+    ///
+    /// ```
+    /// let config = socks4_server::ServerConfig::default();
+    /// assert!(config.verifier()?.is_none(), "no users file: no authentication");
+    /// # Ok::<(), socks4_server::ConfigError>(())
+    /// ```
+    pub fn verifier(&self) -> Result<Option<Arc<Verifier>>, ConfigError> {
+        let Some(path) = &self.users else { return Ok(None) };
+        Ok(Some(Arc::new(Verifier::new(Users::load(path)?))))
     }
 }
 
@@ -211,6 +275,8 @@ pub enum ConfigError {
     BadDuration(String),
     /// The config file could not be read or parsed (path or message).
     File(String),
+    /// The users file could not be read, or a line of it is bad.
+    Users(UsersError),
 }
 
 impl fmt::Display for ConfigError {
@@ -231,6 +297,7 @@ impl fmt::Display for ConfigError {
             Self::Rule(e) => write!(f, "bad rule: {e}"),
             Self::BadDuration(s) => write!(f, "`{s}` is not a duration like 500ms, 10s, 2m or 1h"),
             Self::File(msg) => write!(f, "config file: {msg}"),
+            Self::Users(e) => write!(f, "users file: {e}"),
         }
     }
 }
@@ -240,6 +307,12 @@ impl std::error::Error for ConfigError {}
 impl From<RuleError> for ConfigError {
     fn from(e: RuleError) -> Self {
         Self::Rule(e)
+    }
+}
+
+impl From<UsersError> for ConfigError {
+    fn from(e: UsersError) -> Self {
+        Self::Users(e)
     }
 }
 

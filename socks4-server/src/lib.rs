@@ -8,7 +8,10 @@
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
 //! - [`accept`]: how an accept loop treats each kind of error;
-//! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`.
+//! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
+//! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
+//! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -18,12 +21,41 @@
 //! assert_eq!(config.handshake_timeouts().connect.as_secs(), 10);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Wiring limits, bandwidth caps and users into an adapter
+//!
+//! A few lines at five points; everything else lives here.
+//!
+//! ```text
+//! bind:        limiter = config.limiter(Instant::now());          // Arc<Limiter>, all workers
+//!              bandwidth = config.bandwidth(Instant::now());      // Option<Arc<Bandwidth>>
+//!              verifier = config.verifier()?;                     // Option<Arc<Verifier>>
+//! accept:      let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
+//!              (over max_connections: limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into()))
+//!              keep `admission` with the connection (task or slot); dropping it releases it
+//! Authorize:   with a verifier: match verifier.check_cached(user_id) {
+//!                  Some(verdict) => verdict,
+//!                  None => run verifier.verify_blocking(user_id.to_vec()) on the blocking/resolver pool }
+//!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
+//!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
+//! first reply: admission.handshake_done();                         // sent the reply, or closing
+//! relay start: conn_bw = bandwidth.map(|b| b.connection(peer.ip(), Some(users::user_name(user_id)), now));
+//! relay read:  (once readable) match conn_bw.grant(Direction::Up, now, buf.len()) {
+//!                  Grant::Now(n) => { read/splice at most n; conn_bw.refund(Direction::Up, n - moved) }
+//!                  Grant::After(d) => sleep d (keep serving the other direction and the idle timer) }
+//! end:         drop(admission), drop(conn_bw); a periodic timer may call limiter.refusals().flush(now)
+//! ```
 
 pub mod accept;
+pub mod bandwidth;
 pub mod cli;
 pub mod config;
+mod gcra;
 pub mod ident;
+pub mod limits;
 pub mod log;
+mod shards;
+pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
 

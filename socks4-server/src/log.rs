@@ -6,6 +6,8 @@
 //!
 //! A missing field prints as `-`. The user id is the only peer-chosen free text, so bytes outside
 //! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
+//! A user id `NAME:SECRET` (the [`users`](crate::users) token form, and what clients put there for
+//! `user:password`) prints as `NAME:***`: secrets stay out of logs.
 
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
@@ -90,7 +92,11 @@ impl Display for ConnLine<'_> {
                     Dest::Ip(ip) => write!(f, "{ip}")?,
                     Dest::Domain(host) => f.write_str(host)?,
                 }
-                write!(f, ":{} user={}", req.port, UserId(req.user_id))?;
+                let name = crate::users::user_name(req.user_id);
+                write!(f, ":{} user={}", req.port, UserId(name))?;
+                if name.len() < req.user_id.len() {
+                    f.write_str(":***")?;
+                }
             }
             None => f.write_str("cmd=- dest=- user=-")?,
         }
@@ -151,5 +157,24 @@ mod tests {
             "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000"
         );
         assert_eq!(UserId(b"\\\xff").to_string(), "\\x5c\\xff");
+    }
+
+    #[test]
+    fn secrets_after_a_colon_are_not_logged() {
+        let Ok(Status::Complete((req, _))) =
+            parse_request(b"\x04\x01\x00\x50\x7f\x00\x00\x01alice:s3cret\0", &Limits::default())
+        else {
+            panic!()
+        };
+        let line = ConnLine {
+            client: "127.0.0.1:9".parse().unwrap(),
+            request: Some(req),
+            result: &"ok",
+            up: 0,
+            down: 0,
+            elapsed: Duration::ZERO,
+        };
+        let text = line.to_string();
+        assert!(text.contains(" user=alice:*** ") && !text.contains("s3cret"), "{text}");
     }
 }

@@ -1,0 +1,937 @@
+//! Per-client admission limits, checked once at accept, so that a flood from one address cannot
+//! starve the others:
+//!
+//! - connections open at once per client ([`ClientLimits::max_per_client`]);
+//! - new connections per second per client, a token bucket whose burst is the rate
+//!   ([`ClientLimits::max_rate_per_client`]);
+//! - connections still in their handshake, for the whole server ([`ClientLimits::max_handshakes`]):
+//!   slow or silent clients cannot hold every slot.
+//!
+//! One [`Limiter`] is shared by all worker threads. [`Limiter::admit`] returns an RAII [`Admission`]
+//! (dropping it releases the client's slot) or the [`Refusal`]'s reason; the caller then closes the
+//! connection at once, sending nothing. Refusals are counted and summarised in at most one log line
+//! per interval by the limiter's [`RefusalLog`], never one line per connection.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use socks4_server::limits::{ClientLimits, Limiter, Refusal};
+//! let mut limits = ClientLimits::default();
+//! (limits.max_per_client, limits.max_handshakes) = (2, 100);
+//! let now = Instant::now();
+//! let limiter = Limiter::new(limits, now);
+//! let client = "10.0.0.5".parse()?;
+//!
+//! // Accept: admit, or close at once.
+//! let mut first = limiter.admit(client, now).expect("admitted");
+//! let _second = limiter.admit(client, now).expect("admitted");
+//! assert_eq!(limiter.admit(client, now).unwrap_err(), Refusal::PerClientConnections);
+//! assert!(limiter.admit("10.0.0.6".parse()?, now).is_ok(), "others are not starved");
+//!
+//! // The handshake is over (reply sent, relaying): free its handshake slot, keep the client's.
+//! first.handshake_done();
+//! assert_eq!(limiter.handshakes(), 1);
+//!
+//! // The connection is closed: dropping the guard releases the client's slot.
+//! drop(first);
+//! assert!(limiter.admit(client, now).is_ok());
+//! # Ok::<(), std::net::AddrParseError>(())
+//! ```
+//!
+//! # Who is "one client"
+//!
+//! An IPv4 client is its address (an IPv4-mapped IPv6 address counts as the IPv4 one). An IPv6
+//! client is its **/64 network**: one host or home network gets a whole /64 (SLAAC, privacy
+//! addresses rotate inside it), so per-address limits would let a single machine open 2⁶⁴
+//! "clients" and would fill the table. The /64 is the smallest block an end site is assigned; a
+//! site with a larger block (/56, /48) counts as several clients, which the table bound below
+//! keeps harmless. See [`ClientKey`].
+//!
+//! # Bounded memory
+//!
+//! Clients are tracked in a map of [`SHARDS`](crate::limits::SHARD_COUNT) shards, each a mutex over
+//! a hash map on its own cache line, chosen by a keyed hash of the client (random per process, so
+//! an attacker cannot aim at one shard). An entry is 40 bytes (the client, its hash, the
+//! open-connection count and the rate bucket) plus the hash table's overhead. An entry stays after
+//! its client's last connection closes (removing and re-inserting it cost twice as much as the rest
+//! of an admit and release together) and is swept when its shard fills: each shard holds at most
+//! `tracked_clients / 64` entries ([`ClientLimits::tracked_clients`]); when a new client finds its
+//! shard full, the shard is swept of idle entries whose bucket has refilled (or that have no rate
+//! limit: a full bucket equals a fresh one), then, if still ¾ full, of all idle ones (forgetting
+//! their rate state, which only makes the limit more lenient for them). A sweep leaves the shard at
+//! most ¾ full unless more than ¾ of it are clients with open connections, so sweeps are rare.
+//! Entries with open connections are never evicted, so a client can only be refused as
+//! [`Refusal::ClientTable`] when a shard is full of clients with open connections, which cannot
+//! happen while `tracked_clients` is well above the server's connection limit. Worst case with the
+//! default 65,536 entries: about 5.5 MB (64 shards of 2,048 table slots of 41 bytes).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::gcra::{Gcra, nanos_since};
+use crate::shards::{Hashed, Padded, SHARDS, Shards};
+
+/// Number of shards of the client map.
+pub const SHARD_COUNT: usize = SHARDS;
+
+/// The per-client limits: the `[client_limits]` table of the config file and the `--max-per-client`,
+/// `--max-rate-per-client` and `--max-handshakes` options.
+///
+/// ```toml
+/// [client_limits]
+/// max_per_client = 1024        # connections open at once per client; 0 = no limit
+/// max_rate_per_client = "20/s" # new connections per client (burst 20); absent = no limit
+/// max_handshakes = 1024        # connections in their handshake, whole server; 0 = no limit
+/// tracked_clients = 65536      # bound of the client table
+/// ```
+///
+/// The defaults: at most 1024 connections per client and 1024 handshakes, no rate limit. 1024 is
+/// a quarter of the default [`max_connections`](crate::ServerConfig::max_connections) (4096): one
+/// address can never take the whole server, while a NAT gateway with hundreds of users or a load
+/// test from one address still fits. A rate limit is off by default because a fair rate depends on
+/// the clients (one browser opens dozens of connections in a burst; a NAT gateway many more); set
+/// one when clients are known (e.g. `20/s`). The handshake cap only fills when handshakes are slow:
+/// at 10,000 handshakes per second that take a millisecond each about ten are in progress at once,
+/// so 1024 is reached by slow or silent clients, and then still leaves three quarters of the
+/// connection slots to relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientLimits {
+    /// Connections open at once per client (IPv4 address or IPv6 /64); 0 turns it off. Default 1024.
+    pub max_per_client: u32,
+    /// New connections per client, as a token bucket with burst = the count; `None` (default) is off.
+    pub max_rate_per_client: Option<ConnRate>,
+    /// Connections in their handshake (accept until the reply), whole server; 0 turns it off.
+    /// Default 1024.
+    pub max_handshakes: u32,
+    /// Most clients tracked at once: the memory bound, about 84 bytes each at worst. Default 65,536.
+    pub tracked_clients: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self { max_per_client: 1024, max_rate_per_client: None, max_handshakes: 1024, tracked_clients: 65_536 }
+    }
+}
+
+impl ClientLimits {
+    /// No limit at all: [`Limiter::admit`] then only counts.
+    pub const OFF: Self =
+        Self { max_per_client: 0, max_rate_per_client: None, max_handshakes: 0, tracked_clients: 65_536 };
+
+    /// Whether clients are tracked one by one (a per-client limit is on).
+    pub fn per_client(&self) -> bool {
+        self.max_per_client != 0 || self.max_rate_per_client.is_some()
+    }
+}
+
+/// A rate of new connections: `count` per `per`, with a burst of `count`.
+///
+/// Written `N/s`, `N/m` or `N/h` (`N` alone is per second).
+///
+/// ```
+/// use std::time::Duration;
+/// use socks4_server::limits::ConnRate;
+/// let rate: ConnRate = "20/s".parse()?;
+/// assert_eq!((rate.count(), rate.per()), (20, Duration::from_secs(1)));
+/// assert_eq!("600/m".parse::<ConnRate>()?.to_string(), "600/m");
+/// assert_eq!("5".parse::<ConnRate>()?.to_string(), "5/s");
+/// assert!("0/s".parse::<ConnRate>().is_err());
+/// # Ok::<(), socks4_server::limits::BadRate>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRate {
+    count: NonZeroU32,
+    per: Duration,
+}
+
+impl ConnRate {
+    /// `count` connections per `per` (a duration of at least 1 ms).
+    pub fn new(count: NonZeroU32, per: Duration) -> Result<Self, BadRate> {
+        if per < Duration::from_millis(1) {
+            return Err(BadRate(format!("{count}/{per:?}")));
+        }
+        Ok(Self { count, per })
+    }
+
+    /// Connections per period, also the burst.
+    pub fn count(&self) -> u32 {
+        self.count.get()
+    }
+
+    /// The period.
+    pub fn per(&self) -> Duration {
+        self.per
+    }
+
+    fn gcra(&self) -> Gcra {
+        Gcra::new(u64::from(self.count.get()), self.per, u64::from(self.count.get()))
+    }
+}
+
+impl FromStr for ConnRate {
+    type Err = BadRate;
+
+    fn from_str(text: &str) -> Result<Self, BadRate> {
+        let bad = || BadRate(text.to_string());
+        let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" => Duration::from_secs(1),
+            "m" | "min" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Self::new(count, per)
+    }
+}
+
+impl fmt::Display for ConnRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match (self.per.as_secs(), self.per.subsec_nanos()) {
+            (1, 0) => "s",
+            (60, 0) => "m",
+            (3600, 0) => "h",
+            _ => return write!(f, "{}/{}ms", self.count, self.per.as_millis()),
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConnRate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ConnRate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a connection rate like \"20/s\" or \"600/m\", or a number per second")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConnRate, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConnRate, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConnRate, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rate that is not `N/s`, `N/m` or `N/h` with `N` ≥ 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRate(pub String);
+
+impl fmt::Display for BadRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not a connection rate like 20/s, 600/m or 1000/h", self.0)
+    }
+}
+
+impl std::error::Error for BadRate {}
+
+/// One client, as the limits count them: an IPv4 address, or an IPv6 /64 network (see the
+/// [module docs](self)).
+///
+/// ```
+/// use socks4_server::limits::ClientKey;
+/// let a = ClientKey::from("2001:db8:1:2:aaaa::1".parse::<std::net::IpAddr>()?);
+/// let b = ClientKey::from("2001:db8:1:2:bbbb::2".parse::<std::net::IpAddr>()?);
+/// assert_eq!(a, b);
+/// assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+/// let v4 = ClientKey::from("::ffff:10.0.0.5".parse::<std::net::IpAddr>()?);
+/// assert_eq!(v4.to_string(), "10.0.0.5");
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientKey {
+    /// An IPv4 client (also an IPv4-mapped IPv6 one).
+    V4(Ipv4Addr),
+    /// An IPv6 client's /64: the address's first 64 bits.
+    V6(u64),
+}
+
+impl From<IpAddr> for ClientKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => Self::V6((v6.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(ip) => write!(f, "{ip}"),
+            Self::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from_bits(u128::from(*prefix) << 64)),
+        }
+    }
+}
+
+/// Why [`Limiter::admit`] refused a connection. Close it at once, sending nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The client has [`ClientLimits::max_per_client`] connections open.
+    PerClientConnections,
+    /// The client opened connections faster than [`ClientLimits::max_rate_per_client`].
+    PerClientRate,
+    /// [`ClientLimits::max_handshakes`] connections are in their handshake.
+    Handshakes,
+    /// The client table is full of clients with open connections (see the [module docs](self)).
+    ClientTable,
+    /// The server's [`max_connections`](crate::ServerConfig::max_connections) are open (counted by the
+    /// adapter, recorded here so that one summary line tells all refusals).
+    ServerConnections,
+}
+
+impl Refusal {
+    const ALL: [Self; 5] =
+        [Self::PerClientConnections, Self::PerClientRate, Self::Handshakes, Self::ClientTable, Self::ServerConnections];
+
+    /// The name in logs, e.g. `per-client-connections`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerClientConnections => "per-client-connections",
+            Self::PerClientRate => "per-client-rate",
+            Self::Handshakes => "handshakes",
+            Self::ClientTable => "client-table",
+            Self::ServerConnections => "server-connections",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One tracked client: its open connections and its rate bucket (GCRA arrival time).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    active: u32,
+    tat: u64,
+}
+
+/// The admission limits, shared by all workers (`Arc`). See the [module docs](self).
+#[derive(Debug)]
+pub struct Limiter {
+    limits: ClientLimits,
+    rate: Option<Gcra>,
+    epoch: Instant,
+    handshakes: Padded<AtomicUsize>,
+    clients: Option<Shards<ClientKey, Entry>>,
+    refusals: RefusalLog,
+}
+
+impl Limiter {
+    /// A limiter for these limits; `now` starts its clock. Refusals are summarised every 10 s.
+    pub fn new(limits: ClientLimits, now: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            rate: limits.max_rate_per_client.map(|r| r.gcra()),
+            epoch: now,
+            handshakes: Padded(AtomicUsize::new(0)),
+            clients: limits.per_client().then(|| Shards::new(limits.tracked_clients.max(1))),
+            refusals: RefusalLog::new(RefusalLog::DEFAULT_INTERVAL, now),
+        })
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    /// Admits a new connection from `client` at `now`, or says why not (and counts the refusal in
+    /// [`refusals`](Self::refusals), which logs a summary at most once per interval). The
+    /// connection starts in its handshake: call [`Admission::handshake_done`] when it ends.
+    pub fn admit(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+        let key = ClientKey::from(client);
+        match self.try_admit(key, now) {
+            Ok(tracked) => Ok(Admission {
+                limiter: Arc::clone(self),
+                client: key,
+                tracked,
+                handshake: self.limits.max_handshakes != 0,
+            }),
+            Err(reason) => {
+                self.refusals.record(now, reason, key);
+                Err(reason)
+            }
+        }
+    }
+
+    fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
+        let max = self.limits.max_handshakes as usize;
+        if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
+            self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::Handshakes);
+        }
+        let Some(clients) = &self.clients else { return Ok(None) };
+        let key = clients.hashed(key);
+        match self.admit_client(clients, &key, now) {
+            Ok(()) => Ok(Some(key)),
+            Err(reason) => {
+                if max != 0 {
+                    self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    fn admit_client(
+        &self,
+        clients: &Shards<ClientKey, Entry>,
+        key: &Hashed<ClientKey>,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let now = nanos_since(self.epoch, now);
+        let cap = clients.cap_per_shard;
+        let mut map = clients.lock(key);
+        if map.len() >= cap && !map.contains_key(key) {
+            map.retain(|_, e| e.active > 0 || e.tat > now);
+            if map.len() >= cap - cap / 4 {
+                map.retain(|_, e| e.active > 0);
+            }
+            if map.len() >= cap {
+                return Err(Refusal::ClientTable);
+            }
+        }
+        let entry = map.entry(*key).or_insert(Entry { active: 0, tat: 0 });
+        let max = self.limits.max_per_client;
+        if max != 0 && entry.active >= max {
+            return Err(Refusal::PerClientConnections);
+        }
+        if let Some(g) = &self.rate {
+            match g.take(entry.tat, now, 1, 1) {
+                Ok((_, tat)) => entry.tat = tat,
+                Err(_) => return Err(Refusal::PerClientRate),
+            }
+        }
+        entry.active += 1;
+        Ok(())
+    }
+
+    fn release(&self, key: &Hashed<ClientKey>) {
+        let Some(clients) = &self.clients else { return };
+        let mut map = clients.lock(key);
+        if let Some(e) = map.get_mut(key) {
+            // Kept when idle: swept when the shard fills (see the module docs).
+            e.active = e.active.saturating_sub(1);
+        }
+    }
+
+    /// Connections in their handshake now (holding a handshake slot).
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.0.load(Ordering::Relaxed)
+    }
+
+    /// Open connections of `client` (0 when untracked).
+    pub fn connections_of(&self, client: IpAddr) -> u32 {
+        let Some(clients) = &self.clients else { return 0 };
+        let key = clients.hashed(ClientKey::from(client));
+        clients.lock(&key).get(&key).map_or(0, |e| e.active)
+    }
+
+    /// Clients in the table now (locks every shard in turn: for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.clients.as_ref().map_or(0, Shards::len)
+    }
+
+    /// The refusal counters and their periodic summary line.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.refusals
+    }
+}
+
+/// An admitted connection's claim on the limits; dropping it releases them.
+///
+/// Hold it for the connection's life (in the task or the connection's slot) and call
+/// [`handshake_done`](Self::handshake_done) once the handshake ends.
+#[derive(Debug)]
+#[must_use = "dropping the admission releases the client's slot at once"]
+pub struct Admission {
+    limiter: Arc<Limiter>,
+    client: ClientKey,
+    /// The client's table key, when the client is tracked.
+    tracked: Option<Hashed<ClientKey>>,
+    handshake: bool,
+}
+
+impl Admission {
+    /// The handshake is over (relaying, or closing): frees the handshake slot. Idempotent.
+    pub fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshake) {
+            self.limiter.handshakes.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether it still holds a handshake slot.
+    pub fn in_handshake(&self) -> bool {
+        self.handshake
+    }
+
+    /// The client it counts against.
+    pub fn client(&self) -> ClientKey {
+        self.client
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.handshake_done();
+        if let Some(key) = &self.tracked {
+            self.limiter.release(key);
+        }
+    }
+}
+
+/// Counts refusals by reason and logs one summary line (tracing, `warn`) at most once per
+/// interval, with the most refused client of each reason:
+///
+/// ```text
+/// refused 1234 connections in the last 10s: 1200 per-client-connections (top: 10.0.0.5), 34 per-client-rate (top: 2001:db8::/64)
+/// ```
+///
+/// The first refusal after a quiet interval is logged at once; the ones after it wait for the
+/// interval to pass (for the next refusal, or a periodic [`flush`](Self::flush)). Recording is a
+/// counter increment and a short lock for the top-client sketch; any thread may record.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use socks4_server::limits::{RefusalLog, Refusal};
+/// let t0 = Instant::now();
+/// let log = RefusalLog::new(Duration::from_secs(10), t0);
+/// let client = "10.0.0.5".parse::<std::net::IpAddr>()?.into();
+/// assert!(log.record(t0, Refusal::PerClientRate, client).is_some(), "the first is told at once");
+/// for _ in 0..99 {
+///     assert!(log.record(t0 + Duration::from_secs(1), Refusal::PerClientConnections, client).is_none());
+/// }
+/// let summary = log.flush(t0 + Duration::from_secs(10)).expect("the interval has passed");
+/// assert_eq!(summary.to_string(), "refused 99 connections in the last 10s: 99 per-client-connections (top: 10.0.0.5)");
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug)]
+pub struct RefusalLog {
+    interval: u64,
+    epoch: Instant,
+    /// When the next line may be written (nanoseconds since `epoch`).
+    next: AtomicU64,
+    /// When the last line was written.
+    last: AtomicU64,
+    counts: [AtomicU64; 5],
+    top: Mutex<[TopClients; 5]>,
+}
+
+impl RefusalLog {
+    /// The default interval between two summary lines.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+    /// At most one line per `interval`; `now` starts its clock.
+    pub fn new(interval: Duration, now: Instant) -> Self {
+        Self {
+            interval: nanos_since(now, now + interval).max(1),
+            epoch: now,
+            next: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+            counts: Default::default(),
+            top: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Counts one refusal of `client`; returns (and logs) the summary if one is due.
+    pub fn record(&self, now: Instant, reason: Refusal, client: ClientKey) -> Option<RefusalSummary> {
+        self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.top.lock().unwrap_or_else(|e| e.into_inner())[reason.index()].add(client);
+        self.flush(now)
+    }
+
+    /// Returns (and logs) the summary if one is due and anything was refused since the last one.
+    /// Call it from a periodic timer, if the adapter has one, so that the last refusals of an
+    /// attack are told without waiting for the next refusal.
+    pub fn flush(&self, now: Instant) -> Option<RefusalSummary> {
+        let now = nanos_since(self.epoch, now);
+        let next = self.next.load(Ordering::Relaxed);
+        if now < next || self.counts.iter().all(|c| c.load(Ordering::Relaxed) == 0) {
+            return None;
+        }
+        // One thread wins the right to write this interval's line.
+        self.next
+            .compare_exchange(next, now.saturating_add(self.interval), Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        let last = self.last.swap(now, Ordering::Relaxed);
+        let mut top = self.top.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = Refusal::ALL
+            .iter()
+            .map(|&r| (r, self.counts[r.index()].swap(0, Ordering::Relaxed), std::mem::take(&mut top[r.index()]).top()))
+            .filter(|(_, n, _)| *n > 0)
+            .collect();
+        drop(top);
+        let summary = RefusalSummary { elapsed: Duration::from_nanos(now - last), counts };
+        tracing::warn!("{summary}");
+        Some(summary)
+    }
+}
+
+/// The "Space-Saving" sketch of the most frequent clients, in constant space: a client that was
+/// refused more than a fifth of the times is always in it.
+#[derive(Debug, Default, Clone)]
+struct TopClients([Option<(ClientKey, u64)>; 4]);
+
+impl TopClients {
+    fn add(&mut self, client: ClientKey) {
+        if let Some(slot) = self.0.iter_mut().flatten().find(|(c, _)| *c == client) {
+            slot.1 += 1;
+        } else if let Some(free) = self.0.iter_mut().find(|s| s.is_none()) {
+            *free = Some((client, 1));
+        } else if let Some(min) = self.0.iter_mut().flatten().min_by_key(|(_, n)| *n) {
+            // Replace the least counted, inheriting its count (so counts are upper bounds).
+            *min = (client, min.1 + 1);
+        }
+    }
+
+    fn top(&self) -> Option<ClientKey> {
+        self.0.iter().flatten().max_by_key(|(_, n)| *n).map(|(c, _)| *c)
+    }
+}
+
+/// One summary of refusals, as [`RefusalLog`] logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefusalSummary {
+    /// Time since the previous summary (or since the log began).
+    pub elapsed: Duration,
+    /// Per reason (only those that occurred): how many, and the most refused client.
+    pub counts: Vec<(Refusal, u64, Option<ClientKey>)>,
+}
+
+impl RefusalSummary {
+    /// All refusals in the summary.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, n, _)| n).sum()
+    }
+}
+
+impl fmt::Display for RefusalSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total();
+        let s = if total == 1 { "" } else { "s" };
+        write!(f, "refused {total} connection{s} in the last {}s:", self.elapsed.as_secs_f64().round())?;
+        for (i, (reason, n, top)) in self.counts.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{n} {reason}")?;
+            if let Some(top) = top {
+                write!(f, " (top: {top})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn limits(per_client: u32, rate: Option<&str>, handshakes: u32) -> ClientLimits {
+        ClientLimits {
+            max_per_client: per_client,
+            max_rate_per_client: rate.map(|r| r.parse().unwrap()),
+            max_handshakes: handshakes,
+            ..ClientLimits::default()
+        }
+    }
+
+    #[test]
+    fn per_client_connections() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(3, None, 0), t);
+        let a: Vec<_> = (0..3).map(|_| l.admit(ip("10.0.0.5"), t).unwrap()).collect();
+        assert_eq!(l.admit(ip("10.0.0.5"), t).unwrap_err(), Refusal::PerClientConnections);
+        assert_eq!(l.admit(ip("::ffff:10.0.0.5"), t).unwrap_err(), Refusal::PerClientConnections, "mapped = v4");
+        assert_eq!(l.connections_of(ip("10.0.0.5")), 3);
+        let _other = l.admit(ip("10.0.0.6"), t).unwrap();
+        drop(a);
+        assert_eq!(l.connections_of(ip("10.0.0.5")), 0);
+        assert_eq!(l.tracked(), 2, "idle clients stay until room is needed");
+        assert!(l.admit(ip("10.0.0.5"), t).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(2, None, 0), t);
+        let _a = l.admit(ip("2001:db8:0:1::1"), t).unwrap();
+        let _b = l.admit(ip("2001:db8:0:1:ffff:ffff:ffff:ffff"), t).unwrap();
+        assert_eq!(l.admit(ip("2001:db8:0:1::99"), t).unwrap_err(), Refusal::PerClientConnections);
+        assert!(l.admit(ip("2001:db8:0:2::1"), t).is_ok(), "the next /64 is another client");
+    }
+
+    #[test]
+    fn per_client_rate_is_a_token_bucket() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(0, Some("5/s"), 0), t);
+        for _ in 0..5 {
+            drop(l.admit(ip("10.0.0.5"), t).unwrap());
+        }
+        assert_eq!(l.admit(ip("10.0.0.5"), t).unwrap_err(), Refusal::PerClientRate);
+        assert!(l.admit(ip("10.0.0.6"), t).is_ok());
+        // One new token every 200 ms.
+        assert_eq!(l.admit(ip("10.0.0.5"), t + Duration::from_millis(199)).unwrap_err(), Refusal::PerClientRate);
+        assert!(l.admit(ip("10.0.0.5"), t + Duration::from_millis(200)).is_ok());
+        assert!(l.admit(ip("10.0.0.5"), t + Duration::from_millis(200)).is_err());
+        // After a quiet second the burst is back.
+        let later = t + Duration::from_millis(1200);
+        for _ in 0..5 {
+            assert!(l.admit(ip("10.0.0.5"), later).is_ok());
+        }
+        assert!(l.admit(ip("10.0.0.5"), later).is_err());
+        assert_eq!(l.tracked(), 2, "idle clients with a draining bucket are remembered");
+    }
+
+    #[test]
+    fn handshake_slots() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(0, None, 2), t);
+        let mut a = l.admit(ip("10.0.0.1"), t).unwrap();
+        let b = l.admit(ip("10.0.0.2"), t).unwrap();
+        assert_eq!(l.admit(ip("10.0.0.3"), t).unwrap_err(), Refusal::Handshakes);
+        assert!(a.in_handshake());
+        a.handshake_done();
+        a.handshake_done();
+        assert!(!a.in_handshake());
+        assert_eq!(l.handshakes(), 1);
+        let c = l.admit(ip("10.0.0.3"), t).unwrap();
+        assert_eq!(l.admit(ip("10.0.0.4"), t).unwrap_err(), Refusal::Handshakes);
+        drop((b, c));
+        assert_eq!(l.handshakes(), 0);
+        drop(a);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn a_refused_client_gives_back_its_handshake_slot() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(1, None, 5), t);
+        let _a = l.admit(ip("10.0.0.1"), t).unwrap();
+        for _ in 0..10 {
+            assert_eq!(l.admit(ip("10.0.0.1"), t).unwrap_err(), Refusal::PerClientConnections);
+        }
+        assert_eq!(l.handshakes(), 1);
+    }
+
+    #[test]
+    fn off_means_no_table_and_no_counter() {
+        let t = Instant::now();
+        let l = Limiter::new(ClientLimits::OFF, t);
+        let held: Vec<_> = (0..1000).map(|_| l.admit(ip("10.0.0.1"), t).unwrap()).collect();
+        assert_eq!((l.tracked(), l.handshakes()), (0, 0));
+        assert!(!held[0].in_handshake());
+    }
+
+    #[test]
+    fn table_is_bounded_under_a_flood_of_addresses() {
+        let t = Instant::now();
+        let cap = 1024;
+        let l = Limiter::new(ClientLimits { tracked_clients: cap, ..limits(4, Some("10/s"), 0) }, t);
+        // A /32 of IPv6 /64s, each opening one connection and closing it.
+        for i in 0..50_000u64 {
+            let addr = IpAddr::V6(Ipv6Addr::from_bits((0x2001_0db8_0000_0000u128 | u128::from(i)) << 64));
+            drop(l.admit(addr, t + Duration::from_micros(i)).unwrap());
+            if i % 1000 == 0 {
+                assert!(l.tracked() <= cap.div_ceil(SHARDS) * SHARDS);
+            }
+        }
+        assert!(l.tracked() <= cap.div_ceil(SHARDS) * SHARDS, "{}", l.tracked());
+        // Clients with open connections are never evicted: their count survives the flood.
+        let held: Vec<_> = (0..4).map(|_| l.admit(ip("10.0.0.9"), t).unwrap()).collect();
+        for i in 0..50_000u64 {
+            let addr = IpAddr::V6(Ipv6Addr::from_bits((0x2001_0db9_0000_0000u128 | u128::from(i)) << 64));
+            let _ = l.admit(addr, t);
+        }
+        assert_eq!(l.connections_of(ip("10.0.0.9")), 4);
+        assert_eq!(l.admit(ip("10.0.0.9"), t).unwrap_err(), Refusal::PerClientConnections);
+        drop(held);
+    }
+
+    #[test]
+    fn table_full_of_open_connections_refuses_new_clients() {
+        let t = Instant::now();
+        let l = Limiter::new(ClientLimits { tracked_clients: 1, ..limits(10, None, 0) }, t);
+        // One entry per shard: keep admitting new clients until one lands on an occupied shard.
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..3000u32 {
+            match l.admit(IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + i)), t) {
+                Ok(a) => held.push(a),
+                Err(r) => {
+                    assert_eq!(r, Refusal::ClientTable);
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(held.len(), SHARDS);
+        assert_eq!(refused, 3000 - SHARDS);
+        drop(held);
+        assert_eq!(l.tracked(), SHARDS, "idle entries stay until room is needed");
+        let newcomers: Vec<_> =
+            (5000..8000u32).filter_map(|i| l.admit(IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + i)), t).ok()).collect();
+        assert_eq!(newcomers.len(), SHARDS, "idle entries make room");
+    }
+
+    #[test]
+    fn refusal_log_summarises_once_per_interval() {
+        let t = Instant::now();
+        let log = RefusalLog::new(Duration::from_secs(10), t);
+        let a = ClientKey::from(ip("10.0.0.5"));
+        let b = ClientKey::from(ip("2001:db8::1"));
+        let first = log.record(t + Duration::from_secs(3), Refusal::Handshakes, b).unwrap();
+        assert_eq!(first.to_string(), "refused 1 connection in the last 3s: 1 handshakes (top: 2001:db8::/64)");
+        let mut lines = 0;
+        for i in 0..1000u64 {
+            let now = t + Duration::from_secs(3) + Duration::from_millis(i * 10);
+            let who = if i % 10 == 0 { b } else { a };
+            let reason = if i % 2 == 0 { Refusal::PerClientConnections } else { Refusal::PerClientRate };
+            if let Some(s) = log.record(now, reason, who) {
+                lines += 1;
+                assert_eq!(s.elapsed, Duration::from_secs(10));
+                assert_eq!(s.total(), 1000);
+                assert_eq!(s.counts.len(), 2);
+                assert_eq!(s.counts[0], (Refusal::PerClientConnections, 500, Some(a)));
+                assert_eq!(
+                    s.to_string(),
+                    "refused 1000 connections in the last 10s: 500 per-client-connections (top: 10.0.0.5), \
+                     500 per-client-rate (top: 10.0.0.5)"
+                );
+            }
+        }
+        assert_eq!(lines, 0, "the interval has not passed yet");
+        let s = log.flush(t + Duration::from_secs(13)).unwrap();
+        assert_eq!(s.total(), 1000);
+        assert!(log.flush(t + Duration::from_secs(100)).is_none(), "nothing new to tell");
+        // A quiet spell: the next refusal is told at once.
+        assert!(log.record(t + Duration::from_secs(200), Refusal::ClientTable, a).is_some());
+    }
+
+    #[test]
+    fn top_clients_finds_the_heavy_hitter() {
+        let mut top = TopClients::default();
+        let heavy = ClientKey::V4(Ipv4Addr::new(10, 0, 0, 1));
+        for i in 0..10_000u32 {
+            top.add(if i % 3 == 0 { heavy } else { ClientKey::V4(Ipv4Addr::from_bits(i)) });
+        }
+        assert_eq!(top.top(), Some(heavy));
+    }
+
+    #[test]
+    fn rates_parse_and_print() {
+        for (text, count, secs) in [("20/s", 20, 1), ("7", 7, 1), ("100/m", 100, 60), (" 3 / h ", 3, 3600)] {
+            let r: ConnRate = text.parse().unwrap();
+            assert_eq!((r.count(), r.per().as_secs()), (count, secs), "{text}");
+        }
+        for bad in ["", "0", "-1/s", "1/d", "x/s", "1/", "4294967296/s"] {
+            assert!(bad.parse::<ConnRate>().is_err(), "{bad}");
+        }
+        assert!(BadRate("x".into()).to_string().contains("20/s"));
+        let odd = ConnRate::new(NonZeroU32::new(3).unwrap(), Duration::from_millis(1500)).unwrap();
+        assert_eq!(odd.to_string(), "3/1500ms");
+        assert!(ConnRate::new(NonZeroU32::new(3).unwrap(), Duration::ZERO).is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit { client: u8, advance_ms: u16 },
+        Done(usize),
+        Drop(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..8, 0u16..300).prop_map(|(client, advance_ms)| Op::Admit { client, advance_ms }),
+            any::<usize>().prop_map(Op::Done),
+            any::<usize>().prop_map(Op::Drop),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the order of admits, handshake ends and drops: no client ever has more than its
+        /// limit open, no more handshakes than the cap are in progress, the table stays within its
+        /// bound, and all counters return to zero once every guard is gone.
+        #[test]
+        fn counters_hold_and_return_to_zero(
+            per_client in 0u32..4, handshakes in 0u32..6, rate in proptest::option::of(1u32..5),
+            tracked in 1usize..1000, ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let t = Instant::now();
+            let limits = ClientLimits {
+                max_per_client: per_client,
+                max_rate_per_client: rate.map(|r| ConnRate::new(NonZeroU32::new(r).unwrap(), Duration::from_secs(1)).unwrap()),
+                max_handshakes: handshakes,
+                tracked_clients: tracked,
+            };
+            let l = Limiter::new(limits, t);
+            let mut now = t;
+            let mut held: Vec<(u8, Admission)> = Vec::new();
+            let mut admitted_at: Vec<Vec<Instant>> = vec![Vec::new(); 8];
+            for op in ops {
+                match op {
+                    Op::Admit { client, advance_ms } => {
+                        now += Duration::from_millis(u64::from(advance_ms));
+                        let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, client));
+                        if let Ok(a) = l.admit(addr, now) {
+                            held.push((client, a));
+                            admitted_at[usize::from(client)].push(now);
+                        }
+                    }
+                    Op::Done(i) if !held.is_empty() => { let n = held.len(); held[i % n].1.handshake_done() }
+                    Op::Drop(i) if !held.is_empty() => { let n = held.len(); drop(held.swap_remove(i % n)); }
+                    _ => {}
+                }
+                for c in 0..8u8 {
+                    let open = held.iter().filter(|(x, _)| *x == c).count() as u32;
+                    if per_client != 0 { prop_assert!(open <= per_client); }
+                    if limits.per_client() {
+                        prop_assert_eq!(l.connections_of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, c))), open);
+                    }
+                }
+                let in_hs = held.iter().filter(|(_, a)| a.in_handshake()).count();
+                prop_assert_eq!(l.handshakes(), in_hs);
+                if handshakes != 0 { prop_assert!(in_hs <= handshakes as usize); }
+                prop_assert!(l.tracked() <= tracked.div_ceil(SHARDS) * SHARDS);
+            }
+            // The rate: within any window of a second, at most `rate` + `rate` (burst) admits.
+            // (Only when the table never has to forget an idle client's bucket.)
+            if let Some(r) = rate.filter(|_| tracked > 8 * SHARDS) {
+                for times in &admitted_at {
+                    for (i, a) in times.iter().enumerate() {
+                        let within = times[i..].iter().filter(|b| **b - *a < Duration::from_secs(1)).count();
+                        prop_assert!(within as u32 <= 2 * r, "{within} admits within a second at rate {r}");
+                    }
+                }
+            }
+            drop(held);
+            prop_assert_eq!(l.handshakes(), 0);
+            for c in 0..8u8 {
+                prop_assert_eq!(l.connections_of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, c))), 0);
+            }
+        }
+    }
+}
