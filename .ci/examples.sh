@@ -99,7 +99,8 @@ else
     fail "chain: no 'dest=localhost:$http' in the upstream's log: $(grep 'conn client=' "$work/upstream.log" | tail -2)"
 fi
 fetch "chain curl --socks4 (by address)" --socks4 "127.0.0.1:$chain" "http://127.0.0.1:$http/page.html"
-checker "chain socks4-check" "$chain" --user-id-limit 255 --no-bind
+# chain and sniff keep the core's default handshake timeout, 10 s (silent_client_timeout waits for it).
+checker "chain socks4-check" "$chain" --user-id-limit 255 --handshake-timeout 10 --no-bind
 
 # --- (c) chain -> socks4-tokio that denies everything: the refusal reaches curl -------------------
 denying=$(free_port)
@@ -159,7 +160,8 @@ fi
 # Every case but http_request, which expects a SOCKS answer where sniff gives an HTTP one by design.
 only=()
 while read -r name; do [ "$name" = http_request ] || only+=(--only "$name"); done < <("$bin/socks4-check" --list)
-checker "sniff socks4-check (all but http_request)" "$sniff" --user-id-limit 255 --no-bind "${only[@]}"
+checker "sniff socks4-check (all but http_request)" "$sniff" --user-id-limit 255 --handshake-timeout 10 --no-bind \
+    "${only[@]}"
 
 # --- (e) socks4-check against mio_server ---------------------------------------------------------
 # mio_server answers BIND with 91 by design, so the BIND cases are skipped (--no-bind).

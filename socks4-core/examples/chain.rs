@@ -5,8 +5,10 @@
 //! a SOCKS4a name is never resolved here (the rules see the name, no placeholder address); each
 //! [`Output::Connect`] target goes straight into [`ClientHandshake::connect_to`] for the upstream.
 //! An upstream refusal reaches the client with the upstream's code (`Failure::from(&ConnectError)`
-//! gives [`Failure::Rejected`]). Then the two connections are relayed, half-close included.
-//! BIND is refused (91). Only loopback clients are served.
+//! gives [`Failure::Rejected`]). Then the two connections are relayed by two tasks that tell the
+//! core's [`Relay`] what they did and do what it answers: an EOF is passed on as a half-close, a
+//! reset as a reset, and the idle deadline is a timer. BIND is refused (91). Only loopback clients
+//! are served.
 //!
 //! ```sh
 //! cargo run -p socks4-tokio -- --listen 127.0.0.1:1080                        # the upstream
@@ -16,18 +18,25 @@
 //! ```
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use socket2::SockRef;
 use socks4_core::driver::Clock;
 use socks4_core::rules::Rules;
 use socks4_core::{
-    ClientError, ClientHandshake, Command, ConnectError, Failure, Limits, Names, Output, ReplyCode, ServerHandshake,
-    Timeouts,
+    ClientError, ClientHandshake, Command, ConnectError, Failure, Fault, Limits, Names, Output, Relay, RelayEnd,
+    RelayOutput, ReplyCode, ServerHandshake, Side, Timeouts,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+/// A relay with nothing moving either way for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Each direction of a relay reads at most this much at a time.
+const BUF: usize = 16 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -118,8 +127,9 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, upstream_addr: SocketAdd
             }
             Output::Relay => {
                 let Some(upstream) = upstream else { return Err(io::Error::other("relay without an upstream")) };
-                let (up, down) = relay(client, upstream, &early).await?;
-                eprintln!("{peer}: done, {up} bytes up, {down} down");
+                let (end, relay) = relay(client, upstream, &early, clock).await;
+                let (up, down) = (relay.bytes(Side::Client), relay.bytes(Side::Upstream));
+                eprintln!("{peer}: relay {end}, {up} bytes up, {down} down");
                 return Ok(());
             }
             Output::Closed(reason) => {
@@ -160,24 +170,109 @@ async fn connect_upstream(
     }
 }
 
-/// Relays both ways until both directions have ended: the early data first, and each EOF passed on
-/// as a half-close (`shutdown(Write)`). Returns the bytes sent up and down.
-async fn relay(mut client: TcpStream, mut upstream: TcpStream, early: &[u8]) -> io::Result<(u64, u64)> {
-    upstream.write_all(early).await?;
-    let (mut client_rd, mut client_wr) = client.split();
-    let (mut upstream_rd, mut upstream_wr) = upstream.split();
-    let up = async {
-        let n = tokio::io::copy(&mut client_rd, &mut upstream_wr).await?;
-        upstream_wr.shutdown().await?;
-        Ok::<_, io::Error>(n)
+/// Relays both ways until the core's [`Relay`] says it is over: both directions ended (each EOF
+/// passed on as a half-close), one side failed (the other is reset), or nothing moved for
+/// [`IDLE_TIMEOUT`]. The early data goes up first. Returns how it ended and the relay's books.
+async fn relay(client: TcpStream, upstream: TcpStream, early: &[u8], clock: Clock) -> (RelayEnd, Relay) {
+    let relay = Mutex::new(Relay::new(clock.now(), IDLE_TIMEOUT));
+    let r = Relaying { relay, client: &client, upstream: &upstream, clock };
+    // A direction ends with `Ok` at its EOF, which disables its branch (the other goes on), or with
+    // `Err` once the relay is over.
+    let end = tokio::select! {
+        Err(end) = r.pump(Side::Client, early) => end,
+        Err(end) = r.pump(Side::Upstream, &[]) => end,
+        end = r.idle_timer() => end,
     };
-    let down = async {
-        let n = tokio::io::copy(&mut upstream_rd, &mut client_wr).await?;
-        client_wr.shutdown().await?;
-        Ok::<_, io::Error>(n)
-    };
-    let (up, down) = tokio::try_join!(up, down)?;
-    Ok((up + early.len() as u64, down))
+    // The sockets close on return: an aborted one (linger 0) with a reset.
+    (end, r.relay.into_inner().expect("relay lock"))
+}
+
+/// The relay's books and the two sockets it acts on, shared by the two directions and the timer.
+/// (A `Mutex` because `tokio::spawn` wants `Send`; it is never contended, nor held across an
+/// `await`.)
+struct Relaying<'a> {
+    relay: Mutex<Relay>,
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    clock: Clock,
+}
+
+impl Relaying<'_> {
+    fn socket(&self, side: Side) -> &TcpStream {
+        match side {
+            Side::Client => self.client,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// Gives the relay one input, then does what it asks; `Err` with the end once it is over.
+    fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<(), RelayEnd> {
+        let mut relay = self.relay.lock().expect("relay lock");
+        input(&mut relay, self.clock.now());
+        loop {
+            match relay.poll_output() {
+                // The peer may be gone already: the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(SockRef::from(self.socket(side)).shutdown(Shutdown::Write)),
+                // Closing the socket (when `relay` returns) then sends a reset.
+                RelayOutput::Abort(side) => drop(self.socket(side).set_zero_linger()),
+                RelayOutput::Done(end) => return Err(end),
+                _ => return Ok(()), // `Wait`: the idle timer reads the deadline
+            }
+        }
+    }
+
+    /// A read from or a write to `on` failed: the relay ends (and resets the other side).
+    fn fail(&self, on: Side, e: &io::Error) -> RelayEnd {
+        self.feed(|r, now| r.handle_error(now, on, Fault::from(e))).err().unwrap_or(RelayEnd::Error(on))
+    }
+
+    /// Copies `from` to its peer, `first` first, until `from`'s EOF (`Ok`) or the relay's end.
+    async fn pump(&self, from: Side, first: &[u8]) -> Result<(), RelayEnd> {
+        let src = self.socket(from);
+        self.feed(|r, now| r.handle_read(now, from, first.len()))?;
+        self.write_all(from, first).await?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            src.readable().await.map_err(|e| self.fail(from, &e))?;
+            let n = match src.try_read(&mut buf) {
+                Ok(0) => return self.feed(|r, now| r.handle_eof(now, from)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(self.fail(from, &e)),
+            };
+            self.feed(|r, now| r.handle_read(now, from, n))?;
+            self.write_all(from, &buf[..n]).await?;
+        }
+    }
+
+    /// Writes `data`, read from `from`, to its peer.
+    async fn write_all(&self, from: Side, mut data: &[u8]) -> Result<(), RelayEnd> {
+        let (dst, to) = (self.socket(from.peer()), from.peer());
+        while !data.is_empty() {
+            dst.writable().await.map_err(|e| self.fail(to, &e))?;
+            match dst.try_write(data) {
+                Ok(n) => {
+                    self.feed(|r, now| r.handle_written(now, from, n))?;
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(self.fail(to, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the relay at its idle deadline, which progress keeps moving (never, without one).
+    async fn idle_timer(&self) -> RelayEnd {
+        loop {
+            let deadline = self.relay.lock().expect("relay lock").deadline();
+            let Some(deadline) = deadline else { return std::future::pending().await };
+            sleep_until(Instant::from_std(self.clock.instant(deadline))).await;
+            if let Err(end) = self.feed(|r, now| r.handle_timeout(now)) {
+                return end;
+            }
+        }
+    }
 }
 
 /// `--upstream ADDR [--listen ADDR]`

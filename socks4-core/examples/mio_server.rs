@@ -1,18 +1,19 @@
 //! A single-threaded SOCKS4/4a server on `mio`: the whole drive loop of a [`ServerHandshake`] with
-//! non-blocking sockets, no async runtime.
+//! non-blocking sockets, no async runtime, then the relay driven by the core's [`Relay`].
 //!
 //! It shows how an embedder feeds the handshake (bytes, EOF, connect results, deadlines), drains
-//! [`ServerHandshake::poll_output`] and performs each action, then relays both directions with
-//! half-close. One `mio::Poll` waits for socket events, and its timeout is the earliest handshake
-//! deadline of all connections (no timer wheel needed).
+//! [`ServerHandshake::poll_output`] and performs each action, then moves the bytes both ways and
+//! tells the [`Relay`] what happened: it answers with what to do (pass an EOF on as a half-close, a
+//! reset as a reset) and when the connection is idle. One `mio::Poll` waits for socket events, and
+//! its timeout is the earliest deadline of all connections, handshake or relay (no timer wheel).
 //!
 //! Limits, kept for brevity: SOCKS4a names are resolved with the blocking `ToSocketAddrs` (it stalls
 //! every connection while it runs; a real server hands lookups to a thread); BIND is answered with
-//! a rejection (91); a relay has no idle timeout.
+//! a rejection (91).
 //!
 //! ```sh
 //! cargo run -p socks4-core --features std --example mio_server -- 127.0.0.1:1081 \
-//!     [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS]
+//!     [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS] [--idle-timeout SECS]
 //! curl --socks4a 127.0.0.1:1081 http://example.com/
 //! ```
 //!
@@ -26,16 +27,27 @@ use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
+use socket2::SockRef;
 use socks4_core::driver::{Candidates, Clock};
 use socks4_core::rules::Rules;
-use socks4_core::{Command, Failure, Limits, Output, ReplyCode, ServerHandshake, Target, Timeouts};
+use socks4_core::{
+    Command, Failure, Fault, Limits, Output, Relay, RelayOutput, ReplyCode, ServerHandshake, Side, Target, Timeouts,
+};
 
 const LISTENER: Token = Token(usize::MAX);
 /// Each direction of a relay buffers at most this much.
 const BUF: usize = 16 * 1024;
 
+/// What the command line sets.
+struct Config {
+    rules: Rules,
+    timeouts: Timeouts,
+    /// A relay with nothing moving either way for this long is closed (zero: never).
+    idle: Duration,
+}
+
 fn main() {
-    let (listen, rules, timeouts) = parse_args();
+    let (listen, config) = parse_args();
     let clock = Clock::new();
     let mut poll = Poll::new().expect("creating the mio Poll");
     let mut listener = TcpListener::bind(listen).expect("binding the listen address");
@@ -46,7 +58,7 @@ fn main() {
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut next_id = 0usize;
     loop {
-        // Sleep until a socket is ready or the earliest handshake deadline passes.
+        // Sleep until a socket is ready or the earliest deadline passes.
         let now = clock.now();
         let timeout = conns.values().filter_map(|c| c.deadline).min().map(|d| d.saturating_sub(now));
         if let Err(e) = poll.poll(&mut events, timeout) {
@@ -66,7 +78,7 @@ fn main() {
                         Ok((client, addr)) => {
                             let id = next_id;
                             next_id += 1;
-                            let mut conn = Conn::new(id, client, addr, now, timeouts);
+                            let mut conn = Conn::new(id, client, addr, now, config.timeouts);
                             let interest = Interest::READABLE | Interest::WRITABLE;
                             match registry.register(&mut conn.client, Token(id * 2), interest) {
                                 Ok(()) => drop(conns.insert(id, conn)),
@@ -82,35 +94,40 @@ fn main() {
                 }
             } else if let Some(conn) = conns.get_mut(&(event.token().0 / 2)) {
                 // Client (even token) or upstream (odd): either way, make all the progress we can.
-                conn.step(registry, &rules, now);
+                conn.step(registry, &config, now);
             }
         }
 
-        // Deadlines: a handshake whose deadline has passed times out (91 and close, or a close).
+        // Deadlines: a handshake whose deadline has passed times out (91 and close, or a close);
+        // a relay whose deadline has passed was idle that long.
         for conn in conns.values_mut() {
             if conn.deadline.is_some_and(|d| d <= now) {
-                conn.hs.handle_timeout(now);
-                conn.step(registry, &rules, now);
+                match &mut conn.stage {
+                    Stage::Handshake => conn.hs.handle_timeout(now),
+                    Stage::Relay(relay) => relay.handle_timeout(now),
+                    Stage::Done => {}
+                }
+                conn.step(registry, &config, now);
             }
         }
         conns.retain(|_, conn| {
-            if conn.stage == Stage::Done {
+            let done = matches!(conn.stage, Stage::Done);
+            if done {
                 let _ = registry.deregister(&mut conn.client);
                 if let Some(up) = conn.upstream.as_mut() {
                     let _ = registry.deregister(up);
                 }
             }
-            conn.stage != Stage::Done
+            !done // dropping the sockets closes them (with a reset where the relay aborted one)
         });
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Reading the request, resolving, authorizing, connecting.
     Handshake,
-    /// Relaying both directions.
-    Relay,
+    /// Relaying both directions; the relay keeps the books.
+    Relay(Relay),
     /// Finished: drop the sockets.
     Done,
 }
@@ -123,20 +140,19 @@ struct Conn {
     upstream: Option<TcpStream>,
     hs: ServerHandshake,
     stage: Stage,
-    /// The handshake's deadline, from the last `Output::Wait`.
+    /// The handshake's or the relay's deadline, from the last `Wait`.
     deadline: Option<Duration>,
     /// A SOCKS4a name's other addresses, next one last (for `retry_connect`).
     candidates: Candidates,
     /// Client → upstream. Holds the early data (bytes after the request) before the relay starts.
-    up: Pipe,
-    /// Upstream → client. Holds the reply first.
-    down: Pipe,
+    up: Buffer,
+    /// Upstream → client.
+    down: Buffer,
 }
 
 impl Conn {
     fn new(id: usize, client: TcpStream, client_addr: SocketAddr, now: Duration, timeouts: Timeouts) -> Self {
         let hs = ServerHandshake::new(now, Limits::default(), timeouts);
-        let (up, down) = (Pipe::new(), Pipe::new());
         let deadline = hs.deadline();
         Conn {
             id,
@@ -147,32 +163,33 @@ impl Conn {
             stage: Stage::Handshake,
             deadline,
             candidates: Candidates::default(),
-            up,
-            down,
+            up: Buffer::new(),
+            down: Buffer::new(),
         }
     }
 
-    /// Does everything that can be done now; any I/O error ends the connection.
-    fn step(&mut self, registry: &Registry, rules: &Rules, now: Duration) {
-        let result = match self.stage {
-            Stage::Handshake => self.handshake(registry, rules, now),
-            Stage::Relay => self.relay(),
-            Stage::Done => Ok(()),
-        };
-        if let Err(e) = result {
-            eprintln!("{}: {e}", self.client_addr);
-            self.stage = Stage::Done;
+    /// Does everything that can be done now; an I/O error in the handshake ends the connection
+    /// (in the relay, the relay decides).
+    fn step(&mut self, registry: &Registry, config: &Config, now: Duration) {
+        if matches!(self.stage, Stage::Handshake) {
+            if let Err(e) = self.handshake(registry, config, now) {
+                eprintln!("{}: {e}", self.client_addr);
+                self.stage = Stage::Done;
+            }
+        }
+        if matches!(self.stage, Stage::Relay(_)) {
+            self.relay(now);
         }
     }
 
-    fn handshake(&mut self, registry: &Registry, rules: &Rules, now: Duration) -> io::Result<()> {
+    fn handshake(&mut self, registry: &Registry, config: &Config, now: Duration) -> io::Result<()> {
         // 1. Feed the request. Read only while the handshake wants input: bytes after the request are
         //    the client's payload, kept (in `up`) or left in the socket until the relay.
         while self.hs.wants_input() {
-            match self.client.read(&mut self.up.buf) {
+            match self.client.read(&mut self.up.data) {
                 Ok(0) => self.hs.handle_eof(now),
                 Ok(n) => {
-                    let used = self.hs.handle_input(now, &self.up.buf[..n]);
+                    let used = self.hs.handle_input(now, &self.up.data[..n]);
                     (self.up.start, self.up.end) = (used, n); // empty unless the request completed
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -199,7 +216,9 @@ impl Conn {
         // 3. Drain the handshake's outputs until it waits, relays or closes.
         loop {
             match self.hs.poll_output() {
-                Output::Send(reply) => self.down.push(&reply.to_bytes()),
+                // A reply is 8 bytes, the first the client gets: the empty send buffer of a fresh
+                // socket takes it whole, even without blocking.
+                Output::Send(reply) => self.client.write_all(&reply.to_bytes())?,
                 Output::Resolve { host, port } => {
                     // Blocking lookup (see the top of the file). Answer with the first usable address
                     // and keep the others for `retry_connect`.
@@ -211,7 +230,7 @@ impl Conn {
                     self.hs.reject(ReplyCode::Rejected)?;
                 }
                 Output::Authorize(_) => {
-                    self.hs.authorize(now, rules, self.client_addr.ip().to_canonical())?;
+                    self.hs.authorize(now, &config.rules, self.client_addr.ip().to_canonical())?;
                 }
                 Output::Connect(Target::Addr(addr)) => match TcpStream::connect(addr) {
                     // Non-blocking: the result comes as a writable event (step 2).
@@ -228,19 +247,18 @@ impl Conn {
                 Output::Listen { .. } => self.hs.handle_listening(now, Err(Failure::Other))?,
                 Output::Wait { deadline } => {
                     self.deadline = deadline;
-                    return self.down.flush(&mut self.client);
+                    return Ok(());
                 }
                 Output::Relay => {
                     eprintln!("{}: relaying", self.client_addr);
-                    self.stage = Stage::Relay;
-                    self.deadline = None;
-                    return self.relay();
+                    // The early data waiting in `up` was read from the client: it goes up first.
+                    let mut relay = Relay::new(now, config.idle);
+                    relay.handle_read(now, Side::Client, self.up.end - self.up.start);
+                    self.stage = Stage::Relay(relay);
+                    return Ok(());
                 }
                 Output::Closed(reason) => {
                     eprintln!("{}: {reason}", self.client_addr);
-                    // The reply (8 bytes, if any) fits the empty send buffer of a fresh socket: one
-                    // attempt, then close.
-                    let _ = self.down.flush(&mut self.client);
                     self.stage = Stage::Done;
                     return Ok(());
                 }
@@ -262,110 +280,100 @@ impl Conn {
         Ok(())
     }
 
-    fn relay(&mut self) -> io::Result<()> {
-        let Some(upstream) = self.upstream.as_mut() else {
-            return Err(io::Error::other("relay without an upstream"));
+    /// Moves what can be moved both ways, telling the relay, then does what the relay asks.
+    fn relay(&mut self, now: Duration) {
+        let (Stage::Relay(relay), Some(upstream)) = (&mut self.stage, &self.upstream) else { return };
+        let client = &self.client;
+        let socket = |side| match side {
+            Side::Client => client,
+            Side::Upstream => upstream,
         };
-        self.up.pump(&mut self.client, upstream)?;
-        self.down.pump(upstream, &mut self.client)?;
-        if self.up.shut && self.down.shut {
-            eprintln!("{}: done, {} bytes up, {} down", self.client_addr, self.up.total, self.down.total);
-            self.stage = Stage::Done;
+        self.up.pump(relay, now, Side::Client, client, upstream);
+        self.down.pump(relay, now, Side::Upstream, upstream, client);
+        loop {
+            match relay.poll_output() {
+                // The peer may be gone already: the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(socket(side).shutdown(Shutdown::Write)),
+                // Closing the socket (when the connection is dropped) then sends a reset.
+                RelayOutput::Abort(side) => drop(SockRef::from(socket(side)).set_linger(Some(Duration::ZERO))),
+                RelayOutput::Wait { deadline } => break self.deadline = deadline,
+                RelayOutput::Done(end) => {
+                    let (up, down) = (relay.bytes(Side::Client), relay.bytes(Side::Upstream));
+                    eprintln!("{}: relay {end}, {up} bytes up, {down} down", self.client_addr);
+                    break self.stage = Stage::Done;
+                }
+                // `RelayOutput` is non_exhaustive too.
+                other => {
+                    eprintln!("{}: unexpected relay output {other:?}", self.client_addr);
+                    break self.stage = Stage::Done;
+                }
+            }
         }
-        Ok(())
     }
 }
 
-/// One direction of a relay: bytes read from one socket and not yet written to the other.
-struct Pipe {
-    buf: Box<[u8]>,
+/// One direction of a relay: bytes read from one socket and not yet written to the other,
+/// `data[start..end]`.
+struct Buffer {
+    data: Box<[u8]>,
     start: usize,
     end: usize,
-    /// The source sent EOF.
-    eof: bool,
-    /// EOF was passed on: `shutdown(Write)` on the destination.
-    shut: bool,
-    total: u64,
 }
 
-impl Pipe {
+impl Buffer {
     fn new() -> Self {
-        Pipe { buf: vec![0; BUF].into_boxed_slice(), start: 0, end: 0, eof: false, shut: false, total: 0 }
+        Buffer { data: vec![0; BUF].into_boxed_slice(), start: 0, end: 0 }
     }
 
-    /// Queues bytes (a reply) behind what is buffered.
-    fn push(&mut self, bytes: &[u8]) {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-        let end = (self.end + bytes.len()).min(self.buf.len());
-        self.buf[self.end..end].copy_from_slice(&bytes[..end - self.end]);
-        self.end = end;
-    }
-
-    /// Writes what is buffered; `Ok` also when the destination would block.
-    fn flush(&mut self, dst: &mut TcpStream) -> io::Result<()> {
-        while self.start < self.end {
-            match dst.write(&self.buf[self.start..self.end]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.start += n;
-                    self.total += n as u64;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves bytes from `src` to `dst` until one of them would block, buffered bytes (early data,
-    /// the reply) first; passes an EOF on as `shutdown(Write)` once everything before it is written.
-    fn pump(&mut self, src: &mut TcpStream, dst: &mut TcpStream) -> io::Result<()> {
+    /// Moves bytes from `src` (the `from` side) to `dst` until one of them would block, what is
+    /// buffered first, and tells the relay what was read and written, the EOF or the error.
+    fn pump(&mut self, relay: &mut Relay, now: Duration, from: Side, mut src: &TcpStream, mut dst: &TcpStream) {
         loop {
-            self.flush(dst)?;
             if self.start < self.end {
-                return Ok(()); // `dst` is full: its writable event brings us back
-            }
-            if self.eof {
-                if !self.shut {
-                    dst.shutdown(Shutdown::Write)?;
-                    self.shut = true;
+                match dst.write(&self.data[self.start..self.end]) {
+                    Ok(0) => return relay.handle_error(now, from.peer(), Fault::Other),
+                    Ok(n) => {
+                        self.start += n;
+                        relay.handle_written(now, from, n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return, // its writable event brings us back
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return relay.handle_error(now, from.peer(), Fault::from(&e)),
                 }
-                return Ok(());
+                continue;
             }
-            match src.read(&mut self.buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => (self.start, self.end) = (0, n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            if !relay.wants_read(from) {
+                return; // after its EOF (the relay passes it on), or the relay is over
+            }
+            match src.read(&mut self.data) {
+                Ok(0) => relay.handle_eof(now, from),
+                Ok(n) => {
+                    (self.start, self.end) = (0, n);
+                    relay.handle_read(now, from, n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return relay.handle_error(now, from, Fault::from(&e)),
             }
         }
     }
 }
 
-/// `[LISTEN_ADDR] [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS]`
-fn parse_args() -> (SocketAddr, Rules, Timeouts) {
-    let usage = "usage: mio_server [LISTEN_ADDR] [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS]";
+/// `[LISTEN_ADDR] [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS] [--idle-timeout SECS]`
+fn parse_args() -> (SocketAddr, Config) {
+    let usage = "usage: mio_server [LISTEN_ADDR] [--allow RULE]... [--deny RULE]... [--handshake-timeout SECS] \
+                 [--idle-timeout SECS (default 300)]";
     let mut listen = "127.0.0.1:1081".to_owned();
     let mut rules = String::new();
     let mut timeouts = Timeouts::default();
+    let mut idle = Duration::from_secs(300);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| exit_with(&format!("{arg} needs a value\n{usage}")));
         match arg.as_str() {
             "--allow" | "--deny" => rules += &format!("{} {}\n", &arg[2..], value()),
-            "--handshake-timeout" => {
-                let secs = value();
-                let d = secs
-                    .parse()
-                    .map_err(|e| format!("{e}"))
-                    .and_then(|s| Duration::try_from_secs_f64(s).map_err(|e| format!("{e}")));
-                let d = d.unwrap_or_else(|e| exit_with(&format!("--handshake-timeout {secs}: {e}")));
-                timeouts = timeouts.with_handshake(d);
-            }
+            "--handshake-timeout" => timeouts = timeouts.with_handshake(secs(&arg, &value())),
+            "--idle-timeout" => idle = secs(&arg, &value()),
             s if !s.starts_with('-') => listen = s.to_owned(),
             _ => exit_with(usage),
         }
@@ -375,7 +383,14 @@ fn parse_args() -> (SocketAddr, Rules, Timeouts) {
     }
     let rules = Rules::parse(&rules).unwrap_or_else(|e| exit_with(&format!("rules: {e}")));
     let listen = listen.parse().unwrap_or_else(|e| exit_with(&format!("{listen}: {e}")));
-    (listen, rules, timeouts)
+    (listen, Config { rules, timeouts, idle })
+}
+
+/// A number of seconds, e.g. `2` or `0.5`.
+fn secs(arg: &str, value: &str) -> Duration {
+    let d = value.parse().map_err(|e| format!("{e}"));
+    let d = d.and_then(|s| Duration::try_from_secs_f64(s).map_err(|e| format!("{e}")));
+    d.unwrap_or_else(|e| exit_with(&format!("{arg} {value}: {e}")))
 }
 
 fn exit_with(message: &str) -> ! {

@@ -5,8 +5,11 @@
 //! It shows the crate's sniff recipe ([`parse_request`] fails with `BadVersion` at byte 0 or
 //! `BadCommand` at byte 1 for anything that is not SOCKS4), and a [`ServerHandshake`] driven with
 //! blocking I/O: the bytes read while sniffing are fed to it, deadlines become socket timeouts.
-//! SOCKS4a names are resolved with the blocking `ToSocketAddrs` (fine on a per-connection thread);
-//! BIND is refused (91). Only loopback clients are served.
+//! The relay is two threads, one per direction, sharing the core's [`Relay`]: they tell it what
+//! they read and wrote, and do what it answers (an EOF passed on as a half-close, a reset as a
+//! reset); its idle deadline is their sockets' timeout. SOCKS4a names are resolved with the
+//! blocking `ToSocketAddrs` (fine on a per-connection thread); BIND is refused (91). Only loopback
+//! clients are served.
 //!
 //! ```sh
 //! cargo run -p socks4-core --features std --example sniff -- [127.0.0.1:1083]
@@ -16,17 +19,24 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
+use socket2::SockRef;
 use socks4_core::driver::{Candidates, Clock};
 use socks4_core::rules::Rules;
 use socks4_core::{
-    Command, Failure, Limits, Output, ParseError, ReplyCode, ServerHandshake, Status, Target, Timeouts, parse_request,
+    Command, Failure, Fault, Limits, Output, ParseError, Relay, RelayEnd, RelayOutput, ReplyCode, ServerHandshake,
+    Side, Status, Target, Timeouts, parse_request,
 };
 
 /// The body of the answer to an HTTP request.
 const HTTP_BODY: &str = "This is a SOCKS4/SOCKS4a proxy, not an HTTP server or HTTP proxy.\n";
+/// A relay with nothing moving either way for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Each direction of a relay reads at most this much at a time.
+const BUF: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -187,7 +197,7 @@ fn serve_socks4(
                             early.extend_from_slice(&buf[used..k]);
                         }
                     }
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    Err(e) if is_timeout(&e) => {
                         hs.handle_timeout(clock.now());
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -196,9 +206,9 @@ fn serve_socks4(
             }
             Output::Relay => {
                 let Some(upstream) = upstream else { return Err(io::Error::other("relay without an upstream")) };
-                client.set_read_timeout(None)?;
-                let (up, down) = relay(client, upstream, &early)?;
-                eprintln!("{peer}: done, {up} bytes up, {down} down");
+                let (end, relay) = relay(client, upstream, &early, clock);
+                let (up, down) = (relay.bytes(Side::Client), relay.bytes(Side::Upstream));
+                eprintln!("{peer}: relay {end}, {up} bytes up, {down} down");
                 return Ok(());
             }
             Output::Closed(reason) => {
@@ -210,23 +220,126 @@ fn serve_socks4(
     }
 }
 
-/// Relays both ways on two threads until both directions have ended: the early data first, each
-/// EOF passed on with `shutdown(Write)`. An error in one direction shuts both sockets, which ends
-/// the other. Returns the bytes sent up and down.
-fn relay(client: TcpStream, upstream: TcpStream, early: &[u8]) -> io::Result<(u64, u64)> {
-    (&upstream).write_all(early)?;
-    let copy = |from: &TcpStream, to: &TcpStream| {
-        let result = io::copy(&mut &*from, &mut &*to).and_then(|n| to.shutdown(Shutdown::Write).map(|()| n));
-        if result.is_err() {
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
-        }
-        result
-    };
+/// Relays both ways on two threads, one per direction, until the core's [`Relay`] says it is
+/// over: both directions ended (each EOF passed on as a half-close), one side failed (the other is
+/// reset), or nothing moved for [`IDLE_TIMEOUT`]. The early data goes up first. Returns how it
+/// ended and the relay's books.
+fn relay(client: TcpStream, upstream: TcpStream, early: &[u8], clock: Clock) -> (RelayEnd, Relay) {
+    let relay = Mutex::new(Relay::new(clock.now(), IDLE_TIMEOUT));
+    let r = Relaying { relay, client: &client, upstream: &upstream, clock };
     let (up, down) = thread::scope(|scope| {
-        let up = scope.spawn(|| copy(&client, &upstream));
-        let down = copy(&upstream, &client);
-        (up.join().unwrap_or_else(|_| Err(io::Error::other("relay thread panicked"))), down)
+        let up = scope.spawn(|| r.pump(Side::Client, early));
+        let down = r.pump(Side::Upstream, &[]);
+        (up.join().expect("relay thread"), down)
     });
-    Ok((up? + early.len() as u64, down?))
+    // A thread stops at its EOF (`Ok`) or at the end of the relay (`Err`), which one of them saw.
+    let end = up.err().or(down.err()).unwrap_or(RelayEnd::Closed);
+    // The sockets close on return: an aborted one (linger 0) with a reset.
+    (end, r.relay.into_inner().expect("relay lock"))
+}
+
+/// The relay's books and the two sockets it acts on, shared by the two threads.
+struct Relaying<'a> {
+    relay: Mutex<Relay>,
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    clock: Clock,
+}
+
+impl Relaying<'_> {
+    fn socket(&self, side: Side) -> &TcpStream {
+        match side {
+            Side::Client => self.client,
+            Side::Upstream => self.upstream,
+        }
+    }
+
+    /// Gives the relay one input, then does what it asks: `Ok` with the deadline to wait until
+    /// (`None`: no limit), `Err` with the end once the relay is over.
+    fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<Option<Duration>, RelayEnd> {
+        let mut relay = self.relay.lock().expect("relay lock");
+        input(&mut relay, self.clock.now());
+        loop {
+            match relay.poll_output() {
+                // The peer may be gone already: the direction is over either way.
+                RelayOutput::Shutdown(side) => drop(self.socket(side).shutdown(Shutdown::Write)),
+                // Closing the socket (when `relay` returns) then sends a reset.
+                RelayOutput::Abort(side) => drop(SockRef::from(self.socket(side)).set_linger(Some(Duration::ZERO))),
+                RelayOutput::Wait { deadline } => return Ok(deadline),
+                RelayOutput::Done(end) => {
+                    // Wakes the other thread if it is blocked reading (one blocked writing to a peer
+                    // that reads nothing wakes at the deadline it had). Only the read side: a
+                    // shutdown of the write side would send a FIN ahead of an abort's reset.
+                    for side in [Side::Client, Side::Upstream] {
+                        drop(self.socket(side).shutdown(Shutdown::Read));
+                    }
+                    return Err(end);
+                }
+                _ => return Ok(relay.deadline()), // an output newer than this example: ignored
+            }
+        }
+    }
+
+    /// A read from or a write to `on` failed: the relay ends (and resets the other side).
+    fn fail(&self, on: Side, e: &io::Error) -> RelayEnd {
+        self.feed(|r, now| r.handle_error(now, on, Fault::from(e))).err().unwrap_or(RelayEnd::Error(on))
+    }
+
+    /// A socket timeout that ends at `deadline`.
+    fn timeout(&self, deadline: Option<Duration>) -> Option<Duration> {
+        deadline.map(|d| d.saturating_sub(self.clock.now()).max(Duration::from_millis(1)))
+    }
+
+    /// Copies `from` to its peer, `first` first, until `from`'s EOF (`Ok`) or the relay's end.
+    /// Each blocking read or write waits at most until the last deadline the relay gave; when it
+    /// times out, the relay is told (the other direction may have moved the deadline meanwhile:
+    /// then nothing ends).
+    fn pump(&self, from: Side, first: &[u8]) -> Result<(), RelayEnd> {
+        let mut src = self.socket(from);
+        let deadline = self.feed(|r, now| r.handle_read(now, from, first.len()))?;
+        let mut deadline = self.write_all(from, first, deadline)?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            src.set_read_timeout(self.timeout(deadline)).map_err(|e| self.fail(from, &e))?;
+            deadline = match src.read(&mut buf) {
+                Ok(0) => return self.feed(|r, now| r.handle_eof(now, from)).map(drop),
+                Ok(n) => {
+                    let deadline = self.feed(|r, now| r.handle_read(now, from, n))?;
+                    self.write_all(from, &buf[..n], deadline)?
+                }
+                Err(e) if is_timeout(&e) => self.feed(|r, now| r.handle_timeout(now))?,
+                Err(e) if e.kind() == ErrorKind::Interrupted => deadline,
+                Err(e) => return Err(self.fail(from, &e)),
+            };
+        }
+    }
+
+    /// Writes `data`, read from `from`, to its peer; returns the relay's latest deadline.
+    fn write_all(
+        &self,
+        from: Side,
+        mut data: &[u8],
+        mut deadline: Option<Duration>,
+    ) -> Result<Option<Duration>, RelayEnd> {
+        let (mut dst, to) = (self.socket(from.peer()), from.peer());
+        while !data.is_empty() {
+            dst.set_write_timeout(self.timeout(deadline)).map_err(|e| self.fail(to, &e))?;
+            deadline = match dst.write(data) {
+                Ok(0) => return Err(self.fail(to, &ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    data = &data[n..];
+                    self.feed(|r, now| r.handle_written(now, from, n))?
+                }
+                Err(e) if is_timeout(&e) => self.feed(|r, now| r.handle_timeout(now))?,
+                Err(e) if e.kind() == ErrorKind::Interrupted => deadline,
+                Err(e) => return Err(self.fail(to, &e)),
+            };
+        }
+        Ok(deadline)
+    }
+}
+
+/// A blocking read or write ran out of time (`WouldBlock` on Unix, `TimedOut` on Windows).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
