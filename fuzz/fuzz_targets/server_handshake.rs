@@ -208,6 +208,8 @@ enum Op {
         payload: Vec<u8>,
     },
     Eof,
+    /// The client's connection failed.
+    ClientError,
     /// Move the clock forward without telling the handshake.
     Advance(u16),
     /// Move the clock forward, then `handle_timeout`.
@@ -685,9 +687,25 @@ impl Driver {
             }
             Op::Eof => {
                 let had_request = self.hs.request().is_some();
+                let bind_wait = self.awaiting == Some(Awaiting::Peer);
                 self.hs.handle_eof(self.now);
-                if had_request {
+                if bind_wait {
+                    // A BIND client that closes while waiting for its peer is gone: closed, no reply.
+                    self.expect = vec![Expect::Exactly(Out::Closed(CloseReason::ClientGone))];
+                    self.awaiting = None;
+                } else if had_request {
                     assert_eq!(before, self.snapshot(), "eof after the request changed the state");
+                }
+            }
+            Op::ClientError => {
+                let open = self.terminal.is_none();
+                self.hs.handle_client_error(self.now);
+                if open {
+                    // Any phase before the relay ends at once, dropping a reply not yet taken.
+                    self.expect = vec![Expect::Exactly(Out::Closed(CloseReason::ClientGone))];
+                    self.awaiting = None;
+                } else {
+                    assert_eq!(before, self.snapshot(), "a client error after the end changed the state");
                 }
             }
             Op::Advance(ms) => self.now += Duration::from_millis(u64::from(*ms)),

@@ -100,6 +100,9 @@ impl From<&std::io::Error> for Failure {
 pub enum CloseReason {
     /// The client closed before sending a whole request (no reply sent).
     ClientEof,
+    /// The client left (its connection failed, or it closed while a BIND waited for the peer)
+    /// before the handshake ended (no reply sent).
+    ClientGone,
     /// The handshake phase timed out: no whole request in time (no reply sent), or no decision on a
     /// complete one (reply 91 sent).
     HandshakeTimeout,
@@ -136,6 +139,7 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ClientEof => f.write_str("client closed during handshake"),
+            Self::ClientGone => f.write_str("client gone during handshake"),
             Self::HandshakeTimeout => f.write_str("handshake timed out"),
             Self::Invalid(e) => write!(f, "invalid request: {e}"),
             Self::Denied(code) => write!(f, "denied by rules ({})", code.code()),
@@ -390,11 +394,40 @@ impl ServerHandshake {
         }
     }
 
-    /// The client closed its sending side. Before the request is complete this ends the handshake;
-    /// afterwards it changes nothing (the request stands; relay the half-close later).
+    /// The client closed its sending side. Before the request is complete this ends the handshake.
+    /// While a BIND waits for its peer it ends it too ([`CloseReason::ClientGone`], no reply): the
+    /// client has left, and its listening port and slot must not wait for the bind timeout.
+    /// Otherwise it changes nothing: the request stands and the half-close is relayed later (a
+    /// client may send its request and data and half-close before the reply).
+    ///
+    /// Keep watching the client while waiting for a resolve, a connect, identd or a BIND peer, and
+    /// call this (or [`handle_client_error`](Self::handle_client_error)) as soon as it ends.
     pub fn handle_eof(&mut self, _now: Duration) {
-        if self.state == State::Reading {
-            self.close(CloseReason::ClientEof);
+        match self.state {
+            State::Reading => self.close(CloseReason::ClientEof),
+            State::AwaitingPeer => self.close(CloseReason::ClientGone),
+            _ => {}
+        }
+    }
+
+    /// The client's connection failed (reset, or any read or write error): whatever the phase, the
+    /// handshake ends at once with [`CloseReason::ClientGone`] and no reply; drop what was started
+    /// for it (a lookup's answer, a connection attempt, a BIND listener).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{CloseReason, Limits, Output, ServerHandshake, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\x00\x00\x00\x01\0slow.example\0");
+    /// assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+    /// hs.handle_client_error(now); // the client reset while we were resolving
+    /// assert_eq!(hs.poll_output(), Output::Closed(CloseReason::ClientGone));
+    /// ```
+    pub fn handle_client_error(&mut self, _now: Duration) {
+        if !matches!(self.state, State::Relay | State::Closed(_)) {
+            self.pending = None;
+            self.close(CloseReason::ClientGone);
         }
     }
 
@@ -1069,6 +1102,34 @@ mod tests {
     }
 
     #[test]
+    fn client_leaving_while_waiting() {
+        // A BIND client that closes while waiting for its peer is gone: no reply, closed at once.
+        let mut a = bind_until_listening([127, 0, 0, 1]);
+        a.handle_eof(T0);
+        assert_eq!(a.poll_output(), Output::Closed(CloseReason::ClientGone));
+        // A half-close during a connect is not leaving: the request stands.
+        let mut b = hs();
+        b.handle_input(T0, CONNECT);
+        b.accept(T0).unwrap();
+        assert!(matches!(b.poll_output(), Output::Connect(_)));
+        b.handle_eof(T0);
+        assert!(matches!(b.poll_output(), Output::Wait { .. }));
+        // An error ends any phase before the relay, dropping a reply not yet taken.
+        b.handle_client_error(T0);
+        assert_eq!(b.poll_output(), Output::Closed(CloseReason::ClientGone));
+        let mut c = hs();
+        c.handle_input(T0, CONNECT);
+        c.reject(ReplyCode::Rejected).unwrap();
+        c.handle_client_error(T0);
+        assert_eq!(drain(&mut c).1, std::format!("{:?}", Output::Closed(CloseReason::Denied(ReplyCode::Rejected))));
+        let mut d = bind_until_listening([127, 0, 0, 1]);
+        d.handle_bind_peer(T0, Ok(sa([127, 0, 0, 1], 5))).unwrap();
+        d.handle_client_error(T0);
+        assert!(matches!(d.poll_output(), Output::Send(_)));
+        assert_eq!(d.poll_output(), Output::Relay, "the relay handles errors from here");
+    }
+
+    #[test]
     fn refusing_addresses_keeps_names_and_bind() {
         let mut a = hs().refuse_addresses(true);
         a.handle_input(T0, CONNECT);
@@ -1184,6 +1245,7 @@ mod tests {
             CloseReason::IdentUnavailable(Failure::BadAnswer),
             CloseReason::IdentMismatch,
             CloseReason::IdentRefused(ErrorKind::HiddenUser),
+            CloseReason::ClientGone,
         ];
         let texts: Vec<_> = reasons.iter().map(|r| std::format!("{r}")).collect();
         assert_eq!(texts[5], "connect refused");
@@ -1193,6 +1255,7 @@ mod tests {
         assert_eq!(texts[11], "identd bad answer");
         assert_eq!(texts[12], "identd names another user");
         assert_eq!(texts[13], "identd answered ERROR HIDDEN-USER");
+        assert_eq!(texts[14], "client gone during handshake");
         assert!(texts.iter().all(|t| !t.is_empty()));
         assert_eq!(std::format!("{}", Failure::TimedOut), "timed out");
         assert_eq!(std::format!("{}", Failure::Other), "failed");
