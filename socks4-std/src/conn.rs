@@ -14,10 +14,16 @@ use std::time::{Duration, Instant};
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
-use socks4_core::{Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ServerHandshake, Side as RelaySide, Target};
+use socks4_core::rules::Decision;
+use socks4_core::{
+    Action, CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ReplyCode, ServerHandshake,
+    Side as RelaySide, Target,
+};
 use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
+use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
+use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
 use crate::resolver::{Job, Task};
@@ -79,6 +85,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) epoch: Instant,
     /// The server configuration.
     pub(crate) config: &'a ServerConfig,
+    /// The users file's checker, with `--users`.
+    pub(crate) verifier: Option<&'a Arc<Verifier>>,
     /// The worker's read buffer.
     pub(crate) scratch: &'a mut [u8],
     /// The worker's pipes for splicing.
@@ -105,6 +113,15 @@ enum Stage {
     Linger { until: Instant, discarded: usize },
     /// Finished; the worker logs and removes it.
     Done,
+}
+
+/// The users-file check of the request's user id (with `--users`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserCheck {
+    Todo,
+    /// On the resolver pool; the verdict comes as [`Conn::on_user_checked`].
+    Pending,
+    Passed,
 }
 
 /// Up to two 8-byte replies not yet written to the client.
@@ -167,6 +184,12 @@ pub(crate) struct Conn {
     hs: ServerHandshake,
     stage: Stage,
     reading_request: bool,
+    /// While the handshake waits (resolve, user check, ident, connect, BIND peer): watch the client
+    /// for EOF or an error, without reading. Cleared for the rest of a phase once data is seen.
+    watch: bool,
+    user_check: UserCheck,
+    /// Its share of the admission limits, released when the connection is dropped.
+    admission: Admission,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
     /// A SOCKS4a name's further addresses.
@@ -188,7 +211,12 @@ impl Conn {
     /// A connection just accepted (already non-blocking), in `slot`. The request has usually
     /// arrived by the time the worker sees the connection, so it is read at once; the socket is
     /// then registered for what the state wants.
-    pub(crate) fn new(id: u64, slot: usize, client: TcpStream, client_addr: SocketAddr, ctx: &mut Ctx<'_>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        slot: usize,
+        (client, client_addr, admission): (TcpStream, SocketAddr, Admission),
+        ctx: &mut Ctx<'_>,
+    ) -> Self {
         let _ = client.set_nodelay(true);
         let hs = ctx.config.handshake(ctx.clock());
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
@@ -203,6 +231,9 @@ impl Conn {
             hs,
             stage: Stage::Handshake,
             reading_request: true,
+            watch: false,
+            user_check: UserCheck::Todo,
+            admission,
             early: Vec::new(),
             candidates: Candidates::default(),
             out: Outbox::default(),
@@ -250,6 +281,9 @@ impl Conn {
         let readable = ev.readable && wanted.read;
         let writable = ev.writable && wanted.write;
         match self.stage {
+            Stage::Handshake if side == Side::Client && (ev.is_err() == Some(true) || ev.is_interrupt()) => {
+                self.client_failed(ctx);
+            }
             Stage::Handshake => self.handshake_event(ctx, side, readable, writable),
             Stage::Relay { .. } => self.relay_event(ctx, side, readable, writable),
             Stage::Linger { .. } => self.linger_event(ctx, side, readable, writable),
@@ -298,6 +332,23 @@ impl Conn {
         }
     }
 
+    /// The users file's verdict on its user id.
+    pub(crate) fn on_user_checked(&mut self, ctx: &mut Ctx<'_>, verdict: Result<(), AuthError>) {
+        if !matches!(self.stage, Stage::Handshake) || self.user_check != UserCheck::Pending {
+            return;
+        }
+        match verdict {
+            Ok(()) => self.user_check = UserCheck::Passed,
+            Err(e) => {
+                users::log_refusal(self.client_addr, self.hs.request().map_or(&[], |r| r.user_id), e);
+                // Fails only if the handshake timed out meanwhile.
+                let _ = self.hs.reject(e.reply_code());
+            }
+        }
+        self.drive(ctx);
+        self.rearm(ctx.poller);
+    }
+
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
@@ -316,6 +367,8 @@ impl Conn {
                 }
                 if readable && self.reading_request {
                     self.read_request(ctx);
+                } else if readable && self.watch {
+                    self.peek_client(ctx);
                 }
             }
             Side::Upstream if writable && self.connecting => self.connect_progress(ctx),
@@ -345,11 +398,42 @@ impl Conn {
         self.drive(ctx);
     }
 
+    /// The client is readable while the handshake waits: EOF, an error, or early data (left for
+    /// the relay, and no longer watched in this phase: the phase's deadline bounds it).
+    fn peek_client(&mut self, ctx: &mut Ctx<'_>) {
+        match self.client.peek(&mut [0u8]) {
+            Ok(0) => {
+                // Ends a BIND wait; a half-close otherwise, which the relay passes on.
+                self.watch = false;
+                self.hs.handle_eof(ctx.clock());
+                self.drive(ctx);
+            }
+            Ok(_) => self.watch = false,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => self.client_failed(ctx),
+        }
+    }
+
+    /// The client's connection failed before the relay: the handshake ends, and what was started
+    /// for it (connect attempt, BIND listener) is dropped at once.
+    fn client_failed(&mut self, ctx: &mut Ctx<'_>) {
+        self.hs.handle_client_error(ctx.clock());
+        self.drive(ctx);
+    }
+
     /// Performs what the handshake asks until it waits, relays or closes.
     fn drive(&mut self, ctx: &mut Ctx<'_>) {
         enum Step {
             Resolve(String, u16),
             Authorize,
+            /// With `--users`, once the user id passed: the rules' decision on its name.
+            Decide(Decision),
+            /// With `--users`: the user id failed (logged), reply with this code.
+            Refuse(ReplyCode),
+            /// With `--users`: check the user id on the resolver pool.
+            VerifyUser(Arc<Verifier>, Box<[u8]>),
+            /// With `--users`: the verdict is on its way.
+            AwaitUser,
             Connect(SocketAddr),
             ConnectByName,
             Ident,
@@ -358,21 +442,42 @@ impl Conn {
             Wait(Option<Duration>),
             Closed(String),
         }
+        // Whether this call started something to wait for: a new phase, with the client watched.
+        let mut started = false;
         loop {
             let step = match self.hs.poll_output() {
                 Output::Send(reply) => {
                     self.out.push(reply.to_bytes());
+                    // The (first) reply is out: a BIND waiting for its peer holds no handshake slot.
+                    self.admission.handshake_done();
                     continue;
                 }
                 Output::Resolve { host, port } => Step::Resolve(host.to_owned(), port),
-                Output::Authorize(_) => Step::Authorize,
+                Output::Authorize(req) => match (ctx.verifier, self.user_check) {
+                    (None, _) => Step::Authorize,
+                    (Some(_), UserCheck::Pending) => Step::AwaitUser,
+                    (Some(_), UserCheck::Passed) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                    (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
+                        Some(Ok(())) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                        Some(Err(e)) => {
+                            users::log_refusal(self.client_addr, req.user_id, e);
+                            Step::Refuse(e.reply_code())
+                        }
+                        None => Step::VerifyUser(Arc::clone(verifier), req.user_id.into()),
+                    },
+                },
                 Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
                 Output::Connect(Target::Host(..)) => Step::ConnectByName,
                 Output::Listen { .. } => Step::Listen,
                 Output::Ident => Step::Ident,
                 Output::Relay => Step::Relay,
                 Output::Wait { deadline } => Step::Wait(deadline),
-                Output::Closed(reason) => Step::Closed(reason.to_string()),
+                Output::Closed(reason) => {
+                    if reason == CloseReason::ClientGone {
+                        self.out = Outbox::default(); // nobody to linger for
+                    }
+                    Step::Closed(reason.to_string())
+                }
                 other => Step::Closed(format!("unexpected handshake output {other:?}")),
             };
             let now = ctx.clock();
@@ -382,26 +487,14 @@ impl Conn {
                         .client
                         .local_addr()
                         .map(|local| Task::Ident(self.client_addr, local, ctx.config.timeouts.ident));
-                    let job = task.map(|task| Job {
-                        task,
-                        slot: self.slot,
-                        id: self.id,
-                        reply: ctx.inbox.clone(),
-                        poller: Arc::clone(ctx.poller),
-                    });
-                    if job.map_err(|_| ()).and_then(|job| ctx.resolver.send(job).map_err(|_| ())).is_err() {
+                    started = true;
+                    if !task.is_ok_and(|task| self.ask(ctx, task)) {
                         let _ = self.hs.handle_ident(now, Err(Failure::Other));
                     }
                 }
                 Step::Resolve(host, port) => {
-                    let job = Job {
-                        task: Task::Resolve(host, port),
-                        slot: self.slot,
-                        id: self.id,
-                        reply: ctx.inbox.clone(),
-                        poller: Arc::clone(ctx.poller),
-                    };
-                    if ctx.resolver.send(job).is_err() {
+                    started = true;
+                    if !self.ask(ctx, Task::Resolve(host, port)) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
@@ -411,24 +504,56 @@ impl Conn {
                         return self.finish(&e.to_string());
                     }
                 }
+                Step::VerifyUser(verifier, user_id) => {
+                    started = true;
+                    self.user_check = UserCheck::Pending;
+                    if !self.ask(ctx, Task::VerifyUser(verifier, user_id)) {
+                        self.on_user_checked(ctx, Err(AuthError::Busy));
+                        return;
+                    }
+                }
+                Step::AwaitUser => {
+                    self.hs_deadline = self.hs.deadline().map(|d| ctx.epoch + d);
+                    self.watch |= started;
+                    return;
+                }
+                Step::Decide(decision) => {
+                    let decided = match decision.action {
+                        Action::Allow if decision.ident => self.hs.accept_with_ident(now),
+                        Action::Allow => self.hs.accept(now),
+                        _ => self.hs.reject(ReplyCode::Rejected),
+                    };
+                    if let Err(e) = decided {
+                        return self.finish(&e.to_string());
+                    }
+                }
+                Step::Refuse(code) => {
+                    if let Err(e) = self.hs.reject(code) {
+                        return self.finish(&e.to_string());
+                    }
+                }
                 Step::Connect(addr) => {
                     if let Some(result) = self.start_connect(addr) {
                         self.connect_done(now, result);
                     }
+                    started = true;
                 }
                 // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen();
                     let _ = self.hs.handle_listening(now, result);
+                    started = true;
                 }
                 Step::Relay => return self.start_relay(ctx),
                 Step::Wait(deadline) => {
                     self.hs_deadline = deadline.map(|d| ctx.epoch + d);
+                    self.watch |= started;
                     self.flush_out();
                     return;
                 }
                 Step::Closed(reason) => {
+                    self.admission.handshake_done();
                     self.result = Some(reason);
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {
@@ -441,6 +566,13 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
+    fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
+        let reply = ctx.inbox.clone();
+        let job = Job { task, slot: self.slot, id: self.id, reply, poller: Arc::clone(ctx.poller) };
+        ctx.resolver.send(job).is_ok()
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.
@@ -661,7 +793,9 @@ impl Conn {
     fn interest(&self, side: Side) -> Interest {
         match (&self.stage, side) {
             (Stage::Done, _) => Interest::default(),
-            (Stage::Handshake, Side::Client) => Interest { read: self.reading_request, write: !self.out.is_empty() },
+            (Stage::Handshake, Side::Client) => {
+                Interest { read: self.reading_request || self.watch, write: !self.out.is_empty() }
+            }
             (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
             (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
             (Stage::Relay { up, down }, Side::Client) => Interest { read: up.wants_read(), write: down.wants_write() },
@@ -813,4 +947,9 @@ fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
 
 fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
+}
+
+/// With `--users`, once the user id passed: the rules decide on the user's name, not the token.
+fn decide_named(ctx: &Ctx<'_>, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
+    ctx.config.rules.decide(client.ip().to_canonical(), &users::named(req))
 }

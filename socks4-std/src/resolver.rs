@@ -1,5 +1,5 @@
-//! SOCKS4a name resolution off the event loops: a small pool of threads blocking in
-//! `getaddrinfo`, answering each worker through its channel and its poller's `notify`.
+//! Blocking work off the event loops (SOCKS4a names with `getaddrinfo`, ident queries, users-file
+//! checks): a small pool of threads answering each worker through its channel and its poller's `notify`.
 
 use std::io;
 use std::net::ToSocketAddrs;
@@ -21,6 +21,8 @@ pub(crate) enum Task {
     Resolve(String, u16),
     /// Ask the identd of the client (`client` → `local`) within the timeout.
     Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
+    /// Check a user id against the users file (Argon2: slow on purpose).
+    VerifyUser(Arc<socks4_server::users::Verifier>, Box<[u8]>),
 }
 
 /// One lookup (or ident query) to do.
@@ -65,6 +67,9 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 id: job.id,
                 answer: socks4_server::ident::ask_blocking(client, local, timeout),
             },
+            Task::VerifyUser(verifier, user_id) => {
+                Msg::UserChecked { slot: job.slot, id: job.id, verdict: verifier.verify_blocking(&user_id) }
+            }
         };
         if job.reply.send(msg).is_ok() {
             let _ = job.poller.notify();

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use polling::{Event, Events, Poller};
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
+use socks4_server::limits::{Admission, Limiter, Refusal};
+use socks4_server::users::Verifier;
 
 use crate::resolver::{self, RESOLVER_THREADS};
 use crate::worker::{Msg, Shared, Worker};
@@ -21,6 +23,9 @@ const BACKLOG: i32 = 1024;
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts per listener wake-up before looking at the others.
 pub(crate) const ACCEPTS_PER_WAKE: usize = 128;
+/// How often the accepting threads check whether the refusal summary is due (it is written at
+/// most once per `RefusalLog::DEFAULT_INTERVAL`), so the last refusals of a flood are told.
+pub(crate) const REFUSAL_FLUSH: Duration = Duration::from_secs(1);
 /// Stack size of the server's threads.
 const STACK: usize = 512 * 1024;
 
@@ -42,15 +47,20 @@ pub struct Server {
     workers: usize,
     config: Arc<ServerConfig>,
     splice: bool,
+    limiter: Arc<Limiter>,
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl Server {
     /// Binds every listen address of `config` (port 0 picks a free port).
     ///
-    /// The config should have been validated (`ServerConfig::validate`); an invalid one is
-    /// refused with `InvalidInput`.
+    /// The config should have been validated (`ServerConfig::validate`); an invalid one, or an
+    /// unreadable users file, is refused with `InvalidInput`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let invalid = |e: socks4_server::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        config.validate().map_err(invalid)?;
+        let verifier = config.verifier().map_err(invalid)?;
+        let limiter = config.limiter(Instant::now());
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let per_address = if config.reuseport { workers } else { 1 };
         let mut listeners = Vec::with_capacity(config.listen.len());
@@ -63,7 +73,7 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { listeners, workers, config: Arc::new(config), splice: true })
+        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
@@ -97,7 +107,7 @@ impl Server {
             }
         }
         let mut per_worker = per_worker.into_iter();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(self.limiter));
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
         let mut links = Vec::with_capacity(workers);
@@ -110,6 +120,7 @@ impl Server {
                 inbox_tx: tx.clone(),
                 resolver: resolver.clone(),
                 config: Arc::clone(&self.config),
+                verifier: self.verifier.clone(),
                 shared: Arc::clone(&shared),
                 listeners: per_worker.next().unwrap_or_default(),
                 splice: self.splice,
@@ -255,7 +266,7 @@ impl Acceptor {
         let mut wake = vec![false; self.workers.len()];
         while !self.shared.stop_accepting.load(Ordering::SeqCst) {
             events.clear();
-            if let Err(e) = self.poller.wait(&mut events, None) {
+            if let Err(e) = self.poller.wait(&mut events, Some(REFUSAL_FLUSH)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("acceptor poller failed: {e}");
                     thread::sleep(ACCEPT_BACKOFF);
@@ -263,11 +274,13 @@ impl Acceptor {
                 continue;
             }
             let mut back_off = false;
+            let now = Instant::now();
+            self.shared.limiter.refusals().flush(now);
             for ev in events.iter() {
                 let Some(listener) = self.listeners.get(ev.key) else { continue };
                 for _ in 0..ACCEPTS_PER_WAKE {
                     match accept_one(listener, &self.shared) {
-                        Accepted::Conn(stream, addr) => self.dispatch(stream, addr, &mut next, &mut wake),
+                        Accepted::Conn(stream, addr) => self.dispatch(stream, addr, now, &mut next, &mut wake),
                         Accepted::Again => {}
                         Accepted::Drained => break,
                         Accepted::BackOff => {
@@ -305,11 +318,11 @@ impl Acceptor {
     }
 
     /// Hands a connection to the next worker and marks it in `wake`.
-    fn dispatch(&self, stream: TcpStream, addr: SocketAddr, next: &mut usize, wake: &mut [bool]) {
-        let Some(stream) = admit(&self.shared, self.max_connections, stream, addr) else { return };
+    fn dispatch(&self, stream: TcpStream, addr: SocketAddr, now: Instant, next: &mut usize, wake: &mut [bool]) {
+        let Some(admission) = admit(&self.shared, self.max_connections, addr, now) else { return };
         // Round-robin; a worker that is gone (it cannot be, short of a bug) passes its turn on.
         let n = self.workers.len();
-        let mut msg = Msg::Conn(stream, addr);
+        let mut msg = Msg::Conn(stream, addr, admission);
         for _ in 0..n {
             let i = *next % n;
             *next = (*next + 1) % n;
@@ -374,17 +387,22 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAd
     Ok((stream, addr))
 }
 
-/// Applies the connection limit; `None` if the connection was closed. Nothing else happens on
-/// the accepting thread: the worker sets the socket's options.
-pub(crate) fn admit(shared: &Shared, max_connections: usize, stream: TcpStream, addr: SocketAddr) -> Option<TcpStream> {
+/// Applies the connection limit, then the per-client limits; `None` if the connection is to be
+/// closed at once, sending nothing (the limiter's summary line tells refusals, not one line each).
+/// Nothing else happens on the accepting thread: the worker sets the socket's options.
+pub(crate) fn admit(shared: &Shared, max_connections: usize, addr: SocketAddr, now: Instant) -> Option<Admission> {
     let live = shared.live.fetch_add(1, Ordering::SeqCst);
     if live >= max_connections {
         shared.live.fetch_sub(1, Ordering::SeqCst);
-        let refused = shared.refused.fetch_add(1, Ordering::SeqCst) + 1;
-        tracing::warn!("connection limit {max_connections} reached: closing {addr} ({refused} refused so far)");
+        shared.refused.fetch_add(1, Ordering::SeqCst);
+        shared.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
         return None;
     }
-    Some(stream)
+    let admitted = shared.limiter.admit(addr.ip(), now).ok();
+    if admitted.is_none() {
+        shared.live.fetch_sub(1, Ordering::SeqCst);
+    }
+    admitted
 }
 
 impl socks4_server::cli::Serve for Server {

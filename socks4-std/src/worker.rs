@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use polling::{Events, Poller};
 use slab::Slab;
 use socks4_server::ServerConfig;
+use socks4_server::limits::{Admission, Limiter};
+use socks4_server::users::{AuthError, Verifier};
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
 use crate::resolver::Job;
-use crate::server::{ACCEPT_BACKOFF, ACCEPTS_PER_WAKE, Accepted, accept_one, admit};
+use crate::server::{ACCEPT_BACKOFF, ACCEPTS_PER_WAKE, Accepted, REFUSAL_FLUSH, accept_one, admit};
 use crate::splice::Pipes;
 use crate::timers::{Entry, Timers};
 
@@ -23,8 +25,8 @@ const SCRATCH: usize = 64 * 1024;
 /// A message to a worker.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// A newly accepted connection (non-blocking) and its peer address.
-    Conn(TcpStream, SocketAddr),
+    /// A newly accepted connection (non-blocking), its peer address and its admission.
+    Conn(TcpStream, SocketAddr, Admission),
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
         /// The connection's slot.
@@ -43,11 +45,22 @@ pub(crate) enum Msg {
         /// identd's answer, or why there is none.
         answer: Result<socks4_server::ident::IdentAnswer, socks4_core::Failure>,
     },
+    /// The users file's verdict on a connection's user id.
+    UserChecked {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The verdict.
+        verdict: Result<(), AuthError>,
+    },
 }
 
 /// State shared by the acceptor, the workers and the handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
+    /// The per-client admission limits.
+    pub(crate) limiter: Arc<Limiter>,
     /// Connections accepted and not yet closed.
     pub(crate) live: AtomicUsize,
     /// Connections closed at once because of the connection limit.
@@ -60,6 +73,19 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
 }
 
+impl Shared {
+    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
+        Self {
+            limiter,
+            live: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            accept_pauses: AtomicU64::new(0),
+            stop_accepting: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
 /// What a worker runs with.
 pub(crate) struct Worker {
     pub(crate) poller: Arc<Poller>,
@@ -67,6 +93,8 @@ pub(crate) struct Worker {
     pub(crate) inbox_tx: Sender<Msg>,
     pub(crate) resolver: Sender<Job>,
     pub(crate) config: Arc<ServerConfig>,
+    /// The users file's checker, with `--users`.
+    pub(crate) verifier: Option<Arc<Verifier>>,
     pub(crate) shared: Arc<Shared>,
     /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
     pub(crate) listeners: Vec<TcpListener>,
@@ -80,14 +108,14 @@ const LISTENER_KEY: usize = KEYS_PER_CONN - 1;
 impl Worker {
     /// Runs the event loop until drained after shutdown.
     pub(crate) fn run(self) {
-        let Worker { poller, inbox_rx, inbox_tx, resolver, config, shared, mut listeners, splice } = self;
+        let Worker { poller, inbox_rx, inbox_tx, resolver, config, verifier, shared, mut listeners, splice } = self;
         for (i, l) in listeners.iter().enumerate() {
             // SAFETY: the listeners are deleted from the poller (`close_listeners`) before being dropped.
             if let Err(e) = unsafe { poller.add(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY)) } {
                 tracing::error!("cannot watch listener {:?}: {e}", l.local_addr());
             }
         }
-        let mut accepted: Vec<(TcpStream, SocketAddr)> = Vec::new();
+        let mut accepted: Vec<(TcpStream, SocketAddr, Admission)> = Vec::new();
         let mut accept_paused: Option<Instant> = None;
         let epoch = Instant::now();
         let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
@@ -98,10 +126,12 @@ impl Worker {
         let mut next_id = 0u64;
         let mut grace_end: Option<Instant> = None;
         let mut touched: Vec<usize> = Vec::new();
+        // Reuseport: this worker accepts, so it also tells the refusal summary when it is due.
+        let mut next_flush = (!listeners.is_empty()).then(|| epoch + REFUSAL_FLUSH);
 
         loop {
             let now = Instant::now();
-            let wake_at = [timers.next_deadline(), grace_end, accept_paused].into_iter().flatten().min();
+            let wake_at = [timers.next_deadline(), grace_end, accept_paused, next_flush].into_iter().flatten().min();
             let timeout = wake_at.map(|t| t.saturating_duration_since(now));
             events.clear();
             if let Err(e) = poller.wait(&mut events, timeout) {
@@ -116,6 +146,7 @@ impl Worker {
                 now,
                 epoch,
                 config: &config,
+                verifier: verifier.as_ref(),
                 scratch: &mut scratch,
                 pipes: &mut pipes,
                 resolver: &resolver,
@@ -133,8 +164,8 @@ impl Worker {
                     for _ in 0..ACCEPTS_PER_WAKE {
                         match accept_one(listener, &shared) {
                             Accepted::Conn(stream, addr) => {
-                                if let Some(stream) = admit(&shared, config.max_connections, stream, addr) {
-                                    accepted.push((stream, addr));
+                                if let Some(admission) = admit(&shared, config.max_connections, addr, now) {
+                                    accepted.push((stream, addr, admission));
                                 }
                             }
                             Accepted::Again => {}
@@ -154,11 +185,11 @@ impl Worker {
                 touched.push(slot);
             }
 
-            for (stream, addr) in accepted.drain(..) {
+            for (stream, addr, admission) in accepted.drain(..) {
                 let entry = conns.vacant_entry();
                 let slot = entry.key();
                 next_id += 1;
-                entry.insert(Conn::new(next_id, slot, stream, addr, &mut ctx));
+                entry.insert(Conn::new(next_id, slot, (stream, addr, admission), &mut ctx));
                 touched.push(slot);
             }
             if accept_paused.is_some_and(|t| now >= t) {
@@ -174,11 +205,11 @@ impl Worker {
             }
             loop {
                 match inbox_rx.try_recv() {
-                    Ok(Msg::Conn(stream, addr)) => {
+                    Ok(Msg::Conn(stream, addr, admission)) => {
                         let entry = conns.vacant_entry();
                         let slot = entry.key();
                         next_id += 1;
-                        entry.insert(Conn::new(next_id, slot, stream, addr, &mut ctx));
+                        entry.insert(Conn::new(next_id, slot, (stream, addr, admission), &mut ctx));
                         touched.push(slot);
                     }
                     Ok(Msg::Resolved { slot, id, candidates }) => {
@@ -190,6 +221,12 @@ impl Worker {
                     Ok(Msg::Ident { slot, id, answer }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_ident(&mut ctx, &answer);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::UserChecked { slot, id, verdict }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_user_checked(&mut ctx, verdict);
                             touched.push(slot);
                         }
                     }
@@ -205,9 +242,14 @@ impl Worker {
                 }
             }
 
+            if next_flush.is_some_and(|t| now >= t) {
+                shared.limiter.refusals().flush(now);
+                next_flush = Some(now + REFUSAL_FLUSH);
+            }
             if grace_end.is_none() && draining {
                 grace_end = Some(now + config.timeouts.shutdown_grace);
                 close_listeners(&poller, &mut listeners);
+                next_flush = None;
             }
             if grace_end.is_some_and(|t| now >= t) {
                 for (slot, conn) in conns.iter_mut() {

@@ -32,6 +32,7 @@ fn two_thousand_connections_on_two_workers() {
     }
     let mut config = common::test_config(2);
     config.max_connections = CONNS + 100;
+    config.client_limits.max_per_client = 0; // all from 127.0.0.1
     let (proxy, handle) = common::start_with(config);
     let target = EchoTarget::start().expect("echo target");
     let dest = target.addr();
