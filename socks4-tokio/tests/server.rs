@@ -178,12 +178,18 @@ fn accept_emfile_is_logged_and_retried() {
         let _ = stderr.read_to_string(&mut log);
         log
     });
+    // The workers start after the listen line: prove they run (their runtimes hold descriptors)
+    // before the hogs take every descriptor left, or a slow start fails for want of one.
+    let target = EchoTarget::start().unwrap();
+    assert!((0..50).any(|_| try_echo(proxy, target.addr()).is_ok() || {
+        thread::sleep(Duration::from_millis(100));
+        false
+    }));
     let hogs: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(proxy).ok()).collect();
     thread::sleep(Duration::from_millis(500));
     drop(hogs);
     thread::sleep(Duration::from_millis(500));
 
-    let target = EchoTarget::start().unwrap();
     let served = (0..50).any(|_| {
         let ok = try_echo(proxy, target.addr()).is_ok();
         if !ok {
