@@ -172,7 +172,9 @@ impl ServerConfig {
     /// assert!(matches!(hs.poll_output(), socks4_core::Output::Send(_))); // 91: names required
     /// ```
     pub fn handshake(&self, now: Duration) -> socks4_core::ServerHandshake {
-        socks4_core::ServerHandshake::new(now, self.limits, self.handshake_timeouts()).refuse_addresses(self.safe_socks)
+        socks4_core::ServerHandshake::new(now, self.limits, self.handshake_timeouts())
+            .refuse_addresses(self.safe_socks)
+            .ident_name_only(self.users.is_some())
     }
 
     /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
