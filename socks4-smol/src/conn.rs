@@ -74,7 +74,7 @@ pub(crate) async fn serve<R: Runtime>(
     admission: &mut Admission,
     log: &mut ConnLog,
 ) {
-    let outcome = handshake::<R>(client.clone(), config, verifier, log).await;
+    let outcome = handshake::<R>(client.clone(), config, verifier, admission, log).await;
     admission.handshake_done();
     match outcome {
         Ok(Some((dest, early))) => {
@@ -93,6 +93,7 @@ async fn handshake<R: Runtime>(
     mut client: R::Stream,
     config: &ServerConfig,
     verifier: Option<&Arc<Verifier>>,
+    admission: &mut Admission,
     log: &mut ConnLog,
 ) -> io::Result<Option<(R::Stream, Vec<u8>)>> {
     let epoch = Instant::now();
@@ -107,7 +108,12 @@ async fn handshake<R: Runtime>(
     let mut candidates = Candidates::default();
     loop {
         match hs.poll_output() {
-            Output::Send(reply) => client.write_all(&reply.to_bytes()).await?,
+            Output::Send(reply) => {
+                client.write_all(&reply.to_bytes()).await?;
+                // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
+                // for its peer does not hold a handshake slot).
+                admission.handshake_done();
+            }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
