@@ -20,6 +20,8 @@
 #                       connecting, and those ports stay reserved in TIME_WAIT (60 s on Linux) for
 #                       every address, so without the wait the next runs fail with EADDRNOTAVAIL
 #   SERVERS="tokio smol std dante direct"   which to run, in this order
+#   SERVER_ARGS=""      more options for our servers, e.g. SERVER_ARGS="--max-per-client 2000
+#                       --max-rate-per-client 20000/s" for a run with per-client limits on
 #   SKIP_BUILD=1        use the existing release binaries
 #   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl
 #   CARGO_TARGET_DIR    where the release binaries are (default: target/ at the repo root)
@@ -38,6 +40,7 @@ HOLD_K=${HOLD_K:-10000}
 WORKERS=${WORKERS:-2}
 DANTE_COOLDOWN=${DANTE_COOLDOWN:-60}
 SERVERS=${SERVERS:-"tokio smol std dante direct"}
+SERVER_ARGS=${SERVER_ARGS:-}
 OUT=${OUT:-$root/bench/results.md}
 RAW=${OUT%.md}.jsonl
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -119,8 +122,9 @@ start_server() { # name -> sets server_pid, server_addr
       ;;
     *)
       port=$(free_port) || return 1
+      # shellcheck disable=SC2086 # SERVER_ARGS is a list of options
       "$release/socks4-$name" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
-        --max-connections 20000 >"$target/compare-$name.log" 2>&1 &
+        --max-connections 20000 $SERVER_ARGS >"$target/compare-$name.log" 2>&1 &
       server_pid=$!
       server_addr=127.0.0.1:$port
       for _ in $(seq 1 100); do
@@ -236,7 +240,7 @@ medians='
   echo "Raw runs: \`$(basename "$RAW")\`."
   echo
   echo "Settings: ROUNDS=$ROUNDS RATE_SECS=$RATE_SECS RATE_C=$RATE_C BULK_STREAMS=$BULK_STREAMS BULK_MIB=$BULK_MIB HOLD_K=$HOLD_K WORKERS=$WORKERS DANTE_COOLDOWN=$DANTE_COOLDOWN"
-  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000\`;"
+  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000${SERVER_ARGS:+ $SERVER_ARGS}\`;"
   echo "Dante: \`socks4-tools/scripts/dante.sh\`; the load generator and its echo targets share the same $(nproc) CPUs)."
   echo
   if [ "${#skip[@]}" -gt 0 ]; then

@@ -125,7 +125,8 @@ impl fmt::Display for RelayEnd {
     }
 }
 
-/// What the relay wants done next; returned by [`Relay::poll_output`].
+/// What the relay wants done next; returned by [`Relay::poll_output`]. An output a driver does not
+/// know (the enum may grow) is best treated as [`Done`](RelayOutput::Done): close both sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RelayOutput {
@@ -143,7 +144,9 @@ pub enum RelayOutput {
         /// last `now` given with progress (or with [`Relay::handle_timeout`]).
         deadline: Option<Duration>,
     },
-    /// The relay is over: close both sockets (any abort was emitted before). Repeats.
+    /// The relay is over: close both sockets (any abort was emitted before). Repeats. A driver with
+    /// a thread blocked reading a socket can wake it with `shutdown(Read)`; `shutdown(Write)` or
+    /// `Both` would send a FIN ahead of an abort's reset.
     Done(RelayEnd),
 }
 
@@ -323,6 +326,24 @@ impl Relay {
     /// ```
     pub fn wants_read(&self, from: Side) -> bool {
         self.end.is_none() && !self.eof[from.index()]
+    }
+
+    /// How the relay ended, once it has: the value [`RelayOutput::Done`] carries. It can be `Some`
+    /// before `poll_output` has handed out a pending [`RelayOutput::Abort`], so drain that first;
+    /// `None` while the relay goes on. For drivers that must know whether to keep moving bytes
+    /// (a thread per direction, a pump with bytes still buffered).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
+    /// let mut relay = Relay::new(Duration::ZERO, Duration::ZERO);
+    /// assert_eq!(relay.end(), None);
+    /// relay.handle_error(Duration::ZERO, Side::Upstream, Fault::Reset);
+    /// assert_eq!(relay.end(), Some(RelayEnd::Reset(Side::Upstream)));
+    /// assert_eq!(relay.poll_output(), RelayOutput::Abort(Side::Client));
+    /// ```
+    pub fn end(&self) -> Option<RelayEnd> {
+        self.end
     }
 
     fn progress(&mut self, now: Duration) {

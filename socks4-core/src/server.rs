@@ -278,6 +278,8 @@ pub struct ServerHandshake {
     refuse_addresses: bool,
     /// Identd confirmed the user id: a retried connect does not ask again.
     ident_confirmed: bool,
+    /// Compare identd's answer with the user id's name only (up to its first `:`).
+    ident_name_only: bool,
     state: State,
     pending: Option<Reply>,
     deadline: Option<Duration>,
@@ -297,6 +299,7 @@ impl ServerHandshake {
             names: Names::Resolve,
             refuse_addresses: false,
             ident_confirmed: false,
+            ident_name_only: false,
             state: State::Reading,
             pending: None,
             deadline: Some(now.saturating_add(timeouts.handshake)),
@@ -342,6 +345,29 @@ impl ServerHandshake {
     #[must_use]
     pub fn refuse_addresses(mut self, refuse: bool) -> Self {
         self.refuse_addresses = refuse;
+        self
+    }
+
+    /// With `true`, [`handle_ident`](Self::handle_ident) compares identd's answer with the user
+    /// id up to its first `:` only: the name of a `NAME:TOKEN` user id, for a server whose user ids
+    /// carry a secret after the name (the token is never identd's business).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::ident::IdentReply;
+    /// use socks4_core::{Limits, Output, ServerHandshake, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default()).ident_name_only(true);
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\xc0\x00\x02\x01alice:s3cret\0");
+    /// hs.accept_with_ident(now)?;
+    /// assert_eq!(hs.poll_output(), Output::Ident);
+    /// hs.handle_ident(now, Ok(IdentReply::User { os: "UNIX", charset: None, user: b"alice" }))?;
+    /// assert!(matches!(hs.poll_output(), Output::Connect(_)));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    #[must_use]
+    pub fn ident_name_only(mut self, name_only: bool) -> Self {
+        self.ident_name_only = name_only;
         self
     }
 
@@ -548,6 +574,9 @@ impl ServerHandshake {
     /// ```
     pub fn handle_ident(&mut self, now: Duration, answer: Result<IdentReply<'_>, Failure>) -> Result<(), Misuse> {
         let user_id = match (self.state, self.request()) {
+            (State::Ident { .. }, Some(req)) if self.ident_name_only => {
+                req.user_id.split(|&b| b == b':').next().unwrap_or(req.user_id)
+            }
             (State::Ident { .. }, Some(req)) => req.user_id,
             _ => return Err(Misuse { call: "handle_ident" }),
         };

@@ -172,7 +172,9 @@ impl ServerConfig {
     /// assert!(matches!(hs.poll_output(), socks4_core::Output::Send(_))); // 91: names required
     /// ```
     pub fn handshake(&self, now: Duration) -> socks4_core::ServerHandshake {
-        socks4_core::ServerHandshake::new(now, self.limits, self.handshake_timeouts()).refuse_addresses(self.safe_socks)
+        socks4_core::ServerHandshake::new(now, self.limits, self.handshake_timeouts())
+            .refuse_addresses(self.safe_socks)
+            .ident_name_only(self.users.is_some())
     }
 
     /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
@@ -230,6 +232,11 @@ impl ServerConfig {
         if self.client_limits.tracked_clients == 0 {
             return Err(ConfigError::Zero("client_limits.tracked_clients"));
         }
+        // The bucket types exist, but no adapter's relay applies them yet: refuse rather than
+        // run with a cap the operator believes is enforced.
+        if !self.bandwidth.is_off() {
+            return Err(ConfigError::Unsupported("bandwidth caps (--rate-limit-*, [bandwidth])"));
+        }
         Ok(())
     }
 
@@ -277,6 +284,8 @@ pub enum ConfigError {
     File(String),
     /// The users file could not be read, or a line of it is bad.
     Users(UsersError),
+    /// An option this server does not enforce yet.
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -297,6 +306,7 @@ impl fmt::Display for ConfigError {
             Self::Rule(e) => write!(f, "bad rule: {e}"),
             Self::BadDuration(s) => write!(f, "`{s}` is not a duration like 500ms, 10s, 2m or 1h"),
             Self::File(msg) => write!(f, "config file: {msg}"),
+            Self::Unsupported(what) => write!(f, "{what}: not enforced by this server yet, refusing to start"),
             Self::Users(e) => write!(f, "users file: {e}"),
         }
     }

@@ -35,7 +35,7 @@
 //!              keep `admission` with the connection (task or slot); dropping it releases it
 //! Authorize:   with a verifier: match verifier.check_cached(user_id) {
 //!                  Some(verdict) => verdict,
-//!                  None => run verifier.verify_blocking(user_id.to_vec()) on the blocking/resolver pool }
+//!                  None => run verifier.verify_blocking(&user_id) on the blocking/resolver pool }
 //!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
 //!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
 //! first reply: admission.handshake_done();                         // sent the reply, or closing

@@ -79,4 +79,9 @@ impl Runtime for AsyncStd {
     fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
         stream.peer_addr()
     }
+
+    fn peek(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<usize>>> {
+        // async-std's `peek` waits for readiness itself (no `readable` here).
+        Some(async move { stream.peek(&mut [0]).await })
+    }
 }

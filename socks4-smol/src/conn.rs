@@ -2,16 +2,21 @@
 //! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
+use socks4_core::{Action, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::ServerConfig;
+use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
 use crate::runtime::{Runtime, with_timeout};
@@ -60,23 +65,35 @@ impl Drop for ConnLog {
     }
 }
 
-/// Serves one accepted client connection to the end, filling in `log`.
-pub(crate) async fn serve<R: Runtime>(client: R::Stream, config: &ServerConfig, log: &mut ConnLog) {
-    match handshake::<R>(client.clone(), config, log).await {
+/// Serves one accepted client connection to the end, filling in `log`. `verifier`: the users file's,
+/// if any. The handshake's end frees `admission`'s handshake slot.
+pub(crate) async fn serve<R: Runtime>(
+    mut client: R::Stream,
+    config: &ServerConfig,
+    verifier: Option<&Arc<Verifier>>,
+    admission: &mut Admission,
+    log: &mut ConnLog,
+) {
+    let outcome = handshake::<R>(client.clone(), config, verifier, admission, log).await;
+    admission.handshake_done();
+    match outcome {
         Ok(Some((dest, early))) => {
             let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
             log.finish(end);
         }
-        Ok(None) => {}
+        Ok(None) => linger::<R>(&mut client).await,
         Err(e) => log.finish(e),
     }
 }
 
 /// Runs the handshake. `Ok(Some((dest, early)))`: relay `client` ⇄ `dest`, sending `early` first;
-/// `Ok(None)`: the handshake closed (the reason is in `log`); `Err`: an I/O error with the client.
+/// `Ok(None)`: the handshake closed (the reason is in `log`; linger next); `Err`: an I/O error with
+/// the client.
 async fn handshake<R: Runtime>(
     mut client: R::Stream,
     config: &ServerConfig,
+    verifier: Option<&Arc<Verifier>>,
+    admission: &mut Admission,
     log: &mut ConnLog,
 ) -> io::Result<Option<(R::Stream, Vec<u8>)>> {
     let epoch = Instant::now();
@@ -91,21 +108,42 @@ async fn handshake<R: Runtime>(
     let mut candidates = Candidates::default();
     loop {
         match hs.poll_output() {
-            Output::Send(reply) => client.write_all(&reply.to_bytes()).await?,
+            Output::Send(reply) => {
+                client.write_all(&reply.to_bytes()).await?;
+                // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
+                // for its peer does not hold a handshake slot).
+                admission.handshake_done();
+            }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
-                let answer = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port)).await;
-                candidates = Candidates::from_lookup(answer);
-                misuse(hs.handle_resolved(now(), candidates.first()))?;
+                let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
+                match watched::<R, _>(&client, lookup).await {
+                    Ok(answer) => {
+                        candidates = Candidates::from_lookup(answer);
+                        misuse(hs.handle_resolved(now(), candidates.first()))?;
+                    }
+                    Err(_) => hs.handle_client_error(now()),
+                }
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
-                misuse(hs.authorize(now(), &config.rules, client_ip))?;
+                match verifier {
+                    Some(verifier) => {
+                        authorize_user::<R>(&mut hs, epoch, verifier, &client, config, log.client).await?
+                    }
+                    None => {
+                        misuse(hs.authorize(now(), &config.rules, client_ip))?;
+                    }
+                }
             }
             Output::Connect(Target::Addr(addr)) => {
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
-                match R::connect(addr, left).await {
+                let Ok(connected) = watched::<R, _>(&client, R::connect(addr, left)).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                match connected {
                     Ok(stream) => {
                         let _ = R::set_nodelay(&stream);
                         let local = R::local_addr(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
@@ -125,7 +163,16 @@ async fn handshake<R: Runtime>(
             Output::Ident => {
                 let (peer, timeout) = (log.client, config.timeouts.ident);
                 let answer = match R::local_addr(&client) {
-                    Ok(local) => R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout)).await,
+                    Ok(local) => {
+                        let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
+                        match watched::<R, _>(&client, ask).await {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                hs.handle_client_error(now());
+                                continue;
+                            }
+                        }
+                    }
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
@@ -151,19 +198,31 @@ async fn handshake<R: Runtime>(
             Output::Wait { deadline } => {
                 let left = deadline.map(|d| d.saturating_sub(now()));
                 if let Some(l) = listener.take() {
-                    // BIND: accept one peer, then the listener closes.
-                    let accepted = match left {
-                        Some(left) => with_timeout::<R, _>(left, R::accept(&l)).await,
-                        None => R::accept(&l).await,
+                    // BIND: accept one peer, then the listener closes; a client that leaves first
+                    // (end of file or error) ends the wait at once.
+                    let accept = async {
+                        match left {
+                            Some(left) => Ok(with_timeout::<R, _>(left, R::accept(&l)).await),
+                            None => Ok(R::accept(&l).await),
+                        }
                     };
+                    let outcome = future::or(accept, async { Err(client_left::<R>(&client).await) }).await;
                     drop(l);
-                    let result = match accepted {
-                        Ok((peer, addr)) => {
+                    let result = match outcome {
+                        Ok(Ok((peer, addr))) => {
                             let _ = R::set_nodelay(&peer);
                             dest = Some(peer);
                             Ok(addr)
                         }
-                        Err(e) => Err(Failure::from(&e)),
+                        Ok(Err(e)) => Err(Failure::from(&e)),
+                        Err(Left::Eof) => {
+                            hs.handle_eof(now());
+                            continue;
+                        }
+                        Err(Left::Failed(_)) => {
+                            hs.handle_client_error(now());
+                            continue;
+                        }
                     };
                     misuse(hs.handle_bind_peer(now(), result))?;
                     continue;
@@ -198,7 +257,6 @@ async fn handshake<R: Runtime>(
             Output::Closed(reason) => {
                 log.note_request(&hs);
                 log.finish(reason);
-                linger::<R>(&mut client, &mut buf).await;
                 return Ok(None);
             }
             _ => return Err(io::Error::other("unexpected handshake output")),
@@ -206,10 +264,87 @@ async fn handshake<R: Runtime>(
     }
 }
 
+/// `Output::Authorize` with a users file: the user id is verified (at once if cached, else off the
+/// event loop while watching the client), then the rules decide on the user's name, never the token.
+async fn authorize_user<R: Runtime>(
+    hs: &mut ServerHandshake,
+    epoch: Instant,
+    verifier: &Arc<Verifier>,
+    client: &R::Stream,
+    config: &ServerConfig,
+    peer: SocketAddr,
+) -> io::Result<()> {
+    let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
+    let verdict = match verifier.check_cached(req.user_id) {
+        Some(verdict) => verdict,
+        None => {
+            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
+            match watched::<R, _>(client, R::unblock(move || verifier.verify_blocking(&user_id))).await {
+                Ok(verdict) => verdict,
+                Err(_) => {
+                    hs.handle_client_error(epoch.elapsed());
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
+    let result = match verdict {
+        Err(e) => {
+            users::log_refusal(peer, req.user_id, e);
+            hs.reject(e.reply_code())
+        }
+        Ok(()) => {
+            let decision = config.rules.decide(peer.ip(), &users::named(req));
+            match (decision.action, decision.ident) {
+                (Action::Allow, true) => hs.accept_with_ident(epoch.elapsed()),
+                (Action::Allow, false) => hs.accept(epoch.elapsed()),
+                _ => hs.reject(ReplyCode::Rejected),
+            }
+        }
+    };
+    misuse(result)
+}
+
+/// What the client did while the handshake waited on something else.
+enum Left {
+    /// It half-closed (or closed).
+    Eof,
+    /// Its connection failed.
+    Failed(io::Error),
+}
+
+/// Watches the client without consuming its bytes (early data stays in the socket for the relay):
+/// resolves on end of file or an error. Once bytes are there, or if the runtime cannot peek, it
+/// watches no more (the phase's deadline bounds the wait).
+async fn client_left<R: Runtime>(client: &R::Stream) -> Left {
+    if let Some(peek) = R::peek(client) {
+        match peek.await {
+            Ok(0) => return Left::Eof,
+            Ok(_) => {}
+            Err(e) => return Left::Failed(e),
+        }
+    }
+    future::pending().await
+}
+
+/// Runs `work` while watching the client. `Err` if the client's connection failed first (`work`
+/// is dropped); a half-close lets `work` finish (the relay passes it on).
+async fn watched<R: Runtime, T>(client: &R::Stream, work: impl Future<Output = T>) -> Result<T, io::Error> {
+    let mut work = pin!(work);
+    let first = future::or(async { Ok(work.as_mut().await) }, async { Err(client_left::<R>(client).await) }).await;
+    match first {
+        Ok(done) => Ok(done),
+        Err(Left::Eof) => Ok(work.await),
+        Err(Left::Failed(e)) => Err(e),
+    }
+}
+
 /// Closes gently after a rejection: half-close, then read and discard what the client still sends
 /// (bounded in bytes and time), so that closing with unread input does not reset the connection
 /// and destroy the reply in flight.
-async fn linger<R: Runtime>(client: &mut R::Stream, buf: &mut [u8]) {
+async fn linger<R: Runtime>(client: &mut R::Stream) {
+    let mut buf = [0u8; MAX_REQUEST_LEN];
     let _ = client.flush().await;
     if R::shutdown_write(client).is_err() {
         return;
@@ -217,7 +352,7 @@ async fn linger<R: Runtime>(client: &mut R::Stream, buf: &mut [u8]) {
     let drain = async {
         let mut left = LINGER_BYTES;
         while left > 0 {
-            match client.read(buf).await {
+            match client.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }

@@ -6,8 +6,12 @@
 //! - [`Server`]: binds the configured addresses; an accept task per listener, running on one of
 //!   the worker threads, deals accepted connections round-robin to the workers, each running its own
 //!   [`async_executor::LocalExecutor`] (no work stealing, no `Send` bounds). Connection limit,
+//!   per-client limits at accept ([`socks4_server::limits`]), users file ([`socks4_server::users`]),
 //!   access rules, accept-error back-off and graceful shutdown ([`ServerHandle::shutdown`], or
 //!   SIGINT/SIGTERM with [`Server::run`]).
+//! - While a handshake waits (resolve, connect, identd, a user check, a BIND peer) it watches the
+//!   client without reading its bytes: a failed client ends it at once, and so does one that
+//!   leaves during a BIND wait.
 //! - The per-connection code (handshake, connect, resolve, BIND, relay with half-close, early data,
 //!   timeouts) is written against `futures-io` plus the small [`Runtime`] trait, so it is
 //!   runtime-agnostic: [`Smol`] is the default runtime.

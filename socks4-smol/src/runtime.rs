@@ -62,6 +62,14 @@ pub trait Runtime: 'static {
         None::<future::Ready<io::Result<()>>>
     }
 
+    /// Waits until `stream` is readable and peeks at one byte without consuming it: `Ok(0)` is end
+    /// of file. How a handshake watches its client while it waits on something else. `None` (the
+    /// default) when the runtime cannot: the handshake then does not watch.
+    fn peek(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<usize>>> {
+        let _ = stream;
+        None::<future::Ready<io::Result<usize>>>
+    }
+
     /// Waits until a write on `stream` would not block. `None` (the default) when the runtime
     /// cannot tell; the relay then copies instead of splicing.
     fn writable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
@@ -161,6 +169,21 @@ impl Runtime for Smol {
         // The smol stream is a handle on a shared `Async` source: wait on the source itself.
         let source: Arc<Async<std::net::TcpStream>> = stream.clone().into();
         Some(async move { source.readable().await })
+    }
+
+    fn peek(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<usize>>> {
+        let source: Arc<Async<std::net::TcpStream>> = stream.clone().into();
+        Some(async move {
+            loop {
+                // Readiness first: no `recv` while nothing is there. A readiness without bytes
+                // (`WouldBlock`) waits for the next event, not a busy loop.
+                source.readable().await?;
+                match source.get_ref().peek(&mut [0]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+            }
+        })
     }
 
     fn writable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {

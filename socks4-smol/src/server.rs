@@ -1,6 +1,6 @@
 //! The server: listeners, a pool of worker threads each running its own single-threaded executor,
 //! an accept task per listener (on one of the workers) dealing connections round-robin to the
-//! workers; connection limit; shutdown.
+//! workers; connection limit and per-client limits at accept; shutdown.
 
 use std::cell::Cell;
 use std::io;
@@ -16,6 +16,8 @@ use async_io::{Async, Timer};
 use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
+use socks4_server::limits::{Admission, Limiter, Refusal, RefusalLog};
+use socks4_server::users::Verifier;
 
 use crate::conn::{ConnLog, serve};
 use crate::runtime::{Runtime, Smol};
@@ -25,8 +27,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often a worker checks whether its connections have finished during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// A connection handed from an acceptor to a worker.
-type Handoff = (TcpStream, SocketAddr);
+/// A connection handed from an acceptor to a worker, with its claim on the per-client limits.
+type Handoff = (TcpStream, SocketAddr, Admission);
 
 /// Counters shared by the acceptors and the workers.
 #[derive(Debug, Default)]
@@ -55,13 +57,19 @@ pub struct Server {
     listeners: Vec<(TcpListener, Option<usize>)>,
     addrs: Vec<SocketAddr>,
     workers: usize,
+    /// Per-client limits, shared by every acceptor.
+    limiter: Arc<Limiter>,
+    /// The users file's verifier (`--users`), shared by every worker.
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl Server {
-    /// Validates `config` (an open proxy beyond loopback is refused) and binds its listen
-    /// addresses. Port 0 picks a free port; see [`local_addrs`](Self::local_addrs).
+    /// Validates `config` (an open proxy beyond loopback is refused), loads its users file and
+    /// binds its listen addresses. Port 0 picks a free port; see [`local_addrs`](Self::local_addrs).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let invalid = |e: socks4_server::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        config.validate().map_err(invalid)?;
+        let verifier = config.verifier().map_err(invalid)?;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -80,7 +88,8 @@ impl Server {
                 listeners.push((single, None));
             }
         }
-        Ok(Server { config: Arc::new(config), listeners, addrs, workers })
+        let limiter = config.limiter(Instant::now());
+        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier })
     }
 
     /// The addresses the server listens on (with the actual ports).
@@ -120,16 +129,22 @@ impl Server {
                 Some(w) => (w % workers, senders.get(w).cloned().into_iter().collect()),
                 None => (k % workers, senders.clone()),
             };
-            let acceptor =
-                Acceptor { targets, next: next.clone(), shared: shared.clone(), max: self.config.max_connections };
+            let acceptor = Acceptor {
+                targets,
+                next: next.clone(),
+                shared: shared.clone(),
+                max: self.config.max_connections,
+                limiter: self.limiter.clone(),
+            };
             accept_tasks[home].push((listener, acceptor));
         }
         drop(senders);
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
+            let verifier = self.verifier.clone();
             let thread = thread::Builder::new()
                 .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, config, shared))?;
+                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, shared))?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -231,6 +246,7 @@ struct Acceptor {
     next: Arc<AtomicUsize>,
     shared: Arc<Shared>,
     max: usize,
+    limiter: Arc<Limiter>,
 }
 
 /// Connections accepted in a row before the accept task lets its worker's other tasks run.
@@ -239,11 +255,18 @@ const ACCEPT_BATCH: usize = 64;
 impl Acceptor {
     /// Accepts until `stop` closes.
     async fn run(self, listener: Async<TcpListener>, stop: Receiver<()>) {
+        let summaries = async {
+            // The refusal summary's last lines, when no new refusal comes to write them.
+            loop {
+                Timer::after(RefusalLog::DEFAULT_INTERVAL).await;
+                self.limiter.refusals().flush(Instant::now());
+            }
+        };
         future::or(
             async {
                 let _ = stop.recv().await;
             },
-            self.accept_loop(&listener),
+            future::or(self.accept_loop(&listener), summaries),
         )
         .await;
     }
@@ -278,20 +301,27 @@ impl Acceptor {
         }
     }
 
+    /// Hands `stream` to a worker, or closes it at once (sending nothing) when a limit refuses it:
+    /// refusals are summarised by the limiter's log, never one line per connection.
     fn deal(&self, stream: TcpStream, peer: SocketAddr) {
+        let now = Instant::now();
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         if active >= self.max {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            let refused = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!("connection limit {} reached: closed {peer} ({refused} refused so far)", self.max);
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            self.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
             return;
         }
+        let Ok(admission) = self.limiter.admit(peer.ip(), now) else {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
         if self.targets.is_empty() {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        if self.targets[i].try_send((stream, peer)).is_err() {
+        if self.targets[i].try_send((stream, peer, admission)).is_err() {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("worker {i} is gone; closed {peer}");
         }
@@ -339,6 +369,7 @@ fn worker<R: Runtime>(
     acceptors: Vec<(Async<TcpListener>, Acceptor)>,
     stop: Receiver<()>,
     config: Arc<ServerConfig>,
+    verifier: Option<Arc<Verifier>>,
     shared: Arc<Shared>,
 ) {
     let ex = LocalExecutor::new();
@@ -348,17 +379,17 @@ fn worker<R: Runtime>(
     }
     drop(stop);
     R::block_on(ex.run(async {
-        while let Ok((stream, peer)) = rx.recv().await {
+        while let Ok((stream, peer, mut admission)) = rx.recv().await {
             live.set(live.get() + 1);
             let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
-            let config = config.clone();
+            let (config, verifier) = (config.clone(), verifier.clone());
             ex.spawn(async move {
                 let _guard = guard;
                 let mut log = ConnLog::new(peer);
                 match R::from_std(stream) {
                     Ok(client) => {
                         let _ = R::set_nodelay(&client);
-                        serve::<R>(client, &config, &mut log).await;
+                        serve::<R>(client, &config, verifier.as_ref(), &mut admission, &mut log).await;
                     }
                     Err(e) => log.finish(e),
                 }

@@ -1,5 +1,6 @@
-//! Server behaviour beyond the shared scenarios: connection limit, graceful shutdown, idle
-//! timeout, config refusal (library and binary).
+//! Server behaviour beyond the shared scenarios: connection and per-client limits, users file,
+//! watching the client while the handshake waits, graceful shutdown, idle timeout, config refusal
+//! (library and binary).
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;
@@ -47,6 +48,10 @@ cases!(
     shutdown_grace_expiry_closes_stuck_connections,
     idle_relay_is_closed,
     bind_listens_on_the_address_the_client_reached,
+    per_client_limit_closes_extra_at_once,
+    users_file_checks_tokens_and_rules_see_names,
+    client_reset_while_connecting_ends_the_attempt,
+    half_close_while_connecting_is_relayed,
 );
 
 /// Opens a CONNECT through `proxy` to `target` with std sockets; panics unless granted.
@@ -261,6 +266,235 @@ fn ident_rules_against_oidentd() {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
     match socks4_tools::binary::ident_rules(binary) {
         Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP ident_rules_against_oidentd: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// Did the server close without sending anything?
+fn closed_silently(s: &mut TcpStream) -> bool {
+    let mut buf = [0; 8];
+    match s.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+    }
+}
+
+/// Waits (bounded) until the server serves no connection.
+fn until_idle(handle: &ServerHandle, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while handle.active_connections() > 0 {
+        if Instant::now() > end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn per_client_limit_closes_extra_at_once(spawn: Spawn) {
+    common::init_tracing();
+    let mut config = common::test_config();
+    config.client_limits.max_per_client = 1;
+    let handle = spawn(config);
+    let proxy = handle.local_addrs()[0];
+    let echo = EchoTarget::start().unwrap();
+    let first = open(proxy, echo.addr());
+    let mut extra = TcpStream::connect(proxy).unwrap();
+    extra.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(closed_silently(&mut extra), "a second connection from the same client was served");
+    drop(first);
+    // Its slot is released with the connection (bounded retries while the relay ends).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let _ = s.write_all(&[4, 1, 0, 7, 127, 0, 0, 1, 0]);
+        let mut reply = [0; 8];
+        if s.read_exact(&mut reply).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not released within {TIMEOUT:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    handle.shutdown();
+}
+
+/// Sends a CONNECT to `target` with `user` and returns the reply code.
+fn connect_as(proxy: SocketAddr, target: SocketAddrV4, user: &[u8]) -> u8 {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&target.port().to_be_bytes());
+    req.extend_from_slice(&target.ip().octets());
+    req.extend_from_slice(user);
+    req.push(0);
+    s.write_all(&req).unwrap();
+    let mut reply = [0; 8];
+    s.read_exact(&mut reply).unwrap();
+    reply[1]
+}
+
+fn users_file_checks_tokens_and_rules_see_names(spawn: Spawn) {
+    common::init_tracing();
+    let dir =
+        std::env::temp_dir().join(format!("socks4-smol-users-{}-{:?}", std::process::id(), thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("users");
+    let hash = socks4_server::users::hash_token;
+    let file = format!("alice:{}\ncarol:{}\n", hash(b"alice-token").unwrap(), hash(b"carol-token").unwrap());
+    std::fs::write(&path, file).unwrap();
+    let mut config = common::test_config();
+    config.users = Some(path);
+    config.rules = socks4_core::rules::Rules::parse("deny user carol\nallow").unwrap();
+    let handle = spawn(config);
+    let proxy = handle.local_addrs()[0];
+    let echo = EchoTarget::start().unwrap();
+    assert_eq!(connect_as(proxy, echo.addr(), b"alice:alice-token"), 90);
+    assert_eq!(connect_as(proxy, echo.addr(), b"alice:alice-token"), 90, "cached");
+    assert_eq!(connect_as(proxy, echo.addr(), b"alice:wrong"), 93);
+    assert_eq!(connect_as(proxy, echo.addr(), b"mallory:alice-token"), 93);
+    assert_eq!(connect_as(proxy, echo.addr(), b"alice"), 93, "no token");
+    assert_eq!(connect_as(proxy, echo.addr(), b"carol:carol-token"), 91, "rules see the name");
+    handle.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A listener whose accept queue is full: connections to it hang in SYN_SENT (Linux drops the
+/// SYNs) until `accept_all` makes room.
+struct Stalled {
+    listener: TcpListener,
+    fillers: Vec<TcpStream>,
+}
+
+impl Stalled {
+    fn start() -> Stalled {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        socket.listen(0).unwrap();
+        let listener: TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
+        let fillers =
+            (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
+        Stalled { listener, fillers }
+    }
+
+    fn addr(&self) -> SocketAddrV4 {
+        match self.listener.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    }
+}
+
+fn client_reset_while_connecting_ends_the_attempt(spawn: Spawn) {
+    common::init_tracing();
+    let handle = spawn(common::test_config()); // connect timeout 10 s
+    let proxy = handle.local_addrs()[0];
+    let target = Stalled::start();
+    let s = TcpStream::connect(proxy).unwrap();
+    let addr = target.addr();
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&addr.port().to_be_bytes());
+    req.extend_from_slice(&addr.ip().octets());
+    req.push(0);
+    (&s).write_all(&req).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(handle.active_connections(), 1, "the connect did not stall");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s); // reset
+    assert!(until_idle(&handle, Duration::from_secs(2)), "the connect attempt outlived its client");
+    drop(target);
+    handle.shutdown();
+}
+
+fn half_close_while_connecting_is_relayed(spawn: Spawn) {
+    // Request, early data and end of file at once, while the connect stalls: the half-close is
+    // not leaving, and the target gets the data, then the end of file.
+    common::init_tracing();
+    let handle = spawn(common::test_config());
+    let proxy = handle.local_addrs()[0];
+    let mut target = Stalled::start();
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let addr = target.addr();
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&addr.port().to_be_bytes());
+    req.extend_from_slice(&addr.ip().octets());
+    req.push(0);
+    req.extend_from_slice(b"early");
+    s.write_all(&req).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // Make room: the proxy's retried SYN gets through.
+    target.fillers.clear();
+    target.listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut conn = loop {
+        match target.listener.accept() {
+            Ok((c, _)) => {
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut first = [0; 5];
+                match (&c).read(&mut first) {
+                    Ok(5) if &first == b"early" => break c,
+                    _ => continue, // a filler, closed
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the proxy never connected");
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut reply = [0; 8];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 90);
+    conn.write_all(b"bye").unwrap();
+    drop(conn);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye");
+    handle.shutdown();
+}
+
+/// `--max-per-client` and `--max-handshakes`: extra connections are closed at once, others served.
+#[test]
+fn per_client_limits_close_extra_connections() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
+    match socks4_tools::binary::per_client_limits(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => {
+            println!("SKIP per_client_limits_close_extra_connections: {why}")
+        }
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// BIND clients that leave while waiting free their port and slot at once.
+#[test]
+fn bind_client_leaves_frees_port_and_slot() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
+    match socks4_tools::binary::bind_client_leaves(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => {
+            println!("SKIP bind_client_leaves_frees_port_and_slot: {why}")
+        }
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// `--users FILE` with a token from `hash-token`: served with it, 93 without, never logged.
+#[test]
+fn users_file_against_hash_token() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
+    match socks4_tools::binary::users_file(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP users_file_against_hash_token: {why}"),
         Ok(socks4_tools::scenarios::Outcome::Pass) => {}
         Err(f) => panic!("{f}"),
     }

@@ -4,16 +4,18 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
-use socks4_core::{Failure, Output, ServerHandshake, Target};
-use socks4_server::ServerConfig;
+use socks4_core::{Action, Failure, Output, ReplyCode, ServerHandshake, Target};
+use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, write_all};
-use crate::server::ActiveGuard;
+use crate::server::{ActiveGuard, Shared};
 
 /// Read buffer for the request; a request is at most [`socks4_core::MAX_REQUEST_LEN`] bytes.
 const HANDSHAKE_BUF: usize = 1024;
@@ -68,9 +70,9 @@ impl Drop for Record {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, guard: ActiveGuard) {
+pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, mut guard: ActiveGuard) {
     let mut record = Record::new(peer);
-    let result = handshake_and_relay(&client, peer, &guard, &mut record).await;
+    let result = handshake_and_relay(&client, peer, &mut guard, &mut record).await;
     match result {
         Ok(()) => record.finish("ok"),
         Err(e) => record.finish(e),
@@ -101,25 +103,30 @@ impl fmt::Display for ConnError {
 async fn handshake_and_relay(
     client: &TcpStream,
     peer: SocketAddr,
-    guard: &ActiveGuard,
+    guard: &mut ActiveGuard,
     record: &mut Record,
 ) -> Result<(), ConnError> {
-    let config = &guard.shared().config;
+    let (shared, admission) = guard.parts();
     // Separate futures, so the handshake's state is not kept while relaying.
-    let (upstream, early) = handshake(client, peer, config, record).await?;
-    let end = relay::relay(client, &upstream, early, config.timeouts.idle, record).await;
+    let handshake = handshake(client, peer, shared, admission, record).await;
+    admission.handshake_done();
+    let (upstream, early) = handshake?;
+    let end = relay::relay(client, &upstream, early, shared.config.timeouts.idle, record).await;
     record.finish(end);
     Ok(())
 }
 
 /// Drives the handshake to the relay; returns the destination (or BIND peer) stream and the
-/// client's early data.
+/// client's early data. While it waits on a lookup, a connect, identd or a BIND peer it watches
+/// the client (see [`watching`]).
 async fn handshake(
     client: &TcpStream,
     peer: SocketAddr,
-    config: &ServerConfig,
+    shared: &Shared,
+    admission: &mut Admission,
     record: &mut Record,
 ) -> Result<(TcpStream, Vec<u8>), ConnError> {
+    let config = &shared.config;
     let _ = client.set_nodelay(true);
     let start = record.start;
     let now = || start.elapsed();
@@ -136,29 +143,41 @@ async fn handshake(
         match hs.poll_output() {
             Output::Send(reply) => {
                 write_all(client, &reply.to_bytes()).await.map_err(|e| ConnError::Io("writing reply", e))?;
+                // The (first) reply is out: no longer a handshake for the limits.
+                admission.handshake_done();
             }
             Output::Authorize(_) => {
                 record.note_request(&hs);
-                hs.authorize(now(), &config.rules, peer.ip().to_canonical()).map_err(misuse)?;
+                authorize(&mut hs, peer, shared, &now).await.map_err(misuse)?;
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 record.note_request(&hs);
                 let deadline = hs.deadline().map(at);
-                let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port))).await;
-                candidates = lookup.map_or_else(Candidates::failed, Candidates::from_lookup);
-                hs.handle_resolved(now(), candidates.first()).map_err(misuse)?;
+                let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port)));
+                match watching(client, false, lookup).await {
+                    Ok(lookup) => {
+                        candidates = lookup.map_or_else(Candidates::failed, Candidates::from_lookup);
+                        hs.handle_resolved(now(), candidates.first()).map_err(misuse)?;
+                    }
+                    Err(left) => left.tell(&mut hs, now()),
+                }
             }
             Output::Connect(Target::Addr(addr)) => {
                 let deadline = hs.deadline().map(at);
-                let result = with_deadline(deadline, async {
+                let attempt = with_deadline(deadline, async {
                     let stream = TcpStream::connect(addr).await.map_err(|e| Failure::from(&e))?;
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                     Ok((stream, local))
-                })
-                .await
-                .and_then(|r| r);
+                });
+                let result = match watching(client, false, attempt).await {
+                    Ok(result) => result.and_then(|r| r),
+                    Err(left) => {
+                        left.tell(&mut hs, now());
+                        continue;
+                    }
+                };
                 match result {
                     Ok((stream, local)) => {
                         upstream = Some(stream);
@@ -179,7 +198,14 @@ async fn handshake(
                 let answer = match client.local_addr() {
                     Ok(local) => {
                         let ask = move || socks4_server::ident::ask_blocking(peer, local, timeout);
-                        tokio::task::spawn_blocking(ask).await.unwrap_or(Err(Failure::Other))
+                        let asking = async { tokio::task::spawn_blocking(ask).await.unwrap_or(Err(Failure::Other)) };
+                        match watching(client, false, asking).await {
+                            Ok(answer) => answer,
+                            Err(left) => {
+                                left.tell(&mut hs, now());
+                                continue;
+                            }
+                        }
                     }
                     Err(e) => Err(Failure::from(&e)),
                 };
@@ -203,18 +229,23 @@ async fn handshake(
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
                 if let Some(listener) = bind_listener.take() {
-                    // BIND: the first reply went out; wait for one peer, then close the listener.
-                    let result =
-                        with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) })
-                            .await
-                            .and_then(|r| r);
+                    // BIND: the first reply went out; wait for one peer (or the client leaving),
+                    // then close the listener.
+                    let accept =
+                        with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) });
+                    let waited = watching(client, true, accept).await;
                     drop(listener);
-                    let result = result.map(|(stream, from)| {
-                        let _ = stream.set_nodelay(true);
-                        upstream = Some(stream);
-                        from
-                    });
-                    hs.handle_bind_peer(now(), result).map_err(misuse)?;
+                    match waited {
+                        Ok(result) => {
+                            let result = result.and_then(|r| r).map(|(stream, from)| {
+                                let _ = stream.set_nodelay(true);
+                                upstream = Some(stream);
+                                from
+                            });
+                            hs.handle_bind_peer(now(), result).map_err(misuse)?;
+                        }
+                        Err(left) => left.tell(&mut hs, now()),
+                    }
                 } else if hs.wants_input() {
                     read_request(client, &mut hs, &mut early, deadline, &now).await?;
                     record.note_request(&hs);
@@ -234,6 +265,83 @@ async fn handshake(
     match upstream {
         Some(upstream) => Ok((upstream, early)),
         None => Err(ConnError::Handshake("internal error: relay without a destination".into())),
+    }
+}
+
+/// Answers [`Output::Authorize`]. With a users file the user id is verified first (from the cache
+/// on the event loop, else with Argon2 on a blocking thread); then the rules decide on the user's
+/// name, never the token.
+async fn authorize(
+    hs: &mut ServerHandshake,
+    peer: SocketAddr,
+    shared: &Shared,
+    now: &impl Fn() -> Duration,
+) -> Result<(), socks4_core::Misuse> {
+    let rules = &shared.config.rules;
+    let client = peer.ip().to_canonical();
+    // No request to authorize is a misuse, which `authorize` reports.
+    let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) else {
+        return hs.authorize(now(), rules, client).map(drop);
+    };
+    let verdict = match verifier.check_cached(req.user_id) {
+        Some(verdict) => verdict,
+        None => {
+            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
+            let verify = move || verifier.verify_blocking(&user_id);
+            tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+        }
+    };
+    if let Err(e) = verdict {
+        users::log_refusal(peer, req.user_id, e);
+        return hs.reject(e.reply_code());
+    }
+    let decision = rules.decide(client, &users::named(req));
+    match decision.action {
+        Action::Allow if decision.ident => hs.accept_with_ident(now()),
+        Action::Allow => hs.accept(now()),
+        _ => hs.reject(ReplyCode::Rejected),
+    }
+}
+
+/// How the client left while the handshake waited on something else.
+#[derive(Debug, Clone, Copy)]
+enum Left {
+    /// It closed its sending side.
+    Closed,
+    /// Its connection failed (reset or another error).
+    Failed,
+}
+
+impl Left {
+    /// Tells the handshake; whatever was started for it has been dropped already.
+    fn tell(self, hs: &mut ServerHandshake, now: Duration) {
+        match self {
+            Left::Closed => hs.handle_eof(now),
+            Left::Failed => hs.handle_client_error(now),
+        }
+    }
+}
+
+/// Runs `work` while watching the client: `Err` as soon as the client's connection fails (or it
+/// closes, if `eof_ends`), dropping `work` and what it started (a connect attempt, a lookup's
+/// answer, an accept).
+async fn watching<T>(client: &TcpStream, eof_ends: bool, work: impl Future<Output = T>) -> Result<T, Left> {
+    tokio::select! {
+        biased;
+        done = work => Ok(done),
+        left = client_left(client, eof_ends) => Err(left),
+    }
+}
+
+/// Resolves when the client's connection fails, or it closes and `eof_ends`. It only peeks, so
+/// early data stays in the socket for the relay. Once data (or an EOF that does not end the phase)
+/// is there it stays pending for good: the socket would stay readable, and watching on would spin.
+async fn client_left(client: &TcpStream, eof_ends: bool) -> Left {
+    let mut byte = [0u8; 1];
+    match client.peek(&mut byte).await {
+        Err(_) => Left::Failed,
+        Ok(0) if eof_ends => Left::Closed,
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -292,10 +400,9 @@ async fn listen_for_peer(client: &TcpStream) -> io::Result<(TcpListener, SocketA
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use socks4_server::ServerConfig;
 
     use super::*;
-    use crate::server::Shared;
 
     /// The per-connection task stays small: the perf goal is < 16 KiB per idle relayed connection
     /// in total, and the relay holds no buffer while idle.
@@ -306,7 +413,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let stream = TcpStream::connect(addr).await.unwrap();
-            let shared = Arc::new(Shared::new(ServerConfig::default()));
+            let shared = Arc::new(Shared::new(ServerConfig::default()).unwrap());
             let guard = shared.admit(addr).unwrap();
             let task = serve(stream, addr, guard);
             let size = std::mem::size_of_val(&task);

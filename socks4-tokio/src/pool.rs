@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -28,6 +28,9 @@ use crate::server::{ActiveGuard, Shared};
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Most connections accepted in a row before the accept loop yields.
 const ACCEPT_BATCH: usize = 64;
+/// How often the refusal summary is checked for being due (it is written at most once per
+/// `RefusalLog::DEFAULT_INTERVAL`).
+const REFUSAL_FLUSH: Duration = Duration::from_secs(1);
 /// How often a draining worker checks whether all connections ended.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -105,6 +108,7 @@ fn run_worker(rt: Runtime, shared: Arc<Shared>, source: Source, stop: watch::Rec
         match source {
             Source::Channel(rx) => receive(rx, stop).await,
             Source::Listeners(listeners) => {
+                tokio::task::spawn_local(flush_refusals(Arc::clone(&shared), stop.clone()));
                 let tasks: Vec<_> = listeners
                     .into_iter()
                     .map(|l| tokio::task::spawn_local(accept_loop(l, Arc::clone(&shared), stop.clone(), register)))
@@ -114,6 +118,7 @@ fn run_worker(rt: Runtime, shared: Arc<Shared>, source: Source, stop: watch::Rec
                 }
             }
             Source::Acceptor(listeners, senders) => {
+                tokio::task::spawn_local(flush_refusals(Arc::clone(&shared), stop.clone()));
                 let next = Rc::new(Cell::new(0usize));
                 let senders = Rc::new(senders);
                 let tasks: Vec<_> = listeners
@@ -161,6 +166,22 @@ async fn receive(mut rx: mpsc::UnboundedReceiver<Handoff>, mut stop: watch::Rece
         while let Some((stream, client, guard)) = next {
             register(stream, client, guard);
             next = rx.try_recv().ok();
+        }
+    }
+}
+
+/// Writes the summary of refused connections once its interval has passed, also when no new
+/// refusal comes to trigger it (the last ones of a flood). A flush with nothing due is a few
+/// atomic loads.
+async fn flush_refusals(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REFUSAL_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {
+                shared.limiter.refusals().flush(Instant::now());
+            }
         }
     }
 }

@@ -5,9 +5,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
+use socks4_server::limits::{Admission, Limiter, Refusal};
+use socks4_server::users::Verifier;
 use tokio::sync::watch;
 
 use crate::pool;
@@ -16,6 +19,10 @@ use crate::pool;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
+    /// Per-client limits, checked at accept.
+    pub(crate) limiter: Arc<Limiter>,
+    /// The users file's verifier, with `--users`.
+    pub(crate) verifier: Option<Arc<Verifier>>,
     /// Connections being served right now.
     pub(crate) active: AtomicUsize,
     /// Connections accepted and served (not counting those over the limit).
@@ -25,41 +32,62 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Fresh counters for `config`.
-    pub(crate) fn new(config: ServerConfig) -> Self {
-        Shared { config, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) }
+    /// Fresh counters and limiter for `config`; loads its users file, if any.
+    pub(crate) fn new(config: ServerConfig) -> io::Result<Self> {
+        let verifier = config.verifier().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(Shared {
+            limiter: config.limiter(Instant::now()),
+            verifier,
+            config,
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            over_limit: AtomicU64::new(0),
+        })
     }
 
-    /// Counts a newly accepted connection in, unless the limit is reached.
+    /// Counts a newly accepted connection in, unless `max_connections` or a per-client limit
+    /// refuses it. Refusals are not logged one by one: the limiter's `RefusalLog` summarises them.
     pub(crate) fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<ActiveGuard> {
+        let now = Instant::now();
         let max = self.config.max_connections;
         let admitted =
             self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
-        if admitted {
-            self.accepted.fetch_add(1, Ordering::Relaxed);
-            Some(ActiveGuard(Arc::clone(self)))
-        } else {
-            let total = self.over_limit.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(%client, max, total, "connection limit reached: closing the new connection");
-            None
+        if !admitted {
+            self.over_limit.fetch_add(1, Ordering::Relaxed);
+            self.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
+            return None;
+        }
+        match self.limiter.admit(client.ip(), now) {
+            Ok(admission) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                Some(ActiveGuard { shared: Arc::clone(self), admission })
+            }
+            Err(_counted_by_the_limiter) => {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
         }
     }
 }
 
-/// One admitted connection; dropping it frees its slot.
+/// One admitted connection: its `max_connections` slot and its per-client [`Admission`]; dropping
+/// it frees both.
 #[derive(Debug)]
-pub(crate) struct ActiveGuard(Arc<Shared>);
+pub(crate) struct ActiveGuard {
+    shared: Arc<Shared>,
+    admission: Admission,
+}
 
 impl ActiveGuard {
-    /// The server state this connection belongs to.
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.0
+    /// The server state this connection belongs to, and its admission (to end its handshake).
+    pub(crate) fn parts(&mut self) -> (&Shared, &mut Admission) {
+        (&self.shared, &mut self.admission)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -99,7 +127,7 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { shared: Arc::new(Shared::new(config)), workers, listeners })
+        Ok(Server { shared: Arc::new(Shared::new(config)?), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.

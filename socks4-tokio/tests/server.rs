@@ -1,5 +1,7 @@
 //! Adapter-specific server behaviour: connection limit, graceful shutdown, the binary's refusal
-//! to run as an open proxy, reuseport mode and the idle timeout.
+//! to run as an open proxy, reuseport mode and the idle timeout; and the shared checks of
+//! `socks4_tools::binary` run against this binary (log words, ident, per-client limits, BIND
+//! clients leaving, users file).
 
 mod common;
 
@@ -178,12 +180,18 @@ fn accept_emfile_is_logged_and_retried() {
         let _ = stderr.read_to_string(&mut log);
         log
     });
+    // The workers start after the listen line: prove they run (their runtimes hold descriptors)
+    // before the hogs take every descriptor left, or a slow start fails for want of one.
+    let target = EchoTarget::start().unwrap();
+    assert!((0..50).any(|_| try_echo(proxy, target.addr()).is_ok() || {
+        thread::sleep(Duration::from_millis(100));
+        false
+    }));
     let hogs: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(proxy).ok()).collect();
     thread::sleep(Duration::from_millis(500));
     drop(hogs);
     thread::sleep(Duration::from_millis(500));
 
-    let target = EchoTarget::start().unwrap();
     let served = (0..50).any(|_| {
         let ok = try_echo(proxy, target.addr()).is_ok();
         if !ok {
@@ -238,6 +246,42 @@ fn ident_rules_against_oidentd() {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
     match socks4_tools::binary::ident_rules(binary) {
         Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP ident_rules_against_oidentd: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// `--max-per-client` and `--max-handshakes`: connections over a limit are closed at once, other
+/// clients are still served, and slots come back when connections end.
+#[test]
+fn per_client_limits_at_accept() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
+    match socks4_tools::binary::per_client_limits(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP per_client_limits_at_accept: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// A BIND whose client leaves while waiting for its peer ends at once: its port closes, its slot
+/// is freed, the log says `client gone during handshake`.
+#[test]
+fn bind_client_leaves_frees_everything() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
+    match socks4_tools::binary::bind_client_leaves(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP bind_client_leaves_frees_everything: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// `--users FILE`: `NAME:TOKEN` verified against the file's Argon2id hashes (93 otherwise), and
+/// the token never in the log.
+#[test]
+fn users_file_tokens() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-tokio"));
+    match socks4_tools::binary::users_file(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP users_file_tokens: {why}"),
         Ok(socks4_tools::scenarios::Outcome::Pass) => {}
         Err(f) => panic!("{f}"),
     }

@@ -210,3 +210,164 @@ pub fn ident_rules(binary: &Path) -> Result<Outcome, Failure> {
     drop(server);
     Ok(Outcome::Pass)
 }
+
+/// A connection from `source` to `proxy` that sends nothing (a client still in its handshake).
+fn silent_from(source: Ipv4Addr, proxy: SocketAddr) -> Result<TcpStream, Failure> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+    Ok(TcpStream::from(socket))
+}
+
+/// Is `s` closed by the server within `within` (end of file or reset, no bytes)?
+fn closed_at_once(s: &mut TcpStream, within: Duration) -> Result<bool, Failure> {
+    s.set_read_timeout(Some(within))?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(false),
+        Err(_) => Ok(true),
+    }
+}
+
+/// A full CONNECT and echo from `source` through `proxy`.
+fn served_from(source: Ipv4Addr, proxy: SocketAddr, target: SocketAddrV4, what: &str) -> Result<(), Failure> {
+    let (code, mut s) = connect_from(source, proxy, target, b"user")?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("{what}: reply {code}, not 90")));
+    }
+    s.write_all(b"ping")?;
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo)?;
+    if &echo != b"ping" { Err(Failure::new(format!("{what}: no echo"))) } else { Ok(()) }
+}
+
+fn echo_target() -> Result<EchoTarget, Failure> {
+    EchoTarget::start().map_err(|e| Failure::new(format!("starting the echo target: {e}")))
+}
+
+/// Per-client limits through `binary` started with `--max-per-client 3 --max-handshakes 6`: a
+/// fourth connection from one address is closed at once while another address is still served;
+/// six silent connections in their handshake (from several addresses) make a seventh client's
+/// connection close at once, and it is served again once they leave.
+///
+/// # Errors
+/// What went wrong.
+pub fn per_client_limits(binary: &Path) -> Result<Outcome, Failure> {
+    let args = ["--listen", "127.0.0.1:0", "--allow", "any", "--max-per-client", "3", "--max-handshakes", "6"];
+    let (server, _lines, proxy, _seen) = start(binary, &args)?;
+    let target = echo_target()?;
+    let one = Ipv4Addr::new(127, 0, 0, 1);
+    let held: Vec<TcpStream> = (0..3).map(|_| silent_from(one, proxy)).collect::<Result<_, _>>()?;
+    thread::sleep(Duration::from_millis(200)); // let the server admit them
+    let mut fourth = silent_from(one, proxy)?;
+    if !closed_at_once(&mut fourth, Duration::from_secs(2))? {
+        return Err(Failure::new("a 4th connection from one address (limit 3) was not closed at once"));
+    }
+    served_from(Ipv4Addr::new(127, 0, 0, 2), proxy, target.addr(), "another address while one is at its limit")?;
+    let more: Vec<TcpStream> =
+        (3..6).map(|i| silent_from(Ipv4Addr::new(127, 0, 0, i), proxy)).collect::<Result<_, _>>()?;
+    thread::sleep(Duration::from_millis(200));
+    let mut seventh = silent_from(Ipv4Addr::new(127, 0, 0, 7), proxy)?;
+    if !closed_at_once(&mut seventh, Duration::from_secs(2))? {
+        return Err(Failure::new("a 7th connection in the handshake (cap 6) was not closed at once"));
+    }
+    drop((held, more));
+    thread::sleep(Duration::from_millis(300)); // the server sees the closes
+    served_from(Ipv4Addr::new(127, 0, 0, 7), proxy, target.addr(), "a client once the silent ones left")?;
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// BIND clients that leave while waiting for their peer free everything at once, through
+/// `binary` started with `--max-connections 8 --bind-timeout 60s`: 20 BINDs whose clients close
+/// right after the first reply; 1 s later no listening port accepts, the log says
+/// `client gone during handshake`, and a CONNECT is still served (leaked slots would refuse it).
+///
+/// # Errors
+/// What went wrong.
+pub fn bind_client_leaves(binary: &Path) -> Result<Outcome, Failure> {
+    let args = ["--listen", "127.0.0.1:0", "--allow", "any", "--max-connections", "8", "--bind-timeout", "60s"];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    let target = echo_target()?;
+    let mut ports = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(&wire::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21), b"binder"))?;
+        let mut reply = [0u8; 8];
+        s.read_exact(&mut reply).map_err(|e| Failure::new(format!("BIND {i}: first reply: {e}")))?;
+        if reply[1] != wire::GRANTED {
+            return Err(Failure::new(format!("BIND {i}: first reply {}, not 90", reply[1])));
+        }
+        ports.push(u16::from_be_bytes([reply[2], reply[3]]));
+    }
+    // One probe per port, after a wait: a probe that connected would itself be the awaited peer.
+    thread::sleep(Duration::from_secs(1));
+    for port in ports {
+        if TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(1)).is_ok() {
+            return Err(Failure::new(format!("port {port} still accepts 1 s after its BIND client left")));
+        }
+    }
+    line_with(&lines, "result=client gone during handshake", &mut seen)?;
+    served_from(Ipv4Addr::LOCALHOST, proxy, target.addr(), "CONNECT after 20 abandoned BINDs (limit 8)")?;
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// User authentication through `binary`: `binary hash-token alice` hashes a token read from stdin,
+/// the line goes into a users file, and with `--users FILE`: `alice:TOKEN` is served, a wrong
+/// token, an unknown user and a user id without a token get 93, and the log never shows the token.
+///
+/// # Errors
+/// What went wrong.
+pub fn users_file(binary: &Path) -> Result<Outcome, Failure> {
+    let token = "v3ry-s3cret-t0ken-4-tests";
+    let mut hasher = Command::new(binary)
+        .args(["hash-token", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Failure::new(format!("{} hash-token: {e}", binary.display())))?;
+    if let Some(mut stdin) = hasher.stdin.take() {
+        stdin.write_all(format!("{token}\n").as_bytes())?;
+    }
+    let out = hasher.wait_with_output()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || !line.starts_with("alice:$argon2") || line.contains(token) {
+        return Err(Failure::new(format!("hash-token printed {line:?} ({})", out.status)));
+    }
+    let file = std::env::temp_dir().join(format!("socks4-users-{}-{}", std::process::id(), line.len()));
+    std::fs::write(&file, format!("# test users\n{line}\n"))?;
+    let path = file.to_string_lossy().into_owned();
+    let started = start(binary, &["--listen", "127.0.0.1:0", "--allow", "any", "--users", &path]);
+    let _ = std::fs::remove_file(&file);
+    let (server, lines, proxy, mut seen) = started?;
+    let target = echo_target()?;
+    let good = format!("alice:{token}");
+    let (code, mut s) = connect_from(Ipv4Addr::LOCALHOST, proxy, target.addr(), good.as_bytes())?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("alice with her token: reply {code}, not 90")));
+    }
+    s.write_all(b"auth")?;
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo)?;
+    drop(s);
+    let ok = line_with(&lines, "result=ok", &mut seen)?;
+    if ok.contains(token) || !ok.contains("user=alice:***") {
+        return Err(Failure::new(format!("the log line shows the token or not `user=alice:***`: {ok}")));
+    }
+    for user in ["alice:wrong-token", "mallory:v3ry-s3cret-t0ken-4-tests", "alice"] {
+        let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, proxy, target.addr(), user.as_bytes())?;
+        if code != 93 {
+            return Err(Failure::new(format!("user id {user:?}: reply {code}, not 93")));
+        }
+    }
+    drop(server);
+    if seen.iter().any(|l| l.contains(token)) {
+        return Err(Failure::new("the token appears in the log"));
+    }
+    Ok(Outcome::Pass)
+}

@@ -43,6 +43,7 @@ macro_rules! __for_each_scenario {
             destinations::safe_socks_requires_names
             bind::bind_basic
             bind::bind_wrong_peer
+            bind::bind_client_leaves
             robustness::garbage_input
             robustness::http_request
             robustness::mid_handshake_disconnects

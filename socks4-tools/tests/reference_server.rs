@@ -201,6 +201,16 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
                 match listener.accept() {
                     Ok(p) => break p,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < until => {
+                        // The client leaving (end of file or an error) ends the wait at once.
+                        client.set_nonblocking(true)?;
+                        let gone = match client.peek(&mut [0u8; 1]) {
+                            Ok(n) => n == 0,
+                            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                        };
+                        client.set_nonblocking(false)?;
+                        if gone {
+                            return Ok(());
+                        }
                         thread::sleep(Duration::from_millis(5));
                     }
                     Err(_) => return reject(&mut client),

@@ -77,3 +77,26 @@ pub(crate) fn bind_wrong_peer(ctx: &Ctx) -> Result<Outcome, Failure> {
     expect_close(&mut peer, CLOSE_TIMEOUT, "the wrong peer's connection")?;
     Ok(Outcome::Pass)
 }
+
+/// A BIND client that leaves while waiting for its peer frees its listening port at once: 5 BINDs
+/// whose clients close right after the first reply; 1 s later every port refuses connections (not
+/// only after the bind timeout). One probe per port, after the wait: a probe that connected would
+/// itself be the awaited peer.
+pub(crate) fn bind_client_leaves(ctx: &Ctx) -> Result<Outcome, Failure> {
+    if let Some(skip) = skip_unless_bind(ctx) {
+        return Ok(skip);
+    }
+    let mut ports = Vec::new();
+    for _ in 0..5 {
+        let (client, listen) = start_bind(ctx, Ipv4Addr::LOCALHOST)?;
+        drop(client);
+        ports.push(listen);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for listen in ports {
+        if TcpStream::connect_timeout(&listen, std::time::Duration::from_secs(1)).is_ok() {
+            bail!("{listen} still accepts 1 s after its BIND client left");
+        }
+    }
+    Ok(Outcome::Pass)
+}
