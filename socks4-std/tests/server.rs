@@ -1,10 +1,10 @@
-//! Server behaviour beyond the shared scenarios: connection limit, idle timeout, graceful
-//! shutdown, config validation.
+//! Server behaviour beyond the shared scenarios: connection and per-client limits, idle timeout,
+//! graceful shutdown, config validation, users file, watching the client during the handshake.
 
 mod common;
 
-use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -157,4 +157,129 @@ fn ident_rules_against_oidentd() {
         Ok(socks4_tools::scenarios::Outcome::Pass) => {}
         Err(f) => panic!("{f}"),
     }
+}
+
+/// `--max-per-client` and `--max-handshakes`: connections over a limit are closed at once, other
+/// clients are still served, and slots come back when connections end.
+#[test]
+fn per_client_limits_at_accept() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
+    match socks4_tools::binary::per_client_limits(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP per_client_limits_at_accept: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// A BIND whose client leaves while waiting for its peer ends at once: its port closes, its slot
+/// is freed, the log says `client gone during handshake`.
+#[test]
+fn bind_client_leaves_frees_everything() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
+    match socks4_tools::binary::bind_client_leaves(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP bind_client_leaves_frees_everything: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// `--users FILE`: `NAME:TOKEN` verified against the file's Argon2id hashes (93 otherwise), and
+/// the token never in the log.
+#[test]
+fn users_file_tokens() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
+    match socks4_tools::binary::users_file(binary) {
+        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP users_file_tokens: {why}"),
+        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// A listener whose accept queue is full: connections to it hang in SYN_SENT (Linux drops the
+/// SYNs) until the fillers are closed and it accepts.
+struct Stalled {
+    listener: TcpListener,
+    fillers: Vec<TcpStream>,
+}
+
+impl Stalled {
+    fn start() -> Stalled {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).expect("bind");
+        socket.listen(0).expect("listen");
+        let listener: TcpListener = socket.into();
+        let addr = listener.local_addr().expect("addr");
+        let fillers =
+            (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
+        Stalled { listener, fillers }
+    }
+
+    /// A CONNECT request to it, followed by `early`.
+    fn request(&self, early: &[u8]) -> Vec<u8> {
+        let SocketAddr::V4(addr) = self.listener.local_addr().expect("addr") else { unreachable!("bound to IPv4") };
+        [socks4_tools::wire::connect(addr, b"").as_slice(), early].concat()
+    }
+}
+
+/// A client that resets while the connect stalls ends the handshake at once, connect attempt and all.
+#[test]
+fn client_reset_while_connecting_ends_the_attempt() {
+    let (proxy, handle) = common::start_with(common::test_config(1)); // connect timeout 10 s
+    let target = Stalled::start();
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.write_all(&target.request(b"")).expect("request");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(handle.live_connections(), 1, "the connect did not stall");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(s); // reset
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while handle.live_connections() > 0 {
+        assert!(Instant::now() < deadline, "the connect attempt outlived its client");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Request, early data and EOF at once while the connect stalls: the half-close is not leaving;
+/// the target gets the data, then the EOF, and the client its reply and the answer.
+#[test]
+fn half_close_while_connecting_is_relayed() {
+    let (proxy, _handle) = common::start_with(common::test_config(1));
+    let mut target = Stalled::start();
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    s.write_all(&target.request(b"early")).expect("request");
+    s.shutdown(Shutdown::Write).expect("half-close");
+    thread::sleep(Duration::from_millis(300));
+    target.fillers.clear(); // make room: the proxy's retried SYN gets through
+    target.listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + T;
+    let mut conn = loop {
+        match target.listener.accept() {
+            Ok((c, _)) => {
+                c.set_nonblocking(false).expect("blocking");
+                c.set_read_timeout(Some(T)).expect("timeout");
+                let mut first = [0; 5];
+                match (&c).read(&mut first) {
+                    Ok(5) if &first == b"early" => break c,
+                    _ => continue, // a filler, closed
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the proxy never connected");
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("EOF after the early data");
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut reply = [0; 8];
+    s.read_exact(&mut reply).expect("reply");
+    assert_eq!(reply[1], 90);
+    conn.write_all(b"bye").expect("answer");
+    drop(conn);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("answer and EOF");
+    assert_eq!(got, b"bye");
 }
