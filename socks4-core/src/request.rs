@@ -343,7 +343,6 @@ impl<'a> Request<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::vec::Vec;
 
     const L: Limits = Limits::new(255, 255);
 
@@ -460,6 +459,7 @@ mod tests {
     #[cfg(feature = "bytes")]
     #[test]
     fn encode_to_buf_mut() {
+        use std::vec::Vec;
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
         let mut out = Vec::new();
         Request::connect(addr, b"x").encode_to(&mut out).unwrap();

@@ -249,28 +249,6 @@ fn reuseport_gives_each_worker_a_listener() {
     handle.shutdown();
 }
 
-/// `--listen [::ffff:127.0.0.1]:0` listens on 127.0.0.1 (as on every adapter), and an upstream
-/// reset is logged in the same words as on every adapter, with the same counts.
-#[test]
-fn mapped_listen_address_and_reset_log_words() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
-    if let Err(f) = socks4_tools::binary::mapped_listen_and_reset_words(binary) {
-        panic!("{f}");
-    }
-}
-
-/// Ident (RFC 1413) against Debian's oidentd: a confirmed user id gets 90, another 93, a host
-/// without identd 92 (skipped without oidentd unless `SOCKS4_REQUIRE_IDENTD` is set, as in CI).
-#[test]
-fn ident_rules_against_oidentd() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
-    match socks4_tools::binary::ident_rules(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP ident_rules_against_oidentd: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
 /// Did the server close without sending anything?
 fn closed_silently(s: &mut TcpStream) -> bool {
     let mut buf = [0; 8];
@@ -461,41 +439,4 @@ fn half_close_while_connecting_is_relayed(spawn: Spawn) {
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"bye");
     handle.shutdown();
-}
-
-/// `--max-per-client` and `--max-handshakes`: extra connections are closed at once, others served.
-#[test]
-fn per_client_limits_close_extra_connections() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
-    match socks4_tools::binary::per_client_limits(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => {
-            println!("SKIP per_client_limits_close_extra_connections: {why}")
-        }
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
-/// BIND clients that leave while waiting free their port and slot at once.
-#[test]
-fn bind_client_leaves_frees_port_and_slot() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
-    match socks4_tools::binary::bind_client_leaves(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => {
-            println!("SKIP bind_client_leaves_frees_port_and_slot: {why}")
-        }
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
-/// `--users FILE` with a token from `hash-token`: served with it, 93 without, never logged.
-#[test]
-fn users_file_against_hash_token() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-smol"));
-    match socks4_tools::binary::users_file(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP users_file_against_hash_token: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
 }

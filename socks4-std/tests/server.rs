@@ -137,64 +137,6 @@ fn reuseport_mode_has_every_worker_accept_on_its_own_listener() {
     handle.shutdown();
 }
 
-/// `--listen [::ffff:127.0.0.1]:0` listens on 127.0.0.1 (as on every adapter), and an upstream
-/// reset is logged in the same words as on every adapter, with the same counts.
-#[test]
-fn mapped_listen_address_and_reset_log_words() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
-    if let Err(f) = socks4_tools::binary::mapped_listen_and_reset_words(binary) {
-        panic!("{f}");
-    }
-}
-
-/// Ident (RFC 1413) against Debian's oidentd: a confirmed user id gets 90, another 93, a host
-/// without identd 92 (skipped without oidentd unless `SOCKS4_REQUIRE_IDENTD` is set, as in CI).
-#[test]
-fn ident_rules_against_oidentd() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
-    match socks4_tools::binary::ident_rules(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP ident_rules_against_oidentd: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
-/// `--max-per-client` and `--max-handshakes`: connections over a limit are closed at once, other
-/// clients are still served, and slots come back when connections end.
-#[test]
-fn per_client_limits_at_accept() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
-    match socks4_tools::binary::per_client_limits(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP per_client_limits_at_accept: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
-/// A BIND whose client leaves while waiting for its peer ends at once: its port closes, its slot
-/// is freed, the log says `client gone during handshake`.
-#[test]
-fn bind_client_leaves_frees_everything() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
-    match socks4_tools::binary::bind_client_leaves(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP bind_client_leaves_frees_everything: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
-/// `--users FILE`: `NAME:TOKEN` verified against the file's Argon2id hashes (93 otherwise), and
-/// the token never in the log.
-#[test]
-fn users_file_tokens() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_socks4-std"));
-    match socks4_tools::binary::users_file(binary) {
-        Ok(socks4_tools::scenarios::Outcome::Skip(why)) => println!("SKIP users_file_tokens: {why}"),
-        Ok(socks4_tools::scenarios::Outcome::Pass) => {}
-        Err(f) => panic!("{f}"),
-    }
-}
-
 /// A listener whose accept queue is full: connections to it hang in SYN_SENT (Linux drops the
 /// SYNs) until the fillers are closed and it accepts.
 struct Stalled {

@@ -97,3 +97,32 @@ macro_rules! __socks4_scenario_tests {
         )*
     };
 }
+
+/// Generates one `#[test]` per check of [`binary`] (run against an adapter's real binary: the same
+/// command line must give the same behaviour, and the same event the same log words, everywhere).
+///
+/// ```ignore
+/// socks4_tools::binary_tests!(env!("CARGO_BIN_EXE_socks4-tokio"));
+/// ```
+#[macro_export]
+macro_rules! binary_tests {
+    ($binary:expr) => {
+        $crate::__socks4_binary_tests!(
+            ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+        );
+    };
+}
+
+/// Implementation detail of [`binary_tests!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __socks4_binary_tests {
+    ( ($binary:expr) $( $name:ident )* ) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::binary::run_as_test(stringify!($name), $binary);
+            }
+        )*
+    };
+}
