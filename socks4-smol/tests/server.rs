@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use socks4_server::ServerConfig;
 use socks4_smol::{Server, ServerHandle};
-use socks4_tools::targets::EchoTarget;
+use socks4_tools::targets::{EchoTarget, StalledTarget};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -338,46 +338,13 @@ fn users_file_checks_tokens_and_rules_see_names(spawn: Spawn) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A listener whose accept queue is full: connections to it hang in SYN_SENT (Linux drops the
-/// SYNs) until `accept_all` makes room.
-struct Stalled {
-    listener: TcpListener,
-    fillers: Vec<TcpStream>,
-}
-
-impl Stalled {
-    fn start() -> Stalled {
-        use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
-        socket.listen(0).unwrap();
-        let listener: TcpListener = socket.into();
-        let addr = listener.local_addr().unwrap();
-        let fillers =
-            (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
-        Stalled { listener, fillers }
-    }
-
-    fn addr(&self) -> SocketAddrV4 {
-        match self.listener.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!(),
-        }
-    }
-}
-
 fn client_reset_while_connecting_ends_the_attempt(spawn: Spawn) {
     common::init_tracing();
     let handle = spawn(common::test_config()); // connect timeout 10 s
     let proxy = handle.local_addrs()[0];
-    let target = Stalled::start();
+    let target = StalledTarget::start().unwrap();
     let s = TcpStream::connect(proxy).unwrap();
-    let addr = target.addr();
-    let mut req = vec![4, 1];
-    req.extend_from_slice(&addr.port().to_be_bytes());
-    req.extend_from_slice(&addr.ip().octets());
-    req.push(0);
-    (&s).write_all(&req).unwrap();
+    (&s).write_all(&target.request(b"").unwrap()).unwrap();
     thread::sleep(Duration::from_millis(200));
     assert_eq!(handle.active_connections(), 1, "the connect did not stall");
     socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
@@ -393,40 +360,14 @@ fn half_close_while_connecting_is_relayed(spawn: Spawn) {
     common::init_tracing();
     let handle = spawn(common::test_config());
     let proxy = handle.local_addrs()[0];
-    let mut target = Stalled::start();
+    let mut target = StalledTarget::start().unwrap();
     let mut s = TcpStream::connect(proxy).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let addr = target.addr();
-    let mut req = vec![4, 1];
-    req.extend_from_slice(&addr.port().to_be_bytes());
-    req.extend_from_slice(&addr.ip().octets());
-    req.push(0);
-    req.extend_from_slice(b"early");
-    s.write_all(&req).unwrap();
+    s.write_all(&target.request(b"early").unwrap()).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     thread::sleep(Duration::from_millis(300));
     // Make room: the proxy's retried SYN gets through.
-    target.fillers.clear();
-    target.listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let mut conn = loop {
-        match target.listener.accept() {
-            Ok((c, _)) => {
-                c.set_nonblocking(false).unwrap();
-                c.set_read_timeout(Some(TIMEOUT)).unwrap();
-                let mut first = [0; 5];
-                match (&c).read(&mut first) {
-                    Ok(5) if &first == b"early" => break c,
-                    _ => continue, // a filler, closed
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the proxy never connected");
-                thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let mut conn = target.accept_released(b"early", TIMEOUT).unwrap();
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");

@@ -4,12 +4,12 @@
 mod common;
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use socks4_std::Server;
-use socks4_tools::targets::EchoTarget;
+use socks4_tools::targets::{EchoTarget, StalledTarget};
 
 use common::{T, round_trip};
 
@@ -137,39 +137,13 @@ fn reuseport_mode_has_every_worker_accept_on_its_own_listener() {
     handle.shutdown();
 }
 
-/// A listener whose accept queue is full: connections to it hang in SYN_SENT (Linux drops the
-/// SYNs) until the fillers are closed and it accepts.
-struct Stalled {
-    listener: TcpListener,
-    fillers: Vec<TcpStream>,
-}
-
-impl Stalled {
-    fn start() -> Stalled {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).expect("bind");
-        socket.listen(0).expect("listen");
-        let listener: TcpListener = socket.into();
-        let addr = listener.local_addr().expect("addr");
-        let fillers =
-            (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
-        Stalled { listener, fillers }
-    }
-
-    /// A CONNECT request to it, followed by `early`.
-    fn request(&self, early: &[u8]) -> Vec<u8> {
-        let SocketAddr::V4(addr) = self.listener.local_addr().expect("addr") else { unreachable!("bound to IPv4") };
-        [socks4_tools::wire::connect(addr, b"").as_slice(), early].concat()
-    }
-}
-
 /// A client that resets while the connect stalls ends the handshake at once, connect attempt and all.
 #[test]
 fn client_reset_while_connecting_ends_the_attempt() {
     let (proxy, handle) = common::start_with(common::test_config(1)); // connect timeout 10 s
-    let target = Stalled::start();
+    let target = StalledTarget::start().expect("stalled target");
     let mut s = TcpStream::connect(proxy).expect("connect");
-    s.write_all(&target.request(b"")).expect("request");
+    s.write_all(&target.request(b"").expect("request")).expect("request");
     thread::sleep(Duration::from_millis(200));
     assert_eq!(handle.live_connections(), 1, "the connect did not stall");
     socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
@@ -186,33 +160,14 @@ fn client_reset_while_connecting_ends_the_attempt() {
 #[test]
 fn half_close_while_connecting_is_relayed() {
     let (proxy, _handle) = common::start_with(common::test_config(1));
-    let mut target = Stalled::start();
+    let mut target = StalledTarget::start().expect("stalled target");
     let mut s = TcpStream::connect(proxy).expect("connect");
     s.set_read_timeout(Some(T)).expect("timeout");
-    s.write_all(&target.request(b"early")).expect("request");
+    s.write_all(&target.request(b"early").expect("request")).expect("request");
     s.shutdown(Shutdown::Write).expect("half-close");
     thread::sleep(Duration::from_millis(300));
-    target.fillers.clear(); // make room: the proxy's retried SYN gets through
-    target.listener.set_nonblocking(true).expect("nonblocking");
-    let deadline = Instant::now() + T;
-    let mut conn = loop {
-        match target.listener.accept() {
-            Ok((c, _)) => {
-                c.set_nonblocking(false).expect("blocking");
-                c.set_read_timeout(Some(T)).expect("timeout");
-                let mut first = [0; 5];
-                match (&c).read(&mut first) {
-                    Ok(5) if &first == b"early" => break c,
-                    _ => continue, // a filler, closed
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the proxy never connected");
-                thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    // Make room: the proxy's retried SYN gets through.
+    let mut conn = target.accept_released(b"early", T).expect("the proxy's connection with the early data");
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest).expect("EOF after the early data");
     assert!(rest.is_empty(), "{rest:?}");

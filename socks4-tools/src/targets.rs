@@ -17,7 +17,9 @@ use std::time::Duration;
 use crate::checksum::{Fnv1a, pattern};
 
 mod faults;
+mod stalled;
 pub use faults::{EndWatcher, Ending, ResetSource, reset};
+pub use stalled::StalledTarget;
 
 /// How long a target's connection may sit idle (no bytes either way) before the target gives up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
