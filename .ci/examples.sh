@@ -19,20 +19,8 @@ cargo build -q -p socks4-tokio
 cargo build -q -p socks4-tools --bins
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listening on 127.0.0.1:$1" >&2; return 1
-}
+# shellcheck source=lib.sh
+. .ci/lib.sh
 start() { # log name, port, command...: runs it in the background, logs to $work/NAME.log
     local name=$1 port=$2; shift 2
     "$@" >"$work/$name.log" 2>&1 &

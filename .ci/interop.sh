@@ -19,20 +19,8 @@ fi
 cargo build -q $(for s in ${INTEROP_SERVERS:-tokio smol std}; do printf -- "-p socks4-%s " "$s"; done) -p socks4-tools --bins
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listening on 127.0.0.1:$1" >&2; return 1
-}
+# shellcheck source=lib.sh
+. .ci/lib.sh
 
 # A local web server with a page holding a unique token.
 token="socks4-interop-$RANDOM$RANDOM"
