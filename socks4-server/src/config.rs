@@ -76,12 +76,14 @@ pub struct Timeouts {
 }
 
 impl Default for Timeouts {
+    /// The handshake's phases as the core's defaults; idle 5 min, shutdown grace 10 s.
     fn default() -> Self {
+        let core = socks4_core::Timeouts::default();
         Self {
-            handshake: Duration::from_secs(10),
-            connect: Duration::from_secs(10),
-            bind: Duration::from_secs(120),
-            ident: Duration::from_secs(10),
+            handshake: core.handshake,
+            connect: core.connect,
+            bind: core.bind,
+            ident: core.ident,
             idle: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
         }
