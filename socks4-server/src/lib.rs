@@ -6,12 +6,16 @@
 //!
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
+//! - [`check`]: the effective configuration as a config file (`--check-config`);
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
-//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
+//! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
+//! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
+//! - [`systemd`]: socket activation and readiness/reload/stopping notifications.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -48,13 +52,18 @@
 
 pub mod accept;
 pub mod bandwidth;
+pub mod check;
 pub mod cli;
 pub mod config;
 mod gcra;
 pub mod ident;
 pub mod limits;
 pub mod log;
+pub mod reload;
 mod shards;
+#[cfg(unix)]
+pub mod signals;
+pub mod systemd;
 pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
