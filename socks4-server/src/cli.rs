@@ -24,9 +24,9 @@ use std::sync::Arc;
 use crate::bandwidth::RateLimit;
 use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
+use crate::limits::ConnRate;
 use crate::reload::{Change, LiveConfig};
 use crate::systemd;
-use crate::limits::ConnRate;
 use crate::users::{self, Users};
 use socks4_core::rules::{Action, Rule};
 
@@ -399,9 +399,8 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
         .with_filter_reloading();
     let log_filter = logs.reload_handle();
     logs.init();
-    let set_log_level = |level: &str| {
-        log_filter.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string())
-    };
+    let set_log_level =
+        |level: &str| log_filter.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string());
     // Before serving: from then on a SIGHUP reloads rather than kills.
     let mut signals = match crate::signals::Signals::new() {
         Ok(signals) => signals,
@@ -503,7 +502,9 @@ pub fn reload(
                 }
             }
             for setting in &change.restart_needed {
-                tracing::warn!("config reload: {setting} changed in {source}: takes a restart; keeping the running one");
+                tracing::warn!(
+                    "config reload: {setting} changed in {source}: takes a restart; keeping the running one"
+                );
             }
             if change.limits_changed {
                 tracing::info!("config reload: client limits changed: new connections are counted afresh");

@@ -143,37 +143,42 @@ mod tests {
     use super::*;
     use crate::limits::ClientLimits;
 
+    fn config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
+        let mut c = ServerConfig::default();
+        f(&mut c);
+        c
+    }
+
     #[test]
     fn a_bad_config_keeps_the_old_snapshot() {
         let live = LiveConfig::new(ServerConfig::default()).unwrap();
         let before = live.snapshot();
-        let mut bad = ServerConfig::default();
-        bad.max_connections = 0;
+        let bad = config(|c| c.max_connections = 0);
         assert_eq!(live.replace(bad).unwrap_err(), ConfigError::Zero("max_connections"));
-        let mut missing_users = ServerConfig::default();
-        missing_users.users = Some("/nonexistent/users".into());
+        let missing_users = config(|c| c.users = Some("/nonexistent/users".into()));
         assert!(matches!(live.replace(missing_users), Err(ConfigError::Users(_))));
         assert!(Arc::ptr_eq(&before, &live.snapshot()), "nothing was swapped");
     }
 
     #[test]
     fn bind_time_settings_are_reported_and_kept() {
-        let mut first = ServerConfig::default();
-        first.listen = vec!["127.0.0.1:1080".parse().unwrap()];
-        first.workers = Some(2);
-        let live = LiveConfig::new(first).unwrap();
-        let mut next = ServerConfig::default();
-        next.listen = vec!["[::ffff:127.0.0.1]:1080".parse().unwrap()]; // the same, spelt otherwise
-        next.workers = Some(4);
-        next.reuseport = true;
-        next.max_connections = 5;
+        let live = LiveConfig::new(config(|c| {
+            c.listen = vec!["127.0.0.1:1080".parse().unwrap()];
+            c.workers = Some(2);
+        }))
+        .unwrap();
+        let next = config(|c| {
+            c.listen = vec!["[::ffff:127.0.0.1]:1080".parse().unwrap()]; // the same, spelt otherwise
+            c.workers = Some(4);
+            c.reuseport = true;
+            c.max_connections = 5;
+        });
         let change = live.replace(next).unwrap();
         assert_eq!(change.restart_needed, ["workers", "reuseport"]);
         let now = live.snapshot();
         assert_eq!((now.config.workers, now.config.reuseport, now.config.max_connections), (Some(2), false, 5));
         // An open listener in the new file would be refused anyway; the running one is what counts.
-        let mut open = ServerConfig::default();
-        open.listen = vec!["0.0.0.0:1080".parse().unwrap()];
+        let open = config(|c| c.listen = vec!["0.0.0.0:1080".parse().unwrap()]);
         assert_eq!(live.replace(open).unwrap().restart_needed, ["listen", "workers"]);
     }
 
@@ -184,11 +189,11 @@ mod tests {
         let admission = first.limiter.admit("10.0.0.1".parse().unwrap(), Instant::now()).unwrap();
         assert!(!live.replace(ServerConfig::default()).unwrap().limits_changed);
         assert!(Arc::ptr_eq(&first.limiter, &live.snapshot().limiter), "counts carry over");
-        let mut tighter = ServerConfig::default();
-        tighter.client_limits = ClientLimits { max_per_client: 1, ..ClientLimits::default() };
+        let tighter = config(|c| c.client_limits = ClientLimits { max_per_client: 1, ..ClientLimits::default() });
         assert!(live.replace(tighter).unwrap().limits_changed);
         let second = live.snapshot();
         assert!(!Arc::ptr_eq(&first.limiter, &second.limiter));
+        assert_eq!(first.limiter.connections_of("10.0.0.1".parse().unwrap()), 1);
         drop(admission); // releases into the old limiter
         assert_eq!(first.limiter.connections_of("10.0.0.1".parse().unwrap()), 0);
     }

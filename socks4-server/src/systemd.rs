@@ -37,8 +37,9 @@ pub fn notify(state: State) {
         let sent = match state {
             State::Ready => sd_notify::notify(&[NotifyState::Ready]),
             State::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
-            State::Reloading => NotifyState::monotonic_usec_now()
-                .and_then(|now| sd_notify::notify(&[NotifyState::Reloading, now])),
+            State::Reloading => {
+                NotifyState::monotonic_usec_now().and_then(|now| sd_notify::notify(&[NotifyState::Reloading, now]))
+            }
         };
         if let Err(e) = sent {
             tracing::debug!("cannot notify the service manager ({state:?}): {e}");
@@ -76,7 +77,9 @@ fn take() -> io::Result<Option<Vec<TcpListener>>> {
         // process) the descriptors from 3 to 3 + LISTEN_FDS are open and passed to this process
         // to own; `TAKEN` makes sure they are taken once, so each gets exactly one owner.
         let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        listeners.push(check_listener(socket).map_err(|e| io::Error::new(e.kind(), format!("LISTEN_FDS descriptor {fd}: {e}")))?);
+        listeners.push(
+            check_listener(socket).map_err(|e| io::Error::new(e.kind(), format!("LISTEN_FDS descriptor {fd}: {e}")))?,
+        );
     }
     Ok(Some(listeners))
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
-use socks4_server::limits::{Admission, Limiter, Refusal};
-use socks4_server::users::Verifier;
+use socks4_server::limits::{Admission, Refusal};
+use socks4_server::reload::{LiveConfig, Snapshot};
 use tokio::sync::watch;
 
 use crate::pool;
@@ -18,11 +18,9 @@ use crate::pool;
 /// State shared by the acceptor and all workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    /// Per-client limits, checked at accept.
-    pub(crate) limiter: Arc<Limiter>,
-    /// The users file's verifier, with `--users`.
-    pub(crate) verifier: Option<Arc<Verifier>>,
+    /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
+    /// snapshot of at accept; swapped by a reload.
+    pub(crate) live: Arc<LiveConfig>,
     /// Connections being served right now.
     pub(crate) active: AtomicUsize,
     /// Connections accepted and served (not counting those over the limit).
@@ -32,35 +30,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Fresh counters and limiter for `config`; loads its users file, if any.
-    pub(crate) fn new(config: ServerConfig) -> io::Result<Self> {
-        let verifier = config.verifier().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        Ok(Shared {
-            limiter: config.limiter(Instant::now()),
-            verifier,
-            config,
-            active: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            over_limit: AtomicU64::new(0),
-        })
+    /// Fresh counters for `live`.
+    pub(crate) fn new(live: Arc<LiveConfig>) -> Self {
+        Shared { live, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) }
     }
 
     /// Counts a newly accepted connection in, unless `max_connections` or a per-client limit
     /// refuses it. Refusals are not logged one by one: the limiter's `RefusalLog` summarises them.
     pub(crate) fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<ActiveGuard> {
         let now = Instant::now();
-        let max = self.config.max_connections;
+        let snapshot = self.live.snapshot();
+        let max = snapshot.config.max_connections;
         let admitted =
             self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
         if !admitted {
             self.over_limit.fetch_add(1, Ordering::Relaxed);
-            self.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
+            snapshot.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
             return None;
         }
-        match self.limiter.admit(client.ip(), now) {
+        match snapshot.limiter.admit(client.ip(), now) {
             Ok(admission) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                Some(ActiveGuard { shared: Arc::clone(self), admission })
+                Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot })
             }
             Err(_counted_by_the_limiter) => {
                 self.active.fetch_sub(1, Ordering::AcqRel);
@@ -76,12 +67,14 @@ impl Shared {
 pub(crate) struct ActiveGuard {
     shared: Arc<Shared>,
     admission: Admission,
+    /// The config this connection runs with, taken at accept.
+    snapshot: Arc<Snapshot>,
 }
 
 impl ActiveGuard {
-    /// The server state this connection belongs to, and its admission (to end its handshake).
-    pub(crate) fn parts(&mut self) -> (&Shared, &mut Admission) {
-        (&self.shared, &mut self.admission)
+    /// The config snapshot this connection runs with, and its admission (to end its handshake).
+    pub(crate) fn parts(&mut self) -> (&Snapshot, &mut Admission) {
+        (&self.snapshot, &mut self.admission)
     }
 }
 
@@ -112,22 +105,38 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `config` and binds its listen addresses (port 0 picks a free port).
+    /// Validates `config`, loads its users file and binds its listen addresses (port 0 picks a
+    /// free port).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let live = LiveConfig::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Self::bind_live(live, None)
+    }
+
+    /// Binds the listen addresses of `live`'s config, or serves `activated` (listening,
+    /// non-blocking sockets, e.g. from systemd socket activation) instead. Each connection takes
+    /// `live`'s current snapshot at accept, so [`LiveConfig::replace`] reconfigures the server for
+    /// new connections.
+    pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
+        let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let per_address = if config.reuseport { workers } else { 1 };
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for addr in config.listen_addrs() {
-            let first = listen(addr, config.reuseport)?;
-            let bound = first.local_addr()?;
-            let mut group = vec![first];
-            for _ in 1..per_address {
-                group.push(listen(bound, true)?);
+        let listeners = match activated {
+            Some(activated) => activated.into_iter().map(|l| vec![l]).collect(),
+            None => {
+                let per_address = if config.reuseport { workers } else { 1 };
+                let mut listeners = Vec::with_capacity(config.listen.len());
+                for addr in config.listen_addrs() {
+                    let first = listen(addr, config.reuseport)?;
+                    let bound = first.local_addr()?;
+                    let mut group = vec![first];
+                    for _ in 1..per_address {
+                        group.push(listen(bound, true)?);
+                    }
+                    listeners.push(group);
+                }
+                listeners
             }
-            listeners.push(group);
-        }
-        Ok(Server { shared: Arc::new(Shared::new(config)?), workers, listeners })
+        };
+        Ok(Server { shared: Arc::new(Shared::new(live)), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.
@@ -135,9 +144,14 @@ impl Server {
         self.listeners.iter().filter_map(|group| group.first()?.local_addr().ok()).collect()
     }
 
-    /// The configuration the server runs with.
-    pub fn config(&self) -> &ServerConfig {
-        &self.shared.config
+    /// The configuration new connections get now.
+    pub fn config(&self) -> ServerConfig {
+        self.shared.live.snapshot().config.clone()
+    }
+
+    /// The live configuration: [`LiveConfig::replace`] reconfigures the server for new connections.
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.shared.live
     }
 
     /// Starts the workers (and the acceptor, unless in reuseport mode) in background threads.
@@ -234,15 +248,23 @@ impl Drop for ServerHandle {
 }
 
 impl socks4_server::cli::Serve for Server {
-    fn bind(config: ServerConfig) -> io::Result<Self> {
-        Server::bind(config)
+    type Running = ServerHandle;
+
+    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Self> {
+        Server::bind_live(live, activated)
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
         Server::local_addrs(self)
     }
 
-    fn run(self) -> io::Result<()> {
-        Server::run(self)
+    fn spawn(self) -> io::Result<ServerHandle> {
+        Server::spawn(self)
+    }
+}
+
+impl socks4_server::cli::Running for ServerHandle {
+    fn shutdown(self) {
+        ServerHandle::shutdown(self);
     }
 }
