@@ -748,6 +748,62 @@ mod tests {
         assert!(matches!(config(&["--users", "/nonexistent/users"]), Err(ConfigError::Users(_))));
     }
 
+    // --- Operations: reload, check, systemd. ---
+
+    #[test]
+    fn activated_sockets_replace_the_listen_addresses_and_are_checked() {
+        let args = ServerArgs::try_parse_from(["socks4", "--listen", "127.0.0.1:1080", "--reuseport"]).unwrap();
+        let local: SocketAddr = "[::1]:2000".parse().unwrap();
+        let c = args.to_config_activated(Some(&[local])).unwrap();
+        assert_eq!((c.listen, c.reuseport), (vec![local], false));
+        let open: SocketAddr = "0.0.0.0:1080".parse().unwrap();
+        assert_eq!(args.to_config_activated(Some(&[open])), Err(ConfigError::OpenProxy(open)));
+    }
+
+    #[test]
+    fn log_level_from_the_file_unless_given() {
+        let dir = std::env::temp_dir().join(format!("socks4-server-log-{}.toml", std::process::id()));
+        std::fs::write(&dir, "log_level = \"debug\"\n").unwrap();
+        let file = dir.to_str().unwrap();
+        let from_file = config(&["--config", file]);
+        let given = config(&["--config", file, "--log-level", "warn"]);
+        let bad = config(&["--log-level", "info,[{"]);
+        std::fs::remove_file(&dir).unwrap();
+        if std::env::var_os("SOCKS4_LOG").is_none() {
+            assert_eq!(from_file.unwrap().log_level, "debug");
+            assert_eq!(config(&[]).unwrap().log_level, crate::config::DEFAULT_LOG_LEVEL);
+        }
+        assert_eq!(given.unwrap().log_level, "warn");
+        assert!(matches!(bad, Err(ConfigError::LogLevel(_))), "{bad:?}");
+    }
+
+    #[test]
+    fn reload_reads_the_file_again_and_the_command_line_still_wins() {
+        let path = std::env::temp_dir().join(format!("socks4-server-reload-{}.toml", std::process::id()));
+        std::fs::write(&path, "max_connections = 50\nrules = [\"allow port 80\"]\n").unwrap();
+        let file = path.to_str().unwrap();
+        let args = ServerArgs::try_parse_from(["socks4", "--config", file, "--max-connections", "7"]).unwrap();
+        let live = LiveConfig::new(args.to_config().unwrap()).unwrap();
+        let levels = std::cell::RefCell::new(Vec::new());
+        let set_level = |level: &str| {
+            levels.borrow_mut().push(level.to_string());
+            Ok(())
+        };
+        let text = "max_connections = 100\nworkers = 9\nlog_level = \"debug\"\nrules = [\"allow port 443\"]\n";
+        std::fs::write(&path, text).unwrap();
+        let change = reload(&args, &live, None, &set_level).unwrap();
+        let now = live.snapshot();
+        assert_eq!(now.config.max_connections, 7, "the command line wins, as at start");
+        assert_eq!(now.config.rules.0[0].to_string(), "allow port 443");
+        assert_eq!((change.restart_needed, now.config.workers), (vec!["workers"], None));
+        assert_eq!(*levels.borrow(), ["debug"]);
+        std::fs::write(&path, "rules = [\"allow port none\"]\n").unwrap();
+        assert!(matches!(reload(&args, &live, None, &set_level), Err(ConfigError::File(_))));
+        std::fs::remove_file(&path).unwrap();
+        assert!(Arc::ptr_eq(&now, &live.snapshot()), "a bad file keeps the running config");
+        assert!(matches!(reload(&args, &live, None, &set_level), Err(ConfigError::File(_))), "a missing file too");
+    }
+
     #[test]
     fn hash_token_subcommand() {
         let args = ServerArgs::try_parse_from(["socks4", "hash-token", "alice"]).unwrap();

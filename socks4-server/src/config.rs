@@ -7,6 +7,7 @@
 //! workers = 4
 //! max_connections = 4096
 //! rules = ["deny to 169.254.0.0/16", "allow from 127.0.0.0/8"]
+//! log_level = "info"            # --log-level / SOCKS4_LOG win over it
 //!
 //! [limits]
 //! user_id = 64
