@@ -1,5 +1,6 @@
 //! The hot paths of the limits: admit + release at accept (one thread and two at once), a relay's
-//! grant + refund, and a user id answered from the verifier's cache.
+//! grant + refund, a user id answered from the verifier's cache, and the live config's snapshot each
+//! connection takes at accept (one thread and two at once).
 //!
 //! `cargo bench -p socks4-server --bench limits`
 #![allow(missing_docs, reason = "criterion_group!/criterion_main! generate undocumented functions")]
@@ -10,8 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, BandwidthCaps, Direction};
 use socks4_server::limits::{ClientLimits, Limiter};
+use socks4_server::reload::LiveConfig;
 use socks4_server::users::{Users, Verifier, hash_token_with};
 
 fn all_limits() -> ClientLimits {
@@ -96,5 +99,33 @@ fn verifier(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, limiter, bandwidth, verifier);
+/// `threads` threads each take and drop `iters` snapshots of `live` (one per accepted connection).
+fn snapshots(live: &Arc<LiveConfig>, threads: usize, iters: u64) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (live, barrier) = (Arc::clone(live), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(live.snapshot());
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("no panic")).max().unwrap_or_default()
+}
+
+fn live_config(c: &mut Criterion) {
+    let mut g = c.benchmark_group("live config snapshot");
+    let live = LiveConfig::new(ServerConfig::default()).expect("a valid config");
+    for threads in [1, 2] {
+        g.bench_function(format!("{threads}-thread"), |b| b.iter_custom(|iters| snapshots(&live, threads, iters)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, limiter, bandwidth, verifier, live_config);
 criterion_main!(benches);

@@ -31,10 +31,11 @@
 //! A few lines at five points; everything else lives here.
 //!
 //! ```text
-//! bind:        limiter = config.limiter(Instant::now());          // Arc<Limiter>, all workers
+//! bind:        live = LiveConfig::new(config)?;                   // Arc<LiveConfig>: verifier, limiter
 //!              bandwidth = config.bandwidth(Instant::now());      // Option<Arc<Bandwidth>>
-//!              verifier = config.verifier()?;                     // Option<Arc<Verifier>>
-//! accept:      let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
+//! accept:      let snapshot = live.snapshot();                    // kept by the connection to its end
+//!              let (limiter, verifier) = (&snapshot.limiter, &snapshot.verifier);
+//!              let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
 //!              (over max_connections: limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into()))
 //!              keep `admission` with the connection (task or slot); dropping it releases it
 //! Authorize:   with a verifier: match verifier.check_cached(user_id) {
