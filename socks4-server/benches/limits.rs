@@ -23,28 +23,36 @@ fn all_limits() -> ClientLimits {
     limits
 }
 
-/// `threads` threads each admit and release `iters` connections, every one from its own rotating
-/// set of 1024 clients (`shared`: all threads use the same client); time per admit + release.
-fn run(limiter: &Arc<Limiter>, threads: usize, iters: u64, shared: bool) -> Duration {
+/// Runs `work(thread)` on `threads` threads started together; the longest time one took.
+fn on_threads(threads: usize, work: impl Fn(usize) + Send + Sync + Clone + 'static) -> Duration {
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (limiter, barrier) = (Arc::clone(limiter), Arc::clone(&barrier));
+            let (work, barrier) = (work.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
                 let start = Instant::now();
-                for i in 0..iters {
-                    let n = if shared { 0 } else { (t as u32) << 16 | (i as u32 & 0x3ff) };
-                    let client = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 | n));
-                    // The clock is read per connection, as an accept loop does (about 20 ns of the time).
-                    let admission = limiter.admit(client, Instant::now()).expect("admitted");
-                    black_box(&admission);
-                }
+                work(t);
                 start.elapsed()
             })
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("no panic")).max().unwrap_or_default()
+}
+
+/// `threads` threads each admit and release `iters` connections, every one from its own rotating
+/// set of 1024 clients (`shared`: all threads use the same client); time per admit + release.
+fn run(limiter: &Arc<Limiter>, threads: usize, iters: u64, shared: bool) -> Duration {
+    let limiter = Arc::clone(limiter);
+    on_threads(threads, move |t| {
+        for i in 0..iters {
+            let n = if shared { 0 } else { (t as u32) << 16 | (i as u32 & 0x3ff) };
+            let client = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 | n));
+            // The clock is read per connection, as an accept loop does (about 20 ns of the time).
+            let admission = limiter.admit(client, Instant::now()).expect("admitted");
+            black_box(&admission);
+        }
+    })
 }
 
 fn limiter(c: &mut Criterion) {
@@ -101,21 +109,12 @@ fn verifier(c: &mut Criterion) {
 
 /// `threads` threads each take and drop `iters` snapshots of `live` (one per accepted connection).
 fn snapshots(live: &Arc<LiveConfig>, threads: usize, iters: u64) -> Duration {
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (live, barrier) = (Arc::clone(live), Arc::clone(&barrier));
-            std::thread::spawn(move || {
-                barrier.wait();
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(live.snapshot());
-                }
-                start.elapsed()
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("no panic")).max().unwrap_or_default()
+    let live = Arc::clone(live);
+    on_threads(threads, move |_| {
+        for _ in 0..iters {
+            black_box(live.snapshot());
+        }
+    })
 }
 
 fn live_config(c: &mut Criterion) {

@@ -7,6 +7,7 @@
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
 //! - [`check`]: the effective configuration as a config file (`--check-config`);
+//! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
@@ -59,6 +60,7 @@ pub mod config;
 mod gcra;
 pub mod ident;
 pub mod limits;
+pub mod listen;
 pub mod log;
 pub mod reload;
 mod shards;

@@ -9,7 +9,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use polling::{Event, Events, Poller};
-use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
 use socks4_server::reload::{LiveConfig, Snapshot};
@@ -17,8 +16,6 @@ use socks4_server::reload::{LiveConfig, Snapshot};
 use crate::resolver::{self, RESOLVER_THREADS};
 use crate::worker::{Msg, Shared, Worker};
 
-/// Listen backlog.
-const BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts per listener wake-up before looking at the others.
@@ -68,23 +65,7 @@ impl Server {
     pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
-        let listeners = match activated {
-            Some(activated) => activated.into_iter().map(|l| vec![l]).collect(),
-            None => {
-                let per_address = if config.reuseport { workers } else { 1 };
-                let mut listeners = Vec::with_capacity(config.listen.len());
-                for addr in config.listen_addrs() {
-                    let first = listen(addr, config.reuseport)?;
-                    let bound = first.local_addr()?;
-                    let mut group = vec![first];
-                    for _ in 1..per_address {
-                        group.push(listen(bound, true)?);
-                    }
-                    listeners.push(group);
-                }
-                listeners
-            }
-        };
+        let listeners = socks4_server::listen::listeners(config, workers, activated)?;
         Ok(Server { listeners, workers, live, splice: true })
     }
 
@@ -165,25 +146,6 @@ impl Server {
         handle.shutdown();
         Ok(())
     }
-}
-
-/// Binds one listener (SO_REUSEADDR, IPv6-only for IPv6 addresses, non-blocking, and
-/// SO_REUSEPORT if asked).
-fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts the server down like [`shutdown`](Self::shutdown).

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
 use socks4_server::reload::{LiveConfig, Snapshot};
@@ -119,23 +118,7 @@ impl Server {
     pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let listeners = match activated {
-            Some(activated) => activated.into_iter().map(|l| vec![l]).collect(),
-            None => {
-                let per_address = if config.reuseport { workers } else { 1 };
-                let mut listeners = Vec::with_capacity(config.listen.len());
-                for addr in config.listen_addrs() {
-                    let first = listen(addr, config.reuseport)?;
-                    let bound = first.local_addr()?;
-                    let mut group = vec![first];
-                    for _ in 1..per_address {
-                        group.push(listen(bound, true)?);
-                    }
-                    listeners.push(group);
-                }
-                listeners
-            }
-        };
+        let listeners = socks4_server::listen::listeners(config, workers, activated)?;
         Ok(Server { shared: Arc::new(Shared::new(live)), workers, listeners })
     }
 
@@ -188,23 +171,6 @@ async fn wait_for_signal() -> io::Result<()> {
     {
         tokio::signal::ctrl_c().await
     }
-}
-
-/// Creates a non-blocking listener (IPv6 ones are IPv6-only, so `[::]` and `0.0.0.0` can coexist).
-fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).
