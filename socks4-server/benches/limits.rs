@@ -1,5 +1,6 @@
 //! The hot paths of the limits: admit + release at accept (one thread and two at once), a relay's
-//! grant + refund, and a user id answered from the verifier's cache.
+//! grant + refund, a user id answered from the verifier's cache, and the live config's snapshot each
+//! connection takes at accept (one thread and two at once).
 //!
 //! `cargo bench -p socks4-server --bench limits`
 #![allow(missing_docs, reason = "criterion_group!/criterion_main! generate undocumented functions")]
@@ -10,8 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, BandwidthCaps, Direction};
 use socks4_server::limits::{ClientLimits, Limiter};
+use socks4_server::reload::LiveConfig;
 use socks4_server::users::{Users, Verifier, hash_token_with};
 
 fn all_limits() -> ClientLimits {
@@ -20,28 +23,36 @@ fn all_limits() -> ClientLimits {
     limits
 }
 
-/// `threads` threads each admit and release `iters` connections, every one from its own rotating
-/// set of 1024 clients (`shared`: all threads use the same client); time per admit + release.
-fn run(limiter: &Arc<Limiter>, threads: usize, iters: u64, shared: bool) -> Duration {
+/// Runs `work(thread)` on `threads` threads started together; the longest time one took.
+fn on_threads(threads: usize, work: impl Fn(usize) + Send + Sync + Clone + 'static) -> Duration {
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (limiter, barrier) = (Arc::clone(limiter), Arc::clone(&barrier));
+            let (work, barrier) = (work.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
                 let start = Instant::now();
-                for i in 0..iters {
-                    let n = if shared { 0 } else { (t as u32) << 16 | (i as u32 & 0x3ff) };
-                    let client = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 | n));
-                    // The clock is read per connection, as an accept loop does (about 20 ns of the time).
-                    let admission = limiter.admit(client, Instant::now()).expect("admitted");
-                    black_box(&admission);
-                }
+                work(t);
                 start.elapsed()
             })
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("no panic")).max().unwrap_or_default()
+}
+
+/// `threads` threads each admit and release `iters` connections, every one from its own rotating
+/// set of 1024 clients (`shared`: all threads use the same client); time per admit + release.
+fn run(limiter: &Arc<Limiter>, threads: usize, iters: u64, shared: bool) -> Duration {
+    let limiter = Arc::clone(limiter);
+    on_threads(threads, move |t| {
+        for i in 0..iters {
+            let n = if shared { 0 } else { (t as u32) << 16 | (i as u32 & 0x3ff) };
+            let client = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 | n));
+            // The clock is read per connection, as an accept loop does (about 20 ns of the time).
+            let admission = limiter.admit(client, Instant::now()).expect("admitted");
+            black_box(&admission);
+        }
+    })
 }
 
 fn limiter(c: &mut Criterion) {
@@ -96,5 +107,24 @@ fn verifier(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, limiter, bandwidth, verifier);
+/// `threads` threads each take and drop `iters` snapshots of `live` (one per accepted connection).
+fn snapshots(live: &Arc<LiveConfig>, threads: usize, iters: u64) -> Duration {
+    let live = Arc::clone(live);
+    on_threads(threads, move |_| {
+        for _ in 0..iters {
+            black_box(live.snapshot());
+        }
+    })
+}
+
+fn live_config(c: &mut Criterion) {
+    let mut g = c.benchmark_group("live config snapshot");
+    let live = LiveConfig::new(ServerConfig::default()).expect("a valid config");
+    for threads in [1, 2] {
+        g.bench_function(format!("{threads}-thread"), |b| b.iter_custom(|iters| snapshots(&live, threads, iters)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, limiter, bandwidth, verifier, live_config);
 criterion_main!(benches);

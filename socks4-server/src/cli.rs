@@ -18,9 +18,15 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use std::net::TcpListener;
+use std::sync::Arc;
+
 use crate::bandwidth::RateLimit;
+use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
 use crate::limits::ConnRate;
+use crate::reload::{Change, LiveConfig};
+use crate::systemd;
 use crate::users::{self, Users};
 use socks4_core::rules::{Action, Rule};
 
@@ -77,7 +83,8 @@ pub struct ServerArgs {
     /// application that resolved the name itself (a DNS leak) is caught and logged, like Tor's SafeSocks.
     #[arg(long)]
     pub safe_socks: bool,
-    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter directive (default: the
+    /// file's `log_level`, else info).
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
     pub log_level: String,
 
@@ -110,9 +117,18 @@ pub struct ServerArgs {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    // --- Operations: reload, check, systemd. ---
+    /// Check the config file and the command line, print the effective configuration (as a
+    /// config file) and exit: 0 if it is valid, 2 with the reason if not. Binds nothing.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// `--allow`/`--deny` in command-line order.
     #[arg(skip)]
     ordered_rules: Vec<(Action, String)>,
+    /// `--log-level` (or `SOCKS4_LOG`) was given, rather than defaulted: it then wins over the file.
+    #[arg(skip)]
+    log_level_given: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -208,11 +224,33 @@ impl ServerArgs {
         }
         ordered.sort_by_key(|(i, _, _)| *i);
         parsed.ordered_rules = ordered.into_iter().map(|(_, a, v)| (a, v)).collect();
+        parsed.log_level_given =
+            matches.value_source("log_level").is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
         Ok(parsed)
     }
 
     /// The config: the file's (if any) with the command line's options on top, validated.
     pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
+        self.to_config_activated(None)
+    }
+
+    /// Like [`to_config`](Self::to_config), for a server whose listeners came from socket
+    /// activation (`activated`: their addresses): those replace the listen addresses (and turn
+    /// `reuseport` off) before the checks, so an activated socket beyond loopback needs rules too.
+    /// Reading the file again and calling this is also what a reload does: the command line still
+    /// wins over the file.
+    pub fn to_config_activated(&self, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
+        let config = self.merged(activated)?;
+        config.validate()?;
+        // A bad users file stops the server here, with the line number (the adapter loads it again).
+        if let Some(path) = &config.users {
+            Users::load(path)?;
+        }
+        Ok(config)
+    }
+
+    /// The file's config with the command line's options on top, not yet validated.
+    fn merged(&self, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
         let mut config = match &self.config {
             Some(path) => load_config_file(path)?,
             None => ServerConfig::default(),
@@ -252,10 +290,13 @@ impl ServerArgs {
         if self.users.is_some() {
             config.users.clone_from(&self.users);
         }
-        config.validate()?;
-        // A bad users file stops the server here, with the line number (the adapter loads it again).
-        if let Some(path) = &config.users {
-            Users::load(path)?;
+        // --- Operations. ---
+        if self.log_level_given {
+            config.log_level.clone_from(&self.log_level);
+        }
+        if let Some(addrs) = activated {
+            config.listen = addrs.to_vec();
+            config.reuseport = false;
         }
         Ok(config)
     }
@@ -263,24 +304,41 @@ impl ServerArgs {
 
 /// What an adapter's server offers the shared [`main`].
 pub trait Serve: Sized {
-    /// Binds the listeners of a validated config.
-    fn bind(config: ServerConfig) -> std::io::Result<Self>;
+    /// The running server.
+    type Running: Running;
+    /// Binds the listen addresses of `live`'s config, or, when `activated` is given (socket
+    /// activation), serves those listeners instead (listening, non-blocking, close-on-exec).
+    /// Each connection takes `live`'s snapshot at accept.
+    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> std::io::Result<Self>;
     /// The addresses actually bound.
     fn local_addrs(&self) -> Vec<SocketAddr>;
-    /// Serves until SIGINT/SIGTERM, then shuts down gracefully.
-    fn run(self) -> std::io::Result<()>;
+    /// Starts serving in background threads.
+    fn spawn(self) -> std::io::Result<Self::Running>;
 }
 
-/// The whole `main` of an adapter's binary: parse the shared command line, set up logging
-/// (`--log-level`, to stderr, coloured only on a terminal), build and validate the config (exit status 2 with the reason if it is bad, e.g.
-/// an open proxy), bind, log the listen addresses, and serve until SIGINT/SIGTERM.
+/// A running server, as [`Serve::spawn`] returns it.
+pub trait Running {
+    /// Stops accepting, lets live connections finish within the (current) shutdown grace period,
+    /// closes the rest and joins the threads.
+    fn shutdown(self);
+}
+
+/// The whole `main` of an adapter's binary: parse the shared command line; `hash-token` and
+/// `--check-config` print and exit; otherwise build and validate the config (exit status 2 with the
+/// reason if it is bad, e.g. an open proxy), take the listeners from systemd socket activation or
+/// bind them, set up logging (to stderr, coloured only on a terminal), log the listen addresses,
+/// tell systemd it is ready, then serve: `SIGHUP` reloads the config ([`reload`]),
+/// `SIGINT`/`SIGTERM` drain and exit.
 ///
 /// ```no_run
 /// # struct MyServer;
+/// # struct Running;
+/// # impl socks4_server::cli::Running for Running { fn shutdown(self) {} }
 /// # impl socks4_server::cli::Serve for MyServer {
-/// #     fn bind(_: socks4_server::ServerConfig) -> std::io::Result<Self> { Ok(MyServer) }
+/// #     type Running = Running;
+/// #     fn bind_live(_: std::sync::Arc<socks4_server::reload::LiveConfig>, _: Option<Vec<std::net::TcpListener>>) -> std::io::Result<Self> { Ok(MyServer) }
 /// #     fn local_addrs(&self) -> Vec<std::net::SocketAddr> { Vec::new() }
-/// #     fn run(self) -> std::io::Result<()> { Ok(()) }
+/// #     fn spawn(self) -> std::io::Result<Running> { Ok(Running) }
 /// # }
 /// fn main() -> std::process::ExitCode {
 ///     socks4_server::cli::main::<MyServer>("my-socks4")
@@ -302,20 +360,66 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
             }
         };
     }
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
-    let config = match args.to_config() {
+    // --- Operations: --check-config, socket activation, live config, signals. ---
+    if args.check_config {
+        return match check_config_command(&args, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let activated = match systemd::listeners() {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            eprintln!("{name}: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let activated_addrs = match activated.as_deref().map(systemd::local_addrs).transpose() {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            eprintln!("{name}: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match args.to_config_activated(activated_addrs.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
     };
-    let server = match S::bind(config) {
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_filter_reloading();
+    let log_filter = logs.reload_handle();
+    logs.init();
+    let set_log_level =
+        |level: &str| log_filter.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string());
+    // Before serving: from then on a SIGHUP reloads rather than kills.
+    let mut signals = match crate::signals::Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("{name}: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let live = match LiveConfig::new(config) {
+        Ok(live) => live,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if activated.is_some() {
+        tracing::info!("socket activation: serving the listeners systemd passed, not the configured addresses");
+    }
+    let server = match S::bind_live(Arc::clone(&live), activated) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("{name}: cannot listen: {e}");
@@ -325,13 +429,95 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     for addr in server.local_addrs() {
         tracing::info!("{name} listening on {addr}");
     }
-    match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let running = match server.spawn() {
+        Ok(running) => running,
         Err(e) => {
             eprintln!("{name}: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    systemd::notify(systemd::State::Ready);
+    let signal = loop {
+        match signals.wait() {
+            crate::signals::Signal::Reload => {
+                let _ok = reload(&args, &live, activated_addrs.as_deref(), &set_log_level).is_ok();
+                // METRICS (issue 12, merge): count it here, e.g. `metrics.reloaded(_ok);`
+            }
+            crate::signals::Signal::Stop(signal) => break signal,
+        }
+    };
+    let grace = live.snapshot().config.timeouts.shutdown_grace;
+    tracing::info!("signal {signal}: shutting down; live connections may finish within {grace:?}");
+    systemd::notify(systemd::State::Stopping);
+    running.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// `--check-config`: builds the config from the file and the command line as a start would
+/// (without binding or socket activation) and writes it to `out` as a config file, or returns why
+/// it is invalid.
+///
+/// ```
+/// use socks4_server::cli::{ServerArgs, check_config_command};
+/// let args = ServerArgs::try_parse_from(["socks4", "--check-config", "--deny", "port 25"])?;
+/// let mut out = Vec::new();
+/// check_config_command(&args, &mut out)?;
+/// assert!(String::from_utf8(out)?.contains("rules = [\"deny port 25\"]"));
+/// let open = ServerArgs::try_parse_from(["socks4", "--check-config", "--listen", "0.0.0.0:1080"])?;
+/// assert!(check_config_command(&open, &mut Vec::new()).unwrap_err().contains("open proxy"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<(), String> {
+    let config = args.to_config().map_err(|e| e.to_string())?;
+    // The verifier is what the server builds: the users file is read here as at start.
+    config.verifier().map_err(|e| e.to_string())?;
+    let source = args.config.as_ref().map_or("no config file".to_string(), |p| format!("file {}", p.display()));
+    writeln!(out, "# The effective configuration ({source} and the command line): valid.")
+        .and_then(|()| out.write_all(effective_toml(&config).as_bytes()))
+        .map_err(|e| format!("cannot write: {e}"))
+}
+
+/// What `SIGHUP` does: tells systemd it is reloading, reads the config file again with the
+/// command line's options on top (the same merge as at start: an option given on the command line
+/// still wins over the file; `activated` as for [`ServerArgs::to_config_activated`]), swaps it in
+/// for new connections and applies its log level, logs the outcome, and tells systemd it is ready
+/// again. A bad file (or users file) keeps the running config and logs why in one line; settings
+/// that take a restart (listen addresses, workers, reuseport) are logged and ignored.
+pub fn reload(
+    args: &ServerArgs,
+    live: &LiveConfig,
+    activated: Option<&[SocketAddr]>,
+    set_log_level: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<Change, ConfigError> {
+    systemd::notify(systemd::State::Reloading);
+    let source = args.config.as_ref().map_or("the command line".to_string(), |p| p.display().to_string());
+    let old_level = live.snapshot().config.log_level.clone();
+    let outcome = args.merged(activated).and_then(|config| live.replace(config));
+    match &outcome {
+        Ok(change) => {
+            let new_level = live.snapshot().config.log_level.clone();
+            if new_level != old_level {
+                if let Err(e) = set_log_level(&new_level) {
+                    tracing::warn!("config reload: cannot set log level {new_level}: {e}");
+                }
+            }
+            for setting in &change.restart_needed {
+                tracing::warn!(
+                    "config reload: {setting} changed in {source}: takes a restart; keeping the running one"
+                );
+            }
+            if change.limits_changed {
+                tracing::info!("config reload: client limits changed: new connections are counted afresh");
+            }
+            tracing::info!("config reloaded from {source}: new connections use it");
+        }
+        Err(e) => {
+            let reason = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            tracing::warn!("config reload failed, keeping the running config: {reason}");
         }
     }
+    systemd::notify(systemd::State::Ready);
+    outcome
 }
 
 /// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
@@ -560,6 +746,62 @@ mod tests {
         assert!(e.to_string().starts_with("users file: line 2: "), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(config(&["--users", "/nonexistent/users"]), Err(ConfigError::Users(_))));
+    }
+
+    // --- Operations: reload, check, systemd. ---
+
+    #[test]
+    fn activated_sockets_replace_the_listen_addresses_and_are_checked() {
+        let args = ServerArgs::try_parse_from(["socks4", "--listen", "127.0.0.1:1080", "--reuseport"]).unwrap();
+        let local: SocketAddr = "[::1]:2000".parse().unwrap();
+        let c = args.to_config_activated(Some(&[local])).unwrap();
+        assert_eq!((c.listen, c.reuseport), (vec![local], false));
+        let open: SocketAddr = "0.0.0.0:1080".parse().unwrap();
+        assert_eq!(args.to_config_activated(Some(&[open])), Err(ConfigError::OpenProxy(open)));
+    }
+
+    #[test]
+    fn log_level_from_the_file_unless_given() {
+        let dir = std::env::temp_dir().join(format!("socks4-server-log-{}.toml", std::process::id()));
+        std::fs::write(&dir, "log_level = \"debug\"\n").unwrap();
+        let file = dir.to_str().unwrap();
+        let from_file = config(&["--config", file]);
+        let given = config(&["--config", file, "--log-level", "warn"]);
+        let bad = config(&["--log-level", "info,[{"]);
+        std::fs::remove_file(&dir).unwrap();
+        if std::env::var_os("SOCKS4_LOG").is_none() {
+            assert_eq!(from_file.unwrap().log_level, "debug");
+            assert_eq!(config(&[]).unwrap().log_level, crate::config::DEFAULT_LOG_LEVEL);
+        }
+        assert_eq!(given.unwrap().log_level, "warn");
+        assert!(matches!(bad, Err(ConfigError::LogLevel(_))), "{bad:?}");
+    }
+
+    #[test]
+    fn reload_reads_the_file_again_and_the_command_line_still_wins() {
+        let path = std::env::temp_dir().join(format!("socks4-server-reload-{}.toml", std::process::id()));
+        std::fs::write(&path, "max_connections = 50\nrules = [\"allow port 80\"]\n").unwrap();
+        let file = path.to_str().unwrap();
+        let args = ServerArgs::try_parse_from(["socks4", "--config", file, "--max-connections", "7"]).unwrap();
+        let live = LiveConfig::new(args.to_config().unwrap()).unwrap();
+        let levels = std::cell::RefCell::new(Vec::new());
+        let set_level = |level: &str| {
+            levels.borrow_mut().push(level.to_string());
+            Ok(())
+        };
+        let text = "max_connections = 100\nworkers = 9\nlog_level = \"debug\"\nrules = [\"allow port 443\"]\n";
+        std::fs::write(&path, text).unwrap();
+        let change = reload(&args, &live, None, &set_level).unwrap();
+        let now = live.snapshot();
+        assert_eq!(now.config.max_connections, 7, "the command line wins, as at start");
+        assert_eq!(now.config.rules.0[0].to_string(), "allow port 443");
+        assert_eq!((change.restart_needed, now.config.workers), (vec!["workers"], None));
+        assert_eq!(*levels.borrow(), ["debug"]);
+        std::fs::write(&path, "rules = [\"allow port none\"]\n").unwrap();
+        assert!(matches!(reload(&args, &live, None, &set_level), Err(ConfigError::File(_))));
+        std::fs::remove_file(&path).unwrap();
+        assert!(Arc::ptr_eq(&now, &live.snapshot()), "a bad file keeps the running config");
+        assert!(matches!(reload(&args, &live, None, &set_level), Err(ConfigError::File(_))), "a missing file too");
     }
 
     #[test]

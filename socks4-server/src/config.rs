@@ -7,6 +7,7 @@
 //! workers = 4
 //! max_connections = 4096
 //! rules = ["deny to 169.254.0.0/16", "allow from 127.0.0.0/8"]
+//! log_level = "info"            # --log-level / SOCKS4_LOG win over it
 //!
 //! [limits]
 //! user_id = 64
@@ -137,7 +138,15 @@ pub struct ServerConfig {
     pub bandwidth: BandwidthCaps,
     /// The users file (`users = "FILE"`): when set, user ids must be `NAME:TOKEN` that verify.
     pub users: Option<PathBuf>,
+
+    // --- Operations (module `reload`). ---
+    /// Log filter (`log_level = "info"`): a level or a tracing filter directive. `--log-level` or
+    /// `SOCKS4_LOG` override it; a reload applies it.
+    pub log_level: String,
 }
+
+/// The default log filter, `info`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The default listen address, `127.0.0.1:1080`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 1080);
@@ -157,6 +166,8 @@ impl Default for ServerConfig {
             client_limits: ClientLimits::default(),
             bandwidth: BandwidthCaps::default(),
             users: None,
+            // --- Operations. ---
+            log_level: DEFAULT_LOG_LEVEL.to_string(),
         }
     }
 }
@@ -239,6 +250,10 @@ impl ServerConfig {
         if !self.bandwidth.is_off() {
             return Err(ConfigError::Unsupported("bandwidth caps (--rate-limit-*, [bandwidth])"));
         }
+        // --- Operations. ---
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(ConfigError::LogLevel(format!("`{}`: {e}", self.log_level)));
+        }
         Ok(())
     }
 
@@ -288,6 +303,8 @@ pub enum ConfigError {
     Users(UsersError),
     /// An option this server does not enforce yet.
     Unsupported(&'static str),
+    /// The log filter is malformed.
+    LogLevel(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -310,6 +327,7 @@ impl fmt::Display for ConfigError {
             Self::File(msg) => write!(f, "config file: {msg}"),
             Self::Unsupported(what) => write!(f, "{what}: not enforced by this server yet, refusing to start"),
             Self::Users(e) => write!(f, "users file: {e}"),
+            Self::LogLevel(e) => write!(f, "bad log level {e}"),
         }
     }
 }

@@ -6,12 +6,17 @@
 //!
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
+//! - [`check`]: the effective configuration as a config file (`--check-config`);
+//! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
-//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
+//! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
+//! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
+//! - [`systemd`]: socket activation and readiness/reload/stopping notifications.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -27,10 +32,11 @@
 //! A few lines at five points; everything else lives here.
 //!
 //! ```text
-//! bind:        limiter = config.limiter(Instant::now());          // Arc<Limiter>, all workers
+//! bind:        live = LiveConfig::new(config)?;                   // Arc<LiveConfig>: verifier, limiter
 //!              bandwidth = config.bandwidth(Instant::now());      // Option<Arc<Bandwidth>>
-//!              verifier = config.verifier()?;                     // Option<Arc<Verifier>>
-//! accept:      let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
+//! accept:      let snapshot = live.snapshot();                    // kept by the connection to its end
+//!              let (limiter, verifier) = (&snapshot.limiter, &snapshot.verifier);
+//!              let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
 //!              (over max_connections: limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into()))
 //!              keep `admission` with the connection (task or slot); dropping it releases it
 //! Authorize:   with a verifier: match verifier.check_cached(user_id) {
@@ -48,13 +54,19 @@
 
 pub mod accept;
 pub mod bandwidth;
+pub mod check;
 pub mod cli;
 pub mod config;
 mod gcra;
 pub mod ident;
 pub mod limits;
+pub mod listen;
 pub mod log;
+pub mod reload;
 mod shards;
+#[cfg(unix)]
+pub mod signals;
+pub mod systemd;
 pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};

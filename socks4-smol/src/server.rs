@@ -16,8 +16,8 @@ use async_io::{Async, Timer};
 use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
-use socks4_server::limits::{Admission, Limiter, Refusal, RefusalLog};
-use socks4_server::users::Verifier;
+use socks4_server::limits::{Admission, Refusal, RefusalLog};
+use socks4_server::reload::{LiveConfig, Snapshot};
 
 use crate::conn::{ConnLog, serve};
 use crate::runtime::{Runtime, Smol};
@@ -27,8 +27,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often a worker checks whether its connections have finished during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// A connection handed from an acceptor to a worker, with its claim on the per-client limits.
-type Handoff = (TcpStream, SocketAddr, Admission);
+/// A connection handed from an acceptor to a worker, with its claim on the per-client limits and
+/// the config snapshot it runs with (taken at accept).
+type Handoff = (TcpStream, SocketAddr, Admission, Arc<Snapshot>);
 
 /// Counters shared by the acceptors and the workers.
 #[derive(Debug, Default)]
@@ -52,27 +53,38 @@ struct Shared {
 /// ```
 #[derive(Debug)]
 pub struct Server {
-    config: Arc<ServerConfig>,
+    /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
+    /// snapshot of at accept; swapped by a reload.
+    live: Arc<LiveConfig>,
     /// Each listener, with the one worker it feeds when `reuseport` gives every worker its own.
     listeners: Vec<(TcpListener, Option<usize>)>,
     addrs: Vec<SocketAddr>,
     workers: usize,
-    /// Per-client limits, shared by every acceptor.
-    limiter: Arc<Limiter>,
-    /// The users file's verifier (`--users`), shared by every worker.
-    verifier: Option<Arc<Verifier>>,
 }
 
 impl Server {
     /// Validates `config` (an open proxy beyond loopback is refused), loads its users file and
     /// binds its listen addresses. Port 0 picks a free port; see [`local_addrs`](Self::local_addrs).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        let invalid = |e: socks4_server::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-        config.validate().map_err(invalid)?;
-        let verifier = config.verifier().map_err(invalid)?;
+        let live = LiveConfig::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Self::bind_live(live, None)
+    }
+
+    /// Binds the listen addresses of `live`'s config, or serves `activated` (listening sockets,
+    /// e.g. from systemd socket activation) instead. Each connection takes `live`'s current
+    /// snapshot at accept, so [`LiveConfig::replace`] reconfigures the server for new connections.
+    pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
+        let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
+        if let Some(activated) = activated {
+            for l in activated {
+                addrs.push(l.local_addr()?);
+                listeners.push((l, None));
+            }
+            return Ok(Server { live, listeners, addrs, workers });
+        }
         for addr in config.listen_addrs() {
             if config.reuseport {
                 let first = listener(addr, true)?;
@@ -88,8 +100,7 @@ impl Server {
                 listeners.push((single, None));
             }
         }
-        let limiter = config.limiter(Instant::now());
-        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier })
+        Ok(Server { live, listeners, addrs, workers })
     }
 
     /// The addresses the server listens on (with the actual ports).
@@ -114,7 +125,7 @@ impl Server {
             stop: None,
             workers: Vec::new(),
             shared: shared.clone(),
-            grace: self.config.timeouts.shutdown_grace,
+            grace: self.live.snapshot().config.timeouts.shutdown_grace,
         };
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         handle.stop = Some(stop_tx);
@@ -129,22 +140,15 @@ impl Server {
                 Some(w) => (w % workers, senders.get(w).cloned().into_iter().collect()),
                 None => (k % workers, senders.clone()),
             };
-            let acceptor = Acceptor {
-                targets,
-                next: next.clone(),
-                shared: shared.clone(),
-                max: self.config.max_connections,
-                limiter: self.limiter.clone(),
-            };
+            let acceptor = Acceptor { targets, next: next.clone(), shared: shared.clone(), live: self.live.clone() };
             accept_tasks[home].push((listener, acceptor));
         }
         drop(senders);
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
-            let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
-            let verifier = self.verifier.clone();
+            let (live, shared, stop) = (self.live.clone(), shared.clone(), stop_rx.clone());
             let thread = thread::Builder::new()
                 .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, shared))?;
+                .spawn(move || worker::<R>(rx, acceptors, stop, live, shared))?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -245,8 +249,7 @@ struct Acceptor {
     targets: Vec<Sender<Handoff>>,
     next: Arc<AtomicUsize>,
     shared: Arc<Shared>,
-    max: usize,
-    limiter: Arc<Limiter>,
+    live: Arc<LiveConfig>,
 }
 
 /// Connections accepted in a row before the accept task lets its worker's other tasks run.
@@ -259,7 +262,7 @@ impl Acceptor {
             // The refusal summary's last lines, when no new refusal comes to write them.
             loop {
                 Timer::after(RefusalLog::DEFAULT_INTERVAL).await;
-                self.limiter.refusals().flush(Instant::now());
+                self.live.snapshot().limiter.refusals().flush(Instant::now());
             }
         };
         future::or(
@@ -305,14 +308,15 @@ impl Acceptor {
     /// refusals are summarised by the limiter's log, never one line per connection.
     fn deal(&self, stream: TcpStream, peer: SocketAddr) {
         let now = Instant::now();
+        let snapshot = self.live.snapshot();
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
-        if active >= self.max {
+        if active >= snapshot.config.max_connections {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
-            self.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
+            snapshot.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
             return;
         }
-        let Ok(admission) = self.limiter.admit(peer.ip(), now) else {
+        let Ok(admission) = snapshot.limiter.admit(peer.ip(), now) else {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         };
@@ -321,7 +325,7 @@ impl Acceptor {
             return;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        if self.targets[i].try_send((stream, peer, admission)).is_err() {
+        if self.targets[i].try_send((stream, peer, admission, snapshot)).is_err() {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("worker {i} is gone; closed {peer}");
         }
@@ -368,8 +372,7 @@ fn worker<R: Runtime>(
     rx: Receiver<Handoff>,
     acceptors: Vec<(Async<TcpListener>, Acceptor)>,
     stop: Receiver<()>,
-    config: Arc<ServerConfig>,
-    verifier: Option<Arc<Verifier>>,
+    config: Arc<LiveConfig>,
     shared: Arc<Shared>,
 ) {
     let ex = LocalExecutor::new();
@@ -379,17 +382,17 @@ fn worker<R: Runtime>(
     }
     drop(stop);
     R::block_on(ex.run(async {
-        while let Ok((stream, peer, mut admission)) = rx.recv().await {
+        while let Ok((stream, peer, mut admission, snapshot)) = rx.recv().await {
             live.set(live.get() + 1);
             let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
-            let (config, verifier) = (config.clone(), verifier.clone());
             ex.spawn(async move {
                 let _guard = guard;
                 let mut log = ConnLog::new(peer);
                 match R::from_std(stream) {
                     Ok(client) => {
                         let _ = R::set_nodelay(&client);
-                        serve::<R>(client, &config, verifier.as_ref(), &mut admission, &mut log).await;
+                        let (config, verifier) = (&snapshot.config, snapshot.verifier.as_ref());
+                        serve::<R>(client, config, verifier, &mut admission, &mut log).await;
                     }
                     Err(e) => log.finish(e),
                 }
@@ -397,7 +400,7 @@ fn worker<R: Runtime>(
             .detach();
         }
         // Shutdown: let live connections finish, up to the grace period.
-        let end = Instant::now() + config.timeouts.shutdown_grace;
+        let end = Instant::now() + config.snapshot().config.timeouts.shutdown_grace;
         while live.get() > 0 {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -412,15 +415,23 @@ fn worker<R: Runtime>(
 }
 
 impl socks4_server::cli::Serve for Server {
-    fn bind(config: ServerConfig) -> io::Result<Self> {
-        Server::bind(config)
+    type Running = ServerHandle;
+
+    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Self> {
+        Server::bind_live(live, activated)
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
         Server::local_addrs(self)
     }
 
-    fn run(self) -> io::Result<()> {
-        Server::run(self)
+    fn spawn(self) -> io::Result<ServerHandle> {
+        Server::spawn(self)
+    }
+}
+
+impl socks4_server::cli::Running for ServerHandle {
+    fn shutdown(self) {
+        ServerHandle::shutdown(self);
     }
 }

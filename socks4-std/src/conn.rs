@@ -23,6 +23,7 @@ use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
+use socks4_server::reload::Snapshot;
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
@@ -83,10 +84,6 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: Instant,
     /// The worker's clock origin (`ServerHandshake` time is `now - epoch`).
     pub(crate) epoch: Instant,
-    /// The server configuration.
-    pub(crate) config: &'a ServerConfig,
-    /// The users file's checker, with `--users`.
-    pub(crate) verifier: Option<&'a Arc<Verifier>>,
     /// The worker's read buffer.
     pub(crate) scratch: &'a mut [u8],
     /// The worker's pipes for splicing.
@@ -190,6 +187,8 @@ pub(crate) struct Conn {
     user_check: UserCheck,
     /// Its share of the admission limits, released when the connection is dropped.
     admission: Admission,
+    /// The config it runs with (rules, timeouts, users file's verifier), taken at accept.
+    snapshot: Arc<Snapshot>,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
     /// A SOCKS4a name's further addresses.
@@ -214,11 +213,11 @@ impl Conn {
     pub(crate) fn new(
         id: u64,
         slot: usize,
-        (client, client_addr, admission): (TcpStream, SocketAddr, Admission),
+        (client, client_addr, admission, snapshot): (TcpStream, SocketAddr, Admission, Arc<Snapshot>),
         ctx: &mut Ctx<'_>,
     ) -> Self {
         let _ = client.set_nodelay(true);
-        let hs = ctx.config.handshake(ctx.clock());
+        let hs = snapshot.config.handshake(ctx.clock());
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
         let mut conn = Self {
             id,
@@ -234,6 +233,7 @@ impl Conn {
             watch: false,
             user_check: UserCheck::Todo,
             admission,
+            snapshot,
             early: Vec::new(),
             candidates: Candidates::default(),
             out: Outbox::default(),
@@ -453,12 +453,14 @@ impl Conn {
                     continue;
                 }
                 Output::Resolve { host, port } => Step::Resolve(host.to_owned(), port),
-                Output::Authorize(req) => match (ctx.verifier, self.user_check) {
+                Output::Authorize(req) => match (self.snapshot.verifier.as_ref(), self.user_check) {
                     (None, _) => Step::Authorize,
                     (Some(_), UserCheck::Pending) => Step::AwaitUser,
-                    (Some(_), UserCheck::Passed) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                    (Some(_), UserCheck::Passed) => {
+                        Step::Decide(decide_named(&self.snapshot.config, self.client_addr, req))
+                    }
                     (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
-                        Some(Ok(())) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                        Some(Ok(())) => Step::Decide(decide_named(&self.snapshot.config, self.client_addr, req)),
                         Some(Err(e)) => {
                             users::log_refusal(self.client_addr, req.user_id, e);
                             Step::Refuse(e.reply_code())
@@ -486,7 +488,7 @@ impl Conn {
                     let task = self
                         .client
                         .local_addr()
-                        .map(|local| Task::Ident(self.client_addr, local, ctx.config.timeouts.ident));
+                        .map(|local| Task::Ident(self.client_addr, local, self.snapshot.config.timeouts.ident));
                     started = true;
                     if !task.is_ok_and(|task| self.ask(ctx, task)) {
                         let _ = self.hs.handle_ident(now, Err(Failure::Other));
@@ -500,7 +502,7 @@ impl Conn {
                 }
                 Step::Authorize => {
                     let ip = self.client_addr.ip().to_canonical();
-                    if let Err(e) = self.hs.authorize(now, &ctx.config.rules, ip) {
+                    if let Err(e) = self.hs.authorize(now, &self.snapshot.config.rules, ip) {
                         return self.finish(&e.to_string());
                     }
                 }
@@ -685,7 +687,7 @@ impl Conn {
             return self.finish("relay without an upstream connection");
         }
         let now = self.relay_clock(ctx);
-        self.relay = Relay::new(now, ctx.config.timeouts.idle);
+        self.relay = Relay::new(now, self.snapshot.config.timeouts.idle);
         let early = std::mem::take(&mut self.early);
         self.relay.handle_read(now, RelaySide::Client, early.len());
         let up = Dir::with_pending(early);
@@ -950,6 +952,6 @@ fn is_in_progress(e: &io::Error) -> bool {
 }
 
 /// With `--users`, once the user id passed: the rules decide on the user's name, not the token.
-fn decide_named(ctx: &Ctx<'_>, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
-    ctx.config.rules.decide(client.ip().to_canonical(), &users::named(req))
+fn decide_named(config: &ServerConfig, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
+    config.rules.decide(client.ip().to_canonical(), &users::named(req))
 }

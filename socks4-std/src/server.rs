@@ -9,16 +9,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use polling::{Event, Events, Poller};
-use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
-use socks4_server::limits::{Admission, Limiter, Refusal};
-use socks4_server::users::Verifier;
+use socks4_server::limits::{Admission, Refusal};
+use socks4_server::reload::{LiveConfig, Snapshot};
 
 use crate::resolver::{self, RESOLVER_THREADS};
 use crate::worker::{Msg, Shared, Worker};
 
-/// Listen backlog.
-const BACKLOG: i32 = 1024;
 /// Pause after an accept error such as EMFILE.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accepts per listener wake-up before looking at the others.
@@ -45,10 +42,10 @@ pub struct Server {
     /// One group per listen address: one listener, or (reuseport) one per worker.
     listeners: Vec<Vec<TcpListener>>,
     workers: usize,
-    config: Arc<ServerConfig>,
+    /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
+    /// snapshot of at accept; swapped by a reload.
+    live: Arc<LiveConfig>,
     splice: bool,
-    limiter: Arc<Limiter>,
-    verifier: Option<Arc<Verifier>>,
 }
 
 impl Server {
@@ -57,23 +54,19 @@ impl Server {
     /// The config should have been validated (`ServerConfig::validate`); an invalid one, or an
     /// unreadable users file, is refused with `InvalidInput`.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        let invalid = |e: socks4_server::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-        config.validate().map_err(invalid)?;
-        let verifier = config.verifier().map_err(invalid)?;
-        let limiter = config.limiter(Instant::now());
+        let live = LiveConfig::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Self::bind_live(live, None)
+    }
+
+    /// Binds the listen addresses of `live`'s config, or serves `activated` (listening,
+    /// non-blocking sockets, e.g. from systemd socket activation) instead. Each connection takes
+    /// `live`'s current snapshot at accept, so [`LiveConfig::replace`] reconfigures the server for
+    /// new connections.
+    pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
+        let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
-        let per_address = if config.reuseport { workers } else { 1 };
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for addr in config.listen_addrs() {
-            let first = listen(addr, config.reuseport)?;
-            let bound = first.local_addr()?;
-            let mut group = vec![first];
-            for _ in 1..per_address {
-                group.push(listen(bound, true)?);
-            }
-            listeners.push(group);
-        }
-        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier })
+        let listeners = socks4_server::listen::listeners(config, workers, activated)?;
+        Ok(Server { listeners, workers, live, splice: true })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
@@ -93,7 +86,7 @@ impl Server {
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let addrs = self.local_addrs();
         let workers = self.workers;
-        let reuseport = self.config.reuseport;
+        let reuseport = self.live.snapshot().config.reuseport;
         // Reuseport: worker i gets the i-th listener of every group; otherwise the acceptor gets all.
         let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut for_acceptor = Vec::new();
@@ -107,7 +100,7 @@ impl Server {
             }
         }
         let mut per_worker = per_worker.into_iter();
-        let shared = Arc::new(Shared::new(self.limiter));
+        let shared = Arc::new(Shared::new(self.live));
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
         let mut links = Vec::with_capacity(workers);
@@ -119,8 +112,6 @@ impl Server {
                 inbox_rx: rx,
                 inbox_tx: tx.clone(),
                 resolver: resolver.clone(),
-                config: Arc::clone(&self.config),
-                verifier: self.verifier.clone(),
                 shared: Arc::clone(&shared),
                 listeners: per_worker.next().unwrap_or_default(),
                 splice: self.splice,
@@ -137,13 +128,7 @@ impl Server {
             return Ok(handle);
         }
         let poller = Arc::new(Poller::new()?);
-        let acceptor = Acceptor {
-            listeners: for_acceptor,
-            poller: Arc::clone(&poller),
-            workers: links,
-            shared,
-            max_connections: self.config.max_connections,
-        };
+        let acceptor = Acceptor { listeners: for_acceptor, poller: Arc::clone(&poller), workers: links, shared };
         let thread =
             thread::Builder::new().name("socks4-accept".into()).stack_size(STACK).spawn(move || acceptor.run())?;
         handle.acceptor = Some((poller, thread));
@@ -161,25 +146,6 @@ impl Server {
         handle.shutdown();
         Ok(())
     }
-}
-
-/// Binds one listener (SO_REUSEADDR, IPv6-only for IPv6 addresses, non-blocking, and
-/// SO_REUSEPORT if asked).
-fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts the server down like [`shutdown`](Self::shutdown).
@@ -250,7 +216,6 @@ struct Acceptor {
     poller: Arc<Poller>,
     workers: Vec<WorkerLink>,
     shared: Arc<Shared>,
-    max_connections: usize,
 }
 
 impl Acceptor {
@@ -275,7 +240,7 @@ impl Acceptor {
             }
             let mut back_off = false;
             let now = Instant::now();
-            self.shared.limiter.refusals().flush(now);
+            self.shared.config.snapshot().limiter.refusals().flush(now);
             for ev in events.iter() {
                 let Some(listener) = self.listeners.get(ev.key) else { continue };
                 for _ in 0..ACCEPTS_PER_WAKE {
@@ -319,10 +284,10 @@ impl Acceptor {
 
     /// Hands a connection to the next worker and marks it in `wake`.
     fn dispatch(&self, stream: TcpStream, addr: SocketAddr, now: Instant, next: &mut usize, wake: &mut [bool]) {
-        let Some(admission) = admit(&self.shared, self.max_connections, addr, now) else { return };
+        let Some((admission, snapshot)) = admit(&self.shared, addr, now) else { return };
         // Round-robin; a worker that is gone (it cannot be, short of a bug) passes its turn on.
         let n = self.workers.len();
-        let mut msg = Msg::Conn(stream, addr, admission);
+        let mut msg = Msg::Conn(stream, addr, admission, snapshot);
         for _ in 0..n {
             let i = *next % n;
             *next = (*next + 1) % n;
@@ -387,34 +352,46 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAd
     Ok((stream, addr))
 }
 
-/// Applies the connection limit, then the per-client limits; `None` if the connection is to be
-/// closed at once, sending nothing (the limiter's summary line tells refusals, not one line each).
-/// Nothing else happens on the accepting thread: the worker sets the socket's options.
-pub(crate) fn admit(shared: &Shared, max_connections: usize, addr: SocketAddr, now: Instant) -> Option<Admission> {
+/// Takes the current config snapshot and applies its connection limit, then its per-client limits;
+/// `None` if the connection is to be closed at once, sending nothing (the limiter's summary line
+/// tells refusals, not one line each). Nothing else happens on the accepting thread: the worker
+/// sets the socket's options.
+pub(crate) fn admit(shared: &Shared, addr: SocketAddr, now: Instant) -> Option<(Admission, Arc<Snapshot>)> {
+    let snapshot = shared.config.snapshot();
     let live = shared.live.fetch_add(1, Ordering::SeqCst);
-    if live >= max_connections {
+    if live >= snapshot.config.max_connections {
         shared.live.fetch_sub(1, Ordering::SeqCst);
         shared.refused.fetch_add(1, Ordering::SeqCst);
-        shared.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
+        snapshot.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
         return None;
     }
-    let admitted = shared.limiter.admit(addr.ip(), now).ok();
-    if admitted.is_none() {
-        shared.live.fetch_sub(1, Ordering::SeqCst);
+    match snapshot.limiter.admit(addr.ip(), now) {
+        Ok(admission) => Some((admission, snapshot)),
+        Err(_counted_by_the_limiter) => {
+            shared.live.fetch_sub(1, Ordering::SeqCst);
+            None
+        }
     }
-    admitted
 }
 
 impl socks4_server::cli::Serve for Server {
-    fn bind(config: ServerConfig) -> io::Result<Self> {
-        Server::bind(config)
+    type Running = ServerHandle;
+
+    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Self> {
+        Server::bind_live(live, activated)
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
         Server::local_addrs(self)
     }
 
-    fn run(self) -> io::Result<()> {
-        Server::run(self)
+    fn spawn(self) -> io::Result<ServerHandle> {
+        Server::spawn(self)
+    }
+}
+
+impl socks4_server::cli::Running for ServerHandle {
+    fn shutdown(self) {
+        ServerHandle::shutdown(self);
     }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use polling::{Events, Poller};
 use slab::Slab;
-use socks4_server::ServerConfig;
-use socks4_server::limits::{Admission, Limiter};
-use socks4_server::users::{AuthError, Verifier};
+use socks4_server::limits::Admission;
+use socks4_server::reload::{LiveConfig, Snapshot};
+use socks4_server::users::AuthError;
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
 use crate::resolver::Job;
@@ -25,8 +25,9 @@ const SCRATCH: usize = 64 * 1024;
 /// A message to a worker.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// A newly accepted connection (non-blocking), its peer address and its admission.
-    Conn(TcpStream, SocketAddr, Admission),
+    /// A newly accepted connection (non-blocking), its peer address, its admission and the config
+    /// snapshot it runs with.
+    Conn(TcpStream, SocketAddr, Admission, Arc<Snapshot>),
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
         /// The connection's slot.
@@ -59,8 +60,9 @@ pub(crate) enum Msg {
 /// State shared by the acceptor, the workers and the handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The per-client admission limits.
-    pub(crate) limiter: Arc<Limiter>,
+    /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
+    /// snapshot of at accept; swapped by a reload.
+    pub(crate) config: Arc<LiveConfig>,
     /// Connections accepted and not yet closed.
     pub(crate) live: AtomicUsize,
     /// Connections closed at once because of the connection limit.
@@ -74,9 +76,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
+    pub(crate) fn new(config: Arc<LiveConfig>) -> Self {
         Self {
-            limiter,
+            config,
             live: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),
@@ -92,9 +94,6 @@ pub(crate) struct Worker {
     pub(crate) inbox_rx: Receiver<Msg>,
     pub(crate) inbox_tx: Sender<Msg>,
     pub(crate) resolver: Sender<Job>,
-    pub(crate) config: Arc<ServerConfig>,
-    /// The users file's checker, with `--users`.
-    pub(crate) verifier: Option<Arc<Verifier>>,
     pub(crate) shared: Arc<Shared>,
     /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
     pub(crate) listeners: Vec<TcpListener>,
@@ -108,14 +107,14 @@ const LISTENER_KEY: usize = KEYS_PER_CONN - 1;
 impl Worker {
     /// Runs the event loop until drained after shutdown.
     pub(crate) fn run(self) {
-        let Worker { poller, inbox_rx, inbox_tx, resolver, config, verifier, shared, mut listeners, splice } = self;
+        let Worker { poller, inbox_rx, inbox_tx, resolver, shared, mut listeners, splice } = self;
         for (i, l) in listeners.iter().enumerate() {
             // SAFETY: the listeners are deleted from the poller (`close_listeners`) before being dropped.
             if let Err(e) = unsafe { poller.add(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY)) } {
                 tracing::error!("cannot watch listener {:?}: {e}", l.local_addr());
             }
         }
-        let mut accepted: Vec<(TcpStream, SocketAddr, Admission)> = Vec::new();
+        let mut accepted: Vec<(TcpStream, SocketAddr, Admission, Arc<Snapshot>)> = Vec::new();
         let mut accept_paused: Option<Instant> = None;
         let epoch = Instant::now();
         let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
@@ -145,8 +144,6 @@ impl Worker {
                 poller: &poller,
                 now,
                 epoch,
-                config: &config,
-                verifier: verifier.as_ref(),
                 scratch: &mut scratch,
                 pipes: &mut pipes,
                 resolver: &resolver,
@@ -164,8 +161,8 @@ impl Worker {
                     for _ in 0..ACCEPTS_PER_WAKE {
                         match accept_one(listener, &shared) {
                             Accepted::Conn(stream, addr) => {
-                                if let Some(admission) = admit(&shared, config.max_connections, addr, now) {
-                                    accepted.push((stream, addr, admission));
+                                if let Some((admission, snapshot)) = admit(&shared, addr, now) {
+                                    accepted.push((stream, addr, admission, snapshot));
                                 }
                             }
                             Accepted::Again => {}
@@ -185,11 +182,11 @@ impl Worker {
                 touched.push(slot);
             }
 
-            for (stream, addr, admission) in accepted.drain(..) {
+            for accepted in accepted.drain(..) {
                 let entry = conns.vacant_entry();
                 let slot = entry.key();
                 next_id += 1;
-                entry.insert(Conn::new(next_id, slot, (stream, addr, admission), &mut ctx));
+                entry.insert(Conn::new(next_id, slot, accepted, &mut ctx));
                 touched.push(slot);
             }
             if accept_paused.is_some_and(|t| now >= t) {
@@ -205,11 +202,11 @@ impl Worker {
             }
             loop {
                 match inbox_rx.try_recv() {
-                    Ok(Msg::Conn(stream, addr, admission)) => {
+                    Ok(Msg::Conn(stream, addr, admission, snapshot)) => {
                         let entry = conns.vacant_entry();
                         let slot = entry.key();
                         next_id += 1;
-                        entry.insert(Conn::new(next_id, slot, (stream, addr, admission), &mut ctx));
+                        entry.insert(Conn::new(next_id, slot, (stream, addr, admission, snapshot), &mut ctx));
                         touched.push(slot);
                     }
                     Ok(Msg::Resolved { slot, id, candidates }) => {
@@ -243,11 +240,11 @@ impl Worker {
             }
 
             if next_flush.is_some_and(|t| now >= t) {
-                shared.limiter.refusals().flush(now);
+                shared.config.snapshot().limiter.refusals().flush(now);
                 next_flush = Some(now + REFUSAL_FLUSH);
             }
             if grace_end.is_none() && draining {
-                grace_end = Some(now + config.timeouts.shutdown_grace);
+                grace_end = Some(now + shared.config.snapshot().config.timeouts.shutdown_grace);
                 close_listeners(&poller, &mut listeners);
                 next_flush = None;
             }

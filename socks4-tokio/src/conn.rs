@@ -15,7 +15,8 @@ use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::{self, write_all};
-use crate::server::{ActiveGuard, Shared};
+use crate::server::ActiveGuard;
+use socks4_server::reload::Snapshot;
 
 /// Read buffer for the request; a request is at most [`socks4_core::MAX_REQUEST_LEN`] bytes.
 const HANDSHAKE_BUF: usize = 1024;
@@ -122,7 +123,7 @@ async fn handshake_and_relay(
 async fn handshake(
     client: &TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &Snapshot,
     admission: &mut Admission,
     record: &mut Record,
 ) -> Result<(TcpStream, Vec<u8>), ConnError> {
@@ -274,7 +275,7 @@ async fn handshake(
 async fn authorize(
     hs: &mut ServerHandshake,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &Snapshot,
     now: &impl Fn() -> Duration,
 ) -> Result<(), socks4_core::Misuse> {
     let rules = &shared.config.rules;
@@ -413,7 +414,8 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let stream = TcpStream::connect(addr).await.unwrap();
-            let shared = Arc::new(Shared::new(ServerConfig::default()).unwrap());
+            let live = socks4_server::reload::LiveConfig::new(ServerConfig::default()).unwrap();
+            let shared = Arc::new(crate::server::Shared::new(live));
             let guard = shared.admit(addr).unwrap();
             let task = serve(stream, addr, guard);
             let size = std::mem::size_of_val(&task);

@@ -57,7 +57,7 @@ pub(crate) fn start(
     stop: watch::Receiver<bool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(workers + 1);
-    if shared.config.reuseport {
+    if shared.live.snapshot().config.reuseport {
         let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
         for group in listeners {
             for (i, l) in group.into_iter().enumerate() {
@@ -180,7 +180,7 @@ async fn flush_refusals(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {
-                shared.limiter.refusals().flush(Instant::now());
+                shared.live.snapshot().limiter.refusals().flush(Instant::now());
             }
         }
     }
@@ -188,7 +188,7 @@ async fn flush_refusals(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// Waits until no connection is left or the grace period ends.
 async fn drain(shared: &Shared) {
-    let deadline = tokio::time::Instant::now() + shared.config.timeouts.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + shared.live.snapshot().config.timeouts.shutdown_grace;
     while shared.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(DRAIN_POLL).await;
     }

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
-use socks4_server::limits::{Admission, Limiter, Refusal};
-use socks4_server::users::Verifier;
+use socks4_server::limits::{Admission, Refusal};
+use socks4_server::reload::{LiveConfig, Snapshot};
 use tokio::sync::watch;
 
 use crate::pool;
@@ -18,11 +17,9 @@ use crate::pool;
 /// State shared by the acceptor and all workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    /// Per-client limits, checked at accept.
-    pub(crate) limiter: Arc<Limiter>,
-    /// The users file's verifier, with `--users`.
-    pub(crate) verifier: Option<Arc<Verifier>>,
+    /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
+    /// snapshot of at accept; swapped by a reload.
+    pub(crate) live: Arc<LiveConfig>,
     /// Connections being served right now.
     pub(crate) active: AtomicUsize,
     /// Connections accepted and served (not counting those over the limit).
@@ -32,35 +29,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Fresh counters and limiter for `config`; loads its users file, if any.
-    pub(crate) fn new(config: ServerConfig) -> io::Result<Self> {
-        let verifier = config.verifier().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        Ok(Shared {
-            limiter: config.limiter(Instant::now()),
-            verifier,
-            config,
-            active: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            over_limit: AtomicU64::new(0),
-        })
+    /// Fresh counters for `live`.
+    pub(crate) fn new(live: Arc<LiveConfig>) -> Self {
+        Shared { live, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) }
     }
 
     /// Counts a newly accepted connection in, unless `max_connections` or a per-client limit
     /// refuses it. Refusals are not logged one by one: the limiter's `RefusalLog` summarises them.
     pub(crate) fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<ActiveGuard> {
         let now = Instant::now();
-        let max = self.config.max_connections;
+        let snapshot = self.live.snapshot();
+        let max = snapshot.config.max_connections;
         let admitted =
             self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok();
         if !admitted {
             self.over_limit.fetch_add(1, Ordering::Relaxed);
-            self.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
+            snapshot.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
             return None;
         }
-        match self.limiter.admit(client.ip(), now) {
+        match snapshot.limiter.admit(client.ip(), now) {
             Ok(admission) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                Some(ActiveGuard { shared: Arc::clone(self), admission })
+                Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot })
             }
             Err(_counted_by_the_limiter) => {
                 self.active.fetch_sub(1, Ordering::AcqRel);
@@ -76,12 +66,14 @@ impl Shared {
 pub(crate) struct ActiveGuard {
     shared: Arc<Shared>,
     admission: Admission,
+    /// The config this connection runs with, taken at accept.
+    snapshot: Arc<Snapshot>,
 }
 
 impl ActiveGuard {
-    /// The server state this connection belongs to, and its admission (to end its handshake).
-    pub(crate) fn parts(&mut self) -> (&Shared, &mut Admission) {
-        (&self.shared, &mut self.admission)
+    /// The config snapshot this connection runs with, and its admission (to end its handshake).
+    pub(crate) fn parts(&mut self) -> (&Snapshot, &mut Admission) {
+        (&self.snapshot, &mut self.admission)
     }
 }
 
@@ -112,22 +104,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `config` and binds its listen addresses (port 0 picks a free port).
+    /// Validates `config`, loads its users file and binds its listen addresses (port 0 picks a
+    /// free port).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let live = LiveConfig::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Self::bind_live(live, None)
+    }
+
+    /// Binds the listen addresses of `live`'s config, or serves `activated` (listening,
+    /// non-blocking sockets, e.g. from systemd socket activation) instead. Each connection takes
+    /// `live`'s current snapshot at accept, so [`LiveConfig::replace`] reconfigures the server for
+    /// new connections.
+    pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
+        let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let per_address = if config.reuseport { workers } else { 1 };
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for addr in config.listen_addrs() {
-            let first = listen(addr, config.reuseport)?;
-            let bound = first.local_addr()?;
-            let mut group = vec![first];
-            for _ in 1..per_address {
-                group.push(listen(bound, true)?);
-            }
-            listeners.push(group);
-        }
-        Ok(Server { shared: Arc::new(Shared::new(config)?), workers, listeners })
+        let listeners = socks4_server::listen::listeners(config, workers, activated)?;
+        Ok(Server { shared: Arc::new(Shared::new(live)), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.
@@ -135,9 +127,14 @@ impl Server {
         self.listeners.iter().filter_map(|group| group.first()?.local_addr().ok()).collect()
     }
 
-    /// The configuration the server runs with.
-    pub fn config(&self) -> &ServerConfig {
-        &self.shared.config
+    /// The configuration new connections get now.
+    pub fn config(&self) -> ServerConfig {
+        self.shared.live.snapshot().config.clone()
+    }
+
+    /// The live configuration: [`LiveConfig::replace`] reconfigures the server for new connections.
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.shared.live
     }
 
     /// Starts the workers (and the acceptor, unless in reuseport mode) in background threads.
@@ -174,23 +171,6 @@ async fn wait_for_signal() -> io::Result<()> {
     {
         tokio::signal::ctrl_c().await
     }
-}
-
-/// Creates a non-blocking listener (IPv6 ones are IPv6-only, so `[::]` and `0.0.0.0` can coexist).
-fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).
@@ -234,15 +214,23 @@ impl Drop for ServerHandle {
 }
 
 impl socks4_server::cli::Serve for Server {
-    fn bind(config: ServerConfig) -> io::Result<Self> {
-        Server::bind(config)
+    type Running = ServerHandle;
+
+    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Self> {
+        Server::bind_live(live, activated)
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
         Server::local_addrs(self)
     }
 
-    fn run(self) -> io::Result<()> {
-        Server::run(self)
+    fn spawn(self) -> io::Result<ServerHandle> {
+        Server::spawn(self)
+    }
+}
+
+impl socks4_server::cli::Running for ServerHandle {
+    fn shutdown(self) {
+        ServerHandle::shutdown(self);
     }
 }

@@ -1,0 +1,66 @@
+//! The listening sockets a server serves: bound from the config's listen addresses (one per
+//! address, or with `reuseport` one per worker on each), or passed by socket activation.
+//!
+//! ```
+//! use socks4_server::{ServerConfig, listen::listeners};
+//! let mut config = ServerConfig::default();
+//! config.listen = vec!["127.0.0.1:0".parse()?];
+//! let groups = listeners(&config, 2, None)?;
+//! assert_eq!(groups.len(), 1, "one group per listen address");
+//! assert!(groups[0][0].local_addr()?.port() != 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::ServerConfig;
+
+/// The listen backlog.
+pub const BACKLOG: i32 = 1024;
+
+/// Per listen address of `config`, its listeners: one, or (`reuseport`) one per worker, all on the
+/// port the first one got. With `activated` (socket activation) each of those is a group of its own
+/// instead, and nothing is bound.
+pub fn listeners(
+    config: &ServerConfig,
+    workers: usize,
+    activated: Option<Vec<TcpListener>>,
+) -> io::Result<Vec<Vec<TcpListener>>> {
+    if let Some(activated) = activated {
+        return Ok(activated.into_iter().map(|l| vec![l]).collect());
+    }
+    let per_address = if config.reuseport { workers } else { 1 };
+    let mut groups = Vec::with_capacity(config.listen.len());
+    for addr in config.listen_addrs() {
+        let first = listen(addr, config.reuseport)?;
+        let bound = first.local_addr()?;
+        let mut group = vec![first];
+        for _ in 1..per_address {
+            group.push(listen(bound, true)?);
+        }
+        groups.push(group);
+    }
+    Ok(groups)
+}
+
+/// Binds one non-blocking listener: `SO_REUSEADDR`, IPv6-only for IPv6 addresses (so `[::]` and
+/// `0.0.0.0` can coexist), and `SO_REUSEPORT` if asked.
+pub fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuseport {
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

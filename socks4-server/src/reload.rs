@@ -1,0 +1,200 @@
+//! Live configuration: the [`Snapshot`] each new connection takes at accept, swapped atomically
+//! (with `arc-swap`) when the config is reloaded, so live connections keep the one they started
+//! with and new ones get the new one.
+//!
+//! ```
+//! use socks4_server::{ServerConfig, reload::LiveConfig};
+//! use socks4_core::rules::Rules;
+//! let live = LiveConfig::new(ServerConfig::default())?;
+//! let before = live.snapshot(); // a connection accepted now keeps this one
+//! let mut next = ServerConfig::default();
+//! next.rules = Rules::parse("deny port 25\nallow any")?;
+//! let change = live.replace(next)?;
+//! assert!(change.restart_needed.is_empty());
+//! assert!(before.config.rules.is_empty(), "the old snapshot is untouched");
+//! assert_eq!(live.snapshot().config.rules.0.len(), 2, "new connections get the new rules");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! What a reload changes, and what it does not:
+//!
+//! - rules, users file, timeouts, `max_connections`, `safe_socks`, `[limits]`, `[client_limits]`
+//!   and the log level apply to connections accepted after the swap; connections already accepted
+//!   keep their snapshot to the end (a relay is never cut or re-checked by a reload);
+//! - listen addresses, `workers` and `reuseport` are bind-time settings: a change is listed in
+//!   [`Change::restart_needed`] (the server logs it) and otherwise ignored;
+//! - per-client counts: the [`Limiter`] is kept as long as `[client_limits]` is unchanged, so the
+//!   counts and rate buckets carry over. When the limits change a new limiter counts the
+//!   connections accepted after the swap; connections admitted before release their slots into the
+//!   old one, which is dropped with its last connection. (So a client can hold the old limit's
+//!   worth of old connections plus the new limit's worth of new ones for as long as the old ones
+//!   last; a limiter whose limits change in place would need every counter re-checked.)
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::limits::Limiter;
+use crate::users::Verifier;
+
+/// What a connection runs with, from accept to close: the config and what is built from it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: ServerConfig,
+    /// The users file's verifier, when the config names one.
+    pub verifier: Option<Arc<Verifier>>,
+    /// The per-client admission limits (shared with the next snapshot while the limits are equal).
+    pub limiter: Arc<Limiter>,
+}
+
+impl Snapshot {
+    fn build(config: ServerConfig, limiter: Option<&Arc<Limiter>>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let verifier = config.verifier()?;
+        let limiter = match limiter {
+            Some(l) if *l.limits() == config.client_limits => Arc::clone(l),
+            _ => config.limiter(Instant::now()),
+        };
+        Ok(Self { config, verifier, limiter })
+    }
+}
+
+/// The current [`Snapshot`], replaced as a whole by [`replace`](Self::replace). Shared (`Arc`) by
+/// the acceptors, which take a snapshot per connection, and whoever reloads.
+#[derive(Debug)]
+pub struct LiveConfig {
+    current: ArcSwap<Snapshot>,
+    /// The bind-time settings the server was started with, to tell a reload that changes them.
+    bound: ServerConfig,
+}
+
+impl LiveConfig {
+    /// Validates `config`, loads its users file and builds its limiter.
+    pub fn new(config: ServerConfig) -> Result<Arc<Self>, ConfigError> {
+        let snapshot = Snapshot::build(config.clone(), None)?;
+        Ok(Arc::new(Self { current: ArcSwap::from_pointee(snapshot), bound: config }))
+    }
+
+    /// The current snapshot: take it once per connection, at accept, and keep it.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Validates `config`, loads its users file and swaps it in for new connections. On error the
+    /// current snapshot stays. Bind-time settings that differ from the running server's are
+    /// listed in the [`Change`] and not applied (the new snapshot keeps the running ones).
+    pub fn replace(&self, mut config: ServerConfig) -> Result<Change, ConfigError> {
+        let restart_needed = restart_needed(&self.bound, &config);
+        config.listen.clone_from(&self.bound.listen);
+        config.workers = self.bound.workers;
+        config.reuseport = self.bound.reuseport;
+        let old = self.current.load();
+        let next = Snapshot::build(config, Some(&old.limiter))?;
+        let limits_changed = !Arc::ptr_eq(&old.limiter, &next.limiter);
+        if limits_changed {
+            // The old limiter's pending refusal summary is written now, not lost with it.
+            old.limiter.refusals().flush(Instant::now());
+        }
+        drop(old);
+        self.current.store(Arc::new(next));
+        Ok(Change { restart_needed, limits_changed })
+    }
+}
+
+/// What a successful [`LiveConfig::replace`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Change {
+    /// Bind-time settings that changed and were not applied (`listen`, `workers`, `reuseport`).
+    pub restart_needed: Vec<&'static str>,
+    /// `[client_limits]` changed: new connections are counted by a new limiter.
+    pub limits_changed: bool,
+}
+
+/// The bind-time settings in which `new` differs from `old`.
+///
+/// ```
+/// use socks4_server::{ServerConfig, reload::restart_needed};
+/// let old = ServerConfig::default();
+/// let mut new = old.clone();
+/// new.workers = Some(8);
+/// assert_eq!(restart_needed(&old, &new), ["workers"]);
+/// ```
+pub fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen_addrs().ne(new.listen_addrs()) {
+        changed.push("listen");
+    }
+    if old.workers != new.workers {
+        changed.push("workers");
+    }
+    if old.reuseport != new.reuseport {
+        changed.push("reuseport");
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::ClientLimits;
+
+    fn config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
+        let mut c = ServerConfig::default();
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn a_bad_config_keeps_the_old_snapshot() {
+        let live = LiveConfig::new(ServerConfig::default()).unwrap();
+        let before = live.snapshot();
+        let bad = config(|c| c.max_connections = 0);
+        assert_eq!(live.replace(bad).unwrap_err(), ConfigError::Zero("max_connections"));
+        let missing_users = config(|c| c.users = Some("/nonexistent/users".into()));
+        assert!(matches!(live.replace(missing_users), Err(ConfigError::Users(_))));
+        assert!(Arc::ptr_eq(&before, &live.snapshot()), "nothing was swapped");
+    }
+
+    #[test]
+    fn bind_time_settings_are_reported_and_kept() {
+        let live = LiveConfig::new(config(|c| {
+            c.listen = vec!["127.0.0.1:1080".parse().unwrap()];
+            c.workers = Some(2);
+        }))
+        .unwrap();
+        let next = config(|c| {
+            c.listen = vec!["[::ffff:127.0.0.1]:1080".parse().unwrap()]; // the same, spelt otherwise
+            c.workers = Some(4);
+            c.reuseport = true;
+            c.max_connections = 5;
+        });
+        let change = live.replace(next).unwrap();
+        assert_eq!(change.restart_needed, ["workers", "reuseport"]);
+        let now = live.snapshot();
+        assert_eq!((now.config.workers, now.config.reuseport, now.config.max_connections), (Some(2), false, 5));
+        // An open listener in the new file would be refused anyway; the running one is what counts.
+        let open = config(|c| c.listen = vec!["0.0.0.0:1080".parse().unwrap()]);
+        assert_eq!(live.replace(open).unwrap().restart_needed, ["listen", "workers"]);
+    }
+
+    #[test]
+    fn the_limiter_carries_over_unless_the_limits_change() {
+        let live = LiveConfig::new(ServerConfig::default()).unwrap();
+        let first = live.snapshot();
+        let admission = first.limiter.admit("10.0.0.1".parse().unwrap(), Instant::now()).unwrap();
+        assert!(!live.replace(ServerConfig::default()).unwrap().limits_changed);
+        assert!(Arc::ptr_eq(&first.limiter, &live.snapshot().limiter), "counts carry over");
+        let tighter = config(|c| c.client_limits = ClientLimits { max_per_client: 1, ..ClientLimits::default() });
+        assert!(live.replace(tighter).unwrap().limits_changed);
+        let second = live.snapshot();
+        assert!(!Arc::ptr_eq(&first.limiter, &second.limiter));
+        assert_eq!(first.limiter.connections_of("10.0.0.1".parse().unwrap()), 1);
+        drop(admission); // releases into the old limiter
+        assert_eq!(first.limiter.connections_of("10.0.0.1".parse().unwrap()), 0);
+    }
+}
