@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
+use socks4_server::bandwidth::Bandwidth;
 use socks4_server::limits::{Admission, Limiter, Refusal};
 use socks4_server::users::Verifier;
 use tokio::sync::watch;
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<Limiter>,
     /// The users file's verifier, with `--users`.
     pub(crate) verifier: Option<Arc<Verifier>>,
+    /// The bandwidth caps' shared buckets; `None` when no cap is set.
+    pub(crate) bandwidth: Option<Arc<Bandwidth>>,
     /// Connections being served right now.
     pub(crate) active: AtomicUsize,
     /// Connections accepted and served (not counting those over the limit).
@@ -37,6 +40,7 @@ impl Shared {
         let verifier = config.verifier().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         Ok(Shared {
             limiter: config.limiter(Instant::now()),
+            bandwidth: config.bandwidth(Instant::now()),
             verifier,
             config,
             active: AtomicUsize::new(0),
