@@ -528,8 +528,11 @@ impl Limiter {
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     pub fn bind_wait(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<BindWait, Refusal> {
+        self.bind_wait_of(ClientKey::from(client), now)
+    }
+
+    fn bind_wait_of(self: &Arc<Self>, key: ClientKey, now: Instant) -> Result<BindWait, Refusal> {
         let (max, per_client) = (self.limits.max_bind_waits, self.limits.max_bind_waits_per_client);
-        let key = ClientKey::from(client);
         if max == 0 && per_client == 0 {
             return Ok(BindWait { limiter: None, client: key });
         }
@@ -624,6 +627,11 @@ impl Admission {
     /// The client it counts against.
     pub fn client(&self) -> ClientKey {
         self.client
+    }
+
+    /// This connection's BIND is about to listen: [`Limiter::bind_wait`] for its client.
+    pub fn bind_wait(&self, now: Instant) -> Result<BindWait, Refusal> {
+        self.limiter.bind_wait_of(self.client, now)
     }
 }
 

@@ -16,6 +16,7 @@ use async_io::{Async, Timer};
 use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
+use socks4_server::bandwidth::Bandwidth;
 use socks4_server::limits::{Admission, Limiter, Refusal, RefusalLog};
 use socks4_server::users::Verifier;
 
@@ -61,6 +62,8 @@ pub struct Server {
     limiter: Arc<Limiter>,
     /// The users file's verifier (`--users`), shared by every worker.
     verifier: Option<Arc<Verifier>>,
+    /// The bandwidth caps' shared buckets; `None` when no cap is set.
+    bandwidth: Option<Arc<Bandwidth>>,
 }
 
 impl Server {
@@ -89,7 +92,8 @@ impl Server {
             }
         }
         let limiter = config.limiter(Instant::now());
-        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier })
+        let bandwidth = config.bandwidth(Instant::now());
+        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier, bandwidth })
     }
 
     /// The addresses the server listens on (with the actual ports).
@@ -141,10 +145,10 @@ impl Server {
         drop(senders);
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
-            let verifier = self.verifier.clone();
+            let (verifier, bandwidth) = (self.verifier.clone(), self.bandwidth.clone());
             let thread = thread::Builder::new()
                 .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, shared))?;
+                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, bandwidth, shared))?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -370,8 +374,10 @@ fn worker<R: Runtime>(
     stop: Receiver<()>,
     config: Arc<ServerConfig>,
     verifier: Option<Arc<Verifier>>,
+    bandwidth: Option<Arc<Bandwidth>>,
     shared: Arc<Shared>,
 ) {
+    let bandwidth = bandwidth.as_deref();
     let ex = LocalExecutor::new();
     let live = Rc::new(Cell::new(0usize));
     for (listener, acceptor) in acceptors {
@@ -389,7 +395,7 @@ fn worker<R: Runtime>(
                 match R::from_std(stream) {
                     Ok(client) => {
                         let _ = R::set_nodelay(&client);
-                        serve::<R>(client, &config, verifier.as_ref(), &mut admission, &mut log).await;
+                        serve::<R>(client, &config, verifier.as_ref(), bandwidth, &mut admission, &mut log).await;
                     }
                     Err(e) => log.finish(e),
                 }

@@ -223,7 +223,7 @@ async fn handshake(
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
                     // The wait's slot, held with the listener (boxed: only a BIND pays for it).
-                    Ok((listener, addr)) => match shared.limiter.bind_wait(peer.ip(), Instant::now()) {
+                    Ok((listener, addr)) => match admission.bind_wait(Instant::now()) {
                         Ok(slot) => {
                             bind_listener = Some((listener, Box::new(slot)));
                             Ok(addr)
