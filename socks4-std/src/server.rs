@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use polling::{Event, Events, Poller};
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
+use socks4_server::bandwidth::Bandwidth;
 use socks4_server::limits::{Admission, Limiter, Refusal};
 use socks4_server::users::Verifier;
 
@@ -49,6 +50,7 @@ pub struct Server {
     splice: bool,
     limiter: Arc<Limiter>,
     verifier: Option<Arc<Verifier>>,
+    bandwidth: Option<Arc<Bandwidth>>,
 }
 
 impl Server {
@@ -73,7 +75,8 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier })
+        let bandwidth = config.bandwidth(Instant::now());
+        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier, bandwidth })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
@@ -121,6 +124,7 @@ impl Server {
                 resolver: resolver.clone(),
                 config: Arc::clone(&self.config),
                 verifier: self.verifier.clone(),
+                bandwidth: self.bandwidth.clone(),
                 shared: Arc::clone(&shared),
                 listeners: per_worker.next().unwrap_or_default(),
                 splice: self.splice,

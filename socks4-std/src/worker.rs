@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use polling::{Events, Poller};
 use slab::Slab;
 use socks4_server::ServerConfig;
+use socks4_server::bandwidth::Bandwidth;
 use socks4_server::limits::{Admission, Limiter};
 use socks4_server::users::{AuthError, Verifier};
 
@@ -95,6 +96,8 @@ pub(crate) struct Worker {
     pub(crate) config: Arc<ServerConfig>,
     /// The users file's checker, with `--users`.
     pub(crate) verifier: Option<Arc<Verifier>>,
+    /// The bandwidth caps' shared buckets; `None` when no cap is set.
+    pub(crate) bandwidth: Option<Arc<Bandwidth>>,
     pub(crate) shared: Arc<Shared>,
     /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
     pub(crate) listeners: Vec<TcpListener>,
@@ -108,7 +111,8 @@ const LISTENER_KEY: usize = KEYS_PER_CONN - 1;
 impl Worker {
     /// Runs the event loop until drained after shutdown.
     pub(crate) fn run(self) {
-        let Worker { poller, inbox_rx, inbox_tx, resolver, config, verifier, shared, mut listeners, splice } = self;
+        let Worker { poller, inbox_rx, inbox_tx, resolver, config, verifier, bandwidth, shared, mut listeners, splice } =
+            self;
         for (i, l) in listeners.iter().enumerate() {
             // SAFETY: the listeners are deleted from the poller (`close_listeners`) before being dropped.
             if let Err(e) = unsafe { poller.add(l, polling::Event::readable(i * KEYS_PER_CONN + LISTENER_KEY)) } {
@@ -149,6 +153,7 @@ impl Worker {
                 verifier: verifier.as_ref(),
                 scratch: &mut scratch,
                 pipes: &mut pipes,
+                bandwidth: bandwidth.as_deref(),
                 resolver: &resolver,
                 inbox: &inbox_tx,
             };
@@ -235,11 +240,14 @@ impl Worker {
             }
 
             while let Some(Entry { slot, id, at }) = timers.pop_due(now) {
-                if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id && c.scheduled == Some(at)) {
+                let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) else { continue };
+                if conn.scheduled == Some(at) {
                     conn.scheduled = None;
-                    conn.on_timer(&mut ctx);
-                    touched.push(slot);
+                } else if !conn.pause_timer_fired(at) {
+                    continue;
                 }
+                conn.on_timer(&mut ctx);
+                touched.push(slot);
             }
 
             if next_flush.is_some_and(|t| now >= t) {
@@ -273,6 +281,9 @@ impl Worker {
                         conn.scheduled = Some(at);
                         timers.push(Entry { at, slot, id: conn.id() });
                     }
+                }
+                if let Some(at) = conn.pause_timer() {
+                    timers.push(Entry { at, slot, id: conn.id() });
                 }
             }
 
