@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::{Action, CloseReason, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
@@ -119,7 +119,13 @@ async fn handshake<R: Runtime>(
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
-                client.write_all(&reply.to_bytes()).await?;
+                if let Err(e) = client.write_all(&reply.to_bytes()).await {
+                    // The same words in every adapter: the client is gone.
+                    tracing::debug!("writing reply: {e}");
+                    log.note_request(&hs);
+                    log.finish(CloseReason::ClientGone);
+                    return Ok(None);
+                }
                 // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
                 // for its peer does not hold a handshake slot).
                 admission.handshake_done();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::{Action, CloseReason, Failure, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
@@ -151,7 +151,12 @@ async fn handshake(
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
-                write_all(client, &reply.to_bytes()).await.map_err(|e| ConnError::Io("writing reply", e))?;
+                if let Err(e) = write_all(client, &reply.to_bytes()).await {
+                    // The same words in every adapter: the client is gone.
+                    tracing::debug!("writing reply: {e}");
+                    record.note_request(&hs);
+                    return Err(ConnError::Handshake(CloseReason::ClientGone.to_string()));
+                }
                 // The (first) reply is out: no longer a handshake for the limits.
                 admission.handshake_done();
             }
