@@ -222,8 +222,8 @@ async fn handshake<R: Runtime>(
                     // (end of file or error) ends the wait at once.
                     let accept = async {
                         match left {
-                            Some(left) => Ok(with_timeout::<R, _>(left, R::accept(&l)).await),
-                            None => Ok(R::accept(&l).await),
+                            Some(left) => Ok(with_timeout::<R, _>(left, R::accept(l)).await),
+                            None => Ok(R::accept(l).await),
                         }
                     };
                     let outcome = future::or(accept, async { Err(client_left::<R>(&client).await) }).await;

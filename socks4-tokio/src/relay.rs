@@ -270,7 +270,13 @@ enum Chunk {
 }
 
 /// Moves one chunk of at most `limit` bytes through a pooled buffer: one read, then write it all.
-async fn copy_chunk(sh: &Shared<'_>, src: &TcpStream, dst: &TcpStream, from: Side, limit: usize) -> Result<Chunk, Stop> {
+async fn copy_chunk(
+    sh: &Shared<'_>,
+    src: &TcpStream,
+    dst: &TcpStream,
+    from: Side,
+    limit: usize,
+) -> Result<Chunk, Stop> {
     let mut buf = PooledBuf::take();
     let len = limit.min(buf.0.len());
     let n = match src.try_read(&mut buf.0[..len]) {

@@ -128,9 +128,7 @@ fn run(t: Transfer, proxy: SocketAddr, sink: SocketAddrV4, source: SocketAddrV4)
 
 /// Both directions of `n` connections of `bytes` each, from `source(i)` as `user(i)`.
 fn both_ways(n: u8, bytes: u64, source: impl Fn(u8) -> Ipv4Addr, user: impl Fn(u8) -> &'static str) -> Vec<Transfer> {
-    (0..n)
-        .flat_map(|i| [true, false].map(|up| Transfer { source: source(i), user: user(i), bytes, up }))
-        .collect()
+    (0..n).flat_map(|i| [true, false].map(|up| Transfer { source: source(i), user: user(i), bytes, up })).collect()
 }
 
 /// Bandwidth caps through `proxy`, a server started with [`bandwidth_args`] (or the same caps in its
@@ -198,7 +196,11 @@ pub fn bandwidth(proxy: SocketAddr) -> Result<Outcome, Failure> {
     for (group, result) in groups.iter().zip(results) {
         let took = result.map_err(|f| Failure::new(format!("{}: {f}", group.name)))?;
         let least = group.least();
-        println!("bandwidth {}: {} KiB each way in {took:.2?} (cap allows {least:.2?})", group.name, group.through >> 10);
+        println!(
+            "bandwidth {}: {} KiB each way in {took:.2?} (cap allows {least:.2?})",
+            group.name,
+            group.through >> 10
+        );
         if took + LOWER_SLACK < least {
             return Err(Failure::new(format!(
                 "{}: {} KiB each way took {took:?}; the cap of {} KiB/s allows no less than {least:?}",
@@ -272,7 +274,8 @@ pub fn bind_waits(proxy: SocketAddr) -> Result<Outcome, Failure> {
     drop(first);
     let (_, _fourth) = bind_granted(one, proxy, "a BIND after a waiting client left")?;
     // The second's peer arrives: its wait ends.
-    let _peer = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, second_port)), Duration::from_secs(5))?;
+    let _peer =
+        TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, second_port)), Duration::from_secs(5))?;
     let mut reply = [0u8; 8];
     second.read_exact(&mut reply)?;
     if reply[1] != wire::GRANTED {
