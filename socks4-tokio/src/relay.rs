@@ -113,7 +113,10 @@ impl Shared<'_> {
             None => wanted,
             // Boxed: the wait's state (a timer) is paid for by capped relays only, while they
             // wait, not held in every relay's future.
-            Some(bandwidth) => Box::pin(granted(bandwidth, from, wanted)).await,
+            Some(bandwidth) => match bandwidth.grant(direction(from), Instant::now(), wanted) {
+                Grant::Now(n) => n,
+                Grant::After(_) => Box::pin(granted(bandwidth, from, wanted)).await,
+            },
         }
     }
 
