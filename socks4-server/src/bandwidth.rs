@@ -252,6 +252,21 @@ pub enum Direction {
     Down,
 }
 
+impl From<socks4_core::Side> for Direction {
+    /// The direction of the bytes a relay reads from this side.
+    ///
+    /// ```
+    /// use socks4_server::bandwidth::Direction;
+    /// assert_eq!(Direction::from(socks4_core::Side::Client), Direction::Up);
+    /// ```
+    fn from(from: socks4_core::Side) -> Self {
+        match from {
+            socks4_core::Side::Client => Self::Up,
+            socks4_core::Side::Upstream => Self::Down,
+        }
+    }
+}
+
 /// What a relay may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {

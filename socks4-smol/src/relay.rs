@@ -84,7 +84,7 @@ impl<R: Runtime> Shared<'_, R> {
     /// long to wait before asking again.
     fn grant(&self, from: Side, wanted: usize) -> Result<usize, Duration> {
         let Some(bandwidth) = &self.bandwidth else { return Ok(wanted) };
-        match bandwidth.grant(direction(from), Instant::now(), wanted) {
+        match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
             Grant::Now(n) => Ok(n),
             Grant::After(wait) => Err(wait),
         }
@@ -93,7 +93,7 @@ impl<R: Runtime> Shared<'_, R> {
     /// Gives back the part of a [`grant`](Self::grant) that did not move.
     fn refund(&self, from: Side, unused: usize) {
         if let Some(bandwidth) = &self.bandwidth {
-            bandwidth.refund(direction(from), unused);
+            bandwidth.refund(Direction::from(from), unused);
         }
     }
 
@@ -115,14 +115,6 @@ impl<R: Runtime> Shared<'_, R> {
             Err(end) => end,
             Ok(()) => RelayEnd::Error(on),
         }
-    }
-}
-
-/// The caps' direction of bytes read from `from`.
-fn direction(from: Side) -> Direction {
-    match from {
-        Side::Client => Direction::Up,
-        Side::Upstream => Direction::Down,
     }
 }
 

@@ -144,14 +144,6 @@ impl Capped {
     }
 }
 
-/// The caps' direction of bytes read from `from`.
-fn direction(from: RelaySide) -> Direction {
-    match from {
-        RelaySide::Client => Direction::Up,
-        RelaySide::Upstream => Direction::Down,
-    }
-}
-
 /// Up to two 8-byte replies not yet written to the client.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -1001,7 +993,7 @@ fn pump_one(
     now: Duration,
 ) -> bool {
     let mut progress = Progress::default();
-    let (direction, at) = (direction(from), ctx.now);
+    let (direction, at) = (Direction::from(from), ctx.now);
     let caps = capped.as_deref().map(|c| Caps { bandwidth: &c.bandwidth, direction, now: at });
     let result = dir.pump(src, dst, ctx.scratch, ctx.pipes, caps, &mut progress);
     if let Some(capped) = capped {

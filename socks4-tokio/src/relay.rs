@@ -113,7 +113,7 @@ impl Shared<'_> {
             None => wanted,
             // Boxed: the wait's state (a timer) is paid for by capped relays only, while they
             // wait, not held in every relay's future.
-            Some(bandwidth) => match bandwidth.grant(direction(from), Instant::now(), wanted) {
+            Some(bandwidth) => match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
                 Grant::Now(n) => n,
                 Grant::After(_) => Box::pin(granted(bandwidth, from, wanted)).await,
             },
@@ -129,7 +129,7 @@ impl Shared<'_> {
                 Ok(Chunk::NoPipe | Chunk::Unsupported) => 0,
                 _ => allowed,
             };
-            bandwidth.refund(direction(from), unused);
+            bandwidth.refund(Direction::from(from), unused);
         }
         chunk
     }
@@ -154,18 +154,10 @@ impl Shared<'_> {
 /// Waits until the caps grant some of `wanted` bytes read from `from`; how many.
 async fn granted(bandwidth: &ConnBandwidth, from: Side, wanted: usize) -> usize {
     loop {
-        match bandwidth.grant(direction(from), Instant::now(), wanted) {
+        match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
             Grant::Now(n) => return n,
             Grant::After(wait) => tokio::time::sleep(wait).await,
         }
-    }
-}
-
-/// The caps' direction of bytes read from `from`.
-fn direction(from: Side) -> Direction {
-    match from {
-        Side::Client => Direction::Up,
-        Side::Upstream => Direction::Down,
     }
 }
 
