@@ -303,6 +303,34 @@ impl Relay {
         RelayOutput::Wait { deadline: self.deadline() }
     }
 
+    /// Drains [`poll_output`](Self::poll_output), the loop every driver runs after each input:
+    /// performs each [`Shutdown`](RelayOutput::Shutdown) with `shutdown` and each
+    /// [`Abort`](RelayOutput::Abort) with `abort`, until the relay waits (`None`: go on with I/O
+    /// and the [`deadline`](Self::deadline)) or is over (`Some(end)`: close both sockets).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{Relay, RelayEnd, Side};
+    /// let t = Duration::ZERO;
+    /// let mut relay = Relay::new(t, Duration::from_secs(60));
+    /// relay.handle_eof(t, Side::Upstream);
+    /// let mut shut = None;
+    /// assert_eq!(relay.settle(|side| shut = Some(side), |_| unreachable!()), None);
+    /// assert_eq!(shut, Some(Side::Client), "the upstream's EOF: half-close the client");
+    /// relay.handle_eof(t, Side::Client);
+    /// assert_eq!(relay.settle(|_| {}, |_| {}), Some(RelayEnd::Closed));
+    /// ```
+    pub fn settle(&mut self, mut shutdown: impl FnMut(Side), mut abort: impl FnMut(Side)) -> Option<RelayEnd> {
+        loop {
+            match self.poll_output() {
+                RelayOutput::Shutdown(side) => shutdown(side),
+                RelayOutput::Abort(side) => abort(side),
+                RelayOutput::Wait { .. } => return None,
+                RelayOutput::Done(end) => return Some(end),
+            }
+        }
+    }
+
     /// Bytes read from `from` and written to its peer so far (early data included): the log
     /// line's `up` is `bytes(Side::Client)`, its `down` is `bytes(Side::Upstream)`.
     pub fn bytes(&self, from: Side) -> u64 {

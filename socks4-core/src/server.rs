@@ -64,6 +64,8 @@ pub enum Failure {
     /// The peer answered, but not with a valid answer: an ident reply that does not parse or is
     /// about other ports (see `From<IdentError>`), or identd closed before the end of its line.
     BadAnswer,
+    /// The server's own limit refused the action (e.g. too many BIND requests waiting).
+    OverLimit,
 }
 
 impl fmt::Display for Failure {
@@ -76,6 +78,7 @@ impl fmt::Display for Failure {
             Self::Rejected(code) => return write!(f, "rejected by upstream ({})", code.code()),
             Self::Other => "failed",
             Self::BadAnswer => "bad answer",
+            Self::OverLimit => "over the limit",
         })
     }
 }

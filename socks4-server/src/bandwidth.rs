@@ -42,8 +42,13 @@
 //! (and keep watching the other direction and the idle deadline) before asking again. Asking only
 //! once the socket is readable (`readable().await` then `try_read`, or a poll loop's readiness)
 //! keeps an idle connection from holding tokens another connection of the same user could use.
-//! A grant is never tiny: it waits until the whole `buffer_len` (or the bucket's burst, if smaller)
-//! is available, so a capped relay wakes about `rate / buffer_len` times a second.
+//! A grant is never tiny: it waits until a quantum is available, a fiftieth of a second's worth of
+//! each cap but at least 4 KiB (or the whole `buffer_len` or burst, if smaller), and then grants
+//! all that is there up to `buffer_len`. So a capped direction wakes at most about 50 times a
+//! second whatever the rate, and a short message after a busy spell waits at most about 20 ms
+//! longer than the cap requires; asking for a whole buffer instead would make a flow that never
+//! fills the buffer at once (most flows) wait for tokens it does not use, and run well under its
+//! cap.
 //!
 //! # Bounded memory
 //!
@@ -247,6 +252,21 @@ pub enum Direction {
     Down,
 }
 
+impl From<socks4_core::Side> for Direction {
+    /// The direction of the bytes a relay reads from this side.
+    ///
+    /// ```
+    /// use socks4_server::bandwidth::Direction;
+    /// assert_eq!(Direction::from(socks4_core::Side::Client), Direction::Up);
+    /// ```
+    fn from(from: socks4_core::Side) -> Self {
+        match from {
+            socks4_core::Side::Client => Self::Up,
+            socks4_core::Side::Upstream => Self::Down,
+        }
+    }
+}
+
 /// What a relay may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -256,16 +276,23 @@ pub enum Grant {
     After(Duration),
 }
 
+/// The least a grant waits for: a fiftieth of a second's worth of a cap, at least 4 KiB.
+fn quantum(limit: RateLimit) -> u64 {
+    (limit.bytes_per_sec() / 50).max(4096)
+}
+
 /// A bucket per direction under one cap.
 #[derive(Debug)]
 struct Pair {
     gcra: Gcra,
+    /// The least a grant waits for (see [`quantum`]).
+    quantum: u64,
     dirs: [AtomicBucket; 2],
 }
 
 impl Pair {
     fn new(limit: RateLimit) -> Self {
-        Self { gcra: limit.gcra(), dirs: [AtomicBucket::new(), AtomicBucket::new()] }
+        Self { gcra: limit.gcra(), quantum: quantum(limit), dirs: [AtomicBucket::new(), AtomicBucket::new()] }
     }
 
     fn is_full(&self, now: u64) -> bool {
@@ -371,7 +398,8 @@ impl ConnBandwidth {
     }
 
     /// How many of `wanted` bytes may move in `direction` at `now`: all the caps' buckets must have
-    /// them. Waits for the whole `wanted` (or the smallest burst) rather than granting crumbs.
+    /// them. Grants all there is up to `wanted`, once each cap has its quantum (see the
+    /// [module docs](self)), rather than granting crumbs.
     pub fn grant(&self, direction: Direction, now: Instant, wanted: usize) -> Grant {
         if wanted == 0 {
             return Grant::Now(0);
@@ -381,7 +409,7 @@ impl ConnBandwidth {
         let mut n = wanted as u64;
         let mut taken = [0u64; 3];
         for (i, pair) in self.pairs().enumerate() {
-            match pair.dirs[d].take(&pair.gcra, now, n, n) {
+            match pair.dirs[d].take(&pair.gcra, now, n, pair.quantum.min(n)) {
                 Ok(k) => {
                     taken[i] = k;
                     n = k;
@@ -461,23 +489,34 @@ mod tests {
     }
 
     #[test]
-    fn waits_for_a_whole_buffer_not_crumbs() {
+    fn waits_for_a_quantum_not_crumbs() {
         let t = Instant::now();
-        let caps = BandwidthCaps { conn: rate("100K"), ..Default::default() };
+        let caps = BandwidthCaps { conn: rate("500K"), ..Default::default() };
         let bw = Bandwidth::new(caps, t).unwrap();
         let c = bw.connection(ip("10.0.0.1"), None, t);
-        assert_eq!(c.grant(Direction::Up, t, 100 * 1024), Grant::Now(100 * 1024));
+        assert_eq!(c.grant(Direction::Up, t, 500 * 1024), Grant::Now(500 * 1024));
         // Down is separate.
         assert_eq!(c.grant(Direction::Down, t, 4096), Grant::Now(4096));
-        // Empty: a 10 KiB buffer is ready after 100 ms, not a byte earlier.
-        let Grant::After(wait) = c.grant(Direction::Up, t, 10 * 1024) else { panic!() };
-        assert_eq!(wait, Duration::from_millis(100));
-        assert!(matches!(c.grant(Direction::Up, t + wait - Duration::from_nanos(1), 10 * 1024), Grant::After(_)));
-        assert_eq!(c.grant(Direction::Up, t + wait, 10 * 1024), Grant::Now(10 * 1024));
-        // A refund makes the bytes available again.
+        // Empty: the quantum, 10 KiB (1/50 s of 500K), is there after 20 ms, not a byte earlier.
+        let Grant::After(wait) = c.grant(Direction::Up, t, 64 * 1024) else { panic!() };
+        assert_eq!(wait, Duration::from_millis(20));
+        assert!(matches!(c.grant(Direction::Up, t + wait - Duration::from_nanos(1), 64 * 1024), Grant::After(_)));
+        assert_eq!(c.grant(Direction::Up, t + wait, 64 * 1024), Grant::Now(10 * 1024));
+        // A refund makes the bytes available again; later, all there is up to what is asked.
         c.refund(Direction::Up, 10 * 1024);
-        assert_eq!(c.grant(Direction::Up, t + wait, 10 * 1024), Grant::Now(10 * 1024));
+        assert_eq!(c.grant(Direction::Up, t + wait, 64 * 1024), Grant::Now(10 * 1024));
+        let later = t + wait + Duration::from_millis(100);
+        assert_eq!(c.grant(Direction::Up, later, 64 * 1024), Grant::Now(50 * 1024));
+        // A smaller request than the quantum waits only for itself.
+        let Grant::After(wait) = c.grant(Direction::Up, later, 1024) else { panic!() };
+        assert_eq!(wait, Duration::from_millis(2));
         assert_eq!(c.grant(Direction::Up, t, 0), Grant::Now(0));
+        // Slow caps: the quantum is at least 4 KiB, or the burst if that is smaller.
+        assert_eq!(quantum("1K".parse().unwrap()), 4096);
+        let slow = Bandwidth::new(BandwidthCaps { conn: rate("1K"), ..Default::default() }, t).unwrap();
+        let s = slow.connection(ip("10.0.0.1"), None, t);
+        assert_eq!(s.grant(Direction::Up, t, 16 * 1024), Grant::Now(1024));
+        assert_eq!(s.grant(Direction::Up, t, 16 * 1024), Grant::After(Duration::from_secs(1)));
     }
 
     #[test]

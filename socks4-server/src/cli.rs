@@ -99,8 +99,13 @@ pub struct ServerArgs {
     /// Most connections in their handshake, whole server; 0 = no limit (default 1024).
     #[arg(long, value_name = "N")]
     pub max_handshakes: Option<u32>,
+    /// Most BIND requests waiting for their peer at once, whole server; 0 = no limit (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_bind_waits: Option<u32>,
+    /// Most BIND requests waiting for their peer at once from one client; 0 = no limit (default 8).
+    #[arg(long, value_name = "N")]
+    pub max_bind_waits_per_client: Option<u32>,
     /// Bandwidth cap of each connection, each direction, e.g. 10M or 512K (bytes/s, K = 1024).
-    /// Not enforced yet: the --rate-limit-* options make the server refuse to start.
     #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
     pub rate_limit_conn: Option<RateLimit>,
     /// Bandwidth cap of each user id, all its connections together, each direction (bytes/s).
@@ -283,6 +288,8 @@ impl ServerArgs {
         cl.max_per_client = self.max_per_client.unwrap_or(cl.max_per_client);
         cl.max_rate_per_client = self.max_rate_per_client.or(cl.max_rate_per_client);
         cl.max_handshakes = self.max_handshakes.unwrap_or(cl.max_handshakes);
+        cl.max_bind_waits = self.max_bind_waits.unwrap_or(cl.max_bind_waits);
+        cl.max_bind_waits_per_client = self.max_bind_waits_per_client.unwrap_or(cl.max_bind_waits_per_client);
         let bw = &mut config.bandwidth;
         bw.conn = self.rate_limit_conn.or(bw.conn);
         bw.user = self.rate_limit_user.or(bw.user);
@@ -666,10 +673,24 @@ mod tests {
         let d = config(&[]).unwrap();
         assert_eq!((d.client_limits.max_per_client, d.client_limits.max_handshakes), (1024, 1024));
         assert_eq!(d.client_limits.max_rate_per_client, None);
+        assert_eq!((d.client_limits.max_bind_waits, d.client_limits.max_bind_waits_per_client), (64, 8));
         assert!(d.bandwidth.is_off() && d.users.is_none());
-        let c = config(&["--max-per-client", "16", "--max-rate-per-client", "20/s", "--max-handshakes", "0"]).unwrap();
+        let c = config(&[
+            "--max-per-client",
+            "16",
+            "--max-rate-per-client",
+            "20/s",
+            "--max-handshakes",
+            "0",
+            "--max-bind-waits",
+            "10",
+            "--max-bind-waits-per-client",
+            "2",
+        ])
+        .unwrap();
         let cl = c.client_limits;
         assert_eq!((cl.max_per_client, cl.max_handshakes), (16, 0));
+        assert_eq!((cl.max_bind_waits, cl.max_bind_waits_per_client), (10, 2));
         assert_eq!(cl.max_rate_per_client, Some("20/s".parse().unwrap()));
         let caps =
             ["socks4", "--rate-limit-conn", "10M", "--rate-limit-user", "512K", "--rate-limit-client", "1000000"];
@@ -677,8 +698,8 @@ mod tests {
         assert_eq!(args.rate_limit_conn.map(|r| r.bytes_per_sec()), Some(10 << 20));
         assert_eq!(args.rate_limit_user.map(|r| r.bytes_per_sec()), Some(512 << 10));
         assert_eq!(args.rate_limit_client.map(|r| r.bytes_per_sec()), Some(1_000_000));
-        // No relay applies them yet: a server must refuse to start rather than pretend.
-        assert!(matches!(args.to_config(), Err(ConfigError::Unsupported(_))));
+        let caps = args.to_config().unwrap().bandwidth;
+        assert_eq!(caps.conn.map(|r| r.bytes_per_sec()), Some(10 << 20));
         for bad in [
             &["--max-rate-per-client", "fast"][..],
             &["--rate-limit-conn", "0"],
@@ -701,6 +722,8 @@ mod tests {
             max_rate_per_client = "600/m"
             max_handshakes = 100
             tracked_clients = 1000
+            max_bind_waits = 16
+            max_bind_waits_per_client = 4
             [bandwidth]
             conn = "1M"
             user = 65536
@@ -710,6 +733,7 @@ mod tests {
         assert_eq!(c.client_limits.max_per_client, 8);
         assert_eq!(c.client_limits.max_rate_per_client.map(|r| r.to_string()).as_deref(), Some("600/m"));
         assert_eq!((c.client_limits.max_handshakes, c.client_limits.tracked_clients), (100, 1000));
+        assert_eq!((c.client_limits.max_bind_waits, c.client_limits.max_bind_waits_per_client), (16, 4));
         assert_eq!(c.bandwidth.conn.map(|r| r.to_string()).as_deref(), Some("1M"));
         assert_eq!(c.bandwidth.user.map(|r| r.bytes_per_sec()), Some(65536));
         assert_eq!(c.bandwidth.client, None);

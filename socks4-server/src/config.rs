@@ -245,11 +245,6 @@ impl ServerConfig {
         if self.client_limits.tracked_clients == 0 {
             return Err(ConfigError::Zero("client_limits.tracked_clients"));
         }
-        // The bucket types exist, but no adapter's relay applies them yet: refuse rather than
-        // run with a cap the operator believes is enforced.
-        if !self.bandwidth.is_off() {
-            return Err(ConfigError::Unsupported("bandwidth caps (--rate-limit-*, [bandwidth])"));
-        }
         // --- Operations. ---
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(ConfigError::LogLevel(format!("`{}`: {e}", self.log_level)));
@@ -301,8 +296,6 @@ pub enum ConfigError {
     File(String),
     /// The users file could not be read, or a line of it is bad.
     Users(UsersError),
-    /// An option this server does not enforce yet.
-    Unsupported(&'static str),
     /// The log filter is malformed.
     LogLevel(String),
 }
@@ -325,7 +318,6 @@ impl fmt::Display for ConfigError {
             Self::Rule(e) => write!(f, "bad rule: {e}"),
             Self::BadDuration(s) => write!(f, "`{s}` is not a duration like 500ms, 10s, 2m or 1h"),
             Self::File(msg) => write!(f, "config file: {msg}"),
-            Self::Unsupported(what) => write!(f, "{what}: not enforced by this server yet, refusing to start"),
             Self::Users(e) => write!(f, "users file: {e}"),
             Self::LogLevel(e) => write!(f, "bad log level {e}"),
         }

@@ -29,7 +29,7 @@
 //!
 //! # Wiring limits, bandwidth caps and users into an adapter
 //!
-//! A few lines at five points; everything else lives here.
+//! A few lines at six points; everything else lives here.
 //!
 //! ```text
 //! bind:        live = LiveConfig::new(config)?;                   // Arc<LiveConfig>: verifier, limiter
@@ -45,6 +45,9 @@
 //!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
 //!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
 //! first reply: admission.handshake_done();                         // sent the reply, or closing
+//! BIND listen: match admission.bind_wait(now) {                    // --max-bind-waits[-per-client]
+//!                  Ok(slot) => keep `slot` with the listener until the peer arrives or the wait ends
+//!                  Err(_) => hs.handle_listening(now, Err(Failure::OverLimit)) }   // 91, counted
 //! relay start: conn_bw = bandwidth.map(|b| b.connection(peer.ip(), Some(users::user_name(user_id)), now));
 //! relay read:  (once readable) match conn_bw.grant(Direction::Up, now, buf.len()) {
 //!                  Grant::Now(n) => { read/splice at most n; conn_bw.refund(Direction::Up, n - moved) }

@@ -5,7 +5,11 @@
 //! - new connections per second per client, a token bucket whose burst is the rate
 //!   ([`ClientLimits::max_rate_per_client`]);
 //! - connections still in their handshake, for the whole server ([`ClientLimits::max_handshakes`]):
-//!   slow or silent clients cannot hold every slot.
+//!   slow or silent clients cannot hold every slot;
+//! - BIND requests waiting for their peer, for the whole server and per client
+//!   ([`ClientLimits::max_bind_waits`], [`ClientLimits::max_bind_waits_per_client`]): each holds a
+//!   listening port and two descriptors for up to the BIND timeout. Checked when a BIND is about
+//!   to listen ([`Limiter::bind_wait`]); one over the cap gets reply 91.
 //!
 //! One [`Limiter`] is shared by all worker threads. [`Limiter::admit`] returns an RAII [`Admission`]
 //! (dropping it releases the client's slot) or the [`Refusal`]'s reason; the caller then closes the
@@ -87,6 +91,8 @@ pub const SHARD_COUNT: usize = SHARDS;
 /// max_rate_per_client = "20/s" # new connections per client (burst 20); absent = no limit
 /// max_handshakes = 1024        # connections in their handshake, whole server; 0 = no limit
 /// tracked_clients = 65536      # bound of the client table
+/// max_bind_waits = 64          # BINDs waiting for their peer, whole server; 0 = no limit
+/// max_bind_waits_per_client = 8 # BINDs waiting for their peer per client; 0 = no limit
 /// ```
 ///
 /// The defaults: at most 1024 connections per client and 1024 handshakes, no rate limit. 1024 is
@@ -98,6 +104,13 @@ pub const SHARD_COUNT: usize = SHARDS;
 /// at 10,000 handshakes per second that take a millisecond each about ten are in progress at once,
 /// so 1024 is reached by slow or silent clients, and then still leaves three quarters of the
 /// connection slots to relays.
+///
+/// BIND waits: at most 64 at once for the whole server and 8 per client. A BIND is FTP's active
+/// mode (one per data transfer, each waiting seconds for its peer) and little else uses it, so a
+/// legitimate client seldom has more than one or two open; each wait holds a listening port, two
+/// descriptors and a connection slot for up to the BIND timeout (2 minutes), so a client that
+/// opens BINDs and never lets a peer in could otherwise hold a thousand ports. 8 leaves room for
+/// parallel transfers behind one NAT address; 64 keeps ports and slots for everyone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -111,18 +124,35 @@ pub struct ClientLimits {
     pub max_handshakes: u32,
     /// Most clients tracked at once: the memory bound, about 84 bytes each at worst. Default 65,536.
     pub tracked_clients: usize,
+    /// BIND requests waiting for their peer at once, whole server; 0 turns it off. Default 64.
+    pub max_bind_waits: u32,
+    /// BIND requests waiting for their peer at once per client; 0 turns it off. Default 8.
+    pub max_bind_waits_per_client: u32,
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { max_per_client: 1024, max_rate_per_client: None, max_handshakes: 1024, tracked_clients: 65_536 }
+        Self {
+            max_per_client: 1024,
+            max_rate_per_client: None,
+            max_handshakes: 1024,
+            tracked_clients: 65_536,
+            max_bind_waits: 64,
+            max_bind_waits_per_client: 8,
+        }
     }
 }
 
 impl ClientLimits {
     /// No limit at all: [`Limiter::admit`] then only counts.
-    pub const OFF: Self =
-        Self { max_per_client: 0, max_rate_per_client: None, max_handshakes: 0, tracked_clients: 65_536 };
+    pub const OFF: Self = Self {
+        max_per_client: 0,
+        max_rate_per_client: None,
+        max_handshakes: 0,
+        tracked_clients: 65_536,
+        max_bind_waits: 0,
+        max_bind_waits_per_client: 0,
+    };
 
     /// Whether clients are tracked one by one (a per-client limit is on).
     pub fn per_client(&self) -> bool {
@@ -291,11 +321,26 @@ pub enum Refusal {
     /// The server's [`max_connections`](crate::ServerConfig::max_connections) are open (counted by the
     /// adapter, recorded here so that one summary line tells all refusals).
     ServerConnections,
+    /// A BIND found [`ClientLimits::max_bind_waits`] BINDs waiting (it gets reply 91).
+    BindWaits,
+    /// A BIND found its client with [`ClientLimits::max_bind_waits_per_client`] BINDs waiting
+    /// (it gets reply 91).
+    PerClientBindWaits,
 }
 
+/// Number of [`Refusal`] reasons.
+const REASONS: usize = 7;
+
 impl Refusal {
-    const ALL: [Self; 5] =
-        [Self::PerClientConnections, Self::PerClientRate, Self::Handshakes, Self::ClientTable, Self::ServerConnections];
+    const ALL: [Self; REASONS] = [
+        Self::PerClientConnections,
+        Self::PerClientRate,
+        Self::Handshakes,
+        Self::ClientTable,
+        Self::ServerConnections,
+        Self::BindWaits,
+        Self::PerClientBindWaits,
+    ];
 
     /// The name in logs, e.g. `per-client-connections`.
     pub fn as_str(self) -> &'static str {
@@ -305,6 +350,8 @@ impl Refusal {
             Self::Handshakes => "handshakes",
             Self::ClientTable => "client-table",
             Self::ServerConnections => "server-connections",
+            Self::BindWaits => "bind-waits",
+            Self::PerClientBindWaits => "per-client-bind-waits",
         }
     }
 
@@ -334,6 +381,7 @@ pub struct Limiter {
     epoch: Instant,
     handshakes: Padded<AtomicUsize>,
     clients: Option<Shards<ClientKey, Entry>>,
+    bind_waits: BindWaits,
     refusals: RefusalLog,
 }
 
@@ -346,6 +394,7 @@ impl Limiter {
             epoch: now,
             handshakes: Padded(AtomicUsize::new(0)),
             clients: limits.per_client().then(|| Shards::new(limits.tracked_clients.max(1))),
+            bind_waits: BindWaits::default(),
             refusals: RefusalLog::new(RefusalLog::DEFAULT_INTERVAL, now),
         })
     }
@@ -456,6 +505,96 @@ impl Limiter {
     pub fn refusals(&self) -> &RefusalLog {
         &self.refusals
     }
+
+    /// A BIND from `client` is about to listen for its peer: takes a BIND-wait slot (held until
+    /// the returned guard drops: when the peer has arrived, or the wait ended), or says why not
+    /// (counted and summarised in [`refusals`](Self::refusals)); the BIND then gets reply 91.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use socks4_server::limits::{ClientLimits, Limiter, Refusal};
+    /// let mut limits = ClientLimits::default();
+    /// (limits.max_bind_waits, limits.max_bind_waits_per_client) = (3, 2);
+    /// let now = Instant::now();
+    /// let limiter = Limiter::new(limits, now);
+    /// let (a, b) = ("10.0.0.5".parse()?, "10.0.0.6".parse()?);
+    /// let first = limiter.bind_wait(a, now).expect("a slot");
+    /// let _second = limiter.bind_wait(a, now).expect("a slot");
+    /// assert_eq!(limiter.bind_wait(a, now).unwrap_err(), Refusal::PerClientBindWaits);
+    /// let _third = limiter.bind_wait(b, now).expect("another client");
+    /// assert_eq!(limiter.bind_wait(b, now).unwrap_err(), Refusal::BindWaits);
+    /// drop(first); // the peer arrived, or the wait ended
+    /// assert!(limiter.bind_wait(a, now).is_ok());
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn bind_wait(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<BindWait, Refusal> {
+        self.bind_wait_of(ClientKey::from(client), now)
+    }
+
+    fn bind_wait_of(self: &Arc<Self>, key: ClientKey, now: Instant) -> Result<BindWait, Refusal> {
+        let (max, per_client) = (self.limits.max_bind_waits, self.limits.max_bind_waits_per_client);
+        if max == 0 && per_client == 0 {
+            return Ok(BindWait { limiter: None, client: key });
+        }
+        let mut clients = self.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = if max != 0 && self.bind_waits.total(&clients) >= max {
+            Some(Refusal::BindWaits)
+        } else if per_client != 0 && clients.get(&key).is_some_and(|&n| n >= per_client) {
+            Some(Refusal::PerClientBindWaits)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            drop(clients);
+            self.refusals.record(now, reason, key);
+            return Err(reason);
+        }
+        *clients.entry(key).or_insert(0) += 1;
+        Ok(BindWait { limiter: Some(Arc::clone(self)), client: key })
+    }
+
+    /// BIND requests waiting for their peer now (holding a [`BindWait`]).
+    pub fn bind_waits(&self) -> u32 {
+        let clients = self.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
+        self.bind_waits.total(&clients)
+    }
+}
+
+/// The BIND waits by client. BINDs are rare and short-lived, so one mutex over a small map is
+/// enough; a client's entry goes when its last wait ends, so the map never holds more entries than
+/// there are waits (at most [`ClientLimits::max_bind_waits`] when that is on).
+#[derive(Debug, Default)]
+struct BindWaits {
+    clients: Mutex<std::collections::HashMap<ClientKey, u32>>,
+}
+
+impl BindWaits {
+    fn total(&self, clients: &std::collections::HashMap<ClientKey, u32>) -> u32 {
+        clients.values().sum()
+    }
+}
+
+/// A BIND's claim on a wait slot ([`Limiter::bind_wait`]); dropping it frees the slot. Hold it
+/// from the listen until the peer has arrived or the wait has ended.
+#[derive(Debug)]
+#[must_use = "dropping the slot frees it at once"]
+pub struct BindWait {
+    /// `None` when BIND waits are not limited.
+    limiter: Option<Arc<Limiter>>,
+    client: ClientKey,
+}
+
+impl Drop for BindWait {
+    fn drop(&mut self) {
+        let Some(limiter) = &self.limiter else { return };
+        let mut clients = limiter.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = clients.entry(self.client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
 }
 
 /// An admitted connection's claim on the limits; dropping it releases them.
@@ -488,6 +627,11 @@ impl Admission {
     /// The client it counts against.
     pub fn client(&self) -> ClientKey {
         self.client
+    }
+
+    /// This connection's BIND is about to listen: [`Limiter::bind_wait`] for its client.
+    pub fn bind_wait(&self, now: Instant) -> Result<BindWait, Refusal> {
+        self.limiter.bind_wait_of(self.client, now)
     }
 }
 
@@ -533,8 +677,8 @@ pub struct RefusalLog {
     next: AtomicU64,
     /// When the last line was written.
     last: AtomicU64,
-    counts: [AtomicU64; 5],
-    top: Mutex<[TopClients; 5]>,
+    counts: [AtomicU64; REASONS],
+    top: Mutex<[TopClients; REASONS]>,
 }
 
 impl RefusalLog {
@@ -657,6 +801,60 @@ mod tests {
             max_rate_per_client: rate.map(|r| r.parse().unwrap()),
             max_handshakes: handshakes,
             ..ClientLimits::default()
+        }
+    }
+
+    #[test]
+    fn bind_waits_off_and_on() {
+        let t = Instant::now();
+        let off = Limiter::new(ClientLimits::OFF, t);
+        let held: Vec<_> = (0..100).map(|_| off.bind_wait(ip("10.0.0.5"), t).unwrap()).collect();
+        assert_eq!(off.bind_waits(), 0, "not counted when off");
+        drop(held);
+        let l = Limiter::new(ClientLimits { max_bind_waits: 0, max_bind_waits_per_client: 1, ..limits(0, None, 0) }, t);
+        let a = l.bind_wait(ip("2001:db8::1"), t).unwrap();
+        assert_eq!(l.bind_wait(ip("2001:db8::2"), t).unwrap_err(), Refusal::PerClientBindWaits, "same /64");
+        // The first refusal is told at once, the next in the interval's summary.
+        assert_eq!(l.bind_wait(ip("2001:db8::3"), t).unwrap_err(), Refusal::PerClientBindWaits);
+        let _b = l.bind_wait(ip("10.0.0.1"), t).unwrap();
+        assert_eq!(l.bind_waits(), 2);
+        drop(a);
+        assert_eq!(l.bind_waits(), 1);
+        assert!(l.bind_wait(ip("2001:db8::2"), t).is_ok());
+        let summary = l.refusals().flush(t + Duration::from_secs(60)).unwrap();
+        assert!(summary.to_string().contains("1 per-client-bind-waits (top: 2001:db8::/64)"), "{summary}");
+    }
+
+    proptest! {
+        /// Any order of BIND waits taken and dropped: never more than the caps, globally and per
+        /// client, a refusal only at a cap, and nothing left once all are dropped.
+        #[test]
+        fn bind_waits_hold_their_caps(
+            max in 0u32..6, per_client in 0u32..4,
+            ops in proptest::collection::vec((any::<bool>(), 0u8..4), 1..200),
+        ) {
+            let t = Instant::now();
+            let l = Limiter::new(ClientLimits { max_bind_waits: max, max_bind_waits_per_client: per_client, ..limits(0, None, 0) }, t);
+            let mut held: Vec<(u8, BindWait)> = Vec::new();
+            for (take, client) in ops {
+                if take {
+                    let mine = held.iter().filter(|(c, _)| *c == client).count() as u32;
+                    match l.bind_wait(IpAddr::from([10, 0, 0, client]), t) {
+                        Ok(w) => held.push((client, w)),
+                        Err(Refusal::BindWaits) => prop_assert!(max != 0 && held.len() as u32 >= max),
+                        Err(Refusal::PerClientBindWaits) => prop_assert!(per_client != 0 && mine >= per_client),
+                        Err(other) => prop_assert!(false, "{other}"),
+                    }
+                } else if let Some(i) = held.iter().position(|(c, _)| *c == client) {
+                    drop(held.swap_remove(i));
+                }
+                prop_assert!(max == 0 || held.len() as u32 <= max);
+                for c in 0..4u8 {
+                    prop_assert!(per_client == 0 || held.iter().filter(|(h, _)| *h == c).count() as u32 <= per_client);
+                }
+            }
+            held.clear();
+            prop_assert_eq!(l.bind_waits(), 0);
         }
     }
 
@@ -886,6 +1084,7 @@ mod tests {
                 max_rate_per_client: rate.map(|r| ConnRate::new(NonZeroU32::new(r).unwrap(), Duration::from_secs(1)).unwrap()),
                 max_handshakes: handshakes,
                 tracked_clients: tracked,
+                ..ClientLimits::default()
             };
             let l = Limiter::new(limits, t);
             let mut now = t;

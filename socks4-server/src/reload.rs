@@ -29,12 +29,16 @@
 //!   old one, which is dropped with its last connection. (So a client can hold the old limit's
 //!   worth of old connections plus the new limit's worth of new ones for as long as the old ones
 //!   last; a limiter whose limits change in place would need every counter re-checked.)
+//! - bandwidth caps (`[bandwidth]`): likewise, the buckets are kept while the caps are unchanged;
+//!   new caps apply to connections accepted after the swap (a live relay keeps the caps it
+//!   started with).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::bandwidth::Bandwidth;
 use crate::config::{ConfigError, ServerConfig};
 use crate::limits::Limiter;
 use crate::users::Verifier;
@@ -49,17 +53,24 @@ pub struct Snapshot {
     pub verifier: Option<Arc<Verifier>>,
     /// The per-client admission limits (shared with the next snapshot while the limits are equal).
     pub limiter: Arc<Limiter>,
+    /// The bandwidth caps' shared buckets, `None` when no cap is set (shared with the next
+    /// snapshot while the caps are equal).
+    pub bandwidth: Option<Arc<Bandwidth>>,
 }
 
 impl Snapshot {
-    fn build(config: ServerConfig, limiter: Option<&Arc<Limiter>>) -> Result<Self, ConfigError> {
+    fn build(config: ServerConfig, old: Option<&Snapshot>) -> Result<Self, ConfigError> {
         config.validate()?;
         let verifier = config.verifier()?;
-        let limiter = match limiter {
-            Some(l) if *l.limits() == config.client_limits => Arc::clone(l),
+        let limiter = match old {
+            Some(old) if *old.limiter.limits() == config.client_limits => Arc::clone(&old.limiter),
             _ => config.limiter(Instant::now()),
         };
-        Ok(Self { config, verifier, limiter })
+        let bandwidth = match old {
+            Some(old) if old.config.bandwidth == config.bandwidth => old.bandwidth.clone(),
+            _ => config.bandwidth(Instant::now()),
+        };
+        Ok(Self { config, verifier, limiter, bandwidth })
     }
 }
 
@@ -93,7 +104,7 @@ impl LiveConfig {
         config.workers = self.bound.workers;
         config.reuseport = self.bound.reuseport;
         let old = self.current.load();
-        let next = Snapshot::build(config, Some(&old.limiter))?;
+        let next = Snapshot::build(config, Some(&old))?;
         let limits_changed = !Arc::ptr_eq(&old.limiter, &next.limiter);
         if limits_changed {
             // The old limiter's pending refusal summary is written now, not lost with it.

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::{Action, CloseReason, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::ServerConfig;
-use socks4_server::limits::Admission;
+use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
+use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::users::{self, Verifier};
 
@@ -45,6 +46,12 @@ impl ConnLog {
         self.result = Some(result.to_string());
     }
 
+    /// This connection's bandwidth caps under `bandwidth`, with its client's and its user's shares.
+    fn bandwidth(&self, bandwidth: &Bandwidth) -> Box<ConnBandwidth> {
+        let user = self.request.request().map(|r| users::user_name(r.user_id));
+        Box::new(bandwidth.connection(self.client.ip(), user, Instant::now()))
+    }
+
     /// Records the request for the log line.
     fn note_request(&mut self, hs: &ServerHandshake) {
         self.request.note(hs);
@@ -66,11 +73,12 @@ impl Drop for ConnLog {
 }
 
 /// Serves one accepted client connection to the end, filling in `log`. `verifier`: the users file's,
-/// if any. The handshake's end frees `admission`'s handshake slot.
+/// if any; `bandwidth`: the caps' shared buckets, if any. The handshake's end frees `admission`'s handshake slot.
 pub(crate) async fn serve<R: Runtime>(
     mut client: R::Stream,
     config: &ServerConfig,
     verifier: Option<&Arc<Verifier>>,
+    bandwidth: Option<&Bandwidth>,
     admission: &mut Admission,
     log: &mut ConnLog,
 ) {
@@ -78,7 +86,8 @@ pub(crate) async fn serve<R: Runtime>(
     admission.handshake_done();
     match outcome {
         Ok(Some((dest, early))) => {
-            let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
+            let bandwidth = bandwidth.map(|b| log.bandwidth(b));
+            let end = relay::<R>(client, dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
             log.finish(end);
         }
         Ok(None) => linger::<R>(&mut client).await,
@@ -103,13 +112,20 @@ async fn handshake<R: Runtime>(
     let mut buf = [0u8; MAX_REQUEST_LEN];
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;
-    let mut listener: Option<R::Listener> = None;
+    // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
+    let mut listener: Option<(R::Listener, Box<BindWait>)> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
-                client.write_all(&reply.to_bytes()).await?;
+                if let Err(e) = client.write_all(&reply.to_bytes()).await {
+                    // The same words in every adapter: the client is gone.
+                    tracing::debug!("writing reply: {e}");
+                    log.note_request(&hs);
+                    log.finish(CloseReason::ClientGone);
+                    return Ok(None);
+                }
                 // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
                 // for its peer does not hold a handshake slot).
                 admission.handshake_done();
@@ -187,27 +203,31 @@ async fn handshake<R: Runtime>(
                     Ok::<_, io::Error>((l, addr))
                 };
                 let result = match listening.await {
-                    Ok((l, addr)) => {
-                        listener = Some(l);
-                        Ok(addr)
-                    }
+                    // The wait's slot, held with the listener (boxed: only a BIND pays for it).
+                    Ok((l, addr)) => match admission.bind_wait(Instant::now()) {
+                        Ok(slot) => {
+                            listener = Some((l, Box::new(slot)));
+                            Ok(addr)
+                        }
+                        Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
+                    },
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_listening(now(), result))?;
             }
             Output::Wait { deadline } => {
                 let left = deadline.map(|d| d.saturating_sub(now()));
-                if let Some(l) = listener.take() {
+                if let Some((l, _slot)) = &listener {
                     // BIND: accept one peer, then the listener closes; a client that leaves first
                     // (end of file or error) ends the wait at once.
                     let accept = async {
                         match left {
-                            Some(left) => Ok(with_timeout::<R, _>(left, R::accept(&l)).await),
-                            None => Ok(R::accept(&l).await),
+                            Some(left) => Ok(with_timeout::<R, _>(left, R::accept(l)).await),
+                            None => Ok(R::accept(l).await),
                         }
                     };
                     let outcome = future::or(accept, async { Err(client_left::<R>(&client).await) }).await;
-                    drop(l);
+                    listener = None;
                     let result = match outcome {
                         Ok(Ok((peer, addr))) => {
                             let _ = R::set_nodelay(&peer);

@@ -1,6 +1,13 @@
 //! Relaying bytes both ways between two streams, driving the core's [`Relay`] bookkeeping: early
 //! data first, a half-close passed on as a half-close and a reset as a reset, an idle timeout
 //! over both directions, byte counts for the log line.
+//!
+//! With bandwidth caps ([`ConnBandwidth`]) a direction asks for a grant once its source is
+//! readable, reads or splices at most that, gives back the rest, and sleeps (without its buffer or
+//! pipe) when the caps say so; the other direction and the idle watch go on meanwhile. Without
+//! caps it is one `None` check per read. On a runtime that cannot wait for readability
+//! (async-std) the grant is asked before the read, so an idle direction may hold one buffer's
+//! worth of its user's or client's shared cap until data comes.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -8,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
+use socks4_core::{Fault, Relay, RelayEnd, Side};
+use socks4_server::bandwidth::{ConnBandwidth, Direction, Grant};
 
 use crate::runtime::Runtime;
 
@@ -35,6 +43,8 @@ struct Shared<'a, R: Runtime> {
     upstream: &'a R::Stream,
     start: Instant,
     counts: &'a Counts,
+    /// The bandwidth caps' buckets of this connection; `None` without caps.
+    bandwidth: Option<Box<ConnBandwidth>>,
 }
 
 impl<R: Runtime> Drop for Shared<'_, R> {
@@ -61,15 +71,29 @@ impl<R: Runtime> Shared<'_, R> {
     fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<(), Stop> {
         let mut relay = self.relay.borrow_mut();
         input(&mut relay, self.now());
-        loop {
-            match relay.poll_output() {
-                // The peer may be gone already: the direction is over either way.
-                RelayOutput::Shutdown(side) => drop(R::shutdown_write(self.socket(side))),
-                // Closing the stream (its last handle drops when the relay returns) then resets.
-                RelayOutput::Abort(side) => drop(R::set_abortive(self.socket(side))),
-                RelayOutput::Done(end) => return Err(end),
-                _ => return Ok(()),
-            }
+        let end = relay.settle(
+            // The peer may be gone already: the direction is over either way.
+            |side| drop(R::shutdown_write(self.socket(side))),
+            // Closing the stream (its last handle drops when the relay returns) then resets.
+            |side| drop(R::set_abortive(self.socket(side))),
+        );
+        end.map_or(Ok(()), Err)
+    }
+
+    /// How many of `wanted` bytes may move from `from` now (all of them without caps), or how
+    /// long to wait before asking again.
+    fn grant(&self, from: Side, wanted: usize) -> Result<usize, Duration> {
+        let Some(bandwidth) = &self.bandwidth else { return Ok(wanted) };
+        match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
+            Grant::Now(n) => Ok(n),
+            Grant::After(wait) => Err(wait),
+        }
+    }
+
+    /// Gives back the part of a [`grant`](Self::grant) that did not move.
+    fn refund(&self, from: Side, unused: usize) {
+        if let Some(bandwidth) = &self.bandwidth {
+            bandwidth.refund(Direction::from(from), unused);
         }
     }
 
@@ -94,19 +118,28 @@ impl<R: Runtime> Shared<'_, R> {
     }
 }
 
+/// Waits `wait` (a cap's), if any. Boxed: only a capped relay pays for a timer in its state.
+async fn pause<R: Runtime>(wait: Option<Duration>) {
+    if let Some(wait) = wait {
+        Box::pin(R::sleep(wait)).await;
+    }
+}
+
 /// Relays `client` ⇄ `upstream` until both directions have ended, one side fails (the other is
 /// then reset), or both are idle for `idle`, driving the core's [`Relay`]; the counts go to
-/// `counts`. `early` (client bytes that arrived with the request) goes upstream first.
+/// `counts`. `early` (client bytes that arrived with the request) goes upstream first; it is not
+/// charged to the caps (at most one request buffer). `bandwidth`: the connection's caps, if any.
 pub(crate) async fn relay<R: Runtime>(
     client: R::Stream,
     upstream: R::Stream,
     early: &[u8],
     idle: Duration,
+    bandwidth: Option<Box<ConnBandwidth>>,
     counts: &Counts,
 ) -> RelayEnd {
     let start = Instant::now();
     let relay = RefCell::new(Relay::new(Duration::ZERO, idle));
-    let sh = Shared::<R> { relay, client: &client, upstream: &upstream, start, counts };
+    let sh = Shared::<R> { relay, client: &client, upstream: &upstream, start, counts, bandwidth };
     let up = pump(&sh, Side::Client, early);
     let down = pump(&sh, Side::Upstream, &[]);
     let both = async {
@@ -146,7 +179,10 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
     if let Some(end) = splice::pump(sh, from).await {
         return end;
     }
+    // A cap's wait before the next read, if one was asked for.
+    let mut wait = None;
     loop {
+        pause::<R>(wait.take()).await;
         let can_wait = match R::readable(&src) {
             Some(ready) => {
                 ready.await.map_err(|e| sh.error(from, &e))?;
@@ -156,15 +192,27 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
         };
         let mut buf = BufPool::take();
         loop {
+            let allowed = match sh.grant(from, buf.len()) {
+                Ok(n) => n,
+                // Capped: wait without the buffer.
+                Err(d) => {
+                    wait = Some(d);
+                    break;
+                }
+            };
             let read = if can_wait {
-                match future::poll_once(src.read(&mut buf[..])).await {
+                match future::poll_once(src.read(&mut buf[..allowed])).await {
                     Some(read) => read,
                     // Drained: give the buffer back and wait for more without it.
-                    None => break,
+                    None => {
+                        sh.refund(from, allowed);
+                        break;
+                    }
                 }
             } else {
-                src.read(&mut buf[..]).await
+                src.read(&mut buf[..allowed]).await
             };
+            sh.refund(from, allowed - read.as_ref().map_or(0, |&n| n));
             let n = read.map_err(|e| sh.error(from, &e))?;
             if n == 0 {
                 drop(buf);
@@ -236,7 +284,7 @@ mod splice {
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
     use socks4_core::Side;
 
-    use super::{Shared, Stop};
+    use super::{Shared, Stop, pause};
     use crate::runtime::Runtime;
 
     /// The most bytes one splice moves, and the capacity asked of each pipe: a direction never
@@ -303,7 +351,10 @@ mod splice {
             return None;
         }
         let mut moved_any = false;
+        // A cap's wait before the next splice, if one was asked for.
+        let mut wait = None;
         loop {
+            pause::<R>(wait.take()).await;
             if let Some(ready) = R::readable(from) {
                 if let Err(e) = ready.await {
                     return Some(Err(sh.error(side, &e)));
@@ -316,7 +367,17 @@ mod splice {
                 Err(e) => return Some(Err(sh.error(side, &e))),
             };
             loop {
-                match splice(src, None, pipe_write, None, PIPE_LEN, SpliceFlags::MOVE | SpliceFlags::NONBLOCK) {
+                // The pipe is empty here: a capped direction waits without it.
+                let allowed = match sh.grant(side, PIPE_LEN) {
+                    Ok(n) => n,
+                    Err(d) => {
+                        wait = Some(d);
+                        break;
+                    }
+                };
+                let spliced = splice(src, None, pipe_write, None, allowed, SpliceFlags::MOVE | SpliceFlags::NONBLOCK);
+                sh.refund(side, allowed - spliced.unwrap_or(0));
+                match spliced {
                     Ok(0) => {
                         drop(pipe);
                         return Some(sh.eof(side));

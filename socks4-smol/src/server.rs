@@ -392,7 +392,8 @@ fn worker<R: Runtime>(
                     Ok(client) => {
                         let _ = R::set_nodelay(&client);
                         let (config, verifier) = (&snapshot.config, snapshot.verifier.as_ref());
-                        serve::<R>(client, config, verifier, &mut admission, &mut log).await;
+                        let bandwidth = snapshot.bandwidth.as_deref();
+                        serve::<R>(client, config, verifier, bandwidth, &mut admission, &mut log).await;
                     }
                     Err(e) => log.finish(e),
                 }

@@ -20,3 +20,17 @@ fn start() -> (SocketAddr, Profile, ()) {
 }
 
 socks4_tools::scenario_tests!(start);
+
+/// Bandwidth caps through the async-std build (the copy relay, reading without readiness): see
+/// `socks4_tools::caps::bandwidth`.
+#[test]
+fn bandwidth_caps_async_std() {
+    let mut args =
+        vec!["socks4-smol".to_owned(), "--listen".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()];
+    args.extend(socks4_tools::caps::bandwidth_args());
+    let config = socks4_server::cli::ServerArgs::try_parse_from(args).unwrap().to_config().unwrap();
+    let handle = Server::bind(config).unwrap().spawn_on::<AsyncStd>().unwrap();
+    if let Err(f) = socks4_tools::caps::bandwidth(handle.local_addrs()[0]) {
+        panic!("{f}");
+    }
+}

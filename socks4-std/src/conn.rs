@@ -16,17 +16,18 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
 use socks4_core::rules::Decision;
 use socks4_core::{
-    Action, CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ReplyCode, ServerHandshake,
-    Side as RelaySide, Target,
+    Action, CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ReplyCode, ServerHandshake, Side as RelaySide,
+    Target,
 };
 use socks4_server::ServerConfig;
+use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
-use socks4_server::limits::Admission;
+use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::ConnLine;
 use socks4_server::reload::Snapshot;
 use socks4_server::users::{self, AuthError, Verifier};
 
-use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
+use crate::relay::{Caps, Dir, MAX_PENDING, Progress, PumpError};
 use crate::resolver::{Job, Task};
 use crate::splice::Pipes;
 use crate::worker::Msg;
@@ -121,6 +122,23 @@ enum UserCheck {
     Passed,
 }
 
+/// A capped relay's bandwidth state (boxed in [`Conn`]: uncapped connections pay one word).
+#[derive(Debug)]
+struct Capped {
+    bandwidth: ConnBandwidth,
+    /// Per direction (up, down): reading paused by the caps until then.
+    paused: [Option<Instant>; 2],
+    /// The pause timer entry the worker holds for it (apart from the idle deadline's, so that
+    /// pauses never make the worker queue idle-deadline entries again and again).
+    timer: Option<Instant>,
+}
+
+impl Capped {
+    fn paused(capped: Option<&Self>, from: RelaySide) -> bool {
+        capped.is_some_and(|c| c.paused[from as usize].is_some())
+    }
+}
+
 /// Up to two 8-byte replies not yet written to the client.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -201,6 +219,10 @@ pub(crate) struct Conn {
     started: Instant,
     /// The relay's bookkeeping (counts for the log line), started with the relay.
     relay: Relay,
+    /// The relay's bandwidth caps, if any.
+    bandwidth: Option<Box<Capped>>,
+    /// BIND: the wait's slot (`--max-bind-waits`), held with the listener.
+    bind_slot: Option<Box<BindWait>>,
     result: Option<String>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
@@ -242,6 +264,8 @@ impl Conn {
             armed: [Interest::default(); 3],
             started: ctx.now,
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
+            bandwidth: None,
+            bind_slot: None,
             result: None,
             scheduled: None,
         };
@@ -267,6 +291,29 @@ impl Conn {
             Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
             Stage::Done => None,
+        }
+    }
+
+    /// With caps: when a paused direction may read again, if that needs a timer entry the worker
+    /// does not hold yet (it is then counted as held).
+    pub(crate) fn pause_timer(&mut self) -> Option<Instant> {
+        let capped = self.bandwidth.as_deref_mut()?;
+        let at = capped.paused.iter().flatten().min().copied()?;
+        if capped.timer.is_some_and(|t| t <= at) {
+            return None;
+        }
+        capped.timer = Some(at);
+        Some(at)
+    }
+
+    /// A timer entry at `at` came up: whether it is the pause timer this connection relies on.
+    pub(crate) fn pause_timer_fired(&mut self, at: Instant) -> bool {
+        match self.bandwidth.as_deref_mut() {
+            Some(capped) if capped.timer == Some(at) => {
+                capped.timer = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -302,6 +349,18 @@ impl Conn {
             Stage::Relay { .. } => {
                 self.relay.handle_timeout(self.relay_clock(ctx));
                 self.settle_relay();
+                // A direction the caps paused may read again.
+                let mut resumed = [false; 2];
+                if let Some(capped) = &mut self.bandwidth {
+                    for (paused, resumed) in capped.paused.iter_mut().zip(&mut resumed) {
+                        if paused.is_some_and(|t| ctx.now >= t) {
+                            (*paused, *resumed) = (None, true);
+                        }
+                    }
+                }
+                if resumed.contains(&true) {
+                    self.pump_both(ctx, resumed[0], resumed[1]);
+                }
             }
             Stage::Linger { until, .. } => {
                 if ctx.now >= *until {
@@ -543,7 +602,7 @@ impl Conn {
                 // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
-                    let result = self.start_listen();
+                    let result = self.start_listen(ctx.now);
                     let _ = self.hs.handle_listening(now, result);
                     started = true;
                 }
@@ -590,7 +649,9 @@ impl Conn {
                 if matches!(self.stage, Stage::Linger { .. }) {
                     self.stage = Stage::Done;
                 } else {
-                    self.finish(&format!("client write: {e}"));
+                    // The same words as the other adapters: the client is gone.
+                    tracing::debug!("writing reply: {e}");
+                    self.finish(&CloseReason::ClientGone.to_string());
                 }
             }
         }
@@ -646,13 +707,16 @@ impl Conn {
         self.drive(ctx);
     }
 
-    /// BIND: listens on the address the client reached us on, port 0.
-    fn start_listen(&mut self) -> Result<SocketAddr, Failure> {
+    /// BIND: listens on the address the client reached us on, port 0, and takes a BIND-wait slot.
+    fn start_listen(&mut self, now: Instant) -> Result<SocketAddr, Failure> {
         let local = self.client.local_addr().map_err(|e| Failure::from(&e))?;
         let ip = local.ip().to_canonical();
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
         listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
         let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
+        // Boxed: only a BIND pays for the slot.
+        let slot = self.admission.bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
+        self.bind_slot = Some(Box::new(slot));
         self.listener = Some(listener);
         // An IPv6 listener is reported as 0.0.0.0: the client uses the proxy's own address.
         Ok(SocketAddr::new(ip, port))
@@ -688,6 +752,11 @@ impl Conn {
         }
         let now = self.relay_clock(ctx);
         self.relay = Relay::new(now, self.snapshot.config.timeouts.idle);
+        self.bandwidth = self.snapshot.bandwidth.as_deref().map(|b| {
+            let user = self.hs.request().map(|r| users::user_name(r.user_id));
+            let bandwidth = b.connection(self.client_addr.ip(), user, ctx.now);
+            Box::new(Capped { bandwidth, paused: [None; 2], timer: None })
+        });
         let early = std::mem::take(&mut self.early);
         self.relay.handle_read(now, RelaySide::Client, early.len());
         let up = Dir::with_pending(early);
@@ -710,12 +779,14 @@ impl Conn {
         let Stage::Relay { up, down } = &mut self.stage else { return };
         let Some(upstream) = &self.upstream else { return };
         let relay = &mut self.relay;
+        let mut capped = self.bandwidth.as_deref_mut();
         let mut failed = false;
         if do_up {
-            failed = pump_one(up, relay, (&self.client, upstream), RelaySide::Client, ctx, now);
+            let sockets = (&self.client, upstream);
+            failed = pump_one(up, relay, sockets, RelaySide::Client, capped.as_deref_mut(), ctx, now);
         }
         if do_down && !failed {
-            pump_one(down, relay, (upstream, &self.client), RelaySide::Upstream, ctx, now);
+            pump_one(down, relay, (upstream, &self.client), RelaySide::Upstream, capped, ctx, now);
         }
         self.settle_relay();
     }
@@ -736,16 +807,12 @@ impl Conn {
             RelaySide::Client => &self.client,
             RelaySide::Upstream => upstream,
         };
-        let end = loop {
-            match relay.poll_output() {
-                // The peer may already be gone; the direction is over either way.
-                RelayOutput::Shutdown(side) => drop(socket(side).shutdown(Shutdown::Write)),
-                // Closing the socket when the connection is dropped then sends a reset.
-                RelayOutput::Abort(side) => drop(socket2::SockRef::from(socket(side)).set_linger(Some(Duration::ZERO))),
-                RelayOutput::Done(end) => break Some(end),
-                _ => break None,
-            }
-        };
+        let end = relay.settle(
+            // The peer may already be gone; the direction is over either way.
+            |side| drop(socket(side).shutdown(Shutdown::Write)),
+            // Closing the socket when the connection is dropped then sends a reset.
+            |side| drop(socket2::SockRef::from(socket(side)).set_linger(Some(Duration::ZERO))),
+        );
         if let Some(end) = end {
             self.finish(&end.to_string());
         }
@@ -800,9 +867,13 @@ impl Conn {
             }
             (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
             (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
-            (Stage::Relay { up, down }, Side::Client) => Interest { read: up.wants_read(), write: down.wants_write() },
+            (Stage::Relay { up, down }, Side::Client) => {
+                let paused = Capped::paused(self.bandwidth.as_deref(), RelaySide::Client);
+                Interest { read: up.wants_read() && !paused, write: down.wants_write() }
+            }
             (Stage::Relay { up, down }, Side::Upstream) => {
-                Interest { read: down.wants_read(), write: up.wants_write() }
+                let paused = Capped::paused(self.bandwidth.as_deref(), RelaySide::Upstream);
+                Interest { read: down.wants_read() && !paused, write: up.wants_write() }
             }
             (Stage::Linger { .. }, Side::Client) => Interest { read: true, write: !self.out.is_empty() },
             _ => Interest::default(),
@@ -860,6 +931,7 @@ impl Conn {
                         let _ = poller.delete(&l);
                     }
                 }
+                self.bind_slot = None;
             }
         }
     }
@@ -910,16 +982,23 @@ where
 }
 
 /// Pumps one direction and reports what it did to the relay; returns whether a socket failed.
+/// With caps, a pump they stopped pauses the direction's reading.
 fn pump_one(
     dir: &mut Dir,
     relay: &mut Relay,
     (src, dst): (&TcpStream, &TcpStream),
     from: RelaySide,
+    capped: Option<&mut Capped>,
     ctx: &mut Ctx<'_>,
     now: Duration,
 ) -> bool {
     let mut progress = Progress::default();
-    let result = dir.pump(src, dst, ctx.scratch, ctx.pipes, &mut progress);
+    let (direction, at) = (Direction::from(from), ctx.now);
+    let caps = capped.as_deref().map(|c| Caps { bandwidth: &c.bandwidth, direction, now: at });
+    let result = dir.pump(src, dst, ctx.scratch, ctx.pipes, caps, &mut progress);
+    if let Some(capped) = capped {
+        capped.paused[from as usize] = progress.wait.map(|wait| at + wait);
+    }
     relay.handle_read(now, from, progress.read);
     relay.handle_written(now, from, progress.written);
     if progress.eof {

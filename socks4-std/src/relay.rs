@@ -9,9 +9,17 @@
 //! freed as soon as it drains. While anything is pending (in the pipe or the buffer) the source
 //! is not read, so a direction never holds more than [`MAX_PENDING`] bytes and an idle relay holds
 //! neither a buffer nor a pipe.
+//!
+//! With bandwidth caps ([`Caps`]) each read or splice asks for a grant first and moves at most
+//! that; when the caps say wait, the pump stops and reports the wait ([`Progress::wait`]): the
+//! connection then stops watching the source until the wait has passed, while the other direction
+//! and the idle deadline go on.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use socks4_server::bandwidth::{ConnBandwidth, Direction, Grant};
 
 use crate::splice::{self, Pipe, Pipes};
 
@@ -48,6 +56,32 @@ pub(crate) struct Progress {
     pub(crate) written: usize,
     /// The source reached EOF.
     pub(crate) eof: bool,
+    /// The bandwidth caps stopped the pump: read no more before this has passed.
+    pub(crate) wait: Option<Duration>,
+}
+
+/// One direction's bandwidth caps for a pump: the connection's buckets, the direction, the time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps<'a> {
+    pub(crate) bandwidth: &'a ConnBandwidth,
+    pub(crate) direction: Direction,
+    pub(crate) now: Instant,
+}
+
+/// How many of `wanted` bytes may be read now (all of them without caps), or how long to wait.
+fn grant(caps: Option<Caps<'_>>, wanted: usize) -> Result<usize, Duration> {
+    let Some(c) = caps else { return Ok(wanted) };
+    match c.bandwidth.grant(c.direction, c.now, wanted) {
+        Grant::Now(n) => Ok(n),
+        Grant::After(wait) => Err(wait),
+    }
+}
+
+/// Gives back the part of a [`grant`] that was not read.
+fn refund(caps: Option<Caps<'_>>, unused: usize) {
+    if let Some(c) = caps {
+        c.bandwidth.refund(c.direction, unused);
+    }
 }
 
 /// Which socket failed.
@@ -86,15 +120,16 @@ impl Dir {
         self.off < self.pending.len() || self.piped.is_some()
     }
 
-    /// Moves bytes from `src` to `dst` until one of them would block, EOF, or a fair share,
-    /// splicing through a pipe from `pipes` when one can be had, else copying via `scratch`;
-    /// adds what it did to `progress` (also when it fails).
+    /// Moves bytes from `src` to `dst` until one of them would block, EOF, a fair share, or the
+    /// `caps` say wait, splicing through a pipe from `pipes` when one can be had, else copying via
+    /// `scratch`; adds what it did to `progress` (also when it fails).
     pub(crate) fn pump(
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
         scratch: &mut [u8],
         pipes: &mut Pipes,
+        caps: Option<Caps<'_>>,
         progress: &mut Progress,
     ) -> Result<(), PumpError> {
         let mut reads = 0;
@@ -141,8 +176,22 @@ impl Dir {
                 return Ok(());
             }
             reads += 1;
-            if let Some(pipe) = pipes.take() {
-                match splice::fill(&pipe, src, MAX_PENDING) {
+            let pipe = pipes.take();
+            let wanted = if pipe.is_some() { MAX_PENDING } else { MAX_PENDING.min(scratch.len()) };
+            let allowed = match grant(caps, wanted) {
+                Ok(n) => n,
+                Err(wait) => {
+                    if let Some(pipe) = pipe {
+                        pipes.put(pipe);
+                    }
+                    progress.wait = Some(wait);
+                    return Ok(());
+                }
+            };
+            if let Some(pipe) = pipe {
+                let filled = splice::fill(&pipe, src, allowed);
+                refund(caps, allowed - filled.as_ref().map_or(0, |n| n.unwrap_or(0)));
+                match filled {
                     Ok(Some(0)) => {
                         pipes.put(pipe);
                         self.eof = true;
@@ -165,9 +214,10 @@ impl Dir {
                 }
                 continue;
             }
-            let len = MAX_PENDING.min(scratch.len());
-            let chunk = &mut scratch[..len];
-            let n = match (&*src).read(chunk) {
+            let chunk = &mut scratch[..allowed.min(MAX_PENDING)];
+            let read = (&*src).read(chunk);
+            refund(caps, allowed - read.as_ref().map_or(0, |&n| n));
+            let n = match read {
                 Ok(0) => {
                     self.eof = true;
                     progress.eof = true;

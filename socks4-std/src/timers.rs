@@ -1,8 +1,9 @@
 //! A worker's timer queue: a min-heap of `(deadline, slot, connection id)` with lazy invalidation.
 //!
 //! Entries are never removed early. A connection remembers the one deadline it relies on
-//! (`scheduled`); an entry that no longer matches it (the connection is gone, the slot was reused,
-//! or an earlier entry replaced it) is skipped when it comes up.
+//! (`scheduled`), and with bandwidth caps the one pause timer (`Conn::pause_timer`); an entry that
+//! matches neither (the connection is gone, the slot was reused, or an earlier entry replaced it)
+//! is skipped when it comes up.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -232,11 +232,14 @@ impl Worker {
             }
 
             while let Some(Entry { slot, id, at }) = timers.pop_due(now) {
-                if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id && c.scheduled == Some(at)) {
+                let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) else { continue };
+                if conn.scheduled == Some(at) {
                     conn.scheduled = None;
-                    conn.on_timer(&mut ctx);
-                    touched.push(slot);
+                } else if !conn.pause_timer_fired(at) {
+                    continue;
                 }
+                conn.on_timer(&mut ctx);
+                touched.push(slot);
             }
 
             if next_flush.is_some_and(|t| now >= t) {
@@ -270,6 +273,9 @@ impl Worker {
                         conn.scheduled = Some(at);
                         timers.push(Entry { at, slot, id: conn.id() });
                     }
+                }
+                if let Some(at) = conn.pause_timer() {
+                    timers.push(Entry { at, slot, id: conn.id() });
                 }
             }
 

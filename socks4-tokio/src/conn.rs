@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, Output, ReplyCode, ServerHandshake, Target};
-use socks4_server::limits::Admission;
+use socks4_core::{Action, CloseReason, Failure, Output, ReplyCode, ServerHandshake, Target};
+use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
+use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,6 +50,12 @@ impl Record {
 
     fn note_request(&mut self, hs: &ServerHandshake) {
         self.request.note(hs);
+    }
+
+    /// This connection's bandwidth caps under `bandwidth`, with its client's and its user's shares.
+    pub(crate) fn bandwidth(&self, bandwidth: &Bandwidth) -> Box<ConnBandwidth> {
+        let user = self.request.request().map(|r| users::user_name(r.user_id));
+        Box::new(bandwidth.connection(self.client.ip(), user, Instant::now()))
     }
 
     fn finish(&mut self, result: impl fmt::Display) {
@@ -112,7 +119,8 @@ async fn handshake_and_relay(
     let handshake = handshake(client, peer, shared, admission, record).await;
     admission.handshake_done();
     let (upstream, early) = handshake?;
-    let end = relay::relay(client, &upstream, early, shared.config.timeouts.idle, record).await;
+    let bandwidth = shared.bandwidth.as_deref();
+    let end = relay::relay(client, &upstream, early, shared.config.timeouts.idle, bandwidth, record).await;
     record.finish(end);
     Ok(())
 }
@@ -135,7 +143,8 @@ async fn handshake(
     let mut hs = config.handshake(now());
     let mut early: Vec<u8> = Vec::new();
     let mut upstream: Option<TcpStream> = None;
-    let mut bind_listener: Option<TcpListener> = None;
+    // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
+    let mut bind_listener: Option<(TcpListener, Box<BindWait>)> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
@@ -143,7 +152,12 @@ async fn handshake(
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
-                write_all(client, &reply.to_bytes()).await.map_err(|e| ConnError::Io("writing reply", e))?;
+                if let Err(e) = write_all(client, &reply.to_bytes()).await {
+                    // The same words in every adapter: the client is gone.
+                    tracing::debug!("writing reply: {e}");
+                    record.note_request(&hs);
+                    return Err(ConnError::Handshake(CloseReason::ClientGone.to_string()));
+                }
                 // The (first) reply is out: no longer a handshake for the limits.
                 admission.handshake_done();
             }
@@ -214,10 +228,14 @@ async fn handshake(
             }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
-                    Ok((listener, addr)) => {
-                        bind_listener = Some(listener);
-                        Ok(addr)
-                    }
+                    // The wait's slot, held with the listener (boxed: only a BIND pays for it).
+                    Ok((listener, addr)) => match admission.bind_wait(Instant::now()) {
+                        Ok(slot) => {
+                            bind_listener = Some((listener, Box::new(slot)));
+                            Ok(addr)
+                        }
+                        Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
+                    },
                     Err(e) => Err(Failure::from(&e)),
                 };
                 hs.handle_listening(now(), result).map_err(misuse)?;
@@ -229,13 +247,13 @@ async fn handshake(
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
-                if let Some(listener) = bind_listener.take() {
+                if let Some((listener, _slot)) = &bind_listener {
                     // BIND: the first reply went out; wait for one peer (or the client leaving),
                     // then close the listener.
                     let accept =
                         with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) });
                     let waited = watching(client, true, accept).await;
-                    drop(listener);
+                    bind_listener = None;
                     match waited {
                         Ok(result) => {
                             let result = result.and_then(|r| r).map(|(stream, from)| {

@@ -4,6 +4,10 @@
 //!
 //! Buffers are taken from a per-thread pool only while bytes are in flight, so an idle relayed
 //! connection holds no buffer.
+//!
+//! With bandwidth caps ([`ConnBandwidth`]) a direction asks for a grant once its source is
+//! readable, moves at most that, gives back the rest, and sleeps when the caps say so; the other
+//! direction and the idle watch go on meanwhile. Without caps it is one `None` check per chunk.
 
 use std::cell::RefCell;
 use std::io;
@@ -11,13 +15,16 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
-use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
+use socks4_core::{Fault, Relay, RelayEnd, Side};
+use socks4_server::bandwidth::{Bandwidth, ConnBandwidth, Direction, Grant};
 use tokio::net::TcpStream;
 
 use crate::conn::Record;
 
 /// Size of one relay buffer.
 const BUF_SIZE: usize = 16 * 1024;
+/// The most one splice moves (what a pipe is asked to hold).
+const MAX_SPLICE: usize = 256 * 1024;
 /// A spliced chunk smaller than this sends the direction back to the buffered copy.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const SMALL_CHUNK: usize = 4 * 1024;
@@ -59,6 +66,8 @@ struct Shared<'a> {
     upstream: &'a TcpStream,
     start: Instant,
     record: &'a Record,
+    /// The bandwidth caps' buckets of this connection; `None` without caps.
+    bandwidth: Option<Box<ConnBandwidth>>,
 }
 
 impl Drop for Shared<'_> {
@@ -88,16 +97,41 @@ impl Shared<'_> {
     fn feed(&self, input: impl FnOnce(&mut Relay, Duration)) -> Result<(), Stop> {
         let mut relay = self.relay.borrow_mut();
         input(&mut relay, self.now());
-        loop {
-            match relay.poll_output() {
-                // The peer may be gone already: the direction is over either way.
-                RelayOutput::Shutdown(side) => drop(SockRef::from(self.socket(side)).shutdown(Shutdown::Write)),
-                // Closing the socket (when the relay returns) then sends a reset.
-                RelayOutput::Abort(side) => drop(SockRef::from(self.socket(side)).set_linger(Some(Duration::ZERO))),
-                RelayOutput::Done(end) => return Err(end),
-                _ => return Ok(()),
-            }
+        let end = relay.settle(
+            // The peer may be gone already: the direction is over either way.
+            |side| drop(SockRef::from(self.socket(side)).shutdown(Shutdown::Write)),
+            // Closing the socket (when the relay returns) then sends a reset.
+            |side| drop(SockRef::from(self.socket(side)).set_linger(Some(Duration::ZERO))),
+        );
+        end.map_or(Ok(()), Err)
+    }
+
+    /// How many of `wanted` bytes may move from `from` now: all without caps; with caps, once the
+    /// caps grant them (sleeping meanwhile: only this direction waits).
+    async fn allowance(&self, from: Side, wanted: usize) -> usize {
+        match &self.bandwidth {
+            None => wanted,
+            // Boxed: the wait's state (a timer) is paid for by capped relays only, while they
+            // wait, not held in every relay's future.
+            Some(bandwidth) => match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
+                Grant::Now(n) => n,
+                Grant::After(_) => Box::pin(granted(bandwidth, from, wanted)).await,
+            },
         }
+    }
+
+    /// Gives back the part of an [`allowance`](Self::allowance) of `allowed` bytes that `chunk`
+    /// did not move (none when the chunk falls through to the copy, which uses the allowance).
+    fn charge(&self, from: Side, allowed: usize, chunk: Result<Chunk, Stop>) -> Result<Chunk, Stop> {
+        if let Some(bandwidth) = &self.bandwidth {
+            let unused = match chunk {
+                Ok(Chunk::Moved(n)) => allowed - n,
+                Ok(Chunk::NoPipe | Chunk::Unsupported) => 0,
+                _ => allowed,
+            };
+            bandwidth.refund(Direction::from(from), unused);
+        }
+        chunk
     }
 
     fn read(&self, from: Side, n: usize) -> Result<(), Stop> {
@@ -117,19 +151,32 @@ impl Shared<'_> {
     }
 }
 
+/// Waits until the caps grant some of `wanted` bytes read from `from`; how many.
+async fn granted(bandwidth: &ConnBandwidth, from: Side, wanted: usize) -> usize {
+    loop {
+        match bandwidth.grant(Direction::from(from), Instant::now(), wanted) {
+            Grant::Now(n) => return n,
+            Grant::After(wait) => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
 /// Relays until both directions end, one side fails (the other is then reset), or the connection
 /// is idle for `idle`, driving the core's [`Relay`]; the counts go to `record`. `early` (client
-/// bytes that came with the request) goes upstream first.
+/// bytes that came with the request) goes upstream first; it is not charged to the caps (at most
+/// one request buffer). `bandwidth`: the connection's caps, if any.
 pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     early: Vec<u8>,
     idle: Duration,
+    bandwidth: Option<&Bandwidth>,
     record: &Record,
 ) -> RelayEnd {
     let start = record.start;
+    let bandwidth = bandwidth.map(|b| record.bandwidth(b));
     let relay = RefCell::new(Relay::new(start.elapsed(), idle));
-    let sh = Shared { relay, client, upstream, start, record };
+    let sh = Shared { relay, client, upstream, start, record, bandwidth };
     if !early.is_empty() {
         let sent = match sh.read(Side::Client, early.len()) {
             Ok(()) => match write_all(upstream, &early).await {
@@ -171,8 +218,15 @@ async fn pump(sh: &Shared<'_>, from: Side) -> Result<(), Stop> {
     loop {
         src.readable().await.map_err(|e| sh.error(from, &e))?;
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        if streaming && can_splice {
-            match zero_copy::chunk(sh, src, dst, from).await? {
+        let splicing = streaming && can_splice;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let splicing = false;
+        // Asked only now that `src` is readable: an idle direction holds none of a shared cap.
+        let allowed = sh.allowance(from, if splicing { MAX_SPLICE } else { BUF_SIZE }).await;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if splicing {
+            let chunk = zero_copy::chunk(sh, src, dst, from, allowed).await;
+            match sh.charge(from, allowed, chunk)? {
                 Chunk::Moved(n) => {
                     streaming = n >= SMALL_CHUNK;
                     continue;
@@ -183,7 +237,8 @@ async fn pump(sh: &Shared<'_>, from: Side) -> Result<(), Stop> {
                 Chunk::NoPipe => {}
             }
         }
-        match copy_chunk(sh, src, dst, from).await? {
+        let chunk = copy_chunk(sh, src, dst, from, allowed).await;
+        match sh.charge(from, allowed, chunk)? {
             Chunk::Eof => break,
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Chunk::Moved(n) => streaming = n == BUF_SIZE,
@@ -209,10 +264,17 @@ enum Chunk {
     NoPipe,
 }
 
-/// Moves one chunk through a pooled buffer: one read, then write it all.
-async fn copy_chunk(sh: &Shared<'_>, src: &TcpStream, dst: &TcpStream, from: Side) -> Result<Chunk, Stop> {
+/// Moves one chunk of at most `limit` bytes through a pooled buffer: one read, then write it all.
+async fn copy_chunk(
+    sh: &Shared<'_>,
+    src: &TcpStream,
+    dst: &TcpStream,
+    from: Side,
+    limit: usize,
+) -> Result<Chunk, Stop> {
     let mut buf = PooledBuf::take();
-    let n = match src.try_read(&mut buf.0) {
+    let len = limit.min(buf.0.len());
+    let n = match src.try_read(&mut buf.0[..len]) {
         Ok(0) => return Ok(Chunk::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
@@ -239,7 +301,7 @@ mod zero_copy {
     use super::{Chunk, Shared, Stop};
 
     /// Capacity asked for each pipe (the kernel may round it or refuse; 64 KiB is the default).
-    const PIPE_SIZE: usize = 256 * 1024;
+    const PIPE_SIZE: usize = super::MAX_SPLICE;
     /// Most idle pipes a worker keeps (2 descriptors each).
     const POOL_MAX: usize = 16;
 
@@ -293,17 +355,23 @@ mod zero_copy {
         }
     }
 
-    /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to the pipe's
-    /// capacity), then splices the pipe out to `dst` until it is empty. `src` is not read again
-    /// before the pipe is empty, which is the back-pressure.
-    pub(super) async fn chunk(sh: &Shared<'_>, src: &TcpStream, dst: &TcpStream, from: Side) -> Result<Chunk, Stop> {
+    /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to `limit` and the
+    /// pipe's capacity), then splices the pipe out to `dst` until it is empty. `src` is not read
+    /// again before the pipe is empty, which is the back-pressure.
+    pub(super) async fn chunk(
+        sh: &Shared<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        from: Side,
+        limit: usize,
+    ) -> Result<Chunk, Stop> {
         let Ok(mut lease) = Lease::take() else {
             return Ok(Chunk::NoPipe);
         };
         let Some(pipe) = lease.pipe.as_ref() else {
             return Ok(Chunk::NoPipe);
         };
-        let (pipe_r, pipe_w, capacity) = (&pipe.read, &pipe.write, pipe.capacity);
+        let (pipe_r, pipe_w, capacity) = (&pipe.read, &pipe.write, pipe.capacity.min(limit));
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
         // The pipe is empty, so EAGAIN can only mean that `src` has nothing: the readiness may be
         // cleared.

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::caps::{self, connect_from};
 use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
 use crate::targets::EchoTarget;
 use crate::wire;
@@ -154,24 +155,6 @@ fn identd() -> Result<Identd, String> {
         thread::sleep(Duration::from_millis(50));
     }
     Ok(identd)
-}
-
-/// Sends a CONNECT to `target` with `user` from `source` through `proxy`; returns the reply code.
-fn connect_from(
-    source: Ipv4Addr,
-    proxy: SocketAddr,
-    target: SocketAddrV4,
-    user: &[u8],
-) -> Result<(u8, TcpStream), Failure> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from((source, 0)).into())?;
-    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
-    let mut s = TcpStream::from(socket);
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(&wire::connect(target, user))?;
-    let mut reply = [0u8; 8];
-    s.read_exact(&mut reply)?;
-    Ok((reply[1], s))
 }
 
 /// Ident (RFC 1413) through `binary` with the rule `allow from 127.0.0.0/8 ident`, against a real
@@ -386,6 +369,42 @@ pub fn users_file(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// Bandwidth caps through `binary` started with [`caps::bandwidth_args`]: see [`caps::bandwidth`]
+/// (per connection, per user and per client, both directions, through the relay the binary uses:
+/// splice on Linux once a direction streams).
+///
+/// # Errors
+/// What went wrong.
+pub fn bandwidth_caps(binary: &Path) -> Result<Outcome, Failure> {
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--allow".to_owned(), "any".to_owned()];
+    args.extend(caps::bandwidth_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, _lines, proxy, _seen) = start(binary, &args)?;
+    let outcome = caps::bandwidth(proxy);
+    drop(server);
+    outcome
+}
+
+/// The BIND-wait cap through `binary` started with `--max-bind-waits-per-client 2`: see
+/// [`caps::bind_waits`]; the refusal is logged as `per-client-bind-waits` in the refusal summary and
+/// `result=bind over the limit` on the connection's line.
+///
+/// # Errors
+/// What went wrong.
+pub fn bind_wait_cap(binary: &Path) -> Result<Outcome, Failure> {
+    let cap = caps::BIND_WAITS_PER_CLIENT.to_string();
+    let args = ["--listen", "127.0.0.1:0", "--allow", "any", "--max-bind-waits-per-client", &cap];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    caps::bind_waits(proxy)?;
+    for needle in ["1 per-client-bind-waits (top: 127.0.0.40)", "result=bind over the limit"] {
+        if !seen.iter().any(|l| l.contains(needle)) {
+            line_with(&lines, needle, &mut seen)?;
+        }
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
 /// A check run against an adapter's binary.
 pub type Check = fn(&Path) -> Result<Outcome, Failure>;
 
@@ -396,6 +415,8 @@ pub const ALL: &[(&str, Check)] = &[
     ("per_client_limits", per_client_limits),
     ("bind_client_leaves", bind_client_leaves),
     ("users_file", users_file),
+    ("bandwidth_caps", bandwidth_caps),
+    ("bind_wait_cap", bind_wait_cap),
     // --- Operations: reload, --check-config, systemd. ---
     ("sighup_reload", ops::sighup_reload),
     ("check_config", ops::check_config),

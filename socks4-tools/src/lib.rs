@@ -8,11 +8,13 @@
 //! - [`checksum`]: deterministic payloads and FNV-1a.
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
 //! - [`binary`]: checks run against an adapter's server binary (command line, log words).
+//! - [`caps`]: checks of bandwidth caps and the BIND-wait cap through a proxy configured with them.
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
 //! measures one.
 
 pub mod binary;
+pub mod caps;
 pub mod checksum;
 pub mod load;
 pub mod report;
@@ -109,6 +111,7 @@ macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
             ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+            bandwidth_caps bind_wait_cap
             sighup_reload check_config socket_activation notify_readiness
         );
     };
