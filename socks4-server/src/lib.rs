@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
-//! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
+//! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write, as text or JSON;
+//! - [`metrics`]: Prometheus metrics counted per worker, and the `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
@@ -54,6 +55,7 @@ mod gcra;
 pub mod ident;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 mod shards;
 pub mod users;
 

@@ -294,7 +294,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Self; 5] =
+    pub(crate) const ALL: [Self; 5] =
         [Self::PerClientConnections, Self::PerClientRate, Self::Handshakes, Self::ClientTable, Self::ServerConnections];
 
     /// The name in logs, e.g. `per-client-connections`.
@@ -305,6 +305,17 @@ impl Refusal {
             Self::Handshakes => "handshakes",
             Self::ClientTable => "client-table",
             Self::ServerConnections => "server-connections",
+        }
+    }
+
+    /// The metric label, e.g. `per_client_connections`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PerClientConnections => "per_client_connections",
+            Self::PerClientRate => "per_client_rate",
+            Self::Handshakes => "handshakes",
+            Self::ClientTable => "client_table",
+            Self::ServerConnections => "server_connections",
         }
     }
 
@@ -534,6 +545,8 @@ pub struct RefusalLog {
     /// When the last line was written.
     last: AtomicU64,
     counts: [AtomicU64; 5],
+    /// Since the start, never reset (for metrics).
+    totals: [AtomicU64; 5],
     top: Mutex<[TopClients; 5]>,
 }
 
@@ -549,6 +562,7 @@ impl RefusalLog {
             next: AtomicU64::new(0),
             last: AtomicU64::new(0),
             counts: Default::default(),
+            totals: Default::default(),
             top: Mutex::new(Default::default()),
         }
     }
@@ -556,8 +570,14 @@ impl RefusalLog {
     /// Counts one refusal of `client`; returns (and logs) the summary if one is due.
     pub fn record(&self, now: Instant, reason: Refusal, client: ClientKey) -> Option<RefusalSummary> {
         self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.totals[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.top.lock().unwrap_or_else(|e| e.into_inner())[reason.index()].add(client);
         self.flush(now)
+    }
+
+    /// Refusals for `reason` since the log began (the summaries' counts restart each line).
+    pub fn total(&self, reason: Refusal) -> u64 {
+        self.totals[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Returns (and logs) the summary if one is due and anything was refused since the last one.
