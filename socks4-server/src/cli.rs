@@ -21,6 +21,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use crate::bandwidth::RateLimit;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
 use crate::limits::ConnRate;
+use crate::log::LogFormat;
+use crate::metrics::{Endpoint, Metrics};
 use crate::users::{self, Users};
 use socks4_core::rules::{Action, Rule};
 
@@ -80,6 +82,13 @@ pub struct ServerArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
     pub log_level: String,
+    /// Log format: `text` lines, or `json`, one object per event (a connection's has the text
+    /// line's fields).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz, /readyz (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 
     // --- Abuse limits, bandwidth caps, authentication. ---
     /// Most connections open at once from one client (IPv4 address or IPv6 /64); 0 = no limit
@@ -224,6 +233,8 @@ impl ServerArgs {
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.reuseport |= self.reuseport;
         config.safe_socks |= self.safe_socks;
+        config.metrics = self.metrics.or(config.metrics);
+        config.log_format = self.log_format.unwrap_or(config.log_format);
         config.limits.user_id = self.max_user_id.unwrap_or(config.limits.user_id);
         config.limits.host = self.max_host.unwrap_or(config.limits.host);
         let t = &mut config.timeouts;
@@ -269,11 +280,14 @@ pub trait Serve: Sized {
     fn local_addrs(&self) -> Vec<SocketAddr>;
     /// Serves until SIGINT/SIGTERM, then shuts down gracefully.
     fn run(self) -> std::io::Result<()>;
+    /// Its metrics, which [`main`] serves with `--metrics`.
+    fn metrics(&self) -> std::sync::Arc<Metrics>;
 }
 
-/// The whole `main` of an adapter's binary: parse the shared command line, set up logging
-/// (`--log-level`, to stderr, coloured only on a terminal), build and validate the config (exit status 2 with the reason if it is bad, e.g.
-/// an open proxy), bind, log the listen addresses, and serve until SIGINT/SIGTERM.
+/// The whole `main` of an adapter's binary: parse the shared command line, build and validate the
+/// config (exit status 2 with the reason if it is bad, e.g. an open proxy), set up logging
+/// (`--log-level`, `--log-format`, to stderr, coloured only on a terminal), bind, log the listen
+/// addresses, serve the metrics endpoint (`--metrics`), and serve until SIGINT/SIGTERM.
 ///
 /// ```no_run
 /// # struct MyServer;
@@ -281,6 +295,7 @@ pub trait Serve: Sized {
 /// #     fn bind(_: socks4_server::ServerConfig) -> std::io::Result<Self> { Ok(MyServer) }
 /// #     fn local_addrs(&self) -> Vec<std::net::SocketAddr> { Vec::new() }
 /// #     fn run(self) -> std::io::Result<()> { Ok(()) }
+/// #     fn metrics(&self) -> std::sync::Arc<socks4_server::metrics::Metrics> { socks4_server::metrics::Metrics::new(1, false) }
 /// # }
 /// fn main() -> std::process::ExitCode {
 ///     socks4_server::cli::main::<MyServer>("my-socks4")
@@ -302,12 +317,6 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
             }
         };
     }
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
     let config = match args.to_config() {
         Ok(config) => config,
         Err(e) => {
@@ -315,6 +324,8 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&args.log_level, config.log_format);
+    let metrics_addr = config.metrics;
     let server = match S::bind(config) {
         Ok(server) => server,
         Err(e) => {
@@ -325,12 +336,34 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     for addr in server.local_addrs() {
         tracing::info!("{name} listening on {addr}");
     }
+    let endpoint = match metrics_addr.map(|addr| Endpoint::start(addr, server.metrics())).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(endpoint) = &endpoint {
+        tracing::info!("{name} serving metrics on http://{}/metrics", endpoint.local_addr());
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Installs the process's log subscriber: `filter` (`--log-level`) to stderr, as text (coloured on
+/// a terminal) or one JSON object per event.
+fn init_logging(filter: &str, format: LogFormat) {
+    crate::log::set_format(format);
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
     }
 }
 
@@ -415,9 +448,15 @@ mod tests {
             "4s",
             "--reuseport",
             "--safe-socks",
+            "--metrics",
+            "127.0.0.1:9100",
+            "--log-format",
+            "json",
         ])
         .unwrap();
         assert!(c.safe_socks);
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.workers, Some(3));
         let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
@@ -446,6 +485,8 @@ mod tests {
             max_connections = 100
             rules = ["deny to 169.254.0.0/16", "allow from 10.0.0.0/8"]
             safe_socks = true
+            metrics = "[::1]:9100"
+            log_format = "json"
             [limits]
             user_id = 32
             [timeouts]
@@ -462,6 +503,8 @@ mod tests {
         assert_eq!(c.timeouts.idle, Duration::from_secs(600));
         assert_eq!(c.timeouts.connect, Duration::from_secs(4));
         assert!(c.safe_socks);
+        assert_eq!((c.metrics, c.log_format), (Some("[::1]:9100".parse().unwrap()), LogFormat::Json));
+        assert!(parse_config_toml("log_format = \"xml\"").is_err());
         assert!(parse_config_toml("rules = [\"allow port x\"]").is_err());
         assert!(parse_config_toml("listen = 5").is_err());
         assert!(parse_config_toml("unknown_key = 1").is_err());

@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Abuse limits, bandwidth caps and authentication have their own tables and key (see
-//! [`ClientLimits`], [`BandwidthCaps`], [`users`](crate::users)):
+//! [`ClientLimits`], [`BandwidthCaps`], [`users`](crate::users)); metrics and the log format are
+//! top-level keys (`metrics = "127.0.0.1:9100"`, `log_format = "json"`):
 //!
 //! ```toml
 //! users = "/etc/socks4/users"   # relative paths are relative to the config file
@@ -48,6 +49,8 @@ use socks4_core::rules::{RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
 use crate::limits::{ClientLimits, Limiter};
+use crate::log::LogFormat;
+use crate::metrics::Metrics;
 use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
@@ -137,6 +140,13 @@ pub struct ServerConfig {
     pub bandwidth: BandwidthCaps,
     /// The users file (`users = "FILE"`): when set, user ids must be `NAME:TOKEN` that verify.
     pub users: Option<PathBuf>,
+
+    // --- Operations: metrics and logs (modules `metrics`, `log`). ---
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` (`metrics = "127.0.0.1:9100"`);
+    /// `None`: nothing is served or counted.
+    pub metrics: Option<SocketAddr>,
+    /// How the binary writes its log (`log_format = "text"` or `"json"`).
+    pub log_format: LogFormat,
 }
 
 /// The default listen address, `127.0.0.1:1080`.
@@ -157,6 +167,8 @@ impl Default for ServerConfig {
             client_limits: ClientLimits::default(),
             bandwidth: BandwidthCaps::default(),
             users: None,
+            metrics: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -247,6 +259,14 @@ impl ServerConfig {
     /// The admission limiter for all workers: call [`Limiter::admit`] on each accepted connection.
     pub fn limiter(&self, now: Instant) -> Arc<Limiter> {
         Limiter::new(self.client_limits, now)
+    }
+
+    /// The metrics for a pool of `workers`, counting only with `metrics` set, reading `limiter`'s
+    /// refusals: what an adapter builds at bind.
+    pub fn metrics(&self, workers: usize, limiter: &Arc<Limiter>) -> Arc<Metrics> {
+        let metrics = Metrics::new(workers, self.metrics.is_some());
+        metrics.watch_limiter(limiter);
+        metrics
     }
 
     /// The shared bandwidth state, or `None` when no cap is set (relays then pay nothing).

@@ -11,7 +11,7 @@
 //! conn start:    let mut meter = ConnMeter::start();             // on the worker's thread
 //! resolve:       meter.enter(Phase::Resolving) … meter.resolved(ok)
 //! connect:       meter.enter(Phase::Connecting) … meter.connected() on success
-//! each reply:    meter.replied(code)
+//! each reply:    meter.replied(code)                            // ends resolving/connecting
 //! BIND wait:     meter.enter(Phase::BindWait);   relay: meter.enter(Phase::Relaying)
 //! end:           meter.close(reason) where it is typed; meter.finish(command, up, down, errored)
 //!                (in the log line's Drop); dropping the meter leaves its phase
@@ -599,7 +599,8 @@ impl ConnMeter {
         }
     }
 
-    /// A reply went out; the first one ends the handshake's time.
+    /// A reply went out: the first one ends the handshake's time, and any ends a resolving or
+    /// connecting phase (back to the handshake until the relay or BIND wait is entered).
     pub fn replied(&mut self, code: ReplyCode) {
         if self.reply.is_none() {
             if let (Some(c), Some(start)) = (&self.counters, self.start) {
@@ -607,6 +608,9 @@ impl ConnMeter {
             }
         }
         self.reply = Some(code);
+        if matches!(self.phase, Phase::Resolving | Phase::Connecting) {
+            self.enter(Phase::Handshake);
+        }
     }
 
     /// Why the connection ends; the first reason given stands.

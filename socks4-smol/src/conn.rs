@@ -16,6 +16,7 @@ use socks4_core::{Action, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHan
 use socks4_server::ServerConfig;
 use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -34,11 +35,20 @@ pub(crate) struct ConnLog {
     request: RequestCopy,
     result: Option<String>,
     counts: Counts,
+    /// Its phases, reply and end in the metrics.
+    meter: ConnMeter,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
+        Self {
+            client,
+            start: Instant::now(),
+            request: RequestCopy::default(),
+            result: None,
+            counts: Counts::default(),
+            meter: ConnMeter::start(),
+        }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -53,15 +63,20 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
+        let request = self.request.request();
+        let (up, down) = (self.counts.up.get(), self.counts.down.get());
+        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
         let line = ConnLine {
             client: self.client,
-            request: self.request.request(),
+            request,
             result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
-            up: self.counts.up.get(),
-            down: self.counts.down.get(),
+            up,
+            down,
             elapsed: self.start.elapsed(),
+            worker: self.meter.worker(),
+            reply: self.meter.reply(),
         };
-        tracing::info!("{line}");
+        line.log();
     }
 }
 
@@ -78,7 +93,9 @@ pub(crate) async fn serve<R: Runtime>(
     admission.handshake_done();
     match outcome {
         Ok(Some((dest, early))) => {
+            log.meter.enter(Phase::Relaying);
             let end = relay::<R>(client, dest, &early, config.timeouts.idle, &log.counts).await;
+            log.meter.close(end.into());
             log.finish(end);
         }
         Ok(None) => linger::<R>(&mut client).await,
@@ -110,17 +127,21 @@ async fn handshake<R: Runtime>(
         match hs.poll_output() {
             Output::Send(reply) => {
                 client.write_all(&reply.to_bytes()).await?;
+                log.meter.replied(reply.code);
                 // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
                 // for its peer does not hold a handshake slot).
                 admission.handshake_done();
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
+                log.meter.enter(Phase::Resolving);
                 let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
                 match watched::<R, _>(&client, lookup).await {
                     Ok(answer) => {
                         candidates = Candidates::from_lookup(answer);
-                        misuse(hs.handle_resolved(now(), candidates.first()))?;
+                        let first = candidates.first();
+                        log.meter.resolved(first.is_ok());
+                        misuse(hs.handle_resolved(now(), first))?;
                     }
                     Err(_) => hs.handle_client_error(now()),
                 }
@@ -137,6 +158,7 @@ async fn handshake<R: Runtime>(
                 }
             }
             Output::Connect(Target::Addr(addr)) => {
+                log.meter.enter(Phase::Connecting);
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
                 let Ok(connected) = watched::<R, _>(&client, R::connect(addr, left)).await else {
@@ -148,6 +170,7 @@ async fn handshake<R: Runtime>(
                         let _ = R::set_nodelay(&stream);
                         let local = R::local_addr(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         dest = Some(stream);
+                        log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
                     Err(e) => match candidates.next_after(Failure::from(&e)) {
@@ -200,6 +223,7 @@ async fn handshake<R: Runtime>(
                 if let Some(l) = listener.take() {
                     // BIND: accept one peer, then the listener closes; a client that leaves first
                     // (end of file or error) ends the wait at once.
+                    log.meter.enter(Phase::BindWait);
                     let accept = async {
                         match left {
                             Some(left) => Ok(with_timeout::<R, _>(left, R::accept(&l)).await),
@@ -256,6 +280,7 @@ async fn handshake<R: Runtime>(
             }
             Output::Closed(reason) => {
                 log.note_request(&hs);
+                log.meter.close(Close::from(&reason));
                 log.finish(reason);
                 return Ok(None);
             }

@@ -17,6 +17,7 @@ use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter, Refusal, RefusalLog};
+use socks4_server::metrics::Metrics;
 use socks4_server::users::Verifier;
 
 use crate::conn::{ConnLog, serve};
@@ -61,6 +62,8 @@ pub struct Server {
     limiter: Arc<Limiter>,
     /// The users file's verifier (`--users`), shared by every worker.
     verifier: Option<Arc<Verifier>>,
+    /// Metrics (counting only with `--metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -89,12 +92,19 @@ impl Server {
             }
         }
         let limiter = config.limiter(Instant::now());
-        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier })
+        let metrics = config.metrics(workers, &limiter);
+        Ok(Server { config: Arc::new(config), listeners, addrs, workers, limiter, verifier, metrics })
     }
 
     /// The addresses the server listens on (with the actual ports).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Starts the worker pool (which also accepts) on smol in background threads.
@@ -115,6 +125,7 @@ impl Server {
             workers: Vec::new(),
             shared: shared.clone(),
             grace: self.config.timeouts.shutdown_grace,
+            metrics: Arc::clone(&self.metrics),
         };
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         handle.stop = Some(stop_tx);
@@ -135,6 +146,7 @@ impl Server {
                 shared: shared.clone(),
                 max: self.config.max_connections,
                 limiter: self.limiter.clone(),
+                metrics: Arc::clone(&self.metrics),
             };
             accept_tasks[home].push((listener, acceptor));
         }
@@ -142,9 +154,11 @@ impl Server {
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
             let verifier = self.verifier.clone();
-            let thread = thread::Builder::new()
-                .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, shared))?;
+            let metrics = Arc::clone(&self.metrics);
+            let thread = thread::Builder::new().name(format!("socks4-smol-worker-{i}")).spawn(move || {
+                metrics.enter_worker(i);
+                worker::<R>(rx, acceptors, stop, config, verifier, shared)
+            })?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -200,6 +214,7 @@ pub struct ServerHandle {
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl ServerHandle {
@@ -224,7 +239,13 @@ impl ServerHandle {
         self.stop_and_join();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     fn stop_and_join(&mut self) {
+        self.metrics.set_draining();
         // Closing the stop channel ends every accept task; each drops its senders, so once all
         // are gone the workers' channels close and they start their grace period.
         drop(self.stop.take());
@@ -247,6 +268,7 @@ struct Acceptor {
     shared: Arc<Shared>,
     max: usize,
     limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
 }
 
 /// Connections accepted in a row before the accept task lets its worker's other tasks run.
@@ -294,6 +316,7 @@ impl Acceptor {
                 }
                 Err(e) if socks4_server::accept::is_per_connection(&e) => {}
                 Err(e) => {
+                    self.metrics.accept_error();
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
                     Timer::after(ACCEPT_ERROR_PAUSE).await;
                 }
@@ -422,5 +445,9 @@ impl socks4_server::cli::Serve for Server {
 
     fn run(self) -> io::Result<()> {
         Server::run(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }

@@ -23,6 +23,7 @@ use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
+use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
@@ -203,6 +204,8 @@ pub(crate) struct Conn {
     /// The relay's bookkeeping (counts for the log line), started with the relay.
     relay: Relay,
     result: Option<String>,
+    /// Its phases, reply and end in the metrics.
+    meter: ConnMeter,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -243,6 +246,7 @@ impl Conn {
             started: ctx.now,
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
             result: None,
+            meter: ConnMeter::start(),
             scheduled: None,
         };
         conn.read_request(ctx);
@@ -317,6 +321,7 @@ impl Conn {
     pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
         self.candidates = candidates;
         let first = self.candidates.first();
+        self.meter.resolved(first.is_ok());
         if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);
@@ -352,6 +357,7 @@ impl Conn {
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
+            self.meter.close(Close::Shutdown);
             self.finish(socks4_server::log::SHUTDOWN);
         }
         self.rearm(poller);
@@ -448,6 +454,7 @@ impl Conn {
             let step = match self.hs.poll_output() {
                 Output::Send(reply) => {
                     self.out.push(reply.to_bytes());
+                    self.meter.replied(reply.code);
                     // The (first) reply is out: a BIND waiting for its peer holds no handshake slot.
                     self.admission.handshake_done();
                     continue;
@@ -473,6 +480,7 @@ impl Conn {
                 Output::Relay => Step::Relay,
                 Output::Wait { deadline } => Step::Wait(deadline),
                 Output::Closed(reason) => {
+                    self.meter.close(Close::from(&reason));
                     if reason == CloseReason::ClientGone {
                         self.out = Outbox::default(); // nobody to linger for
                     }
@@ -494,6 +502,7 @@ impl Conn {
                 }
                 Step::Resolve(host, port) => {
                     started = true;
+                    self.meter.enter(Phase::Resolving);
                     if !self.ask(ctx, Task::Resolve(host, port)) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
@@ -533,6 +542,7 @@ impl Conn {
                     }
                 }
                 Step::Connect(addr) => {
+                    self.meter.enter(Phase::Connecting);
                     if let Some(result) = self.start_connect(addr) {
                         self.connect_done(now, result);
                     }
@@ -542,6 +552,9 @@ impl Conn {
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen();
+                    if result.is_ok() {
+                        self.meter.enter(Phase::BindWait);
+                    }
                     let _ = self.hs.handle_listening(now, result);
                     started = true;
                 }
@@ -597,6 +610,9 @@ impl Conn {
     /// Answers the handshake's connect: the connection, or the name's next address to try (none
     /// after a timeout: the phase's time is used up), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
+        if result.is_ok() {
+            self.meter.connected();
+        }
         match result.map_err(|e| (e, self.candidates.next_after(e))) {
             Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
             result => drop(self.hs.handle_connected(now, result.map_err(|(e, _)| e))),
@@ -685,6 +701,7 @@ impl Conn {
             return self.finish("relay without an upstream connection");
         }
         let now = self.relay_clock(ctx);
+        self.meter.enter(Phase::Relaying);
         self.relay = Relay::new(now, ctx.config.timeouts.idle);
         let early = std::mem::take(&mut self.early);
         self.relay.handle_read(now, RelaySide::Client, early.len());
@@ -745,6 +762,7 @@ impl Conn {
             }
         };
         if let Some(end) = end {
+            self.meter.close(end.into());
             self.finish(&end.to_string());
         }
     }
@@ -876,16 +894,21 @@ impl Conn {
     }
 
     /// Writes the connection's one log line.
-    pub(crate) fn log(&self, now: Instant) {
+    pub(crate) fn log(&mut self, now: Instant) {
+        let request = self.hs.request();
+        let (up, down) = (self.relay.bytes(RelaySide::Client), self.relay.bytes(RelaySide::Upstream));
+        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
         let line = ConnLine {
             client: self.client_addr,
-            request: self.hs.request(),
+            request,
             result: &self.result.as_deref().unwrap_or("ok"),
-            up: self.relay.bytes(RelaySide::Client),
-            down: self.relay.bytes(RelaySide::Upstream),
+            up,
+            down,
             elapsed: now.saturating_duration_since(self.started),
+            worker: self.meter.worker(),
+            reply: self.meter.reply(),
         };
-        tracing::info!("{line}");
+        line.log();
     }
 }
 

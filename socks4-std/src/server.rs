@@ -12,6 +12,7 @@ use polling::{Event, Events, Poller};
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter, Refusal};
+use socks4_server::metrics::Metrics;
 use socks4_server::users::Verifier;
 
 use crate::resolver::{self, RESOLVER_THREADS};
@@ -49,6 +50,7 @@ pub struct Server {
     splice: bool,
     limiter: Arc<Limiter>,
     verifier: Option<Arc<Verifier>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -73,7 +75,8 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier })
+        let metrics = config.metrics(workers, &limiter);
+        Ok(Server { listeners, workers, config: Arc::new(config), splice: true, limiter, verifier, metrics })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
@@ -86,6 +89,12 @@ impl Server {
     /// The addresses actually bound (with the ports picked for port 0), one per listen address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|g| g.first().and_then(|l| l.local_addr().ok())).collect()
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Starts the workers, the resolver pool and (unless in reuseport mode, where every worker
@@ -107,7 +116,7 @@ impl Server {
             }
         }
         let mut per_worker = per_worker.into_iter();
-        let shared = Arc::new(Shared::new(self.limiter));
+        let shared = Arc::new(Shared::new(self.limiter, self.metrics));
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
         let mut links = Vec::with_capacity(workers);
@@ -128,7 +137,10 @@ impl Server {
             let thread = thread::Builder::new()
                 .name(format!("socks4-worker-{i}"))
                 .stack_size(STACK)
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    worker.shared.metrics.enter_worker(i);
+                    worker.run()
+                })?;
             handle.workers.push((Arc::clone(&poller), thread));
             links.push(WorkerLink { tx, poller });
         }
@@ -218,7 +230,13 @@ impl ServerHandle {
         self.stop();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
     fn stop(&mut self) {
+        self.shared.metrics.set_draining();
         self.shared.stop_accepting.store(true, Ordering::SeqCst);
         if let Some((poller, thread)) = self.acceptor.take() {
             let _ = poller.notify();
@@ -362,6 +380,7 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
         Err(e) => {
             tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
             shared.accept_pauses.fetch_add(1, Ordering::SeqCst);
+            shared.metrics.accept_error();
             Accepted::BackOff
         }
     }
@@ -416,5 +435,9 @@ impl socks4_server::cli::Serve for Server {
 
     fn run(self) -> io::Result<()> {
         Server::run(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }

@@ -11,6 +11,7 @@ use polling::{Events, Poller};
 use slab::Slab;
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter};
+use socks4_server::metrics::Metrics;
 use socks4_server::users::{AuthError, Verifier};
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
@@ -71,12 +72,15 @@ pub(crate) struct Shared {
     pub(crate) stop_accepting: AtomicBool,
     /// Workers: finish live connections within the grace period, then exit.
     pub(crate) draining: AtomicBool,
+    /// Metrics (counting only with `--metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
+    pub(crate) fn new(limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
         Self {
             limiter,
+            metrics,
             live: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),

@@ -10,6 +10,7 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, Socket, Type};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter, Refusal};
+use socks4_server::metrics::Metrics;
 use socks4_server::users::Verifier;
 use tokio::sync::watch;
 
@@ -29,14 +30,18 @@ pub(crate) struct Shared {
     pub(crate) accepted: AtomicU64,
     /// Connections closed at once because `max_connections` were already being served.
     pub(crate) over_limit: AtomicU64,
+    /// Metrics (counting only with `--metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    /// Fresh counters and limiter for `config`; loads its users file, if any.
-    pub(crate) fn new(config: ServerConfig) -> io::Result<Self> {
+    /// Fresh counters and limiter for `config` and `workers`; loads its users file, if any.
+    pub(crate) fn new(config: ServerConfig, workers: usize) -> io::Result<Self> {
         let verifier = config.verifier().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let limiter = config.limiter(Instant::now());
         Ok(Shared {
-            limiter: config.limiter(Instant::now()),
+            metrics: config.metrics(workers, &limiter),
+            limiter,
             verifier,
             config,
             active: AtomicUsize::new(0),
@@ -127,7 +132,7 @@ impl Server {
             }
             listeners.push(group);
         }
-        Ok(Server { shared: Arc::new(Shared::new(config)?), workers, listeners })
+        Ok(Server { shared: Arc::new(Shared::new(config, workers)?), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.
@@ -138,6 +143,12 @@ impl Server {
     /// The configuration the server runs with.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
     }
 
     /// Starts the workers (and the acceptor, unless in reuseport mode) in background threads.
@@ -217,7 +228,13 @@ impl ServerHandle {
         self.stop_and_join();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
     fn stop_and_join(&mut self) {
+        self.shared.metrics.set_draining();
         self.stop.send_replace(true);
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -244,5 +261,9 @@ impl socks4_server::cli::Serve for Server {
 
     fn run(self) -> io::Result<()> {
         Server::run(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }
