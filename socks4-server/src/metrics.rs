@@ -367,12 +367,7 @@ impl Metrics {
 /// One series of a metric family: its labels and its value.
 type Series<'a, V> = (&'a [(&'a str, &'a str)], V);
 
-fn counters(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    series: &[Series<'_, u64>],
-) -> fmt::Result {
+fn counters(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, series: &[Series<'_, u64>]) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in series {
         ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
@@ -422,9 +417,17 @@ impl Collector for Metrics {
         counters(&mut e, "socks4_connections_accepted", "Connections admitted and served.", &[(&[], accepted)])?;
         let per_worker: Vec<Series<'_, u64>> =
             workers.iter().zip(&worker_labels).map(|(w, l)| (&l[..], load(&w.connections))).collect();
-        counters(&mut e, "socks4_worker_connections", "Connections served, by worker (the round-robin spread).", &per_worker)?;
-        let active: Vec<Series<'_, i64>> =
-            workers.iter().zip(&worker_labels).map(|(w, l)| (&l[..], w.active.iter().map(|a| a.load(Relaxed)).sum())).collect();
+        counters(
+            &mut e,
+            "socks4_worker_connections",
+            "Connections served, by worker (the round-robin spread).",
+            &per_worker,
+        )?;
+        let active: Vec<Series<'_, i64>> = workers
+            .iter()
+            .zip(&worker_labels)
+            .map(|(w, l)| (&l[..], w.active.iter().map(|a| a.load(Relaxed)).sum()))
+            .collect();
         gauges(&mut e, "socks4_worker_active_connections", "Connections open now, by worker.", &active)?;
 
         let phase_labels = Phase::ALL.map(|p| [("phase", p.as_str())]);
@@ -438,7 +441,12 @@ impl Collector for Metrics {
             .zip(&refusal_labels)
             .map(|(&r, l)| (&l[..], self.limiter.get().map_or(0, |lim| lim.refusals().total(r))))
             .collect();
-        counters(&mut e, "socks4_connections_refused", "Connections closed at accept by a limit, by reason.", &refused)?;
+        counters(
+            &mut e,
+            "socks4_connections_refused",
+            "Connections closed at accept by a limit, by reason.",
+            &refused,
+        )?;
         counters(
             &mut e,
             "socks4_accept_errors",
@@ -474,13 +482,9 @@ impl Collector for Metrics {
             &bytes,
         )?;
 
-        histogram(
-            &mut e,
-            "socks4_handshake_duration_seconds",
-            "Time from accept to the first reply.",
-            workers,
-            |w| &w.handshake,
-        )?;
+        histogram(&mut e, "socks4_handshake_duration_seconds", "Time from accept to the first reply.", workers, |w| {
+            &w.handshake
+        })?;
         histogram(
             &mut e,
             "socks4_connect_duration_seconds",
@@ -488,7 +492,9 @@ impl Collector for Metrics {
             workers,
             |w| &w.connect,
         )?;
-        histogram(&mut e, "socks4_resolve_duration_seconds", "Time to resolve a SOCKS4a name.", workers, |w| &w.resolve)?;
+        histogram(&mut e, "socks4_resolve_duration_seconds", "Time to resolve a SOCKS4a name.", workers, |w| {
+            &w.resolve
+        })?;
         counters(
             &mut e,
             "socks4_resolve_failures",
@@ -563,9 +569,9 @@ impl ConnMeter {
         self.phase
     }
 
-    /// Moves the connection to `phase`.
+    /// Moves the connection to `phase` (nothing once [finished](Self::finish)).
     pub fn enter(&mut self, phase: Phase) {
-        if phase == self.phase {
+        if phase == self.phase || self.finished {
             return;
         }
         if let Some(c) = &self.counters {
@@ -620,12 +626,14 @@ impl ConnMeter {
 
     /// Counts the ended connection once: its request (by command and last reply), why it ended
     /// (the reason given to [`close`](Self::close); else [`Close::IoError`] if it `errored`, or
-    /// [`Close::Shutdown`]) and its bytes.
+    /// [`Close::Shutdown`]) and its bytes; it leaves the active gauges now (so a scrape after
+    /// the log line sees it gone).
     pub fn finish(&mut self, command: Option<Command>, up: u64, down: u64, errored: bool) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let Some(c) = &self.counters else { return };
+        c.active(self.phase).fetch_sub(1, Relaxed);
         if let Some(reply) = self.reply {
             let cmd = match command {
                 Some(Command::Connect) => 0,
@@ -645,7 +653,7 @@ impl ConnMeter {
 
 impl Drop for ConnMeter {
     fn drop(&mut self) {
-        if let Some(c) = &self.counters {
+        if let (Some(c), false) = (&self.counters, self.finished) {
             c.active(self.phase).fetch_sub(1, Relaxed);
         }
     }
@@ -657,7 +665,9 @@ mod tests {
 
     fn value(text: &str, series: &str) -> f64 {
         let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{series}: {text}"))
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series}: {text}"))
     }
 
     #[test]
@@ -665,7 +675,11 @@ mod tests {
         let metrics = Metrics::new(3, true);
         let limiter = crate::ServerConfig::default().limiter(Instant::now());
         metrics.watch_limiter(&limiter);
-        limiter.refusals().record(Instant::now(), Refusal::PerClientRate, std::net::IpAddr::from([127, 0, 0, 1]).into());
+        limiter.refusals().record(
+            Instant::now(),
+            Refusal::PerClientRate,
+            std::net::IpAddr::from([127, 0, 0, 1]).into(),
+        );
         std::thread::scope(|s| {
             s.spawn(|| {
                 metrics.enter_worker(2);
@@ -678,9 +692,11 @@ mod tests {
                 m.enter(Phase::Relaying);
                 m.close(RelayEnd::Reset(Side::Upstream).into());
                 m.close(Close::Ok);
-                m.finish(Some(Command::Connect), 10, 20, true);
-                m.finish(Some(Command::Connect), 10, 20, true);
                 assert_eq!(metrics.active(Phase::Relaying), 1);
+                m.finish(Some(Command::Connect), 10, 20, true);
+                m.finish(Some(Command::Connect), 10, 20, true);
+                assert_eq!(metrics.active(Phase::Relaying), 0, "finish leaves the gauges");
+                m.enter(Phase::Handshake);
             });
         });
         assert_eq!(metrics.active(Phase::Relaying), 0);

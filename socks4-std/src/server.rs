@@ -134,10 +134,8 @@ impl Server {
                 listeners: per_worker.next().unwrap_or_default(),
                 splice: self.splice,
             };
-            let thread = thread::Builder::new()
-                .name(format!("socks4-worker-{i}"))
-                .stack_size(STACK)
-                .spawn(move || {
+            let thread =
+                thread::Builder::new().name(format!("socks4-worker-{i}")).stack_size(STACK).spawn(move || {
                     worker.shared.metrics.enter_worker(i);
                     worker.run()
                 })?;

@@ -102,7 +102,10 @@ impl Drop for Endpoint {
         // Wake the blocking accept; the thread sees the flag and ends.
         let wake = SocketAddr::new(self.addr.ip().to_canonical(), self.addr.port());
         let wake = if wake.ip().is_unspecified() {
-            SocketAddr::new(if wake.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() }, wake.port())
+            SocketAddr::new(
+                if wake.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+                wake.port(),
+            )
         } else {
             wake
         };
@@ -163,12 +166,9 @@ fn answer(head: &[u8], metrics: &Arc<Metrics>) -> (&'static str, &'static str, S
         _ => return ("405 Method Not Allowed", TEXT, "method not allowed: GET or HEAD\n".into(), false),
     };
     match route {
-        Route::Metrics => (
-            "200 OK",
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            metrics.encode(),
-            head_only,
-        ),
+        Route::Metrics => {
+            ("200 OK", prometheus_client::encoding::prometheus_text::CONTENT_TYPE, metrics.encode(), head_only)
+        }
         Route::Healthz => ("200 OK", TEXT, "ok\n".into(), head_only),
         Route::Readyz if metrics.is_ready() => ("200 OK", TEXT, "ready\n".into(), head_only),
         Route::Readyz => ("503 Service Unavailable", TEXT, "draining\n".into(), head_only),
