@@ -46,6 +46,19 @@
 //!                  Grant::After(d) => sleep d (keep serving the other direction and the idle timer) }
 //! end:         drop(admission), drop(conn_bw); a periodic timer may call limiter.refusals().flush(now)
 //! ```
+//!
+//! # Wiring metrics and the log line into an adapter
+//!
+//! ```text
+//! bind:        metrics = config.metrics(workers, &limiter)            // Arc<Metrics>; Serve::metrics returns it
+//! worker:      metrics.enter_worker(i) at the top of worker thread i
+//! accept:      metrics.accept_error() where accepting pauses on an error
+//! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
+//!              meter.replied(code), meter.close(reason) where the reason is typed
+//! end:         meter.finish(cmd, up, down, errored); ConnLine { worker: meter.worker(), reply: meter.reply(), … }.log()
+//! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
+//! ```
+//! See [`metrics`] for the whole list.
 
 pub mod accept;
 pub mod bandwidth;

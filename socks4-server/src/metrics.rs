@@ -19,9 +19,11 @@
 //! reload:        metrics.reloaded(ok)
 //! ```
 //!
-//! Each worker's counters sit in their own cache lines and are only written by that worker
-//! (relaxed atomic adds, read by the scrape); bytes are added once per connection, at its end.
-//! With metrics off a [`ConnMeter`] holds no counters and each call is one branch.
+//! Each worker's counters sit in their own cache lines and are only written by that worker's
+//! thread (a [`ConnMeter`] cannot leave the thread it started on), so an increment is a relaxed
+//! load and store, with no locked instruction; the scrape reads them. Bytes are added once per
+//! connection, at its end, and the clock is read only where a time is measured. With metrics off
+//! a [`ConnMeter`] holds no counters and each call is one branch.
 //!
 //! ```
 //! use socks4_server::metrics::{ConnMeter, Metrics, Phase};
@@ -233,12 +235,23 @@ struct Histogram {
     sum_nanos: AtomicU64,
 }
 
+/// Adds `n` to a counter that only the calling thread writes (see [`WorkerCounters`]): a plain
+/// load and store, no locked instruction; readers see the old or the new value.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Adds `n` to a gauge that only the calling thread writes.
+fn bump_gauge(gauge: &AtomicI64, n: i64) {
+    gauge.store(gauge.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 impl Histogram {
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        bump(&self.buckets[i], 1);
+        bump(&self.sum_nanos, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 }
 
@@ -248,7 +261,9 @@ const REPLIES: [ReplyCode; 4] =
 /// Commands in the order of the `requests` table; the last is a malformed request's.
 const COMMANDS: [&str; 3] = ["connect", "bind", "unknown"];
 
-/// One worker's counters, written only by that worker, on cache lines of their own.
+/// One worker's counters, on cache lines of their own, written only by the one thread that
+/// entered that worker ([`Metrics::enter_worker`]) through its [`ConnMeter`]s, which are not
+/// `Send`. (Were two threads to write one, increments could be lost, never memory safety.)
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct WorkerCounters {
@@ -310,7 +325,8 @@ impl Metrics {
     }
 
     /// Marks the calling thread as worker `index` (taken modulo the worker count): the
-    /// [`ConnMeter`]s started on it count in that worker's counters and log `worker=index`.
+    /// [`ConnMeter`]s started on it count in that worker's counters and log `worker=index`. Each
+    /// index belongs to one thread: a worker's counters have a single writer.
     pub fn enter_worker(&self, index: usize) {
         let index = index % self.worker_count;
         WORKER.with(|w| w.set(Some(index)));
@@ -530,6 +546,8 @@ pub struct ConnMeter {
     reply: Option<ReplyCode>,
     close: Option<Close>,
     finished: bool,
+    /// Not `Send`: the counters' single writer is the thread the meter started on.
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl ConnMeter {
@@ -538,8 +556,8 @@ impl ConnMeter {
     pub fn start() -> Self {
         let counters = COUNTERS.with(|c| c.borrow().clone());
         let now = counters.as_ref().map(|c| {
-            c.connections.fetch_add(1, Relaxed);
-            c.active(Phase::Handshake).fetch_add(1, Relaxed);
+            bump(&c.connections, 1);
+            bump_gauge(c.active(Phase::Handshake), 1);
             Instant::now()
         });
         Self {
@@ -551,6 +569,7 @@ impl ConnMeter {
             reply: None,
             close: None,
             finished: false,
+            _thread_bound: std::marker::PhantomData,
         }
     }
 
@@ -575,9 +594,12 @@ impl ConnMeter {
             return;
         }
         if let Some(c) = &self.counters {
-            c.active(self.phase).fetch_sub(1, Relaxed);
-            c.active(phase).fetch_add(1, Relaxed);
-            self.since = Some(Instant::now());
+            bump_gauge(c.active(self.phase), -1);
+            bump_gauge(c.active(phase), 1);
+            // Only the resolving and connecting phases are timed.
+            if matches!(phase, Phase::Resolving | Phase::Connecting) {
+                self.since = Some(Instant::now());
+            }
         }
         self.phase = phase;
     }
@@ -592,7 +614,7 @@ impl ConnMeter {
         if let Some(c) = &self.counters {
             c.resolve.observe(self.phase_time());
             if !ok {
-                c.resolve_failures.fetch_add(1, Relaxed);
+                bump(&c.resolve_failures, 1);
             }
         }
         self.enter(Phase::Handshake);
@@ -633,7 +655,7 @@ impl ConnMeter {
             return;
         }
         let Some(c) = &self.counters else { return };
-        c.active(self.phase).fetch_sub(1, Relaxed);
+        bump_gauge(c.active(self.phase), -1);
         if let Some(reply) = self.reply {
             let cmd = match command {
                 Some(Command::Connect) => 0,
@@ -641,20 +663,20 @@ impl ConnMeter {
                 None => 2,
             };
             if let Some(r) = REPLIES.iter().position(|&x| x == reply) {
-                c.requests[cmd][r].fetch_add(1, Relaxed);
+                bump(&c.requests[cmd][r], 1);
             }
         }
         let close = self.close.unwrap_or(if errored { Close::IoError } else { Close::Shutdown });
-        c.closed[close.index()].fetch_add(1, Relaxed);
-        c.bytes[0].fetch_add(up, Relaxed);
-        c.bytes[1].fetch_add(down, Relaxed);
+        bump(&c.closed[close.index()], 1);
+        bump(&c.bytes[0], up);
+        bump(&c.bytes[1], down);
     }
 }
 
 impl Drop for ConnMeter {
     fn drop(&mut self) {
         if let (Some(c), false) = (&self.counters, self.finished) {
-            c.active(self.phase).fetch_sub(1, Relaxed);
+            bump_gauge(c.active(self.phase), -1);
         }
     }
 }
