@@ -22,6 +22,8 @@
 #   SERVERS="tokio smol std dante direct"   which to run, in this order
 #   SERVER_ARGS=""      more options for our servers, e.g. SERVER_ARGS="--max-per-client 2000
 #                       --max-rate-per-client 20000/s" for a run with per-client limits on
+#   VARIANT_ARGS=""     more options still for a server listed with a trailing +: SERVERS="tokio tokio+"
+#                       VARIANT_ARGS="--metrics 127.0.0.1:0" runs tokio without and with them, alternating
 #   SKIP_BUILD=1        use the existing release binaries
 #   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl
 #   CARGO_TARGET_DIR    where the release binaries are (default: target/ at the repo root)
@@ -41,6 +43,7 @@ WORKERS=${WORKERS:-2}
 DANTE_COOLDOWN=${DANTE_COOLDOWN:-60}
 SERVERS=${SERVERS:-"tokio smol std dante direct"}
 SERVER_ARGS=${SERVER_ARGS:-}
+VARIANT_ARGS=${VARIANT_ARGS:-}
 OUT=${OUT:-$root/bench/results.md}
 RAW=${OUT%.md}.jsonl
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -67,7 +70,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   log "building socks4-load (release)"
   cargo build --release -q -p socks4-tools --bin socks4-load
   for s in tokio smol std; do
-    case " $SERVERS " in *" $s "*) ;; *) continue ;; esac
+    case " $SERVERS " in *" $s "* | *" $s+ "*) ;; *) continue ;; esac
     log "building socks4-$s (release)"
     if ! cargo build --release -q -p "socks4-$s" --bin "socks4-$s" 2>"$target/compare-build-$s.log"; then
       skip[$s]="cargo build -p socks4-$s failed (see $target/compare-build-$s.log)"
@@ -122,9 +125,11 @@ start_server() { # name -> sets server_pid, server_addr
       ;;
     *)
       port=$(free_port) || return 1
-      # shellcheck disable=SC2086 # SERVER_ARGS is a list of options
-      "$release/socks4-$name" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
-        --max-connections 20000 $SERVER_ARGS >"$target/compare-$name.log" 2>&1 &
+      local variant=""
+      [ "${name%+}" = "$name" ] || variant=$VARIANT_ARGS
+      # shellcheck disable=SC2086 # SERVER_ARGS and VARIANT_ARGS are lists of options
+      "$release/socks4-${name%+}" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
+        --max-connections 20000 $SERVER_ARGS $variant >"$target/compare-$name.log" 2>&1 &
       server_pid=$!
       server_addr=127.0.0.1:$port
       for _ in $(seq 1 100); do
@@ -167,7 +172,7 @@ run_load() { # label route mode args...
 started=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
   for s in $SERVERS; do
-    [ -z "${skip[$s]:-}" ] || continue
+    [ -z "${skip[${s%+}]:-}" ] || continue
     log "round $round/$ROUNDS: $s (TIME_WAIT sockets now: $(ss -Htan state time-wait 2>/dev/null | wc -l))"
     if [ "$s" = direct ]; then
       route=--direct
@@ -240,7 +245,7 @@ medians='
   echo "Raw runs: \`$(basename "$RAW")\`."
   echo
   echo "Settings: ROUNDS=$ROUNDS RATE_SECS=$RATE_SECS RATE_C=$RATE_C BULK_STREAMS=$BULK_STREAMS BULK_MIB=$BULK_MIB HOLD_K=$HOLD_K WORKERS=$WORKERS DANTE_COOLDOWN=$DANTE_COOLDOWN"
-  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000${SERVER_ARGS:+ $SERVER_ARGS}\`;"
+  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000${SERVER_ARGS:+ $SERVER_ARGS}\`${VARIANT_ARGS:+, and \`$VARIANT_ARGS\` added for the servers marked +};"
   echo "Dante: \`socks4-tools/scripts/dante.sh\`; the load generator and its echo targets share the same $(nproc) CPUs)."
   echo
   if [ "${#skip[@]}" -gt 0 ]; then

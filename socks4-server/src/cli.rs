@@ -25,6 +25,8 @@ use crate::bandwidth::RateLimit;
 use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
 use crate::limits::ConnRate;
+use crate::log::LogFormat;
+use crate::metrics::{Endpoint, Metrics};
 use crate::reload::{Change, LiveConfig};
 use crate::systemd;
 use crate::users::{self, Users};
@@ -87,6 +89,13 @@ pub struct ServerArgs {
     /// file's `log_level`, else info).
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
     pub log_level: String,
+    /// Log format: `text` lines, or `json`, one object per event (a connection's has the text
+    /// line's fields).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz, /readyz (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 
     // --- Abuse limits, bandwidth caps, authentication. ---
     /// Most connections open at once from one client (IPv4 address or IPv6 /64); 0 = no limit
@@ -267,6 +276,8 @@ impl ServerArgs {
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.reuseport |= self.reuseport;
         config.safe_socks |= self.safe_socks;
+        config.metrics = self.metrics.or(config.metrics);
+        config.log_format = self.log_format.unwrap_or(config.log_format);
         config.limits.user_id = self.max_user_id.unwrap_or(config.limits.user_id);
         config.limits.host = self.max_host.unwrap_or(config.limits.host);
         let t = &mut config.timeouts;
@@ -321,6 +332,9 @@ pub trait Serve: Sized {
     fn local_addrs(&self) -> Vec<SocketAddr>;
     /// Starts serving in background threads.
     fn spawn(self) -> std::io::Result<Self::Running>;
+    /// Its metrics, which [`main`] serves with `--metrics` (counting only when the config sets
+    /// `metrics`).
+    fn metrics(&self) -> Arc<Metrics>;
 }
 
 /// A running server, as [`Serve::spawn`] returns it.
@@ -333,8 +347,9 @@ pub trait Running {
 /// The whole `main` of an adapter's binary: parse the shared command line; `hash-token` and
 /// `--check-config` print and exit; otherwise build and validate the config (exit status 2 with the
 /// reason if it is bad, e.g. an open proxy), take the listeners from systemd socket activation or
-/// bind them, set up logging (to stderr, coloured only on a terminal), log the listen addresses,
-/// tell systemd it is ready, then serve: `SIGHUP` reloads the config ([`reload`]),
+/// bind them, set up logging (`--log-level`, `--log-format`, to stderr, coloured only on a
+/// terminal), log the listen addresses, serve the metrics endpoint (`--metrics`), tell systemd it
+/// is ready, then serve: `SIGHUP` reloads the config ([`reload`]),
 /// `SIGINT`/`SIGTERM` drain and exit.
 ///
 /// ```no_run
@@ -346,6 +361,7 @@ pub trait Running {
 /// #     fn bind_live(_: std::sync::Arc<socks4_server::reload::LiveConfig>, _: Option<Vec<std::net::TcpListener>>) -> std::io::Result<Self> { Ok(MyServer) }
 /// #     fn local_addrs(&self) -> Vec<std::net::SocketAddr> { Vec::new() }
 /// #     fn spawn(self) -> std::io::Result<Running> { Ok(Running) }
+/// #     fn metrics(&self) -> std::sync::Arc<socks4_server::metrics::Metrics> { socks4_server::metrics::Metrics::new(1, false) }
 /// # }
 /// fn main() -> std::process::ExitCode {
 ///     socks4_server::cli::main::<MyServer>("my-socks4")
@@ -398,16 +414,8 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_filter_reloading();
-    let log_filter = logs.reload_handle();
-    logs.init();
-    let set_log_level =
-        |level: &str| log_filter.reload(tracing_subscriber::EnvFilter::new(level)).map_err(|e| e.to_string());
+    let set_log_level = init_logging(&config.log_level, config.log_format);
+    let metrics_addr = config.metrics;
     // Before serving: from then on a SIGHUP reloads rather than kills.
     let mut signals = match crate::signals::Signals::new() {
         Ok(signals) => signals,
@@ -436,6 +444,17 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     for addr in server.local_addrs() {
         tracing::info!("{name} listening on {addr}");
     }
+    let metrics = server.metrics();
+    let endpoint = match metrics_addr.map(|addr| Endpoint::start(addr, Arc::clone(&metrics))).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(endpoint) = &endpoint {
+        tracing::info!("{name} serving metrics on http://{}/metrics", endpoint.local_addr());
+    }
     let running = match server.spawn() {
         Ok(running) => running,
         Err(e) => {
@@ -447,8 +466,8 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
     let signal = loop {
         match signals.wait() {
             crate::signals::Signal::Reload => {
-                let _ok = reload(&args, &live, activated_addrs.as_deref(), &set_log_level).is_ok();
-                // METRICS (issue 12, merge): count it here, e.g. `metrics.reloaded(_ok);`
+                let ok = reload(&args, &live, activated_addrs.as_deref(), &*set_log_level).is_ok();
+                metrics.reloaded(ok);
             }
             crate::signals::Signal::Stop(signal) => break signal,
         }
@@ -489,7 +508,7 @@ pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<()
 /// still wins over the file; `activated` as for [`ServerArgs::to_config_activated`]), swaps it in
 /// for new connections and applies its log level, logs the outcome, and tells systemd it is ready
 /// again. A bad file (or users file) keeps the running config and logs why in one line; settings
-/// that take a restart (listen addresses, workers, reuseport) are logged and ignored.
+/// that take a restart (listen addresses, workers, reuseport, metrics, log format) are logged and ignored.
 pub fn reload(
     args: &ServerArgs,
     live: &LiveConfig,
@@ -525,6 +544,37 @@ pub fn reload(
     }
     systemd::notify(systemd::State::Ready);
     outcome
+}
+
+/// Sets a new log filter (a level or a tracing directive) on the installed subscriber.
+type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String>>;
+
+/// Installs the process's log subscriber: `filter` (`--log-level` or the file's `log_level`) to
+/// stderr, as text (coloured on a terminal) or one JSON object per event; returns what sets a new
+/// filter (a reload's `log_level`).
+fn init_logging(filter: &str, format: LogFormat) -> SetLogFilter {
+    use tracing_subscriber::EnvFilter;
+    crate::log::set_format(format);
+    let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let logs = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            Box::new(move |level| handle.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let logs = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            Box::new(move |level| handle.reload(EnvFilter::new(level)).map_err(|e| e.to_string()))
+        }
+    }
 }
 
 /// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
@@ -608,9 +658,15 @@ mod tests {
             "4s",
             "--reuseport",
             "--safe-socks",
+            "--metrics",
+            "127.0.0.1:9100",
+            "--log-format",
+            "json",
         ])
         .unwrap();
         assert!(c.safe_socks);
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.workers, Some(3));
         let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
@@ -639,6 +695,8 @@ mod tests {
             max_connections = 100
             rules = ["deny to 169.254.0.0/16", "allow from 10.0.0.0/8"]
             safe_socks = true
+            metrics = "[::1]:9100"
+            log_format = "json"
             [limits]
             user_id = 32
             [timeouts]
@@ -655,6 +713,8 @@ mod tests {
         assert_eq!(c.timeouts.idle, Duration::from_secs(600));
         assert_eq!(c.timeouts.connect, Duration::from_secs(4));
         assert!(c.safe_socks);
+        assert_eq!((c.metrics, c.log_format), (Some("[::1]:9100".parse().unwrap()), LogFormat::Json));
+        assert!(parse_config_toml("log_format = \"xml\"").is_err());
         assert!(parse_config_toml("rules = [\"allow port x\"]").is_err());
         assert!(parse_config_toml("listen = 5").is_err());
         assert!(parse_config_toml("unknown_key = 1").is_err());

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Abuse limits, bandwidth caps and authentication have their own tables and key (see
-//! [`ClientLimits`], [`BandwidthCaps`], [`users`](crate::users)):
+//! [`ClientLimits`], [`BandwidthCaps`], [`users`](crate::users)); metrics and the log format are
+//! top-level keys (`metrics = "127.0.0.1:9100"`, `log_format = "json"`):
 //!
 //! ```toml
 //! users = "/etc/socks4/users"   # relative paths are relative to the config file
@@ -49,6 +50,7 @@ use socks4_core::rules::{RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
 use crate::limits::{ClientLimits, Limiter};
+use crate::log::LogFormat;
 use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
@@ -143,6 +145,12 @@ pub struct ServerConfig {
     /// Log filter (`log_level = "info"`): a level or a tracing filter directive. `--log-level` or
     /// `SOCKS4_LOG` override it; a reload applies it.
     pub log_level: String,
+    // --- Operations: metrics and logs (modules `metrics`, `log`). ---
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` (`metrics = "127.0.0.1:9100"`);
+    /// `None`: nothing is served or counted.
+    pub metrics: Option<SocketAddr>,
+    /// How the binary writes its log (`log_format = "text"` or `"json"`).
+    pub log_format: LogFormat,
 }
 
 /// The default log filter, `info`.
@@ -168,6 +176,8 @@ impl Default for ServerConfig {
             users: None,
             // --- Operations. ---
             log_level: DEFAULT_LOG_LEVEL.to_string(),
+            metrics: None,
+            log_format: LogFormat::Text,
         }
     }
 }

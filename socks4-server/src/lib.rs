@@ -9,6 +9,8 @@
 //! - [`check`]: the effective configuration as a config file (`--check-config`);
 //! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
+//! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write, as text or JSON;
+//! - [`metrics`]: Prometheus metrics counted per worker, and the `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
@@ -54,6 +56,19 @@
 //!                  Grant::After(d) => sleep d (keep serving the other direction and the idle timer) }
 //! end:         drop(admission), drop(conn_bw); a periodic timer may call limiter.refusals().flush(now)
 //! ```
+//!
+//! # Wiring metrics and the log line into an adapter
+//!
+//! ```text
+//! bind:        metrics = config.metrics(workers, &limiter)            // Arc<Metrics>; Serve::metrics returns it
+//! worker:      metrics.enter_worker(i) at the top of worker thread i
+//! accept:      metrics.accept_error() where accepting pauses on an error
+//! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
+//!              meter.replied(code), meter.close(reason) where the reason is typed
+//! end:         meter.finish(cmd, up, down, errored); ConnLine { worker: meter.worker(), reply: meter.reply(), … }.log()
+//! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
+//! ```
+//! See [`metrics`] for the whole list.
 
 pub mod accept;
 pub mod bandwidth;
@@ -65,6 +80,7 @@ pub mod ident;
 pub mod limits;
 pub mod listen;
 pub mod log;
+pub mod metrics;
 pub mod reload;
 mod shards;
 #[cfg(unix)]

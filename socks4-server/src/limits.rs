@@ -332,7 +332,7 @@ pub enum Refusal {
 const REASONS: usize = 7;
 
 impl Refusal {
-    const ALL: [Self; REASONS] = [
+    pub(crate) const ALL: [Self; REASONS] = [
         Self::PerClientConnections,
         Self::PerClientRate,
         Self::Handshakes,
@@ -352,6 +352,19 @@ impl Refusal {
             Self::ServerConnections => "server-connections",
             Self::BindWaits => "bind-waits",
             Self::PerClientBindWaits => "per-client-bind-waits",
+        }
+    }
+
+    /// The metric label, e.g. `per_client_connections`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PerClientConnections => "per_client_connections",
+            Self::PerClientRate => "per_client_rate",
+            Self::Handshakes => "handshakes",
+            Self::ClientTable => "client_table",
+            Self::ServerConnections => "server_connections",
+            Self::BindWaits => "bind_waits",
+            Self::PerClientBindWaits => "per_client_bind_waits",
         }
     }
 
@@ -678,6 +691,8 @@ pub struct RefusalLog {
     /// When the last line was written.
     last: AtomicU64,
     counts: [AtomicU64; REASONS],
+    /// Since the start, never reset (for metrics).
+    totals: [AtomicU64; REASONS],
     top: Mutex<[TopClients; REASONS]>,
 }
 
@@ -693,6 +708,7 @@ impl RefusalLog {
             next: AtomicU64::new(0),
             last: AtomicU64::new(0),
             counts: Default::default(),
+            totals: Default::default(),
             top: Mutex::new(Default::default()),
         }
     }
@@ -700,8 +716,22 @@ impl RefusalLog {
     /// Counts one refusal of `client`; returns (and logs) the summary if one is due.
     pub fn record(&self, now: Instant, reason: Refusal, client: ClientKey) -> Option<RefusalSummary> {
         self.counts[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.totals[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.top.lock().unwrap_or_else(|e| e.into_inner())[reason.index()].add(client);
         self.flush(now)
+    }
+
+    /// Refusals for `reason` since the log began (the summaries' counts restart each line).
+    pub fn total(&self, reason: Refusal) -> u64 {
+        self.totals[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Adds `old`'s totals to this log's, so that the totals of a limiter that replaces another
+    /// (a reload with new limits) keep counting up from where the old one stood.
+    pub(crate) fn carry_totals(&self, old: &RefusalLog) {
+        for (total, old) in self.totals.iter().zip(&old.totals) {
+            total.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     /// Returns (and logs) the summary if one is due and anything was refused since the last one.

@@ -1,19 +1,47 @@
 //! The one log line every adapter writes per connection, in one format:
 //!
 //! ```text
-//! conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=alice result=ok up=78 down=1256 ms=41
+//! conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=alice result=ok up=78 down=1256 ms=41 worker=2 reply=90
 //! ```
 //!
-//! A missing field prints as `-`. The user id is the only peer-chosen free text, so bytes outside
+//! A missing field prints as `-` (`reply=-`: no reply was sent, e.g. the client left first). With
+//! `--log-format json` ([`LogFormat::Json`]) every log event is one JSON object, and the connection's
+//! has the same fields (a missing one is left out; numbers are numbers):
+//!
+//! ```text
+//! {"timestamp":"…","level":"INFO","message":"conn","client":"127.0.0.1:50522","cmd":"CONNECT","dest":"example.com:80","user":"alice","result":"ok","up":78,"down":1256,"ms":41,"worker":2,"reply":90,"target":"socks4_server::log"}
+//! ```
+//! The user id is the only peer-chosen free text, so bytes outside
 //! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
 //! A user id `NAME:SECRET` (the [`users`](crate::users) token form, and what clients put there for
 //! `user:password`) prints as `NAME:***`: secrets stay out of logs.
 
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use socks4_core::{Dest, Limits, Request, ServerHandshake, Status, parse_request};
+use socks4_core::{Dest, Limits, ReplyCode, Request, ServerHandshake, Status, parse_request};
+
+/// How log events are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per event; a connection's has one field per field of the text line.
+    Json,
+}
+
+/// Whether [`ConnLine::log`] writes structured fields (JSON) rather than the text line.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Sets how [`ConnLine::log`] writes, for the whole process (the subscriber must match: see
+/// [`cli::main`](crate::cli::main)).
+pub fn set_format(format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
+}
 
 /// The result of a connection still open when the shutdown grace period ended, on every adapter.
 /// (A relay's own end is a [`RelayEnd`](socks4_core::RelayEnd), a handshake's a
@@ -61,8 +89,10 @@ impl Display for UserId<'_> {
 ///     up: 78,
 ///     down: 1256,
 ///     elapsed: Duration::from_millis(41),
+///     worker: Some(2),
+///     reply: Some(socks4_core::ReplyCode::Granted),
 /// };
-/// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41");
+/// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41 worker=2 reply=90");
 /// # Ok::<(), socks4_core::ParseError>(())
 /// ```
 pub struct ConnLine<'a> {
@@ -80,27 +110,83 @@ pub struct ConnLine<'a> {
     pub down: u64,
     /// Time since accept.
     pub elapsed: Duration,
+    /// The worker that served it.
+    pub worker: Option<usize>,
+    /// The last reply sent, if any.
+    pub reply: Option<ReplyCode>,
+}
+
+/// Prints an optional value, or `-`.
+struct OrDash<T>(Option<T>);
+
+impl<T: Display> Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A request's destination, `host:port`.
+struct DestText<'a>(&'a Request<'a>);
+
+impl Display for DestText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.dest {
+            Dest::Ip(ip) => write!(f, "{ip}:{}", self.0.port),
+            Dest::Domain(host) => write!(f, "{host}:{}", self.0.port),
+        }
+    }
+}
+
+/// A request's user for the log: the name escaped, `:***` for a secret after a colon.
+struct UserText<'a>(&'a [u8]);
+
+impl Display for UserText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = crate::users::user_name(self.0);
+        UserId(name).fmt(f)?;
+        if name.len() < self.0.len() {
+            f.write_str(":***")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConnLine<'_> {
+    /// Writes the line at info level: as text (its `Display`), or, after
+    /// [`set_format(LogFormat::Json)`](set_format), as an event with one field per field.
+    pub fn log(&self) {
+        if !JSON.load(Ordering::Relaxed) {
+            return tracing::info!("{self}");
+        }
+        let req = self.request.as_ref();
+        tracing::info!(
+            client = %self.client,
+            cmd = req.map(|r| tracing::field::display(r.command)),
+            dest = req.map(|r| tracing::field::display(DestText(r))),
+            user = req.filter(|r| !r.user_id.is_empty()).map(|r| tracing::field::display(UserText(r.user_id))),
+            result = %self.result,
+            up = self.up,
+            down = self.down,
+            ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
+            worker = self.worker.map(|w| w as u64),
+            reply = self.reply.map(|r| u64::from(r.code())),
+            "conn"
+        );
+    }
 }
 
 impl Display for ConnLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "conn client={} ", self.client)?;
         match &self.request {
-            Some(req) => {
-                write!(f, "cmd={} dest=", req.command)?;
-                match req.dest {
-                    Dest::Ip(ip) => write!(f, "{ip}")?,
-                    Dest::Domain(host) => f.write_str(host)?,
-                }
-                let name = crate::users::user_name(req.user_id);
-                write!(f, ":{} user={}", req.port, UserId(name))?;
-                if name.len() < req.user_id.len() {
-                    f.write_str(":***")?;
-                }
-            }
+            Some(req) => write!(f, "cmd={} dest={} user={}", req.command, DestText(req), UserText(req.user_id))?,
             None => f.write_str("cmd=- dest=- user=-")?,
         }
-        write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())
+        write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())?;
+        write!(f, " worker={} reply={}", OrDash(self.worker), OrDash(self.reply.map(ReplyCode::code)))
     }
 }
 
@@ -151,10 +237,12 @@ mod tests {
             up: 0,
             down: 0,
             elapsed: Duration::from_secs(1),
+            worker: None,
+            reply: None,
         };
         assert_eq!(
             line.to_string(),
-            "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000"
+            "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000 worker=- reply=-"
         );
         assert_eq!(UserId(b"\\\xff").to_string(), "\\x5c\\xff");
     }
@@ -173,6 +261,8 @@ mod tests {
             up: 0,
             down: 0,
             elapsed: Duration::ZERO,
+            worker: Some(0),
+            reply: Some(ReplyCode::Rejected),
         };
         let text = line.to_string();
         assert!(text.contains(" user=alice:*** ") && !text.contains("s3cret"), "{text}");

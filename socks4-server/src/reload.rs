@@ -21,7 +21,7 @@
 //! - rules, users file, timeouts, `max_connections`, `safe_socks`, `[limits]`, `[client_limits]`
 //!   and the log level apply to connections accepted after the swap; connections already accepted
 //!   keep their snapshot to the end (a relay is never cut or re-checked by a reload);
-//! - listen addresses, `workers` and `reuseport` are bind-time settings: a change is listed in
+//! - listen addresses, `workers`, `reuseport`, `metrics` and `log_format` are bind-time settings: a change is listed in
 //!   [`Change::restart_needed`] (the server logs it) and otherwise ignored;
 //! - per-client counts: the [`Limiter`] is kept as long as `[client_limits]` is unchanged, so the
 //!   counts and rate buckets carry over. When the limits change a new limiter counts the
@@ -41,6 +41,7 @@ use arc_swap::ArcSwap;
 use crate::bandwidth::Bandwidth;
 use crate::config::{ConfigError, ServerConfig};
 use crate::limits::Limiter;
+use crate::metrics::Metrics;
 use crate::users::Verifier;
 
 /// What a connection runs with, from accept to close: the config and what is built from it.
@@ -64,7 +65,12 @@ impl Snapshot {
         let verifier = config.verifier()?;
         let limiter = match old {
             Some(old) if *old.limiter.limits() == config.client_limits => Arc::clone(&old.limiter),
-            _ => config.limiter(Instant::now()),
+            Some(old) => {
+                let limiter = config.limiter(Instant::now());
+                limiter.refusals().carry_totals(old.limiter.refusals());
+                limiter
+            }
+            None => config.limiter(Instant::now()),
         };
         let bandwidth = match old {
             Some(old) if old.config.bandwidth == config.bandwidth => old.bandwidth.clone(),
@@ -90,6 +96,14 @@ impl LiveConfig {
         Ok(Arc::new(Self { current: ArcSwap::from_pointee(snapshot), bound: config }))
     }
 
+    /// The metrics for a pool of `workers`, counting only when the config sets `metrics`, reading
+    /// the admission refusals from the current limiter: what an adapter builds at bind.
+    pub fn metrics(self: &Arc<Self>, workers: usize) -> Arc<Metrics> {
+        let metrics = Metrics::new(workers, self.bound.metrics.is_some());
+        metrics.watch_live(self);
+        metrics
+    }
+
     /// The current snapshot: take it once per connection, at accept, and keep it.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -103,6 +117,8 @@ impl LiveConfig {
         config.listen.clone_from(&self.bound.listen);
         config.workers = self.bound.workers;
         config.reuseport = self.bound.reuseport;
+        config.metrics = self.bound.metrics;
+        config.log_format = self.bound.log_format;
         let old = self.current.load();
         let next = Snapshot::build(config, Some(&old))?;
         let limits_changed = !Arc::ptr_eq(&old.limiter, &next.limiter);
@@ -120,7 +136,8 @@ impl LiveConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Change {
-    /// Bind-time settings that changed and were not applied (`listen`, `workers`, `reuseport`).
+    /// Bind-time settings that changed and were not applied (`listen`, `workers`, `reuseport`,
+    /// `metrics`, `log_format`).
     pub restart_needed: Vec<&'static str>,
     /// `[client_limits]` changed: new connections are counted by a new limiter.
     pub limits_changed: bool,
@@ -145,6 +162,12 @@ pub fn restart_needed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static st
     }
     if old.reuseport != new.reuseport {
         changed.push("reuseport");
+    }
+    if old.metrics != new.metrics {
+        changed.push("metrics");
+    }
+    if old.log_format != new.log_format {
+        changed.push("log_format");
     }
     changed
 }

@@ -17,6 +17,7 @@ use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -35,11 +36,20 @@ pub(crate) struct ConnLog {
     request: RequestCopy,
     result: Option<String>,
     counts: Counts,
+    /// Its phases, reply and end in the metrics.
+    meter: ConnMeter,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
+        Self {
+            client,
+            start: Instant::now(),
+            request: RequestCopy::default(),
+            result: None,
+            counts: Counts::default(),
+            meter: ConnMeter::start(),
+        }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -60,15 +70,20 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
+        let request = self.request.request();
+        let (up, down) = (self.counts.up.get(), self.counts.down.get());
+        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
         let line = ConnLine {
             client: self.client,
-            request: self.request.request(),
+            request,
             result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
-            up: self.counts.up.get(),
-            down: self.counts.down.get(),
+            up,
+            down,
             elapsed: self.start.elapsed(),
+            worker: self.meter.worker(),
+            reply: self.meter.reply(),
         };
-        tracing::info!("{line}");
+        line.log();
     }
 }
 
@@ -87,7 +102,9 @@ pub(crate) async fn serve<R: Runtime>(
     match outcome {
         Ok(Some((dest, early))) => {
             let bandwidth = bandwidth.map(|b| log.bandwidth(b));
+            log.meter.enter(Phase::Relaying);
             let end = relay::<R>(client, dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
+            log.meter.close(end.into());
             log.finish(end);
         }
         Ok(None) => linger::<R>(&mut client).await,
@@ -126,17 +143,21 @@ async fn handshake<R: Runtime>(
                     log.finish(CloseReason::ClientGone);
                     return Ok(None);
                 }
+                log.meter.replied(reply.code);
                 // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
                 // for its peer does not hold a handshake slot).
                 admission.handshake_done();
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
+                log.meter.enter(Phase::Resolving);
                 let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
                 match watched::<R, _>(&client, lookup).await {
                     Ok(answer) => {
                         candidates = Candidates::from_lookup(answer);
-                        misuse(hs.handle_resolved(now(), candidates.first()))?;
+                        let first = candidates.first();
+                        log.meter.resolved(first.is_ok());
+                        misuse(hs.handle_resolved(now(), first))?;
                     }
                     Err(_) => hs.handle_client_error(now()),
                 }
@@ -153,6 +174,7 @@ async fn handshake<R: Runtime>(
                 }
             }
             Output::Connect(Target::Addr(addr)) => {
+                log.meter.enter(Phase::Connecting);
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
                 let Ok(connected) = watched::<R, _>(&client, R::connect(addr, left)).await else {
@@ -164,6 +186,7 @@ async fn handshake<R: Runtime>(
                         let _ = R::set_nodelay(&stream);
                         let local = R::local_addr(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         dest = Some(stream);
+                        log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
                     Err(e) => match candidates.next_after(Failure::from(&e)) {
@@ -220,6 +243,7 @@ async fn handshake<R: Runtime>(
                 if let Some((l, _slot)) = &listener {
                     // BIND: accept one peer, then the listener closes; a client that leaves first
                     // (end of file or error) ends the wait at once.
+                    log.meter.enter(Phase::BindWait);
                     let accept = async {
                         match left {
                             Some(left) => Ok(with_timeout::<R, _>(left, R::accept(l)).await),
@@ -276,6 +300,7 @@ async fn handshake<R: Runtime>(
             }
             Output::Closed(reason) => {
                 log.note_request(&hs);
+                log.meter.close(Close::from(&reason));
                 log.finish(reason);
                 return Ok(None);
             }

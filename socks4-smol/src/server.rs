@@ -17,6 +17,7 @@ use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal, RefusalLog};
+use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 
 use crate::conn::{ConnLog, serve};
@@ -60,6 +61,8 @@ pub struct Server {
     listeners: Vec<(TcpListener, Option<usize>)>,
     addrs: Vec<SocketAddr>,
     workers: usize,
+    /// Metrics (counting only with `--metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -76,6 +79,7 @@ impl Server {
     pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let metrics = live.metrics(workers);
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         if let Some(activated) = activated {
@@ -83,7 +87,7 @@ impl Server {
                 addrs.push(l.local_addr()?);
                 listeners.push((l, None));
             }
-            return Ok(Server { live, listeners, addrs, workers });
+            return Ok(Server { live, listeners, addrs, workers, metrics });
         }
         for addr in config.listen_addrs() {
             if config.reuseport {
@@ -100,12 +104,18 @@ impl Server {
                 listeners.push((single, None));
             }
         }
-        Ok(Server { live, listeners, addrs, workers })
+        Ok(Server { live, listeners, addrs, workers, metrics })
     }
 
     /// The addresses the server listens on (with the actual ports).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Starts the worker pool (which also accepts) on smol in background threads.
@@ -126,6 +136,7 @@ impl Server {
             workers: Vec::new(),
             shared: shared.clone(),
             grace: self.live.snapshot().config.timeouts.shutdown_grace,
+            metrics: Arc::clone(&self.metrics),
         };
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         handle.stop = Some(stop_tx);
@@ -140,15 +151,23 @@ impl Server {
                 Some(w) => (w % workers, senders.get(w).cloned().into_iter().collect()),
                 None => (k % workers, senders.clone()),
             };
-            let acceptor = Acceptor { targets, next: next.clone(), shared: shared.clone(), live: self.live.clone() };
+            let acceptor = Acceptor {
+                targets,
+                next: next.clone(),
+                shared: shared.clone(),
+                live: self.live.clone(),
+                metrics: Arc::clone(&self.metrics),
+            };
             accept_tasks[home].push((listener, acceptor));
         }
         drop(senders);
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (live, shared, stop) = (self.live.clone(), shared.clone(), stop_rx.clone());
-            let thread = thread::Builder::new()
-                .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, live, shared))?;
+            let metrics = Arc::clone(&self.metrics);
+            let thread = thread::Builder::new().name(format!("socks4-smol-worker-{i}")).spawn(move || {
+                metrics.enter_worker(i);
+                worker::<R>(rx, acceptors, stop, live, shared)
+            })?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -204,6 +223,7 @@ pub struct ServerHandle {
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl ServerHandle {
@@ -228,7 +248,13 @@ impl ServerHandle {
         self.stop_and_join();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     fn stop_and_join(&mut self) {
+        self.metrics.set_draining();
         // Closing the stop channel ends every accept task; each drops its senders, so once all
         // are gone the workers' channels close and they start their grace period.
         drop(self.stop.take());
@@ -250,6 +276,7 @@ struct Acceptor {
     next: Arc<AtomicUsize>,
     shared: Arc<Shared>,
     live: Arc<LiveConfig>,
+    metrics: Arc<Metrics>,
 }
 
 /// Connections accepted in a row before the accept task lets its worker's other tasks run.
@@ -297,6 +324,7 @@ impl Acceptor {
                 }
                 Err(e) if socks4_server::accept::is_per_connection(&e) => {}
                 Err(e) => {
+                    self.metrics.accept_error();
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
                     Timer::after(ACCEPT_ERROR_PAUSE).await;
                 }
@@ -428,6 +456,10 @@ impl socks4_server::cli::Serve for Server {
 
     fn spawn(self) -> io::Result<ServerHandle> {
         Server::spawn(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }
 

@@ -24,6 +24,7 @@ use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::ConnLine;
+use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::reload::Snapshot;
 use socks4_server::users::{self, AuthError, Verifier};
 
@@ -224,6 +225,8 @@ pub(crate) struct Conn {
     /// BIND: the wait's slot (`--max-bind-waits`), held with the listener.
     bind_slot: Option<Box<BindWait>>,
     result: Option<String>,
+    /// Its phases, reply and end in the metrics.
+    meter: ConnMeter,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -267,6 +270,7 @@ impl Conn {
             bandwidth: None,
             bind_slot: None,
             result: None,
+            meter: ConnMeter::start(),
             scheduled: None,
         };
         conn.read_request(ctx);
@@ -376,6 +380,7 @@ impl Conn {
     pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
         self.candidates = candidates;
         let first = self.candidates.first();
+        self.meter.resolved(first.is_ok());
         if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);
@@ -411,6 +416,7 @@ impl Conn {
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
+            self.meter.close(Close::Shutdown);
             self.finish(socks4_server::log::SHUTDOWN);
         }
         self.rearm(poller);
@@ -507,6 +513,7 @@ impl Conn {
             let step = match self.hs.poll_output() {
                 Output::Send(reply) => {
                     self.out.push(reply.to_bytes());
+                    self.meter.replied(reply.code);
                     // The (first) reply is out: a BIND waiting for its peer holds no handshake slot.
                     self.admission.handshake_done();
                     continue;
@@ -534,6 +541,7 @@ impl Conn {
                 Output::Relay => Step::Relay,
                 Output::Wait { deadline } => Step::Wait(deadline),
                 Output::Closed(reason) => {
+                    self.meter.close(Close::from(&reason));
                     if reason == CloseReason::ClientGone {
                         self.out = Outbox::default(); // nobody to linger for
                     }
@@ -555,6 +563,7 @@ impl Conn {
                 }
                 Step::Resolve(host, port) => {
                     started = true;
+                    self.meter.enter(Phase::Resolving);
                     if !self.ask(ctx, Task::Resolve(host, port)) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
@@ -594,6 +603,7 @@ impl Conn {
                     }
                 }
                 Step::Connect(addr) => {
+                    self.meter.enter(Phase::Connecting);
                     if let Some(result) = self.start_connect(addr) {
                         self.connect_done(now, result);
                     }
@@ -603,6 +613,9 @@ impl Conn {
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen(ctx.now);
+                    if result.is_ok() {
+                        self.meter.enter(Phase::BindWait);
+                    }
                     let _ = self.hs.handle_listening(now, result);
                     started = true;
                 }
@@ -660,6 +673,9 @@ impl Conn {
     /// Answers the handshake's connect: the connection, or the name's next address to try (none
     /// after a timeout: the phase's time is used up), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
+        if result.is_ok() {
+            self.meter.connected();
+        }
         match result.map_err(|e| (e, self.candidates.next_after(e))) {
             Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
             result => drop(self.hs.handle_connected(now, result.map_err(|(e, _)| e))),
@@ -751,6 +767,7 @@ impl Conn {
             return self.finish("relay without an upstream connection");
         }
         let now = self.relay_clock(ctx);
+        self.meter.enter(Phase::Relaying);
         self.relay = Relay::new(now, self.snapshot.config.timeouts.idle);
         self.bandwidth = self.snapshot.bandwidth.as_deref().map(|b| {
             let user = self.hs.request().map(|r| users::user_name(r.user_id));
@@ -814,6 +831,7 @@ impl Conn {
             |side| drop(socket2::SockRef::from(socket(side)).set_linger(Some(Duration::ZERO))),
         );
         if let Some(end) = end {
+            self.meter.close(end.into());
             self.finish(&end.to_string());
         }
     }
@@ -950,16 +968,21 @@ impl Conn {
     }
 
     /// Writes the connection's one log line.
-    pub(crate) fn log(&self, now: Instant) {
+    pub(crate) fn log(&mut self, now: Instant) {
+        let request = self.hs.request();
+        let (up, down) = (self.relay.bytes(RelaySide::Client), self.relay.bytes(RelaySide::Upstream));
+        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
         let line = ConnLine {
             client: self.client_addr,
-            request: self.hs.request(),
+            request,
             result: &self.result.as_deref().unwrap_or("ok"),
-            up: self.relay.bytes(RelaySide::Client),
-            down: self.relay.bytes(RelaySide::Upstream),
+            up,
+            down,
             elapsed: now.saturating_duration_since(self.started),
+            worker: self.meter.worker(),
+            reply: self.meter.reply(),
         };
-        tracing::info!("{line}");
+        line.log();
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use polling::{Event, Events, Poller};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
+use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 
 use crate::resolver::{self, RESOLVER_THREADS};
@@ -46,6 +47,7 @@ pub struct Server {
     /// snapshot of at accept; swapped by a reload.
     live: Arc<LiveConfig>,
     splice: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -66,7 +68,8 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
-        Ok(Server { listeners, workers, live, splice: true })
+        let metrics = live.metrics(workers);
+        Ok(Server { listeners, workers, live, splice: true, metrics })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
@@ -79,6 +82,12 @@ impl Server {
     /// The addresses actually bound (with the ports picked for port 0), one per listen address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|g| g.first().and_then(|l| l.local_addr().ok())).collect()
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Starts the workers, the resolver pool and (unless in reuseport mode, where every worker
@@ -100,7 +109,7 @@ impl Server {
             }
         }
         let mut per_worker = per_worker.into_iter();
-        let shared = Arc::new(Shared::new(self.live));
+        let shared = Arc::new(Shared::new(self.live, self.metrics));
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
         let mut links = Vec::with_capacity(workers);
@@ -116,10 +125,11 @@ impl Server {
                 listeners: per_worker.next().unwrap_or_default(),
                 splice: self.splice,
             };
-            let thread = thread::Builder::new()
-                .name(format!("socks4-worker-{i}"))
-                .stack_size(STACK)
-                .spawn(move || worker.run())?;
+            let thread =
+                thread::Builder::new().name(format!("socks4-worker-{i}")).stack_size(STACK).spawn(move || {
+                    worker.shared.metrics.enter_worker(i);
+                    worker.run()
+                })?;
             handle.workers.push((Arc::clone(&poller), thread));
             links.push(WorkerLink { tx, poller });
         }
@@ -184,7 +194,13 @@ impl ServerHandle {
         self.stop();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
     fn stop(&mut self) {
+        self.shared.metrics.set_draining();
         self.shared.stop_accepting.store(true, Ordering::SeqCst);
         if let Some((poller, thread)) = self.acceptor.take() {
             let _ = poller.notify();
@@ -327,6 +343,7 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
         Err(e) => {
             tracing::warn!("accept failed: {e}; pausing {ACCEPT_BACKOFF:?}");
             shared.accept_pauses.fetch_add(1, Ordering::SeqCst);
+            shared.metrics.accept_error();
             Accepted::BackOff
         }
     }
@@ -387,6 +404,10 @@ impl socks4_server::cli::Serve for Server {
 
     fn spawn(self) -> io::Result<ServerHandle> {
         Server::spawn(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use polling::{Events, Poller};
 use slab::Slab;
 use socks4_server::limits::Admission;
+use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 use socks4_server::users::AuthError;
 
@@ -73,12 +74,15 @@ pub(crate) struct Shared {
     pub(crate) stop_accepting: AtomicBool,
     /// Workers: finish live connections within the grace period, then exit.
     pub(crate) draining: AtomicBool,
+    /// Metrics (counting only with `--metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<LiveConfig>) -> Self {
+    pub(crate) fn new(config: Arc<LiveConfig>, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
+            metrics,
             live: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),

@@ -12,6 +12,7 @@ use socks4_core::{Action, CloseReason, Failure, Output, ReplyCode, ServerHandsha
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,6 +35,8 @@ pub(crate) struct Record {
     pub(crate) up: Cell<u64>,
     /// Bytes destination → client, likewise.
     pub(crate) down: Cell<u64>,
+    /// Its phases, reply and end in the metrics.
+    meter: ConnMeter,
 }
 
 impl Record {
@@ -45,6 +48,7 @@ impl Record {
             result: None,
             up: Cell::new(0),
             down: Cell::new(0),
+            meter: ConnMeter::start(),
         }
     }
 
@@ -65,15 +69,20 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        let request = self.request.request();
+        let (up, down) = (self.up.get(), self.down.get());
+        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
         let line = ConnLine {
             client: self.client,
-            request: self.request.request(),
+            request,
             result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
-            up: self.up.get(),
-            down: self.down.get(),
+            up,
+            down,
             elapsed: self.start.elapsed(),
+            worker: self.meter.worker(),
+            reply: self.meter.reply(),
         };
-        tracing::info!("{line}");
+        line.log();
     }
 }
 
@@ -120,7 +129,9 @@ async fn handshake_and_relay(
     admission.handshake_done();
     let (upstream, early) = handshake?;
     let bandwidth = shared.bandwidth.as_deref();
+    record.meter.enter(Phase::Relaying);
     let end = relay::relay(client, &upstream, early, shared.config.timeouts.idle, bandwidth, record).await;
+    record.meter.close(end.into());
     record.finish(end);
     Ok(())
 }
@@ -158,6 +169,7 @@ async fn handshake(
                     record.note_request(&hs);
                     return Err(ConnError::Handshake(CloseReason::ClientGone.to_string()));
                 }
+                record.meter.replied(reply.code);
                 // The (first) reply is out: no longer a handshake for the limits.
                 admission.handshake_done();
             }
@@ -168,17 +180,21 @@ async fn handshake(
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 record.note_request(&hs);
+                record.meter.enter(Phase::Resolving);
                 let deadline = hs.deadline().map(at);
                 let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port)));
                 match watching(client, false, lookup).await {
                     Ok(lookup) => {
                         candidates = lookup.map_or_else(Candidates::failed, Candidates::from_lookup);
-                        hs.handle_resolved(now(), candidates.first()).map_err(misuse)?;
+                        let first = candidates.first();
+                        record.meter.resolved(first.is_ok());
+                        hs.handle_resolved(now(), first).map_err(misuse)?;
                     }
                     Err(left) => left.tell(&mut hs, now()),
                 }
             }
             Output::Connect(Target::Addr(addr)) => {
+                record.meter.enter(Phase::Connecting);
                 let deadline = hs.deadline().map(at);
                 let attempt = with_deadline(deadline, async {
                     let stream = TcpStream::connect(addr).await.map_err(|e| Failure::from(&e))?;
@@ -196,6 +212,7 @@ async fn handshake(
                 match result {
                     Ok((stream, local)) => {
                         upstream = Some(stream);
+                        record.meter.connected();
                         hs.handle_connected(now(), Ok(local)).map_err(misuse)?;
                     }
                     Err(e) => match candidates.next_after(e) {
@@ -243,6 +260,7 @@ async fn handshake(
             Output::Relay => break,
             Output::Closed(reason) => {
                 record.note_request(&hs);
+                record.meter.close(Close::from(&reason));
                 return Err(ConnError::Handshake(reason.to_string()));
             }
             Output::Wait { deadline } => {
@@ -250,6 +268,7 @@ async fn handshake(
                 if let Some((listener, _slot)) = &bind_listener {
                     // BIND: the first reply went out; wait for one peer (or the client leaving),
                     // then close the listener.
+                    record.meter.enter(Phase::BindWait);
                     let accept =
                         with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) });
                     let waited = watching(client, true, accept).await;
@@ -433,7 +452,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let stream = TcpStream::connect(addr).await.unwrap();
             let live = socks4_server::reload::LiveConfig::new(ServerConfig::default()).unwrap();
-            let shared = Arc::new(crate::server::Shared::new(live));
+            let shared = Arc::new(crate::server::Shared::new(live, 1));
             let guard = shared.admit(addr).unwrap();
             let task = serve(stream, addr, guard);
             let size = std::mem::size_of_val(&task);

@@ -99,7 +99,10 @@ fn spawn_worker(
     let rt = runtime()?;
     let shared = Arc::clone(shared);
     let stop = stop.clone();
-    thread::Builder::new().name(format!("socks4-worker-{index}")).spawn(move || run_worker(rt, shared, source, stop))
+    thread::Builder::new().name(format!("socks4-worker-{index}")).spawn(move || {
+        shared.metrics.enter_worker(index);
+        run_worker(rt, shared, source, stop)
+    })
 }
 
 fn run_worker(rt: Runtime, shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>) {
@@ -263,6 +266,7 @@ async fn accept_loop(
         drop(ready);
         match failed {
             Some(e) => {
+                shared.metrics.accept_error();
                 tracing::warn!("accept failed: {e}; retrying in {} ms", ACCEPT_ERROR_PAUSE.as_millis());
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
@@ -323,6 +327,7 @@ async fn accept_loop(
             }
             Err(e) if socks4_server::accept::is_per_connection(&e) => tracing::debug!("accept: {e}"),
             Err(e) => {
+                shared.metrics.accept_error();
                 tracing::warn!("accept failed: {e}; retrying in {} ms", ACCEPT_ERROR_PAUSE.as_millis());
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
+use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 use tokio::sync::watch;
 
@@ -26,12 +27,20 @@ pub(crate) struct Shared {
     pub(crate) accepted: AtomicU64,
     /// Connections closed at once because `max_connections` were already being served.
     pub(crate) over_limit: AtomicU64,
+    /// Metrics (counting only with `--metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    /// Fresh counters for `live`.
-    pub(crate) fn new(live: Arc<LiveConfig>) -> Self {
-        Shared { live, active: AtomicUsize::new(0), accepted: AtomicU64::new(0), over_limit: AtomicU64::new(0) }
+    /// Fresh counters for `live` and `workers`.
+    pub(crate) fn new(live: Arc<LiveConfig>, workers: usize) -> Self {
+        Shared {
+            metrics: live.metrics(workers),
+            live,
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            over_limit: AtomicU64::new(0),
+        }
     }
 
     /// Counts a newly accepted connection in, unless `max_connections` or a per-client limit
@@ -119,7 +128,7 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
-        Ok(Server { shared: Arc::new(Shared::new(live)), workers, listeners })
+        Ok(Server { shared: Arc::new(Shared::new(live, workers)), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.
@@ -135,6 +144,12 @@ impl Server {
     /// The live configuration: [`LiveConfig::replace`] reconfigures the server for new connections.
     pub fn live(&self) -> &Arc<LiveConfig> {
         &self.shared.live
+    }
+
+    /// Its metrics (counting only with `config.metrics` set); serve them with
+    /// [`Endpoint`](socks4_server::metrics::Endpoint).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
     }
 
     /// Starts the workers (and the acceptor, unless in reuseport mode) in background threads.
@@ -197,7 +212,13 @@ impl ServerHandle {
         self.stop_and_join();
     }
 
+    /// Its metrics (counting only with `config.metrics` set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
     fn stop_and_join(&mut self) {
+        self.shared.metrics.set_draining();
         self.stop.send_replace(true);
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -226,6 +247,10 @@ impl socks4_server::cli::Serve for Server {
 
     fn spawn(self) -> io::Result<ServerHandle> {
         Server::spawn(self)
+    }
+
+    fn metrics(&self) -> Arc<Metrics> {
+        Server::metrics(self)
     }
 }
 
