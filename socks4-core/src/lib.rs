@@ -120,6 +120,7 @@ mod client;
 pub mod driver;
 mod error;
 pub mod ident;
+pub mod proxy_header;
 mod relay;
 mod reply;
 mod request;
