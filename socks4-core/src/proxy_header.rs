@@ -213,13 +213,13 @@ impl HeaderParser {
         if i < V1_PREFIX.len() && byte != V1_PREFIX[i] {
             return Err(HeaderError::NotAHeader);
         }
-        if i == V1_MAX_LEN {
-            return Err(HeaderError::V1TooLong);
-        }
         self.buf[i] = byte;
         self.len += 1;
         if byte == b'\n' {
             return Ok(Some(State::Over(None)));
+        }
+        if self.len == V1_MAX_LEN {
+            return Err(HeaderError::V1TooLong);
         }
         Ok(None)
     }
@@ -515,9 +515,9 @@ mod tests {
             assert_eq!(p.handle_input(b"more"), Err(*expected));
         }
         let mut long = b"PROXY UNKNOWN ".to_vec();
-        long.resize(V1_MAX_LEN, b'x');
+        long.resize(V1_MAX_LEN - 1, b'x');
         assert_eq!(HeaderParser::new().handle_input(&long), Ok(HeaderStatus::Partial));
-        long.push(b'\n');
+        long.push(b'\r');
         assert_eq!(HeaderParser::new().handle_input(&long), Err(HeaderError::V1TooLong));
         // The longest allowed line passes.
         long.truncate(V1_MAX_LEN - 2);

@@ -36,6 +36,12 @@
 //! user = "20M"
 //! client = "20M"
 //! ```
+//!
+//! Load balancers trusted to send a PROXY header first (see [`proxy`](crate::proxy)):
+//!
+//! ```toml
+//! proxy_protocol = ["10.0.0.2/32", "fd00::/64"]
+//! ```
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,6 +54,7 @@ use socks4_core::rules::{RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
 use crate::limits::{ClientLimits, Limiter};
+use crate::proxy::TrustedProxies;
 use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
@@ -137,6 +144,12 @@ pub struct ServerConfig {
     pub bandwidth: BandwidthCaps,
     /// The users file (`users = "FILE"`): when set, user ids must be `NAME:TOKEN` that verify.
     pub users: Option<PathBuf>,
+
+    // --- PROXY protocol (module `proxy`). ---
+    /// Sources whose connections start with a PROXY header (`proxy_protocol = ["10.0.0.0/8"]`):
+    /// see [`proxy`](crate::proxy). Empty (the default): no header is read from anyone.
+    #[serde(deserialize_with = "networks_text")]
+    pub proxy_protocol: TrustedProxies,
 }
 
 /// The default listen address, `127.0.0.1:1080`.
@@ -157,6 +170,8 @@ impl Default for ServerConfig {
             client_limits: ClientLimits::default(),
             bandwidth: BandwidthCaps::default(),
             users: None,
+            // --- PROXY protocol. ---
+            proxy_protocol: TrustedProxies::default(),
         }
     }
 }
@@ -423,6 +438,13 @@ fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error>
     let lines = Vec::<String>::deserialize(d)?;
     let rules = lines.iter().map(|l| l.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
     Ok(Rules(rules))
+}
+
+fn networks_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {
+    use serde::Deserialize;
+    let nets = Vec::<String>::deserialize(d)?;
+    let nets = nets.iter().map(|n| n.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
+    Ok(TrustedProxies(nets))
 }
 
 #[cfg(test)]

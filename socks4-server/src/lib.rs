@@ -11,7 +11,8 @@
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
-//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
+//! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`).
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -45,6 +46,19 @@
 //!                  Grant::After(d) => sleep d (keep serving the other direction and the idle timer) }
 //! end:         drop(admission), drop(conn_bw); a periodic timer may call limiter.refusals().flush(now)
 //! ```
+//!
+//! # Wiring the PROXY protocol into an adapter
+//!
+//! ```text
+//! accept:      if config.proxy_protocol.contains(peer.ip()) { admission = limiter.defer(peer.ip()) }
+//!              else as above (limiter.admit)
+//! worker:      (trusted) reader = HeaderReader::new(peer); read with the handshake timeout:
+//!                  More => read again;  Close(end) => { end.log(peer, elapsed); close }
+//!                  Client { client, rest } => admission = limiter.admit(client.ip(), now)? (else close);
+//!                      the handshake's first input is `rest`; `client` is the peer from here on
+//!              timeout: HeaderEnd::TimedOut; EOF: reader.handle_eof()
+//! Ident:       (proxied) answer = proxy::ident_through_balancer(client) instead of asking identd
+//! ```
 
 pub mod accept;
 pub mod bandwidth;
@@ -54,6 +68,7 @@ mod gcra;
 pub mod ident;
 pub mod limits;
 pub mod log;
+pub mod proxy;
 mod shards;
 pub mod users;
 

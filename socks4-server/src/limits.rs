@@ -374,6 +374,14 @@ impl Limiter {
         }
     }
 
+    /// An admission that claims nothing yet, for a connection from a trusted load balancer
+    /// (`--proxy-protocol`) until its PROXY header names the client to [`admit`](Self::admit):
+    /// the balancer's own address carries every client's connections, so it is not limited
+    /// itself.
+    pub fn defer(self: &Arc<Self>, balancer: IpAddr) -> Admission {
+        Admission { limiter: Arc::clone(self), client: ClientKey::from(balancer), tracked: None, handshake: false }
+    }
+
     fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
         let max = self.limits.max_handshakes as usize;
         if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
