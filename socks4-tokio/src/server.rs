@@ -57,6 +57,11 @@ impl Shared {
             self.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
             return None;
         }
+        if self.config.proxy_protocol.contains(client.ip()) {
+            // A load balancer: limited per client once its PROXY header names the client.
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+            return Some(ActiveGuard { shared: Arc::clone(self), admission: self.limiter.defer(client.ip()) });
+        }
         match self.limiter.admit(client.ip(), now) {
             Ok(admission) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);

@@ -109,6 +109,7 @@ macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
             ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+                proxy_protocol
         );
     };
 }
