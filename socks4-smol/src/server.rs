@@ -17,9 +17,10 @@ use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter, Refusal, RefusalLog};
+use socks4_server::proxy::TrustedProxies;
 use socks4_server::users::Verifier;
 
-use crate::conn::{ConnLog, serve};
+use crate::conn::serve_accepted;
 use crate::runtime::{Runtime, Smol};
 
 /// Pause after an accept error such as running out of file descriptors.
@@ -135,16 +136,17 @@ impl Server {
                 shared: shared.clone(),
                 max: self.config.max_connections,
                 limiter: self.limiter.clone(),
+                trusted: self.config.proxy_protocol.clone(),
             };
             accept_tasks[home].push((listener, acceptor));
         }
         drop(senders);
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (config, shared, stop) = (self.config.clone(), shared.clone(), stop_rx.clone());
-            let verifier = self.verifier.clone();
+            let (verifier, limiter) = (self.verifier.clone(), self.limiter.clone());
             let thread = thread::Builder::new()
                 .name(format!("socks4-smol-worker-{i}"))
-                .spawn(move || worker::<R>(rx, acceptors, stop, config, verifier, shared))?;
+                .spawn(move || worker::<R>(rx, acceptors, stop, config, (verifier, limiter), shared))?;
             handle.workers.push(thread);
         }
         Ok(handle)
@@ -247,6 +249,8 @@ struct Acceptor {
     shared: Arc<Shared>,
     max: usize,
     limiter: Arc<Limiter>,
+    /// Load balancers whose connections start with a PROXY header (`--proxy-protocol`).
+    trusted: TrustedProxies,
 }
 
 /// Connections accepted in a row before the accept task lets its worker's other tasks run.
@@ -312,7 +316,12 @@ impl Acceptor {
             self.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
             return;
         }
-        let Ok(admission) = self.limiter.admit(peer.ip(), now) else {
+        let admission = if self.trusted.contains(peer.ip()) {
+            // A load balancer: limited per client once its PROXY header names the client.
+            self.limiter.defer(peer.ip())
+        } else if let Ok(admission) = self.limiter.admit(peer.ip(), now) {
+            admission
+        } else {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         };
@@ -369,7 +378,7 @@ fn worker<R: Runtime>(
     acceptors: Vec<(Async<TcpListener>, Acceptor)>,
     stop: Receiver<()>,
     config: Arc<ServerConfig>,
-    verifier: Option<Arc<Verifier>>,
+    (verifier, limiter): (Option<Arc<Verifier>>, Arc<Limiter>),
     shared: Arc<Shared>,
 ) {
     let ex = LocalExecutor::new();
@@ -379,20 +388,13 @@ fn worker<R: Runtime>(
     }
     drop(stop);
     R::block_on(ex.run(async {
-        while let Ok((stream, peer, mut admission)) = rx.recv().await {
+        while let Ok((stream, peer, admission)) = rx.recv().await {
             live.set(live.get() + 1);
             let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
-            let (config, verifier) = (config.clone(), verifier.clone());
+            let (config, verifier, limiter) = (config.clone(), verifier.clone(), limiter.clone());
             ex.spawn(async move {
                 let _guard = guard;
-                let mut log = ConnLog::new(peer);
-                match R::from_std(stream) {
-                    Ok(client) => {
-                        let _ = R::set_nodelay(&client);
-                        serve::<R>(client, &config, verifier.as_ref(), &mut admission, &mut log).await;
-                    }
-                    Err(e) => log.finish(e),
-                }
+                serve_accepted::<R>(stream, peer, &config, verifier.as_ref(), &limiter, admission).await;
             })
             .detach();
         }
