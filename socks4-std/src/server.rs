@@ -107,7 +107,7 @@ impl Server {
             }
         }
         let mut per_worker = per_worker.into_iter();
-        let shared = Arc::new(Shared::new(self.limiter));
+        let shared = Arc::new(Shared::new(self.limiter, self.config.proxy_protocol.clone()));
         let resolver = resolver::start(RESOLVER_THREADS)?;
         let mut handle = ServerHandle { addrs, shared: Arc::clone(&shared), acceptor: None, workers: Vec::new() };
         let mut links = Vec::with_capacity(workers);
@@ -397,6 +397,10 @@ pub(crate) fn admit(shared: &Shared, max_connections: usize, addr: SocketAddr, n
         shared.refused.fetch_add(1, Ordering::SeqCst);
         shared.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
         return None;
+    }
+    if shared.trusted.contains(addr.ip()) {
+        // A load balancer: limited per client once its PROXY header names the client.
+        return Some(shared.limiter.defer(addr.ip()));
     }
     let admitted = shared.limiter.admit(addr.ip(), now).ok();
     if admitted.is_none() {

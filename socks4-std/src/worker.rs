@@ -11,6 +11,7 @@ use polling::{Events, Poller};
 use slab::Slab;
 use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Limiter};
+use socks4_server::proxy::TrustedProxies;
 use socks4_server::users::{AuthError, Verifier};
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
@@ -71,12 +72,15 @@ pub(crate) struct Shared {
     pub(crate) stop_accepting: AtomicBool,
     /// Workers: finish live connections within the grace period, then exit.
     pub(crate) draining: AtomicBool,
+    /// Load balancers whose connections start with a PROXY header (`--proxy-protocol`).
+    pub(crate) trusted: TrustedProxies,
 }
 
 impl Shared {
-    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
+    pub(crate) fn new(limiter: Arc<Limiter>, trusted: TrustedProxies) -> Self {
         Self {
             limiter,
+            trusted,
             live: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),
@@ -147,6 +151,7 @@ impl Worker {
                 epoch,
                 config: &config,
                 verifier: verifier.as_ref(),
+                limiter: &shared.limiter,
                 scratch: &mut scratch,
                 pipes: &mut pipes,
                 resolver: &resolver,

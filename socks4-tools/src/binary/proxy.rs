@@ -59,7 +59,8 @@ fn reply_to(proxy: SocketAddr, header: &[u8], target: SocketAddrV4, user: &[u8])
 ///   header; a request without a header from 127.0.0.1, and `UNKNOWN`, are closed without reply;
 ///   v2 `LOCAL` (a health check) is closed without reply;
 /// - `--max-per-client 1` counts the header's clients, not the balancer: a second connection of
-///   one client is closed while another client is served.
+///   one client is closed while another client is served; half a header is closed at the
+///   handshake timeout.
 ///
 /// # Errors
 /// What went wrong, with the server's log so far.
@@ -139,8 +140,26 @@ pub fn proxy_protocol(binary: &Path) -> Result<Outcome, Failure> {
     drop(server);
 
     // Per-client limits count the header's clients.
-    let args = ["--listen", "127.0.0.1:0", "--proxy-protocol", "127.0.0.1/32", "--allow", "any", "--max-per-client", "1"];
-    let (server, _lines, proxy, _seen) = start(binary, &args)?;
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--proxy-protocol",
+        "127.0.0.1/32",
+        "--allow",
+        "any",
+        "--max-per-client",
+        "1",
+        "--handshake-timeout",
+        "1s",
+    ];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    // Half a header: closed at the handshake timeout.
+    let mut half = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+    half.write_all(b"PROXY TCP4 192.0.2.")?;
+    if !closed_at_once(&mut half, Duration::from_secs(3))? {
+        return Err(Failure::new("half a PROXY header was not closed at the handshake timeout (1 s)"));
+    }
+    line_with(&lines, "result=PROXY header timed out", &mut seen)?;
     let mut held = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
     held.write_all(&v1(client))?;
     thread::sleep(Duration::from_millis(200)); // let the server admit it
