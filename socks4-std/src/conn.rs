@@ -22,8 +22,8 @@ use socks4_core::{
 use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::{Admission, Limiter};
-use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::log::ConnLine;
+use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};

@@ -123,7 +123,8 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    let (skipped, selected): (Vec<&socks4_tools::scenarios::Scenario>, Vec<_>) = selected.into_iter().partition(|s| args.skip.iter().any(|n| n == s.name));
+    let (skipped, selected): (Vec<&socks4_tools::scenarios::Scenario>, Vec<_>) =
+        selected.into_iter().partition(|s| args.skip.iter().any(|n| n == s.name));
     for s in skipped {
         let _ = writeln!(out, "SKIP {}: --skip", s.name);
     }
