@@ -95,7 +95,7 @@ run_clients() { # server name, proxy port
     haproxy -db -f "$work/haproxy-$s.cfg" >"$work/haproxy-$s.log" 2>&1 &
     hpid=$!
     pids+=("$hpid")
-    wait_port "$hp"
+    wait_port "$hp" 60
     check "$s haproxy socks4" curl -sS --max-time 20 "http://127.0.0.1:$hp/page.html"
     kill "$hpid" 2>/dev/null || true
 }

@@ -79,7 +79,7 @@ export SOCKS4_FRONTEND="127.0.0.1:$front" HAPROXY_STATS="$work/haproxy.sock"
 export SOCKS4_SERVER_1="127.0.0.1:${port[s1]}" SOCKS4_SERVER_2="127.0.0.1:${port[s2]}" SOCKS4_SERVER_3="127.0.0.1:${port[s3]}"
 haproxy -db -f contrib/haproxy/haproxy.cfg >"$work/haproxy.log" 2>&1 &
 pids+=($!)
-wait_port "$front"
+wait_port "$front" 60 # a loaded machine's disk can hold HAProxy's start for seconds
 
 status() { echo "show stat" | socat stdio "unix:$HAPROXY_STATS" | awk -F, -v s="$1" '$1=="socks4_pool" && $2==s {print $18}'; }
 wait_status() { # server, status, seconds: waits until HAProxy shows the server in that state

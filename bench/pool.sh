@@ -34,7 +34,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building release binaries"
-    cargo build --release -q -p socks4-tools --bin socks4-load -p socks4-tokio -p socks4-smol -p socks4-std
+    cargo build --release -q -p socks4-tools --bin socks4-load
+    cargo build --release -q -p socks4-tokio -p socks4-smol -p socks4-std --bins
 fi
 
 # shellcheck source=../.ci/lib.sh
@@ -53,14 +54,16 @@ server() { # adapter, listen address, workers, extra args...
     "$release/socks4-$adapter" --listen "$addr" --workers "$workers" --log-level warn --max-connections 20000 \
         --allow any "$@" >>"$work/$adapter.log" 2>&1 &
     started+=($!)
-    wait_port "${addr##*:}"
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null && return 0; sleep 0.1; done
+    log "socks4-$adapter did not listen on $addr"
+    return 1
 }
 haproxy_for() { # three server addresses
     export SOCKS4_FRONTEND="127.0.0.1:$front" HAPROXY_STATS="$work/haproxy.sock"
     export SOCKS4_SERVER_1=$1 SOCKS4_SERVER_2=$2 SOCKS4_SERVER_3=$3
-    haproxy -db -f contrib/haproxy/haproxy.cfg >/dev/null 2>&1 &
+    haproxy -db -f contrib/haproxy/haproxy.cfg >>"$work/haproxy.log" 2>&1 &
     started+=($!)
-    wait_port "$front"
+    wait_port "$front" 60 || { tail -5 "$work/haproxy.log" >&2; return 1; }
     # Until every server is UP (health checks every second, rise 2).
     for _ in $(seq 50); do
         [ "$(echo "show stat" | socat stdio "unix:$HAPROXY_STATS" 2>/dev/null | grep -c ',UP,')" -ge 4 ] && return 0
