@@ -10,7 +10,7 @@
 //! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
-//! measures one.
+//! measures one; `socks4-chart RESULTS.jsonl OUT.svg` draws `bench/compare.sh`'s results.
 
 pub mod binary;
 pub mod checksum;
