@@ -684,6 +684,23 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_admission_claims_nothing() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(1, Some("1/s"), 1), t);
+        let balancer = ip("10.0.0.2");
+        let deferred: Vec<_> = (0..5).map(|_| l.defer(balancer)).collect();
+        assert_eq!((l.handshakes(), l.connections_of(balancer), l.tracked()), (0, 0, 0));
+        assert!(deferred.iter().all(|a| !a.in_handshake()));
+        // The clients its headers name are admitted as usual, and the deferred ones release nothing.
+        let first = l.admit(ip("192.0.2.7"), t).unwrap();
+        assert_eq!(l.admit(ip("192.0.2.8"), t).unwrap_err(), Refusal::Handshakes);
+        drop(deferred);
+        assert_eq!((l.handshakes(), l.connections_of(ip("192.0.2.7"))), (1, 1));
+        drop(first);
+        assert_eq!(l.handshakes(), 0);
+    }
+
+    #[test]
     fn ipv6_counts_per_64() {
         let t = Instant::now();
         let l = Limiter::new(limits(2, None, 0), t);
