@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Interoperability: real SOCKS4 clients (curl, socat, ncat, PySocks, proxychains4, headless Chromium)
+# Interoperability: real SOCKS4 clients (curl, socat, ncat, PySocks, proxychains4, headless Chromium,
+# HAProxy reaching a backend through the proxy)
 # and the socks4-check conformance checker against each of our three servers, plus socks4-check
 # against Dante as the reference. Everything runs on 127.0.0.1. Called by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(curl socat ncat proxychains4 chromium danted)
+need=(curl socat ncat proxychains4 chromium danted haproxy)
 missing=()
 for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 /usr/bin/python3 -c 'import socks' 2>/dev/null || missing+=(python3-socks)
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: curl socat ncat python3-socks proxychains4 chromium dante-server (missing: ${missing[*]})"
+    echo "installing: curl socat ncat python3-socks proxychains4 chromium dante-server haproxy (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq curl socat ncat python3-socks proxychains4 chromium dante-server >/dev/null
+    apt-get install -y -qq curl socat ncat python3-socks proxychains4 chromium dante-server haproxy >/dev/null
 fi
 
 cargo build -q $(for s in ${INTEROP_SERVERS:-tokio smol std}; do printf -- "-p socks4-%s " "$s"; done) -p socks4-tools --bins
@@ -85,6 +86,18 @@ run_clients() { # server name, proxy port
         --disable-component-update --disable-sync --no-first-run --user-data-dir="$work/chromium-$s" \
         --proxy-server="socks4://127.0.0.1:$p" --proxy-bypass-list='<-loopback>' --virtual-time-budget=5000 \
         --dump-dom "http://127.0.0.1:$http_port/page.html"
+    # HAProxy (>= 2.0) reaching its backend through the SOCKS4 proxy: `server ... socks4 ADDR`.
+    local hp hpid
+    hp=$(free_port)
+    printf 'defaults\n    mode http\n    timeout connect 5s\n    timeout client 20s\n    timeout server 20s\n' > "$work/haproxy-$s.cfg"
+    printf 'frontend web\n    bind 127.0.0.1:%s\n    default_backend origin\n' "$hp" >> "$work/haproxy-$s.cfg"
+    printf 'backend origin\n    server origin 127.0.0.1:%s socks4 127.0.0.1:%s\n' "$http_port" "$p" >> "$work/haproxy-$s.cfg"
+    haproxy -db -f "$work/haproxy-$s.cfg" >"$work/haproxy-$s.log" 2>&1 &
+    hpid=$!
+    pids+=("$hpid")
+    wait_port "$hp" 60
+    check "$s haproxy socks4" curl -sS --max-time 20 "http://127.0.0.1:$hp/page.html"
+    kill "$hpid" 2>/dev/null || true
 }
 
 checker() { # name, proxy addr, socks4-check flags...

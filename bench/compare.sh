@@ -25,7 +25,8 @@
 #   VARIANT_ARGS=""     more options still for a server listed with a trailing +: SERVERS="tokio tokio+"
 #                       VARIANT_ARGS="--metrics 127.0.0.1:0" runs tokio without and with them, alternating
 #   SKIP_BUILD=1        use the existing release binaries
-#   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl
+#   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl, and
+#                                           the chart of its tables (socks4-chart) to OUT with .svg
 #   CARGO_TARGET_DIR    where the release binaries are (default: target/ at the repo root)
 #
 # quick run: ROUNDS=1 RATE_SECS=2 BULK_MIB=32 HOLD_K=2000 bench/compare.sh
@@ -67,8 +68,8 @@ fi
 # --- build ------------------------------------------------------------------------------------
 declare -A skip=()
 if [ -z "${SKIP_BUILD:-}" ]; then
-  log "building socks4-load (release)"
-  cargo build --release -q -p socks4-tools --bin socks4-load
+  log "building socks4-load and socks4-chart (release)"
+  cargo build --release -q -p socks4-tools --bin socks4-load --bin socks4-chart
   for s in tokio smol std; do
     case " $SERVERS " in *" $s "* | *" $s+ "*) ;; *) continue ;; esac
     log "building socks4-$s (release)"
@@ -275,6 +276,12 @@ medians='
   echo "reserved (for every address) while in TIME_WAIT, so after each Dante run the script waits"
   echo "DANTE_COOLDOWN s. \"Cannot assign requested address\" errors in the raw file mean the machine's"
   echo "ephemeral ports were exhausted (by Dante or by other processes binding ports), not a server fault."
+  echo
+  echo "Chart: [\`$(basename "${OUT%.md}.svg")\`]($(basename "${OUT%.md}.svg")) (the tables' medians, drawn by \`socks4-chart\`)."
 } >"$OUT"
-log "wrote $OUT and $RAW"
+if [ -x "$release/socks4-chart" ] && "$release/socks4-chart" "$RAW" "${OUT%.md}.svg"; then
+  log "wrote $OUT, $RAW and ${OUT%.md}.svg"
+else
+  log "wrote $OUT and $RAW (no chart: $release/socks4-chart is missing or failed)"
+fi
 cat "$OUT"

@@ -29,6 +29,11 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // 'P' and CR start PROXY protocol headers (v1, v2): say so, for a balancer whose
+            // address is not trusted with them.
+            Self::BadVersion(v @ (b'P' | b'\r')) => {
+                write!(f, "request version {v} is not 4 (a PROXY protocol header from an untrusted source?)")
+            }
             Self::BadVersion(v) => write!(f, "request version {v} is not 4"),
             Self::BadCommand(c) => write!(f, "request command {c} is neither CONNECT (1) nor BIND (2)"),
             Self::UserIdTooLong => f.write_str("user id longer than the limit"),

@@ -21,6 +21,8 @@
 //! - [`ident`]: SOCKS4's own authentication, RFC 1413 ident: the query for the client host's identd
 //!   and a zero-copy parser for its reply. A rule with `ident` (`allow from 10.0.0.0/8 ident`) makes
 //!   the handshake ask for it ([`Output::Ident`]) and refuse with 92 or 93 as the protocol says.
+//! - [`proxy_header`]: the PROXY protocol header (v1 and v2) a load balancer sends before the
+//!   request: an incremental, allocation-free parser that says where the header ends.
 //!
 //! ## Example: a client and a server handshake talking in memory
 //!
@@ -120,6 +122,7 @@ mod client;
 pub mod driver;
 mod error;
 pub mod ident;
+pub mod proxy_header;
 mod relay;
 mod reply;
 mod request;

@@ -31,6 +31,15 @@ pub fn effective_toml(config: &ServerConfig) -> String {
     top.insert("reuseport".into(), Value::Boolean(config.reuseport));
     top.insert("safe_socks".into(), Value::Boolean(config.safe_socks));
     top.insert("log_level".into(), Value::String(config.log_level.clone()));
+    let format = match config.log_format {
+        crate::log::LogFormat::Text => "text",
+        crate::log::LogFormat::Json => "json",
+    };
+    top.insert("log_format".into(), Value::String(format.into()));
+    if let Some(metrics) = config.metrics {
+        top.insert("metrics".into(), text(&metrics));
+    }
+    top.insert("proxy_protocol".into(), strings(&mut config.proxy_protocol.0.iter().map(|n| n.to_string())));
     if let Some(users) = &config.users {
         top.insert("users".into(), Value::String(users.display().to_string()));
     }
@@ -63,6 +72,8 @@ pub fn effective_toml(config: &ServerConfig) -> String {
     }
     client_limits.insert("max_handshakes".into(), int(cl.max_handshakes.into()));
     client_limits.insert("tracked_clients".into(), int(cl.tracked_clients as u64));
+    client_limits.insert("max_bind_waits".into(), int(cl.max_bind_waits as u64));
+    client_limits.insert("max_bind_waits_per_client".into(), int(cl.max_bind_waits_per_client as u64));
     top.insert("client_limits".into(), Value::Table(client_limits));
 
     let bw = &config.bandwidth;
@@ -90,6 +101,9 @@ mod tests {
             reuseport = true
             safe_socks = true
             log_level = "debug,socks4_server=trace"
+            log_format = "json"
+            metrics = "127.0.0.1:9100"
+            proxy_protocol = ["10.0.0.0/8", "fd00::/8"]
             users = "/etc/socks4/users"
             rules = ["deny to loopback", "allow from 10.0.0.0/8 port 443 user alice", "deny"]
             [limits]
@@ -107,6 +121,8 @@ mod tests {
             max_rate_per_client = "600/m"
             max_handshakes = 0
             tracked_clients = 999
+            max_bind_waits = 9
+            max_bind_waits_per_client = 2
             [bandwidth]
             conn = "1M"
             client = "12345"

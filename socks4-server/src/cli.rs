@@ -30,7 +30,7 @@ use crate::metrics::{Endpoint, Metrics};
 use crate::reload::{Change, LiveConfig};
 use crate::systemd;
 use crate::users::{self, Users};
-use socks4_core::rules::{Action, Rule};
+use socks4_core::rules::{Action, IpNet, Rule};
 
 /// The adapters' shared options. Options given on the command line override the config file.
 #[derive(Debug, Clone, Parser)]
@@ -127,6 +127,10 @@ pub struct ServerArgs {
     /// (lines from the `hash-token` subcommand).
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
+    /// Connections from CIDR (a load balancer; repeatable) must start with a PROXY protocol header
+    /// (v1 or v2), whose client address rules, limits and logs then use.
+    #[arg(long, value_name = "CIDR", value_parser = network)]
+    pub proxy_protocol: Vec<IpNet>,
     /// A subcommand instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -161,6 +165,10 @@ pub enum Command {
         /// The user's name: 1 to 64 of A-Z a-z 0-9 . _ - @ +.
         name: String,
     },
+}
+
+fn network(s: &str) -> Result<IpNet, String> {
+    s.parse().map_err(|e: socks4_core::rules::RuleError| e.to_string())
 }
 
 fn conn_rate(s: &str) -> Result<ConnRate, String> {
@@ -308,6 +316,8 @@ impl ServerArgs {
         if self.users.is_some() {
             config.users.clone_from(&self.users);
         }
+        // --- PROXY protocol. ---
+        config.proxy_protocol.0.extend_from_slice(&self.proxy_protocol);
         // --- Operations. ---
         if self.log_level_given {
             config.log_level.clone_from(&self.log_level);
@@ -685,6 +695,20 @@ mod tests {
         assert!(ServerArgs::try_parse_from(["socks4", "--max-user-id", "256"]).is_err());
         let missing = config(&["--config", "/nonexistent/socks4.toml"]).unwrap_err();
         assert!(format!("{missing}").contains("/nonexistent/socks4.toml"));
+    }
+
+    #[test]
+    fn proxy_protocol_sources() {
+        let c = config(&["--proxy-protocol", "10.0.0.2", "--proxy-protocol", "fd00::/64"]).unwrap();
+        assert!(c.proxy_protocol.contains("10.0.0.2".parse().unwrap()));
+        assert!(c.proxy_protocol.contains("::ffff:10.0.0.2".parse().unwrap()));
+        assert!(c.proxy_protocol.contains("fd00::9".parse().unwrap()));
+        assert!(!c.proxy_protocol.contains("10.0.0.3".parse().unwrap()));
+        assert!(ServerArgs::try_parse_from(["socks4", "--proxy-protocol", "10.0.0.0/33"]).is_err());
+        let c = parse_config_toml("proxy_protocol = [\"127.0.0.0/8\"]").unwrap();
+        assert!(c.proxy_protocol.contains("127.0.0.9".parse().unwrap()));
+        assert!(parse_config_toml("proxy_protocol = [\"nope\"]").is_err());
+        assert!(config(&[]).unwrap().proxy_protocol.is_empty());
     }
 
     #[test]

@@ -38,6 +38,12 @@
 //! user = "20M"
 //! client = "20M"
 //! ```
+//!
+//! Load balancers trusted to send a PROXY header first (see [`proxy`](crate::proxy)):
+//!
+//! ```toml
+//! proxy_protocol = ["10.0.0.2/32", "fd00::/64"]
+//! ```
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -51,6 +57,7 @@ use socks4_core::rules::{RuleError, Rules};
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
 use crate::limits::{ClientLimits, Limiter};
 use crate::log::LogFormat;
+use crate::proxy::TrustedProxies;
 use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
@@ -151,6 +158,11 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// How the binary writes its log (`log_format = "text"` or `"json"`).
     pub log_format: LogFormat,
+    // --- PROXY protocol (module `proxy`). ---
+    /// Sources whose connections start with a PROXY header (`proxy_protocol = ["10.0.0.0/8"]`):
+    /// see [`proxy`](crate::proxy). Empty (the default): no header is read from anyone.
+    #[serde(deserialize_with = "networks_text")]
+    pub proxy_protocol: TrustedProxies,
 }
 
 /// The default log filter, `info`.
@@ -178,6 +190,8 @@ impl Default for ServerConfig {
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             metrics: None,
             log_format: LogFormat::Text,
+            // --- PROXY protocol. ---
+            proxy_protocol: TrustedProxies::default(),
         }
     }
 }
@@ -443,6 +457,13 @@ fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error>
     let lines = Vec::<String>::deserialize(d)?;
     let rules = lines.iter().map(|l| l.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
     Ok(Rules(rules))
+}
+
+fn networks_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {
+    use serde::Deserialize;
+    let nets = Vec::<String>::deserialize(d)?;
+    let nets = nets.iter().map(|n| n.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
+    Ok(TrustedProxies(nets))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
 //! - [`check`]: the effective configuration as a config file (`--check-config`);
 //! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
-//! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write, as text or JSON;
 //! - [`metrics`]: Prometheus metrics counted per worker, and the `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`accept`]: how an accept loop treats each kind of error;
@@ -18,7 +17,8 @@
 //! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
 //! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
 //! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
-//! - [`systemd`]: socket activation and readiness/reload/stopping notifications.
+//! - [`systemd`]: socket activation and readiness/reload/stopping notifications;
+//! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`).
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -60,7 +60,7 @@
 //! # Wiring metrics and the log line into an adapter
 //!
 //! ```text
-//! bind:        metrics = config.metrics(workers, &limiter)            // Arc<Metrics>; Serve::metrics returns it
+//! bind:        metrics = live.metrics(workers)                        // Arc<Metrics>; Serve::metrics returns it
 //! worker:      metrics.enter_worker(i) at the top of worker thread i
 //! accept:      metrics.accept_error() where accepting pauses on an error
 //! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
@@ -69,6 +69,18 @@
 //! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
 //! ```
 //! See [`metrics`] for the whole list.
+//! # Wiring the PROXY protocol into an adapter
+//!
+//! ```text
+//! accept:      if config.proxy_protocol.contains(peer.ip()) { admission = limiter.defer(peer.ip()) }
+//!              else as above (limiter.admit)
+//! worker:      (trusted) reader = HeaderReader::new(peer); read with the handshake timeout:
+//!                  More => read again;  Close(end) => { end.log(peer, elapsed); close }
+//!                  Client { client, rest } => admission = limiter.admit(client.ip(), now)? (else close);
+//!                      the handshake's first input is `rest`; `client` is the peer from here on
+//!              timeout: HeaderEnd::TimedOut; EOF: reader.handle_eof()
+//! Ident:       (proxied) answer = proxy::ident_through_balancer(client) instead of asking identd
+//! ```
 
 pub mod accept;
 pub mod bandwidth;
@@ -81,6 +93,7 @@ pub mod limits;
 pub mod listen;
 pub mod log;
 pub mod metrics;
+pub mod proxy;
 pub mod reload;
 mod shards;
 #[cfg(unix)]

@@ -436,6 +436,14 @@ impl Limiter {
         }
     }
 
+    /// An admission that claims nothing yet, for a connection from a trusted load balancer
+    /// (`--proxy-protocol`) until its PROXY header names the client to [`admit`](Self::admit):
+    /// the balancer's own address carries every client's connections, so it is not limited
+    /// itself.
+    pub fn defer(self: &Arc<Self>, balancer: IpAddr) -> Admission {
+        Admission { limiter: Arc::clone(self), client: ClientKey::from(balancer), tracked: None, handshake: false }
+    }
+
     fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
         let max = self.limits.max_handshakes as usize;
         if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
@@ -901,6 +909,23 @@ mod tests {
         assert_eq!(l.connections_of(ip("10.0.0.5")), 0);
         assert_eq!(l.tracked(), 2, "idle clients stay until room is needed");
         assert!(l.admit(ip("10.0.0.5"), t).is_ok());
+    }
+
+    #[test]
+    fn a_deferred_admission_claims_nothing() {
+        let t = Instant::now();
+        let l = Limiter::new(limits(1, Some("1/s"), 1), t);
+        let balancer = ip("10.0.0.2");
+        let deferred: Vec<_> = (0..5).map(|_| l.defer(balancer)).collect();
+        assert_eq!((l.handshakes(), l.connections_of(balancer), l.tracked()), (0, 0, 0));
+        assert!(deferred.iter().all(|a| !a.in_handshake()));
+        // The clients its headers name are admitted as usual, and the deferred ones release nothing.
+        let first = l.admit(ip("192.0.2.7"), t).unwrap();
+        assert_eq!(l.admit(ip("192.0.2.8"), t).unwrap_err(), Refusal::Handshakes);
+        drop(deferred);
+        assert_eq!((l.handshakes(), l.connections_of(ip("192.0.2.7"))), (1, 1));
+        drop(first);
+        assert_eq!(l.handshakes(), 0);
     }
 
     #[test]

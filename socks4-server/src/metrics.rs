@@ -575,6 +575,12 @@ pub struct ConnMeter {
     _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
+/// The worker the calling thread is (see [`Metrics::enter_worker`]), for a log line written
+/// without a [`ConnMeter`]; `None` on a thread that is no worker.
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
 impl ConnMeter {
     /// A connection accepted now, in its handshake, on the calling thread's worker (see
     /// [`Metrics::enter_worker`]); counts nothing on a thread that is no worker.

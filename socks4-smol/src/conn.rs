@@ -18,6 +18,8 @@ use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
+use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
+use socks4_server::reload::Snapshot;
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -87,6 +89,84 @@ impl Drop for ConnLog {
     }
 }
 
+/// The client as the handshake sees it.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    /// Whether it came through a PROXY header (ident cannot reach it).
+    proxied: bool,
+    /// Bytes read after the PROXY header: the start of the request.
+    first: Vec<u8>,
+}
+
+/// Serves a connection just handed over by the acceptor: reads the PROXY header first when `peer`
+/// is a trusted balancer (then admits the client it names against the per-client limits), then
+/// [`serve`]s it with its one log line.
+pub(crate) async fn serve_accepted<R: Runtime>(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    mut admission: Admission,
+) {
+    let config = &snapshot.config;
+    let start = Instant::now();
+    let client = match R::from_std(stream) {
+        Ok(client) => client,
+        Err(e) => return ConnLog::new(peer).finish(e),
+    };
+    let _ = R::set_nodelay(&client);
+    let mut from = Peer::default();
+    let peer = if config.proxy_protocol.contains(peer.ip()) {
+        from.proxied = true;
+        match proxy_header::<R>(client.clone(), peer, config.timeouts.handshake, &mut from.first).await {
+            Ok(original) => match snapshot.limiter.admit(original.ip(), Instant::now()) {
+                Ok(claimed) => {
+                    admission = claimed;
+                    original
+                }
+                // Counted and summarised by the limiter, like a refusal at accept.
+                Err(_) => return,
+            },
+            Err(end) => return end.log(peer, start.elapsed()),
+        }
+    } else {
+        peer
+    };
+    let mut log = ConnLog::new(peer);
+    log.start = start;
+    let (verifier, bandwidth) = (snapshot.verifier.as_ref(), snapshot.bandwidth.as_deref());
+    serve::<R>(client, config, verifier, bandwidth, &mut admission, &mut log, from).await;
+}
+
+/// Reads the PROXY header of a connection from a trusted load balancer, within the handshake
+/// timeout; returns the original client, and puts the bytes after the header into `first`.
+async fn proxy_header<R: Runtime>(
+    mut client: R::Stream,
+    balancer: SocketAddr,
+    timeout: Duration,
+    first: &mut Vec<u8>,
+) -> Result<SocketAddr, HeaderEnd> {
+    let mut reader = HeaderReader::new(balancer);
+    let mut buf = [0u8; MAX_REQUEST_LEN];
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match with_timeout::<R, _>(left, client.read(&mut buf)).await {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeaderEnd::TimedOut),
+            // A reset counts as a close (health checks often end with one).
+            Ok(0) | Err(_) => return Err(reader.handle_eof()),
+            Ok(n) => n,
+        };
+        match reader.handle_input(&buf[..n]) {
+            HeaderStep::More => {}
+            HeaderStep::Client { client, rest } => {
+                first.extend_from_slice(rest);
+                return Ok(client);
+            }
+            HeaderStep::Close(end) => return Err(end),
+        }
+    }
+}
+
 /// Serves one accepted client connection to the end, filling in `log`. `verifier`: the users file's,
 /// if any; `bandwidth`: the caps' shared buckets, if any. The handshake's end frees `admission`'s handshake slot.
 pub(crate) async fn serve<R: Runtime>(
@@ -96,8 +176,9 @@ pub(crate) async fn serve<R: Runtime>(
     bandwidth: Option<&Bandwidth>,
     admission: &mut Admission,
     log: &mut ConnLog,
+    from: Peer,
 ) {
-    let outcome = handshake::<R>(client.clone(), config, verifier, admission, log).await;
+    let outcome = handshake::<R>(client.clone(), config, verifier, admission, log, from).await;
     admission.handshake_done();
     match outcome {
         Ok(Some((dest, early))) => {
@@ -121,6 +202,7 @@ async fn handshake<R: Runtime>(
     verifier: Option<&Arc<Verifier>>,
     admission: &mut Admission,
     log: &mut ConnLog,
+    from: Peer,
 ) -> io::Result<Option<(R::Stream, Vec<u8>)>> {
     let epoch = Instant::now();
     let now = || epoch.elapsed();
@@ -133,6 +215,10 @@ async fn handshake<R: Runtime>(
     let mut listener: Option<(R::Listener, Box<BindWait>)> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
+    if !from.first.is_empty() {
+        let used = hs.handle_input(now(), &from.first);
+        early.extend_from_slice(&from.first[used..]);
+    }
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
@@ -202,6 +288,7 @@ async fn handshake<R: Runtime>(
             Output::Ident => {
                 let (peer, timeout) = (log.client, config.timeouts.ident);
                 let answer = match R::local_addr(&client) {
+                    _ if from.proxied => socks4_server::proxy::ident_through_balancer(peer),
                     Ok(local) => {
                         let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
                         match watched::<R, _>(&client, ask).await {

@@ -20,7 +20,7 @@ use socks4_server::limits::{Admission, Refusal, RefusalLog};
 use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 
-use crate::conn::{ConnLog, serve};
+use crate::conn::serve_accepted;
 use crate::runtime::{Runtime, Smol};
 
 /// Pause after an accept error such as running out of file descriptors.
@@ -344,7 +344,12 @@ impl Acceptor {
             snapshot.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
             return;
         }
-        let Ok(admission) = snapshot.limiter.admit(peer.ip(), now) else {
+        let admission = if snapshot.config.proxy_protocol.contains(peer.ip()) {
+            // A load balancer: limited per client once its PROXY header names the client.
+            snapshot.limiter.defer(peer.ip())
+        } else if let Ok(admission) = snapshot.limiter.admit(peer.ip(), now) {
+            admission
+        } else {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         };
@@ -410,21 +415,12 @@ fn worker<R: Runtime>(
     }
     drop(stop);
     R::block_on(ex.run(async {
-        while let Ok((stream, peer, mut admission, snapshot)) = rx.recv().await {
+        while let Ok((stream, peer, admission, snapshot)) = rx.recv().await {
             live.set(live.get() + 1);
             let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
             ex.spawn(async move {
                 let _guard = guard;
-                let mut log = ConnLog::new(peer);
-                match R::from_std(stream) {
-                    Ok(client) => {
-                        let _ = R::set_nodelay(&client);
-                        let (config, verifier) = (&snapshot.config, snapshot.verifier.as_ref());
-                        let bandwidth = snapshot.bandwidth.as_deref();
-                        serve::<R>(client, config, verifier, bandwidth, &mut admission, &mut log).await;
-                    }
-                    Err(e) => log.finish(e),
-                }
+                serve_accepted::<R>(stream, peer, &snapshot, admission).await;
             })
             .detach();
         }

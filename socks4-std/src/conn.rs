@@ -25,6 +25,7 @@ use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::ConnLine;
 use socks4_server::metrics::{Close, ConnMeter, Phase};
+use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
 use socks4_server::users::{self, AuthError, Verifier};
 
@@ -187,6 +188,20 @@ impl Outbox {
     }
 }
 
+/// Where a connection stands with the PROXY protocol (`--proxy-protocol`).
+#[derive(Debug)]
+enum Proxy {
+    /// Not from a trusted balancer: the peer is the client.
+    Off,
+    /// From a trusted balancer, reading its header.
+    Reading(Box<HeaderReader>),
+    /// The header named the client (`client_addr`).
+    Proxied,
+    /// Closed before the request: logged as the header's end (or not at all, when the per-client
+    /// limits refused the header's client: their summary tells).
+    Ended(Option<HeaderEnd>),
+}
+
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -229,6 +244,7 @@ pub(crate) struct Conn {
     meter: ConnMeter,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
+    proxy: Proxy,
 }
 
 impl Conn {
@@ -243,6 +259,10 @@ impl Conn {
     ) -> Self {
         let _ = client.set_nodelay(true);
         let hs = snapshot.config.handshake(ctx.clock());
+        let proxy = match snapshot.config.proxy_protocol.contains(client_addr.ip()) {
+            true => Proxy::Reading(Box::new(HeaderReader::new(client_addr))),
+            false => Proxy::Off,
+        };
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);
         let mut conn = Self {
             id,
@@ -272,6 +292,7 @@ impl Conn {
             result: None,
             meter: ConnMeter::start(),
             scheduled: None,
+            proxy,
         };
         conn.read_request(ctx);
         conn.rearm(ctx.poller);
@@ -443,24 +464,73 @@ impl Conn {
     }
 
     fn read_request(&mut self, ctx: &mut Ctx<'_>) {
+        if matches!(self.proxy, Proxy::Reading(_)) {
+            return self.read_header(ctx);
+        }
+        let now = ctx.clock();
         let len = MAX_PENDING.min(ctx.scratch.len());
         let buf = &mut ctx.scratch[..len];
         match (&self.client).read(buf) {
-            Ok(0) => self.hs.handle_eof(ctx.clock()),
-            Ok(n) => {
-                let now = ctx.now.saturating_duration_since(ctx.epoch);
-                let used = self.hs.handle_input(now, &buf[..n]);
-                if !self.hs.wants_input() {
-                    self.reading_request = false;
-                    if used < n {
-                        self.early = buf[used..n].to_vec();
-                    }
-                }
-            }
+            Ok(0) => self.hs.handle_eof(now),
+            Ok(n) => self.feed(now, &buf[..n]),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
             Err(e) => return self.finish(&format!("client read: {e}")),
         }
         self.drive(ctx);
+    }
+
+    /// Feeds bytes read from the client to the handshake; bytes past the request are early data.
+    fn feed(&mut self, now: Duration, bytes: &[u8]) {
+        let used = self.hs.handle_input(now, bytes);
+        if !self.hs.wants_input() {
+            self.reading_request = false;
+            if used < bytes.len() {
+                self.early = bytes[used..].to_vec();
+            }
+        }
+    }
+
+    /// Reads the PROXY header of a connection from a trusted balancer (within the handshake
+    /// timeout, the deadline set at accept); once it names the client, admits that client
+    /// against the per-client limits and gives the request its own handshake timeout.
+    fn read_header(&mut self, ctx: &mut Ctx<'_>) {
+        let Proxy::Reading(reader) = &mut self.proxy else { return };
+        let (now, clock) = (ctx.now, ctx.clock());
+        let len = MAX_PENDING.min(ctx.scratch.len());
+        let buf = &mut ctx.scratch[..len];
+        let step = match (&self.client).read(buf) {
+            Ok(0) => HeaderStep::Close(reader.handle_eof()),
+            Ok(n) => reader.handle_input(&buf[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
+            // A reset counts as a close (health checks often end with one).
+            Err(_) => HeaderStep::Close(reader.handle_eof()),
+        };
+        match step {
+            HeaderStep::More => {}
+            HeaderStep::Close(end) => self.header_ended(Some(end)),
+            HeaderStep::Client { client, rest } => match self.snapshot.limiter.admit(client.ip(), now) {
+                // Counted and summarised by the limiter, like a refusal at accept.
+                Err(_) => self.header_ended(None),
+                Ok(admission) => {
+                    self.admission = admission;
+                    self.client_addr = client;
+                    self.proxy = Proxy::Proxied;
+                    self.hs = self.snapshot.config.handshake(clock);
+                    self.hs_deadline = self.hs.deadline().map(|d| ctx.epoch + d);
+                    if !rest.is_empty() {
+                        self.feed(clock, rest);
+                    }
+                    self.drive(ctx);
+                }
+            },
+        }
+    }
+
+    /// The connection ends before its request (see [`Proxy::Ended`]).
+    fn header_ended(&mut self, end: Option<HeaderEnd>) {
+        self.proxy = Proxy::Ended(end);
+        self.reading_request = false;
+        self.stage = Stage::Done;
     }
 
     /// The client is readable while the handshake waits: EOF, an error, or early data (left for
@@ -551,6 +621,10 @@ impl Conn {
             };
             let now = ctx.clock();
             match step {
+                Step::Ident if matches!(self.proxy, Proxy::Proxied) => {
+                    let answer = socks4_server::proxy::ident_through_balancer(self.client_addr);
+                    let _ = self.hs.handle_ident(now, answer);
+                }
                 Step::Ident => {
                     let task = self
                         .client
@@ -969,6 +1043,21 @@ impl Conn {
 
     /// Writes the connection's one log line.
     pub(crate) fn log(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.started);
+        match self.proxy {
+            Proxy::Ended(Some(end)) => return end.log(self.client_addr, elapsed),
+            Proxy::Ended(None) => return,
+            Proxy::Reading(_) if self.result.as_deref() == Some(socks4_server::log::SHUTDOWN) => {}
+            // Ended by the handshake's deadline (set at accept) or a client error.
+            Proxy::Reading(ref reader) => {
+                let end = match self.hs_deadline {
+                    Some(d) if now >= d => HeaderEnd::TimedOut,
+                    _ => reader.handle_eof(),
+                };
+                return end.log(self.client_addr, elapsed);
+            }
+            Proxy::Off | Proxy::Proxied => {}
+        }
         let request = self.hs.request();
         let (up, down) = (self.relay.bytes(RelaySide::Client), self.relay.bytes(RelaySide::Upstream));
         self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());

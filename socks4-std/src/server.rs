@@ -382,6 +382,10 @@ pub(crate) fn admit(shared: &Shared, addr: SocketAddr, now: Instant) -> Option<(
         snapshot.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
         return None;
     }
+    if snapshot.config.proxy_protocol.contains(addr.ip()) {
+        // A load balancer: limited per client once its PROXY header names the client.
+        return Some((snapshot.limiter.defer(addr.ip()), snapshot));
+    }
     match snapshot.limiter.admit(addr.ip(), now) {
         Ok(admission) => Some((admission, snapshot)),
         Err(_counted_by_the_limiter) => {

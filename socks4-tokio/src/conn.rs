@@ -13,6 +13,7 @@ use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
+use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -88,8 +89,29 @@ impl Drop for Record {
 
 /// Serves one accepted connection to its end.
 pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, mut guard: ActiveGuard) {
+    let start = Instant::now();
+    let (shared, admission) = guard.parts();
+    let mut first = Vec::new();
+    let proxied = shared.config.proxy_protocol.contains(peer.ip());
+    let peer = if proxied {
+        match proxy_header(&client, peer, shared.config.timeouts.handshake, &mut first).await {
+            Ok(original) => match shared.limiter.admit(original.ip(), Instant::now()) {
+                Ok(claimed) => {
+                    *admission = claimed;
+                    original
+                }
+                // Counted and summarised by the limiter, like a refusal at accept.
+                Err(_) => return,
+            },
+            Err(end) => return end.log(peer, start.elapsed()),
+        }
+    } else {
+        peer
+    };
     let mut record = Record::new(peer);
-    let result = handshake_and_relay(&client, peer, &mut guard, &mut record).await;
+    record.start = start;
+    let from = Peer { addr: peer, proxied, first };
+    let result = handshake_and_relay(&client, from, &mut guard, &mut record).await;
     match result {
         Ok(()) => record.finish("ok"),
         Err(e) => record.finish(e),
@@ -117,9 +139,48 @@ impl fmt::Display for ConnError {
     }
 }
 
+/// The client as the handshake sees it.
+struct Peer {
+    /// Its address: the accepted peer's, or the one its PROXY header named.
+    addr: SocketAddr,
+    /// Whether it came through a PROXY header (ident cannot reach it).
+    proxied: bool,
+    /// Bytes read after the PROXY header: the start of the request.
+    first: Vec<u8>,
+}
+
+/// Reads the PROXY header of a connection from a trusted load balancer, within the handshake
+/// timeout; returns the original client, and puts the bytes after the header into `first`.
+async fn proxy_header(
+    client: &TcpStream,
+    balancer: SocketAddr,
+    timeout: Duration,
+    first: &mut Vec<u8>,
+) -> Result<SocketAddr, HeaderEnd> {
+    let mut reader = HeaderReader::new(balancer);
+    let mut buf = [0u8; HANDSHAKE_BUF];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, read_some(client, &mut buf)).await {
+            Err(_elapsed) => return Err(HeaderEnd::TimedOut),
+            // A reset counts as a close (health checks often end with one).
+            Ok(Ok(0) | Err(_)) => return Err(reader.handle_eof()),
+            Ok(Ok(n)) => n,
+        };
+        match reader.handle_input(&buf[..n]) {
+            HeaderStep::More => {}
+            HeaderStep::Client { client, rest } => {
+                first.extend_from_slice(rest);
+                return Ok(client);
+            }
+            HeaderStep::Close(end) => return Err(end),
+        }
+    }
+}
+
 async fn handshake_and_relay(
     client: &TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     guard: &mut ActiveGuard,
     record: &mut Record,
 ) -> Result<(), ConnError> {
@@ -141,18 +202,23 @@ async fn handshake_and_relay(
 /// the client (see [`watching`]).
 async fn handshake(
     client: &TcpStream,
-    peer: SocketAddr,
+    from: Peer,
     shared: &Snapshot,
     admission: &mut Admission,
     record: &mut Record,
 ) -> Result<(TcpStream, Vec<u8>), ConnError> {
     let config = &shared.config;
+    let peer = from.addr;
     let _ = client.set_nodelay(true);
     let start = record.start;
     let now = || start.elapsed();
     let at = |d: Duration| tokio::time::Instant::from_std(start + d);
     let mut hs = config.handshake(now());
     let mut early: Vec<u8> = Vec::new();
+    if !from.first.is_empty() {
+        feed(&mut hs, &mut early, &from.first, now());
+        record.note_request(&hs);
+    }
     let mut upstream: Option<TcpStream> = None;
     // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
     let mut bind_listener: Option<(TcpListener, Box<BindWait>)> = None;
@@ -228,6 +294,7 @@ async fn handshake(
             Output::Ident => {
                 let timeout = config.timeouts.ident;
                 let answer = match client.local_addr() {
+                    _ if from.proxied => socks4_server::proxy::ident_through_balancer(peer),
                     Ok(local) => {
                         let ask = move || socks4_server::ident::ask_blocking(peer, local, timeout);
                         let asking = async { tokio::task::spawn_blocking(ask).await.unwrap_or(Err(Failure::Other)) };
@@ -393,27 +460,32 @@ async fn read_request(
     now: &impl Fn() -> Duration,
 ) -> Result<(), ConnError> {
     let mut buf = [0u8; HANDSHAKE_BUF];
-    let read = async {
-        loop {
-            client.readable().await?;
-            match client.try_read(&mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
-    };
-    match with_deadline(deadline, read).await {
+    match with_deadline(deadline, read_some(client, &mut buf)).await {
         Err(_timed_out) => hs.handle_timeout(now()),
         Ok(Ok(0)) => hs.handle_eof(now()),
-        Ok(Ok(n)) => {
-            let used = hs.handle_input(now(), &buf[..n]);
-            if hs.request().is_some() && used < n {
-                early.extend_from_slice(&buf[used..n]);
-            }
-        }
+        Ok(Ok(n)) => feed(hs, early, &buf[..n], now()),
         Ok(Err(e)) => return Err(ConnError::Io("reading request", e)),
     }
     Ok(())
+}
+
+/// Feeds bytes read from the client to the handshake; bytes past the request are early data.
+fn feed(hs: &mut ServerHandshake, early: &mut Vec<u8>, bytes: &[u8], now: Duration) {
+    let used = hs.handle_input(now, bytes);
+    if hs.request().is_some() && used < bytes.len() {
+        early.extend_from_slice(&bytes[used..]);
+    }
+}
+
+/// Reads what the client has sent (at least one byte, or 0 at EOF).
+async fn read_some(client: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        client.readable().await?;
+        match client.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Runs `fut` until `deadline`; a missed deadline is `Failure::TimedOut`.

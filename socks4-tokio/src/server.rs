@@ -56,6 +56,12 @@ impl Shared {
             snapshot.limiter.refusals().record(now, Refusal::ServerConnections, client.ip().into());
             return None;
         }
+        if snapshot.config.proxy_protocol.contains(client.ip()) {
+            // A load balancer: limited per client once its PROXY header names the client.
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+            let admission = snapshot.limiter.defer(client.ip());
+            return Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot });
+        }
         match snapshot.limiter.admit(client.ip(), now) {
             Ok(admission) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@
 //! - [`caps`]: checks of bandwidth caps and the BIND-wait cap through a proxy configured with them.
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
-//! measures one.
+//! measures one; `socks4-chart RESULTS.jsonl OUT.svg` draws `bench/compare.sh`'s results.
 
 pub mod binary;
 pub mod caps;
@@ -114,6 +114,7 @@ macro_rules! binary_tests {
             bandwidth_caps bind_wait_cap
             sighup_reload check_config socket_activation notify_readiness
             metrics_count_what_was_sent readyz_while_draining json_log_lines
+            proxy_protocol
         );
     };
 }

@@ -1,0 +1,224 @@
+//! PROXY protocol on accept (`--proxy-protocol CIDR`): a connection from a trusted load balancer
+//! starts with a PROXY header (v1 or v2, parsed by [`socks4_core::proxy_header`]) naming the
+//! original client, which rules, per-client limits, authentication, metrics and the log line then
+//! see instead of the balancer.
+//!
+//! Policy, the same on every adapter:
+//! - A source inside a `--proxy-protocol` network **must** send a header: one that sends anything
+//!   else is closed (logged `result=no PROXY protocol header ...`); the header must be complete
+//!   within the handshake timeout, and the request then gets its own handshake timeout.
+//! - A source outside them is an ordinary SOCKS client: a header from it is an invalid request
+//!   (reply 91, closed; the log line's result names a likely PROXY header).
+//! - v2 `LOCAL` (a balancer's health check, e.g. HAProxy's `check` with `send-proxy-v2`) and a
+//!   trusted connection closed before its first byte (a plain TCP check) are closed at once,
+//!   sending nothing, and logged at debug only: a check every two seconds would flood the log.
+//! - A header without a client address (v1 `UNKNOWN`, v2 for Unix sockets, UDP or `UNSPEC`) is
+//!   closed: serving it would make the balancer itself the client, so a rule or limit for the
+//!   balancer's address would apply to whoever is behind it.
+//! - Per-client limits are checked once the header is read, against the original client: the
+//!   balancer's own connections count only against `max_connections` (see
+//!   [`Limiter::defer`](crate::limits::Limiter::defer)).
+//! - Ident cannot ask a client behind a balancer (identd matches the connection by its two
+//!   endpoints, and ours is with the balancer): a rule with `ident` replies 92 to such a client,
+//!   with a log line saying why ([`ident_through_balancer`]).
+//!
+//! ```
+//! use socks4_server::proxy::{HeaderReader, HeaderStep};
+//! let balancer = "10.0.0.2:50000".parse()?;
+//! let mut reader = HeaderReader::new(balancer);
+//! assert!(matches!(reader.handle_input(b"PROXY TCP4 192.0.2.7 10.0.0.2 40"), HeaderStep::More));
+//! let HeaderStep::Client { client, rest } = reader.handle_input(b"000 1080\r\n\x04\x01") else { panic!() };
+//! assert_eq!((client.to_string().as_str(), rest), ("192.0.2.7:40000", &b"\x04\x01"[..]));
+//! # Ok::<(), std::net::AddrParseError>(())
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use socks4_core::Failure;
+use socks4_core::proxy_header::{HeaderError, HeaderParser, HeaderStatus, ProxyHeader};
+use socks4_core::rules::IpNet;
+
+use crate::log::ConnLine;
+
+/// The networks trusted to send PROXY headers (`--proxy-protocol`, config key `proxy_protocol`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Whether a connection from `peer` must start with a PROXY header.
+    ///
+    /// ```
+    /// use socks4_server::proxy::TrustedProxies;
+    /// let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    /// assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+    /// assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
+    /// ```
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(peer))
+    }
+
+    /// Whether no source is trusted (the feature is off: nothing is read before the request).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reads the PROXY header of one connection from a trusted source; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct HeaderReader {
+    parser: HeaderParser,
+    balancer: SocketAddr,
+}
+
+/// What to do after [`HeaderReader::handle_input`].
+#[derive(Debug)]
+pub enum HeaderStep<'a> {
+    /// Read more (the reader is still within its header).
+    More,
+    /// The header named `client`; `rest` (possibly empty) is the start of the SOCKS request.
+    Client {
+        /// The original client.
+        client: SocketAddr,
+        /// The input's bytes after the header.
+        rest: &'a [u8],
+    },
+    /// Close the connection (sending nothing) and log it with [`HeaderEnd::log`].
+    Close(HeaderEnd),
+}
+
+/// Why a connection from a trusted source ended before its SOCKS request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderEnd {
+    /// v2 `LOCAL`: the balancer's health check.
+    Local,
+    /// Closed before its first byte: a plain TCP health check.
+    ClosedAtOnce,
+    /// Closed within its header.
+    ClosedEarly,
+    /// The header did not arrive whole within the handshake timeout.
+    TimedOut,
+    /// A header naming no client address (v1 `UNKNOWN`, Unix sockets, UDP, `UNSPEC`).
+    NoAddress,
+    /// Not a (valid) PROXY header.
+    Invalid(HeaderError),
+}
+
+impl HeaderEnd {
+    /// Whether it was a balancer's health check (logged at debug, not info).
+    pub fn is_health_check(self) -> bool {
+        matches!(self, Self::Local | Self::ClosedAtOnce)
+    }
+
+    /// Writes the connection's log line: at info as `conn client=BALANCER ... result=...`, or at
+    /// debug for a health check.
+    pub fn log(self, balancer: SocketAddr, elapsed: Duration) {
+        let worker = crate::metrics::current_worker();
+        let line =
+            ConnLine { client: balancer, request: None, result: &self, up: 0, down: 0, elapsed, worker, reply: None };
+        if self.is_health_check() {
+            tracing::debug!("{line}");
+        } else {
+            line.log();
+        }
+    }
+}
+
+impl fmt::Display for HeaderEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local => f.write_str("PROXY LOCAL (health check)"),
+            Self::ClosedAtOnce => f.write_str("closed before a PROXY header (health check)"),
+            Self::ClosedEarly => f.write_str("closed within its PROXY header"),
+            Self::TimedOut => f.write_str("PROXY header timed out"),
+            Self::NoAddress => f.write_str("PROXY header without a client address (UNKNOWN, Unix, UDP): refused"),
+            Self::Invalid(HeaderError::NotAHeader) => {
+                f.write_str("no PROXY protocol header from a --proxy-protocol source: refused")
+            }
+            Self::Invalid(e) => write!(f, "{e}: refused"),
+        }
+    }
+}
+
+impl HeaderReader {
+    /// A reader for a connection accepted from `balancer`.
+    pub fn new(balancer: SocketAddr) -> Self {
+        Self { parser: HeaderParser::new(), balancer }
+    }
+
+    /// The address the connection came from.
+    pub fn balancer(&self) -> SocketAddr {
+        self.balancer
+    }
+
+    /// Feeds the bytes read; see [`HeaderStep`].
+    pub fn handle_input<'a>(&mut self, input: &'a [u8]) -> HeaderStep<'a> {
+        match self.parser.handle_input(input) {
+            Ok(HeaderStatus::Partial) => HeaderStep::More,
+            Ok(HeaderStatus::Done { header: ProxyHeader::Proxy { source, .. }, used }) => {
+                // A mapped IPv4 client is an IPv4 client, for rules, limits and the log alike.
+                let client = SocketAddr::new(source.ip().to_canonical(), source.port());
+                HeaderStep::Client { client, rest: &input[used..] }
+            }
+            Ok(HeaderStatus::Done { header: ProxyHeader::Local, .. }) => HeaderStep::Close(HeaderEnd::Local),
+            Ok(HeaderStatus::Done { .. }) => HeaderStep::Close(HeaderEnd::NoAddress),
+            Err(e) => HeaderStep::Close(HeaderEnd::Invalid(e)),
+        }
+    }
+
+    /// The connection closed (read 0) before the header was whole.
+    pub fn handle_eof(&self) -> HeaderEnd {
+        if self.parser.started() { HeaderEnd::ClosedEarly } else { HeaderEnd::ClosedAtOnce }
+    }
+}
+
+/// The answer to a rule with `ident` for a client that came through a PROXY header: identd
+/// cannot be asked (see the [module docs](self)), so the request gets 92. Logs why, at info.
+pub fn ident_through_balancer<T>(client: SocketAddr) -> Result<T, Failure> {
+    tracing::info!(%client, "ident cannot ask a client behind a PROXY protocol balancer: reply 92");
+    Err(Failure::Unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use socks4_core::proxy_header::encode_v2;
+
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn steps() {
+        let b = addr("10.0.0.2:5000");
+        let mut out = [0u8; 52];
+        let n = encode_v2(addr("[::ffff:192.0.2.9]:7"), addr("[::1]:1080"), &mut out);
+        match HeaderReader::new(b).handle_input(&out[..n]) {
+            HeaderStep::Client { client, rest } => assert_eq!((client, rest), (addr("192.0.2.9:7"), &b""[..])),
+            other => panic!("{other:?}"),
+        }
+        let mut r = HeaderReader::new(b);
+        assert_eq!(r.handle_eof(), HeaderEnd::ClosedAtOnce);
+        assert!(matches!(r.handle_input(b"PRO"), HeaderStep::More));
+        assert_eq!(r.handle_eof(), HeaderEnd::ClosedEarly);
+        let cases: [(&[u8], HeaderEnd); 3] = [
+            (b"\x04\x01\x00\x50", HeaderEnd::Invalid(HeaderError::NotAHeader)),
+            (b"PROXY UNKNOWN\r\n", HeaderEnd::NoAddress),
+            (b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", HeaderEnd::Local),
+        ];
+        for (input, end) in cases {
+            match HeaderReader::new(b).handle_input(input) {
+                HeaderStep::Close(got) => assert_eq!(got, end),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(HeaderEnd::Local.is_health_check() && !HeaderEnd::NoAddress.is_health_check());
+        assert_eq!(
+            HeaderEnd::Invalid(HeaderError::NotAHeader).to_string(),
+            "no PROXY protocol header from a --proxy-protocol source: refused"
+        );
+    }
+}
