@@ -11,7 +11,8 @@
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
-//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes.
+//! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
+//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -55,6 +56,7 @@ pub mod ident;
 pub mod limits;
 pub mod log;
 mod shards;
+pub mod upstream;
 pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
