@@ -4,11 +4,12 @@
 //! The adapter wires it at two points of the handshake:
 //!
 //! ```text
-//! Output::Resolve:  if upstream::forwards_name(rules, client, &hs) { hs.forward_name(now) }   // no DNS lookup
+//! Output::Resolve:  if upstream::forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
 //!                   else resolve as before
-//! Output::Authorize: decision = rules.decide(..); route = rules.route(&decision).cloned()
+//! Output::Authorize: (after the users file) match upstream::authorize(&mut hs, now, rules, client, users) {
+//!                       Via(route) => keep it for Connect, BindRefused => log BIND_REFUSED, Direct => {} }
 //! Output::Connect:  with a route: on the blocking pool,
-//!                   chained = upstreams.connect_blocking(&route, target.into(), user_id, connect timeout)
+//!                   chained = Upstreams::global().connect_blocking(&route, target.into(), user_id, connect timeout)
 //!                   chained.result → hs.handle_connected (a parent's 91/92/93 reaches the client);
 //!                   the log line's result ends with `via PARENT` ([`Via`])
 //! ```
@@ -32,13 +33,14 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, Dest, Failure, REPLY_LEN, ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, Dest, Failure, Misuse, REPLY_LEN, ReplyCode,
+    ServerHandshake, Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
@@ -48,8 +50,8 @@ pub const SKIP_FOR: Duration = Duration::from_secs(30);
 
 /// At [`Output::Resolve`](socks4_core::Output::Resolve): does the rule deciding this CONNECT on
 /// its host name alone (no address yet) send it through a `socks4a://` route? Then answer with
-/// [`ServerHandshake::forward_name`] instead of resolving it. Rules see the user's name, as at
-/// `Authorize` (see [`users::named`](crate::users::named)).
+/// [`ServerHandshake::forward_name`] instead of resolving it. `users_file`: rules see the user's
+/// name, as at `Authorize` (see [`users::named`](crate::users::named)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -60,18 +62,81 @@ pub const SKIP_FOR: Duration = Duration::from_secs(30);
 /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
 /// hs.handle_input(now, b"\x04\x01\x00\x50\x00\x00\x00\x01\0duck.onion\0");
 /// assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
-/// assert!(forwards_name(&rules, [127, 0, 0, 1].into(), &hs));
+/// assert!(forwards_name(&rules, [127, 0, 0, 1].into(), &hs, false));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake) -> bool {
+pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_file: bool) -> bool {
     let Some(req) = hs.request() else { return false };
     let (Command::Connect, Dest::Domain(host)) = (req.command, req.dest) else { return false };
     if !rules.has_routes() {
         return false;
     }
     let by_name = AccessRequest::new(req.command, req.port, req.user_id).with_host(host);
-    let decision = rules.decide(client.to_canonical(), &crate::users::named(by_name));
+    let by_name = if users_file { crate::users::named(by_name) } else { by_name };
+    let decision = rules.decide(client.to_canonical(), &by_name);
     decision.action == Action::Allow && rules.route(&decision).is_some_and(Route::forwards_names)
+}
+
+/// What [`authorize`] decided beyond allow/deny.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Authorized {
+    /// Denied, or allowed to connect (or listen) directly.
+    Direct,
+    /// Allowed through this route (a CONNECT).
+    Via(Route),
+    /// A BIND allowed by a rule with a route: refused with 91 ([`BIND_REFUSED`] says why).
+    BindRefused,
+}
+
+/// The log result of a BIND refused because its rule routes through a parent proxy.
+pub const BIND_REFUSED: &str = "denied: BIND through a parent proxy is not supported";
+
+/// Answers [`Output::Authorize`](socks4_core::Output::Authorize) with the rules' decision, like
+/// [`ServerHandshake::authorize`], and says where an allowed CONNECT goes. `users_file`: rules see
+/// the user's name (see [`users::named`](crate::users::named)); call it after the user id was
+/// verified. A BIND through a route is refused with 91: relaying a parent's two BIND replies is
+/// not implemented.
+///
+/// ```
+/// use std::time::Duration;
+/// use socks4_core::{rules::Rules, Limits, Output, ServerHandshake, Timeouts};
+/// use socks4_server::upstream::{authorize, Authorized};
+/// let rules = Rules::parse("allow to 10.0.0.0/8 via socks4://127.0.0.1:1081\nallow from 127.0.0.0/8")?;
+/// let now = Duration::ZERO;
+/// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+/// hs.handle_input(now, b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
+/// let Authorized::Via(route) = authorize(&mut hs, now, &rules, [127, 0, 0, 1].into(), false)? else { panic!() };
+/// assert_eq!(route.to_string(), "via socks4://127.0.0.1:1081");
+/// assert!(matches!(hs.poll_output(), Output::Connect(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn authorize(
+    hs: &mut ServerHandshake,
+    now: Duration,
+    rules: &Rules,
+    client: IpAddr,
+    users_file: bool,
+) -> Result<Authorized, Misuse> {
+    let Some(req) = hs.access_request() else { return hs.authorize(now, rules, client).map(|_| Authorized::Direct) };
+    let req = if users_file { crate::users::named(req) } else { req };
+    let decision = rules.decide(client.to_canonical(), &req);
+    let route = rules.route(&decision).cloned();
+    let command = req.command;
+    match (decision.action, route) {
+        (Action::Allow, Some(_)) if command == Command::Bind => {
+            hs.reject(ReplyCode::Rejected)?;
+            Ok(Authorized::BindRefused)
+        }
+        (Action::Allow, route) => {
+            if decision.ident { hs.accept_with_ident(now)? } else { hs.accept(now)? }
+            Ok(route.map_or(Authorized::Direct, Authorized::Via))
+        }
+        _ => {
+            hs.reject(ReplyCode::Rejected)?;
+            Ok(Authorized::Direct)
+        }
+    }
 }
 
 /// The destination to ask a parent for, owned (the connect runs on a blocking thread).
@@ -141,8 +206,8 @@ struct Health {
     skip_until: Option<Instant>,
 }
 
-/// The parents' health, shared by all workers (one per server): failures in a row and until when a
-/// parent is skipped. Only routed connects touch it.
+/// The parents' health, shared by all workers ([`Upstreams::global`]): failures in a row and until
+/// when a parent is skipped. Only routed connects touch it.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     health: Mutex<HashMap<Parent, Health>>,
@@ -154,6 +219,14 @@ impl Upstreams {
     /// No parent has failed yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The process's registry, which every server of the process (all workers) shares: a
+    /// parent's health is the same whichever connection finds it out. A metrics exporter reads
+    /// [`stats`](Self::stats) from here.
+    pub fn global() -> &'static Arc<Upstreams> {
+        static GLOBAL: OnceLock<Arc<Upstreams>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Arc::new(Upstreams::new()))
     }
 
     /// The route's parents in the order to try them now: those not being skipped first, in the

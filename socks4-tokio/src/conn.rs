@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::rules::{Parent, Route};
+use socks4_core::{Failure, Output, ServerHandshake, Target};
 use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::upstream::{self, Authorized, ChainTarget, Upstreams, Via};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,6 +34,8 @@ pub(crate) struct Record {
     pub(crate) up: Cell<u64>,
     /// Bytes destination → client, likewise.
     pub(crate) down: Cell<u64>,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Parent>,
 }
 
 impl Record {
@@ -43,6 +47,7 @@ impl Record {
             result: None,
             up: Cell::new(0),
             down: Cell::new(0),
+            via: None,
         }
     }
 
@@ -60,7 +65,7 @@ impl Drop for Record {
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            result: &Via(&self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN), self.via.as_ref()),
             up: self.up.get(),
             down: self.down.get(),
             elapsed: self.start.elapsed(),
@@ -137,6 +142,8 @@ async fn handshake(
     let mut bind_listener: Option<TcpListener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
+    // The route of the rule that allowed the request (`via`), if any.
+    let mut route: Option<Route> = None;
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -148,11 +155,20 @@ async fn handshake(
             }
             Output::Authorize(_) => {
                 record.note_request(&hs);
-                authorize(&mut hs, peer, shared, &now).await.map_err(misuse)?;
+                match authorize(&mut hs, peer, shared, &now).await.map_err(misuse)? {
+                    Authorized::Via(via) => route = Some(via),
+                    Authorized::BindRefused => record.finish(upstream::BIND_REFUSED),
+                    _ => {}
+                }
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 record.note_request(&hs);
+                if upstream::forwards_name(&config.rules, peer.ip(), &hs, shared.verifier.is_some()) {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    hs.forward_name(now()).map_err(misuse)?;
+                    continue;
+                }
                 let deadline = hs.deadline().map(at);
                 let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port)));
                 match watching(client, false, lookup).await {
@@ -162,6 +178,33 @@ async fn handshake(
                     }
                     Err(left) => left.tell(&mut hs, now()),
                 }
+            }
+            Output::Connect(target) if route.is_some() => {
+                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
+                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = move || ups.connect_blocking(&via, &target, &user_id, timeout);
+                let chaining = async { tokio::task::spawn_blocking(chain).await.ok() };
+                let chained = match watching(client, false, chaining).await {
+                    Ok(chained) => chained,
+                    Err(left) => {
+                        left.tell(&mut hs, now());
+                        continue;
+                    }
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        record.via = chained.via;
+                        chained.result.and_then(|(stream, bound)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                            let stream = stream.map_err(|e| Failure::from(&e))?;
+                            upstream = Some(stream);
+                            Ok(bound)
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                hs.handle_connected(now(), result).map_err(misuse)?;
             }
             Output::Connect(Target::Addr(addr)) => {
                 let deadline = hs.deadline().map(at);
@@ -270,37 +313,30 @@ async fn handshake(
 
 /// Answers [`Output::Authorize`]. With a users file the user id is verified first (from the cache
 /// on the event loop, else with Argon2 on a blocking thread); then the rules decide on the user's
-/// name, never the token.
+/// name, never the token, and say whether the request goes through a route.
 async fn authorize(
     hs: &mut ServerHandshake,
     peer: SocketAddr,
     shared: &Shared,
     now: &impl Fn() -> Duration,
-) -> Result<(), socks4_core::Misuse> {
+) -> Result<Authorized, socks4_core::Misuse> {
     let rules = &shared.config.rules;
     let client = peer.ip().to_canonical();
-    // No request to authorize is a misuse, which `authorize` reports.
-    let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) else {
-        return hs.authorize(now(), rules, client).map(drop);
-    };
-    let verdict = match verifier.check_cached(req.user_id) {
-        Some(verdict) => verdict,
-        None => {
-            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
-            let verify = move || verifier.verify_blocking(&user_id);
-            tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+    if let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) {
+        let verdict = match verifier.check_cached(req.user_id) {
+            Some(verdict) => verdict,
+            None => {
+                let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
+                let verify = move || verifier.verify_blocking(&user_id);
+                tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+            }
+        };
+        if let Err(e) = verdict {
+            users::log_refusal(peer, req.user_id, e);
+            return hs.reject(e.reply_code()).map(|()| Authorized::Direct);
         }
-    };
-    if let Err(e) = verdict {
-        users::log_refusal(peer, req.user_id, e);
-        return hs.reject(e.reply_code());
     }
-    let decision = rules.decide(client, &users::named(req));
-    match decision.action {
-        Action::Allow if decision.ident => hs.accept_with_ident(now()),
-        Action::Allow => hs.accept(now()),
-        _ => hs.reject(ReplyCode::Rejected),
-    }
+    upstream::authorize(hs, now(), rules, client, shared.verifier.is_some())
 }
 
 /// How the client left while the handshake waited on something else.
