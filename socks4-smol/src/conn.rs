@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::rules::{Parent, Route};
+use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
+use socks4_server::upstream::{self, Authorized, ChainTarget, Upstreams, Via};
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -34,11 +36,20 @@ pub(crate) struct ConnLog {
     request: RequestCopy,
     result: Option<String>,
     counts: Counts,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Parent>,
 }
 
 impl ConnLog {
     pub(crate) fn new(client: SocketAddr) -> Self {
-        Self { client, start: Instant::now(), request: RequestCopy::default(), result: None, counts: Counts::default() }
+        Self {
+            client,
+            start: Instant::now(),
+            request: RequestCopy::default(),
+            result: None,
+            counts: Counts::default(),
+            via: None,
+        }
     }
 
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
@@ -56,7 +67,7 @@ impl Drop for ConnLog {
         let line = ConnLine {
             client: self.client,
             request: self.request.request(),
-            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            result: &Via(&self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN), self.via.as_ref()),
             up: self.counts.up.get(),
             down: self.counts.down.get(),
             elapsed: self.start.elapsed(),
@@ -106,6 +117,9 @@ async fn handshake<R: Runtime>(
     let mut listener: Option<R::Listener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
+    // The route of the rule that allowed the request (`via`), if any.
+    let mut route: Option<Route> = None;
+    let users_file = verifier.is_some();
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
@@ -116,6 +130,11 @@ async fn handshake<R: Runtime>(
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
+                if upstream::forwards_name(&config.rules, client_ip, &hs, users_file) {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    misuse(hs.forward_name(now()))?;
+                    continue;
+                }
                 let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
                 match watched::<R, _>(&client, lookup).await {
                     Ok(answer) => {
@@ -127,14 +146,34 @@ async fn handshake<R: Runtime>(
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
-                match verifier {
+                let authorized = match verifier {
                     Some(verifier) => {
                         authorize_user::<R>(&mut hs, epoch, verifier, &client, config, log.client).await?
                     }
-                    None => {
-                        misuse(hs.authorize(now(), &config.rules, client_ip))?;
-                    }
+                    None => misuse(upstream::authorize(&mut hs, now(), &config.rules, client_ip, false))?,
+                };
+                match authorized {
+                    Authorized::Via(via) => route = Some(via),
+                    Authorized::BindRefused => log.finish(upstream::BIND_REFUSED),
+                    _ => {}
                 }
+            }
+            Output::Connect(target) if route.is_some() => {
+                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
+                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = R::unblock(move || ups.connect_blocking(&via, &target, &user_id, timeout));
+                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                log.via = chained.via;
+                let result = chained.result.and_then(|(stream, bound)| {
+                    let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
+                    dest = Some(stream.map_err(|e| Failure::from(&e))?);
+                    Ok(bound)
+                });
+                misuse(hs.handle_connected(now(), result))?;
             }
             Output::Connect(Target::Addr(addr)) => {
                 // Every address of a name shares the connect phase's deadline.
@@ -273,7 +312,7 @@ async fn authorize_user<R: Runtime>(
     client: &R::Stream,
     config: &ServerConfig,
     peer: SocketAddr,
-) -> io::Result<()> {
+) -> io::Result<Authorized> {
     let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
     let verdict = match verifier.check_cached(req.user_id) {
         Some(verdict) => verdict,
@@ -283,7 +322,7 @@ async fn authorize_user<R: Runtime>(
                 Ok(verdict) => verdict,
                 Err(_) => {
                     hs.handle_client_error(epoch.elapsed());
-                    return Ok(());
+                    return Ok(Authorized::Direct);
                 }
             }
         }
@@ -292,16 +331,9 @@ async fn authorize_user<R: Runtime>(
     let result = match verdict {
         Err(e) => {
             users::log_refusal(peer, req.user_id, e);
-            hs.reject(e.reply_code())
+            hs.reject(e.reply_code()).map(|()| Authorized::Direct)
         }
-        Ok(()) => {
-            let decision = config.rules.decide(peer.ip(), &users::named(req));
-            match (decision.action, decision.ident) {
-                (Action::Allow, true) => hs.accept_with_ident(epoch.elapsed()),
-                (Action::Allow, false) => hs.accept(epoch.elapsed()),
-                _ => hs.reject(ReplyCode::Rejected),
-            }
-        }
+        Ok(()) => upstream::authorize(hs, epoch.elapsed(), &config.rules, peer.ip(), true),
     };
     misuse(result)
 }

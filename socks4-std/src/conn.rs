@@ -14,19 +14,20 @@ use std::time::{Duration, Instant};
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
-use socks4_core::rules::Decision;
+use socks4_core::rules::{Parent, Route};
 use socks4_core::{
-    Action, CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ReplyCode, ServerHandshake,
-    Side as RelaySide, Target,
+    CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, RelayOutput, ReplyCode, ServerHandshake, Side as RelaySide,
+    Target,
 };
 use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
+use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
-use crate::resolver::{Job, Task};
+use crate::resolver::{Chain, Job, Task};
 use crate::splice::Pipes;
 use crate::worker::Msg;
 
@@ -203,6 +204,12 @@ pub(crate) struct Conn {
     /// The relay's bookkeeping (counts for the log line), started with the relay.
     relay: Relay,
     result: Option<String>,
+    /// The route of the rule that allowed the request (`via`), if any.
+    route: Option<Box<Route>>,
+    /// A chained connect is under way (bounded by its timeout per parent, not the handshake's).
+    chaining: bool,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Box<Parent>>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -243,6 +250,9 @@ impl Conn {
             started: ctx.now,
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
             result: None,
+            route: None,
+            chaining: false,
+            via: None,
             scheduled: None,
         };
         conn.read_request(ctx);
@@ -295,6 +305,8 @@ impl Conn {
     /// Its deadline may have passed.
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         match &self.stage {
+            // A chained connect is bounded by its own timeout per parent.
+            Stage::Handshake if self.chaining => {}
             Stage::Handshake => {
                 self.hs.handle_timeout(ctx.clock());
                 self.drive(ctx);
@@ -347,6 +359,24 @@ impl Conn {
         }
         self.drive(ctx);
         self.rearm(ctx.poller);
+    }
+
+    /// The result of its connect through a route's parent proxies.
+    pub(crate) fn on_chained(&mut self, ctx: &mut Ctx<'_>, chained: Chained) {
+        if !matches!(self.stage, Stage::Handshake) || !self.chaining {
+            return;
+        }
+        self.chaining = false;
+        self.via = chained.via.map(Box::new);
+        let result = chained.result.and_then(|(stream, bound)| {
+            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
+            self.upstream = Some(stream);
+            Ok(bound)
+        });
+        if self.hs.handle_connected(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
     }
 
     /// The shutdown grace period is over.
@@ -427,7 +457,7 @@ impl Conn {
             Resolve(String, u16),
             Authorize,
             /// With `--users`, once the user id passed: the rules' decision on its name.
-            Decide(Decision),
+            Decide,
             /// With `--users`: the user id failed (logged), reply with this code.
             Refuse(ReplyCode),
             /// With `--users`: check the user id on the resolver pool.
@@ -436,6 +466,8 @@ impl Conn {
             AwaitUser,
             Connect(SocketAddr),
             ConnectByName,
+            /// Through the route's parents, to this destination.
+            Chain(ChainTarget),
             Ident,
             Listen,
             Relay,
@@ -456,9 +488,9 @@ impl Conn {
                 Output::Authorize(req) => match (ctx.verifier, self.user_check) {
                     (None, _) => Step::Authorize,
                     (Some(_), UserCheck::Pending) => Step::AwaitUser,
-                    (Some(_), UserCheck::Passed) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                    (Some(_), UserCheck::Passed) => Step::Decide,
                     (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
-                        Some(Ok(())) => Step::Decide(decide_named(ctx, self.client_addr, req)),
+                        Some(Ok(())) => Step::Decide,
                         Some(Err(e)) => {
                             users::log_refusal(self.client_addr, req.user_id, e);
                             Step::Refuse(e.reply_code())
@@ -466,6 +498,7 @@ impl Conn {
                         None => Step::VerifyUser(Arc::clone(verifier), req.user_id.into()),
                     },
                 },
+                Output::Connect(target) if self.route.is_some() => Step::Chain(target.into()),
                 Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
                 Output::Connect(Target::Host(..)) => Step::ConnectByName,
                 Output::Listen { .. } => Step::Listen,
@@ -492,16 +525,33 @@ impl Conn {
                         let _ = self.hs.handle_ident(now, Err(Failure::Other));
                     }
                 }
+                Step::Resolve(..)
+                    if upstream::forwards_name(
+                        &ctx.config.rules,
+                        self.client_addr.ip(),
+                        &self.hs,
+                        ctx.verifier.is_some(),
+                    ) =>
+                {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    if let Err(e) = self.hs.forward_name(now) {
+                        return self.finish(&e.to_string());
+                    }
+                }
                 Step::Resolve(host, port) => {
                     started = true;
                     if !self.ask(ctx, Task::Resolve(host, port)) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
-                Step::Authorize => {
+                Step::Authorize | Step::Decide => {
                     let ip = self.client_addr.ip().to_canonical();
-                    if let Err(e) = self.hs.authorize(now, &ctx.config.rules, ip) {
-                        return self.finish(&e.to_string());
+                    let named = ctx.verifier.is_some();
+                    match upstream::authorize(&mut self.hs, now, &ctx.config.rules, ip, named) {
+                        Ok(Authorized::Via(route)) => self.route = Some(Box::new(route)),
+                        Ok(Authorized::BindRefused) => self.result = Some(upstream::BIND_REFUSED.into()),
+                        Ok(_) => {}
+                        Err(e) => return self.finish(&e.to_string()),
                     }
                 }
                 Step::VerifyUser(verifier, user_id) => {
@@ -517,16 +567,6 @@ impl Conn {
                     self.watch |= started;
                     return;
                 }
-                Step::Decide(decision) => {
-                    let decided = match decision.action {
-                        Action::Allow if decision.ident => self.hs.accept_with_ident(now),
-                        Action::Allow => self.hs.accept(now),
-                        _ => self.hs.reject(ReplyCode::Rejected),
-                    };
-                    if let Err(e) = decided {
-                        return self.finish(&e.to_string());
-                    }
-                }
                 Step::Refuse(code) => {
                     if let Err(e) = self.hs.reject(code) {
                         return self.finish(&e.to_string());
@@ -538,7 +578,17 @@ impl Conn {
                     }
                     started = true;
                 }
-                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
+                Step::Chain(target) => {
+                    let route = self.route.as_deref().cloned().unwrap_or_default();
+                    let user_id = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                    let timeout = ctx.config.timeouts.connect;
+                    started = true;
+                    self.chaining = self.ask(ctx, Task::Chain(Box::new(Chain { route, target, user_id, timeout })));
+                    if !self.chaining {
+                        let _ = self.hs.handle_connected(now, Err(Failure::Other));
+                    }
+                }
+                // Names are forwarded only through a route, handled above.
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen();
@@ -546,6 +596,13 @@ impl Conn {
                     started = true;
                 }
                 Step::Relay => return self.start_relay(ctx),
+                // A chained connect ends by itself, within its timeout per parent.
+                Step::Wait(_) if self.chaining => {
+                    self.hs_deadline = None;
+                    self.watch |= started;
+                    self.flush_out();
+                    return;
+                }
                 Step::Wait(deadline) => {
                     self.hs_deadline = deadline.map(|d| ctx.epoch + d);
                     self.watch |= started;
@@ -572,7 +629,7 @@ impl Conn {
     fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
         let reply = ctx.inbox.clone();
         let job = Job { task, slot: self.slot, id: self.id, reply, poller: Arc::clone(ctx.poller) };
-        ctx.resolver.send(job).is_ok()
+        crate::resolver::submit(ctx.resolver, job)
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.
@@ -880,7 +937,7 @@ impl Conn {
         let line = ConnLine {
             client: self.client_addr,
             request: self.hs.request(),
-            result: &self.result.as_deref().unwrap_or("ok"),
+            result: &Via(&self.result.as_deref().unwrap_or("ok"), self.via.as_deref()),
             up: self.relay.bytes(RelaySide::Client),
             down: self.relay.bytes(RelaySide::Upstream),
             elapsed: now.saturating_duration_since(self.started),
@@ -949,7 +1006,3 @@ fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
 }
 
-/// With `--users`, once the user id passed: the rules decide on the user's name, not the token.
-fn decide_named(ctx: &Ctx<'_>, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
-    ctx.config.rules.decide(client.ip().to_canonical(), &users::named(req))
-}

@@ -23,6 +23,17 @@ pub(crate) enum Task {
     Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
     /// Check a user id against the users file (Argon2: slow on purpose).
     VerifyUser(Arc<socks4_server::users::Verifier>, Box<[u8]>),
+    /// Connect through a route's parent proxies (on a thread of its own: it may wait for a
+    /// connect timeout per parent, which must not hold up the pool's lookups).
+    Chain(Box<Chain>),
+}
+
+/// A chained connect: the route, the destination, the client's user id and the timeout per parent.
+pub(crate) struct Chain {
+    pub(crate) route: socks4_core::rules::Route,
+    pub(crate) target: socks4_server::upstream::ChainTarget,
+    pub(crate) user_id: Vec<u8>,
+    pub(crate) timeout: std::time::Duration,
 }
 
 /// One lookup (or ident query) to do.
@@ -51,6 +62,15 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
+/// Runs `job` on the pool, or a chained connect on a thread of its own.
+pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
+    if matches!(job.task, Task::Chain(_)) {
+        let spawned = thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(move || answer(job));
+        return spawned.is_ok();
+    }
+    pool.send(job).is_ok()
+}
+
 fn run(rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = {
@@ -60,6 +80,13 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
+        answer(job);
+    }
+}
+
+/// Does the job and sends its answer to the asking worker.
+fn answer(job: Job) {
+    {
         let msg = match job.task {
             Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, candidates: resolve(&host, port) },
             Task::Ident(client, local, timeout) => Msg::Ident {
@@ -69,6 +96,11 @@ fn run(rx: &Mutex<Receiver<Job>>) {
             },
             Task::VerifyUser(verifier, user_id) => {
                 Msg::UserChecked { slot: job.slot, id: job.id, verdict: verifier.verify_blocking(&user_id) }
+            }
+            Task::Chain(c) => {
+                let ups = socks4_server::upstream::Upstreams::global();
+                let chained = ups.connect_blocking(&c.route, &c.target, &c.user_id, c.timeout);
+                Msg::Chained { slot: job.slot, id: job.id, chained }
             }
         };
         if job.reply.send(msg).is_ok() {

@@ -27,6 +27,15 @@ const SCRATCH: usize = 64 * 1024;
 pub(crate) enum Msg {
     /// A newly accepted connection (non-blocking), its peer address and its admission.
     Conn(TcpStream, SocketAddr, Admission),
+    /// The result of a connection's connect through a route's parent proxies.
+    Chained {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The connection through the parent, or why not, and the parent.
+        chained: socks4_server::upstream::Chained,
+    },
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
         /// The connection's slot.
@@ -227,6 +236,12 @@ impl Worker {
                     Ok(Msg::UserChecked { slot, id, verdict }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_user_checked(&mut ctx, verdict);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::Chained { slot, id, chained }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chained(&mut ctx, chained);
                             touched.push(slot);
                         }
                     }
