@@ -13,6 +13,7 @@
 //! measures one.
 
 pub mod binary;
+pub mod chain;
 pub mod checksum;
 pub mod load;
 pub mod report;
@@ -109,6 +110,7 @@ macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
             ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+            chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent
         );
     };
 }
