@@ -52,8 +52,9 @@ impl ConnLog {
         }
     }
 
+    /// Sets the result, unless one was set before (e.g. why a request was denied).
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
-        self.result = Some(result.to_string());
+        self.result.get_or_insert_with(|| result.to_string());
     }
 
     /// Records the request for the log line.

@@ -611,7 +611,7 @@ impl Conn {
                 }
                 Step::Closed(reason) => {
                     self.admission.handshake_done();
-                    self.result = Some(reason);
+                    self.result.get_or_insert(reason); // unless why was said before (BIND_REFUSED)
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {
                         self.stage = Stage::Done;

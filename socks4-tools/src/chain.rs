@@ -107,8 +107,9 @@ fn reply_code(proxy: SocketAddr, request: &[u8]) -> Result<u8, Failure> {
 /// Two hops: `binary` routes `localhost`, `*.onion` and `127.0.0.0/8` through a parent (another
 /// adapter where built) with `socks4a://`. The scenarios pass through it; a `.onion` name reaches
 /// the parent unresolved (the parent's log shows the name, ours `via socks4a://...` and no lookup
-/// failure of our own) and its 91 reaches the client; a BIND the route covers gets 91 and the log
-/// says why.
+/// failure of our own) and its 91 reaches the client; `localhost` routed through `socks4a://`
+/// behind `deny to loopback` is served (it was never resolved here); a BIND the route covers gets
+/// 91 and the log says why.
 ///
 /// # Errors
 /// What went wrong, with the servers' logs.
@@ -130,6 +131,16 @@ pub fn chain_two_hops(binary: &Path) -> Result<Outcome, Failure> {
     if !ours.contains(&format!("rejected by upstream (91) {via} ")) || ours.contains("result=resolve") {
         return Err(Failure::new(format!("our log line does not show the parent's 91 {via}: {ours}")));
     }
+
+    // Decided on the name before any lookup: were `localhost` resolved here, `deny to loopback`
+    // would refuse it; unresolved, the rule routing the name applies and the parent resolves it.
+    let mut no_lookup = Hop::start(&bins[0], &["deny to loopback".to_owned(), format!("to localhost {via}")])?;
+    let target = echo_target()?;
+    let code = reply_code(no_lookup.addr, &wire::connect_host("localhost", target.addr().port(), b"bob"))?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("`localhost` routed through socks4a under `deny to loopback`: reply {code}")));
+    }
+    no_lookup.line(&["dest=localhost:", "user=bob", &format!("result=ok {via} ")])?;
 
     let bind = wire::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21), b"binder");
     let code = reply_code(child.addr, &bind)?;
