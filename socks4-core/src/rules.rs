@@ -876,7 +876,9 @@ impl fmt::Display for RuleError {
         match self {
             Self::Empty => f.write_str("empty rule: write `allow ...` or `deny ...`"),
             Self::BadAction(w) => write!(f, "rule starts with `{w}`, expected `allow` or `deny`"),
-            Self::UnknownKey(w) => write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as)"),
+            Self::UnknownKey(w) => {
+                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as)")
+            }
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
             Self::BadNetwork(w) => write!(f, "`{w}` is not a network like 10.0.0.0/8 or fd00::/8"),
@@ -887,7 +889,10 @@ impl fmt::Display for RuleError {
             }
             Self::IdentOnDeny => f.write_str("`ident` applies to allow rules only"),
             Self::BadRoute(w) => {
-                write!(f, "`{w}` is not a parent list like socks4a://127.0.0.1:9050,socks4a://10.0.0.1:9050 (one protocol, at most {MAX_PARENTS})")
+                write!(
+                    f,
+                    "`{w}` is not a parent list like socks4a://127.0.0.1:9050,socks4a://10.0.0.1:9050 (one protocol, at most {MAX_PARENTS})"
+                )
             }
             Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
             Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
@@ -1060,9 +1065,15 @@ mod tests {
         let inside: IpAddr = [10, 0, 0, 1].into();
         assert_eq!(rules.decide(inside, &alice), Decision { action: Action::Allow, ident: true, rule: Some(0) });
         assert_eq!(rules.decide(inside, &bob), Decision { action: Action::Allow, ident: false, rule: Some(2) });
-        assert_eq!(rules.decide([8, 8, 8, 8].into(), &alice), Decision { action: Action::Deny, ident: false, rule: Some(1) });
+        assert_eq!(
+            rules.decide([8, 8, 8, 8].into(), &alice),
+            Decision { action: Action::Deny, ident: false, rule: Some(1) }
+        );
         assert_eq!(rules.evaluate(inside, &alice), Action::Allow, "evaluate keeps its meaning");
-        assert_eq!(Rules::default().decide(inside, &alice), Decision { action: Action::Allow, ident: false, rule: None });
+        assert_eq!(
+            Rules::default().decide(inside, &alice),
+            Decision { action: Action::Allow, ident: false, rule: None }
+        );
         // A deny rule built by hand with the flag still denies, without ident.
         let hand = Rules(vec![Rule::any(Action::Deny).with_ident()]);
         assert_eq!(hand.decide(inside, &alice), Decision { action: Action::Deny, ident: false, rule: Some(0) });

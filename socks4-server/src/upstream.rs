@@ -33,8 +33,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
@@ -129,7 +129,11 @@ pub fn authorize(
             Ok(Authorized::BindRefused)
         }
         (Action::Allow, route) => {
-            if decision.ident { hs.accept_with_ident(now)? } else { hs.accept(now)? }
+            if decision.ident {
+                hs.accept_with_ident(now)?
+            } else {
+                hs.accept(now)?
+            }
             Ok(route.map_or(Authorized::Direct, Authorized::Via))
         }
         _ => {

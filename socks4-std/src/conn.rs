@@ -1005,4 +1005,3 @@ fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
 fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
 }
-

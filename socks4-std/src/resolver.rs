@@ -65,7 +65,8 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
 /// Runs `job` on the pool, or a chained connect on a thread of its own.
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
     if matches!(job.task, Task::Chain(_)) {
-        let spawned = thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(move || answer(job));
+        let spawned =
+            thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(move || answer(job));
         return spawned.is_ok();
     }
     pool.send(job).is_ok()

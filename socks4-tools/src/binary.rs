@@ -46,7 +46,10 @@ pub(crate) fn line_with(lines: &Receiver<String>, needle: &str, seen: &mut Vec<S
 
 /// Starts `binary` with `args` and `--log-level info`; returns the process, its log lines, the
 /// address it listens on and the lines seen so far.
-pub(crate) fn start(binary: &Path, args: &[&str]) -> Result<(Server, Receiver<String>, SocketAddr, Vec<String>), Failure> {
+pub(crate) fn start(
+    binary: &Path,
+    args: &[&str],
+) -> Result<(Server, Receiver<String>, SocketAddr, Vec<String>), Failure> {
     let mut child = Command::new(binary)
         .args(args)
         .args(["--log-level", "info"])
