@@ -435,6 +435,50 @@ mod tests {
         assert_eq!(ups.connect_blocking(&r, &host, b"", Duration::from_secs(1)).result.unwrap_err(), Failure::Other);
     }
 
+    fn handshake(request: &[u8]) -> ServerHandshake {
+        let now = Duration::ZERO;
+        let mut hs = ServerHandshake::new(now, socks4_core::Limits::default(), socks4_core::Timeouts::default());
+        hs.handle_input(now, request);
+        hs
+    }
+
+    #[test]
+    fn only_names_routed_to_socks4a_skip_the_lookup() {
+        let rules = Rules::parse(
+            "allow user alice to *.onion via socks4a://127.0.0.1:9050\n\
+             allow to *.corp via socks4://127.0.0.1:1080\n\
+             allow from 127.0.0.0/8",
+        )
+        .unwrap();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let by_name = |host: &str, user: &str, cmd: u8| {
+            let mut req = vec![4, cmd, 0, 80, 0, 0, 0, 1];
+            req.extend_from_slice(user.as_bytes());
+            req.push(0);
+            req.extend_from_slice(host.as_bytes());
+            req.push(0);
+            handshake(&req)
+        };
+        assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice", 1), false));
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "bob", 1), false), "another user: direct");
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), false));
+        assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), true), "users file: the name");
+        assert!(!forwards_name(&rules, local, &by_name("intranet.corp", "alice", 1), false), "socks4: resolve here");
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice", 2), false), "BIND: resolve");
+        assert!(!forwards_name(&rules, local, &handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0"), false));
+        assert!(!forwards_name(&Rules::default(), local, &by_name("duck.onion", "alice", 1), false));
+
+        let mut bind = handshake(b"\x04\x02\x00\x50\x0a\x00\x00\x01\0");
+        let routed = Rules::parse("allow via socks4://127.0.0.1:1080").unwrap();
+        assert_eq!(authorize(&mut bind, Duration::ZERO, &routed, local, false), Ok(Authorized::BindRefused));
+        assert!(matches!(bind.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
+        let mut denied = handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
+        let deny = Rules::parse("deny any").unwrap();
+        assert_eq!(authorize(&mut denied, Duration::ZERO, &deny, local, false), Ok(Authorized::Direct));
+        assert!(matches!(denied.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
+        assert!(authorize(&mut denied, Duration::ZERO, &deny, local, false).is_err(), "answered already");
+    }
+
     #[test]
     fn a_failing_parent_is_skipped_for_a_while() {
         let r = route("allow via socks4a://a.invalid:1,socks4a://b.invalid:1");
