@@ -46,6 +46,9 @@
 //!                  Grant::After(d) => sleep d (keep serving the other direction and the idle timer) }
 //! end:         drop(admission), drop(conn_bw); a periodic timer may call limiter.refusals().flush(now)
 //! ```
+//!
+//! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
+//! [`upstream`].
 
 pub mod accept;
 pub mod bandwidth;
