@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -62,12 +63,29 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
-/// Runs `job` on the pool, or a chained connect on a thread of its own.
+/// The most chained connects on threads of their own at once; more wait for the pool.
+const MAX_CHAIN_THREADS: usize = 256;
+
+/// Runs `job` on the pool, or a chained connect on a thread of its own (while fewer than
+/// [`MAX_CHAIN_THREADS`] run: a flood of requests routed to a dead parent must not start a thread
+/// each).
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
-    if matches!(job.task, Task::Chain(_)) {
-        let spawned =
-            thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(move || answer(job));
-        return spawned.is_ok();
+    static CHAIN_THREADS: AtomicUsize = AtomicUsize::new(0);
+    let chain = matches!(job.task, Task::Chain(_));
+    if chain && CHAIN_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_CHAIN_THREADS {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let run = move || {
+            if let Ok(job) = rx.recv() {
+                answer(job);
+            }
+            CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed);
+        };
+        if thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(run).is_ok() {
+            return tx.send(job).is_ok();
+        }
+    }
+    if chain {
+        CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed); // over the cap, or the spawn failed
     }
     pool.send(job).is_ok()
 }
