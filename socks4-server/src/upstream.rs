@@ -6,12 +6,15 @@
 //! ```text
 //! Output::Resolve:  if upstream::forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
 //!                   else resolve as before
-//! Output::Authorize: (after the users file) match upstream::authorize(&mut hs, now, rules, client, users) {
-//!                       Via(route) => keep it for Connect, BindRefused => log BIND_REFUSED, Direct => {} }
+//! Output::Authorize: (after the users file) if let Via(route) = upstream::authorize(&mut hs, now, rules,
+//!                       client, users)? { keep it for Connect or Listen }
 //! Output::Connect:  with a route: on the blocking pool,
 //!                   chained = Upstreams::global().connect_blocking(&route, target.into(), user_id, connect timeout)
 //!                   chained.result → hs.handle_connected (a parent's 91/92/93 reaches the client);
 //!                   the log line's result ends with `via PARENT` ([`Via`])
+//! Output::Listen:   with a route (BIND): on the blocking pool, Upstreams::global().bind_blocking(..)
+//!                   → hs.handle_listening(listening address); then BindWait::peer_blocking(bind
+//!                   timeout) → hs.handle_bind_peer (shut `closer()` down if the client leaves)
 //! ```
 //!
 //! Names: with a `socks4a://` route the request is decided on the name alone, *before* any
@@ -32,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -83,20 +86,15 @@ pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_
 pub enum Authorized {
     /// Denied, or allowed to connect (or listen) directly.
     Direct,
-    /// Allowed through this route (a CONNECT).
+    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent
+    /// ([`Upstreams::connect_blocking`], [`Upstreams::bind_blocking`]).
     Via(Route),
-    /// A BIND allowed by a rule with a route: refused with 91 ([`BIND_REFUSED`] says why).
-    BindRefused,
 }
-
-/// The log result of a BIND refused because its rule routes through a parent proxy.
-pub const BIND_REFUSED: &str = "denied: BIND through a parent proxy is not supported";
 
 /// Answers [`Output::Authorize`](socks4_core::Output::Authorize) with the rules' decision, like
 /// [`ServerHandshake::authorize`], and says where an allowed CONNECT goes. `users_file`: rules see
 /// the user's name (see [`users::named`](crate::users::named)); call it after the user id was
-/// verified. A BIND through a route is refused with 91: relaying a parent's two BIND replies is
-/// not implemented.
+/// verified.
 ///
 /// ```
 /// use std::time::Duration;
@@ -122,12 +120,7 @@ pub fn authorize(
     let req = if users_file { crate::users::named(req) } else { req };
     let decision = rules.decide(client.to_canonical(), &req);
     let route = rules.route(&decision).cloned();
-    let command = req.command;
     match (decision.action, route) {
-        (Action::Allow, Some(_)) if command == Command::Bind => {
-            hs.reject(ReplyCode::Rejected)?;
-            Ok(Authorized::BindRefused)
-        }
         (Action::Allow, route) => {
             if decision.ident {
                 hs.accept_with_ident(now)?
@@ -293,7 +286,7 @@ impl Upstreams {
         client_user_id: &[u8],
         timeout: Duration,
     ) -> Chained {
-        let user = route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes);
+        let user = parent_user(route, client_user_id);
         let request = match target {
             ChainTarget::Addr(addr) => ClientHandshake::connect_to(Target::Addr(*addr), user),
             ChainTarget::Host(host, port) if route.forwards_names() => ClientHandshake::connect_host(host, *port, user),
@@ -301,22 +294,115 @@ impl Upstreams {
             ChainTarget::Host(..) => return Chained { result: Err(Failure::Other), via: None },
         };
         let Ok(request) = request else { return Chained { result: Err(Failure::Other), via: None } };
-        let mut last = Chained { result: Err(Failure::Unreachable), via: None };
+        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
+            let (stream, _, event) = ask(stream, hs, end)?;
+            match event {
+                ClientEvent::Granted(bound) => Ok((stream, SocketAddr::V4(bound))),
+                _ => Err(Failure::Other), // a BIND reply to a CONNECT
+            }
+        });
+        Chained { result, via }
+    }
+
+    /// BIND through the route's parents (blocking), each within `timeout`: the parent's first
+    /// reply gives the address it listens on (its own address when it says `0.0.0.0`), for our
+    /// first reply; then [`BindWait::peer_blocking`] waits for its second. A parent's refusal gets
+    /// the client a 91 (the handshake's BIND failures all reply 91).
+    pub fn bind_blocking(
+        &self,
+        route: &Route,
+        expected_peer: SocketAddrV4,
+        client_user_id: &[u8],
+        timeout: Duration,
+    ) -> ChainedBind {
+        let Ok(request) = ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)) else {
+            return ChainedBind { result: Err(Failure::Other), via: None };
+        };
+        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
+            let (stream, hs, event) = ask(stream, hs, end)?;
+            let ClientEvent::BindListening(addr) = event else { return Err(Failure::Other) };
+            let ip = match (addr.ip().is_unspecified(), stream.peer_addr()) {
+                (true, Ok(parent)) => parent.ip(),
+                _ => IpAddr::V4(*addr.ip()),
+            };
+            Ok(BindWait { stream, hs, listening: SocketAddr::new(ip, addr.port()) })
+        });
+        ChainedBind { result, via }
+    }
+
+    /// Tries the route's parents in order until one is reached, then does `step` with it (send the
+    /// request, read the reply) by `now + timeout`: its result is the answer (see the
+    /// [module docs](self)).
+    fn through<T>(
+        &self,
+        route: &Route,
+        request: &ClientHandshake,
+        timeout: Duration,
+        step: impl Fn(TcpStream, ClientHandshake, Instant) -> Result<T, Failure>,
+    ) -> (Result<T, Failure>, Option<Parent>) {
+        let mut last = (Err(Failure::Unreachable), None);
         for parent in self.order(route, Instant::now()) {
+            let start = Instant::now();
             let stream = match reach(parent, timeout) {
                 Ok(stream) => stream,
                 Err(failure) => {
                     self.record(parent, false, Instant::now());
-                    last = Chained { result: Err(failure), via: Some(parent.clone()) };
+                    last = (Err(failure), Some(parent.clone()));
                     continue;
                 }
             };
-            let result = ask(stream, request.clone(), timeout);
+            let result = step(stream, request.clone(), start + timeout);
             let reached = matches!(result, Ok(_) | Err(Failure::Rejected(_)));
             self.record(parent, reached, Instant::now());
-            return Chained { result, via: Some(parent.clone()) };
+            return (result, Some(parent.clone()));
         }
         last
+    }
+}
+
+/// The user id to send to a route's parents: its `as` name, else the client's user name.
+fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
+    route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes)
+}
+
+/// What [`Upstreams::bind_blocking`] did, and the parent that answered or was tried last.
+#[derive(Debug)]
+pub struct ChainedBind {
+    /// The parent listens (its first reply), or why not.
+    pub result: Result<BindWait, Failure>,
+    /// The parent that answered, or the last one tried.
+    pub via: Option<Parent>,
+}
+
+/// A BIND a parent accepted: it listens, and its second reply is to come.
+#[derive(Debug)]
+pub struct BindWait {
+    stream: TcpStream,
+    hs: ClientHandshake,
+    /// Where the parent listens, for the client's first reply.
+    pub listening: SocketAddr,
+}
+
+impl BindWait {
+    /// A handle on the connection to the parent: shut it down (`shutdown(Both)`) to end
+    /// [`peer_blocking`](Self::peer_blocking) at once when the client leaves.
+    ///
+    /// # Errors
+    /// If the socket cannot be duplicated.
+    pub fn closer(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
+    /// Waits (blocking) up to `timeout` for the parent's second reply: the connection to relay
+    /// and the peer's address (the handshake checks it), or why not.
+    pub fn peer_blocking(self, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+        let (stream, _, event) = read_event(self.stream, self.hs, Instant::now() + timeout)?;
+        match event {
+            ClientEvent::Granted(peer) => Ok((stream, SocketAddr::V4(peer))),
+            ClientEvent::Rejected(_) => Err(Failure::Other),
+            ClientEvent::BindListening(_) => Err(Failure::BadAnswer),
+            _ => Err(Failure::Other),
+        }
     }
 }
 
@@ -334,38 +420,59 @@ fn reach(parent: &Parent, timeout: Duration) -> Result<TcpStream, Failure> {
     Err(failure)
 }
 
-/// Sends the request on a connection to a parent and reads its reply (8 bytes, never more:
-/// what follows is the destination's data), all within `timeout`.
-fn ask(mut stream: TcpStream, mut hs: ClientHandshake, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
-    let end = Instant::now() + timeout;
-    let left = || end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut);
-    let io = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
-        _ => Failure::Other,
-    };
+/// Sends the request on a connection to a parent and reads its (first) reply by `end`: a
+/// refusal is [`Failure::Rejected`].
+fn ask(
+    mut stream: TcpStream,
+    hs: ClientHandshake,
+    end: Instant,
+) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
     let _ = stream.set_nodelay(true);
-    stream.set_write_timeout(Some(left()?)).map_err(io)?;
-    stream.write_all(hs.request_bytes()).map_err(io)?;
+    stream.set_write_timeout(Some(left(end)?)).map_err(io_failure)?;
+    stream.write_all(hs.request_bytes()).map_err(io_failure)?;
+    match read_event(stream, hs, end)? {
+        (_, _, ClientEvent::Rejected(code)) => Err(Failure::Rejected(code)),
+        granted => Ok(granted),
+    }
+}
+
+/// Reads one reply (8 bytes, never more: what follows is the destination's data) by `end`.
+fn read_event(
+    mut stream: TcpStream,
+    mut hs: ClientHandshake,
+    end: Instant,
+) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
     let mut reply = [0u8; REPLY_LEN];
     loop {
-        stream.set_read_timeout(Some(left()?)).map_err(io)?;
+        stream.set_read_timeout(Some(left(end)?)).map_err(io_failure)?;
         let want = hs.bytes_wanted();
         let n = match stream.read(&mut reply[..want]) {
             Ok(0) => return Err(Failure::Other), // closed before its reply
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(io_failure(e)),
         };
         match hs.handle_input(&reply[..n]) {
             Ok((_, None)) => {}
-            Ok((_, Some(ClientEvent::Granted(addr)))) => {
-                stream.set_read_timeout(None).map_err(io)?;
-                stream.set_write_timeout(None).map_err(io)?;
-                return Ok((stream, SocketAddr::V4(addr)));
+            Ok((_, Some(event))) => {
+                stream.set_read_timeout(None).map_err(io_failure)?;
+                stream.set_write_timeout(None).map_err(io_failure)?;
+                return Ok((stream, hs, event));
             }
-            Ok((_, Some(ClientEvent::Rejected(code)))) => return Err(Failure::Rejected(code)),
-            Ok((_, Some(_))) | Err(_) => return Err(Failure::Other), // a malformed reply
+            Err(_) => return Err(Failure::Other), // a malformed reply
         }
+    }
+}
+
+/// The time left until `end`, or [`Failure::TimedOut`].
+fn left(end: Instant) -> Result<Duration, Failure> {
+    end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut)
+}
+
+fn io_failure(e: io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
+        _ => Failure::Other,
     }
 }
 
@@ -470,8 +577,8 @@ mod tests {
 
         let mut bind = handshake(b"\x04\x02\x00\x50\x0a\x00\x00\x01\0");
         let routed = Rules::parse("allow via socks4://127.0.0.1:1080").unwrap();
-        assert_eq!(authorize(&mut bind, Duration::ZERO, &routed, local, false), Ok(Authorized::BindRefused));
-        assert!(matches!(bind.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
+        assert!(matches!(authorize(&mut bind, Duration::ZERO, &routed, local, false), Ok(Authorized::Via(_))));
+        assert!(matches!(bind.poll_output(), socks4_core::Output::Listen { .. }));
         let mut denied = handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
         let deny = Rules::parse("deny any").unwrap();
         assert_eq!(authorize(&mut denied, Duration::ZERO, &deny, local, false), Ok(Authorized::Direct));

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use socks4_core::{Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
-use socks4_server::upstream::{self, Authorized, ChainTarget, Upstreams, Via};
+use socks4_server::upstream::{self, Authorized, BindWait, ChainTarget, Upstreams, Via};
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -121,6 +121,8 @@ async fn handshake<R: Runtime>(
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
     let users_file = verifier.is_some();
+    // BIND through a parent: it listens, its second reply is awaited.
+    let mut bind_wait: Option<BindWait> = None;
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
@@ -153,10 +155,8 @@ async fn handshake<R: Runtime>(
                     }
                     None => misuse(upstream::authorize(&mut hs, now(), &config.rules, client_ip, false))?,
                 };
-                match authorized {
-                    Authorized::Via(via) => route = Some(via),
-                    Authorized::BindRefused => log.finish(upstream::BIND_REFUSED),
-                    _ => {}
+                if let Authorized::Via(via) = authorized {
+                    route = Some(via);
                 }
             }
             Output::Connect(target) if route.is_some() => {
@@ -216,6 +216,58 @@ async fn handshake<R: Runtime>(
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
+            }
+            Output::Listen { expected_peer } if route.is_some() => {
+                let port = hs.request().map_or(0, |r| r.port);
+                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = R::unblock(move || match (expected_peer, via) {
+                    (IpAddr::V4(ip), Some(via)) => {
+                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                    }
+                    _ => None, // an IPv6 peer cannot be asked for
+                });
+                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        log.via = chained.via;
+                        chained.result.map(|wait| {
+                            let listening = wait.listening;
+                            bind_wait = Some(wait);
+                            listening
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                misuse(hs.handle_listening(now(), result))?;
+            }
+            Output::Wait { deadline } if bind_wait.is_some() => {
+                // BIND through a parent: wait for its second reply; a client that leaves first
+                // ends the parent's wait (and its listener) at once.
+                let Some(wait) = bind_wait.take() else { continue };
+                let closer = wait.closer().ok();
+                let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
+                let waiting = async { Ok(R::unblock(move || wait.peer_blocking(timeout)).await) };
+                match future::or(waiting, async { Err(client_left::<R>(&client).await) }).await {
+                    Ok(result) => {
+                        let result = result.and_then(|(stream, from)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
+                            dest = Some(stream.map_err(|e| Failure::from(&e))?);
+                            Ok(from)
+                        });
+                        misuse(hs.handle_bind_peer(now(), result))?;
+                    }
+                    Err(left) => {
+                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
+                        match left {
+                            Left::Eof => hs.handle_eof(now()),
+                            Left::Failed(_) => hs.handle_client_error(now()),
+                        }
+                    }
+                }
             }
             Output::Listen { .. } => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as

@@ -23,7 +23,7 @@ use socks4_server::ServerConfig;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
-use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
+use socks4_server::upstream::{self, Authorized, BindWait, ChainTarget, Chained, ChainedBind, Via};
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Dir, MAX_PENDING, Progress, PumpError};
@@ -210,6 +210,10 @@ pub(crate) struct Conn {
     chaining: bool,
     /// The parent proxy the connection went through (or tried last).
     via: Option<Box<Parent>>,
+    /// BIND through a parent: it listens, its second reply is to be awaited.
+    bind_wait: Option<Box<BindWait>>,
+    /// BIND through a parent, while its second reply is awaited: shut down to end the wait.
+    bind_closer: Option<TcpStream>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -253,6 +257,8 @@ impl Conn {
             route: None,
             chaining: false,
             via: None,
+            bind_wait: None,
+            bind_closer: None,
             scheduled: None,
         };
         conn.read_request(ctx);
@@ -379,6 +385,40 @@ impl Conn {
         }
     }
 
+    /// The first reply of its BIND through a parent.
+    pub(crate) fn on_chain_bound(&mut self, ctx: &mut Ctx<'_>, chained: ChainedBind) {
+        if !matches!(self.stage, Stage::Handshake) || !self.chaining {
+            return;
+        }
+        self.chaining = false;
+        self.via = chained.via.map(Box::new);
+        let result = chained.result.map(|wait| {
+            let listening = wait.listening;
+            self.bind_wait = Some(Box::new(wait));
+            listening
+        });
+        if self.hs.handle_listening(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
+    /// The second reply of its BIND through a parent.
+    pub(crate) fn on_chain_peer(&mut self, ctx: &mut Ctx<'_>, result: Result<(TcpStream, SocketAddr), Failure>) {
+        if !matches!(self.stage, Stage::Handshake) || self.bind_closer.take().is_none() {
+            return;
+        }
+        let result = result.and_then(|(stream, from)| {
+            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
+            self.upstream = Some(stream);
+            Ok(from)
+        });
+        if self.hs.handle_bind_peer(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
         if !self.is_done() {
@@ -468,6 +508,8 @@ impl Conn {
             ConnectByName,
             /// Through the route's parents, to this destination.
             Chain(ChainTarget),
+            /// BIND through the route's parents, for this peer.
+            ChainBind(ChainTarget),
             Ident,
             Listen,
             Relay,
@@ -501,6 +543,10 @@ impl Conn {
                 Output::Connect(target) if self.route.is_some() => Step::Chain(target.into()),
                 Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
                 Output::Connect(Target::Host(..)) => Step::ConnectByName,
+                Output::Listen { expected_peer } if self.route.is_some() => {
+                    let port = self.hs.request().map_or(0, |r| r.port);
+                    Step::ChainBind(ChainTarget::Addr(SocketAddr::new(expected_peer, port)))
+                }
                 Output::Listen { .. } => Step::Listen,
                 Output::Ident => Step::Ident,
                 Output::Relay => Step::Relay,
@@ -549,7 +595,6 @@ impl Conn {
                     let named = ctx.verifier.is_some();
                     match upstream::authorize(&mut self.hs, now, &ctx.config.rules, ip, named) {
                         Ok(Authorized::Via(route)) => self.route = Some(Box::new(route)),
-                        Ok(Authorized::BindRefused) => self.result = Some(upstream::BIND_REFUSED.into()),
                         Ok(_) => {}
                         Err(e) => return self.finish(&e.to_string()),
                     }
@@ -579,14 +624,12 @@ impl Conn {
                     started = true;
                 }
                 Step::Chain(target) => {
-                    let route = self.route.as_deref().cloned().unwrap_or_default();
-                    let user_id = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                    let timeout = ctx.config.timeouts.connect;
                     started = true;
-                    self.chaining = self.ask(ctx, Task::Chain(Box::new(Chain { route, target, user_id, timeout })));
-                    if !self.chaining {
-                        let _ = self.hs.handle_connected(now, Err(Failure::Other));
-                    }
+                    self.start_chain(ctx, now, target, false);
+                }
+                Step::ChainBind(target) => {
+                    started = true;
+                    self.start_chain(ctx, now, target, true);
                 }
                 // Names are forwarded only through a route, handled above.
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
@@ -596,6 +639,24 @@ impl Conn {
                     started = true;
                 }
                 Step::Relay => return self.start_relay(ctx),
+                // BIND through a parent: its first reply is out; wait for its second (within the
+                // handshake's BIND deadline; a client that leaves shuts it down, in `Closed`).
+                Step::Wait(deadline) if self.bind_wait.is_some() => {
+                    self.hs_deadline = deadline.map(|d| ctx.epoch + d);
+                    let wait = self.bind_wait.take().map(|w| *w);
+                    if let Some(wait) = wait {
+                        let timeout = deadline.map_or(ctx.config.timeouts.bind, |d| d.saturating_sub(now));
+                        self.bind_closer = wait.closer().ok();
+                        if !self.ask(ctx, Task::ChainPeer(Box::new(wait), timeout)) {
+                            self.bind_closer = None;
+                            let _ = self.hs.handle_bind_peer(now, Err(Failure::Other));
+                            continue;
+                        }
+                    }
+                    self.watch = true;
+                    self.flush_out();
+                    return;
+                }
                 // A chained connect ends by itself, within its timeout per parent.
                 Step::Wait(_) if self.chaining => {
                     self.hs_deadline = None;
@@ -610,6 +671,9 @@ impl Conn {
                     return;
                 }
                 Step::Closed(reason) => {
+                    if let Some(closer) = self.bind_closer.take() {
+                        let _ = closer.shutdown(Shutdown::Both); // ends the parent's BIND wait
+                    }
                     self.admission.handshake_done();
                     self.result.get_or_insert(reason); // unless why was said before (BIND_REFUSED)
                     self.drop_upstream(ctx.poller);
@@ -622,6 +686,20 @@ impl Conn {
                     return;
                 }
             }
+        }
+    }
+
+    /// Starts a connect (or a BIND) through the route's parents on a thread of its own; the answer
+    /// comes as [`on_chained`](Self::on_chained) (or [`on_chain_bound`](Self::on_chain_bound)).
+    fn start_chain(&mut self, ctx: &Ctx<'_>, now: Duration, target: ChainTarget, bind: bool) {
+        let route = self.route.as_deref().cloned().unwrap_or_default();
+        let user_id = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+        let chain = Box::new(Chain { route, target, user_id, timeout: ctx.config.timeouts.connect });
+        self.chaining = self.ask(ctx, if bind { Task::ChainBind(chain) } else { Task::Chain(chain) });
+        if !self.chaining && bind {
+            let _ = self.hs.handle_listening(now, Err(Failure::Other));
+        } else if !self.chaining {
+            let _ = self.hs.handle_connected(now, Err(Failure::Other));
         }
     }
 

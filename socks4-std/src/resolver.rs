@@ -27,6 +27,11 @@ pub(crate) enum Task {
     /// Connect through a route's parent proxies (on a thread of its own: it may wait for a
     /// connect timeout per parent, which must not hold up the pool's lookups).
     Chain(Box<Chain>),
+    /// BIND through a route's parent proxies: the parent's first reply (expected peer, route,
+    /// user id, timeout per parent).
+    ChainBind(Box<Chain>),
+    /// BIND through a parent: wait up to the timeout for its second reply.
+    ChainPeer(Box<socks4_server::upstream::BindWait>, std::time::Duration),
 }
 
 /// A chained connect: the route, the destination, the client's user id and the timeout per parent.
@@ -63,16 +68,20 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
-/// The most chained connects on threads of their own at once; more wait for the pool.
+/// The most chained connects and BINDs on threads of their own at once; more are refused.
 const MAX_CHAIN_THREADS: usize = 256;
 
-/// Runs `job` on the pool, or a chained connect on a thread of its own (while fewer than
-/// [`MAX_CHAIN_THREADS`] run: a flood of requests routed to a dead parent must not start a thread
-/// each).
+/// Runs `job` on the pool, or a chained connect or BIND on a thread of its own (it may wait a
+/// connect timeout per parent, or a BIND's peer, which must not hold up the pool's lookups). False
+/// when it cannot run: the pool is gone, or [`MAX_CHAIN_THREADS`] run already (a flood of
+/// requests routed to a dead parent must not start a thread each).
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
     static CHAIN_THREADS: AtomicUsize = AtomicUsize::new(0);
-    let chain = matches!(job.task, Task::Chain(_));
-    if chain && CHAIN_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_CHAIN_THREADS {
+    let chain = matches!(job.task, Task::Chain(_) | Task::ChainBind(_) | Task::ChainPeer(..));
+    if !chain {
+        return pool.send(job).is_ok();
+    }
+    if CHAIN_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_CHAIN_THREADS {
         let (tx, rx) = mpsc::channel::<Job>();
         let run = move || {
             if let Ok(job) = rx.recv() {
@@ -84,10 +93,8 @@ pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
             return tx.send(job).is_ok();
         }
     }
-    if chain {
-        CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed); // over the cap, or the spawn failed
-    }
-    pool.send(job).is_ok()
+    CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed); // over the cap, or the spawn failed
+    false
 }
 
 fn run(rx: &Mutex<Receiver<Job>>) {
@@ -120,6 +127,20 @@ fn answer(job: Job) {
                 let ups = socks4_server::upstream::Upstreams::global();
                 let chained = ups.connect_blocking(&c.route, &c.target, &c.user_id, c.timeout);
                 Msg::Chained { slot: job.slot, id: job.id, chained }
+            }
+            Task::ChainBind(c) => {
+                let ups = socks4_server::upstream::Upstreams::global();
+                let chained = match c.target {
+                    socks4_server::upstream::ChainTarget::Addr(std::net::SocketAddr::V4(peer)) => {
+                        ups.bind_blocking(&c.route, peer, &c.user_id, c.timeout)
+                    }
+                    // An IPv6 peer cannot be asked for.
+                    _ => socks4_server::upstream::ChainedBind { result: Err(socks4_core::Failure::Other), via: None },
+                };
+                Msg::ChainBound { slot: job.slot, id: job.id, chained }
+            }
+            Task::ChainPeer(wait, timeout) => {
+                Msg::ChainPeer { slot: job.slot, id: job.id, result: wait.peer_blocking(timeout) }
             }
         };
         if job.reply.send(msg).is_ok() {

@@ -36,6 +36,24 @@ pub(crate) enum Msg {
         /// The connection through the parent, or why not, and the parent.
         chained: socks4_server::upstream::Chained,
     },
+    /// The first reply of a connection's BIND through a parent.
+    ChainBound {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The parent listens, or why not, and the parent.
+        chained: socks4_server::upstream::ChainedBind,
+    },
+    /// The second reply of a connection's BIND through a parent.
+    ChainPeer {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The connection to relay and the peer's address, or why not.
+        result: Result<(TcpStream, SocketAddr), socks4_core::Failure>,
+    },
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
         /// The connection's slot.
@@ -242,6 +260,18 @@ impl Worker {
                     Ok(Msg::Chained { slot, id, chained }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_chained(&mut ctx, chained);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::ChainBound { slot, id, chained }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chain_bound(&mut ctx, chained);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::ChainPeer { slot, id, result }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chain_peer(&mut ctx, result);
                             touched.push(slot);
                         }
                     }

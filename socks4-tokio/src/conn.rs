@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use socks4_core::rules::{Parent, Route};
 use socks4_core::{Failure, Output, ServerHandshake, Target};
 use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
-use socks4_server::upstream::{self, Authorized, ChainTarget, Upstreams, Via};
+use socks4_server::upstream::{self, Authorized, BindWait, ChainTarget, Upstreams, Via};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -144,6 +144,8 @@ async fn handshake(
     let mut candidates = Candidates::default();
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
+    // BIND through a parent: it listens, its second reply is awaited.
+    let mut bind_wait: Option<BindWait> = None;
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -155,10 +157,8 @@ async fn handshake(
             }
             Output::Authorize(_) => {
                 record.note_request(&hs);
-                match authorize(&mut hs, peer, shared, &now).await.map_err(misuse)? {
-                    Authorized::Via(via) => route = Some(via),
-                    Authorized::BindRefused => record.finish(upstream::BIND_REFUSED),
-                    _ => {}
+                if let Authorized::Via(via) = authorize(&mut hs, peer, shared, &now).await.map_err(misuse)? {
+                    route = Some(via);
                 }
             }
             Output::Resolve { host, port } => {
@@ -254,6 +254,37 @@ async fn handshake(
                 };
                 hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())).map_err(misuse)?;
             }
+            Output::Listen { expected_peer } if route.is_some() => {
+                let port = hs.request().map_or(0, |r| r.port);
+                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = move || match (expected_peer, via) {
+                    (IpAddr::V4(ip), Some(via)) => {
+                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                    }
+                    _ => None, // an IPv6 peer cannot be asked for
+                };
+                let chaining = async { tokio::task::spawn_blocking(chain).await.ok().flatten() };
+                let chained = match watching(client, false, chaining).await {
+                    Ok(chained) => chained,
+                    Err(left) => {
+                        left.tell(&mut hs, now());
+                        continue;
+                    }
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        record.via = chained.via;
+                        chained.result.map(|wait| {
+                            let listening = wait.listening;
+                            bind_wait = Some(wait);
+                            listening
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                hs.handle_listening(now(), result).map_err(misuse)?;
+            }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
                     Ok((listener, addr)) => {
@@ -268,6 +299,32 @@ async fn handshake(
             Output::Closed(reason) => {
                 record.note_request(&hs);
                 return Err(ConnError::Handshake(reason.to_string()));
+            }
+            Output::Wait { deadline: wait_until } if bind_wait.is_some() => {
+                // BIND through a parent: wait for its second reply (or the client leaving).
+                let Some(wait) = bind_wait.take() else { continue };
+                let closer = wait.closer().ok();
+                let timeout = wait_until.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
+                let waiting = async {
+                    tokio::task::spawn_blocking(move || wait.peer_blocking(timeout))
+                        .await
+                        .unwrap_or(Err(Failure::Other))
+                };
+                match watching(client, true, waiting).await {
+                    Ok(result) => {
+                        let result = result.and_then(|(stream, from)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                            upstream = Some(stream.map_err(|e| Failure::from(&e))?);
+                            Ok(from)
+                        });
+                        hs.handle_bind_peer(now(), result).map_err(misuse)?;
+                    }
+                    Err(left) => {
+                        // Ends the parent's wait (and its listener) at once.
+                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
+                        left.tell(&mut hs, now());
+                    }
+                }
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
