@@ -29,6 +29,10 @@
 //! parent that closes, stalls past the timeout or sends a malformed reply gets the client a 91
 //! (never a second attempt elsewhere, which could reach the destination twice).
 //!
+//! BIND: the parent listens for the peer; its first reply (where it listens, its own address when
+//! it says `0.0.0.0`) and its second (the peer that connected) are relayed to the client, and a
+//! client that leaves ends the parent's wait (see [`BindWait::closer`]).
+//!
 //! Health: after [`FAILURES_TO_SKIP`] consecutive failures a parent is skipped for [`SKIP_FOR`]
 //! while another parent of the route is available (if all are skipped, they are tried anyway, in
 //! order). [`Upstreams::stats`] gives the counters a metrics exporter can publish.
@@ -584,6 +588,37 @@ mod tests {
         assert_eq!(authorize(&mut denied, Duration::ZERO, &deny, local, false), Ok(Authorized::Direct));
         assert!(matches!(denied.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
         assert!(authorize(&mut denied, Duration::ZERO, &deny, local, false).is_err(), "answered already");
+    }
+
+    #[test]
+    fn bind_relays_both_replies_with_the_parents_address_for_zeros() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parent = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(&[0, 90, 0x9c, 0x40, 0, 0, 0, 0]).unwrap(); // listening on 0.0.0.0:40000
+            s.write_all(&[0, 90, 0x13, 0x88, 192, 0, 2, 7, b'h', b'i']).unwrap(); // the peer, then data
+            buf[..n].to_vec()
+        });
+        let r = route(&format!("allow via socks4://127.0.0.1:{}", addr.port()));
+        let ups = Upstreams::new();
+        let peer = SocketAddrV4::new([192, 0, 2, 7].into(), 0);
+        let chained = ups.bind_blocking(&r, peer, b"bob", Duration::from_secs(2));
+        let wait = chained.result.unwrap();
+        assert_eq!(wait.listening, "127.0.0.1:40000".parse().unwrap(), "0.0.0.0: the parent's address");
+        let (mut stream, from) = wait.peer_blocking(Duration::from_secs(2)).unwrap();
+        assert_eq!(from, "192.0.2.7:5000".parse().unwrap());
+        let mut data = [0u8; 2];
+        stream.read_exact(&mut data).unwrap();
+        assert_eq!(&data, b"hi", "the payload after the second reply is left for the relay");
+        assert_eq!(parent.join().unwrap(), b"\x04\x02\x00\x00\xc0\x00\x02\x07bob\0");
+
+        let (refusing, _p) = fake_parent(&[0, 91, 0, 0, 0, 0, 0, 0]);
+        let r = route(&format!("allow via socks4://127.0.0.1:{}", refusing.port()));
+        let refused = ups.bind_blocking(&r, peer, b"", Duration::from_secs(2)).result.unwrap_err();
+        assert_eq!(refused, Failure::Rejected(ReplyCode::Rejected));
     }
 
     #[test]
