@@ -137,7 +137,7 @@ fn answer(job: Job) {
                     // An IPv6 peer cannot be asked for.
                     _ => socks4_server::upstream::ChainedBind { result: Err(socks4_core::Failure::Other), via: None },
                 };
-                Msg::ChainBound { slot: job.slot, id: job.id, chained }
+                Msg::ChainBound { slot: job.slot, id: job.id, chained: Box::new(chained) }
             }
             Task::ChainPeer(wait, timeout) => {
                 Msg::ChainPeer { slot: job.slot, id: job.id, result: wait.peer_blocking(timeout) }

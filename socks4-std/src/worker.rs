@@ -43,7 +43,7 @@ pub(crate) enum Msg {
         /// The connection's id.
         id: u64,
         /// The parent listens, or why not, and the parent.
-        chained: socks4_server::upstream::ChainedBind,
+        chained: Box<socks4_server::upstream::ChainedBind>,
     },
     /// The second reply of a connection's BIND through a parent.
     ChainPeer {
@@ -265,7 +265,7 @@ impl Worker {
                     }
                     Ok(Msg::ChainBound { slot, id, chained }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chain_bound(&mut ctx, chained);
+                            conn.on_chain_bound(&mut ctx, *chained);
                             touched.push(slot);
                         }
                     }
