@@ -121,8 +121,8 @@ async fn handshake<R: Runtime>(
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
     let users_file = verifier.is_some();
-    // BIND through a parent: it listens, its second reply is awaited.
-    let mut bind_wait: Option<BindWait> = None;
+    // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
+    let mut bind_wait: Option<Box<BindWait>> = None;
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
@@ -236,7 +236,7 @@ async fn handshake<R: Runtime>(
                         log.via = chained.via;
                         chained.result.map(|wait| {
                             let listening = wait.listening;
-                            bind_wait = Some(wait);
+                            bind_wait = Some(Box::new(wait));
                             listening
                         })
                     }

@@ -144,8 +144,8 @@ async fn handshake(
     let mut candidates = Candidates::default();
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
-    // BIND through a parent: it listens, its second reply is awaited.
-    let mut bind_wait: Option<BindWait> = None;
+    // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
+    let mut bind_wait: Option<Box<BindWait>> = None;
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -277,7 +277,7 @@ async fn handshake(
                         record.via = chained.via;
                         chained.result.map(|wait| {
                             let listening = wait.listening;
-                            bind_wait = Some(wait);
+                            bind_wait = Some(Box::new(wait));
                             listening
                         })
                     }
