@@ -9,6 +9,7 @@ if [ $# -gt 0 ]; then
     targets=("$@")
 else
     targets=(request_parser reply_parser server_handshake client_handshake relay ident_reply users_file proxy_header)
+    targets=(request_parser reply_parser server_handshake client_handshake relay ident_reply users_file rules_parser)
 fi
 if ! cargo +nightly fuzz --help >/dev/null 2>&1; then
     echo "smoke.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2

@@ -21,7 +21,9 @@
 //! name shares the first connect's deadline. Each answered result is followed by exactly the
 //! outputs it implies: the grant carries the bound address (IPv6 as `0.0.0.0` and its port),
 //! `Failure::Rejected(code)` replies with that code (91 for 90), failures reply 91 with their reason.
-//! Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
+//! `forward_name` is accepted exactly while a CONNECT's `Resolve` is awaited, and then behaves as
+//! `Names::Forward` from there on (an `Authorize` with the name and no address, `Connect` to the
+//! host). Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
 //! as the answer (or the ident deadline) calls for.
 #![no_main]
 
@@ -223,6 +225,8 @@ enum Op {
         client: Ip,
     },
     Resolved(Result<Ip, Fail>),
+    /// `forward_name` instead of a resolve result (a name routed to a SOCKS4a parent).
+    ForwardName,
     Connected(Result<(Ip, u16), Fail>),
     /// `retry_connect` with the name's "next" address.
     Retry(Ip),
@@ -778,6 +782,25 @@ impl Driver {
                         }
                         Err(e) => refused(CloseReason::ResolveFailed(e)),
                     };
+                }
+            }
+            Op::ForwardName => {
+                let r = self.hs.forward_name(self.now);
+                self.check_misuse(&before, &r);
+                let connect = self.request.map(|r| r.0) == Some(Command::Connect);
+                let asked = self.awaiting == Some(Awaiting::Resolved) && connect;
+                assert_eq!(r.is_ok(), asked, "forward_name while awaiting {:?}", self.awaiting);
+                if r.is_ok() {
+                    self.awaiting = None;
+                    self.forward = true;
+                    let req = self.hs.request().expect("forwarded a request");
+                    let Dest::Domain(host) = req.dest else { panic!("forwarded a request by address") };
+                    self.expect = vec![Expect::Exactly(Out::Authorize {
+                        command: Command::Connect,
+                        addr: None,
+                        host: Some(host.to_owned()),
+                        port: req.port,
+                    })];
                 }
             }
             Op::Connected(result) => {

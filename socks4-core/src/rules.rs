@@ -5,8 +5,14 @@
 //! ```text
 //! allow|deny [from CIDR] [to CIDR|CLASS|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
 //! allow [conditions as above] ident
+//! allow [conditions as above] via socks4a://HOST:PORT[,socks4://HOST:PORT...] [as NAME]
 //! allow|deny any
 //! ```
+//!
+//! `via` (allow rules only) gives the rule a [`Route`]: a request it allows is sent through these
+//! parent proxies, tried in order, instead of connecting directly (see [`Route`] for the syntax
+//! and `as`). [`Rules::decide`] names the matching rule ([`Decision::rule`]) and
+//! [`Rules::route`] gives its route. A rule without `via` connects directly.
 //!
 //! `from` matches the client's address, `to` the destination: a network (IPv4 or IPv6) matches the
 //! destination address (for SOCKS4a, the address the name resolved to); a [class](AddrClass)
@@ -338,6 +344,155 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// The most parent proxies one rule may list.
+pub const MAX_PARENTS: usize = 8;
+
+/// The protocol a parent proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// `socks4://`: names are resolved here and the parent gets the address.
+    Socks4,
+    /// `socks4a://`: names are passed to the parent unresolved (no local DNS lookup).
+    Socks4a,
+}
+
+impl Scheme {
+    /// The URL scheme, `socks4` or `socks4a`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Socks4 => "socks4",
+            Self::Socks4a => "socks4a",
+        }
+    }
+}
+
+/// One parent proxy of a [`Route`]: `socks4a://127.0.0.1:9050`, `socks4://bastion:1080`,
+/// `socks4://[::1]:1080`. The host may be a name; the server resolves it when it connects.
+///
+/// ```
+/// use socks4_core::rules::{Parent, Scheme};
+/// let tor: Parent = "socks4a://127.0.0.1:9050".parse()?;
+/// assert_eq!((tor.scheme, tor.host.as_str(), tor.port), (Scheme::Socks4a, "127.0.0.1", 9050));
+/// assert_eq!("socks4://[::1]:1080".parse::<Parent>()?.host, "::1");
+/// assert_eq!("socks4://[::1]:1080".parse::<Parent>()?.to_string(), "socks4://[::1]:1080");
+/// assert!("http://proxy:3128".parse::<Parent>().is_err());
+/// # Ok::<(), socks4_core::rules::RuleError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Parent {
+    /// SOCKS4 or SOCKS4a.
+    pub scheme: Scheme,
+    /// A host name or an IP address (an IPv6 one without its brackets).
+    pub host: String,
+    /// The parent's port.
+    pub port: u16,
+}
+
+impl FromStr for Parent {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        let bad = || RuleError::BadRoute(s.to_string());
+        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "socks4" => Scheme::Socks4,
+            "socks4a" => Scheme::Socks4a,
+            _ => return Err(bad()),
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => {
+                v6.parse::<Ipv6Addr>().map_err(|_| bad())?;
+                v6
+            }
+            None => host,
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 255
+            && (host.parse::<Ipv6Addr>().is_ok()
+                || host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+        if !valid || (host.contains(':') && !rest.starts_with('[')) {
+            return Err(bad());
+        }
+        Ok(Self { scheme, host: host.to_string(), port })
+    }
+}
+
+impl fmt::Display for Parent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme.name(), self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme.name(), self.host, self.port)
+        }
+    }
+}
+
+/// Where an allowed request goes instead of a direct connection: parent proxies, tried in order
+/// while they cannot be reached, and the user id to send them.
+///
+/// Text form, in a rule: `via socks4a://a:9050,socks4a://b:9050` (or `via` repeated), and
+/// optionally `as NAME` (the user id sent to the parents; without it the client's user name is
+/// sent, never a users-file token). `user` stays the condition on the client's user id.
+///
+/// ```
+/// use socks4_core::rules::{Rule, Scheme};
+/// let rule: Rule = "allow to 10.0.0.0/8 via socks4://bastion:1080,socks4://[::1]:1081 as relay".parse()?;
+/// let route = rule.route.as_ref().unwrap();
+/// assert_eq!(route.parents.len(), 2);
+/// assert_eq!(route.parents[0].scheme, Scheme::Socks4);
+/// assert_eq!(route.user.as_deref(), Some("relay"));
+/// assert_eq!(route.to_string(), "via socks4://bastion:1080,socks4://[::1]:1081 as relay");
+/// # Ok::<(), socks4_core::rules::RuleError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Route {
+    /// The parents, in the order to try them (at least one).
+    pub parents: Vec<Parent>,
+    /// The user id to send to the parents (`as NAME`); `None`: the client's user name.
+    pub user: Option<String>,
+}
+
+impl Route {
+    /// A route through `parents`, sending the client's user name.
+    pub fn new(parents: Vec<Parent>) -> Self {
+        Self { parents, user: None }
+    }
+
+    /// With the user id to send to the parents.
+    #[must_use]
+    pub fn with_user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    /// Are the parents SOCKS4a ones, to which names are passed unresolved? (A rule's parents
+    /// all speak the same protocol.)
+    pub fn forwards_names(&self) -> bool {
+        self.parents.first().is_some_and(|p| p.scheme == Scheme::Socks4a)
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("via ")?;
+        for (i, parent) in self.parents.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{parent}")?;
+        }
+        if let Some(user) = &self.user {
+            write!(f, " as {user}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One access rule: an action and the conditions (all must hold) under which it applies.
 ///
 /// Parse one from its text form, or build one from [`Rule::any`] and the `with_*` methods:
@@ -366,12 +521,14 @@ pub struct Rule {
     pub user: Option<String>,
     /// Allow only if the client's identd confirms the request's user id (allow rules only).
     pub ident: bool,
+    /// Send allowed requests through parent proxies (`via`, allow rules only); `None`: directly.
+    pub route: Option<Route>,
 }
 
 impl Rule {
     /// A rule with the action and no conditions: it matches every request.
     pub const fn any(action: Action) -> Self {
-        Self { action, from: None, to: None, port: None, command: None, user: None, ident: false }
+        Self { action, from: None, to: None, port: None, command: None, user: None, ident: false, route: None }
     }
 
     /// With the client network.
@@ -425,6 +582,13 @@ impl Rule {
         self
     }
 
+    /// With a route through parent proxies (`via`; only meaningful on an allow rule).
+    #[must_use]
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = Some(route);
+        self
+    }
+
     /// Do all of the rule's conditions hold for this client and request? (`ident` is not a
     /// condition: it is checked after the match, see [`Rules::decide`].)
     pub fn matches(&self, client: IpAddr, req: &AccessRequest<'_>) -> bool {
@@ -466,6 +630,8 @@ impl FromStr for Rule {
         if matches!((peek.next(), peek.next()), (Some("any" | "all"), None)) {
             return Ok(rule);
         }
+        let mut route: Option<Route> = None;
+        let mut route_user: Option<String> = None;
         while let Some(key) = words.next() {
             if key == "ident" {
                 if rule.ident {
@@ -500,6 +666,19 @@ impl FromStr for Rule {
                     rule.command.replace(command).is_some()
                 }
                 "user" => rule.user.replace(value.to_string()).is_some(),
+                "via" => {
+                    let parents = route.get_or_insert_with(Route::default);
+                    for parent in value.split(',') {
+                        let parent: Parent = parent.parse()?;
+                        let mixed = parents.parents.first().is_some_and(|p| p.scheme != parent.scheme);
+                        if parents.parents.len() >= MAX_PARENTS || mixed {
+                            return Err(RuleError::BadRoute(value.to_string()));
+                        }
+                        parents.parents.push(parent);
+                    }
+                    false
+                }
+                "as" => route_user.replace(value.to_string()).is_some(),
                 _ => return Err(RuleError::UnknownKey(key.to_string())),
             };
             if duplicate {
@@ -508,6 +687,12 @@ impl FromStr for Rule {
         }
         if rule.ident && rule.action == Action::Deny {
             return Err(RuleError::IdentOnDeny);
+        }
+        match (route, route_user) {
+            (Some(_), _) if rule.action == Action::Deny => return Err(RuleError::RouteOnDeny),
+            (Some(route), user) => rule.route = Some(Route { user, ..route }),
+            (None, Some(_)) => return Err(RuleError::AsWithoutVia),
+            (None, None) => {}
         }
         Ok(rule)
     }
@@ -539,6 +724,9 @@ impl fmt::Display for Rule {
         }
         if self.ident {
             f.write_str(" ident")?;
+        }
+        if let Some(route) = &self.route {
+            write!(f, " {route}")?;
         }
         Ok(())
     }
@@ -579,12 +767,40 @@ impl Rules {
     /// ```
     pub fn decide(&self, client: IpAddr, req: &AccessRequest<'_>) -> Decision {
         if self.0.is_empty() {
-            return Decision { action: Action::Allow, ident: false };
+            return Decision { action: Action::Allow, ident: false, rule: None };
         }
-        match self.0.iter().find(|r| r.matches(client, req)) {
-            Some(rule) => Decision { action: rule.action, ident: rule.ident && rule.action == Action::Allow },
-            None => Decision { action: Action::Deny, ident: false },
+        match self.0.iter().position(|r| r.matches(client, req)) {
+            Some(i) => {
+                let rule = &self.0[i];
+                Decision { action: rule.action, ident: rule.ident && rule.action == Action::Allow, rule: Some(i) }
+            }
+            None => Decision { action: Action::Deny, ident: false, rule: None },
         }
+    }
+
+    /// The route of the rule that made `decision` (of these same rules): `None` for a direct
+    /// connection, a denial, or no matching rule.
+    ///
+    /// ```
+    /// use socks4_core::{rules::Rules, AccessRequest, Command};
+    /// let rules = Rules::parse("allow to *.onion via socks4a://127.0.0.1:9050\nallow from 127.0.0.0/8")?;
+    /// let onion = AccessRequest::new(Command::Connect, 80, b"").with_host("duck.onion");
+    /// let route = rules.route(&rules.decide([127, 0, 0, 1].into(), &onion)).unwrap();
+    /// assert_eq!(route.to_string(), "via socks4a://127.0.0.1:9050");
+    /// let other = AccessRequest::new(Command::Connect, 80, b"").with_addr([192, 0, 2, 1].into());
+    /// assert!(rules.route(&rules.decide([127, 0, 0, 1].into(), &other)).is_none());
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    pub fn route(&self, decision: &Decision) -> Option<&Route> {
+        match decision.action {
+            Action::Allow => self.0.get(decision.rule?)?.route.as_ref(),
+            Action::Deny => None,
+        }
+    }
+
+    /// Does any rule have a route?
+    pub fn has_routes(&self) -> bool {
+        self.0.iter().any(|r| r.route.is_some())
     }
 
     /// Parses rules one per line; blank lines and `#` comments are skipped. Errors name the line.
@@ -615,6 +831,9 @@ pub struct Decision {
     /// Allowed only if the client's identd confirms the request's user id (never set with
     /// [`Action::Deny`]).
     pub ident: bool,
+    /// The index of the matching rule (`None` without rules, or when none matched): see
+    /// [`Rules::route`].
+    pub rule: Option<usize>,
 }
 
 /// A rule's text could not be parsed.
@@ -625,7 +844,7 @@ pub enum RuleError {
     Empty,
     /// The first word is not `allow` or `deny`.
     BadAction(String),
-    /// A condition keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`.
+    /// A keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`, `via`, `as`.
     UnknownKey(String),
     /// A condition keyword has no value after it.
     MissingValue(String),
@@ -641,6 +860,13 @@ pub enum RuleError {
     BadHostPattern(String),
     /// `ident` on a deny rule, where it would mean nothing.
     IdentOnDeny,
+    /// Not a parent list like `socks4a://127.0.0.1:9050,socks4a://10.0.0.1:9050` (at most
+    /// [`MAX_PARENTS`] parents, all of one protocol).
+    BadRoute(String),
+    /// `via` on a deny rule, where it would mean nothing.
+    RouteOnDeny,
+    /// `as NAME` without `via`.
+    AsWithoutVia,
     /// The error is on this line (1-based) of a multi-line text.
     Line(usize, alloc::boxed::Box<RuleError>),
 }
@@ -650,7 +876,9 @@ impl fmt::Display for RuleError {
         match self {
             Self::Empty => f.write_str("empty rule: write `allow ...` or `deny ...`"),
             Self::BadAction(w) => write!(f, "rule starts with `{w}`, expected `allow` or `deny`"),
-            Self::UnknownKey(w) => write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident)"),
+            Self::UnknownKey(w) => {
+                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as)")
+            }
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
             Self::BadNetwork(w) => write!(f, "`{w}` is not a network like 10.0.0.0/8 or fd00::/8"),
@@ -660,6 +888,14 @@ impl fmt::Display for RuleError {
                 write!(f, "`{w}` is not a host pattern like *.example.com or a class (loopback, private, link-local)")
             }
             Self::IdentOnDeny => f.write_str("`ident` applies to allow rules only"),
+            Self::BadRoute(w) => {
+                write!(
+                    f,
+                    "`{w}` is not a parent list like socks4a://127.0.0.1:9050,socks4a://10.0.0.1:9050 (one protocol, at most {MAX_PARENTS})"
+                )
+            }
+            Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
+            Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
             Self::Line(n, e) => write!(f, "line {n}: {e}"),
         }
     }
@@ -722,7 +958,7 @@ mod tests {
         let e = |s: &str| s.parse::<Rule>().unwrap_err();
         assert_eq!(e(""), RuleError::Empty);
         assert!(matches!(e("permit"), RuleError::BadAction(_)));
-        assert!(matches!(e("allow via x"), RuleError::UnknownKey(_)));
+        assert!(matches!(e("allow over x"), RuleError::UnknownKey(_)));
         assert!(matches!(e("allow from"), RuleError::MissingValue(_)));
         assert!(matches!(e("allow port 1 port 2"), RuleError::Duplicate(_)));
         assert!(matches!(e("allow from 10.0.0.0/33"), RuleError::BadNetwork(_)));
@@ -735,7 +971,7 @@ mod tests {
         assert!(matches!(e("allow to bad_host!"), RuleError::BadHostPattern(_)));
         assert!(matches!(e("allow to *."), RuleError::BadHostPattern(_)));
         for err in
-            [e(""), e("permit"), e("allow via x"), e("allow from"), e("allow port 1 port 2"), e("allow to ::1/200")]
+            [e(""), e("permit"), e("allow over x"), e("allow from"), e("allow port 1 port 2"), e("allow to ::1/200")]
         {
             assert!(!format!("{err}").is_empty());
         }
@@ -827,14 +1063,78 @@ mod tests {
         let alice = req(Command::Connect, [1, 1, 1, 1], 80, None, b"alice");
         let bob = req(Command::Connect, [1, 1, 1, 1], 80, None, b"bob");
         let inside: IpAddr = [10, 0, 0, 1].into();
-        assert_eq!(rules.decide(inside, &alice), Decision { action: Action::Allow, ident: true });
-        assert_eq!(rules.decide(inside, &bob), Decision { action: Action::Allow, ident: false });
-        assert_eq!(rules.decide([8, 8, 8, 8].into(), &alice), Decision { action: Action::Deny, ident: false });
+        assert_eq!(rules.decide(inside, &alice), Decision { action: Action::Allow, ident: true, rule: Some(0) });
+        assert_eq!(rules.decide(inside, &bob), Decision { action: Action::Allow, ident: false, rule: Some(2) });
+        assert_eq!(
+            rules.decide([8, 8, 8, 8].into(), &alice),
+            Decision { action: Action::Deny, ident: false, rule: Some(1) }
+        );
         assert_eq!(rules.evaluate(inside, &alice), Action::Allow, "evaluate keeps its meaning");
-        assert_eq!(Rules::default().decide(inside, &alice), Decision { action: Action::Allow, ident: false });
+        assert_eq!(
+            Rules::default().decide(inside, &alice),
+            Decision { action: Action::Allow, ident: false, rule: None }
+        );
         // A deny rule built by hand with the flag still denies, without ident.
         let hand = Rules(vec![Rule::any(Action::Deny).with_ident()]);
-        assert_eq!(hand.decide(inside, &alice), Decision { action: Action::Deny, ident: false });
+        assert_eq!(hand.decide(inside, &alice), Decision { action: Action::Deny, ident: false, rule: Some(0) });
+    }
+
+    #[test]
+    fn routes_parse_display_and_decide() {
+        let r = |s: &str| s.parse::<Rule>();
+        let tor = r("allow to *.onion via socks4a://127.0.0.1:9050").unwrap();
+        let route = tor.route.clone().unwrap();
+        assert_eq!(route.parents, vec!["socks4a://127.0.0.1:9050".parse::<Parent>().unwrap()]);
+        assert!(route.forwards_names() && route.user.is_none());
+        let two = r("allow via socks4a://a:9050 to *.onion via socks4a://b:9050 as tor").unwrap();
+        assert_eq!(
+            two.to_string(),
+            "allow to *.onion via socks4a://a:9050,socks4a://b:9050 as tor",
+            "repeated via appends"
+        );
+        assert_eq!(two, r("allow to *.onion via socks4a://a:9050,socks4a://b:9050 as tor").unwrap());
+        assert_eq!(r("allow user alice via socks4://h:1 as bob").unwrap().user.as_deref(), Some("alice"));
+        for text in [
+            "allow to 10.0.0.0/8 via socks4://bastion:1080 as relay",
+            "allow from 127.0.0.0/8 via socks4://[::1]:1080",
+            "allow user bob ident via socks4a://tor_1.example:9050",
+        ] {
+            assert_eq!(r(text).unwrap().to_string(), text);
+        }
+        assert_eq!(r("deny via socks4://h:1"), Err(RuleError::RouteOnDeny));
+        assert_eq!(r("allow as bob"), Err(RuleError::AsWithoutVia));
+        assert_eq!(r("allow via socks4://h:1 as a as b"), Err(RuleError::Duplicate("as".into())));
+        for bad in [
+            "http://h:1",
+            "socks4://h",
+            "socks4://h:0",
+            "socks4://h:99999",
+            "socks4://:1",
+            "socks4://::1:1",
+            "socks4://[nothost]:1",
+            "socks4://a b:1",
+            "socks4a://h:1,socks4://h:2",
+            "socks4://h:1,",
+            "socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1,socks4://h:1",
+        ] {
+            assert!(matches!(r(&format!("allow via {bad}")), Err(RuleError::BadRoute(_))), "{bad}");
+        }
+        assert!(!format!("{}", RuleError::BadRoute("x".into())).is_empty());
+        let rules =
+            Rules::parse("allow to *.onion via socks4a://127.0.0.1:9050\ndeny to *.onion\nallow from 127.0.0.0/8")
+                .unwrap();
+        assert!(rules.has_routes() && !Rules::parse("allow").unwrap().has_routes());
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let onion = AccessRequest::new(Command::Connect, 80, b"").with_host("x.ONION");
+        let d = rules.decide(local, &onion);
+        assert_eq!((d.action, d.rule), (Action::Allow, Some(0)));
+        assert_eq!(rules.route(&d), Some(&route));
+        let direct = rules.decide(local, &req(Command::Connect, [1, 1, 1, 1], 80, None, b""));
+        assert_eq!((direct.action, rules.route(&direct)), (Action::Allow, None));
+        let deny = Decision { action: Action::Deny, ident: false, rule: Some(0) };
+        assert_eq!(rules.route(&deny), None, "a denial has no route");
+        let stale = Decision { action: Action::Allow, ident: false, rule: Some(99) };
+        assert_eq!(rules.route(&stale), None);
     }
 
     #[test]

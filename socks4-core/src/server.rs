@@ -617,6 +617,35 @@ impl ServerHandshake {
         Ok(())
     }
 
+    /// Instead of [`handle_resolved`](Self::handle_resolved): pass this CONNECT's SOCKS4a name on
+    /// unresolved, as [`Names::Forward`] would, for a request the caller routes through a SOCKS4a
+    /// parent proxy (no local DNS lookup). The request is authorized with the name alone (no
+    /// address, so `to CIDR` rules do not match) and [`Output::Connect`] carries
+    /// [`Target::Host`]. A BIND by name is still resolved ([`Misuse`]).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{Limits, Output, ServerHandshake, Target, Timeouts};
+    /// let now = Duration::ZERO;
+    /// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+    /// hs.handle_input(now, b"\x04\x01\x00\x50\x00\x00\x00\x01\0duck.onion\0");
+    /// assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+    /// hs.forward_name(now)?;
+    /// let Output::Authorize(req) = hs.poll_output() else { panic!() };
+    /// assert_eq!((req.host, req.addr), (Some("duck.onion"), None));
+    /// hs.accept(now)?;
+    /// assert_eq!(hs.poll_output(), Output::Connect(Target::Host("duck.onion", 80)));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    pub fn forward_name(&mut self, now: Duration) -> Result<(), Misuse> {
+        if !matches!(self.state, State::Resolving { .. }) || !self.is_connect() {
+            return Err(Misuse { call: "forward_name" });
+        }
+        self.names = Names::Forward;
+        self.enter(State::Authorizing, now, self.timeouts.handshake);
+        Ok(())
+    }
+
     /// The result of [`Output::Connect`]: the outgoing connection's local address (sent in the
     /// reply; an IPv6 one is sent as `0.0.0.0` with its port), or why it failed (→ 91, or the code
     /// of a [`Failure::Rejected`]).

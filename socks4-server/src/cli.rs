@@ -712,6 +712,21 @@ mod tests {
     }
 
     #[test]
+    fn routes_on_the_command_line_and_in_the_file() {
+        let c = config(&["--allow", "to *.onion via socks4a://127.0.0.1:9050", "--allow", "from 127.0.0.0/8"]).unwrap();
+        assert_eq!(c.rules.0[0].to_string(), "allow to *.onion via socks4a://127.0.0.1:9050");
+        assert!(c.rules.has_routes());
+        let file = parse_config_toml(
+            r#"rules = ["allow to 10.0.0.0/8 via socks4://bastion:1080,socks4://[::1]:1080 as relay", "deny any"]"#,
+        )
+        .unwrap();
+        let route = file.rules.0[0].route.as_ref().unwrap();
+        assert_eq!((route.parents.len(), route.user.as_deref()), (2, Some("relay")));
+        assert!(matches!(config(&["--deny", "via socks4://h:1"]), Err(ConfigError::Rule(_))));
+        assert!(matches!(config(&["--allow", "via http://h:1"]), Err(ConfigError::Rule(_))));
+    }
+
+    #[test]
     fn toml_file() {
         let text = r#"
             listen = ["0.0.0.0:1080"]

@@ -18,7 +18,8 @@
 //! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
 //! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
 //! - [`systemd`]: socket activation and readiness/reload/stopping notifications;
-//! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`).
+//! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`);
+//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -69,6 +70,7 @@
 //! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
 //! ```
 //! See [`metrics`] for the whole list.
+//!
 //! # Wiring the PROXY protocol into an adapter
 //!
 //! ```text
@@ -81,6 +83,9 @@
 //!              timeout: HeaderEnd::TimedOut; EOF: reader.handle_eof()
 //! Ident:       (proxied) answer = proxy::ident_through_balancer(client) instead of asking identd
 //! ```
+//!
+//! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
+//! [`upstream`].
 
 pub mod accept;
 pub mod bandwidth;
@@ -99,6 +104,7 @@ mod shards;
 #[cfg(unix)]
 pub mod signals;
 pub mod systemd;
+pub mod upstream;
 pub mod users;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, CloseReason, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::rules::{Parent, Route};
+use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
@@ -20,6 +21,7 @@ use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
+use socks4_server::upstream::{self, Authorized, ChainTarget, ParentBindWait, Upstreams, Via};
 use socks4_server::users::{self, Verifier};
 
 use crate::relay::{Counts, relay};
@@ -40,6 +42,8 @@ pub(crate) struct ConnLog {
     counts: Counts,
     /// Its phases, reply and end in the metrics.
     meter: ConnMeter,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Parent>,
 }
 
 impl ConnLog {
@@ -51,11 +55,13 @@ impl ConnLog {
             result: None,
             counts: Counts::default(),
             meter: ConnMeter::start(),
+            via: None,
         }
     }
 
+    /// Sets the result, unless one was set before (e.g. why a request was denied).
     pub(crate) fn finish(&mut self, result: impl fmt::Display) {
-        self.result = Some(result.to_string());
+        self.result.get_or_insert_with(|| result.to_string());
     }
 
     /// This connection's bandwidth caps under `bandwidth`, with its client's and its user's shares.
@@ -78,7 +84,7 @@ impl Drop for ConnLog {
         let line = ConnLine {
             client: self.client,
             request,
-            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            result: &Via(&self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN), self.via.as_ref()),
             up,
             down,
             elapsed: self.start.elapsed(),
@@ -215,6 +221,11 @@ async fn handshake<R: Runtime>(
     let mut listener: Option<(R::Listener, Box<BindWait>)> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
+    // The route of the rule that allowed the request (`via`), if any.
+    let mut route: Option<Route> = None;
+    let users_file = verifier.is_some();
+    // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
+    let mut bind_wait: Option<Box<ParentBindWait>> = None;
     if !from.first.is_empty() {
         let used = hs.handle_input(now(), &from.first);
         early.extend_from_slice(&from.first[used..]);
@@ -236,6 +247,11 @@ async fn handshake<R: Runtime>(
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
+                if upstream::forwards_name(&config.rules, client_ip, &hs, users_file) {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    misuse(hs.forward_name(now()))?;
+                    continue;
+                }
                 log.meter.enter(Phase::Resolving);
                 let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
                 match watched::<R, _>(&client, lookup).await {
@@ -250,14 +266,34 @@ async fn handshake<R: Runtime>(
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
-                match verifier {
+                let authorized = match verifier {
                     Some(verifier) => {
                         authorize_user::<R>(&mut hs, epoch, verifier, &client, config, log.client).await?
                     }
-                    None => {
-                        misuse(hs.authorize(now(), &config.rules, client_ip))?;
-                    }
+                    None => misuse(upstream::authorize(&mut hs, now(), &config.rules, client_ip, false))?,
+                };
+                if let Authorized::Via(via) = authorized {
+                    route = Some(via);
                 }
+            }
+            Output::Connect(target) if route.is_some() => {
+                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
+                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = R::unblock(move || ups.connect_blocking(&via, &target, &user_id, timeout));
+                log.meter.enter(Phase::Connecting);
+                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                log.via = chained.via;
+                let result = chained.result.and_then(|(stream, bound)| {
+                    let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
+                    dest = Some(stream.map_err(|e| Failure::from(&e))?);
+                    log.meter.connected();
+                    Ok(bound)
+                });
+                misuse(hs.handle_connected(now(), result))?;
             }
             Output::Connect(Target::Addr(addr)) => {
                 log.meter.enter(Phase::Connecting);
@@ -302,6 +338,59 @@ async fn handshake<R: Runtime>(
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
+            }
+            Output::Listen { expected_peer } if route.is_some() => {
+                let port = hs.request().map_or(0, |r| r.port);
+                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = R::unblock(move || match (expected_peer, via) {
+                    (IpAddr::V4(ip), Some(via)) => {
+                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                    }
+                    _ => None, // an IPv6 peer cannot be asked for
+                });
+                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        log.via = chained.via;
+                        chained.result.map(|wait| {
+                            let listening = wait.listening;
+                            bind_wait = Some(Box::new(wait));
+                            listening
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                misuse(hs.handle_listening(now(), result))?;
+            }
+            Output::Wait { deadline } if bind_wait.is_some() => {
+                // BIND through a parent: wait for its second reply; a client that leaves first
+                // ends the parent's wait (and its listener) at once.
+                let Some(wait) = bind_wait.take() else { continue };
+                log.meter.enter(Phase::BindWait);
+                let closer = wait.closer().ok();
+                let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
+                let waiting = async { Ok(R::unblock(move || wait.peer_blocking(timeout)).await) };
+                match future::or(waiting, async { Err(client_left::<R>(&client).await) }).await {
+                    Ok(result) => {
+                        let result = result.and_then(|(stream, from)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
+                            dest = Some(stream.map_err(|e| Failure::from(&e))?);
+                            Ok(from)
+                        });
+                        misuse(hs.handle_bind_peer(now(), result))?;
+                    }
+                    Err(left) => {
+                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
+                        match left {
+                            Left::Eof => hs.handle_eof(now()),
+                            Left::Failed(_) => hs.handle_client_error(now()),
+                        }
+                    }
+                }
             }
             Output::Listen { .. } => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as
@@ -405,7 +494,7 @@ async fn authorize_user<R: Runtime>(
     client: &R::Stream,
     config: &ServerConfig,
     peer: SocketAddr,
-) -> io::Result<()> {
+) -> io::Result<Authorized> {
     let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
     let verdict = match verifier.check_cached(req.user_id) {
         Some(verdict) => verdict,
@@ -415,7 +504,7 @@ async fn authorize_user<R: Runtime>(
                 Ok(verdict) => verdict,
                 Err(_) => {
                     hs.handle_client_error(epoch.elapsed());
-                    return Ok(());
+                    return Ok(Authorized::Direct);
                 }
             }
         }
@@ -424,16 +513,9 @@ async fn authorize_user<R: Runtime>(
     let result = match verdict {
         Err(e) => {
             users::log_refusal(peer, req.user_id, e);
-            hs.reject(e.reply_code())
+            hs.reject(e.reply_code()).map(|()| Authorized::Direct)
         }
-        Ok(()) => {
-            let decision = config.rules.decide(peer.ip(), &users::named(req));
-            match (decision.action, decision.ident) {
-                (Action::Allow, true) => hs.accept_with_ident(epoch.elapsed()),
-                (Action::Allow, false) => hs.accept(epoch.elapsed()),
-                _ => hs.reject(ReplyCode::Rejected),
-            }
-        }
+        Ok(()) => upstream::authorize(hs, epoch.elapsed(), &config.rules, peer.ip(), true),
     };
     misuse(result)
 }

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
-use socks4_core::rules::Decision;
+use socks4_core::rules::{Parent, Route};
 use socks4_core::{
-    Action, CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ReplyCode, ServerHandshake, Side as RelaySide,
-    Target,
+    CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ReplyCode, ServerHandshake, Side as RelaySide, Target,
 };
-use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::{Admission, BindWait};
@@ -27,10 +25,11 @@ use socks4_server::log::ConnLine;
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
+use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, ChainedBind, ParentBindWait, Via};
 use socks4_server::users::{self, AuthError, Verifier};
 
 use crate::relay::{Caps, Dir, MAX_PENDING, Progress, PumpError};
-use crate::resolver::{Job, Task};
+use crate::resolver::{Chain, Job, Task};
 use crate::splice::Pipes;
 use crate::worker::Msg;
 
@@ -242,6 +241,16 @@ pub(crate) struct Conn {
     result: Option<String>,
     /// Its phases, reply and end in the metrics.
     meter: ConnMeter,
+    /// The route of the rule that allowed the request (`via`), if any.
+    route: Option<Box<Route>>,
+    /// A chained connect is under way (bounded by its timeout per parent, not the handshake's).
+    chaining: bool,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Box<Parent>>,
+    /// BIND through a parent: it listens, its second reply is to be awaited.
+    bind_wait: Option<Box<ParentBindWait>>,
+    /// BIND through a parent, while its second reply is awaited: shut down to end the wait.
+    bind_closer: Option<TcpStream>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
     proxy: Proxy,
@@ -291,6 +300,11 @@ impl Conn {
             bind_slot: None,
             result: None,
             meter: ConnMeter::start(),
+            route: None,
+            chaining: false,
+            via: None,
+            bind_wait: None,
+            bind_closer: None,
             scheduled: None,
             proxy,
         };
@@ -367,6 +381,8 @@ impl Conn {
     /// Its deadline may have passed.
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         match &self.stage {
+            // A chained connect is bounded by its own timeout per parent.
+            Stage::Handshake if self.chaining => {}
             Stage::Handshake => {
                 self.hs.handle_timeout(ctx.clock());
                 self.drive(ctx);
@@ -432,6 +448,59 @@ impl Conn {
         }
         self.drive(ctx);
         self.rearm(ctx.poller);
+    }
+
+    /// The result of its connect through a route's parent proxies.
+    pub(crate) fn on_chained(&mut self, ctx: &mut Ctx<'_>, chained: Chained) {
+        if !matches!(self.stage, Stage::Handshake) || !self.chaining {
+            return;
+        }
+        self.chaining = false;
+        self.via = chained.via.map(Box::new);
+        let result = chained.result.and_then(|(stream, bound)| {
+            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
+            self.upstream = Some(stream);
+            self.meter.connected();
+            Ok(bound)
+        });
+        if self.hs.handle_connected(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
+    /// The first reply of its BIND through a parent.
+    pub(crate) fn on_chain_bound(&mut self, ctx: &mut Ctx<'_>, chained: ChainedBind) {
+        if !matches!(self.stage, Stage::Handshake) || !self.chaining {
+            return;
+        }
+        self.chaining = false;
+        self.via = chained.via.map(Box::new);
+        let result = chained.result.map(|wait| {
+            let listening = wait.listening;
+            self.bind_wait = Some(Box::new(wait));
+            listening
+        });
+        if self.hs.handle_listening(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
+    }
+
+    /// The second reply of its BIND through a parent.
+    pub(crate) fn on_chain_peer(&mut self, ctx: &mut Ctx<'_>, result: Result<(TcpStream, SocketAddr), Failure>) {
+        if !matches!(self.stage, Stage::Handshake) || self.bind_closer.take().is_none() {
+            return;
+        }
+        let result = result.and_then(|(stream, from)| {
+            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
+            self.upstream = Some(stream);
+            Ok(from)
+        });
+        if self.hs.handle_bind_peer(ctx.clock(), result).is_ok() {
+            self.drive(ctx);
+            self.rearm(ctx.poller);
+        }
     }
 
     /// The shutdown grace period is over.
@@ -562,7 +631,7 @@ impl Conn {
             Resolve(String, u16),
             Authorize,
             /// With `--users`, once the user id passed: the rules' decision on its name.
-            Decide(Decision),
+            Decide,
             /// With `--users`: the user id failed (logged), reply with this code.
             Refuse(ReplyCode),
             /// With `--users`: check the user id on the resolver pool.
@@ -571,6 +640,10 @@ impl Conn {
             AwaitUser,
             Connect(SocketAddr),
             ConnectByName,
+            /// Through the route's parents, to this destination.
+            Chain(ChainTarget),
+            /// BIND through the route's parents, for this peer.
+            ChainBind(ChainTarget),
             Ident,
             Listen,
             Relay,
@@ -592,11 +665,9 @@ impl Conn {
                 Output::Authorize(req) => match (self.snapshot.verifier.as_ref(), self.user_check) {
                     (None, _) => Step::Authorize,
                     (Some(_), UserCheck::Pending) => Step::AwaitUser,
-                    (Some(_), UserCheck::Passed) => {
-                        Step::Decide(decide_named(&self.snapshot.config, self.client_addr, req))
-                    }
+                    (Some(_), UserCheck::Passed) => Step::Decide,
                     (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
-                        Some(Ok(())) => Step::Decide(decide_named(&self.snapshot.config, self.client_addr, req)),
+                        Some(Ok(())) => Step::Decide,
                         Some(Err(e)) => {
                             users::log_refusal(self.client_addr, req.user_id, e);
                             Step::Refuse(e.reply_code())
@@ -604,8 +675,13 @@ impl Conn {
                         None => Step::VerifyUser(Arc::clone(verifier), req.user_id.into()),
                     },
                 },
+                Output::Connect(target) if self.route.is_some() => Step::Chain(target.into()),
                 Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
                 Output::Connect(Target::Host(..)) => Step::ConnectByName,
+                Output::Listen { expected_peer } if self.route.is_some() => {
+                    let port = self.hs.request().map_or(0, |r| r.port);
+                    Step::ChainBind(ChainTarget::Addr(SocketAddr::new(expected_peer, port)))
+                }
                 Output::Listen { .. } => Step::Listen,
                 Output::Ident => Step::Ident,
                 Output::Relay => Step::Relay,
@@ -635,6 +711,19 @@ impl Conn {
                         let _ = self.hs.handle_ident(now, Err(Failure::Other));
                     }
                 }
+                Step::Resolve(..)
+                    if upstream::forwards_name(
+                        &self.snapshot.config.rules,
+                        self.client_addr.ip(),
+                        &self.hs,
+                        self.snapshot.verifier.is_some(),
+                    ) =>
+                {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    if let Err(e) = self.hs.forward_name(now) {
+                        return self.finish(&e.to_string());
+                    }
+                }
                 Step::Resolve(host, port) => {
                     started = true;
                     self.meter.enter(Phase::Resolving);
@@ -642,10 +731,13 @@ impl Conn {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
-                Step::Authorize => {
+                Step::Authorize | Step::Decide => {
                     let ip = self.client_addr.ip().to_canonical();
-                    if let Err(e) = self.hs.authorize(now, &self.snapshot.config.rules, ip) {
-                        return self.finish(&e.to_string());
+                    let named = self.snapshot.verifier.is_some();
+                    match upstream::authorize(&mut self.hs, now, &self.snapshot.config.rules, ip, named) {
+                        Ok(Authorized::Via(route)) => self.route = Some(Box::new(route)),
+                        Ok(_) => {}
+                        Err(e) => return self.finish(&e.to_string()),
                     }
                 }
                 Step::VerifyUser(verifier, user_id) => {
@@ -661,16 +753,6 @@ impl Conn {
                     self.watch |= started;
                     return;
                 }
-                Step::Decide(decision) => {
-                    let decided = match decision.action {
-                        Action::Allow if decision.ident => self.hs.accept_with_ident(now),
-                        Action::Allow => self.hs.accept(now),
-                        _ => self.hs.reject(ReplyCode::Rejected),
-                    };
-                    if let Err(e) = decided {
-                        return self.finish(&e.to_string());
-                    }
-                }
                 Step::Refuse(code) => {
                     if let Err(e) = self.hs.reject(code) {
                         return self.finish(&e.to_string());
@@ -683,7 +765,16 @@ impl Conn {
                     }
                     started = true;
                 }
-                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
+                Step::Chain(target) => {
+                    started = true;
+                    self.meter.enter(Phase::Connecting);
+                    self.start_chain(ctx, now, target, false);
+                }
+                Step::ChainBind(target) => {
+                    started = true;
+                    self.start_chain(ctx, now, target, true);
+                }
+                // Names are forwarded only through a route, handled above.
                 Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
                     let result = self.start_listen(ctx.now);
@@ -694,6 +785,32 @@ impl Conn {
                     started = true;
                 }
                 Step::Relay => return self.start_relay(ctx),
+                // BIND through a parent: its first reply is out; wait for its second (within the
+                // handshake's BIND deadline; a client that leaves shuts it down, in `Closed`).
+                Step::Wait(deadline) if self.bind_wait.is_some() => {
+                    self.hs_deadline = deadline.map(|d| ctx.epoch + d);
+                    let wait = self.bind_wait.take().map(|w| *w);
+                    if let Some(wait) = wait {
+                        self.meter.enter(Phase::BindWait);
+                        let timeout = deadline.map_or(self.snapshot.config.timeouts.bind, |d| d.saturating_sub(now));
+                        self.bind_closer = wait.closer().ok();
+                        if !self.ask(ctx, Task::ChainPeer(Box::new(wait), timeout)) {
+                            self.bind_closer = None;
+                            let _ = self.hs.handle_bind_peer(now, Err(Failure::Other));
+                            continue;
+                        }
+                    }
+                    self.watch = true;
+                    self.flush_out();
+                    return;
+                }
+                // A chained connect ends by itself, within its timeout per parent.
+                Step::Wait(_) if self.chaining => {
+                    self.hs_deadline = None;
+                    self.watch |= started;
+                    self.flush_out();
+                    return;
+                }
                 Step::Wait(deadline) => {
                     self.hs_deadline = deadline.map(|d| ctx.epoch + d);
                     self.watch |= started;
@@ -701,8 +818,11 @@ impl Conn {
                     return;
                 }
                 Step::Closed(reason) => {
+                    if let Some(closer) = self.bind_closer.take() {
+                        let _ = closer.shutdown(Shutdown::Both); // ends the parent's BIND wait
+                    }
                     self.admission.handshake_done();
-                    self.result = Some(reason);
+                    self.result.get_or_insert(reason); // unless why was said before (BIND_REFUSED)
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {
                         self.stage = Stage::Done;
@@ -716,11 +836,25 @@ impl Conn {
         }
     }
 
+    /// Starts a connect (or a BIND) through the route's parents on a thread of its own; the answer
+    /// comes as [`on_chained`](Self::on_chained) (or [`on_chain_bound`](Self::on_chain_bound)).
+    fn start_chain(&mut self, ctx: &Ctx<'_>, now: Duration, target: ChainTarget, bind: bool) {
+        let route = self.route.as_deref().cloned().unwrap_or_default();
+        let user_id = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+        let chain = Box::new(Chain { route, target, user_id, timeout: self.snapshot.config.timeouts.connect });
+        self.chaining = self.ask(ctx, if bind { Task::ChainBind(chain) } else { Task::Chain(chain) });
+        if !self.chaining && bind {
+            let _ = self.hs.handle_listening(now, Err(Failure::Other));
+        } else if !self.chaining {
+            let _ = self.hs.handle_connected(now, Err(Failure::Other));
+        }
+    }
+
     /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
     fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
         let reply = ctx.inbox.clone();
         let job = Job { task, slot: self.slot, id: self.id, reply, poller: Arc::clone(ctx.poller) };
-        ctx.resolver.send(job).is_ok()
+        crate::resolver::submit(ctx.resolver, job)
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.
@@ -1064,7 +1198,7 @@ impl Conn {
         let line = ConnLine {
             client: self.client_addr,
             request,
-            result: &self.result.as_deref().unwrap_or("ok"),
+            result: &Via(&self.result.as_deref().unwrap_or("ok"), self.via.as_deref()),
             up,
             down,
             elapsed: now.saturating_duration_since(self.started),
@@ -1140,9 +1274,4 @@ fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
 
 fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
-}
-
-/// With `--users`, once the user id passed: the rules decide on the user's name, not the token.
-fn decide_named(config: &ServerConfig, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
-    config.rules.decide(client.ip().to_canonical(), &users::named(req))
 }

@@ -29,6 +29,33 @@ pub(crate) enum Msg {
     /// A newly accepted connection (non-blocking), its peer address, its admission and the config
     /// snapshot it runs with.
     Conn(TcpStream, SocketAddr, Admission, Arc<Snapshot>),
+    /// The result of a connection's connect through a route's parent proxies.
+    Chained {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The connection through the parent, or why not, and the parent.
+        chained: socks4_server::upstream::Chained,
+    },
+    /// The first reply of a connection's BIND through a parent.
+    ChainBound {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The parent listens, or why not, and the parent.
+        chained: Box<socks4_server::upstream::ChainedBind>,
+    },
+    /// The second reply of a connection's BIND through a parent.
+    ChainPeer {
+        /// The connection's slot.
+        slot: usize,
+        /// The connection's id.
+        id: u64,
+        /// The connection to relay and the peer's address, or why not.
+        result: Result<(TcpStream, SocketAddr), socks4_core::Failure>,
+    },
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
         /// The connection's slot.
@@ -228,6 +255,24 @@ impl Worker {
                     Ok(Msg::UserChecked { slot, id, verdict }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_user_checked(&mut ctx, verdict);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::Chained { slot, id, chained }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chained(&mut ctx, chained);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::ChainBound { slot, id, chained }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chain_bound(&mut ctx, *chained);
+                            touched.push(slot);
+                        }
+                    }
+                    Ok(Msg::ChainPeer { slot, id, result }) => {
+                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
+                            conn.on_chain_peer(&mut ctx, result);
                             touched.push(slot);
                         }
                     }

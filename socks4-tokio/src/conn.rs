@@ -3,17 +3,19 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
-use socks4_core::{Action, CloseReason, Failure, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::rules::{Parent, Route};
+use socks4_core::{CloseReason, Failure, Output, ServerHandshake, Target};
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::{Admission, BindWait};
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
+use socks4_server::upstream::{self, Authorized, ChainTarget, ParentBindWait, Upstreams, Via};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -38,6 +40,8 @@ pub(crate) struct Record {
     pub(crate) down: Cell<u64>,
     /// Its phases, reply and end in the metrics.
     meter: ConnMeter,
+    /// The parent proxy the connection went through (or tried last).
+    via: Option<Parent>,
 }
 
 impl Record {
@@ -50,6 +54,7 @@ impl Record {
             up: Cell::new(0),
             down: Cell::new(0),
             meter: ConnMeter::start(),
+            via: None,
         }
     }
 
@@ -76,7 +81,7 @@ impl Drop for Record {
         let line = ConnLine {
             client: self.client,
             request,
-            result: &self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN),
+            result: &Via(&self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN), self.via.as_ref()),
             up,
             down,
             elapsed: self.start.elapsed(),
@@ -224,6 +229,10 @@ async fn handshake(
     let mut bind_listener: Option<(TcpListener, Box<BindWait>)> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
+    // The route of the rule that allowed the request (`via`), if any.
+    let mut route: Option<Route> = None;
+    // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
+    let mut bind_wait: Option<Box<ParentBindWait>> = None;
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -241,11 +250,18 @@ async fn handshake(
             }
             Output::Authorize(_) => {
                 record.note_request(&hs);
-                authorize(&mut hs, peer, shared, &now).await.map_err(misuse)?;
+                if let Authorized::Via(via) = authorize(&mut hs, peer, shared, &now).await.map_err(misuse)? {
+                    route = Some(via);
+                }
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
                 record.note_request(&hs);
+                if upstream::forwards_name(&config.rules, peer.ip(), &hs, shared.verifier.is_some()) {
+                    // Routed to a SOCKS4a parent: the name goes there unresolved.
+                    hs.forward_name(now()).map_err(misuse)?;
+                    continue;
+                }
                 record.meter.enter(Phase::Resolving);
                 let deadline = hs.deadline().map(at);
                 let lookup = with_deadline(deadline, tokio::net::lookup_host((host.as_str(), port)));
@@ -258,6 +274,35 @@ async fn handshake(
                     }
                     Err(left) => left.tell(&mut hs, now()),
                 }
+            }
+            Output::Connect(target) if route.is_some() => {
+                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
+                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = move || ups.connect_blocking(&via, &target, &user_id, timeout);
+                let chaining = async { tokio::task::spawn_blocking(chain).await.ok() };
+                record.meter.enter(Phase::Connecting);
+                let chained = match watching(client, false, chaining).await {
+                    Ok(chained) => chained,
+                    Err(left) => {
+                        left.tell(&mut hs, now());
+                        continue;
+                    }
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        record.via = chained.via;
+                        chained.result.and_then(|(stream, bound)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                            let stream = stream.map_err(|e| Failure::from(&e))?;
+                            upstream = Some(stream);
+                            record.meter.connected();
+                            Ok(bound)
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                hs.handle_connected(now(), result).map_err(misuse)?;
             }
             Output::Connect(Target::Addr(addr)) => {
                 record.meter.enter(Phase::Connecting);
@@ -310,6 +355,37 @@ async fn handshake(
                 };
                 hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())).map_err(misuse)?;
             }
+            Output::Listen { expected_peer } if route.is_some() => {
+                let port = hs.request().map_or(0, |r| r.port);
+                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
+                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
+                let chain = move || match (expected_peer, via) {
+                    (IpAddr::V4(ip), Some(via)) => {
+                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                    }
+                    _ => None, // an IPv6 peer cannot be asked for
+                };
+                let chaining = async { tokio::task::spawn_blocking(chain).await.ok().flatten() };
+                let chained = match watching(client, false, chaining).await {
+                    Ok(chained) => chained,
+                    Err(left) => {
+                        left.tell(&mut hs, now());
+                        continue;
+                    }
+                };
+                let result = match chained {
+                    Some(chained) => {
+                        record.via = chained.via;
+                        chained.result.map(|wait| {
+                            let listening = wait.listening;
+                            bind_wait = Some(Box::new(wait));
+                            listening
+                        })
+                    }
+                    None => Err(Failure::Other),
+                };
+                hs.handle_listening(now(), result).map_err(misuse)?;
+            }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
                     // The wait's slot, held with the listener (boxed: only a BIND pays for it).
@@ -329,6 +405,33 @@ async fn handshake(
                 record.note_request(&hs);
                 record.meter.close(Close::from(&reason));
                 return Err(ConnError::Handshake(reason.to_string()));
+            }
+            Output::Wait { deadline: wait_until } if bind_wait.is_some() => {
+                // BIND through a parent: wait for its second reply (or the client leaving).
+                let Some(wait) = bind_wait.take() else { continue };
+                record.meter.enter(Phase::BindWait);
+                let closer = wait.closer().ok();
+                let timeout = wait_until.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
+                let waiting = async {
+                    tokio::task::spawn_blocking(move || wait.peer_blocking(timeout))
+                        .await
+                        .unwrap_or(Err(Failure::Other))
+                };
+                match watching(client, true, waiting).await {
+                    Ok(result) => {
+                        let result = result.and_then(|(stream, from)| {
+                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                            upstream = Some(stream.map_err(|e| Failure::from(&e))?);
+                            Ok(from)
+                        });
+                        hs.handle_bind_peer(now(), result).map_err(misuse)?;
+                    }
+                    Err(left) => {
+                        // Ends the parent's wait (and its listener) at once.
+                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
+                        left.tell(&mut hs, now());
+                    }
+                }
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
@@ -375,37 +478,30 @@ async fn handshake(
 
 /// Answers [`Output::Authorize`]. With a users file the user id is verified first (from the cache
 /// on the event loop, else with Argon2 on a blocking thread); then the rules decide on the user's
-/// name, never the token.
+/// name, never the token, and say whether the request goes through a route.
 async fn authorize(
     hs: &mut ServerHandshake,
     peer: SocketAddr,
     shared: &Snapshot,
     now: &impl Fn() -> Duration,
-) -> Result<(), socks4_core::Misuse> {
+) -> Result<Authorized, socks4_core::Misuse> {
     let rules = &shared.config.rules;
     let client = peer.ip().to_canonical();
-    // No request to authorize is a misuse, which `authorize` reports.
-    let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) else {
-        return hs.authorize(now(), rules, client).map(drop);
-    };
-    let verdict = match verifier.check_cached(req.user_id) {
-        Some(verdict) => verdict,
-        None => {
-            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
-            let verify = move || verifier.verify_blocking(&user_id);
-            tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+    if let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) {
+        let verdict = match verifier.check_cached(req.user_id) {
+            Some(verdict) => verdict,
+            None => {
+                let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
+                let verify = move || verifier.verify_blocking(&user_id);
+                tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+            }
+        };
+        if let Err(e) = verdict {
+            users::log_refusal(peer, req.user_id, e);
+            return hs.reject(e.reply_code()).map(|()| Authorized::Direct);
         }
-    };
-    if let Err(e) = verdict {
-        users::log_refusal(peer, req.user_id, e);
-        return hs.reject(e.reply_code());
     }
-    let decision = rules.decide(client, &users::named(req));
-    match decision.action {
-        Action::Allow if decision.ident => hs.accept_with_ident(now()),
-        Action::Allow => hs.accept(now()),
-        _ => hs.reject(ReplyCode::Rejected),
-    }
+    upstream::authorize(hs, now(), rules, client, shared.verifier.is_some())
 }
 
 /// How the client left while the handshake waited on something else.

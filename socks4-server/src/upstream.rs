@@ -1,0 +1,647 @@
+//! Chaining through parent proxies: the outgoing-connect phase of a request whose rule has a
+//! [`Route`] (`allow to *.onion via socks4a://127.0.0.1:9050`), shared by every adapter.
+//!
+//! The adapter wires it at two points of the handshake:
+//!
+//! ```text
+//! Output::Resolve:  if upstream::forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
+//!                   else resolve as before
+//! Output::Authorize: (after the users file) if let Via(route) = upstream::authorize(&mut hs, now, rules,
+//!                       client, users)? { keep it for Connect or Listen }
+//! Output::Connect:  with a route: on the blocking pool,
+//!                   chained = Upstreams::global().connect_blocking(&route, target.into(), user_id, connect timeout)
+//!                   chained.result → hs.handle_connected (a parent's 91/92/93 reaches the client);
+//!                   the log line's result ends with `via PARENT` ([`Via`])
+//! Output::Listen:   with a route (BIND): on the blocking pool, Upstreams::global().bind_blocking(..)
+//!                   → hs.handle_listening(listening address); then ParentBindWait::peer_blocking(bind
+//!                   timeout) → hs.handle_bind_peer (shut `closer()` down if the client leaves)
+//! ```
+//!
+//! Names: with a `socks4a://` route the request is decided on the name alone, *before* any
+//! lookup ([`forwards_name`]), and the name goes to the parent unresolved, so a routed `.onion`
+//! name never reaches the local resolver. With a `socks4://` route the name is resolved here and
+//! the parent gets the address; a request by address goes as an address either way.
+//!
+//! Failover: the parents are tried in order while one *cannot be reached* (its name does not
+//! resolve, the TCP connect is refused, fails or takes longer than the connect timeout, which
+//! applies to each parent). Once a parent has accepted the connection the request has been sent
+//! to it, and what it says is the answer: a refusal (91/92/93) goes to the client as it is, and a
+//! parent that closes, stalls past the timeout or sends a malformed reply gets the client a 91
+//! (never a second attempt elsewhere, which could reach the destination twice).
+//!
+//! BIND: the parent listens for the peer; its first reply (where it listens, its own address when
+//! it says `0.0.0.0`) and its second (the peer that connected) are relayed to the client, and a
+//! client that leaves ends the parent's wait (see [`ParentBindWait::closer`]).
+//!
+//! Health: after [`FAILURES_TO_SKIP`] consecutive failures a parent is skipped for [`SKIP_FOR`]
+//! while another parent of the route is available (if all are skipped, they are tried anyway, in
+//! order). [`Upstreams::stats`] gives the counters a metrics exporter can publish.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use socks4_core::rules::{Parent, Route, Rules};
+use socks4_core::{
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, Dest, Failure, Misuse, REPLY_LEN, ReplyCode,
+    ServerHandshake, Target,
+};
+
+/// Consecutive failures after which a parent is skipped.
+pub const FAILURES_TO_SKIP: u32 = 3;
+/// How long a failing parent is skipped.
+pub const SKIP_FOR: Duration = Duration::from_secs(30);
+
+/// At [`Output::Resolve`](socks4_core::Output::Resolve): does the rule deciding this CONNECT on
+/// its host name alone (no address yet) send it through a `socks4a://` route? Then answer with
+/// [`ServerHandshake::forward_name`] instead of resolving it. `users_file`: rules see the user's
+/// name, as at `Authorize` (see [`users::named`](crate::users::named)).
+///
+/// ```
+/// use std::time::Duration;
+/// use socks4_core::{rules::Rules, Limits, Output, ServerHandshake, Timeouts};
+/// use socks4_server::upstream::forwards_name;
+/// let rules = Rules::parse("allow to *.onion via socks4a://127.0.0.1:9050\nallow from 127.0.0.0/8")?;
+/// let now = Duration::ZERO;
+/// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+/// hs.handle_input(now, b"\x04\x01\x00\x50\x00\x00\x00\x01\0duck.onion\0");
+/// assert!(matches!(hs.poll_output(), Output::Resolve { .. }));
+/// assert!(forwards_name(&rules, [127, 0, 0, 1].into(), &hs, false));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_file: bool) -> bool {
+    let Some(req) = hs.request() else { return false };
+    let (Command::Connect, Dest::Domain(host)) = (req.command, req.dest) else { return false };
+    if !rules.has_routes() {
+        return false;
+    }
+    let by_name = AccessRequest::new(req.command, req.port, req.user_id).with_host(host);
+    let by_name = if users_file { crate::users::named(by_name) } else { by_name };
+    let decision = rules.decide(client.to_canonical(), &by_name);
+    decision.action == Action::Allow && rules.route(&decision).is_some_and(Route::forwards_names)
+}
+
+/// What [`authorize`] decided beyond allow/deny.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Authorized {
+    /// Denied, or allowed to connect (or listen) directly.
+    Direct,
+    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent
+    /// ([`Upstreams::connect_blocking`], [`Upstreams::bind_blocking`]).
+    Via(Route),
+}
+
+/// Answers [`Output::Authorize`](socks4_core::Output::Authorize) with the rules' decision, like
+/// [`ServerHandshake::authorize`], and says where an allowed CONNECT goes. `users_file`: rules see
+/// the user's name (see [`users::named`](crate::users::named)); call it after the user id was
+/// verified.
+///
+/// ```
+/// use std::time::Duration;
+/// use socks4_core::{rules::Rules, Limits, Output, ServerHandshake, Timeouts};
+/// use socks4_server::upstream::{authorize, Authorized};
+/// let rules = Rules::parse("allow to 10.0.0.0/8 via socks4://127.0.0.1:1081\nallow from 127.0.0.0/8")?;
+/// let now = Duration::ZERO;
+/// let mut hs = ServerHandshake::new(now, Limits::default(), Timeouts::default());
+/// hs.handle_input(now, b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
+/// let Authorized::Via(route) = authorize(&mut hs, now, &rules, [127, 0, 0, 1].into(), false)? else { panic!() };
+/// assert_eq!(route.to_string(), "via socks4://127.0.0.1:1081");
+/// assert!(matches!(hs.poll_output(), Output::Connect(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn authorize(
+    hs: &mut ServerHandshake,
+    now: Duration,
+    rules: &Rules,
+    client: IpAddr,
+    users_file: bool,
+) -> Result<Authorized, Misuse> {
+    let Some(req) = hs.access_request() else { return hs.authorize(now, rules, client).map(|_| Authorized::Direct) };
+    let req = if users_file { crate::users::named(req) } else { req };
+    let decision = rules.decide(client.to_canonical(), &req);
+    let route = rules.route(&decision).cloned();
+    match (decision.action, route) {
+        (Action::Allow, route) => {
+            if decision.ident {
+                hs.accept_with_ident(now)?
+            } else {
+                hs.accept(now)?
+            }
+            Ok(route.map_or(Authorized::Direct, Authorized::Via))
+        }
+        _ => {
+            hs.reject(ReplyCode::Rejected)?;
+            Ok(Authorized::Direct)
+        }
+    }
+}
+
+/// The destination to ask a parent for, owned (the connect runs on a blocking thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainTarget {
+    /// An address (sent as a SOCKS4 request; IPv6 cannot be sent and gets the client a 91).
+    Addr(SocketAddr),
+    /// A host name, sent unresolved (SOCKS4a).
+    Host(String, u16),
+}
+
+impl From<Target<'_>> for ChainTarget {
+    fn from(target: Target<'_>) -> Self {
+        match target {
+            Target::Addr(addr) => Self::Addr(addr),
+            Target::Host(host, port) => Self::Host(host.to_owned(), port),
+        }
+    }
+}
+
+/// What [`Upstreams::connect_blocking`] did: the stream to relay and the address the parent
+/// reported (for our reply), or the failure for the client's reply; and the parent that answered
+/// or was tried last, for the log line.
+#[derive(Debug)]
+pub struct Chained {
+    /// The connection through the parent (the parent granted), or why not.
+    pub result: Result<(TcpStream, SocketAddr), Failure>,
+    /// The parent that answered, or the last one tried.
+    pub via: Option<Parent>,
+}
+
+/// A connection's log result with the route taken: `ok via socks4a://127.0.0.1:9050`.
+///
+/// ```
+/// use socks4_server::upstream::Via;
+/// let parent = "socks4a://127.0.0.1:9050".parse().ok();
+/// assert_eq!(Via(&"ok", parent.as_ref()).to_string(), "ok via socks4a://127.0.0.1:9050");
+/// assert_eq!(Via(&"ok", None).to_string(), "ok");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a, R>(pub &'a R, pub Option<&'a Parent>);
+
+impl<R: std::fmt::Display> std::fmt::Display for Via<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(parent) => write!(f, "{} via {parent}", self.0),
+            None => self.0.fmt(f),
+        }
+    }
+}
+
+/// Counters of the parents' health, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct UpstreamStats {
+    /// Connects through a parent that could not be reached (each failed parent counts).
+    pub failures: u64,
+    /// Times a parent was passed over because it is being skipped.
+    pub skips: u64,
+    /// Parents being skipped now.
+    pub down: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    failures: u32,
+    skip_until: Option<Instant>,
+}
+
+/// The parents' health, shared by all workers ([`Upstreams::global`]): failures in a row and until
+/// when a parent is skipped. Only routed connects touch it.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    health: Mutex<HashMap<Parent, Health>>,
+    failures: AtomicU64,
+    skips: AtomicU64,
+}
+
+impl Upstreams {
+    /// No parent has failed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process's registry, which every server of the process (all workers) shares: a
+    /// parent's health is the same whichever connection finds it out. A metrics exporter reads
+    /// [`stats`](Self::stats) from here.
+    pub fn global() -> &'static Arc<Upstreams> {
+        static GLOBAL: OnceLock<Arc<Upstreams>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Arc::new(Upstreams::new()))
+    }
+
+    /// The route's parents in the order to try them now: those not being skipped first, in the
+    /// route's order, then the skipped ones (a last resort when all are down).
+    pub fn order<'r>(&self, route: &'r Route, now: Instant) -> Vec<&'r Parent> {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for parent in &route.parents {
+            if self.is_skipped(parent, now) { down.push(parent) } else { up.push(parent) }
+        }
+        if !up.is_empty() {
+            self.skips.fetch_add(down.len() as u64, Ordering::Relaxed);
+        }
+        up.extend(down);
+        up
+    }
+
+    /// Is `parent` being skipped at `now`?
+    pub fn is_skipped(&self, parent: &Parent, now: Instant) -> bool {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.get(parent).and_then(|h| h.skip_until).is_some_and(|until| now < until)
+    }
+
+    /// Records whether `parent` could be reached (an answer, even a refusal, counts as reached).
+    pub fn record(&self, parent: &Parent, reached: bool, now: Instant) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if reached {
+            health.remove(parent);
+            return;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let h = health.entry(parent.clone()).or_default();
+        h.failures = h.failures.saturating_add(1);
+        if h.failures >= FAILURES_TO_SKIP {
+            h.skip_until = Some(now + SKIP_FOR);
+        }
+    }
+
+    /// The counters, for a metrics exporter.
+    pub fn stats(&self) -> UpstreamStats {
+        let now = Instant::now();
+        let down = {
+            let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            health.values().filter(|h| h.skip_until.is_some_and(|u| now < u)).count()
+        };
+        UpstreamStats {
+            failures: self.failures.load(Ordering::Relaxed),
+            skips: self.skips.load(Ordering::Relaxed),
+            down,
+        }
+    }
+
+    /// Connects to `target` through the route's parents (blocking: run it on a blocking thread),
+    /// each within `timeout` (TCP connect and reply). Sends the route's `as` user id, else the
+    /// user name of `client_user_id` (never a token after `:`). See the [module docs](self) for
+    /// failover.
+    pub fn connect_blocking(
+        &self,
+        route: &Route,
+        target: &ChainTarget,
+        client_user_id: &[u8],
+        timeout: Duration,
+    ) -> Chained {
+        let user = parent_user(route, client_user_id);
+        let request = match target {
+            ChainTarget::Addr(addr) => ClientHandshake::connect_to(Target::Addr(*addr), user),
+            ChainTarget::Host(host, port) if route.forwards_names() => ClientHandshake::connect_host(host, *port, user),
+            // A `socks4://` route gets addresses only: the name was resolved before.
+            ChainTarget::Host(..) => return Chained { result: Err(Failure::Other), via: None },
+        };
+        let Ok(request) = request else { return Chained { result: Err(Failure::Other), via: None } };
+        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
+            let (stream, _, event) = ask(stream, hs, end)?;
+            match event {
+                ClientEvent::Granted(bound) => Ok((stream, SocketAddr::V4(bound))),
+                _ => Err(Failure::Other), // a BIND reply to a CONNECT
+            }
+        });
+        Chained { result, via }
+    }
+
+    /// BIND through the route's parents (blocking), each within `timeout`: the parent's first
+    /// reply gives the address it listens on (its own address when it says `0.0.0.0`), for our
+    /// first reply; then [`ParentBindWait::peer_blocking`] waits for its second. A parent's refusal gets
+    /// the client a 91 (the handshake's BIND failures all reply 91).
+    pub fn bind_blocking(
+        &self,
+        route: &Route,
+        expected_peer: SocketAddrV4,
+        client_user_id: &[u8],
+        timeout: Duration,
+    ) -> ChainedBind {
+        let Ok(request) = ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)) else {
+            return ChainedBind { result: Err(Failure::Other), via: None };
+        };
+        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
+            let (stream, hs, event) = ask(stream, hs, end)?;
+            let ClientEvent::BindListening(addr) = event else { return Err(Failure::Other) };
+            let ip = match (addr.ip().is_unspecified(), stream.peer_addr()) {
+                (true, Ok(parent)) => parent.ip(),
+                _ => IpAddr::V4(*addr.ip()),
+            };
+            Ok(ParentBindWait { stream, hs, listening: SocketAddr::new(ip, addr.port()) })
+        });
+        ChainedBind { result, via }
+    }
+
+    /// Tries the route's parents in order until one is reached, then does `step` with it (send the
+    /// request, read the reply) by `now + timeout`: its result is the answer (see the
+    /// [module docs](self)).
+    fn through<T>(
+        &self,
+        route: &Route,
+        request: &ClientHandshake,
+        timeout: Duration,
+        step: impl Fn(TcpStream, ClientHandshake, Instant) -> Result<T, Failure>,
+    ) -> (Result<T, Failure>, Option<Parent>) {
+        let mut last = (Err(Failure::Unreachable), None);
+        for parent in self.order(route, Instant::now()) {
+            let start = Instant::now();
+            let stream = match reach(parent, timeout) {
+                Ok(stream) => stream,
+                Err(failure) => {
+                    self.record(parent, false, Instant::now());
+                    last = (Err(failure), Some(parent.clone()));
+                    continue;
+                }
+            };
+            let result = step(stream, request.clone(), start + timeout);
+            let reached = matches!(result, Ok(_) | Err(Failure::Rejected(_)));
+            self.record(parent, reached, Instant::now());
+            return (result, Some(parent.clone()));
+        }
+        last
+    }
+}
+
+/// The user id to send to a route's parents: its `as` name, else the client's user name.
+fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
+    route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes)
+}
+
+/// What [`Upstreams::bind_blocking`] did, and the parent that answered or was tried last.
+#[derive(Debug)]
+pub struct ChainedBind {
+    /// The parent listens (its first reply), or why not.
+    pub result: Result<ParentBindWait, Failure>,
+    /// The parent that answered, or the last one tried.
+    pub via: Option<Parent>,
+}
+
+/// A BIND a parent accepted: it listens, and its second reply is to come.
+#[derive(Debug)]
+pub struct ParentBindWait {
+    stream: TcpStream,
+    hs: ClientHandshake,
+    /// Where the parent listens, for the client's first reply.
+    pub listening: SocketAddr,
+}
+
+impl ParentBindWait {
+    /// A handle on the connection to the parent: shut it down (`shutdown(Both)`) to end
+    /// [`peer_blocking`](Self::peer_blocking) at once when the client leaves.
+    ///
+    /// # Errors
+    /// If the socket cannot be duplicated.
+    pub fn closer(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
+    /// Waits (blocking) up to `timeout` for the parent's second reply: the connection to relay
+    /// and the peer's address (the handshake checks it), or why not.
+    pub fn peer_blocking(self, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+        let (stream, _, event) = read_event(self.stream, self.hs, Instant::now() + timeout)?;
+        match event {
+            ClientEvent::Granted(peer) => Ok((stream, SocketAddr::V4(peer))),
+            ClientEvent::Rejected(_) => Err(Failure::Other),
+            ClientEvent::BindListening(_) => Err(Failure::BadAnswer),
+            _ => Err(Failure::Other),
+        }
+    }
+}
+
+/// Resolves the parent's name and connects to its first address that answers, each connect
+/// within `timeout`.
+fn reach(parent: &Parent, timeout: Duration) -> Result<TcpStream, Failure> {
+    let addrs = (parent.host.as_str(), parent.port).to_socket_addrs().map_err(|_| Failure::NotFound)?;
+    let mut failure = Failure::NotFound;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => failure = Failure::from(&e),
+        }
+    }
+    Err(failure)
+}
+
+/// Sends the request on a connection to a parent and reads its (first) reply by `end`: a
+/// refusal is [`Failure::Rejected`].
+fn ask(
+    mut stream: TcpStream,
+    hs: ClientHandshake,
+    end: Instant,
+) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
+    let _ = stream.set_nodelay(true);
+    stream.set_write_timeout(Some(left(end)?)).map_err(io_failure)?;
+    stream.write_all(hs.request_bytes()).map_err(io_failure)?;
+    match read_event(stream, hs, end)? {
+        (_, _, ClientEvent::Rejected(code)) => Err(Failure::Rejected(code)),
+        granted => Ok(granted),
+    }
+}
+
+/// Reads one reply (8 bytes, never more: what follows is the destination's data) by `end`.
+fn read_event(
+    mut stream: TcpStream,
+    mut hs: ClientHandshake,
+    end: Instant,
+) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
+    let mut reply = [0u8; REPLY_LEN];
+    loop {
+        stream.set_read_timeout(Some(left(end)?)).map_err(io_failure)?;
+        let want = hs.bytes_wanted();
+        let n = match stream.read(&mut reply[..want]) {
+            Ok(0) => return Err(Failure::Other), // closed before its reply
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_failure(e)),
+        };
+        match hs.handle_input(&reply[..n]) {
+            Ok((_, None)) => {}
+            Ok((_, Some(event))) => {
+                stream.set_read_timeout(None).map_err(io_failure)?;
+                stream.set_write_timeout(None).map_err(io_failure)?;
+                return Ok((stream, hs, event));
+            }
+            Err(_) => return Err(Failure::Other), // a malformed reply
+        }
+    }
+}
+
+/// The time left until `end`, or [`Failure::TimedOut`].
+fn left(end: Instant) -> Result<Duration, Failure> {
+    end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut)
+}
+
+fn io_failure(e: io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
+        _ => Failure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::thread;
+
+    use super::*;
+
+    fn route(text: &str) -> Route {
+        let rule: socks4_core::rules::Rule = text.parse().unwrap();
+        rule.route.unwrap()
+    }
+
+    /// A fake parent that reads the request and answers `reply`; returns its address and the
+    /// request it read.
+    fn fake_parent(reply: &'static [u8]) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 600];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(reply).unwrap();
+            buf[..n].to_vec()
+        });
+        (addr, handle)
+    }
+
+    fn dead_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn fails_over_to_the_second_parent_and_sends_the_name() {
+        let (addr, parent) = fake_parent(&[0, 90, 0, 80, 1, 2, 3, 4]);
+        let dead = dead_port();
+        let r = route(&format!("allow via socks4a://127.0.0.1:{dead},socks4a://127.0.0.1:{} as tor", addr.port()));
+        let ups = Upstreams::new();
+        let target = ChainTarget::Host("duck.onion".into(), 443);
+        let chained = ups.connect_blocking(&r, &target, b"alice:secret", Duration::from_secs(2));
+        let (_, bound) = chained.result.unwrap();
+        assert_eq!(bound, "1.2.3.4:80".parse().unwrap());
+        assert_eq!(chained.via.unwrap().port, addr.port());
+        assert_eq!(parent.join().unwrap(), b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
+        assert_eq!(ups.stats().failures, 1);
+    }
+
+    #[test]
+    fn a_refusal_is_an_answer_and_a_bad_reply_a_91() {
+        let (addr, parent) = fake_parent(&[0, 93, 0, 0, 0, 0, 0, 0]);
+        let (addr2, _second) = fake_parent(&[0, 90, 0, 0, 0, 0, 0, 0]);
+        let r = route(&format!("allow via socks4://127.0.0.1:{},socks4://127.0.0.1:{}", addr.port(), addr2.port()));
+        let ups = Upstreams::new();
+        let target = ChainTarget::Addr("192.0.2.1:80".parse().unwrap());
+        let chained = ups.connect_blocking(&r, &target, b"alice:secret", Duration::from_secs(2));
+        assert_eq!(chained.result.unwrap_err(), Failure::Rejected(socks4_core::ReplyCode::IdentMismatch));
+        assert_eq!(parent.join().unwrap(), b"\x04\x01\x00\x50\xc0\x00\x02\x01alice\0", "name only, no token");
+        assert_eq!(ups.stats(), UpstreamStats::default(), "a refusal is not a failure");
+
+        let (bad, _p) = fake_parent(b"HTTP/1.1 400 Bad Request\r\n");
+        let r = route(&format!("allow via socks4://127.0.0.1:{}", bad.port()));
+        let chained = ups.connect_blocking(&r, &target, b"", Duration::from_secs(2));
+        assert_eq!(chained.result.unwrap_err(), Failure::Other);
+        let host = ChainTarget::Host("example.com".into(), 80);
+        assert_eq!(ups.connect_blocking(&r, &host, b"", Duration::from_secs(1)).result.unwrap_err(), Failure::Other);
+    }
+
+    fn handshake(request: &[u8]) -> ServerHandshake {
+        let now = Duration::ZERO;
+        let mut hs = ServerHandshake::new(now, socks4_core::Limits::default(), socks4_core::Timeouts::default());
+        hs.handle_input(now, request);
+        hs
+    }
+
+    #[test]
+    fn only_names_routed_to_socks4a_skip_the_lookup() {
+        let rules = Rules::parse(
+            "allow user alice to *.onion via socks4a://127.0.0.1:9050\n\
+             allow to *.corp via socks4://127.0.0.1:1080\n\
+             allow from 127.0.0.0/8",
+        )
+        .unwrap();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let by_name = |host: &str, user: &str, cmd: u8| {
+            let mut req = vec![4, cmd, 0, 80, 0, 0, 0, 1];
+            req.extend_from_slice(user.as_bytes());
+            req.push(0);
+            req.extend_from_slice(host.as_bytes());
+            req.push(0);
+            handshake(&req)
+        };
+        assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice", 1), false));
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "bob", 1), false), "another user: direct");
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), false));
+        assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), true), "users file: the name");
+        assert!(!forwards_name(&rules, local, &by_name("intranet.corp", "alice", 1), false), "socks4: resolve here");
+        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice", 2), false), "BIND: resolve");
+        assert!(!forwards_name(&rules, local, &handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0"), false));
+        assert!(!forwards_name(&Rules::default(), local, &by_name("duck.onion", "alice", 1), false));
+
+        let mut bind = handshake(b"\x04\x02\x00\x50\x0a\x00\x00\x01\0");
+        let routed = Rules::parse("allow via socks4://127.0.0.1:1080").unwrap();
+        assert!(matches!(authorize(&mut bind, Duration::ZERO, &routed, local, false), Ok(Authorized::Via(_))));
+        assert!(matches!(bind.poll_output(), socks4_core::Output::Listen { .. }));
+        let mut denied = handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0");
+        let deny = Rules::parse("deny any").unwrap();
+        assert_eq!(authorize(&mut denied, Duration::ZERO, &deny, local, false), Ok(Authorized::Direct));
+        assert!(matches!(denied.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
+        assert!(authorize(&mut denied, Duration::ZERO, &deny, local, false).is_err(), "answered already");
+    }
+
+    #[test]
+    fn bind_relays_both_replies_with_the_parents_address_for_zeros() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parent = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(&[0, 90, 0x9c, 0x40, 0, 0, 0, 0]).unwrap(); // listening on 0.0.0.0:40000
+            s.write_all(&[0, 90, 0x13, 0x88, 192, 0, 2, 7, b'h', b'i']).unwrap(); // the peer, then data
+            buf[..n].to_vec()
+        });
+        let r = route(&format!("allow via socks4://127.0.0.1:{}", addr.port()));
+        let ups = Upstreams::new();
+        let peer = SocketAddrV4::new([192, 0, 2, 7].into(), 0);
+        let chained = ups.bind_blocking(&r, peer, b"bob", Duration::from_secs(2));
+        let wait = chained.result.unwrap();
+        assert_eq!(wait.listening, "127.0.0.1:40000".parse().unwrap(), "0.0.0.0: the parent's address");
+        let (mut stream, from) = wait.peer_blocking(Duration::from_secs(2)).unwrap();
+        assert_eq!(from, "192.0.2.7:5000".parse().unwrap());
+        let mut data = [0u8; 2];
+        stream.read_exact(&mut data).unwrap();
+        assert_eq!(&data, b"hi", "the payload after the second reply is left for the relay");
+        assert_eq!(parent.join().unwrap(), b"\x04\x02\x00\x00\xc0\x00\x02\x07bob\0");
+
+        let (refusing, _p) = fake_parent(&[0, 91, 0, 0, 0, 0, 0, 0]);
+        let r = route(&format!("allow via socks4://127.0.0.1:{}", refusing.port()));
+        let refused = ups.bind_blocking(&r, peer, b"", Duration::from_secs(2)).result.unwrap_err();
+        assert_eq!(refused, Failure::Rejected(ReplyCode::Rejected));
+    }
+
+    #[test]
+    fn a_failing_parent_is_skipped_for_a_while() {
+        let r = route("allow via socks4a://a.invalid:1,socks4a://b.invalid:1");
+        let (a, b) = (&r.parents[0], &r.parents[1]);
+        let ups = Upstreams::new();
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_SKIP - 1 {
+            ups.record(a, false, t0);
+        }
+        assert_eq!(ups.order(&r, t0), [a, b]);
+        ups.record(a, false, t0);
+        assert!(ups.is_skipped(a, t0));
+        assert_eq!(ups.order(&r, t0), [b, a], "skipped: last");
+        assert_eq!(ups.order(&r, t0 + SKIP_FOR), [a, b], "until the time is up");
+        for _ in 0..FAILURES_TO_SKIP {
+            ups.record(b, false, t0);
+        }
+        assert_eq!(ups.order(&r, t0), [a, b], "all down: tried in order anyway");
+        ups.record(a, true, t0);
+        assert!(!ups.is_skipped(a, t0));
+        let stats = ups.stats();
+        assert_eq!((stats.failures, stats.skips), (6, 1));
+    }
+}

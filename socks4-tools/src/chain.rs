@@ -1,0 +1,282 @@
+//! Chaining checks run against an adapter's binary (see [`binary`](crate::binary)): chains of our
+//! own servers (two and three hops, mixed adapters when their binaries are built), Dante as a
+//! parent, a refusing parent and a dead first parent. The shared scenarios run through the chain's
+//! first server.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::thread;
+use std::time::Duration;
+
+use crate::binary::{Server, echo_target, line_with, start};
+use crate::caps::connect_from;
+use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
+use crate::wire;
+
+/// The adapters' binaries, in the order a mixed chain uses them after the one under test.
+const ADAPTERS: [&str; 3] = ["socks4-tokio", "socks4-std", "socks4-smol"];
+
+/// The scenarios run through every chain: early data, half-close both ways and BIND among them.
+const THROUGH_CHAIN: &[&str] = &[
+    "connect_basic",
+    "connect_4a_localhost",
+    "early_data",
+    "half_close_client_first",
+    "half_close_target_first",
+    "upstream_reset_reaches_client",
+    "client_reset_reaches_upstream",
+    "bulk_both_ways",
+    "bind_basic",
+    "bind_wrong_peer",
+    "bind_client_leaves",
+];
+
+/// A started server: the process, its log lines, its address and the lines seen so far.
+struct Hop {
+    _server: Server,
+    lines: Receiver<String>,
+    addr: SocketAddr,
+    seen: Vec<String>,
+}
+
+impl Hop {
+    /// Starts `binary` with `rules` in order: `--deny` for those that start with `deny `,
+    /// `--allow` for the others.
+    fn start(binary: &Path, rules: &[String]) -> Result<Self, Failure> {
+        let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--connect-timeout".into(), "3s".into()];
+        for rule in rules {
+            match rule.strip_prefix("deny ") {
+                Some(deny) => args.extend(["--deny".to_owned(), deny.to_owned()]),
+                None => args.extend(["--allow".to_owned(), rule.clone()]),
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (server, lines, addr, seen) = start(binary, &args)?;
+        Ok(Self { _server: server, lines, addr, seen })
+    }
+
+    /// A log line containing every one of `needles`, seen already or waited for.
+    fn line(&mut self, needles: &[&str]) -> Result<String, Failure> {
+        if let Some(i) = self.seen.iter().position(|l| needles.iter().all(|n| l.contains(n))) {
+            return Ok(self.seen.remove(i));
+        }
+        loop {
+            let line = line_with(&self.lines, needles[0], &mut self.seen)?;
+            if needles.iter().all(|n| line.contains(n)) {
+                return Ok(line);
+            }
+            self.seen.push(line);
+        }
+    }
+}
+
+/// The binary of adapter `name` next to `binary` (cargo builds every member's binaries into one
+/// directory for `cargo test --workspace`), or `binary` itself when it is not built.
+fn sibling(binary: &Path, name: &str) -> PathBuf {
+    let path = binary.with_file_name(name);
+    if path.exists() { path } else { binary.to_path_buf() }
+}
+
+/// `binary` first, then the other adapters' binaries in [`ADAPTERS`] order (where built).
+fn mixed(binary: &Path) -> Vec<PathBuf> {
+    let me = binary.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let start = ADAPTERS.iter().position(|a| *a == me).unwrap_or(0);
+    (0..3).map(|i| sibling(binary, ADAPTERS[(start + i) % 3])).collect()
+}
+
+/// Runs [`THROUGH_CHAIN`] through `proxy`.
+fn scenarios_through(proxy: SocketAddr, what: &str) -> Result<(), Failure> {
+    let profile = Profile { bulk_bytes: 8 << 20, ..Profile::default() };
+    for name in THROUGH_CHAIN {
+        let scenario = find(name).ok_or_else(|| Failure::new(format!("no scenario {name}")))?;
+        match scenario.run_catching(&Ctx { proxy, profile: profile.clone() }) {
+            Ok(Outcome::Pass) => {}
+            Ok(Outcome::Skip(why)) => return Err(Failure::new(format!("{what}: {name} skipped: {why}"))),
+            Err(f) => return Err(Failure::new(format!("{what}: {name}: {f}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `request` through `proxy`; returns the reply code.
+fn reply_code(proxy: SocketAddr, request: &[u8]) -> Result<u8, Failure> {
+    let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(request)?;
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply)?;
+    Ok(reply[1])
+}
+
+/// Two hops: `binary` routes `localhost`, `*.onion` and `127.0.0.0/8` through a parent (another
+/// adapter where built) with `socks4a://`. The scenarios pass through it; a `.onion` name reaches
+/// the parent unresolved (the parent's log shows the name, ours `via socks4a://...` and no lookup
+/// failure of our own) and its 91 reaches the client; `localhost` routed through `socks4a://`
+/// behind `deny to loopback` is served (it was never resolved here); BIND goes through the parent
+/// (its two replies relayed: the BIND scenarios pass) and both logs show it.
+///
+/// # Errors
+/// What went wrong, with the servers' logs.
+pub fn chain_two_hops(binary: &Path) -> Result<Outcome, Failure> {
+    let bins = mixed(binary);
+    let mut parent = Hop::start(&bins[1], &["any".to_owned()])?;
+    let via = format!("via socks4a://{}", parent.addr);
+    let rules: Vec<String> =
+        ["to localhost", "to *.onion", "to 127.0.0.0/8"].iter().map(|to| format!("{to} {via}")).collect();
+    let mut child = Hop::start(&bins[0], &rules)?;
+    scenarios_through(child.addr, "two hops")?;
+
+    let code = reply_code(child.addr, &wire::connect_host("nowhere.onion", 80, b"alice"))?;
+    if code != 91 {
+        return Err(Failure::new(format!("a .onion name the parent cannot resolve: reply {code}, not 91")));
+    }
+    parent.line(&["dest=nowhere.onion:80", "user=alice", "result=resolve"])?;
+    let ours = child.line(&["dest=nowhere.onion:80"])?;
+    if !ours.contains(&format!("rejected by upstream (91) {via} ")) || ours.contains("result=resolve") {
+        return Err(Failure::new(format!("our log line does not show the parent's 91 {via}: {ours}")));
+    }
+
+    // Decided on the name before any lookup: were `localhost` resolved here, `deny to loopback`
+    // would refuse it; unresolved, the rule routing the name applies and the parent resolves it.
+    let mut no_lookup = Hop::start(&bins[0], &["deny to loopback".to_owned(), format!("to localhost {via}")])?;
+    let target = echo_target()?;
+    let code = reply_code(no_lookup.addr, &wire::connect_host("localhost", target.addr().port(), b"bob"))?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("`localhost` routed through socks4a under `deny to loopback`: reply {code}")));
+    }
+    no_lookup.line(&["dest=localhost:", "user=bob", &format!("result=ok {via} ")])?;
+
+    child.line(&["cmd=BIND", &format!("result=ok {via} ")])?;
+    parent.line(&["cmd=BIND", "result=ok "])?;
+    Ok(Outcome::Pass)
+}
+
+/// Three hops through three adapters (where built): `binary` routes everything through the second
+/// with `socks4a://` (names pass on unresolved), which routes through the third with `socks4://`
+/// (it resolves the name and sends the address). The scenarios pass through the chain; the logs
+/// show the name at the second hop and the address at the third.
+///
+/// # Errors
+/// What went wrong, with the servers' logs.
+pub fn chain_three_hops(binary: &Path) -> Result<Outcome, Failure> {
+    let bins = mixed(binary);
+    let mut third = Hop::start(&bins[2], &["any".to_owned()])?;
+    let mut second = Hop::start(&bins[1], &[format!("via socks4://{}", third.addr)])?;
+    let first = Hop::start(&bins[0], &[format!("via socks4a://{}", second.addr)])?;
+    scenarios_through(first.addr, "three hops")?;
+    second.line(&["dest=localhost:", &format!("result=ok via socks4://{}", third.addr)])?;
+    third.line(&["dest=127.0.0.1:", "result=ok up="])?;
+    Ok(Outcome::Pass)
+}
+
+/// A parent that answers any request with `code`, once.
+fn answering_parent(code: u8) -> Result<SocketAddr, Failure> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&[0, code, 0, 0, 0, 0, 0, 0]);
+        }
+    });
+    Ok(addr)
+}
+
+/// Failover and refusals: `binary` routes through a dead parent first, then a live one (another
+/// adapter, which denies the user `refuse-me`), and the user `want-93` through a parent that
+/// answers 93. A CONNECT is served through the second parent (the log names it); the live parent's
+/// 91 and the other's 93 reach the client.
+///
+/// # Errors
+/// What went wrong, with the servers' logs.
+pub fn chain_failover_and_refusals(binary: &Path) -> Result<Outcome, Failure> {
+    let bins = mixed(binary);
+    let dead = TcpListener::bind("127.0.0.1:0")?.local_addr()?; // closed again: connects are refused
+    let mut live = Hop::start(&bins[1], &["deny user refuse-me".to_owned(), "any".to_owned()])?;
+    let ninety_three = answering_parent(93)?;
+    let mut child = Hop::start(
+        &bins[0],
+        &[format!("user want-93 via socks4://{ninety_three}"), format!("via socks4://{dead},socks4://{}", live.addr)],
+    )?;
+    let target = echo_target()?;
+    let (code, mut s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"alice")?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("through a dead parent, then a live one: reply {code}, not 90")));
+    }
+    s.write_all(b"failover")?;
+    let mut echo = [0u8; 8];
+    s.read_exact(&mut echo)?;
+    drop(s);
+    child.line(&["user=alice", &format!("result=ok via socks4://{} ", live.addr)])?;
+    let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"refuse-me")?;
+    if code != 91 {
+        return Err(Failure::new(format!("the parent denies the user: reply {code}, not its 91")));
+    }
+    live.line(&["user=refuse-me", "result=denied"])?;
+    let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"want-93")?;
+    if code != 93 {
+        return Err(Failure::new(format!("the parent answers 93: reply {code}, not 93")));
+    }
+    child.line(&["user=want-93", "rejected by upstream (93) via socks4://"])?;
+    Ok(Outcome::Pass)
+}
+
+/// Dante (`socks4-tools/scripts/dante.sh`, Debian's `dante-server`) in the foreground; killed when
+/// dropped.
+struct Dante(std::process::Child);
+
+impl Drop for Dante {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dante() -> Result<(Dante, SocketAddr), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dante.sh");
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .arg("--foreground")
+        .env("DANTE_NEGOTIATE_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let dante = Dante(child);
+    let mut text = [0u8; 64];
+    let n = out.read(&mut text).map_err(|e| e.to_string())?;
+    let addr = String::from_utf8_lossy(&text[..n]).trim().to_owned();
+    let addr: SocketAddr = addr.parse().map_err(|_| "dante.sh found no danted (apt-get install dante-server)")?;
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok((dante, addr));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("danted did not listen on {addr}"))
+}
+
+/// Dante as a `socks4://` parent: `binary` routes everything through it and the scenarios pass
+/// through the pair (names resolved here, addresses sent to Dante). Skips when Dante is missing,
+/// unless `SOCKS4_REQUIRE_DANTE` is set.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_dante_parent(binary: &Path) -> Result<Outcome, Failure> {
+    let (_dante, addr) = match dante() {
+        Ok(found) => found,
+        Err(why) if std::env::var_os("SOCKS4_REQUIRE_DANTE").is_none() => return Ok(Outcome::Skip(why)),
+        Err(why) => return Err(Failure::new(why)),
+    };
+    let mut child = Hop::start(binary, &[format!("via socks4://{addr}")])?;
+    scenarios_through(child.addr, "Dante as the parent")?;
+    child.line(&["dest=localhost:", &format!("result=ok via socks4://{addr}")])?;
+    Ok(Outcome::Pass)
+}
