@@ -22,7 +22,7 @@ use socks4_core::{
 use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
-use socks4_server::limits::{Admission, BindWait};
+use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
 use socks4_server::users::{self, AuthError, Verifier};
 
@@ -224,8 +224,6 @@ pub(crate) struct Conn {
     relay: Relay,
     /// The relay's bandwidth caps, if any.
     bandwidth: Option<Box<Capped>>,
-    /// BIND: the wait's slot (`--max-bind-waits`), held with the listener.
-    bind_slot: Option<Box<BindWait>>,
     result: Option<String>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
@@ -267,7 +265,6 @@ impl Conn {
             started: ctx.now,
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
             bandwidth: None,
-            bind_slot: None,
             result: None,
             scheduled: None,
         };
@@ -714,9 +711,8 @@ impl Conn {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
         listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
         let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
-        // Boxed: only a BIND pays for the slot.
-        let slot = self.admission.bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
-        self.bind_slot = Some(Box::new(slot));
+        // The wait's slot (`--max-bind-waits`), held in the admission while the listener lives.
+        self.admission.start_bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
         self.listener = Some(listener);
         // An IPv6 listener is reported as 0.0.0.0: the client uses the proxy's own address.
         Ok(SocketAddr::new(ip, port))
@@ -931,7 +927,7 @@ impl Conn {
                         let _ = poller.delete(&l);
                     }
                 }
-                self.bind_slot = None;
+                self.admission.end_bind_wait();
             }
         }
     }
@@ -1033,4 +1029,19 @@ fn is_in_progress(e: &io::Error) -> bool {
 /// With `--users`, once the user id passed: the rules decide on the user's name, not the token.
 fn decide_named(ctx: &Ctx<'_>, client: SocketAddr, req: socks4_core::AccessRequest<'_>) -> Decision {
     ctx.config.rules.decide(client.ip().to_canonical(), &users::named(req))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// What one held connection costs the worker's slab, apart from kernel buffers and the
+    /// pending bytes of a busy relay. Bandwidth caps add one word (a box, only when capped); the
+    /// BIND-wait slot adds nothing (a flag in the admission).
+    #[test]
+    fn conn_is_small() {
+        let size = size_of::<Conn>();
+        println!("Conn: {size} bytes");
+        assert!(size <= 1152, "Conn is {size} bytes");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use socks4_core::driver::Candidates;
 use socks4_core::{Action, CloseReason, Failure, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
-use socks4_server::limits::{Admission, BindWait};
+use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
@@ -142,8 +142,8 @@ async fn handshake(
     let mut hs = config.handshake(now());
     let mut early: Vec<u8> = Vec::new();
     let mut upstream: Option<TcpStream> = None;
-    // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
-    let mut bind_listener: Option<(TcpListener, Box<BindWait>)> = None;
+    // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
+    let mut bind_listener: Option<TcpListener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
@@ -227,10 +227,10 @@ async fn handshake(
             }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
-                    // The wait's slot, held with the listener (boxed: only a BIND pays for it).
-                    Ok((listener, addr)) => match admission.bind_wait(Instant::now()) {
-                        Ok(slot) => {
-                            bind_listener = Some((listener, Box::new(slot)));
+                    // The wait's slot (`--max-bind-waits`), held in the admission.
+                    Ok((listener, addr)) => match admission.start_bind_wait(Instant::now()) {
+                        Ok(()) => {
+                            bind_listener = Some(listener);
                             Ok(addr)
                         }
                         Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
@@ -246,13 +246,14 @@ async fn handshake(
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
-                if let Some((listener, _slot)) = &bind_listener {
+                if let Some(listener) = &bind_listener {
                     // BIND: the first reply went out; wait for one peer (or the client leaving),
                     // then close the listener.
                     let accept =
                         with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) });
                     let waited = watching(client, true, accept).await;
                     bind_listener = None;
+                    admission.end_bind_wait();
                     match waited {
                         Ok(result) => {
                             let result = result.and_then(|r| r).map(|(stream, from)| {
