@@ -9,7 +9,8 @@
 //! - BIND requests waiting for their peer, for the whole server and per client
 //!   ([`ClientLimits::max_bind_waits`], [`ClientLimits::max_bind_waits_per_client`]): each holds a
 //!   listening port and two descriptors for up to the BIND timeout. Checked when a BIND is about
-//!   to listen ([`Limiter::bind_wait`]); one over the cap gets reply 91.
+//!   to listen ([`Admission::start_bind_wait`], or [`Limiter::bind_wait`]); one over the cap gets
+//!   reply 91.
 //!
 //! One [`Limiter`] is shared by all worker threads. [`Limiter::admit`] returns an RAII [`Admission`]
 //! (dropping it releases the client's slot) or the [`Refusal`]'s reason; the caller then closes the
