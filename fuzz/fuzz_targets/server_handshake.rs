@@ -169,6 +169,8 @@ enum Fail {
     /// An upstream's reply code, 90 + n % 4.
     Rejected(u8),
     Other,
+    /// The server's own limit (e.g. a BIND over `--max-bind-waits`).
+    OverLimit,
 }
 
 impl From<Fail> for Failure {
@@ -180,6 +182,7 @@ impl From<Fail> for Failure {
             Fail::NotFound => Failure::NotFound,
             Fail::Rejected(n) => Failure::Rejected(ReplyCode::from_code(90 + n % 4).expect("90..=93")),
             Fail::Other => Failure::Other,
+            Fail::OverLimit => Failure::OverLimit,
         }
     }
 }

@@ -48,8 +48,8 @@
 //!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
 //!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
 //! first reply: admission.handshake_done();                         // sent the reply, or closing
-//! BIND listen: match admission.bind_wait(now) {                    // --max-bind-waits[-per-client]
-//!                  Ok(slot) => keep `slot` with the listener until the peer arrives or the wait ends
+//! BIND listen: match admission.start_bind_wait(now) {              // --max-bind-waits[-per-client]
+//!                  Ok(()) => listen; admission.end_bind_wait() when the peer arrives or the wait ends
 //!                  Err(_) => hs.handle_listening(now, Err(Failure::OverLimit)) }   // 91, counted
 //! relay start: conn_bw = bandwidth.map(|b| b.connection(peer.ip(), Some(users::user_name(user_id)), now));
 //! relay read:  (once readable) match conn_bw.grant(Direction::Up, now, buf.len()) {

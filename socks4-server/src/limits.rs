@@ -9,7 +9,8 @@
 //! - BIND requests waiting for their peer, for the whole server and per client
 //!   ([`ClientLimits::max_bind_waits`], [`ClientLimits::max_bind_waits_per_client`]): each holds a
 //!   listening port and two descriptors for up to the BIND timeout. Checked when a BIND is about
-//!   to listen ([`Limiter::bind_wait`]); one over the cap gets reply 91.
+//!   to listen ([`Admission::start_bind_wait`], or [`Limiter::bind_wait`]); one over the cap gets
+//!   reply 91.
 //!
 //! One [`Limiter`] is shared by all worker threads. [`Limiter::admit`] returns an RAII [`Admission`]
 //! (dropping it releases the client's slot) or the [`Refusal`]'s reason; the caller then closes the
@@ -428,6 +429,7 @@ impl Limiter {
                 client: key,
                 tracked,
                 handshake: self.limits.max_handshakes != 0,
+                bind_wait: false,
             }),
             Err(reason) => {
                 self.refusals.record(now, reason, key);
@@ -441,7 +443,13 @@ impl Limiter {
     /// the balancer's own address carries every client's connections, so it is not limited
     /// itself.
     pub fn defer(self: &Arc<Self>, balancer: IpAddr) -> Admission {
-        Admission { limiter: Arc::clone(self), client: ClientKey::from(balancer), tracked: None, handshake: false }
+        Admission {
+            limiter: Arc::clone(self),
+            client: ClientKey::from(balancer),
+            tracked: None,
+            handshake: false,
+            bind_wait: false,
+        }
     }
 
     fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
@@ -549,13 +557,17 @@ impl Limiter {
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     pub fn bind_wait(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<BindWait, Refusal> {
-        self.bind_wait_of(ClientKey::from(client), now)
+        let key = ClientKey::from(client);
+        let counted = self.take_bind_wait(key, now)?;
+        Ok(BindWait { limiter: counted.then(|| Arc::clone(self)), client: key })
     }
 
-    fn bind_wait_of(self: &Arc<Self>, key: ClientKey, now: Instant) -> Result<BindWait, Refusal> {
+    /// Counts a BIND wait of `key` (`Ok(false)`: not counted, BIND waits are not limited), or
+    /// records and returns the refusal.
+    fn take_bind_wait(&self, key: ClientKey, now: Instant) -> Result<bool, Refusal> {
         let (max, per_client) = (self.limits.max_bind_waits, self.limits.max_bind_waits_per_client);
         if max == 0 && per_client == 0 {
-            return Ok(BindWait { limiter: None, client: key });
+            return Ok(false);
         }
         let mut clients = self.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
         let refused = if max != 0 && self.bind_waits.total(&clients) >= max {
@@ -571,7 +583,18 @@ impl Limiter {
             return Err(reason);
         }
         *clients.entry(key).or_insert(0) += 1;
-        Ok(BindWait { limiter: Some(Arc::clone(self)), client: key })
+        Ok(true)
+    }
+
+    /// Ends a wait counted by [`take_bind_wait`](Self::take_bind_wait).
+    fn release_bind_wait(&self, key: ClientKey) {
+        let mut clients = self.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = clients.entry(key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// BIND requests waiting for their peer now (holding a [`BindWait`]).
@@ -607,13 +630,8 @@ pub struct BindWait {
 
 impl Drop for BindWait {
     fn drop(&mut self) {
-        let Some(limiter) = &self.limiter else { return };
-        let mut clients = limiter.bind_waits.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let std::collections::hash_map::Entry::Occupied(mut e) = clients.entry(self.client) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
+        if let Some(limiter) = &self.limiter {
+            limiter.release_bind_wait(self.client);
         }
     }
 }
@@ -621,7 +639,9 @@ impl Drop for BindWait {
 /// An admitted connection's claim on the limits; dropping it releases them.
 ///
 /// Hold it for the connection's life (in the task or the connection's slot) and call
-/// [`handshake_done`](Self::handshake_done) once the handshake ends.
+/// [`handshake_done`](Self::handshake_done) once the handshake ends. A BIND's wait slot is held
+/// in it too ([`start_bind_wait`](Self::start_bind_wait)), so that it costs a connection no
+/// memory of its own.
 #[derive(Debug)]
 #[must_use = "dropping the admission releases the client's slot at once"]
 pub struct Admission {
@@ -630,6 +650,8 @@ pub struct Admission {
     /// The client's table key, when the client is tracked.
     tracked: Option<Hashed<ClientKey>>,
     handshake: bool,
+    /// It holds a counted BIND-wait slot.
+    bind_wait: bool,
 }
 
 impl Admission {
@@ -650,15 +672,44 @@ impl Admission {
         self.client
     }
 
-    /// This connection's BIND is about to listen: [`Limiter::bind_wait`] for its client.
-    pub fn bind_wait(&self, now: Instant) -> Result<BindWait, Refusal> {
-        self.limiter.bind_wait_of(self.client, now)
+    /// This connection's BIND is about to listen: takes a BIND-wait slot for its client
+    /// ([`Limiter::bind_wait`]), held until [`end_bind_wait`](Self::end_bind_wait) or the drop, or
+    /// says why not (counted in the refusal summary; the BIND then gets reply 91).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use socks4_server::limits::{ClientLimits, Limiter, Refusal};
+    /// let mut limits = ClientLimits::default();
+    /// limits.max_bind_waits_per_client = 1;
+    /// let now = Instant::now();
+    /// let limiter = Limiter::new(limits, now);
+    /// let client = "10.0.0.5".parse()?;
+    /// let (mut one, mut two) = (limiter.admit(client, now).unwrap(), limiter.admit(client, now).unwrap());
+    /// assert_eq!(one.start_bind_wait(now), Ok(()));
+    /// assert_eq!(two.start_bind_wait(now), Err(Refusal::PerClientBindWaits));
+    /// one.end_bind_wait(); // the peer arrived, or the wait ended
+    /// assert_eq!(two.start_bind_wait(now), Ok(()));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn start_bind_wait(&mut self, now: Instant) -> Result<(), Refusal> {
+        self.end_bind_wait();
+        self.bind_wait = self.limiter.take_bind_wait(self.client, now)?;
+        Ok(())
+    }
+
+    /// The BIND's wait ended (the peer arrived, the wait timed out, or the client left): frees its
+    /// slot. Idempotent.
+    pub fn end_bind_wait(&mut self) {
+        if std::mem::take(&mut self.bind_wait) {
+            self.limiter.release_bind_wait(self.client);
+        }
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.handshake_done();
+        self.end_bind_wait();
         if let Some(key) = &self.tracked {
             self.limiter.release(key);
         }

@@ -16,7 +16,7 @@ use socks4_core::rules::{Parent, Route};
 use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
 use socks4_server::ServerConfig;
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
-use socks4_server::limits::{Admission, BindWait};
+use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
@@ -217,8 +217,8 @@ async fn handshake<R: Runtime>(
     let mut buf = [0u8; MAX_REQUEST_LEN];
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;
-    // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
-    let mut listener: Option<(R::Listener, Box<BindWait>)> = None;
+    // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
+    let mut listener: Option<R::Listener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     // The route of the rule that allowed the request (`via`), if any.
@@ -402,10 +402,10 @@ async fn handshake<R: Runtime>(
                     Ok::<_, io::Error>((l, addr))
                 };
                 let result = match listening.await {
-                    // The wait's slot, held with the listener (boxed: only a BIND pays for it).
-                    Ok((l, addr)) => match admission.bind_wait(Instant::now()) {
-                        Ok(slot) => {
-                            listener = Some((l, Box::new(slot)));
+                    // The wait's slot (`--max-bind-waits`), held in the admission.
+                    Ok((l, addr)) => match admission.start_bind_wait(Instant::now()) {
+                        Ok(()) => {
+                            listener = Some(l);
                             Ok(addr)
                         }
                         Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
@@ -416,7 +416,7 @@ async fn handshake<R: Runtime>(
             }
             Output::Wait { deadline } => {
                 let left = deadline.map(|d| d.saturating_sub(now()));
-                if let Some((l, _slot)) = &listener {
+                if let Some(l) = &listener {
                     // BIND: accept one peer, then the listener closes; a client that leaves first
                     // (end of file or error) ends the wait at once.
                     log.meter.enter(Phase::BindWait);
@@ -428,6 +428,7 @@ async fn handshake<R: Runtime>(
                     };
                     let outcome = future::or(accept, async { Err(client_left::<R>(&client).await) }).await;
                     listener = None;
+                    admission.end_bind_wait();
                     let result = match outcome {
                         Ok(Ok((peer, addr))) => {
                             let _ = R::set_nodelay(&peer);

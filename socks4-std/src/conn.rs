@@ -20,7 +20,7 @@ use socks4_core::{
 };
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
-use socks4_server::limits::{Admission, BindWait};
+use socks4_server::limits::Admission;
 use socks4_server::log::ConnLine;
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
@@ -236,8 +236,6 @@ pub(crate) struct Conn {
     relay: Relay,
     /// The relay's bandwidth caps, if any.
     bandwidth: Option<Box<Capped>>,
-    /// BIND: the wait's slot (`--max-bind-waits`), held with the listener.
-    bind_slot: Option<Box<BindWait>>,
     result: Option<String>,
     /// Its phases, reply and end in the metrics.
     meter: ConnMeter,
@@ -297,7 +295,6 @@ impl Conn {
             started: ctx.now,
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
             bandwidth: None,
-            bind_slot: None,
             result: None,
             meter: ConnMeter::start(),
             route: None,
@@ -938,9 +935,8 @@ impl Conn {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
         listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
         let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
-        // Boxed: only a BIND pays for the slot.
-        let slot = self.admission.bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
-        self.bind_slot = Some(Box::new(slot));
+        // The wait's slot (`--max-bind-waits`), held in the admission while the listener lives.
+        self.admission.start_bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
         self.listener = Some(listener);
         // An IPv6 listener is reported as 0.0.0.0: the client uses the proxy's own address.
         Ok(SocketAddr::new(ip, port))
@@ -1157,7 +1153,7 @@ impl Conn {
                         let _ = poller.delete(&l);
                     }
                 }
-                self.bind_slot = None;
+                self.admission.end_bind_wait();
             }
         }
     }
@@ -1274,4 +1270,19 @@ fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
 
 fn is_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// What one held connection costs the worker's slab, apart from kernel buffers and the
+    /// pending bytes of a busy relay. Bandwidth caps add one word (a box, only when capped); the
+    /// BIND-wait slot adds nothing (a flag in the admission).
+    #[test]
+    fn conn_is_small() {
+        let size = size_of::<Conn>();
+        println!("Conn: {size} bytes");
+        assert!(size <= 1152, "Conn is {size} bytes");
+    }
 }

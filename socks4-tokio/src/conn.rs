@@ -11,7 +11,7 @@ use socks4_core::driver::Candidates;
 use socks4_core::rules::{Parent, Route};
 use socks4_core::{CloseReason, Failure, Output, ServerHandshake, Target};
 use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
-use socks4_server::limits::{Admission, BindWait};
+use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
@@ -225,8 +225,8 @@ async fn handshake(
         record.note_request(&hs);
     }
     let mut upstream: Option<TcpStream> = None;
-    // BIND: the listener and its wait slot (`--max-bind-waits`), both dropped when the wait ends.
-    let mut bind_listener: Option<(TcpListener, Box<BindWait>)> = None;
+    // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
+    let mut bind_listener: Option<TcpListener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     // The route of the rule that allowed the request (`via`), if any.
@@ -388,10 +388,10 @@ async fn handshake(
             }
             Output::Listen { .. } => {
                 let result = match listen_for_peer(client).await {
-                    // The wait's slot, held with the listener (boxed: only a BIND pays for it).
-                    Ok((listener, addr)) => match admission.bind_wait(Instant::now()) {
-                        Ok(slot) => {
-                            bind_listener = Some((listener, Box::new(slot)));
+                    // The wait's slot (`--max-bind-waits`), held in the admission.
+                    Ok((listener, addr)) => match admission.start_bind_wait(Instant::now()) {
+                        Ok(()) => {
+                            bind_listener = Some(listener);
                             Ok(addr)
                         }
                         Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
@@ -435,7 +435,7 @@ async fn handshake(
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);
-                if let Some((listener, _slot)) = &bind_listener {
+                if let Some(listener) = &bind_listener {
                     // BIND: the first reply went out; wait for one peer (or the client leaving),
                     // then close the listener.
                     record.meter.enter(Phase::BindWait);
@@ -443,6 +443,7 @@ async fn handshake(
                         with_deadline(deadline, async { listener.accept().await.map_err(|e| Failure::from(&e)) });
                     let waited = watching(client, true, accept).await;
                     bind_listener = None;
+                    admission.end_bind_wait();
                     match waited {
                         Ok(result) => {
                             let result = result.and_then(|r| r).map(|(stream, from)| {
