@@ -300,6 +300,10 @@ impl Conn {
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         match &self.stage {
             Stage::Handshake => {
+                if self.meter.phase() == Phase::Resolving {
+                    // The lookup did not answer in time (its late answer is dropped): a failure.
+                    self.meter.resolved(false);
+                }
                 self.hs.handle_timeout(ctx.clock());
                 self.drive(ctx);
             }
@@ -321,7 +325,9 @@ impl Conn {
     pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
         self.candidates = candidates;
         let first = self.candidates.first();
-        self.meter.resolved(first.is_ok());
+        if self.meter.phase() == Phase::Resolving {
+            self.meter.resolved(first.is_ok());
+        }
         if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);
