@@ -55,7 +55,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use socks4_core::{CloseReason, Command, RelayEnd, ReplyCode, Side};
 
-pub use endpoint::{Endpoint, EndpointError};
+pub use endpoint::{Endpoint, EndpointError, MAX_HEAD, READ_TIMEOUT, WRITE_TIMEOUT, respond as endpoint_answer};
 
 use crate::limits::{Limiter, Refusal};
 use crate::reload::LiveConfig;

@@ -381,6 +381,10 @@ impl Conn {
             // A chained connect is bounded by its own timeout per parent.
             Stage::Handshake if self.chaining => {}
             Stage::Handshake => {
+                if self.meter.phase() == Phase::Resolving {
+                    // The lookup did not answer in time (its late answer is dropped): a failure.
+                    self.meter.resolved(false);
+                }
                 self.hs.handle_timeout(ctx.clock());
                 self.drive(ctx);
             }
@@ -414,7 +418,9 @@ impl Conn {
     pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
         self.candidates = candidates;
         let first = self.candidates.first();
-        self.meter.resolved(first.is_ok());
+        if self.meter.phase() == Phase::Resolving {
+            self.meter.resolved(first.is_ok());
+        }
         if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
             self.drive(ctx);
             self.rearm(ctx.poller);

@@ -175,6 +175,41 @@ fn answer(head: &[u8], metrics: &Arc<Metrics>) -> (&'static str, &'static str, S
     }
 }
 
+/// The whole answer (status line, headers, body) to `request`, the bytes a client sent: a
+/// complete head (up to its blank line; anything after it is ignored), else 431 if it is
+/// [`MAX_HEAD`] bytes or more, else 400.
+///
+/// ```
+/// let metrics = socks4_server::metrics::Metrics::new(1, false);
+/// let answer = socks4_server::metrics::endpoint_answer(b"DELETE /metrics HTTP/1.1\r\n\r\n", &metrics);
+/// assert!(answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+/// ```
+pub fn respond(request: &[u8], metrics: &Arc<Metrics>) -> String {
+    let end = request.windows(4).position(|w| w == b"\r\n\r\n");
+    let (status, content_type, body, head_only) = match end {
+        Some(end) => answer(&request[..end + 4], metrics),
+        None if request.len() >= MAX_HEAD => (
+            "431 Request Header Fields Too Large",
+            "text/plain; charset=utf-8",
+            "request head too large\n".into(),
+            false,
+        ),
+        None => ("400 Bad Request", "text/plain; charset=utf-8", "bad request\n".into(), false),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(&body);
+    }
+    out
+}
+
 /// Reads one request head (bounded in size and time) and answers it.
 fn handle(mut stream: TcpStream, metrics: &Arc<Metrics>) -> io::Result<()> {
     let deadline = Instant::now() + READ_TIMEOUT;
@@ -201,23 +236,8 @@ fn handle(mut stream: TcpStream, metrics: &Arc<Metrics>) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     };
-    let (status, content_type, body, head_only) = if complete {
-        answer(&head, metrics)
-    } else {
-        ("431 Request Header Fields Too Large", "text/plain; charset=utf-8", "request head too large\n".into(), false)
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&body);
-    }
-    stream.write_all(out.as_bytes())?;
+    debug_assert!(complete || head.len() >= MAX_HEAD);
+    stream.write_all(respond(&head, metrics).as_bytes())?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
     // Let the client read the answer before the close (unread input would reset it).
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));

@@ -57,19 +57,23 @@ fn scrape(addr: SocketAddr) -> Result<(HashMap<String, f64>, String), Failure> {
     Ok((samples, text))
 }
 
-/// A server started with metrics: the process, its log, the proxy's and the metrics endpoint's
-/// addresses, and the log lines seen so far.
-type WithMetrics = (Server, Receiver<String>, SocketAddr, SocketAddr, Vec<String>);
+/// A server binary started with `--metrics`.
+struct WithMetrics {
+    server: Server,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    proxy: SocketAddr,
+    metrics: SocketAddr,
+}
 
-/// Starts `binary` with `args` and `--metrics 127.0.0.1:0`; returns it, its log, the proxy's
-/// and the metrics endpoint's addresses.
+/// Starts `binary` with `args` and `--metrics 127.0.0.1:0`.
 fn start_with_metrics(binary: &Path, args: &[&str]) -> Result<WithMetrics, Failure> {
     let mut all = vec!["--metrics", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let (server, lines, proxy, mut seen) = start(binary, &all)?;
     let line = line_with(&lines, "serving metrics on http://", &mut seen)?;
     let metrics = address_after(&line, "http://")?;
-    Ok((server, lines, proxy, metrics, seen))
+    Ok(WithMetrics { server, lines, seen, proxy, metrics })
 }
 
 /// Checks the exposition with Prometheus's own `promtool check metrics` (Debian package
@@ -134,7 +138,7 @@ const SERIES: &[&str] = &[
 pub fn metrics_count_what_was_sent(binary: &Path) -> Result<Outcome, Failure> {
     let args =
         ["--listen", "127.0.0.1:0", "--workers", "2", "--connect-timeout", "3s", "--deny", "port 9", "--allow", "any"];
-    let (server, lines, proxy, metrics, mut seen) = start_with_metrics(binary, &args)?;
+    let WithMetrics { server, lines, mut seen, proxy, metrics } = start_with_metrics(binary, &args)?;
     let target = echo_target()?;
     let (before, _) = scrape(metrics)?;
     let sizes = [1usize, 1000, 70_000];
@@ -225,7 +229,7 @@ pub fn metrics_count_what_was_sent(binary: &Path) -> Result<Outcome, Failure> {
 /// What went wrong.
 pub fn readyz_while_draining(binary: &Path) -> Result<Outcome, Failure> {
     let args = ["--listen", "127.0.0.1:0", "--allow", "any", "--shutdown-grace", "10s"];
-    let (mut server, _lines, proxy, metrics, _seen) = start_with_metrics(binary, &args)?;
+    let WithMetrics { mut server, proxy, metrics, .. } = start_with_metrics(binary, &args)?;
     let target = echo_target()?;
     for path in ["/readyz", "/healthz"] {
         let (status, body) = http_get(metrics, path)?;
