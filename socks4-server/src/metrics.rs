@@ -543,6 +543,26 @@ impl Collector for Metrics {
             &[(&[], self.sum(|w| load(&w.resolve_failures)))],
         )?;
 
+        // Parent proxies of `via` routes (the process's registry, shared by all its servers).
+        let parents = crate::upstream::Upstreams::global().stats();
+        counters(
+            &mut e,
+            "socks4_upstream_failures",
+            "Parent proxies that could not be reached on a routed connect (each failed parent counts).",
+            &[(&[], parents.failures)],
+        )?;
+        counters(
+            &mut e,
+            "socks4_upstream_skips",
+            "Times a parent proxy was tried last because it kept failing.",
+            &[(&[], parents.skips)],
+        )?;
+        gauges(
+            &mut e,
+            "socks4_upstream_parents_down",
+            "Parent proxies being skipped now (3 failures in a row, for 30 s).",
+            &[(&[], i64::try_from(parents.down).unwrap_or(i64::MAX))],
+        )?;
         counters(
             &mut e,
             "socks4_reloads",
@@ -770,6 +790,16 @@ mod tests {
         let t = metrics.encode();
         assert_eq!(value(&t, "socks4_reloads_total{result=\"failed\"}"), 1.0);
         assert_eq!(value(&t, "socks4_ready"), 0.0);
+    }
+
+    #[test]
+    fn parent_proxy_failures_are_exported() {
+        let metrics = Metrics::new(1, true);
+        let before = value(&metrics.encode(), "socks4_upstream_failures_total");
+        let parent: socks4_core::rules::Parent = "socks4://127.0.0.1:9".parse().expect("a parent");
+        crate::upstream::Upstreams::global().record(&parent, false, Instant::now());
+        // Other tests of the process may count too: at least this one.
+        assert!(value(&metrics.encode(), "socks4_upstream_failures_total") >= before + 1.0);
     }
 
     #[test]

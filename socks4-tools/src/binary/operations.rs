@@ -124,6 +124,10 @@ const SERIES: &[&str] = &[
     "socks4_resolve_failures_total",
     "socks4_reloads_total{result=\"failed\"}",
     "socks4_ready",
+    "socks4_connections_refused_total{reason=\"per_client_bind_waits\"}",
+    "socks4_upstream_failures_total",
+    "socks4_upstream_skips_total",
+    "socks4_upstream_parents_down",
 ];
 
 /// `--metrics` through `binary` (2 workers, `--deny 'port 9' --allow any`): a scrape before and
