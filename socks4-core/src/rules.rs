@@ -262,8 +262,10 @@ impl fmt::Display for IpNet {
 pub struct HostPattern(String);
 
 impl HostPattern {
-    /// Does the pattern match `host` (ASCII case-insensitive)?
+    /// Does the pattern match `host` (ASCII case-insensitive; a fully qualified `host.` is
+    /// `host`, so a trailing dot cannot slip past a rule)?
     pub fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
         let pat = self.0.as_str();
         if pat == "*" {
             return true;
@@ -286,6 +288,8 @@ impl FromStr for HostPattern {
         let body = s.strip_prefix("*.").unwrap_or(if s == "*" { "" } else { s });
         let valid =
             s == "*" || (!body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        // `example.com.` is `example.com` (see `matches`).
+        let s = if s.len() > 1 { s.strip_suffix('.').unwrap_or(s) } else { s };
         if valid { Ok(Self(s.to_ascii_lowercase())) } else { Err(RuleError::BadHostPattern(s.to_string())) }
     }
 }
@@ -915,6 +919,20 @@ mod tests {
             Some(h) => r.with_host(h),
             None => r,
         }
+    }
+
+    #[test]
+    fn a_trailing_dot_is_the_same_name() {
+        let onion: HostPattern = "*.onion".parse().unwrap();
+        assert!(onion.matches("duck.onion") && onion.matches("duck.onion.") && onion.matches("DUCK.ONION."));
+        assert!(!onion.matches(".onion.") && !onion.matches("onion."));
+        let exact: HostPattern = "example.com.".parse().unwrap();
+        assert_eq!(exact.to_string(), "example.com");
+        assert!(exact.matches("example.com") && exact.matches("Example.COM."));
+        assert!(!exact.matches("example.com.."), "one dot only");
+        let rules = Rules::parse("deny to *.corp\nallow any").unwrap();
+        let by_name = |h| AccessRequest::new(Command::Connect, 80, b"").with_host(h);
+        assert_eq!(rules.decide([127, 0, 0, 1].into(), &by_name("db.corp.")).action, Action::Deny);
     }
 
     #[test]

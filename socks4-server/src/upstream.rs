@@ -75,7 +75,9 @@ pub const SKIP_FOR: Duration = Duration::from_secs(30);
 pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_file: bool) -> bool {
     let Some(req) = hs.request() else { return false };
     let (Command::Connect, Dest::Domain(host)) = (req.command, req.dest) else { return false };
-    if !rules.has_routes() {
+    // An address written as a name (`127.0.0.1`, `::1`) is that address: it is resolved (to
+    // itself) and the address rules and the never-real check see it, as if sent by address.
+    if !rules.has_routes() || host.parse::<IpAddr>().is_ok() {
         return false;
     }
     let by_name = AccessRequest::new(req.command, req.port, req.user_id).with_host(host);
@@ -578,6 +580,14 @@ mod tests {
         assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice", 2), false), "BIND: resolve");
         assert!(!forwards_name(&rules, local, &handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0"), false));
         assert!(!forwards_name(&Rules::default(), local, &by_name("duck.onion", "alice", 1), false));
+        assert!(forwards_name(&rules, local, &by_name("duck.onion.", "alice", 1), false), "a trailing dot");
+        // An address written as a name is resolved (to itself): address rules and the never-real
+        // check see it.
+        let any = Rules::parse("deny to loopback\nallow via socks4a://127.0.0.1:9050").unwrap();
+        assert!(forwards_name(&any, local, &by_name("example.com", "", 1), false));
+        for literal in ["127.0.0.1", "0.0.0.0", "::1", "::ffff:127.0.0.1"] {
+            assert!(!forwards_name(&any, local, &by_name(literal, "", 1), false), "{literal}");
+        }
 
         let mut bind = handshake(b"\x04\x02\x00\x50\x0a\x00\x00\x01\0");
         let routed = Rules::parse("allow via socks4://127.0.0.1:1080").unwrap();
