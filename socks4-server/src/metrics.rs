@@ -602,6 +602,23 @@ pub fn current_worker() -> Option<usize> {
 }
 
 impl ConnMeter {
+    /// A meter that counts nothing: for a connection that is not one yet (a load balancer's,
+    /// before its PROXY header names the client; [`start`](Self::start) a real one then), so a
+    /// balancer's health checks are not counted as connections.
+    pub fn idle() -> Self {
+        Self {
+            counters: None,
+            worker: WORKER.with(Cell::get),
+            phase: Phase::Handshake,
+            start: None,
+            since: None,
+            reply: None,
+            close: None,
+            finished: true,
+            _thread_bound: std::marker::PhantomData,
+        }
+    }
+
     /// A connection accepted now, in its handshake, on the calling thread's worker (see
     /// [`Metrics::enter_worker`]); counts nothing on a thread that is no worker.
     pub fn start() -> Self {

@@ -302,7 +302,8 @@ impl Conn {
             relay: Relay::new(Duration::ZERO, Duration::ZERO),
             bandwidth: None,
             result: None,
-            meter: ConnMeter::start(),
+            // A balancer's connection is counted once its PROXY header names the client.
+            meter: if matches!(proxy, Proxy::Off) { ConnMeter::start() } else { ConnMeter::idle() },
             chain: None,
             scheduled: None,
             proxy,
@@ -599,6 +600,7 @@ impl Conn {
                     self.admission = admission;
                     self.client_addr = client;
                     self.proxy = Proxy::Proxied;
+                    self.meter = ConnMeter::start();
                     self.hs = self.snapshot.config.handshake(clock);
                     self.hs_deadline = self.hs.deadline().map(|d| ctx.epoch + d);
                     if !rest.is_empty() {

@@ -1,9 +1,10 @@
 //! The HTTP endpoint: `GET /metrics`, `/healthz` and `/readyz`, on one thread of its own.
 //!
 //! Deliberately small and bounded, since it may face the network: one request per connection
-//! (`Connection: close`), handled one at a time; the request head is at most [`MAX_HEAD`] bytes and
-//! must arrive within [`READ_TIMEOUT`], the answer is written within [`WRITE_TIMEOUT`], so a slow
-//! or silent client holds the endpoint for a few seconds at most and the next scrape is served.
+//! (`Connection: close`), each on a thread of its own, at most [`MAX_CLIENTS`] at once (more are
+//! closed at once); the request head is at most [`MAX_HEAD`] bytes and must arrive within
+//! [`READ_TIMEOUT`], each write of the answer within [`WRITE_TIMEOUT`], so a slow or silent client
+//! holds one slot for a few seconds, and a probe or scrape beside it is served at once.
 //! The head is parsed by `httparse` (hyper's parser). Any method but GET and HEAD on a known path
 //! is 405, any other path 404, a malformed head 400.
 
@@ -11,7 +12,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time to write an answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once (a thread each); a connection beyond them is closed unanswered.
+pub const MAX_CLIENTS: usize = 8;
 /// Most headers in a request.
 const MAX_HEADERS: usize = 32;
 /// Pause after an accept error such as EMFILE, so the thread does not spin.
@@ -117,6 +120,7 @@ impl Drop for Endpoint {
 }
 
 fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, stop: &AtomicBool) {
+    let busy = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -124,8 +128,20 @@ fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, stop: &AtomicBool) {
         }
         match accepted {
             Ok((stream, _)) => {
-                if let Err(e) = handle(stream, metrics) {
-                    tracing::debug!("metrics endpoint: {e}");
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue; // dropped: closed unanswered
+                }
+                let (metrics, done) = (Arc::clone(metrics), Arc::clone(&busy));
+                let spawned = std::thread::Builder::new().name("socks4-metrics-req".into()).spawn(move || {
+                    if let Err(e) = handle(stream, &metrics) {
+                        tracing::debug!("metrics endpoint: {e}");
+                    }
+                    done.fetch_sub(1, Ordering::AcqRel);
+                });
+                if let Err(e) = spawned {
+                    tracing::debug!("metrics endpoint: no thread for a request: {e}");
+                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             Err(e) if crate::accept::is_per_connection(&e) => {}
@@ -278,11 +294,21 @@ mod tests {
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-        // A silent client holds the endpoint for READ_TIMEOUT at most; a scrape behind it is served.
-        let _silent = TcpStream::connect(endpoint.local_addr()).unwrap();
+        // Silent clients hold a slot each for READ_TIMEOUT at most; a probe beside them is served
+        // at once, and beyond MAX_CLIENTS a connection is closed unanswered (never queued).
+        let silent: Vec<_> = (0..MAX_CLIENTS - 1).map(|_| TcpStream::connect(endpoint.local_addr()).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
         let started = Instant::now();
         assert!(ask(&endpoint, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "));
-        assert!(started.elapsed() < READ_TIMEOUT + Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(1), "served beside the silent ones");
+        let more: Vec<_> = (0..2).map(|_| TcpStream::connect(endpoint.local_addr()).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut over = TcpStream::connect(endpoint.local_addr()).unwrap();
+        over.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answer = String::new();
+        let _ = over.read_to_string(&mut answer);
+        assert!(answer.is_empty(), "over the limit: closed unanswered, not queued ({answer})");
+        drop((silent, more));
         metrics.set_draining();
         assert!(ask(&endpoint, b"GET /readyz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503 "));
         assert!(ask(&endpoint, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "));
