@@ -36,9 +36,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use socks4_core::Failure;
 use socks4_core::proxy_header::{HeaderError, HeaderParser, HeaderStatus, ProxyHeader};
-use socks4_core::rules::IpNet;
+use socks4_core::rules::{Action, AddrClass, DestMatch, IpNet, PortRange, Rule, Rules};
+use socks4_core::{Command, Failure};
 
 use crate::log::ConnLine;
 
@@ -63,6 +63,47 @@ impl TrustedProxies {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `rules` behind deny rules for CONNECTs to this server's own listeners when PROXY headers are
+/// trusted (else `rules` as they are): a client could otherwise have the server connect to itself
+/// and, when its outgoing address is trusted, send a PROXY header naming any client it likes. A
+/// listener on a specific address guards that address and port; one on `0.0.0.0`/`::` guards its
+/// port on loopback and on the trusted networks (connecting to one of its own addresses, the
+/// host uses that address as the source, so only those can pass as a balancer). With no rules,
+/// everything else stays allowed.
+///
+/// ```
+/// use socks4_core::{Command, rules::{Action, Rules}, AccessRequest};
+/// use socks4_server::proxy::{TrustedProxies, guard_own_listeners};
+/// let trusted = TrustedProxies(vec!["127.0.0.1/32".parse().unwrap()]);
+/// let rules = guard_own_listeners(&Rules::default(), &["127.0.0.1:1080".parse().unwrap()], &trusted);
+/// let to = |port| AccessRequest::new(Command::Connect, port, b"").with_addr([127, 0, 0, 1].into());
+/// assert_eq!(rules.decide([127, 0, 0, 1].into(), &to(1080)).action, Action::Deny);
+/// assert_eq!(rules.decide([127, 0, 0, 1].into(), &to(80)).action, Action::Allow);
+/// ```
+pub fn guard_own_listeners(rules: &Rules, listening: &[SocketAddr], trusted: &TrustedProxies) -> Rules {
+    if trusted.is_empty() || listening.is_empty() {
+        return rules.clone();
+    }
+    let mut guarded = Vec::new();
+    for addr in listening {
+        let port = PortRange { first: addr.port(), last: addr.port() };
+        let deny = |to| Rule::any(Action::Deny).with_command(Command::Connect).with_to(to).with_port(port);
+        let ip = addr.ip().to_canonical();
+        if ip.is_unspecified() {
+            guarded.push(deny(DestMatch::Class(AddrClass::Loopback)));
+            guarded.extend(trusted.0.iter().map(|net| deny(DestMatch::Net(*net))));
+        } else if let Some(net) = IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }) {
+            guarded.push(deny(DestMatch::Net(net)));
+        }
+    }
+    if rules.is_empty() {
+        guarded.push(Rule::any(Action::Allow));
+    } else {
+        guarded.extend(rules.0.iter().cloned());
+    }
+    Rules(guarded)
 }
 
 /// Reads the PROXY header of one connection from a trusted source; see the [module docs](self).

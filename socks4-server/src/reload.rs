@@ -33,7 +33,8 @@
 //!   new caps apply to connections accepted after the swap (a live relay keeps the caps it
 //!   started with).
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -42,7 +43,9 @@ use crate::bandwidth::Bandwidth;
 use crate::config::{ConfigError, ServerConfig};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::proxy::guard_own_listeners;
 use crate::users::Verifier;
+use socks4_core::rules::Rules;
 
 /// What a connection runs with, from accept to close: the config and what is built from it.
 #[derive(Debug)]
@@ -57,11 +60,16 @@ pub struct Snapshot {
     /// The bandwidth caps' shared buckets, `None` when no cap is set (shared with the next
     /// snapshot while the caps are equal).
     pub bandwidth: Option<Arc<Bandwidth>>,
+    /// The rules as configured; `config.rules` adds the guard of the server's own listeners when
+    /// PROXY headers are trusted (see [`guard_own_listeners`]).
+    configured_rules: Rules,
 }
 
 impl Snapshot {
-    fn build(config: ServerConfig, old: Option<&Snapshot>) -> Result<Self, ConfigError> {
+    fn build(mut config: ServerConfig, old: Option<&Snapshot>, listening: &[SocketAddr]) -> Result<Self, ConfigError> {
         config.validate()?;
+        let configured_rules = std::mem::take(&mut config.rules);
+        config.rules = guard_own_listeners(&configured_rules, listening, &config.proxy_protocol);
         let verifier = config.verifier()?;
         let limiter = match old {
             Some(old) if *old.limiter.limits() == config.client_limits => Arc::clone(&old.limiter),
@@ -76,7 +84,7 @@ impl Snapshot {
             Some(old) if old.config.bandwidth == config.bandwidth => old.bandwidth.clone(),
             _ => config.bandwidth(Instant::now()),
         };
-        Ok(Self { config, verifier, limiter, bandwidth })
+        Ok(Self { config, verifier, limiter, bandwidth, configured_rules })
     }
 }
 
@@ -87,13 +95,31 @@ pub struct LiveConfig {
     current: ArcSwap<Snapshot>,
     /// The bind-time settings the server was started with, to tell a reload that changes them.
     bound: ServerConfig,
+    /// The addresses the server listens on, once bound (see [`listening_on`](Self::listening_on)).
+    listening: Mutex<Vec<SocketAddr>>,
 }
 
 impl LiveConfig {
     /// Validates `config`, loads its users file and builds its limiter.
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, ConfigError> {
-        let snapshot = Snapshot::build(config.clone(), None)?;
-        Ok(Arc::new(Self { current: ArcSwap::from_pointee(snapshot), bound: config }))
+        let snapshot = Snapshot::build(config.clone(), None, &[])?;
+        let listening = Mutex::new(Vec::new());
+        Ok(Arc::new(Self { current: ArcSwap::from_pointee(snapshot), bound: config, listening }))
+    }
+
+    /// Tells the addresses the server listens on, once bound (with their actual ports): with
+    /// `proxy_protocol` set, CONNECTs to them are denied from now on (see
+    /// [`guard_own_listeners`]). Every adapter calls it at bind.
+    pub fn listening_on(&self, addrs: &[SocketAddr]) {
+        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        listening.clone_from(&addrs.to_vec());
+        let current = self.current.load();
+        let mut config = current.config.clone();
+        config.rules = current.configured_rules.clone();
+        // The running config was valid and stays so: only the guard changes.
+        if let Ok(next) = Snapshot::build(config, Some(&current), &listening) {
+            self.current.store(Arc::new(next));
+        }
     }
 
     /// The metrics for a pool of `workers`, counting only when the config sets `metrics`, reading
@@ -120,7 +146,8 @@ impl LiveConfig {
         config.metrics = self.bound.metrics;
         config.log_format = self.bound.log_format;
         let old = self.current.load();
-        let next = Snapshot::build(config, Some(&old))?;
+        let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let next = Snapshot::build(config, Some(&old), &listening)?;
         let limits_changed = !Arc::ptr_eq(&old.limiter, &next.limiter);
         if limits_changed {
             // The old limiter's pending refusal summary is written now, not lost with it.

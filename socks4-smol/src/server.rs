@@ -87,6 +87,7 @@ impl Server {
                 addrs.push(l.local_addr()?);
                 listeners.push((l, None));
             }
+            live.listening_on(&addrs);
             return Ok(Server { live, listeners, addrs, workers, metrics });
         }
         for addr in config.listen_addrs() {
@@ -104,6 +105,7 @@ impl Server {
                 listeners.push((single, None));
             }
         }
+        live.listening_on(&addrs);
         Ok(Server { live, listeners, addrs, workers, metrics })
     }
 

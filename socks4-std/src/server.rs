@@ -68,6 +68,8 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|g| g.first()?.local_addr().ok()).collect();
+        live.listening_on(&addrs);
         let metrics = live.metrics(workers);
         Ok(Server { listeners, workers, live, splice: true, metrics })
     }

@@ -134,6 +134,8 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|group| group.first()?.local_addr().ok()).collect();
+        live.listening_on(&addrs);
         Ok(Server { shared: Arc::new(Shared::new(live, workers)), workers, listeners })
     }
 

@@ -54,7 +54,8 @@ fn reply_to(proxy: SocketAddr, header: &[u8], target: SocketAddrV4, user: &[u8])
 /// - a v1 and a v2 header followed by a CONNECT, split in two reads at every byte (and sent in
 ///   one piece), are served: reply 90 and an echo; the log line names the header's client;
 /// - rules see the header's client (`deny from 192.0.2.9` gives 91), and a rule with `ident`
-///   gives 92 behind a balancer;
+///   gives 92 behind a balancer; a CONNECT to the server's own listener gets 91 (it would let a
+///   client forge a header from the server's own, trusted, address);
 /// - a header from 127.0.0.2 (not trusted) is an invalid request (91), logged as a likely PROXY
 ///   header; a request without a header from 127.0.0.1, and `UNKNOWN`, are closed without reply;
 ///   v2 `LOCAL` (a health check) is closed without reply;
@@ -110,6 +111,12 @@ pub fn proxy_protocol(binary: &Path) -> Result<Outcome, Failure> {
         return Err(Failure::new("a rule with ident behind a balancer did not reply 92"));
     }
     line_with(&lines, "ident cannot ask a client behind a PROXY protocol balancer", &mut seen)?;
+    // The server's own listener is no destination: connected to itself from a trusted address, a
+    // client could send a header naming anyone.
+    let SocketAddr::V4(own) = proxy else { return Err(Failure::new("an IPv4 listener")) };
+    if reply_to(proxy, &v1(client), own, b"pp")? != Some(91) {
+        return Err(Failure::new("a CONNECT to the server's own listener was granted with --proxy-protocol"));
+    }
 
     // A header from a source that is not trusted: an invalid request.
     let mut untrusted = silent_from(Ipv4Addr::new(127, 0, 0, 2), proxy)?;
