@@ -508,6 +508,7 @@ impl Conn {
         if !matches!(self.stage, Stage::Handshake) || closer.is_none() {
             return;
         }
+        self.admission.end_bind_wait();
         let result = result.and_then(|(stream, from)| {
             stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
             self.upstream = Some(stream);
@@ -790,6 +791,12 @@ impl Conn {
                     self.start_chain(ctx, now, target, false);
                 }
                 Step::ChainBind(target) => {
+                    // A BIND through a parent waits like one here: it takes a BIND-wait slot.
+                    if self.admission.start_bind_wait(ctx.now).is_err() {
+                        // Counted and summarised by the limiter; the client gets 91.
+                        let _ = self.hs.handle_listening(now, Err(Failure::OverLimit));
+                        continue;
+                    }
                     started = true;
                     self.start_chain(ctx, now, target, true);
                 }
