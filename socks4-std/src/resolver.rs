@@ -94,7 +94,23 @@ pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
         }
     }
     CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed); // over the cap, or the spawn failed
+    warn_chain_cap();
     false
+}
+
+/// Says (at most once every 10 s) that chained connects are being refused: the client only sees
+/// a 91, and its log line a failed connect.
+fn warn_chain_cap() {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_secs();
+    let next = NEXT.load(Ordering::Relaxed);
+    if now >= next && NEXT.compare_exchange(next, now + 10, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(
+            "{MAX_CHAIN_THREADS} connects or BINDs through parent proxies are under way: refusing more (reply 91) until \
+             some end"
+        );
+    }
 }
 
 fn run(rx: &Mutex<Receiver<Job>>) {
