@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, REPLY_LEN, ReplyCode,
-    ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, REPLY_LEN,
+    ReplyCode, ServerHandshake, Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
@@ -195,7 +195,11 @@ pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8
 
 /// The request to send to a route's parents for a BIND expecting `expected_peer` (user id as in
 /// [`connect_request`]); `Err` (the client's 91) when it cannot be sent.
-pub fn bind_request(route: &Route, expected_peer: SocketAddrV4, client_user_id: &[u8]) -> Result<ClientHandshake, Failure> {
+pub fn bind_request(
+    route: &Route,
+    expected_peer: SocketAddrV4,
+    client_user_id: &[u8],
+) -> Result<ClientHandshake, Failure> {
     ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)).map_err(|_| Failure::Other)
 }
 

@@ -29,7 +29,8 @@ pub(crate) async fn connect<R: Runtime>(
         Err(failure) => return Chained::failed(failure),
     };
     let plan = Upstreams::global().plan(route);
-    let Chained { result, via } = through::<R>(plan, request, timeout, |event, _| upstream::finish_connect(event)).await;
+    let Chained { result, via } =
+        through::<R>(plan, request, timeout, |event, _| upstream::finish_connect(event)).await;
     Chained { result: result.map(|(stream, _, bound)| (stream, bound)), via }
 }
 

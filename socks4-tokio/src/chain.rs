@@ -29,7 +29,8 @@ pub(crate) async fn connect(
         Ok(request) => request,
         Err(failure) => return Chained::failed(failure),
     };
-    let chained = through(Upstreams::global().plan(route), request, timeout, |event, _| upstream::finish_connect(event));
+    let chained =
+        through(Upstreams::global().plan(route), request, timeout, |event, _| upstream::finish_connect(event));
     let Chained { result, via } = chained.await;
     Chained { result: result.map(|(stream, _, bound)| (stream, bound)), via }
 }
@@ -45,7 +46,8 @@ pub(crate) async fn bind(
         Ok(request) => request,
         Err(failure) => return Chained::failed(failure),
     };
-    let Chained { result, via } = through(Upstreams::global().plan(route), request, timeout, upstream::first_bind_reply).await;
+    let Chained { result, via } =
+        through(Upstreams::global().plan(route), request, timeout, upstream::first_bind_reply).await;
     Chained { result: result.map(|(stream, hs, listening)| ParentBind { stream, hs, listening }), via }
 }
 
