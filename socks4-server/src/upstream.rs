@@ -101,8 +101,8 @@ pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_
 pub enum Authorized {
     /// Denied, or allowed to connect (or listen) directly.
     Direct,
-    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent
-    /// ([`Upstreams::connect_blocking`], [`Upstreams::bind_blocking`]).
+    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent (see
+    /// [`Plan`]).
     Via(Route),
 }
 
