@@ -285,7 +285,7 @@ pub fn chain_dante_parent(binary: &Path) -> Result<Outcome, Failure> {
 const SILENT_CLIENTS: usize = 20;
 
 /// A route to a parent that accepts TCP connections but never answers (`--connect-timeout 20s`):
-/// [`SILENT_CLIENTS`] clients routed there wait on it. Meanwhile the server's thread count
+/// 20 clients routed there wait on it. Meanwhile the server's thread count
 /// (`Threads:` in `/proc/PID/status`) does not grow by one per client, and a SOCKS4a `localhost`
 /// request (a local lookup) is served within a second. Then the clients reset: within two seconds
 /// the parent sees each of its connections closed and the server logs every one (the attempts
