@@ -46,7 +46,8 @@
 //!
 //! Health: after [`FAILURES_TO_SKIP`] consecutive failures a parent is skipped for [`SKIP_FOR`]
 //! while another parent of the route is available (if all are skipped, they are tried anyway, in
-//! order). [`Upstreams::stats`] gives the counters a metrics exporter can publish.
+//! order). Only attempts that end count: one dropped because its client left records nothing.
+//! [`Upstreams::stats`] gives the counters a metrics exporter can publish.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -281,7 +282,8 @@ impl<T> Chained<T> {
 /// when that fails, [`unreachable`](Self::unreachable) and take the next; once connected, send
 /// the request, read the reply by the same timeout and end with [`answered`](Self::answered)
 /// (no second parent: it could reach the destination twice). [`exhausted`](Self::exhausted) when
-/// none could be reached.
+/// none could be reached. A plan dropped on the way (its client left) records nothing about the
+/// parent it was trying: health is learnt from attempts that end.
 ///
 /// ```
 /// use socks4_core::Failure;
@@ -754,6 +756,39 @@ mod tests {
         let r = route(&format!("allow via socks4://127.0.0.1:{}", refusing.port()));
         let refused = ups.bind_blocking(&r, peer, b"", Duration::from_secs(2)).result.unwrap_err();
         assert_eq!(refused, Failure::Rejected(ReplyCode::Rejected));
+    }
+
+    #[test]
+    fn what_replies_mean_and_a_plan_with_no_parent_reached() {
+        let a = SocketAddrV4::new([192, 0, 2, 1].into(), 80);
+        assert_eq!(finish_connect(ClientEvent::Granted(a)), Ok(a.into()));
+        assert_eq!(
+            finish_connect(ClientEvent::Rejected(ReplyCode::IdentMismatch)),
+            Err(Failure::Rejected(ReplyCode::IdentMismatch))
+        );
+        assert_eq!(first_bind_reply(ClientEvent::BindListening(a), None), Ok(a.into()), "an address stays");
+        assert_eq!(
+            first_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected), None),
+            Err(Failure::Rejected(ReplyCode::Rejected))
+        );
+        assert_eq!(second_bind_reply(ClientEvent::Granted(a)), Ok(a.into()));
+        assert_eq!(second_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected)), Err(Failure::Other));
+        assert_eq!(second_bind_reply(ClientEvent::BindListening(a)), Err(Failure::BadAnswer));
+        assert_eq!(reply_failure(&ConnectError::TimedOut), Failure::TimedOut);
+        let reset = ConnectError::Io(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reply_failure(&reset), Failure::Other, "a parent that resets before its reply: 91");
+
+        let r = route("allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2");
+        let ups = Upstreams::new();
+        let mut plan = ups.plan(&r);
+        while let Some(parent) = plan.next() {
+            plan.unreachable(parent, if parent.port == 1 { Failure::Refused } else { Failure::TimedOut });
+        }
+        let chained: Chained<()> = plan.exhausted();
+        assert_eq!((chained.result, chained.via.map(|p| p.port)), (Err(Failure::TimedOut), Some(2)), "the last");
+        assert_eq!(ups.stats().failures, 2);
+        let r = route("allow via socks4://127.0.0.1:1");
+        assert_eq!(connect_request(&r, &ChainTarget::Host("a.example".into(), 80), b"").err(), Some(Failure::Other));
     }
 
     #[test]
