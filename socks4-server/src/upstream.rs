@@ -1,21 +1,31 @@
 //! Chaining through parent proxies: the outgoing-connect phase of a request whose rule has a
 //! [`Route`] (`allow to *.onion via socks4a://127.0.0.1:9050`), shared by every adapter.
 //!
-//! The adapter wires it at two points of the handshake:
+//! The adapter wires it at these points of the handshake:
 //!
 //! ```text
 //! Output::Resolve:  if upstream::forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
 //!                   else resolve as before
 //! Output::Authorize: (after the users file) if let Via(route) = upstream::authorize(&mut hs, now, rules,
 //!                       client, users)? { keep it for Connect or Listen }
-//! Output::Connect:  with a route: on the blocking pool,
-//!                   chained = Upstreams::global().connect_blocking(&route, target.into(), user_id, connect timeout)
-//!                   chained.result → hs.handle_connected (a parent's 91/92/93 reaches the client);
+//! Output::Connect:  with a route: request = connect_request(&route, &target, user_id)?;
+//!                   for parent in Upstreams::global().plan(&route): resolve it, connect, send the
+//!                   request and read the reply (bytes_wanted at a time) within the connect timeout;
+//!                   plan.unreachable(..) before the connect, else plan.answered(parent, finish_connect(event))
+//!                   → hs.handle_connected (a parent's 91/92/93 reaches the client);
 //!                   the log line's result ends with `via PARENT` ([`Via`])
-//! Output::Listen:   with a route (BIND): on the blocking pool, Upstreams::global().bind_blocking(..)
-//!                   → hs.handle_listening(listening address); then ParentBindWait::peer_blocking(bind
-//!                   timeout) → hs.handle_bind_peer (shut `closer()` down if the client leaves)
+//! Output::Listen:   with a route (BIND): likewise with bind_request and first_bind_reply
+//!                   → hs.handle_listening(listening address); then read the parent's second reply
+//!                   within the BIND timeout, second_bind_reply → hs.handle_bind_peer
 //! ```
+//!
+//! The async adapters do this on their event loop with their own sockets, watching the client
+//! (a client that leaves drops the attempt and closes the parent's connection at once); socks4-std
+//! runs [`Upstreams::connect_blocking`] / [`Upstreams::bind_blocking`] /
+//! [`ParentBindWait::peer_blocking`] on threads of their own. Both follow the same pieces: the
+//! request ([`connect_request`], [`bind_request`]), the order and health ([`Plan`]) and what a
+//! reply means ([`finish_connect`], [`first_bind_reply`], [`second_bind_reply`],
+//! [`reply_failure`]).
 //!
 //! Names: with a `socks4a://` route the request is decided on the name alone, *before* any
 //! lookup ([`forwards_name`]), and the name goes to the parent unresolved, so a routed `.onion`
@@ -31,11 +41,13 @@
 //!
 //! BIND: the parent listens for the peer; its first reply (where it listens, its own address when
 //! it says `0.0.0.0`) and its second (the peer that connected) are relayed to the client, and a
-//! client that leaves ends the parent's wait (see [`ParentBindWait::closer`]).
+//! client that leaves ends the parent's wait (closing the connection to it; see
+//! [`ParentBindWait::closer`] for the blocking path).
 //!
 //! Health: after [`FAILURES_TO_SKIP`] consecutive failures a parent is skipped for [`SKIP_FOR`]
 //! while another parent of the route is available (if all are skipped, they are tried anyway, in
-//! order). [`Upstreams::stats`] gives the counters a metrics exporter can publish.
+//! order). Only attempts that end count: one dropped because its client left records nothing.
+//! [`Upstreams::stats`] gives the counters a metrics exporter can publish.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -46,8 +58,8 @@ use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, Dest, Failure, Misuse, REPLY_LEN, ReplyCode,
-    ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, REPLY_LEN,
+    ReplyCode, ServerHandshake, Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
@@ -92,8 +104,8 @@ pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_
 pub enum Authorized {
     /// Denied, or allowed to connect (or listen) directly.
     Direct,
-    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent
-    /// ([`Upstreams::connect_blocking`], [`Upstreams::bind_blocking`]).
+    /// Allowed through this route: a CONNECT connects, a BIND listens through a parent (see
+    /// [`Plan`]).
     Via(Route),
 }
 
@@ -142,7 +154,7 @@ pub fn authorize(
     }
 }
 
-/// The destination to ask a parent for, owned (the connect runs on a blocking thread).
+/// The destination to ask a parent for, owned (it outlives the handshake's borrow).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainTarget {
     /// An address (sent as a SOCKS4 request; IPv6 cannot be sent and gets the client a 91).
@@ -160,15 +172,173 @@ impl From<Target<'_>> for ChainTarget {
     }
 }
 
-/// What [`Upstreams::connect_blocking`] did: the stream to relay and the address the parent
-/// reported (for our reply), or the failure for the client's reply; and the parent that answered
-/// or was tried last, for the log line.
+/// The request to send to a route's parents for a CONNECT to `target`: the route's `as` user id,
+/// else the user name of `client_user_id` (never a token after `:`); a name goes unresolved, and
+/// only on a `socks4a://` route. `Err` (the client's 91) when the request cannot be made: a name on
+/// a `socks4://` route (it is resolved before), an IPv6 address, a user id that cannot be sent.
+///
+/// ```
+/// use socks4_server::upstream::{connect_request, ChainTarget};
+/// let rule: socks4_core::rules::Rule = "allow via socks4a://127.0.0.1:9050 as tor".parse()?;
+/// let route = rule.route.unwrap();
+/// let hs = connect_request(&route, &ChainTarget::Host("duck.onion".into(), 443), b"alice:token").unwrap();
+/// assert_eq!(hs.request_bytes(), b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8]) -> Result<ClientHandshake, Failure> {
+    let user = parent_user(route, client_user_id);
+    let request = match target {
+        ChainTarget::Addr(addr) => ClientHandshake::connect_to(Target::Addr(*addr), user),
+        ChainTarget::Host(host, port) if route.forwards_names() => ClientHandshake::connect_host(host, *port, user),
+        // A `socks4://` route gets addresses only: the name was resolved before.
+        ChainTarget::Host(..) => return Err(Failure::Other),
+    };
+    request.map_err(|_| Failure::Other)
+}
+
+/// The request to send to a route's parents for a BIND expecting `expected_peer` (user id as in
+/// [`connect_request`]); `Err` (the client's 91) when it cannot be sent.
+pub fn bind_request(
+    route: &Route,
+    expected_peer: SocketAddrV4,
+    client_user_id: &[u8],
+) -> Result<ClientHandshake, Failure> {
+    ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)).map_err(|_| Failure::Other)
+}
+
+/// What a parent's reply to a CONNECT means for the client: the address it reports (for our
+/// reply), or its refusal ([`Failure::Rejected`]: its 91/92/93 goes to the client as it is).
+pub fn finish_connect(event: ClientEvent) -> Result<SocketAddr, Failure> {
+    match event {
+        ClientEvent::Granted(bound) => Ok(SocketAddr::V4(bound)),
+        ClientEvent::Rejected(code) => Err(Failure::Rejected(code)),
+        _ => Err(Failure::Other),
+    }
+}
+
+/// What a parent's first reply to a BIND means for the client: where the parent listens (its own
+/// address `parent`, when known, if it says `0.0.0.0`), or its refusal.
+///
+/// ```
+/// use socks4_core::ClientEvent;
+/// use socks4_server::upstream::first_bind_reply;
+/// let parent = "192.0.2.9:1080".parse().ok();
+/// let zeros = ClientEvent::BindListening("0.0.0.0:40000".parse()?);
+/// assert_eq!(first_bind_reply(zeros, parent), Ok("192.0.2.9:40000".parse()?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn first_bind_reply(event: ClientEvent, parent: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
+    match event {
+        ClientEvent::BindListening(addr) => {
+            let ip = match (addr.ip().is_unspecified(), parent) {
+                (true, Some(parent)) => parent.ip(),
+                _ => IpAddr::V4(*addr.ip()),
+            };
+            Ok(SocketAddr::new(ip, addr.port()))
+        }
+        ClientEvent::Rejected(code) => Err(Failure::Rejected(code)),
+        _ => Err(Failure::Other),
+    }
+}
+
+/// What a parent's second reply to a BIND means for the client: the peer that connected (the
+/// handshake checks it), or why not.
+pub fn second_bind_reply(event: ClientEvent) -> Result<SocketAddr, Failure> {
+    match event {
+        ClientEvent::Granted(peer) => Ok(SocketAddr::V4(peer)),
+        ClientEvent::BindListening(_) => Err(Failure::BadAnswer),
+        _ => Err(Failure::Other),
+    }
+}
+
+/// A parent's reply that could not be read (it closed, sent a malformed reply, or the connection
+/// failed): the client gets a 91; a timeout is [`Failure::TimedOut`].
+pub fn reply_failure(e: &ConnectError) -> Failure {
+    match e {
+        ConnectError::TimedOut => Failure::TimedOut,
+        ConnectError::Io(e) => io_failure(e),
+        _ => Failure::Other,
+    }
+}
+
+/// What came of a chained request: the answer (the stream to relay and the parent's address
+/// for a CONNECT, by default), or the failure for the client's reply; and the parent that
+/// answered or was tried last, for the log line.
 #[derive(Debug)]
-pub struct Chained {
-    /// The connection through the parent (the parent granted), or why not.
-    pub result: Result<(TcpStream, SocketAddr), Failure>,
+pub struct Chained<T = (TcpStream, SocketAddr)> {
+    /// The parent's answer, or why there is none.
+    pub result: Result<T, Failure>,
     /// The parent that answered, or the last one tried.
     pub via: Option<Parent>,
+}
+
+impl<T> Chained<T> {
+    /// A request that could not even be made (no parent tried).
+    pub fn failed(failure: Failure) -> Self {
+        Self { result: Err(failure), via: None }
+    }
+}
+
+/// A route's parents to try for one request ([`Upstreams::plan`]), in order, and the record of
+/// what became of them. For each parent: resolve it and connect (within the connect timeout);
+/// when that fails, [`unreachable`](Self::unreachable) and take the next; once connected, send
+/// the request, read the reply by the same timeout and end with [`answered`](Self::answered)
+/// (no second parent: it could reach the destination twice). [`exhausted`](Self::exhausted) when
+/// none could be reached. A plan dropped on the way (its client left) records nothing about the
+/// parent it was trying: health is learnt from attempts that end.
+///
+/// ```
+/// use socks4_core::Failure;
+/// use socks4_server::upstream::Upstreams;
+/// let rule: socks4_core::rules::Rule = "allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2".parse()?;
+/// let (route, ups) = (rule.route.unwrap(), Upstreams::new());
+/// let mut plan = ups.plan(&route);
+/// let first = plan.next().unwrap();
+/// plan.unreachable(first, Failure::Refused);
+/// let second = plan.next().unwrap();
+/// let chained = plan.answered(second, Ok::<_, Failure>("the stream"));
+/// assert_eq!(chained.via.unwrap().port, 2);
+/// assert_eq!(ups.stats().failures, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Plan<'a> {
+    upstreams: &'a Upstreams,
+    parents: std::vec::IntoIter<&'a Parent>,
+    last: Option<(&'a Parent, Failure)>,
+}
+
+impl<'a> Iterator for Plan<'a> {
+    type Item = &'a Parent;
+
+    fn next(&mut self) -> Option<&'a Parent> {
+        self.parents.next()
+    }
+}
+
+impl<'a> Plan<'a> {
+    /// `parent` could not be reached (its name did not resolve, the connect failed or timed out):
+    /// a failure in its health; try the next.
+    pub fn unreachable(&mut self, parent: &'a Parent, failure: Failure) {
+        self.upstreams.record(parent, false, Instant::now());
+        self.last = Some((parent, failure));
+    }
+
+    /// `parent` was connected to and had the request: `result` is the answer. A refusal counts as
+    /// reached; a parent that closed, stalled or sent a malformed reply as a failure.
+    pub fn answered<T>(self, parent: &Parent, result: Result<T, Failure>) -> Chained<T> {
+        let reached = matches!(result, Ok(_) | Err(Failure::Rejected(_)));
+        self.upstreams.record(parent, reached, Instant::now());
+        Chained { result, via: Some(parent.clone()) }
+    }
+
+    /// No parent could be reached: the last one's failure.
+    pub fn exhausted<T>(self) -> Chained<T> {
+        match self.last {
+            Some((parent, failure)) => Chained { result: Err(failure), via: Some(parent.clone()) },
+            None => Chained::failed(Failure::Unreachable),
+        }
+    }
 }
 
 /// A connection's log result with the route taken: `ok via socks4a://127.0.0.1:9050`.
@@ -246,6 +416,12 @@ impl Upstreams {
         up
     }
 
+    /// The parents to try for one request through `route`, in [`order`](Self::order) now; see
+    /// [`Plan`].
+    pub fn plan<'a>(&'a self, route: &'a Route) -> Plan<'a> {
+        Plan { upstreams: self, parents: self.order(route, Instant::now()).into_iter(), last: None }
+    }
+
     /// Is `parent` being skipped at `now`?
     pub fn is_skipped(&self, parent: &Parent, now: Instant) -> bool {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,10 +457,9 @@ impl Upstreams {
         }
     }
 
-    /// Connects to `target` through the route's parents (blocking: run it on a blocking thread),
-    /// each within `timeout` (TCP connect and reply). Sends the route's `as` user id, else the
-    /// user name of `client_user_id` (never a token after `:`). See the [module docs](self) for
-    /// failover.
+    /// Connects to `target` through the route's parents (blocking: run it on a thread of its
+    /// own), each within `timeout` (TCP connect and reply), with [`connect_request`]'s request.
+    /// See the [module docs](self) for failover.
     pub fn connect_blocking(
         &self,
         route: &Route,
@@ -292,28 +467,19 @@ impl Upstreams {
         client_user_id: &[u8],
         timeout: Duration,
     ) -> Chained {
-        let user = parent_user(route, client_user_id);
-        let request = match target {
-            ChainTarget::Addr(addr) => ClientHandshake::connect_to(Target::Addr(*addr), user),
-            ChainTarget::Host(host, port) if route.forwards_names() => ClientHandshake::connect_host(host, *port, user),
-            // A `socks4://` route gets addresses only: the name was resolved before.
-            ChainTarget::Host(..) => return Chained { result: Err(Failure::Other), via: None },
-        };
-        let Ok(request) = request else { return Chained { result: Err(Failure::Other), via: None } };
-        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
-            let (stream, _, event) = ask(stream, hs, end)?;
-            match event {
-                ClientEvent::Granted(bound) => Ok((stream, SocketAddr::V4(bound))),
-                _ => Err(Failure::Other), // a BIND reply to a CONNECT
-            }
-        });
-        Chained { result, via }
+        match connect_request(route, target, client_user_id) {
+            Ok(request) => self.through(route, &request, timeout, |stream, hs, end| {
+                let (stream, _, event) = ask(stream, hs, end)?;
+                Ok((stream, finish_connect(event)?))
+            }),
+            Err(failure) => Chained::failed(failure),
+        }
     }
 
     /// BIND through the route's parents (blocking), each within `timeout`: the parent's first
-    /// reply gives the address it listens on (its own address when it says `0.0.0.0`), for our
-    /// first reply; then [`ParentBindWait::peer_blocking`] waits for its second. A parent's refusal gets
-    /// the client a 91 (the handshake's BIND failures all reply 91).
+    /// reply gives the address it listens on ([`first_bind_reply`]), for our first reply; then
+    /// [`ParentBindWait::peer_blocking`] waits for its second. A parent's refusal gets the client
+    /// a 91 (the handshake's BIND failures all reply 91).
     pub fn bind_blocking(
         &self,
         route: &Route,
@@ -321,48 +487,35 @@ impl Upstreams {
         client_user_id: &[u8],
         timeout: Duration,
     ) -> ChainedBind {
-        let Ok(request) = ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)) else {
-            return ChainedBind { result: Err(Failure::Other), via: None };
-        };
-        let (result, via) = self.through(route, &request, timeout, |stream, hs, end| {
-            let (stream, hs, event) = ask(stream, hs, end)?;
-            let ClientEvent::BindListening(addr) = event else { return Err(Failure::Other) };
-            let ip = match (addr.ip().is_unspecified(), stream.peer_addr()) {
-                (true, Ok(parent)) => parent.ip(),
-                _ => IpAddr::V4(*addr.ip()),
-            };
-            Ok(ParentBindWait { stream, hs, listening: SocketAddr::new(ip, addr.port()) })
-        });
-        ChainedBind { result, via }
+        match bind_request(route, expected_peer, client_user_id) {
+            Ok(request) => self.through(route, &request, timeout, |stream, hs, end| {
+                let (stream, hs, event) = ask(stream, hs, end)?;
+                let listening = first_bind_reply(event, stream.peer_addr().ok())?;
+                Ok(ParentBindWait { stream, hs, listening })
+            }),
+            Err(failure) => Chained::failed(failure),
+        }
     }
 
-    /// Tries the route's parents in order until one is reached, then does `step` with it (send the
-    /// request, read the reply) by `now + timeout`: its result is the answer (see the
-    /// [module docs](self)).
+    /// Tries the route's parents in order until one is reached (by `timeout`), then does `step`
+    /// with it (send the request, read the reply) by the same deadline: its result is the answer
+    /// (see [`Plan`]).
     fn through<T>(
         &self,
         route: &Route,
         request: &ClientHandshake,
         timeout: Duration,
         step: impl Fn(TcpStream, ClientHandshake, Instant) -> Result<T, Failure>,
-    ) -> (Result<T, Failure>, Option<Parent>) {
-        let mut last = (Err(Failure::Unreachable), None);
-        for parent in self.order(route, Instant::now()) {
-            let start = Instant::now();
-            let stream = match reach(parent, timeout) {
-                Ok(stream) => stream,
-                Err(failure) => {
-                    self.record(parent, false, Instant::now());
-                    last = (Err(failure), Some(parent.clone()));
-                    continue;
-                }
-            };
-            let result = step(stream, request.clone(), start + timeout);
-            let reached = matches!(result, Ok(_) | Err(Failure::Rejected(_)));
-            self.record(parent, reached, Instant::now());
-            return (result, Some(parent.clone()));
+    ) -> Chained<T> {
+        let mut plan = self.plan(route);
+        while let Some(parent) = plan.next() {
+            let end = Instant::now() + timeout;
+            match reach(parent, end) {
+                Ok(stream) => return plan.answered(parent, step(stream, request.clone(), end)),
+                Err(failure) => plan.unreachable(parent, failure),
+            }
         }
-        last
+        plan.exhausted()
     }
 }
 
@@ -372,13 +525,7 @@ fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
 }
 
 /// What [`Upstreams::bind_blocking`] did, and the parent that answered or was tried last.
-#[derive(Debug)]
-pub struct ChainedBind {
-    /// The parent listens (its first reply), or why not.
-    pub result: Result<ParentBindWait, Failure>,
-    /// The parent that answered, or the last one tried.
-    pub via: Option<Parent>,
-}
+pub type ChainedBind = Chained<ParentBindWait>;
 
 /// A BIND a parent accepted: it listens, and its second reply is to come.
 #[derive(Debug)]
@@ -399,26 +546,20 @@ impl ParentBindWait {
         self.stream.try_clone()
     }
 
-    /// Waits (blocking) up to `timeout` for the parent's second reply: the connection to relay
-    /// and the peer's address (the handshake checks it), or why not.
+    /// Waits (blocking) up to `timeout` for the parent's second reply ([`second_bind_reply`]):
+    /// the connection to relay and the peer's address, or why not.
     pub fn peer_blocking(self, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
         let (stream, _, event) = read_event(self.stream, self.hs, Instant::now() + timeout)?;
-        match event {
-            ClientEvent::Granted(peer) => Ok((stream, SocketAddr::V4(peer))),
-            ClientEvent::Rejected(_) => Err(Failure::Other),
-            ClientEvent::BindListening(_) => Err(Failure::BadAnswer),
-            _ => Err(Failure::Other),
-        }
+        Ok((stream, second_bind_reply(event)?))
     }
 }
 
-/// Resolves the parent's name and connects to its first address that answers, each connect
-/// within `timeout`.
-fn reach(parent: &Parent, timeout: Duration) -> Result<TcpStream, Failure> {
+/// Resolves the parent's name and connects to its first address that answers, by `end`.
+fn reach(parent: &Parent, end: Instant) -> Result<TcpStream, Failure> {
     let addrs = (parent.host.as_str(), parent.port).to_socket_addrs().map_err(|_| Failure::NotFound)?;
     let mut failure = Failure::NotFound;
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        match TcpStream::connect_timeout(&addr, left(end)?) {
             Ok(stream) => return Ok(stream),
             Err(e) => failure = Failure::from(&e),
         }
@@ -426,20 +567,16 @@ fn reach(parent: &Parent, timeout: Duration) -> Result<TcpStream, Failure> {
     Err(failure)
 }
 
-/// Sends the request on a connection to a parent and reads its (first) reply by `end`: a
-/// refusal is [`Failure::Rejected`].
+/// Sends the request on a connection to a parent and reads its (first) reply by `end`.
 fn ask(
     mut stream: TcpStream,
     hs: ClientHandshake,
     end: Instant,
 ) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
     let _ = stream.set_nodelay(true);
-    stream.set_write_timeout(Some(left(end)?)).map_err(io_failure)?;
-    stream.write_all(hs.request_bytes()).map_err(io_failure)?;
-    match read_event(stream, hs, end)? {
-        (_, _, ClientEvent::Rejected(code)) => Err(Failure::Rejected(code)),
-        granted => Ok(granted),
-    }
+    stream.set_write_timeout(Some(left(end)?)).map_err(|e| io_failure(&e))?;
+    stream.write_all(hs.request_bytes()).map_err(|e| io_failure(&e))?;
+    read_event(stream, hs, end)
 }
 
 /// Reads one reply (8 bytes, never more: what follows is the destination's data) by `end`.
@@ -450,19 +587,19 @@ fn read_event(
 ) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
     let mut reply = [0u8; REPLY_LEN];
     loop {
-        stream.set_read_timeout(Some(left(end)?)).map_err(io_failure)?;
+        stream.set_read_timeout(Some(left(end)?)).map_err(|e| io_failure(&e))?;
         let want = hs.bytes_wanted();
         let n = match stream.read(&mut reply[..want]) {
             Ok(0) => return Err(Failure::Other), // closed before its reply
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_failure(e)),
+            Err(e) => return Err(io_failure(&e)),
         };
         match hs.handle_input(&reply[..n]) {
             Ok((_, None)) => {}
             Ok((_, Some(event))) => {
-                stream.set_read_timeout(None).map_err(io_failure)?;
-                stream.set_write_timeout(None).map_err(io_failure)?;
+                stream.set_read_timeout(None).map_err(|e| io_failure(&e))?;
+                stream.set_write_timeout(None).map_err(|e| io_failure(&e))?;
                 return Ok((stream, hs, event));
             }
             Err(_) => return Err(Failure::Other), // a malformed reply
@@ -475,7 +612,7 @@ fn left(end: Instant) -> Result<Duration, Failure> {
     end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut)
 }
 
-fn io_failure(e: io::Error) -> Failure {
+fn io_failure(e: &io::Error) -> Failure {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
         _ => Failure::Other,
@@ -629,6 +766,39 @@ mod tests {
         let r = route(&format!("allow via socks4://127.0.0.1:{}", refusing.port()));
         let refused = ups.bind_blocking(&r, peer, b"", Duration::from_secs(2)).result.unwrap_err();
         assert_eq!(refused, Failure::Rejected(ReplyCode::Rejected));
+    }
+
+    #[test]
+    fn what_replies_mean_and_a_plan_with_no_parent_reached() {
+        let a = SocketAddrV4::new([192, 0, 2, 1].into(), 80);
+        assert_eq!(finish_connect(ClientEvent::Granted(a)), Ok(a.into()));
+        assert_eq!(
+            finish_connect(ClientEvent::Rejected(ReplyCode::IdentMismatch)),
+            Err(Failure::Rejected(ReplyCode::IdentMismatch))
+        );
+        assert_eq!(first_bind_reply(ClientEvent::BindListening(a), None), Ok(a.into()), "an address stays");
+        assert_eq!(
+            first_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected), None),
+            Err(Failure::Rejected(ReplyCode::Rejected))
+        );
+        assert_eq!(second_bind_reply(ClientEvent::Granted(a)), Ok(a.into()));
+        assert_eq!(second_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected)), Err(Failure::Other));
+        assert_eq!(second_bind_reply(ClientEvent::BindListening(a)), Err(Failure::BadAnswer));
+        assert_eq!(reply_failure(&ConnectError::TimedOut), Failure::TimedOut);
+        let reset = ConnectError::Io(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reply_failure(&reset), Failure::Other, "a parent that resets before its reply: 91");
+
+        let r = route("allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2");
+        let ups = Upstreams::new();
+        let mut plan = ups.plan(&r);
+        while let Some(parent) = plan.next() {
+            plan.unreachable(parent, if parent.port == 1 { Failure::Refused } else { Failure::TimedOut });
+        }
+        let chained: Chained<()> = plan.exhausted();
+        assert_eq!((chained.result, chained.via.map(|p| p.port)), (Err(Failure::TimedOut), Some(2)), "the last");
+        assert_eq!(ups.stats().failures, 2);
+        let r = route("allow via socks4://127.0.0.1:1");
+        assert_eq!(connect_request(&r, &ChainTarget::Host("a.example".into(), 80), b"").err(), Some(Failure::Other));
     }
 
     #[test]

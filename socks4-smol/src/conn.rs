@@ -21,9 +21,10 @@ use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
-use socks4_server::upstream::{self, Authorized, ChainTarget, ParentBindWait, Upstreams, Via};
+use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
 use socks4_server::users::{self, Verifier};
 
+use crate::chain;
 use crate::relay::{Counts, relay};
 use crate::runtime::{Runtime, with_timeout};
 
@@ -225,7 +226,7 @@ async fn handshake<R: Runtime>(
     let mut route: Option<Route> = None;
     let users_file = verifier.is_some();
     // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
-    let mut bind_wait: Option<Box<ParentBindWait>> = None;
+    let mut bind_wait: Option<Box<chain::ParentBind<R>>> = None;
     if !from.first.is_empty() {
         let used = hs.handle_input(now(), &from.first);
         early.extend_from_slice(&from.first[used..]);
@@ -277,21 +278,25 @@ async fn handshake<R: Runtime>(
                 }
             }
             Output::Connect(target) if route.is_some() => {
-                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
-                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let target = ChainTarget::from(target);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                let chain = R::unblock(move || ups.connect_blocking(&via, &target, &user_id, timeout));
+                // Boxed: only routed connects allocate the chained state.
+                let chaining = Box::pin(async {
+                    match &route {
+                        Some(via) => chain::connect::<R>(via, &target, &user_id, config.timeouts.connect).await,
+                        None => Chained::failed(Failure::Other),
+                    }
+                });
                 log.meter.enter(Phase::Connecting);
-                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                let Ok(chained) = watched::<R, _>(&client, chaining).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
                 log.via = chained.via;
-                let result = chained.result.and_then(|(stream, bound)| {
-                    let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
-                    dest = Some(stream.map_err(|e| Failure::from(&e))?);
+                let result = chained.result.map(|(stream, bound)| {
+                    dest = Some(stream);
                     log.meter.connected();
-                    Ok(bound)
+                    bound
                 });
                 misuse(hs.handle_connected(now(), result))?;
             }
@@ -341,55 +346,45 @@ async fn handshake<R: Runtime>(
             }
             Output::Listen { expected_peer } if route.is_some() => {
                 let port = hs.request().map_or(0, |r| r.port);
-                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                let chain = R::unblock(move || match (expected_peer, via) {
-                    (IpAddr::V4(ip), Some(via)) => {
-                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                let chaining = Box::pin(async {
+                    match (expected_peer, &route) {
+                        (IpAddr::V4(ip), Some(via)) => {
+                            let peer = SocketAddrV4::new(ip, port);
+                            chain::bind::<R>(via, peer, &user_id, config.timeouts.connect).await
+                        }
+                        _ => Chained::failed(Failure::Other), // an IPv6 peer cannot be asked for
                     }
-                    _ => None, // an IPv6 peer cannot be asked for
                 });
-                let Ok(chained) = watched::<R, _>(&client, chain).await else {
+                let Ok(chained) = watched::<R, _>(&client, chaining).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
-                let result = match chained {
-                    Some(chained) => {
-                        log.via = chained.via;
-                        chained.result.map(|wait| {
-                            let listening = wait.listening;
-                            bind_wait = Some(Box::new(wait));
-                            listening
-                        })
-                    }
-                    None => Err(Failure::Other),
-                };
+                log.via = chained.via;
+                let result = chained.result.map(|wait| {
+                    let listening = wait.listening;
+                    bind_wait = Some(Box::new(wait));
+                    listening
+                });
                 misuse(hs.handle_listening(now(), result))?;
             }
             Output::Wait { deadline } if bind_wait.is_some() => {
                 // BIND through a parent: wait for its second reply; a client that leaves first
-                // ends the parent's wait (and its listener) at once.
+                // drops the wait, closing the connection to the parent (and so its listener).
                 let Some(wait) = bind_wait.take() else { continue };
                 log.meter.enter(Phase::BindWait);
-                let closer = wait.closer().ok();
                 let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
-                let waiting = async { Ok(R::unblock(move || wait.peer_blocking(timeout)).await) };
+                let waiting = async { Ok(wait.peer(timeout).await) };
                 match future::or(waiting, async { Err(client_left::<R>(&client).await) }).await {
                     Ok(result) => {
-                        let result = result.and_then(|(stream, from)| {
-                            let stream = stream.set_nonblocking(true).and_then(|()| R::from_std(stream));
-                            dest = Some(stream.map_err(|e| Failure::from(&e))?);
-                            Ok(from)
+                        let result = result.map(|(stream, from)| {
+                            dest = Some(stream);
+                            from
                         });
                         misuse(hs.handle_bind_peer(now(), result))?;
                     }
-                    Err(left) => {
-                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
-                        match left {
-                            Left::Eof => hs.handle_eof(now()),
-                            Left::Failed(_) => hs.handle_client_error(now()),
-                        }
-                    }
+                    Err(Left::Eof) => hs.handle_eof(now()),
+                    Err(Left::Failed(_)) => hs.handle_client_error(now()),
                 }
             }
             Output::Listen { .. } => {

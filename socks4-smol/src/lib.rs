@@ -40,6 +40,7 @@
 
 #[cfg(feature = "async-std")]
 mod async_std_runtime;
+mod chain;
 pub mod client;
 mod conn;
 mod relay;

@@ -3,3 +3,9 @@
 //! every adapter.
 
 socks4_tools::binary_tests!(env!("CARGO_BIN_EXE_socks4-smol"));
+
+/// Chained connects wait on the event loop, not on threads (socks4-std has threads of its own).
+#[test]
+fn chain_silent_parent() {
+    socks4_tools::binary::run_as_test("chain_silent_parent", env!("CARGO_BIN_EXE_socks4-smol"));
+}

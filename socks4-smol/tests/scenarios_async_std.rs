@@ -34,3 +34,38 @@ fn bandwidth_caps_async_std() {
         panic!("{f}");
     }
 }
+
+/// Chaining on async-std's event loop: an async-std server routes everything through a smol
+/// parent with `socks4a://`; CONNECT by name and address, early data, half-close and BIND
+/// (both of the parent's replies, and a client that leaves during the wait) pass through it.
+#[test]
+fn chain_through_a_parent_async_std() {
+    let parent = Server::bind(common::test_config()).unwrap().spawn().unwrap();
+    let mut config = common::test_config();
+    let route = format!("allow via socks4a://{}", parent.local_addrs()[0]);
+    config.rules = socks4_core::rules::Rules::parse(&route).unwrap();
+    let child = Server::bind(config).unwrap().spawn_on::<AsyncStd>().unwrap();
+    let ctx = socks4_tools::scenarios::Ctx { proxy: child.local_addrs()[0], profile: Profile::default() };
+    let names = [
+        "connect_basic",
+        "connect_4a_localhost",
+        "early_data",
+        "half_close_client_first",
+        "bind_basic",
+        "bind_client_leaves",
+    ];
+    for name in names {
+        let scenario = socks4_tools::scenarios::find(name).unwrap();
+        match scenario.run_catching(&ctx) {
+            Ok(socks4_tools::scenarios::Outcome::Pass) => {}
+            other => panic!("{name} through an async-std server chaining to a smol parent: {other:?}"),
+        }
+    }
+    // Through the parent indeed: without it, the same request fails.
+    parent.shutdown();
+    let basic = socks4_tools::scenarios::find("connect_basic").unwrap();
+    assert!(
+        !matches!(basic.run_catching(&ctx), Ok(socks4_tools::scenarios::Outcome::Pass)),
+        "served without the parent"
+    );
+}

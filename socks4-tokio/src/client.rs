@@ -92,7 +92,7 @@ async fn open(proxy: impl ToSocketAddrs, hs: &ClientHandshake) -> Result<TcpStre
 }
 
 /// Reads exactly the rest of one reply (never payload behind it) and returns what it meant.
-async fn read_reply(stream: &mut TcpStream, hs: &mut ClientHandshake) -> Result<ClientEvent, ConnectError> {
+pub(crate) async fn read_reply(stream: &mut TcpStream, hs: &mut ClientHandshake) -> Result<ClientEvent, ConnectError> {
     let mut buf = [0u8; REPLY_LEN];
     let buf = &mut buf[..hs.bytes_wanted()];
     if let Err(e) = stream.read_exact(buf).await {

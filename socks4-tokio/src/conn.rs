@@ -15,10 +15,11 @@ use socks4_server::limits::Admission;
 use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
-use socks4_server::upstream::{self, Authorized, ChainTarget, ParentBindWait, Upstreams, Via};
+use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
 use socks4_server::users::{self, AuthError};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::chain;
 use crate::relay::{self, write_all};
 use crate::server::ActiveGuard;
 use socks4_server::reload::Snapshot;
@@ -232,7 +233,7 @@ async fn handshake(
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
     // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
-    let mut bind_wait: Option<Box<ParentBindWait>> = None;
+    let mut bind_wait: Option<Box<chain::ParentBind>> = None;
     let misuse = |e: socks4_core::Misuse| ConnError::Handshake(format!("internal error: {e}"));
 
     loop {
@@ -276,11 +277,15 @@ async fn handshake(
                 }
             }
             Output::Connect(target) if route.is_some() => {
-                let (ups, target) = (Arc::clone(Upstreams::global()), ChainTarget::from(target));
-                let (via, timeout) = (route.clone().unwrap_or_default(), config.timeouts.connect);
+                let target = ChainTarget::from(target);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                let chain = move || ups.connect_blocking(&via, &target, &user_id, timeout);
-                let chaining = async { tokio::task::spawn_blocking(chain).await.ok() };
+                // Boxed: only routed connects allocate the chained state.
+                let chaining = Box::pin(async {
+                    match &route {
+                        Some(via) => chain::connect(via, &target, &user_id, config.timeouts.connect).await,
+                        None => Chained::failed(Failure::Other),
+                    }
+                });
                 record.meter.enter(Phase::Connecting);
                 let chained = match watching(client, false, chaining).await {
                     Ok(chained) => chained,
@@ -289,19 +294,12 @@ async fn handshake(
                         continue;
                     }
                 };
-                let result = match chained {
-                    Some(chained) => {
-                        record.via = chained.via;
-                        chained.result.and_then(|(stream, bound)| {
-                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
-                            let stream = stream.map_err(|e| Failure::from(&e))?;
-                            upstream = Some(stream);
-                            record.meter.connected();
-                            Ok(bound)
-                        })
-                    }
-                    None => Err(Failure::Other),
-                };
+                record.via = chained.via;
+                let result = chained.result.map(|(stream, bound)| {
+                    upstream = Some(stream);
+                    record.meter.connected();
+                    bound
+                });
                 hs.handle_connected(now(), result).map_err(misuse)?;
             }
             Output::Connect(Target::Addr(addr)) => {
@@ -357,15 +355,15 @@ async fn handshake(
             }
             Output::Listen { expected_peer } if route.is_some() => {
                 let port = hs.request().map_or(0, |r| r.port);
-                let (ups, via, timeout) = (Arc::clone(Upstreams::global()), route.clone(), config.timeouts.connect);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                let chain = move || match (expected_peer, via) {
-                    (IpAddr::V4(ip), Some(via)) => {
-                        Some(ups.bind_blocking(&via, SocketAddrV4::new(ip, port), &user_id, timeout))
+                let chaining = Box::pin(async {
+                    match (expected_peer, &route) {
+                        (IpAddr::V4(ip), Some(via)) => {
+                            chain::bind(via, SocketAddrV4::new(ip, port), &user_id, config.timeouts.connect).await
+                        }
+                        _ => Chained::failed(Failure::Other), // an IPv6 peer cannot be asked for
                     }
-                    _ => None, // an IPv6 peer cannot be asked for
-                };
-                let chaining = async { tokio::task::spawn_blocking(chain).await.ok().flatten() };
+                });
                 let chained = match watching(client, false, chaining).await {
                     Ok(chained) => chained,
                     Err(left) => {
@@ -373,17 +371,12 @@ async fn handshake(
                         continue;
                     }
                 };
-                let result = match chained {
-                    Some(chained) => {
-                        record.via = chained.via;
-                        chained.result.map(|wait| {
-                            let listening = wait.listening;
-                            bind_wait = Some(Box::new(wait));
-                            listening
-                        })
-                    }
-                    None => Err(Failure::Other),
-                };
+                record.via = chained.via;
+                let result = chained.result.map(|wait| {
+                    let listening = wait.listening;
+                    bind_wait = Some(Box::new(wait));
+                    listening
+                });
                 hs.handle_listening(now(), result).map_err(misuse)?;
             }
             Output::Listen { .. } => {
@@ -407,30 +400,20 @@ async fn handshake(
                 return Err(ConnError::Handshake(reason.to_string()));
             }
             Output::Wait { deadline: wait_until } if bind_wait.is_some() => {
-                // BIND through a parent: wait for its second reply (or the client leaving).
+                // BIND through a parent: wait for its second reply (or the client leaving, which
+                // drops the wait and closes the connection to the parent, ending its listener).
                 let Some(wait) = bind_wait.take() else { continue };
                 record.meter.enter(Phase::BindWait);
-                let closer = wait.closer().ok();
                 let timeout = wait_until.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
-                let waiting = async {
-                    tokio::task::spawn_blocking(move || wait.peer_blocking(timeout))
-                        .await
-                        .unwrap_or(Err(Failure::Other))
-                };
-                match watching(client, true, waiting).await {
+                match watching(client, true, Box::pin(wait.peer(timeout))).await {
                     Ok(result) => {
-                        let result = result.and_then(|(stream, from)| {
-                            let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
-                            upstream = Some(stream.map_err(|e| Failure::from(&e))?);
-                            Ok(from)
+                        let result = result.map(|(stream, from)| {
+                            upstream = Some(stream);
+                            from
                         });
                         hs.handle_bind_peer(now(), result).map_err(misuse)?;
                     }
-                    Err(left) => {
-                        // Ends the parent's wait (and its listener) at once.
-                        closer.map(|c| c.shutdown(std::net::Shutdown::Both));
-                        left.tell(&mut hs, now());
-                    }
+                    Err(left) => left.tell(&mut hs, now()),
                 }
             }
             Output::Wait { deadline } => {

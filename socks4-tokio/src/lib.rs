@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod chain;
 mod client;
 mod conn;
 mod pool;

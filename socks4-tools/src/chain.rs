@@ -280,3 +280,89 @@ pub fn chain_dante_parent(binary: &Path) -> Result<Outcome, Failure> {
     child.line(&["dest=localhost:", &format!("result=ok via socks4://{addr}")])?;
     Ok(Outcome::Pass)
 }
+
+/// How many clients [`chain_silent_parent`] routes to its silent parent.
+const SILENT_CLIENTS: usize = 20;
+
+/// A route to a parent that accepts TCP connections but never answers (`--connect-timeout 20s`):
+/// 20 clients routed there wait on it. Meanwhile the server's thread count
+/// (`Threads:` in `/proc/PID/status`) does not grow by one per client, and a SOCKS4a `localhost`
+/// request (a local lookup) is served within a second. Then the clients reset: within two seconds
+/// the parent sees each of its connections closed and the server logs every one (the attempts
+/// were dropped, not left to the timeout). For the async adapters, which chain on their event
+/// loop; socks4-std runs chained connects on (bounded) threads of their own. Skips without
+/// `/proc`.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_silent_parent(binary: &Path) -> Result<Outcome, Failure> {
+    let silent = TcpListener::bind("127.0.0.1:0")?;
+    let parent = silent.local_addr()?;
+    let (tx, accepted) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for conn in silent.incoming().take(SILENT_CLIENTS) {
+            if conn.map(|c| tx.send(c)).is_err() {
+                return;
+            }
+        }
+    });
+    let route = format!("to 192.0.2.0/24 via socks4://{parent}");
+    let args = ["--listen", "127.0.0.1:0", "--connect-timeout", "20s", "--allow", &route, "--allow", "any"];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    let status = format!("/proc/{}/status", server.0.id());
+    let threads = || -> Option<usize> {
+        let text = std::fs::read_to_string(&status).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+    };
+    let target = echo_target()?;
+    let by_name = wire::connect_host("localhost", target.addr().port(), b"");
+    // A first lookup, so that what the resolver keeps (a thread, a cache) counts in the baseline.
+    reply_code(proxy, &by_name)?;
+    let Some(before) = threads() else { return Ok(Outcome::Skip(format!("cannot read {status}"))) };
+
+    let dest = std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80);
+    let mut clients = Vec::new();
+    for _ in 0..SILENT_CLIENTS {
+        let mut client = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+        client.write_all(&wire::connect(dest, b""))?;
+        clients.push(client);
+    }
+    let mut at_parent = Vec::new();
+    for _ in 0..SILENT_CLIENTS {
+        let conn = accepted.recv_timeout(Duration::from_secs(5));
+        at_parent.push(
+            conn.map_err(|_| Failure::new(format!("{} of the routed connects reached the parent", at_parent.len())))?,
+        );
+    }
+    let during = threads().unwrap_or(usize::MAX);
+    if during > before + SILENT_CLIENTS / 4 {
+        return Err(Failure::new(format!(
+            "{SILENT_CLIENTS} routed connects waiting: {before} threads became {during}"
+        )));
+    }
+    let asked = std::time::Instant::now();
+    let code = reply_code(proxy, &by_name)?;
+    if code != wire::GRANTED || asked.elapsed() > Duration::from_secs(1) {
+        return Err(Failure::new(format!("a lookup meanwhile: reply {code} after {:?}", asked.elapsed())));
+    }
+
+    clients.into_iter().for_each(crate::targets::reset);
+    for mut conn in at_parent {
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        if let Err(e) = conn.read(&mut [0u8; 64]) {
+            return Err(Failure::new(format!("the client left; the parent's connection stays open ({e})")));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let logged = |seen: &[String]| seen.iter().filter(|l| l.contains("dest=192.0.2.1:80")).count();
+    while logged(&seen) < SILENT_CLIENTS {
+        match lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                return Err(Failure::new(format!("{} of {SILENT_CLIENTS} lines within 2 s: {seen:#?}", logged(&seen))));
+            }
+        }
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
