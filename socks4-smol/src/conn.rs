@@ -345,6 +345,12 @@ async fn handshake<R: Runtime>(
                 misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
             }
             Output::Listen { expected_peer } if route.is_some() => {
+                // A BIND through a parent waits like one here: it takes a BIND-wait slot.
+                if admission.start_bind_wait(Instant::now()).is_err() {
+                    // Counted and summarised by the limiter; the client gets 91.
+                    misuse(hs.handle_listening(now(), Err(Failure::OverLimit)))?;
+                    continue;
+                }
                 let port = hs.request().map_or(0, |r| r.port);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
                 let chaining = Box::pin(async {
@@ -386,6 +392,7 @@ async fn handshake<R: Runtime>(
                     Err(Left::Eof) => hs.handle_eof(now()),
                     Err(Left::Failed(_)) => hs.handle_client_error(now()),
                 }
+                admission.end_bind_wait();
             }
             Output::Listen { .. } => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as

@@ -354,6 +354,12 @@ async fn handshake(
                 hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())).map_err(misuse)?;
             }
             Output::Listen { expected_peer } if route.is_some() => {
+                // A BIND through a parent waits like one here: it takes a BIND-wait slot.
+                if admission.start_bind_wait(Instant::now()).is_err() {
+                    // Counted and summarised by the limiter; the client gets 91.
+                    hs.handle_listening(now(), Err(Failure::OverLimit)).map_err(misuse)?;
+                    continue;
+                }
                 let port = hs.request().map_or(0, |r| r.port);
                 let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
                 let chaining = Box::pin(async {
@@ -415,6 +421,7 @@ async fn handshake(
                     }
                     Err(left) => left.tell(&mut hs, now()),
                 }
+                admission.end_bind_wait();
             }
             Output::Wait { deadline } => {
                 let deadline = deadline.map(at);

@@ -4,7 +4,7 @@
 //! first server.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -43,14 +43,16 @@ struct Hop {
 }
 
 impl Hop {
-    /// Starts `binary` with `rules` in order: `--deny` for those that start with `deny `,
-    /// `--allow` for the others.
+    /// Starts `binary` with `rules` in order: `--deny` for those that start with `deny `, an
+    /// option with its value for those that start with `--` (`--max-bind-waits 1`), `--allow` for
+    /// the others.
     fn start(binary: &Path, rules: &[String]) -> Result<Self, Failure> {
         let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned(), "--connect-timeout".into(), "3s".into()];
         for rule in rules {
-            match rule.strip_prefix("deny ") {
-                Some(deny) => args.extend(["--deny".to_owned(), deny.to_owned()]),
-                None => args.extend(["--allow".to_owned(), rule.clone()]),
+            match (rule.strip_prefix("deny "), rule.starts_with("--").then(|| rule.split_once(' ')).flatten()) {
+                (_, Some((option, value))) => args.extend([option.to_owned(), value.to_owned()]),
+                (Some(deny), None) => args.extend(["--deny".to_owned(), deny.to_owned()]),
+                (None, None) => args.extend(["--allow".to_owned(), rule.clone()]),
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -364,5 +366,49 @@ pub fn chain_silent_parent(binary: &Path) -> Result<Outcome, Failure> {
         }
     }
     drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// A BIND through a parent takes a BIND-wait slot like a direct one: with
+/// `--max-bind-waits-per-client 1`, a second BIND of the client while the first waits at the
+/// parent gets 91 (`bind over the limit`), and once the first client leaves a new BIND is served.
+///
+/// # Errors
+/// What went wrong, with the servers' logs so far.
+pub fn chain_bind_wait_cap(binary: &Path) -> Result<Outcome, Failure> {
+    let bins = mixed(binary);
+    let parent = Hop::start(&bins[1], &["any".to_owned()])?;
+    let rules = ["--max-bind-waits-per-client 1".to_owned(), format!("via socks4://{}", parent.addr)];
+    let mut front = Hop::start(&bins[0], &rules)?;
+    let addr = front.addr;
+    let bind = |user: &[u8]| -> Result<(u8, TcpStream), Failure> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(&wire::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), user))?;
+        let mut reply = [0u8; 8];
+        s.read_exact(&mut reply)?;
+        Ok((reply[1], s))
+    };
+    let (first, held) = bind(b"first")?;
+    if first != wire::GRANTED {
+        return Err(Failure::new(format!("a BIND through the parent: reply {first}, not 90")));
+    }
+    let (second, _refused) = bind(b"second")?;
+    if second != 91 {
+        return Err(Failure::new(format!("a second BIND waiting through the parent: reply {second}, not 91")));
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (again, _s) = bind(b"again")?;
+        if again == wire::GRANTED {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::new("the first BIND's slot was not freed when its client left"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    front.line(&["user=second", "bind over the limit"])?;
     Ok(Outcome::Pass)
 }
