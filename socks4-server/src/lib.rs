@@ -74,11 +74,11 @@
 //! # Wiring the PROXY protocol into an adapter
 //!
 //! ```text
-//! accept:      if config.proxy_protocol.contains(peer.ip()) { admission = limiter.defer(peer.ip()) }
+//! accept:      if config.proxy_protocol.contains(peer.ip()) { admission = limiter.defer(peer.ip(), now)? }
 //!              else as above (limiter.admit)
 //! worker:      (trusted) reader = HeaderReader::new(peer); read with the handshake timeout:
 //!                  More => read again;  Close(end) => { end.log(peer, elapsed); close }
-//!                  Client { client, rest } => admission = limiter.admit(client.ip(), now)? (else close);
+//!                  Client { client, rest } => admission.claim(client.ip(), now)? (else close);
 //!                      the handshake's first input is `rest`; `client` is the peer from here on
 //!              timeout: HeaderEnd::TimedOut; EOF: reader.handle_eof()
 //! Ident:       (proxied) answer = proxy::ident_through_balancer(client) instead of asking identd

@@ -438,18 +438,20 @@ impl Limiter {
         }
     }
 
-    /// An admission that claims nothing yet, for a connection from a trusted load balancer
-    /// (`--proxy-protocol`) until its PROXY header names the client to [`admit`](Self::admit):
-    /// the balancer's own address carries every client's connections, so it is not limited
-    /// itself.
-    pub fn defer(self: &Arc<Self>, balancer: IpAddr) -> Admission {
-        Admission {
-            limiter: Arc::clone(self),
-            client: ClientKey::from(balancer),
-            tracked: None,
-            handshake: false,
-            bind_wait: false,
+    /// Admits a connection from a trusted load balancer (`--proxy-protocol`) until its PROXY
+    /// header names the client to [`Admission::claim`]: the balancer's own address carries every
+    /// client's connections, so no per-client limit applies to it, but the connection holds a
+    /// handshake slot (`max_handshakes`) from now on, so idle connections through the balancer
+    /// cannot crowd out the others' handshakes. Refused (and counted) over that cap.
+    pub fn defer(self: &Arc<Self>, balancer: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+        let key = ClientKey::from(balancer);
+        let max = self.limits.max_handshakes as usize;
+        if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
+            self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
+            self.refusals.record(now, Refusal::Handshakes, key);
+            return Err(Refusal::Handshakes);
         }
+        Ok(Admission { limiter: Arc::clone(self), client: key, tracked: None, handshake: max != 0, bind_wait: false })
     }
 
     fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
@@ -657,6 +659,32 @@ pub struct Admission {
 impl Admission {
     /// The handshake is over (relaying, or closing): frees the handshake slot. Idempotent.
     pub fn handshake_done(&mut self) {
+        self.release_handshake();
+    }
+
+    /// A [deferred](Limiter::defer) admission becomes `client`'s, once the PROXY header named it:
+    /// its handshake slot is handed over and the per-client limits apply to `client`. Refused (and
+    /// counted) as [`Limiter::admit`] refuses; the admission then holds nothing.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use socks4_server::limits::{ClientLimits, Limiter, Refusal};
+    /// let mut limits = ClientLimits::default();
+    /// limits.max_per_client = 1;
+    /// let (now, limiter) = (Instant::now(), Limiter::new(limits, Instant::now()));
+    /// let mut first = limiter.defer("10.0.0.1".parse()?, now).expect("a handshake slot");
+    /// let mut second = limiter.defer("10.0.0.1".parse()?, now).expect("the balancer is not limited");
+    /// assert_eq!(first.claim("192.0.2.7".parse()?, now), Ok(()));
+    /// assert_eq!(second.claim("192.0.2.7".parse()?, now), Err(Refusal::PerClientConnections));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn claim(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+        self.release_handshake();
+        *self = self.limiter.admit(client, now)?;
+        Ok(())
+    }
+
+    fn release_handshake(&mut self) {
         if std::mem::take(&mut self.handshake) {
             self.limiter.handshakes.0.fetch_sub(1, Ordering::Relaxed);
         }
@@ -963,20 +991,26 @@ mod tests {
     }
 
     #[test]
-    fn a_deferred_admission_claims_nothing() {
+    fn a_deferred_admission_holds_a_handshake_slot_until_claimed() {
         let t = Instant::now();
-        let l = Limiter::new(limits(1, Some("1/s"), 1), t);
+        let l = Limiter::new(limits(1, None, 2), t);
         let balancer = ip("10.0.0.2");
-        let deferred: Vec<_> = (0..5).map(|_| l.defer(balancer)).collect();
-        assert_eq!((l.handshakes(), l.connections_of(balancer), l.tracked()), (0, 0, 0));
-        assert!(deferred.iter().all(|a| !a.in_handshake()));
-        // The clients its headers name are admitted as usual, and the deferred ones release nothing.
-        let first = l.admit(ip("192.0.2.7"), t).unwrap();
-        assert_eq!(l.admit(ip("192.0.2.8"), t).unwrap_err(), Refusal::Handshakes);
-        drop(deferred);
-        assert_eq!((l.handshakes(), l.connections_of(ip("192.0.2.7"))), (1, 1));
-        drop(first);
-        assert_eq!(l.handshakes(), 0);
+        // Not limited per client, but each holds a handshake slot: the third finds none.
+        let mut a = l.defer(balancer, t).unwrap();
+        let mut b = l.defer(balancer, t).unwrap();
+        assert_eq!(l.defer(balancer, t).unwrap_err(), Refusal::Handshakes);
+        assert_eq!(l.admit(ip("192.0.2.9"), t).unwrap_err(), Refusal::Handshakes);
+        assert_eq!((l.handshakes(), l.connections_of(balancer), l.tracked()), (2, 0, 0));
+        assert!(a.in_handshake() && b.in_handshake());
+        // Claimed for the clients the headers name: the slot is handed over and the per-client
+        // limits apply to them; a refused claim holds nothing.
+        assert_eq!(a.claim(ip("192.0.2.7"), t), Ok(()));
+        assert_eq!((l.handshakes(), l.connections_of(ip("192.0.2.7"))), (2, 1));
+        assert_eq!(b.claim(ip("192.0.2.7"), t), Err(Refusal::PerClientConnections));
+        assert!(!b.in_handshake());
+        assert_eq!(l.handshakes(), 1);
+        drop((a, b));
+        assert_eq!((l.handshakes(), l.connections_of(ip("192.0.2.7"))), (0, 0));
     }
 
     #[test]

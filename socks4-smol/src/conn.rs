@@ -125,11 +125,8 @@ pub(crate) async fn serve_accepted<R: Runtime>(
     let peer = if config.proxy_protocol.contains(peer.ip()) {
         from.proxied = true;
         match proxy_header::<R>(client.clone(), peer, config.timeouts.handshake, &mut from.first).await {
-            Ok(original) => match snapshot.limiter.admit(original.ip(), Instant::now()) {
-                Ok(claimed) => {
-                    admission = claimed;
-                    original
-                }
+            Ok(original) => match admission.claim(original.ip(), Instant::now()) {
+                Ok(()) => original,
                 // Counted and summarised by the limiter, like a refusal at accept.
                 Err(_) => return,
             },

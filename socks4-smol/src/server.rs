@@ -346,12 +346,13 @@ impl Acceptor {
             snapshot.limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into());
             return;
         }
-        let admission = if snapshot.config.proxy_protocol.contains(peer.ip()) {
+        let admitted = if snapshot.config.proxy_protocol.contains(peer.ip()) {
             // A load balancer: limited per client once its PROXY header names the client.
-            snapshot.limiter.defer(peer.ip())
-        } else if let Ok(admission) = snapshot.limiter.admit(peer.ip(), now) {
-            admission
+            snapshot.limiter.defer(peer.ip(), now)
         } else {
+            snapshot.limiter.admit(peer.ip(), now)
+        };
+        let Ok(admission) = admitted else {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         };

@@ -594,11 +594,10 @@ impl Conn {
         match step {
             HeaderStep::More => {}
             HeaderStep::Close(end) => self.header_ended(Some(end)),
-            HeaderStep::Client { client, rest } => match self.snapshot.limiter.admit(client.ip(), now) {
+            HeaderStep::Client { client, rest } => match self.admission.claim(client.ip(), now) {
                 // Counted and summarised by the limiter, like a refusal at accept.
                 Err(_) => self.header_ended(None),
-                Ok(admission) => {
-                    self.admission = admission;
+                Ok(()) => {
                     self.client_addr = client;
                     self.proxy = Proxy::Proxied;
                     self.meter = ConnMeter::start();

@@ -384,11 +384,13 @@ pub(crate) fn admit(shared: &Shared, addr: SocketAddr, now: Instant) -> Option<(
         snapshot.limiter.refusals().record(now, Refusal::ServerConnections, addr.ip().into());
         return None;
     }
-    if snapshot.config.proxy_protocol.contains(addr.ip()) {
+    let admitted = if snapshot.config.proxy_protocol.contains(addr.ip()) {
         // A load balancer: limited per client once its PROXY header names the client.
-        return Some((snapshot.limiter.defer(addr.ip()), snapshot));
-    }
-    match snapshot.limiter.admit(addr.ip(), now) {
+        snapshot.limiter.defer(addr.ip(), now)
+    } else {
+        snapshot.limiter.admit(addr.ip(), now)
+    };
+    match admitted {
         Ok(admission) => Some((admission, snapshot)),
         Err(_counted_by_the_limiter) => {
             shared.live.fetch_sub(1, Ordering::SeqCst);

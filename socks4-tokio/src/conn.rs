@@ -101,11 +101,8 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, mut guard: Active
     let proxied = shared.config.proxy_protocol.contains(peer.ip());
     let peer = if proxied {
         match proxy_header(&client, peer, shared.config.timeouts.handshake, &mut first).await {
-            Ok(original) => match shared.limiter.admit(original.ip(), Instant::now()) {
-                Ok(claimed) => {
-                    *admission = claimed;
-                    original
-                }
+            Ok(original) => match admission.claim(original.ip(), Instant::now()) {
+                Ok(()) => original,
                 // Counted and summarised by the limiter, like a refusal at accept.
                 Err(_) => return,
             },

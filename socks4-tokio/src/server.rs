@@ -58,8 +58,11 @@ impl Shared {
         }
         if snapshot.config.proxy_protocol.contains(client.ip()) {
             // A load balancer: limited per client once its PROXY header names the client.
+            let Ok(admission) = snapshot.limiter.defer(client.ip(), now) else {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            };
             self.accepted.fetch_add(1, Ordering::Relaxed);
-            let admission = snapshot.limiter.defer(client.ip());
             return Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot });
         }
         match snapshot.limiter.admit(client.ip(), now) {
