@@ -285,12 +285,12 @@ impl FromStr for HostPattern {
     type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, RuleError> {
-        let body = s.strip_prefix("*.").unwrap_or(if s == "*" { "" } else { s });
-        let valid =
-            s == "*" || (!body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-        // `example.com.` is `example.com` (see `matches`).
-        let s = if s.len() > 1 { s.strip_suffix('.').unwrap_or(s) } else { s };
-        if valid { Ok(Self(s.to_ascii_lowercase())) } else { Err(RuleError::BadHostPattern(s.to_string())) }
+        // `example.com.` is `example.com` (see `matches`); no other label may be empty.
+        let name = if s.len() > 1 && s != "*." { s.strip_suffix('.').unwrap_or(s) } else { s };
+        let body = name.strip_prefix("*.").unwrap_or(if name == "*" { "" } else { name });
+        let label = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let valid = name == "*" || (!body.is_empty() && body.split('.').all(label));
+        if valid { Ok(Self(name.to_ascii_lowercase())) } else { Err(RuleError::BadHostPattern(s.to_string())) }
     }
 }
 
@@ -930,6 +930,9 @@ mod tests {
         assert_eq!(exact.to_string(), "example.com");
         assert!(exact.matches("example.com") && exact.matches("Example.COM."));
         assert!(!exact.matches("example.com.."), "one dot only");
+        for bad in ["..us...", "a..b", ".example.com", "example.com..", "*..x", "*."] {
+            assert!(bad.parse::<HostPattern>().is_err(), "{bad}");
+        }
         let rules = Rules::parse("deny to *.corp\nallow any").unwrap();
         let by_name = |h| AccessRequest::new(Command::Connect, 80, b"").with_host(h);
         assert_eq!(rules.decide([127, 0, 0, 1].into(), &by_name("db.corp.")).action, Action::Deny);
