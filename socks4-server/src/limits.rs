@@ -445,27 +445,32 @@ impl Limiter {
     /// cannot crowd out the others' handshakes. Refused (and counted) over that cap.
     pub fn defer(self: &Arc<Self>, balancer: IpAddr, now: Instant) -> Result<Admission, Refusal> {
         let key = ClientKey::from(balancer);
+        if let Err(reason) = self.take_handshake() {
+            self.refusals.record(now, reason, key);
+            return Err(reason);
+        }
+        let handshake = self.limits.max_handshakes != 0;
+        Ok(Admission { limiter: Arc::clone(self), client: key, tracked: None, handshake, bind_wait: false })
+    }
+
+    /// Takes a handshake slot (`max_handshakes`; none is counted when it is 0).
+    fn take_handshake(&self) -> Result<(), Refusal> {
         let max = self.limits.max_handshakes as usize;
         if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
             self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
-            self.refusals.record(now, Refusal::Handshakes, key);
             return Err(Refusal::Handshakes);
         }
-        Ok(Admission { limiter: Arc::clone(self), client: key, tracked: None, handshake: max != 0, bind_wait: false })
+        Ok(())
     }
 
     fn try_admit(&self, key: ClientKey, now: Instant) -> Result<Option<Hashed<ClientKey>>, Refusal> {
-        let max = self.limits.max_handshakes as usize;
-        if max != 0 && self.handshakes.0.fetch_add(1, Ordering::Relaxed) >= max {
-            self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::Handshakes);
-        }
+        self.take_handshake()?;
         let Some(clients) = &self.clients else { return Ok(None) };
         let key = clients.hashed(key);
         match self.admit_client(clients, &key, now) {
             Ok(()) => Ok(Some(key)),
             Err(reason) => {
-                if max != 0 {
+                if self.limits.max_handshakes != 0 {
                     self.handshakes.0.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(reason)

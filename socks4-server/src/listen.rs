@@ -64,3 +64,9 @@ pub fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
+
+/// The addresses `groups` (as [`listeners`] returns them) listen on, one per group, with their
+/// actual ports.
+pub fn local_addrs(groups: &[Vec<TcpListener>]) -> Vec<SocketAddr> {
+    groups.iter().filter_map(|group| group.first()?.local_addr().ok()).collect()
+}

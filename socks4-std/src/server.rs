@@ -68,8 +68,7 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
-        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|g| g.first()?.local_addr().ok()).collect();
-        live.listening_on(&addrs);
+        live.listening_on(&socks4_server::listen::local_addrs(&listeners));
         let metrics = live.metrics(workers);
         Ok(Server { listeners, workers, live, splice: true, metrics })
     }
@@ -83,7 +82,7 @@ impl Server {
 
     /// The addresses actually bound (with the ports picked for port 0), one per listen address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|g| g.first().and_then(|l| l.local_addr().ok())).collect()
+        socks4_server::listen::local_addrs(&self.listeners)
     }
 
     /// Its metrics (counting only with `config.metrics` set); serve them with

@@ -137,14 +137,13 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
-        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|group| group.first()?.local_addr().ok()).collect();
-        live.listening_on(&addrs);
+        live.listening_on(&socks4_server::listen::local_addrs(&listeners));
         Ok(Server { shared: Arc::new(Shared::new(live, workers)), workers, listeners })
     }
 
     /// The addresses actually listened on, one per configured address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|group| group.first()?.local_addr().ok()).collect()
+        socks4_server::listen::local_addrs(&self.listeners)
     }
 
     /// The configuration new connections get now.
