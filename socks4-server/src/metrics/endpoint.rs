@@ -309,6 +309,19 @@ mod tests {
         let _ = over.read_to_string(&mut answer);
         assert!(answer.is_empty(), "over the limit: closed unanswered, not queued ({answer})");
         drop((silent, more));
+        // Their requests end as their threads see the close; until then a new one may find no slot.
+        let freed = Instant::now() + Duration::from_secs(3);
+        while TcpStream::connect(endpoint.local_addr())
+            .and_then(|mut s| s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").map(|()| s))
+            .and_then(|mut s| {
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).map(|_| answer)
+            })
+            .map_or(true, |answer| !answer.starts_with("HTTP/1.1 200 "))
+        {
+            assert!(Instant::now() < freed, "the slots were not freed when their clients left");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         metrics.set_draining();
         assert!(ask(&endpoint, b"GET /readyz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503 "));
         assert!(ask(&endpoint, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "));
