@@ -12,6 +12,8 @@
 //! - [`metrics`]: Prometheus metrics counted per worker, and the `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`accept`]: how an accept loop treats each kind of error;
 //! - [`ident`]: asking a client's identd (RFC 1413) for rules with `ident`;
+//! - [`linger`]: the drain after a handshake's last reply, the same on every adapter;
+//! - [`Stats`]: the counters every adapter's server handle reports;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
 //! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
@@ -95,6 +97,7 @@ pub mod config;
 mod gcra;
 pub mod ident;
 pub mod limits;
+pub mod linger;
 pub mod listen;
 pub mod log;
 pub mod metrics;
@@ -103,9 +106,12 @@ pub mod reload;
 mod shards;
 #[cfg(unix)]
 pub mod signals;
+mod stats;
 pub mod systemd;
 pub mod upstream;
 pub mod users;
+
+pub use stats::Stats;
 
 pub use config::{ConfigError, ServerConfig, Timeouts};
 
