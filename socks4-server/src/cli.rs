@@ -273,9 +273,15 @@ impl ServerArgs {
 
     /// The file's config with the command line's options on top, not yet validated.
     fn merged(&self, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => load_config_file(path)?,
-            None => ServerConfig::default(),
+        let text = self.config.as_deref().map(read_config_file).transpose()?;
+        self.merged_text(text.as_deref(), activated)
+    }
+
+    /// Like [`merged`](Self::merged), with the config file's text already read.
+    fn merged_text(&self, text: Option<&str>, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
+        let mut config = match (&self.config, text) {
+            (Some(path), Some(text)) => config_from_text(path, text)?,
+            _ => ServerConfig::default(),
         };
         if !self.listen.is_empty() {
             config.listen.clone_from(&self.listen);
@@ -527,10 +533,18 @@ pub fn reload(
 ) -> Result<Change, ConfigError> {
     systemd::notify(systemd::State::Reloading);
     let source = args.config.as_ref().map_or("the command line".to_string(), |p| p.display().to_string());
-    let old_level = live.snapshot().config.log_level.clone();
-    let outcome = args.merged(activated).and_then(|config| live.replace(config));
+    let old = live.snapshot();
+    let old_level = old.config.log_level.clone();
+    let outcome = reload_config(args, live, activated).and_then(|config| live.replace(config));
     match &outcome {
         Ok(change) => {
+            let new = live.snapshot();
+            if old.config.users.is_some() && new.config.users.is_none() {
+                tracing::warn!("config reload: {source} names no users file now: user ids are no longer verified");
+            }
+            if !old.configured_rules().is_empty() && new.configured_rules().is_empty() {
+                tracing::warn!("config reload: {source} leaves no rules: every request is allowed now");
+            }
             let new_level = live.snapshot().config.log_level.clone();
             if new_level != old_level {
                 if let Err(e) = set_log_level(&new_level) {
@@ -554,6 +568,37 @@ pub fn reload(
     }
     systemd::notify(systemd::State::Ready);
     outcome
+}
+
+/// The config a reload would apply: the file read once, with the command line on top; a blank file
+/// ([`is_blank_config`]) is refused ([`ConfigError::BlankReload`]) unless applying it changes
+/// nothing, so a file truncated to be rewritten in place cannot strip the running server of its
+/// rules, users and limits.
+fn reload_config(
+    args: &ServerArgs,
+    live: &LiveConfig,
+    activated: Option<&[SocketAddr]>,
+) -> Result<ServerConfig, ConfigError> {
+    let text = args.config.as_deref().map(read_config_file).transpose()?;
+    let config = args.merged_text(text.as_deref(), activated)?;
+    match (&args.config, text) {
+        (Some(path), Some(text)) if is_blank_config(&text) && !live.is_running(&config) => {
+            Err(ConfigError::BlankReload(path.display().to_string()))
+        }
+        _ => Ok(config),
+    }
+}
+
+/// Does this config text hold nothing but whitespace and `#` comments (what a file truncated to
+/// be rewritten in place holds for a while)?
+///
+/// ```
+/// use socks4_server::cli::is_blank_config;
+/// assert!(is_blank_config(" \n# socks4.toml\n\t\n"));
+/// assert!(!is_blank_config("rules = []\n"));
+/// ```
+pub fn is_blank_config(text: &str) -> bool {
+    text.lines().map(str::trim).all(|line| line.is_empty() || line.starts_with('#'))
 }
 
 /// Sets a new log filter (a level or a tracing directive) on the installed subscriber.
@@ -595,8 +640,17 @@ fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
 /// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
 /// taken relative to the file's directory.
 pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-    let mut config = parse_config_toml(&text).map_err(|e| match e {
+    config_from_text(path, &read_config_file(path)?)
+}
+
+/// The text of the config file at `path`.
+fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))
+}
+
+/// Parses the text of the config file at `path` (see [`load_config_file`]).
+fn config_from_text(path: &std::path::Path, text: &str) -> Result<ServerConfig, ConfigError> {
+    let mut config = parse_config_toml(text).map_err(|e| match e {
         ConfigError::File(msg) => ConfigError::File(format!("{}: {msg}", path.display())),
         other => other,
     })?;
@@ -898,6 +952,32 @@ mod tests {
         }
         assert_eq!(given.unwrap().log_level, "warn");
         assert!(matches!(bad, Err(ConfigError::LogLevel(_))), "{bad:?}");
+    }
+
+    #[test]
+    fn a_blank_file_is_not_reloaded_over_a_running_config() {
+        let path = std::env::temp_dir().join(format!("socks4-server-blank-{}.toml", std::process::id()));
+        std::fs::write(&path, "rules = [\"allow port 80\"]\n[client_limits]\nmax_per_client = 5\n").unwrap();
+        let args = ServerArgs::try_parse_from(["socks4", "--config", path.to_str().unwrap()]).unwrap();
+        let live = LiveConfig::new(args.to_config().unwrap()).unwrap();
+        let before = live.snapshot();
+        let no_level = |_: &str| Ok(());
+        for blank in ["", "  \n\t\n", "# socks4.toml\n\n"] {
+            std::fs::write(&path, blank).unwrap();
+            let refused = reload(&args, &live, None, &no_level).unwrap_err();
+            assert!(matches!(refused, ConfigError::BlankReload(_)), "{blank:?}: {refused}");
+            assert!(Arc::ptr_eq(&before, &live.snapshot()), "{blank:?} kept the running config");
+        }
+        // On purpose: a file that says something is applied, even if it empties the rules.
+        std::fs::write(&path, "rules = []\n").unwrap();
+        reload(&args, &live, None, &no_level).unwrap();
+        assert!(live.snapshot().config.rules.is_empty());
+        // A blank file over a config it would not change is a no-op, not an error.
+        let started_blank = ServerArgs::try_parse_from(["socks4", "--config", path.to_str().unwrap()]).unwrap();
+        std::fs::write(&path, "\n").unwrap();
+        let live = LiveConfig::new(started_blank.to_config().unwrap()).unwrap();
+        reload(&started_blank, &live, None, &no_level).unwrap();
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -265,6 +265,10 @@ impl ServerConfig {
                 return Err(ConfigError::OpenProxy(*addr));
             }
         }
+        let listen: Vec<SocketAddr> = self.listen_addrs().collect();
+        if let Some(parent) = crate::upstream::route_to_self(&self.rules, &listen) {
+            return Err(ConfigError::RouteToSelf(parent.to_string()));
+        }
         // --- Abuse limits. ---
         if self.client_limits.tracked_clients == 0 {
             return Err(ConfigError::Zero("client_limits.tracked_clients"));
@@ -322,6 +326,12 @@ pub enum ConfigError {
     Users(UsersError),
     /// The log filter is malformed.
     LogLevel(String),
+    /// A reload read a config file holding nothing but blanks and comments (one being rewritten
+    /// in place, caught half-written) while the running config has settings it would drop.
+    BlankReload(String),
+    /// A route's parent is this server itself (see
+    /// [`upstream::route_to_self`](crate::upstream::route_to_self)).
+    RouteToSelf(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -344,6 +354,17 @@ impl fmt::Display for ConfigError {
             Self::File(msg) => write!(f, "config file: {msg}"),
             Self::Users(e) => write!(f, "users file: {e}"),
             Self::LogLevel(e) => write!(f, "bad log level {e}"),
+            Self::RouteToSelf(parent) => write!(
+                f,
+                "the route through {parent} leads back to this server's own listener: each request \
+                 would loop through it; name another proxy"
+            ),
+            Self::BlankReload(path) => write!(
+                f,
+                "{path} is empty (blanks and comments only): not applied over the running config, which \
+                 it would strip of its rules, users and limits (a file caught while being rewritten in \
+                 place?); write the new file beside it and rename it over the old one"
+            ),
         }
     }
 }

@@ -70,3 +70,36 @@ pub fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
 pub fn local_addrs(groups: &[Vec<TcpListener>]) -> Vec<SocketAddr> {
     groups.iter().filter_map(|group| group.first()?.local_addr().ok()).collect()
 }
+
+/// Is `ip` one of this host's own addresses (any loopback address, or one of its interfaces')?
+/// Told by binding a UDP socket to it, which only a local address allows (nothing is sent).
+///
+/// ```
+/// use socks4_server::listen::is_own_address;
+/// assert!(is_own_address([127, 0, 0, 7].into()));
+/// assert!(!is_own_address([192, 0, 2, 1].into())); // TEST-NET-1: nobody's
+/// ```
+pub fn is_own_address(ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || (!ip.is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok())
+}
+
+/// Would a connection to `to` reach one of the listeners on `listen`: the same address and port,
+/// or the port of a wildcard listener (`0.0.0.0` for this host's IPv4 addresses, `::` for its
+/// IPv6 ones) and one of this host's addresses ([`is_own_address`])?
+///
+/// ```
+/// use socks4_server::listen::reaches_listener;
+/// let listen = ["0.0.0.0:1080".parse()?];
+/// assert!(reaches_listener("127.0.0.2:1080".parse()?, &listen));
+/// assert!(!reaches_listener("127.0.0.2:1081".parse()?, &listen));
+/// assert!(!reaches_listener("192.0.2.1:1080".parse()?, &listen));
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+pub fn reaches_listener(to: SocketAddr, listen: &[SocketAddr]) -> bool {
+    let ip = to.ip().to_canonical();
+    listen.iter().filter(|l| l.port() == to.port() && l.port() != 0).any(|l| {
+        let own = l.ip().to_canonical();
+        own == ip || (own.is_unspecified() && own.is_ipv4() == ip.is_ipv4() && is_own_address(ip))
+    })
+}

@@ -66,6 +66,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The rules as configured, without the guard of the server's own listeners that
+    /// `config.rules` adds.
+    pub fn configured_rules(&self) -> &Rules {
+        &self.configured_rules
+    }
+
     fn build(mut config: ServerConfig, old: Option<&Snapshot>, listening: &[SocketAddr]) -> Result<Self, ConfigError> {
         config.validate()?;
         let configured_rules = std::mem::take(&mut config.rules);
@@ -135,16 +141,32 @@ impl LiveConfig {
         self.current.load_full()
     }
 
-    /// Validates `config`, loads its users file and swaps it in for new connections. On error the
-    /// current snapshot stays. Bind-time settings that differ from the running server's are
-    /// listed in the [`Change`] and not applied (the new snapshot keeps the running ones).
-    pub fn replace(&self, mut config: ServerConfig) -> Result<Change, ConfigError> {
-        let restart_needed = restart_needed(&self.bound, &config);
+    /// Is `config` what runs now (bind-time settings aside, as [`replace`](Self::replace) keeps
+    /// the running ones)? Then replacing it changes nothing.
+    pub fn is_running(&self, config: &ServerConfig) -> bool {
+        let mut config = config.clone();
+        self.keep_bind_time(&mut config);
+        let current = self.current.load();
+        let mut running = current.config.clone();
+        running.rules = current.configured_rules.clone();
+        running == config
+    }
+
+    /// Sets `config`'s bind-time settings to the running server's.
+    fn keep_bind_time(&self, config: &mut ServerConfig) {
         config.listen.clone_from(&self.bound.listen);
         config.workers = self.bound.workers;
         config.reuseport = self.bound.reuseport;
         config.metrics = self.bound.metrics;
         config.log_format = self.bound.log_format;
+    }
+
+    /// Validates `config`, loads its users file and swaps it in for new connections. On error the
+    /// current snapshot stays. Bind-time settings that differ from the running server's are
+    /// listed in the [`Change`] and not applied (the new snapshot keeps the running ones).
+    pub fn replace(&self, mut config: ServerConfig) -> Result<Change, ConfigError> {
+        let restart_needed = restart_needed(&self.bound, &config);
+        self.keep_bind_time(&mut config);
         let old = self.current.load();
         let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let next = Snapshot::build(config, Some(&old), &listening)?;

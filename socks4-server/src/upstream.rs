@@ -98,6 +98,34 @@ pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_
     decision.action == Action::Allow && rules.route(&decision).is_some_and(Route::forwards_names)
 }
 
+/// The first parent of `rules`' routes that is this server itself: one whose address (or, for a
+/// name, one of the addresses it resolves to) reaches a listener on `listen`
+/// ([`reaches_listener`](crate::listen::reaches_listener)). Each request on such a route would
+/// come back to us and loop until the connect timeout or the fd limit ends it; the config check
+/// refuses it ([`ConfigError::RouteToSelf`](crate::ConfigError::RouteToSelf)). Names are looked
+/// up only when their port is one of the listen ports; one that does not resolve is let be.
+///
+/// ```
+/// use socks4_core::rules::Rules;
+/// use socks4_server::upstream::route_to_self;
+/// let listen = ["0.0.0.0:1080".parse()?];
+/// let rules = Rules::parse("allow to *.onion via socks4a://127.0.0.1:9050\nallow via socks4://127.0.0.2:1080")?;
+/// assert_eq!(route_to_self(&rules, &listen).map(|p| p.to_string()).as_deref(), Some("socks4://127.0.0.2:1080"));
+/// assert!(route_to_self(&Rules::parse("allow via socks4://192.0.2.1:1080")?, &listen).is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn route_to_self<'r>(rules: &'r Rules, listen: &[SocketAddr]) -> Option<&'r Parent> {
+    let ports: Vec<u16> = listen.iter().map(SocketAddr::port).filter(|&p| p != 0).collect();
+    let parents = rules.0.iter().filter_map(|rule| rule.route.as_ref()).flat_map(|route| &route.parents);
+    parents.filter(|parent| ports.contains(&parent.port)).find(|parent| {
+        let addrs: Vec<SocketAddr> = match parent.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, parent.port)],
+            Err(_) => (parent.host.as_str(), parent.port).to_socket_addrs().map(Iterator::collect).unwrap_or_default(),
+        };
+        addrs.into_iter().any(|addr| crate::listen::reaches_listener(addr, listen))
+    })
+}
+
 /// What [`authorize`] decided beyond allow/deny.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -67,7 +67,9 @@ fn rules_file(port: u16) -> String {
 /// to A is opened and B is refused (91); the file is changed to allow only B and the server gets
 /// `SIGHUP`: it logs `config reloaded`, B is then served, A refused, and the relay opened before the
 /// reload still carries bytes both ways. Then a broken file and `SIGHUP`: the server logs `config
-/// reload failed, keeping the running config: ...` and B is still served, A still refused.
+/// reload failed, keeping the running config: ...` and B is still served, A still refused. Then
+/// an empty file (one truncated to be rewritten, caught half-way) and `SIGHUP`: refused as empty
+/// (it would drop the rules), and A is still refused.
 ///
 /// # Errors
 /// What went wrong, with the server's log so far.
@@ -108,6 +110,17 @@ pub fn sighup_reload(binary: &Path) -> Result<Outcome, Failure> {
         return Err(Failure::new("A after a broken file: the running rules were not kept"));
     }
     echo(&mut relay, b"still")?;
+
+    // A file truncated to be rewritten in place, caught empty: a valid empty config, refused.
+    dir.write("socks4.toml", "")?;
+    signal(&server, "HUP")?;
+    let failed = line_with(&lines, "config reload failed, keeping the running config: ", &mut seen)?;
+    if !failed.contains("is empty") {
+        return Err(Failure::new(format!("the reload of an empty file does not say it is empty: {failed}")));
+    }
+    if reply_to(proxy, a_port)? != 91 {
+        return Err(Failure::new("A after an empty file was reloaded: the running rules were dropped"));
+    }
     drop((relay, server));
     Ok(Outcome::Pass)
 }
@@ -202,6 +215,46 @@ pub fn check_config(binary: &Path) -> Result<Outcome, Failure> {
         }
     }
     drop(held);
+    Ok(Outcome::Pass)
+}
+
+/// A route whose parent is the server itself, through `binary`: `--check-config` exits 2 naming
+/// the route that leads back to its own listener, for the listen address itself, another
+/// loopback address on a `0.0.0.0` listener and the name `localhost`; a start with such a route
+/// exits at once with the reason (it would loop each request through itself); a parent on
+/// another port is accepted.
+///
+/// # Errors
+/// What went wrong.
+pub fn route_to_self(binary: &Path) -> Result<Outcome, Failure> {
+    let held = TcpListener::bind("127.0.0.1:0")?;
+    let port = held.local_addr()?.port();
+    let local = format!("127.0.0.1:{port}");
+    let any = format!("0.0.0.0:{port}");
+    let via = |parent: &str| format!("from 127.0.0.0/8 via {parent}");
+    let cases = [
+        (local.as_str(), via(&format!("socks4://127.0.0.1:{port}"))),
+        (any.as_str(), via(&format!("socks4a://127.0.0.2:{port}"))),
+        (local.as_str(), via(&format!("socks4a://localhost:{port}"))),
+    ];
+    for (listen, rule) in &cases {
+        let (status, _, err) = run(binary, &["--check-config", "--listen", listen, "--allow", rule])?;
+        if status.code() != Some(2) || !err.contains("leads back to this server's own listener") {
+            return Err(Failure::new(format!(
+                "--check-config --listen {listen} --allow {rule:?}: {status}, stderr {err:?}"
+            )));
+        }
+    }
+    let other = via(&format!("socks4://127.0.0.1:{}", if port == 65535 { 1 } else { port + 1 }));
+    let (status, _, err) = run(binary, &["--check-config", "--listen", &local, "--allow", &other])?;
+    if !status.success() {
+        return Err(Failure::new(format!("a parent on another port was refused: {status}, stderr {err:?}")));
+    }
+    drop(held); // the start below must fail on the route, not on a port in use
+    let (status, _, err) = run(binary, &["--listen", &local, "--allow", &cases[0].1])?;
+    if status.success() || !err.contains("leads back to this server's own listener") {
+        return Err(Failure::new(format!("a start with a route to itself: {status}, stderr {err:?}")));
+    }
     Ok(Outcome::Pass)
 }
 
