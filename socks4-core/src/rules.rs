@@ -135,6 +135,88 @@ pub fn is_forbidden_destination(ip: IpAddr) -> bool {
     }
 }
 
+/// The address a host name written as a number stands for, the way resolvers read it, or `None`
+/// for a real name. After one trailing dot is dropped (`127.0.0.1.` is `127.0.0.1`, as for host
+/// patterns): an IPv6 address (with or without a `%scope`), or an IPv4 address in any form C's
+/// `inet_aton` takes — 1 to 4 parts separated by dots, each decimal, octal (a leading `0`) or
+/// hexadecimal (`0x`), the last one filling the remaining bytes (`127.1`, `2130706433`,
+/// `0x7f000001` and `0177.0.0.1` are all 127.0.0.1; `0` is 0.0.0.0), optionally followed by
+/// whitespace and anything. A server must treat such a name as that address — check it as one and
+/// never pass it on to a parent as a name, where it would slip past every address rule.
+///
+/// ```
+/// use core::net::{IpAddr, Ipv4Addr};
+/// use socks4_core::rules::numeric_host;
+/// let lo = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+/// for name in ["127.0.0.1", "127.0.0.1.", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "0x7F.1"] {
+///     assert_eq!(numeric_host(name), lo, "{name}");
+/// }
+/// for name in ["0", "00", "0x0", "0.0.0.0."] {
+///     assert_eq!(numeric_host(name), Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), "{name}");
+/// }
+/// assert_eq!(numeric_host("::1."), Some("::1".parse().unwrap()));
+/// for name in ["example.com", "127.0.0.1..", "08", "0x", "1.2.3.4.5", "256.1.1.1", "4294967296", "1e3"] {
+///     assert_eq!(numeric_host(name), None, "{name}");
+/// }
+/// ```
+pub fn numeric_host(host: &str) -> Option<IpAddr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let v6 = host.split_once('%').map_or(host, |(addr, _scope)| addr);
+    if let Ok(ip) = v6.parse::<Ipv6Addr>() {
+        return Some(IpAddr::V6(ip).to_canonical());
+    }
+    inet_aton(host.as_bytes()).map(IpAddr::V4)
+}
+
+/// C's `inet_aton` (glibc's, which ignores what follows a whitespace after the number).
+fn inet_aton(s: &[u8]) -> Option<Ipv4Addr> {
+    const MAX_LAST: [u64; 4] = [0xffff_ffff, 0xff_ffff, 0xffff, 0xff];
+    let mut parts = [0u8; 3];
+    let mut n = 0;
+    let mut i = 0;
+    loop {
+        // A part: starts with a digit; `0x` hex, `0` octal, else decimal (C's strtoul, base 0).
+        if !s.get(i).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        let hex = s[i] == b'0'
+            && matches!(s.get(i + 1), Some(b'x' | b'X'))
+            && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        let (radix, start) = match (hex, s[i]) {
+            (true, _) => (16, i + 2),
+            (false, b'0') => (8, i),
+            _ => (10, i),
+        };
+        let mut value: u64 = 0;
+        i = start;
+        while let Some(digit) = s.get(i).and_then(|&b| char::from(b).to_digit(radix)) {
+            value = value.checked_mul(u64::from(radix))?.checked_add(u64::from(digit))?;
+            if value > 0xffff_ffff {
+                return None;
+            }
+            i += 1;
+        }
+        if s.get(i) == Some(&b'.') {
+            if n == 3 || value > 0xff {
+                return None;
+            }
+            parts[n] = value as u8;
+            n += 1;
+            i += 1;
+            continue;
+        }
+        // The end, or whitespace and anything after it.
+        if s.get(i).is_some_and(|&b| !matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')) || value > MAX_LAST[n] {
+            return None;
+        }
+        let mut word = value as u32;
+        for (k, &part) in parts[..n].iter().enumerate() {
+            word |= u32::from(part) << (24 - 8 * k);
+        }
+        return Some(Ipv4Addr::from(word));
+    }
+}
+
 /// A kind of address a rule can name instead of listing networks: `to loopback`, `to private`,
 /// `to link-local`. Each covers IPv4 and IPv6 (and IPv4-mapped IPv6).
 ///

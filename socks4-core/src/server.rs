@@ -40,7 +40,7 @@ use crate::error::{Misuse, ParseError};
 use crate::ident::{ErrorKind, IdentReply};
 use crate::reply::{Reply, ReplyCode};
 use crate::request::{Command, Dest, Limits, MAX_REQUEST_LEN, Request, Status, parse_request};
-use crate::rules::{AccessRequest, Action, Rules, is_forbidden_destination};
+use crate::rules::{AccessRequest, Action, Rules, is_forbidden_destination, numeric_host};
 use crate::target::Target;
 use crate::timeouts::Timeouts;
 
@@ -167,7 +167,9 @@ pub enum Output<'a> {
     /// Write this 8-byte reply to the client (`reply.to_bytes()`).
     Send(Reply),
     /// Resolve `host` to an address (IPv4 or IPv6); answer with [`ServerHandshake::handle_resolved`].
-    /// Emitted once, and never with [`Names::Forward`] for a CONNECT.
+    /// Emitted once, and never with [`Names::Forward`] for a CONNECT, nor for a name written as
+    /// a number ([`numeric_host`](crate::rules::numeric_host): `127.1`, `0x7f000001`, `::1`),
+    /// which is taken as that address.
     Resolve {
         /// The SOCKS4a host name.
         host: &'a str,
@@ -391,13 +393,24 @@ impl ServerHandshake {
         let filled = old + take;
         match parse_request(&self.buf[..filled], &self.limits) {
             Ok(Status::Complete((req, used))) => {
+                // A name written as a number (`127.1`, `0x7f000001`, `::1`) is that address: never
+                // looked up nor passed on as a name, and checked as an address.
+                let numeric = match req.dest {
+                    Dest::Domain(host) => numeric_host(host),
+                    Dest::Ip(_) => None,
+                };
                 let resolve = match req.dest {
-                    Dest::Domain(_) => self.names == Names::Resolve || req.command == Command::Bind,
+                    Dest::Domain(_) => {
+                        numeric.is_none() && (self.names == Names::Resolve || req.command == Command::Bind)
+                    }
                     Dest::Ip(_) => false,
                 };
                 let refused = match (req.command, req.dest) {
                     (Command::Connect, Dest::Ip(ip)) if is_forbidden_destination(ip.into()) => {
                         Some(CloseReason::Forbidden(ip.into()))
+                    }
+                    (Command::Connect, Dest::Domain(_)) if numeric.is_some_and(is_forbidden_destination) => {
+                        numeric.map(CloseReason::Forbidden)
                     }
                     (Command::Connect, Dest::Ip(ip)) if self.refuse_addresses => Some(CloseReason::AddressOnly(ip)),
                     _ => None,
@@ -406,6 +419,9 @@ impl ServerHandshake {
                 self.request_len = used as u16;
                 if let Some(reason) = refused {
                     self.reject_with(reason);
+                } else if let Some(ip) = numeric {
+                    self.resolved = Some(ip);
+                    self.state = State::Authorizing;
                 } else if resolve {
                     self.enter(State::Resolving { asked: false }, now, self.timeouts.connect);
                 } else {
@@ -1147,14 +1163,39 @@ mod tests {
             b.handle_input(T0, &req[..n]);
             assert_eq!(drain(&mut b).1, std::format!("{:?}", Output::Closed(CloseReason::Forbidden(ip.into()))));
         }
-        // A name that resolves to one (`0`, `0.0.0.0`, `::ffff:0.0.0.0`) is refused the same way.
+        // A name that resolves to one (`zero.example` to `0.0.0.0`, `::ffff:0.0.0.0`) is refused the same way.
         for resolved in [IpAddr::from([0, 0, 0, 0]), "::ffff:0.0.0.0".parse().unwrap(), "::".parse().unwrap()] {
             let mut c = hs();
-            c.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\x000\0");
-            assert!(matches!(c.poll_output(), Output::Resolve { host: "0", .. }));
+            c.handle_input(T0, b"\x04\x01\x00\x50\x00\x00\x00\x01\0zero.example\0");
+            assert!(matches!(c.poll_output(), Output::Resolve { host: "zero.example", .. }));
             c.handle_resolved(T0, Ok(resolved)).unwrap();
             assert_eq!(c.poll_output(), Output::Send(Reply::rejected()));
             assert_eq!(c.poll_output(), Output::Closed(CloseReason::Forbidden(resolved.to_canonical())));
+        }
+        // So is a name written as one (`0`, `0x0`, `0.0.0.0.`, `::`), without a lookup, in either
+        // names mode (a forwarding server must not pass it on as a name).
+        for names in [Names::Resolve, Names::Forward] {
+            for name in ["0", "00", "0x0", "0.0.0.0.", "0.0", "::", "::ffff:0.0.0.0"] {
+                let mut c = hs().with_names(names);
+                let mut req = std::vec::Vec::from(&b"\x04\x01\x00\x50\x00\x00\x00\x01\0"[..]);
+                req.extend_from_slice(name.as_bytes());
+                req.push(0);
+                c.handle_input(T0, &req);
+                assert_eq!(c.poll_output(), Output::Send(Reply::rejected()), "{name}");
+                assert!(matches!(c.poll_output(), Output::Closed(CloseReason::Forbidden(_))), "{name}");
+            }
+            // And loopback written as a number is checked as 127.0.0.1 by the rules, never resolved.
+            let rules = Rules::parse("deny to loopback\nallow any").unwrap();
+            for name in ["127.1", "127.0.0.1.", "2130706433", "0x7f000001", "0177.0.0.1", "::1"] {
+                let mut c = hs().with_names(names);
+                let mut req = std::vec::Vec::from(&b"\x04\x01\x00\x50\x00\x00\x00\x01\0"[..]);
+                req.extend_from_slice(name.as_bytes());
+                req.push(0);
+                c.handle_input(T0, &req);
+                let Output::Authorize(access) = c.poll_output() else { panic!("{name}: no Authorize") };
+                assert!(access.addr.is_some_and(|ip| ip.is_loopback()), "{name}: {access:?}");
+                assert_eq!(c.authorize(T0, &rules, [10, 0, 0, 1].into()).unwrap(), Action::Deny, "{name}");
+            }
         }
         // BIND's address is the expected peer, not a destination: not refused here.
         let mut d = hs();

@@ -87,9 +87,10 @@ pub const SKIP_FOR: Duration = Duration::from_secs(30);
 pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_file: bool) -> bool {
     let Some(req) = hs.request() else { return false };
     let (Command::Connect, Dest::Domain(host)) = (req.command, req.dest) else { return false };
-    // An address written as a name (`127.0.0.1`, `::1`) is that address: it is resolved (to
-    // itself) and the address rules and the never-real check see it, as if sent by address.
-    if !rules.has_routes() || host.parse::<IpAddr>().is_ok() {
+    // An address written as a name (`127.0.0.1`, `127.1`, `0x7f000001`, `::1`) is that address:
+    // the handshake takes it as resolved, and the address rules and the never-real check see it,
+    // as if sent by address (it never gets here; this is the second lock on that door).
+    if !rules.has_routes() || socks4_core::rules::numeric_host(host).is_some() {
         return false;
     }
     let by_name = AccessRequest::new(req.command, req.port, req.user_id).with_host(host);

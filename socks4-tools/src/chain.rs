@@ -189,6 +189,60 @@ fn answering_parent(code: u8) -> Result<SocketAddr, Failure> {
     Ok(addr)
 }
 
+/// A parent that answers every request with 91 and sends what it received on `requests`.
+fn recording_parent() -> Result<(SocketAddr, Receiver<Vec<u8>>), Failure> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (tx, requests) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 600];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = s.write_all(&[0, 91, 0, 0, 0, 0, 0, 0]);
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((addr, requests))
+}
+
+/// The SOCKS4a names [`chain_numeric_names`] sends: loopback and 0.0.0.0 written as numbers the
+/// way resolvers (C's `inet_aton`) read them.
+const NUMERIC_NAMES: [&str; 10] =
+    ["0", "00", "0x0", "0.0.0.0.", "127.1", "127.0.0.1.", "2130706433", "0x7f000001", "0177.0.0.1", "::1"];
+
+/// Names written as numbers on a `socks4a://` route: `binary` with `--deny 'to loopback' --allow
+/// 'via socks4a://PARENT'` (a parent that records what it gets). Each of [`NUMERIC_NAMES`] is
+/// refused (91) without reaching the parent (it is checked here as the address it stands for:
+/// forwarded, a glibc parent would read it as 127.0.0.1 or 0.0.0.0, past `deny to loopback`);
+/// a real name does reach the parent, unresolved.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_numeric_names(binary: &Path) -> Result<Outcome, Failure> {
+    let (parent, requests) = recording_parent()?;
+    let child = Hop::start(binary, &["deny to loopback".to_owned(), format!("via socks4a://{parent}")])?;
+    for name in NUMERIC_NAMES {
+        let code = reply_code(child.addr, &wire::connect_host(name, 80, b"n"))?;
+        if code != 91 {
+            return Err(Failure::new(format!("{name:?} under `deny to loopback`: reply {code}, not 91")));
+        }
+    }
+    let code = reply_code(child.addr, &wire::connect_host("control.example", 80, b"n"))?;
+    if code != 91 {
+        return Err(Failure::new(format!("control.example: reply {code}, not the parent's 91")));
+    }
+    let first = requests.recv_timeout(Duration::from_secs(5)).map_err(|_| Failure::new("the parent got nothing"))?;
+    let name_of =
+        |req: &[u8]| String::from_utf8_lossy(req.get(10..).unwrap_or_default()).trim_end_matches('\0').to_owned();
+    if !first.ends_with(b"control.example\0") {
+        return Err(Failure::new(format!("a numeric name reached the parent: {:?}", name_of(&first))));
+    }
+    Ok(Outcome::Pass)
+}
+
 /// Failover and refusals: `binary` routes through a dead parent first, then a live one (another
 /// adapter, which denies the user `refuse-me`), and the user `want-93` through a parent that
 /// answers 93. A CONNECT is served through the second parent (the log names it); the live parent's
