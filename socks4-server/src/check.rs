@@ -71,6 +71,7 @@ pub fn effective_toml(config: &ServerConfig) -> String {
         client_limits.insert("max_rate_per_client".into(), text(&rate));
     }
     client_limits.insert("max_handshakes".into(), int(cl.max_handshakes.into()));
+    client_limits.insert("max_handshakes_per_client".into(), int(cl.max_handshakes_per_client.into()));
     client_limits.insert("tracked_clients".into(), int(cl.tracked_clients as u64));
     client_limits.insert("max_bind_waits".into(), int(cl.max_bind_waits as u64));
     client_limits.insert("max_bind_waits_per_client".into(), int(cl.max_bind_waits_per_client as u64));
@@ -120,6 +121,7 @@ mod tests {
             max_per_client = 5
             max_rate_per_client = "600/m"
             max_handshakes = 0
+            max_handshakes_per_client = 7
             tracked_clients = 999
             max_bind_waits = 9
             max_bind_waits_per_client = 2

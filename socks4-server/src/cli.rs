@@ -108,6 +108,9 @@ pub struct ServerArgs {
     /// Most connections in their handshake, whole server; 0 = no limit (default 1024).
     #[arg(long, value_name = "N")]
     pub max_handshakes: Option<u32>,
+    /// Most connections in their handshake at once from one client; 0 = no limit (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_client: Option<u32>,
     /// Most BIND requests waiting for their peer at once, whole server; 0 = no limit (default 64).
     #[arg(long, value_name = "N")]
     pub max_bind_waits: Option<u32>,
@@ -313,6 +316,7 @@ impl ServerArgs {
         cl.max_per_client = self.max_per_client.unwrap_or(cl.max_per_client);
         cl.max_rate_per_client = self.max_rate_per_client.or(cl.max_rate_per_client);
         cl.max_handshakes = self.max_handshakes.unwrap_or(cl.max_handshakes);
+        cl.max_handshakes_per_client = self.max_handshakes_per_client.unwrap_or(cl.max_handshakes_per_client);
         cl.max_bind_waits = self.max_bind_waits.unwrap_or(cl.max_bind_waits);
         cl.max_bind_waits_per_client = self.max_bind_waits_per_client.unwrap_or(cl.max_bind_waits_per_client);
         let bw = &mut config.bandwidth;
@@ -827,6 +831,7 @@ mod tests {
         assert_eq!((d.client_limits.max_per_client, d.client_limits.max_handshakes), (1024, 1024));
         assert_eq!(d.client_limits.max_rate_per_client, None);
         assert_eq!((d.client_limits.max_bind_waits, d.client_limits.max_bind_waits_per_client), (64, 8));
+        assert_eq!(d.client_limits.max_handshakes_per_client, 64, "one address cannot fill the handshake cap");
         assert!(d.bandwidth.is_off() && d.users.is_none());
         let c = config(&[
             "--max-per-client",
@@ -839,10 +844,12 @@ mod tests {
             "10",
             "--max-bind-waits-per-client",
             "2",
+            "--max-handshakes-per-client",
+            "3",
         ])
         .unwrap();
         let cl = c.client_limits;
-        assert_eq!((cl.max_per_client, cl.max_handshakes), (16, 0));
+        assert_eq!((cl.max_per_client, cl.max_handshakes, cl.max_handshakes_per_client), (16, 0, 3));
         assert_eq!((cl.max_bind_waits, cl.max_bind_waits_per_client), (10, 2));
         assert_eq!(cl.max_rate_per_client, Some("20/s".parse().unwrap()));
         let caps =

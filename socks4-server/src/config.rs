@@ -32,6 +32,7 @@
 //! max_per_client = 1024         # connections per client address (IPv6: /64); 0 = no limit
 //! max_rate_per_client = "20/s"  # new connections per client, burst 20; absent = no limit
 //! max_handshakes = 1024         # connections in their handshake, whole server; 0 = no limit
+//! max_handshakes_per_client = 64 # connections in their handshake per client; 0 = no limit
 //!
 //! [bandwidth]                   # bytes per second, each direction; absent = no cap
 //! conn = "10M"

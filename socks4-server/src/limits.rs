@@ -5,7 +5,9 @@
 //! - new connections per second per client, a token bucket whose burst is the rate
 //!   ([`ClientLimits::max_rate_per_client`]);
 //! - connections still in their handshake, for the whole server ([`ClientLimits::max_handshakes`]):
-//!   slow or silent clients cannot hold every slot;
+//!   slow or silent clients cannot hold every slot; and per client
+//!   ([`ClientLimits::max_handshakes_per_client`], a small share of the server's), so one address
+//!   cannot fill the server's cap with silent sockets and lock everyone else out;
 //! - BIND requests waiting for their peer, for the whole server and per client
 //!   ([`ClientLimits::max_bind_waits`], [`ClientLimits::max_bind_waits_per_client`]): each holds a
 //!   listening port and two descriptors for up to the BIND timeout. Checked when a BIND is about
@@ -91,6 +93,7 @@ pub const SHARD_COUNT: usize = SHARDS;
 /// max_per_client = 1024        # connections open at once per client; 0 = no limit
 /// max_rate_per_client = "20/s" # new connections per client (burst 20); absent = no limit
 /// max_handshakes = 1024        # connections in their handshake, whole server; 0 = no limit
+/// max_handshakes_per_client = 64 # connections in their handshake per client; 0 = no limit
 /// tracked_clients = 65536      # bound of the client table
 /// max_bind_waits = 64          # BINDs waiting for their peer, whole server; 0 = no limit
 /// max_bind_waits_per_client = 8 # BINDs waiting for their peer per client; 0 = no limit
@@ -104,7 +107,10 @@ pub const SHARD_COUNT: usize = SHARDS;
 /// one when clients are known (e.g. `20/s`). The handshake cap only fills when handshakes are slow:
 /// at 10,000 handshakes per second that take a millisecond each about ten are in progress at once,
 /// so 1024 is reached by slow or silent clients, and then still leaves three quarters of the
-/// connection slots to relays.
+/// connection slots to relays. One client may hold at most 64 of those handshakes (a sixteenth),
+/// so it takes at least 16 addresses to fill the cap: an address opening thousands of silent
+/// sockets is refused past its 64th, and others are still served. 64 handshakes at once is far
+/// more than a browser (6 per host) or a NAT gateway's users start within one handshake's time.
 ///
 /// BIND waits: at most 64 at once for the whole server and 8 per client. A BIND is FTP's active
 /// mode (one per data transfer, each waiting seconds for its peer) and little else uses it, so a
@@ -123,6 +129,9 @@ pub struct ClientLimits {
     /// Connections in their handshake (accept until the reply), whole server; 0 turns it off.
     /// Default 1024.
     pub max_handshakes: u32,
+    /// Connections in their handshake at once per client; 0 turns it off. Default 64, a
+    /// sixteenth of [`max_handshakes`](Self::max_handshakes)' default.
+    pub max_handshakes_per_client: u32,
     /// Most clients tracked at once: the memory bound, about 84 bytes each at worst. Default 65,536.
     pub tracked_clients: usize,
     /// BIND requests waiting for their peer at once, whole server; 0 turns it off. Default 64.
@@ -137,6 +146,7 @@ impl Default for ClientLimits {
             max_per_client: 1024,
             max_rate_per_client: None,
             max_handshakes: 1024,
+            max_handshakes_per_client: 64,
             tracked_clients: 65_536,
             max_bind_waits: 64,
             max_bind_waits_per_client: 8,
@@ -150,6 +160,7 @@ impl ClientLimits {
         max_per_client: 0,
         max_rate_per_client: None,
         max_handshakes: 0,
+        max_handshakes_per_client: 0,
         tracked_clients: 65_536,
         max_bind_waits: 0,
         max_bind_waits_per_client: 0,
@@ -157,7 +168,7 @@ impl ClientLimits {
 
     /// Whether clients are tracked one by one (a per-client limit is on).
     pub fn per_client(&self) -> bool {
-        self.max_per_client != 0 || self.max_rate_per_client.is_some()
+        self.max_per_client != 0 || self.max_rate_per_client.is_some() || self.max_handshakes_per_client != 0
     }
 }
 
@@ -327,10 +338,12 @@ pub enum Refusal {
     /// A BIND found its client with [`ClientLimits::max_bind_waits_per_client`] BINDs waiting
     /// (it gets reply 91).
     PerClientBindWaits,
+    /// The client has [`ClientLimits::max_handshakes_per_client`] connections in their handshake.
+    PerClientHandshakes,
 }
 
 /// Number of [`Refusal`] reasons.
-const REASONS: usize = 7;
+const REASONS: usize = 8;
 
 impl Refusal {
     pub(crate) const ALL: [Self; REASONS] = [
@@ -341,6 +354,7 @@ impl Refusal {
         Self::ServerConnections,
         Self::BindWaits,
         Self::PerClientBindWaits,
+        Self::PerClientHandshakes,
     ];
 
     /// The name in logs, e.g. `per-client-connections`.
@@ -353,6 +367,7 @@ impl Refusal {
             Self::ServerConnections => "server-connections",
             Self::BindWaits => "bind-waits",
             Self::PerClientBindWaits => "per-client-bind-waits",
+            Self::PerClientHandshakes => "per-client-handshakes",
         }
     }
 
@@ -366,6 +381,7 @@ impl Refusal {
             Self::ServerConnections => "server_connections",
             Self::BindWaits => "bind_waits",
             Self::PerClientBindWaits => "per_client_bind_waits",
+            Self::PerClientHandshakes => "per_client_handshakes",
         }
     }
 
@@ -380,10 +396,12 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// One tracked client: its open connections and its rate bucket (GCRA arrival time).
+/// One tracked client: its open connections, those of them in their handshake and its rate
+/// bucket (GCRA arrival time).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     active: u32,
+    handshaking: u32,
     tat: u64,
 }
 
@@ -427,6 +445,7 @@ impl Limiter {
             Ok(tracked) => Ok(Admission {
                 limiter: Arc::clone(self),
                 client: key,
+                client_handshake: tracked.is_some() && self.limits.max_handshakes_per_client != 0,
                 tracked,
                 handshake: self.limits.max_handshakes != 0,
                 bind_wait: false,
@@ -450,7 +469,14 @@ impl Limiter {
             return Err(reason);
         }
         let handshake = self.limits.max_handshakes != 0;
-        Ok(Admission { limiter: Arc::clone(self), client: key, tracked: None, handshake, bind_wait: false })
+        Ok(Admission {
+            limiter: Arc::clone(self),
+            client: key,
+            tracked: None,
+            handshake,
+            client_handshake: false,
+            bind_wait: false,
+        })
     }
 
     /// Takes a handshake slot (`max_handshakes`; none is counted when it is 0).
@@ -496,10 +522,14 @@ impl Limiter {
                 return Err(Refusal::ClientTable);
             }
         }
-        let entry = map.entry(*key).or_insert(Entry { active: 0, tat: 0 });
+        let entry = map.entry(*key).or_insert(Entry { active: 0, handshaking: 0, tat: 0 });
         let max = self.limits.max_per_client;
         if max != 0 && entry.active >= max {
             return Err(Refusal::PerClientConnections);
+        }
+        let max_handshakes = self.limits.max_handshakes_per_client;
+        if max_handshakes != 0 && entry.handshaking >= max_handshakes {
+            return Err(Refusal::PerClientHandshakes);
         }
         if let Some(g) = &self.rate {
             match g.take(entry.tat, now, 1, 1) {
@@ -508,7 +538,18 @@ impl Limiter {
             }
         }
         entry.active += 1;
+        if max_handshakes != 0 {
+            entry.handshaking += 1;
+        }
         Ok(())
+    }
+
+    /// A tracked client's connection ended its handshake.
+    fn release_client_handshake(&self, key: &Hashed<ClientKey>) {
+        let Some(clients) = &self.clients else { return };
+        if let Some(e) = clients.lock(key).get_mut(key) {
+            e.handshaking = e.handshaking.saturating_sub(1);
+        }
     }
 
     fn release(&self, key: &Hashed<ClientKey>) {
@@ -523,6 +564,14 @@ impl Limiter {
     /// Connections in their handshake now (holding a handshake slot).
     pub fn handshakes(&self) -> usize {
         self.handshakes.0.load(Ordering::Relaxed)
+    }
+
+    /// Connections of `client` in their handshake now, as counted against
+    /// [`ClientLimits::max_handshakes_per_client`] (0 when that is off or the client untracked).
+    pub fn handshakes_of(&self, client: IpAddr) -> u32 {
+        let Some(clients) = &self.clients else { return 0 };
+        let key = clients.hashed(ClientKey::from(client));
+        clients.lock(&key).get(&key).map_or(0, |e| e.handshaking)
     }
 
     /// Open connections of `client` (0 when untracked).
@@ -657,6 +706,8 @@ pub struct Admission {
     /// The client's table key, when the client is tracked.
     tracked: Option<Hashed<ClientKey>>,
     handshake: bool,
+    /// It is counted in its client's handshakes (`max_handshakes_per_client`).
+    client_handshake: bool,
     /// It holds a counted BIND-wait slot.
     bind_wait: bool,
 }
@@ -693,11 +744,16 @@ impl Admission {
         if std::mem::take(&mut self.handshake) {
             self.limiter.handshakes.0.fetch_sub(1, Ordering::Relaxed);
         }
+        if std::mem::take(&mut self.client_handshake) {
+            if let Some(key) = &self.tracked {
+                self.limiter.release_client_handshake(key);
+            }
+        }
     }
 
     /// Whether it still holds a handshake slot.
     pub fn in_handshake(&self) -> bool {
-        self.handshake
+        self.handshake || self.client_handshake
     }
 
     /// The client it counts against.
@@ -922,8 +978,27 @@ mod tests {
             max_per_client: per_client,
             max_rate_per_client: rate.map(|r| r.parse().unwrap()),
             max_handshakes: handshakes,
+            max_handshakes_per_client: 0,
             ..ClientLimits::default()
         }
+    }
+
+    #[test]
+    fn one_client_holds_only_its_share_of_the_handshakes() {
+        let t = Instant::now();
+        let l = Limiter::new(ClientLimits::default(), t);
+        let share = ClientLimits::default().max_handshakes_per_client;
+        assert!(share > 0 && share * 8 <= ClientLimits::default().max_handshakes, "a small share by default");
+        let mut held: Vec<Admission> = (0..share).map(|_| l.admit(ip("10.0.0.1"), t).unwrap()).collect();
+        assert_eq!(l.admit(ip("10.0.0.1"), t).unwrap_err(), Refusal::PerClientHandshakes);
+        assert_eq!(l.refusals().total(Refusal::PerClientHandshakes), 1);
+        assert!(l.admit(ip("10.0.0.2"), t).is_ok(), "others are served");
+        // A handshake that ends (relaying now) frees its share, not its connection slot.
+        held[0].handshake_done();
+        assert_eq!((l.handshakes_of(ip("10.0.0.1")), l.connections_of(ip("10.0.0.1"))), (share - 1, share));
+        held.push(l.admit(ip("10.0.0.1"), t).unwrap());
+        drop(held);
+        assert_eq!((l.handshakes_of(ip("10.0.0.1")), l.handshakes()), (0, 0));
     }
 
     #[test]
@@ -1220,7 +1295,8 @@ mod tests {
         /// bound, and all counters return to zero once every guard is gone.
         #[test]
         fn counters_hold_and_return_to_zero(
-            per_client in 0u32..4, handshakes in 0u32..6, rate in proptest::option::of(1u32..5),
+            per_client in 0u32..4, handshakes in 0u32..6, client_handshakes in 0u32..4,
+            rate in proptest::option::of(1u32..5),
             tracked in 1usize..1000, ops in proptest::collection::vec(op(), 1..300),
         ) {
             let t = Instant::now();
@@ -1228,6 +1304,7 @@ mod tests {
                 max_per_client: per_client,
                 max_rate_per_client: rate.map(|r| ConnRate::new(NonZeroU32::new(r).unwrap(), Duration::from_secs(1)).unwrap()),
                 max_handshakes: handshakes,
+                max_handshakes_per_client: client_handshakes,
                 tracked_clients: tracked,
                 ..ClientLimits::default()
             };
@@ -1252,12 +1329,17 @@ mod tests {
                 for c in 0..8u8 {
                     let open = held.iter().filter(|(x, _)| *x == c).count() as u32;
                     if per_client != 0 { prop_assert!(open <= per_client); }
+                    let shaking = held.iter().filter(|(x, a)| *x == c && a.in_handshake()).count() as u32;
+                    if client_handshakes != 0 {
+                        prop_assert!(shaking <= client_handshakes);
+                        prop_assert_eq!(l.handshakes_of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, c))), shaking);
+                    }
                     if limits.per_client() {
                         prop_assert_eq!(l.connections_of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, c))), open);
                     }
                 }
                 let in_hs = held.iter().filter(|(_, a)| a.in_handshake()).count();
-                prop_assert_eq!(l.handshakes(), in_hs);
+                prop_assert_eq!(l.handshakes(), if handshakes != 0 { in_hs } else { 0 });
                 if handshakes != 0 { prop_assert!(in_hs <= handshakes as usize); }
                 prop_assert!(l.tracked() <= tracked.div_ceil(SHARDS) * SHARDS);
             }

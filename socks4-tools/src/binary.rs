@@ -283,6 +283,36 @@ pub fn per_client_limits(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// How many silent sockets [`default_limits_one_address`] opens from one address: more than the
+/// default handshake cap (1,024).
+const SILENT_FLOOD: usize = 1_100;
+
+/// The default limits keep one address from locking everyone out: `binary` started with no limit
+/// option; 1,100 connections from 127.0.0.1 that send nothing (more than the server-wide handshake
+/// cap) are held open while a client from 127.0.0.2 is served, and the refusal summary names
+/// `per-client-handshakes` and 127.0.0.1. Raises the soft fd limit (the server inherits it).
+///
+/// # Errors
+/// What went wrong.
+pub fn default_limits_one_address(binary: &Path) -> Result<Outcome, Failure> {
+    crate::scenarios::raise_fd_limit();
+    let (server, lines, proxy, mut seen) = start(binary, &["--listen", "127.0.0.1:0", "--allow", "any"])?;
+    let target = echo_target()?;
+    let flood = Ipv4Addr::LOCALHOST;
+    let mut held = Vec::with_capacity(SILENT_FLOOD);
+    for i in 0..SILENT_FLOOD {
+        match silent_from(flood, proxy) {
+            Ok(s) => held.push(s),
+            Err(e) => return Err(Failure::new(format!("silent connection {i}: {e} (fd limit?)"))),
+        }
+    }
+    thread::sleep(Duration::from_millis(300)); // let the server admit or refuse them all
+    served_from(Ipv4Addr::new(127, 0, 0, 2), proxy, target.addr(), "another address during a silent flood")?;
+    line_with(&lines, "per-client-handshakes (top: 127.0.0.1)", &mut seen)?;
+    drop((held, server));
+    Ok(Outcome::Pass)
+}
+
 /// BIND clients that leave while waiting for their peer free everything at once, through
 /// `binary` started with `--max-connections 8 --bind-timeout 60s`: 20 BINDs whose clients close
 /// right after the first reply; 1 s later no listening port accepts, the log says
@@ -419,6 +449,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("mapped_listen_and_reset_words", mapped_listen_and_reset_words),
     ("ident_rules", ident_rules),
     ("per_client_limits", per_client_limits),
+    ("default_limits_one_address", default_limits_one_address),
     ("bind_client_leaves", bind_client_leaves),
     ("users_file", users_file),
     ("bandwidth_caps", bandwidth_caps),

@@ -125,6 +125,7 @@ const SERIES: &[&str] = &[
     "socks4_reloads_total{result=\"failed\"}",
     "socks4_ready",
     "socks4_connections_refused_total{reason=\"per_client_bind_waits\"}",
+    "socks4_connections_refused_total{reason=\"per_client_handshakes\"}",
     "socks4_upstream_failures_total",
     "socks4_upstream_skips_total",
     "socks4_upstream_parents_down",

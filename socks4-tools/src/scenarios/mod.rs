@@ -136,7 +136,7 @@ impl Scenario {
 
 /// Raises the soft open-files limit to the hard one, once per process: `concurrent_500` with the server
 /// in the test process needs about 2,000 descriptors, more than a common default soft limit of 1,024.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     #[cfg(unix)]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
