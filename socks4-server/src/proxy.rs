@@ -15,6 +15,14 @@
 //! - A header without a client address (v1 `UNKNOWN`, v2 for Unix sockets, UDP or `UNSPEC`) is
 //!   closed: serving it would make the balancer itself the client, so a rule or limit for the
 //!   balancer's address would apply to whoever is behind it.
+//! - A header naming a client inside the trusted networks, or the address this host itself
+//!   reaches the balancer from, is refused and logged ([`HeaderEnd::Reentry`]): it is this
+//!   server (or a balancer) connecting back through the balancer on some client's behalf — a
+//!   client that CONNECTs to the balancer's front and sends a SOCKS request inside that tunnel —
+//!   and serving it would launder that client: every `from` rule and per-client limit would see
+//!   the trusted address instead. (Balancers' own checks use v2 `LOCAL`.) In a pool of several
+//!   hosts, one server can still reach another through the balancer from its own address: deny
+//!   CONNECTs to the balancer's front in the rules (`deny to FRONT_IP/32 port FRONT_PORT`).
 //! - Per-client limits are checked once the header is read, against the original client: the
 //!   balancer's own connections count only against `max_connections` (see
 //!   [`Limiter::defer`](crate::limits::Limiter::defer)).
@@ -111,6 +119,8 @@ pub fn guard_own_listeners(rules: &Rules, listening: &[SocketAddr], trusted: &Tr
 pub struct HeaderReader {
     parser: HeaderParser,
     balancer: SocketAddr,
+    /// The trusted networks, which no header may name as its client.
+    trusted: TrustedProxies,
 }
 
 /// What to do after [`HeaderReader::handle_input`].
@@ -145,6 +155,10 @@ pub enum HeaderEnd {
     NoAddress,
     /// Not a (valid) PROXY header.
     Invalid(HeaderError),
+    /// The header names a client inside the trusted networks or the address this host reaches
+    /// the balancer from: a connection back to us through the balancer, refused (see the
+    /// [module docs](self)).
+    Reentry(IpAddr),
 }
 
 impl HeaderEnd {
@@ -179,6 +193,11 @@ impl fmt::Display for HeaderEnd {
                 f.write_str("no PROXY protocol header from a --proxy-protocol source: refused")
             }
             Self::Invalid(e) => write!(f, "{e}: refused"),
+            Self::Reentry(client) => write!(
+                f,
+                "PROXY header names {client}, a trusted balancer or this host (a connection back through the \
+                 balancer, which would launder its client): refused"
+            ),
         }
     }
 }
@@ -186,7 +205,22 @@ impl fmt::Display for HeaderEnd {
 impl HeaderReader {
     /// A reader for a connection accepted from `balancer`.
     pub fn new(balancer: SocketAddr) -> Self {
-        Self { parser: HeaderParser::new(), balancer }
+        Self { parser: HeaderParser::new(), balancer, trusted: TrustedProxies::default() }
+    }
+
+    /// With the trusted networks (`--proxy-protocol`), which no header may name as its client.
+    ///
+    /// ```
+    /// use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep, TrustedProxies};
+    /// let trusted = TrustedProxies(vec!["10.0.0.0/24".parse().unwrap()]);
+    /// let mut reader = HeaderReader::new("10.0.0.2:50000".parse()?).trusting(&trusted);
+    /// let HeaderStep::Close(end) = reader.handle_input(b"PROXY TCP4 10.0.0.3 10.0.0.2 4000 1080\r\n") else { panic!() };
+    /// assert_eq!(end, HeaderEnd::Reentry("10.0.0.3".parse()?));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn trusting(mut self, trusted: &TrustedProxies) -> Self {
+        self.trusted.clone_from(trusted);
+        self
     }
 
     /// The address the connection came from.
@@ -201,6 +235,9 @@ impl HeaderReader {
             Ok(HeaderStatus::Done { header: ProxyHeader::Proxy { source, .. }, used }) => {
                 // A mapped IPv4 client is an IPv4 client, for rules, limits and the log alike.
                 let client = SocketAddr::new(source.ip().to_canonical(), source.port());
+                if self.trusted.contains(client.ip()) || is_our_source_toward(client.ip(), self.balancer.ip()) {
+                    return HeaderStep::Close(HeaderEnd::Reentry(client.ip()));
+                }
                 HeaderStep::Client { client, rest: &input[used..] }
             }
             Ok(HeaderStatus::Done { header: ProxyHeader::Local, .. }) => HeaderStep::Close(HeaderEnd::Local),
@@ -213,6 +250,21 @@ impl HeaderReader {
     pub fn handle_eof(&self) -> HeaderEnd {
         if self.parser.started() { HeaderEnd::ClosedEarly } else { HeaderEnd::ClosedAtOnce }
     }
+}
+
+/// Is `client` the address this host sends from to reach `balancer` (asked of the kernel's
+/// routing, with a UDP socket that is connected and never sends)? Then a header naming it is this
+/// host coming back through the balancer.
+fn is_our_source_toward(client: IpAddr, balancer: IpAddr) -> bool {
+    let balancer = balancer.to_canonical();
+    if client.is_ipv4() != balancer.is_ipv4() {
+        return false;
+    }
+    let unspecified: IpAddr = if balancer.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+    let source = std::net::UdpSocket::bind((unspecified, 0))
+        .and_then(|s| s.connect((balancer, 9)).and_then(|()| s.local_addr()))
+        .map(|a| a.ip().to_canonical());
+    source.is_ok_and(|ip| ip == client)
 }
 
 /// The answer to a rule with `ident` for a client that came through a PROXY header: identd

@@ -124,7 +124,7 @@ pub(crate) async fn serve_accepted<R: Runtime>(
     let mut from = Peer::default();
     let peer = if config.proxy_protocol.contains(peer.ip()) {
         from.proxied = true;
-        match proxy_header::<R>(client.clone(), peer, config.timeouts.handshake, &mut from.first).await {
+        match proxy_header::<R>(client.clone(), peer, config, &mut from.first).await {
             Ok(original) => match admission.claim(original.ip(), Instant::now()) {
                 Ok(()) => original,
                 // Counted and summarised by the limiter, like a refusal at accept.
@@ -146,10 +146,11 @@ pub(crate) async fn serve_accepted<R: Runtime>(
 async fn proxy_header<R: Runtime>(
     mut client: R::Stream,
     balancer: SocketAddr,
-    timeout: Duration,
+    config: &socks4_server::ServerConfig,
     first: &mut Vec<u8>,
 ) -> Result<SocketAddr, HeaderEnd> {
-    let mut reader = HeaderReader::new(balancer);
+    let (mut reader, timeout) =
+        (HeaderReader::new(balancer).trusting(&config.proxy_protocol), config.timeouts.handshake);
     let mut buf = [0u8; MAX_REQUEST_LEN];
     let deadline = Instant::now() + timeout;
     loop {

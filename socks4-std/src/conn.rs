@@ -273,7 +273,7 @@ impl Conn {
         let _ = client.set_nodelay(true);
         let hs = snapshot.config.handshake(ctx.clock());
         let proxy = match snapshot.config.proxy_protocol.contains(client_addr.ip()) {
-            true => Proxy::Reading(Box::new(HeaderReader::new(client_addr))),
+            true => Proxy::Reading(Box::new(HeaderReader::new(client_addr).trusting(&snapshot.config.proxy_protocol))),
             false => Proxy::Off,
         };
         let hs_deadline = hs.deadline().map(|d| ctx.epoch + d);

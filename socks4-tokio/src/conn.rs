@@ -100,7 +100,7 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, mut guard: Active
     let mut first = Vec::new();
     let proxied = shared.config.proxy_protocol.contains(peer.ip());
     let peer = if proxied {
-        match proxy_header(&client, peer, shared.config.timeouts.handshake, &mut first).await {
+        match proxy_header(&client, peer, &shared.config, &mut first).await {
             Ok(original) => match admission.claim(original.ip(), Instant::now()) {
                 Ok(()) => original,
                 // Counted and summarised by the limiter, like a refusal at accept.
@@ -157,10 +157,11 @@ struct Peer {
 async fn proxy_header(
     client: &TcpStream,
     balancer: SocketAddr,
-    timeout: Duration,
+    config: &socks4_server::ServerConfig,
     first: &mut Vec<u8>,
 ) -> Result<SocketAddr, HeaderEnd> {
-    let mut reader = HeaderReader::new(balancer);
+    let (mut reader, timeout) =
+        (HeaderReader::new(balancer).trusting(&config.proxy_protocol), config.timeouts.handshake);
     let mut buf = [0u8; HANDSHAKE_BUF];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

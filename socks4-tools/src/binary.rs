@@ -19,7 +19,7 @@ mod operations;
 mod ops;
 pub use operations::{json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
 mod proxy;
-pub use proxy::proxy_protocol;
+pub use proxy::{proxy_protocol, proxy_reentry};
 
 /// How long the server may take to start, and to write a connection's log line.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -464,6 +464,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("readyz_while_draining", readyz_while_draining),
     ("json_log_lines", json_log_lines),
     ("proxy_protocol", proxy_protocol),
+    ("proxy_reentry", proxy_reentry),
     ("chain_two_hops", crate::chain::chain_two_hops),
     ("chain_three_hops", crate::chain::chain_three_hops),
     ("chain_failover_and_refusals", crate::chain::chain_failover_and_refusals),

@@ -27,6 +27,8 @@ options:
   --no-localhost           the server does not resolve `localhost` (skip that 4a case)
   --safe-socks             the server refuses CONNECT by IP address (names required)
   --bulk-mib N             MiB sent each way by bulk_both_ways (default 64)
+  --source IP              connect to the server from IP (e.g. 127.0.0.5 behind a balancer on
+                           this host: the server refuses headers naming its own 127.0.0.1)
   -h, --help               this help
 
 Exit status: 0 if nothing failed, 1 if a scenario failed, 2 on bad usage.";
@@ -74,6 +76,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--no-bind" => profile.bind = false,
             "--no-localhost" => profile.resolves_localhost = false,
             "--safe-socks" => profile.safe_socks = true,
+            "--source" => {
+                let v = value(&mut it, &arg)?;
+                profile.source = Some(v.parse().map_err(|e| format!("--source {v}: {e}"))?);
+            }
             "--bulk-mib" => {
                 let v = value(&mut it, &arg)?;
                 let mib: u64 = v.parse().map_err(|e| format!("--bulk-mib {v}: {e}"))?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use socks4_core::proxy_header::encode_v2;
 
 use super::{closed_at_once, echo_target, line_with, silent_from, start};
+use crate::caps::connect_from;
 use crate::scenarios::{Failure, Outcome};
 use crate::wire;
 
@@ -179,5 +180,115 @@ pub fn proxy_protocol(binary: &Path) -> Result<Outcome, Failure> {
         return Err(Failure::new("another client behind the same balancer was not served"));
     }
     drop((held, server));
+    Ok(Outcome::Pass)
+}
+
+/// Debian's HAProxy, started in the foreground with `config`; killed when dropped.
+struct Haproxy(std::process::Child, std::path::PathBuf);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+/// `haproxy` on the PATH or in /usr/sbin (Debian's place for it).
+fn haproxy_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// HAProxy in TCP mode on 127.0.0.1:`front`, sending a PROXY v2 header to `backend`.
+fn haproxy(front: u16, backend: SocketAddr) -> Result<Haproxy, String> {
+    let binary = haproxy_binary().ok_or("no haproxy (apt-get install haproxy)")?;
+    let config = std::env::temp_dir().join(format!("socks4-reentry-{}-{front}.cfg", std::process::id()));
+    let text = format!(
+        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend socks\n    bind 127.0.0.1:{front}\n    default_backend pool\n\
+         backend pool\n    server s1 {backend} send-proxy-v2\n"
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(binary)
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting haproxy: {e}"))?;
+    let haproxy = Haproxy(child, config);
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, front));
+    for _ in 0..200 {
+        if TcpStream::connect_timeout(&front, Duration::from_millis(200)).is_ok() {
+            return Ok(haproxy);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("haproxy did not listen on {front}"))
+}
+
+/// Re-entry through the balancer, behind Debian's HAProxy (TCP mode, `send-proxy-v2`) in front of
+/// `binary` started with `--proxy-protocol 127.0.0.1/32 --deny 'from 127.0.0.6 to 127.0.0.1/32
+/// port P'` (P: an echo target): a client from 127.0.0.5 is served through HAProxy and 127.0.0.6
+/// is refused; then 127.0.0.6 CONNECTs to HAProxy's own front (allowed) and sends, inside that
+/// tunnel, a CONNECT to P: it comes back to the server through HAProxy with a header naming the
+/// server's own outgoing address, 127.0.0.1, inside the trusted network, and must be refused (no
+/// reply; logged as a re-entry), or every `from` rule would be bypassed. Skips without HAProxy
+/// unless `SOCKS4_REQUIRE_HAPROXY` is set.
+///
+/// # Errors
+/// What went wrong, with the server's log so far.
+pub fn proxy_reentry(binary: &Path) -> Result<Outcome, Failure> {
+    if haproxy_binary().is_none() {
+        let why = "no haproxy (apt-get install haproxy)".to_owned();
+        return if std::env::var_os("SOCKS4_REQUIRE_HAPROXY").is_none() {
+            Ok(Outcome::Skip(why))
+        } else {
+            Err(Failure::new(why))
+        };
+    }
+    let target = echo_target()?;
+    let front = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let deny = format!("from 127.0.0.6 to 127.0.0.1/32 port {}", target.addr().port());
+    let args = ["--listen", "127.0.0.1:0", "--proxy-protocol", "127.0.0.1/32", "--deny", &deny, "--allow", "any"];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    let _haproxy = haproxy(front, proxy).map_err(Failure::new)?;
+    let front_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, front));
+
+    let (code, mut s) = connect_from(Ipv4Addr::new(127, 0, 0, 5), front_addr, target.addr(), b"ok")?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("127.0.0.5 through HAProxy: reply {code}, not 90; log: {seen:#?}")));
+    }
+    s.write_all(b"ping")?;
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo)?;
+    drop(s);
+    line_with(&lines, "conn client=127.0.0.5:", &mut seen)?;
+    let six = Ipv4Addr::new(127, 0, 0, 6);
+    let (code, _s) = connect_from(six, front_addr, target.addr(), b"six")?;
+    if code != 91 {
+        return Err(Failure::new(format!("127.0.0.6 through HAProxy, denied by its rule: reply {code}, not 91")));
+    }
+
+    let (code, mut tunnel) = connect_from(six, front_addr, SocketAddrV4::new(Ipv4Addr::LOCALHOST, front), b"six")?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("127.0.0.6 to HAProxy's front (allowed): reply {code}, not 90")));
+    }
+    tunnel.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tunnel.write_all(&wire::connect(target.addr(), b"six"))?;
+    let mut reply = [0u8; 8];
+    match tunnel.read(&mut reply) {
+        Ok(n) if n >= 2 && reply[1] == wire::GRANTED => {
+            return Err(Failure::new("127.0.0.6 re-entering through HAProxy was granted what its rule denies"));
+        }
+        Ok(_) | Err(_) => {}
+    }
+    line_with(&lines, "PROXY header names 127.0.0.1, a trusted balancer or this host", &mut seen)?;
+    drop(server);
     Ok(Outcome::Pass)
 }

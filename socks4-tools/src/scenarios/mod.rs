@@ -41,6 +41,10 @@ pub struct Profile {
     pub bulk_bytes: u64,
     /// Whether the server refuses CONNECT by IP address (names required, like Tor's SafeSocks).
     pub safe_socks: bool,
+    /// The address to connect to the server from (`None`: the system's choice). Behind a load
+    /// balancer on one host, a client must not share the server's own address (127.0.0.1): the
+    /// server refuses a PROXY header naming itself (a connection back through the balancer).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for Profile {
@@ -54,6 +58,7 @@ impl Default for Profile {
             resolves_localhost: true,
             bulk_bytes: DEFAULT_BULK_BYTES,
             safe_socks: false,
+            source: None,
         }
     }
 }

@@ -79,7 +79,17 @@ pub(crate) fn connect_to(addr: SocketAddr) -> Result<TcpStream, Failure> {
 
 /// Connects to the proxy under test.
 pub(crate) fn connect_proxy(ctx: &Ctx) -> Result<TcpStream, Failure> {
-    connect_to(ctx.proxy)
+    let Some(source) = ctx.profile.source else { return connect_to(ctx.proxy) };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(ctx.proxy), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into()).context(format!("binding {source}"))?;
+    socket
+        .connect_timeout(&ctx.proxy.into(), CONNECT_TIMEOUT)
+        .context(format!("connecting to {} from {source}", ctx.proxy))?;
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 /// Whether an error means "the peer closed or reset the connection".
