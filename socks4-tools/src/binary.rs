@@ -17,7 +17,7 @@ use crate::wire;
 
 mod operations;
 mod ops;
-pub use operations::{json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
+pub use operations::{healthz_beside_idle_sockets, json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
 mod proxy;
 pub use proxy::{proxy_protocol, proxy_reentry};
 
@@ -462,6 +462,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("notify_readiness", ops::notify_readiness),
     ("metrics_count_what_was_sent", metrics_count_what_was_sent),
     ("readyz_while_draining", readyz_while_draining),
+    ("healthz_beside_idle_sockets", healthz_beside_idle_sockets),
     ("json_log_lines", json_log_lines),
     ("proxy_protocol", proxy_protocol),
     ("proxy_reentry", proxy_reentry),

@@ -226,6 +226,69 @@ pub fn metrics_count_what_was_sent(binary: &Path) -> Result<Outcome, Failure> {
     }
 }
 
+/// Idle sockets do not take the probes down, on `binary` with `--metrics`: 50 connections to the
+/// metrics endpoint that send nothing, re-opened as soon as it closes them, while 10 probes of
+/// `/healthz` and `/readyz` (one with bare-LF line ends) a tenth of a second apart are each
+/// answered 200 within a second.
+///
+/// # Errors
+/// What went wrong.
+pub fn healthz_beside_idle_sockets(binary: &Path) -> Result<Outcome, Failure> {
+    let WithMetrics { server, metrics, .. } =
+        start_with_metrics(binary, &["--listen", "127.0.0.1:0", "--allow", "any"])?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = std::thread::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            let open = || {
+                TcpStream::connect_timeout(&metrics, Duration::from_secs(1))
+                    .ok()
+                    .filter(|s| s.set_nonblocking(true).is_ok())
+            };
+            let mut idle: Vec<Option<TcpStream>> = (0..50).map(|_| open()).collect();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for s in &mut idle {
+                    let closed = s.as_mut().is_none_or(|s| match s.read(&mut [0u8; 1]) {
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                        Ok(_) => true,
+                    });
+                    if closed {
+                        *s = open();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut failed = None;
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        let answer = if i == 5 {
+            let mut s = TcpStream::connect_timeout(&metrics, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /healthz HTTP/1.0\n\n")?;
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            answer.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| Failure::new(format!("{answer:?}")))
+        } else {
+            http_get(metrics, if i % 2 == 0 { "/healthz" } else { "/readyz" }).map(|(status, _)| status)
+        };
+        match answer {
+            Ok(200) if started.elapsed() < Duration::from_secs(1) => {}
+            other => {
+                failed = Some(format!("probe {i} beside 50 idle sockets: {other:?} after {:?}", started.elapsed()));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = flood.join();
+    drop(server);
+    failed.map_or(Ok(Outcome::Pass), |why| Err(Failure::new(why)))
+}
+
 /// `/readyz` through a drain, on `binary` with `--metrics` and a 10 s grace period: 200 while
 /// serving; after SIGTERM, with a relay still open, 503 within 2 s while `/healthz` stays 200 and
 /// the relay still carries bytes; the process exits once the relay ends.
