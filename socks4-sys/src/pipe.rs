@@ -131,37 +131,42 @@ mod imp {
     const DEFAULT_CAPACITY: usize = 64 * 1024;
     const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
+    /// Sizes as `u32` (a pipe holds at most `/proc/sys/fs/pipe-max-size`, under 4 GiB): with the
+    /// two descriptors the pipe is 16 bytes, and an `Option<Pipe>` too (a descriptor is never -1),
+    /// which a relay keeps per direction of every connection.
     #[derive(Debug)]
     pub(super) struct Pipe {
         read: OwnedFd,
         write: OwnedFd,
-        capacity: usize,
-        held: usize,
+        capacity: u32,
+        held: u32,
     }
 
     impl Pipe {
         pub(super) fn new(capacity: usize) -> io::Result<Pipe> {
             let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-            let capacity = fcntl_setpipe_size(&write, capacity)
-                .or_else(|_| fcntl_getpipe_size(&write))
-                .unwrap_or(DEFAULT_CAPACITY);
+            let asked = capacity.min(u32::MAX as usize);
+            let capacity =
+                fcntl_setpipe_size(&write, asked).or_else(|_| fcntl_getpipe_size(&write)).unwrap_or(DEFAULT_CAPACITY);
+            let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
             Ok(Pipe { read, write, capacity, held: 0 })
         }
 
         pub(super) fn capacity(&self) -> usize {
-            self.capacity
+            self.capacity as usize
         }
 
         pub(super) fn held(&self) -> usize {
-            self.held
+            self.held as usize
         }
 
         pub(super) fn fill<S: AsFd + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
-            let len = max.min(self.capacity);
+            let len = max.min(self.capacity());
             loop {
                 match splice(src.as_fd(), None, &self.write, None, len, FLAGS) {
                     Ok(n) => {
-                        self.held = n;
+                        // At most `len` <= `capacity`, a `u32`.
+                        self.held = u32::try_from(n).unwrap_or(self.capacity);
                         return Ok(n);
                     }
                     Err(Errno::INTR) => {}
@@ -175,11 +180,11 @@ mod imp {
 
         pub(super) fn drain<S: AsFd + ?Sized>(&mut self, dst: &S) -> io::Result<usize> {
             loop {
-                match splice(&self.read, None, dst.as_fd(), None, self.held, FLAGS) {
+                match splice(&self.read, None, dst.as_fd(), None, self.held(), FLAGS) {
                     // The pipe holds bytes and we own its write end: zero cannot happen.
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                     Ok(n) => {
-                        self.held -= n.min(self.held);
+                        self.held -= u32::try_from(n).unwrap_or(u32::MAX).min(self.held);
                         return Ok(n);
                     }
                     Err(Errno::INTR) => {}

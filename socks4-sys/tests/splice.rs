@@ -154,6 +154,11 @@ fn the_pool_reuses_empty_pipes_and_keeps_at_most_its_bound() {
 }
 
 #[test]
+fn a_pipe_is_small_enough_to_keep_per_direction() {
+    assert_eq!(size_of::<Option<Pipe>>(), 16);
+}
+
+#[test]
 fn a_pipe_is_non_blocking_and_close_on_exec_and_sized() {
     let pipe = Pipe::with_capacity(sizes::PIPE_LEN).expect("pipe");
     // The kernel may refuse the size (pipe-user-pages-soft) but never gives less than a page.
