@@ -8,7 +8,9 @@
 //!   [`Pipe::fill`] (socket → pipe) and [`Pipe::drain`] (pipe → socket) by `splice(2)`
 //!   (`SPLICE_F_MOVE | SPLICE_F_NONBLOCK`); it counts the bytes it holds;
 //! - [`PipePool`] and [`BufPool`]: a worker's bounded free pipes (only empty ones are reused) and
-//!   copy buffers;
+//!   copy buffers; [`LocalPipe`] and [`LocalBuf`] borrow from the calling thread's pools and give
+//!   back on drop (what a single-threaded async worker uses: a cancelled relay returns its pipe,
+//!   or closes it if it holds bytes);
 //! - [`SplicePolicy`]: the one decision, before each chunk, whether a direction copies or splices;
 //! - [`sizes`]: every buffer size and pool bound, in one place.
 //!
@@ -50,12 +52,14 @@
 #![forbid(unsafe_code)]
 
 mod accept;
+mod local;
 mod pipe;
 mod policy;
 mod pool;
 pub mod sizes;
 
 pub use accept::accept_nonblocking;
+pub use local::{LocalBuf, LocalPipe};
 pub use pipe::{Descriptor, Pipe, SPLICE_SUPPORTED};
 pub use policy::{Mode, PolicyError, SplicePolicy};
 pub use pool::{BufPool, PipePool};
