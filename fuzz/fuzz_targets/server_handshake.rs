@@ -21,9 +21,11 @@
 //! name shares the first connect's deadline. Each answered result is followed by exactly the
 //! outputs it implies: the grant carries the bound address (IPv6 as `0.0.0.0` and its port),
 //! `Failure::Rejected(code)` replies with that code (91 for 90), failures reply 91 with their reason.
-//! `forward_name` is accepted exactly while a CONNECT's `Resolve` is awaited, and then behaves as
-//! `Names::Forward` from there on (an `Authorize` with the name and no address, `Connect` to the
-//! host). Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
+//! `forward_name` is accepted exactly while a `Resolve` is awaited, and then behaves as
+//! `Names::Forward` from there on for a CONNECT (an `Authorize` with the name and no address,
+//! `Connect` to the host) and refuses a BIND (91, `BindByName`). A name written as a number
+//! (`numeric_host`) is never resolved nor forwarded: `Authorize` with that address (or 91 +
+//! `Forbidden` for a never-real CONNECT destination). Ident: `Ident` at most once, only after an accept and before `Connect`/`Listen`; 92 and 93 only
 //! as the answer (or the ident deadline) calls for.
 #![no_main]
 
@@ -588,8 +590,20 @@ impl Driver {
             },
             port: req.port,
         };
+        let numeric = match req.dest {
+            Dest::Domain(h) => socks4_core::rules::numeric_host(h),
+            Dest::Ip(_) => None,
+        };
         self.expect = match (req.command, req.dest) {
             (Command::Connect, Dest::Ip(ip)) if forbidden(ip.into()) => refused(CloseReason::Forbidden(ip.into())),
+            // A name written as a number is that address: never resolved nor forwarded.
+            (Command::Connect, Dest::Domain(_)) if numeric.is_some_and(forbidden) => {
+                refused(CloseReason::Forbidden(numeric.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+            }
+            (_, Dest::Domain(_)) if numeric.is_some() => {
+                self.supplied.extend(numeric);
+                vec![Expect::Exactly(authorize(numeric))]
+            }
             (_, Dest::Ip(ip)) => {
                 self.supplied.push(ip.into());
                 vec![Expect::Exactly(authorize(Some(ip.into())))]
@@ -791,9 +805,13 @@ impl Driver {
                 let r = self.hs.forward_name(self.now);
                 self.check_misuse(&before, &r);
                 let connect = self.request.map(|r| r.0) == Some(Command::Connect);
-                let asked = self.awaiting == Some(Awaiting::Resolved) && connect;
+                let asked = self.awaiting == Some(Awaiting::Resolved);
                 assert_eq!(r.is_ok(), asked, "forward_name while awaiting {:?}", self.awaiting);
-                if r.is_ok() {
+                if r.is_ok() && !connect {
+                    // A BIND by name is refused, never resolved.
+                    self.awaiting = None;
+                    self.expect = refused(CloseReason::BindByName);
+                } else if r.is_ok() {
                     self.awaiting = None;
                     self.forward = true;
                     let req = self.hs.request().expect("forwarded a request");

@@ -136,6 +136,10 @@ pub enum CloseReason {
     IdentMismatch,
     /// Ident: identd answered `ERROR` of this type, so it did not confirm the user id (reply 93 sent).
     IdentRefused(ErrorKind),
+    /// A BIND by host name that the caller routes through a parent which takes names
+    /// ([`forward_name`](ServerHandshake::forward_name)): the name is never looked up here, and
+    /// the peer check needs an address, so it is refused (reply 91 sent).
+    BindByName,
 }
 
 impl fmt::Display for CloseReason {
@@ -156,6 +160,7 @@ impl fmt::Display for CloseReason {
             Self::IdentUnavailable(e) => write!(f, "identd {e}"),
             Self::IdentMismatch => f.write_str("identd names another user"),
             Self::IdentRefused(kind) => write!(f, "identd answered ERROR {kind}"),
+            Self::BindByName => f.write_str("BIND by host name on a route that forwards names: refused, not resolved"),
         }
     }
 }
@@ -637,7 +642,9 @@ impl ServerHandshake {
     /// unresolved, as [`Names::Forward`] would, for a request the caller routes through a SOCKS4a
     /// parent proxy (no local DNS lookup). The request is authorized with the name alone (no
     /// address, so `to CIDR` rules do not match) and [`Output::Connect`] carries
-    /// [`Target::Host`]. A BIND by name is still resolved ([`Misuse`]).
+    /// [`Target::Host`]. A BIND by name, whose peer check needs an address, is refused instead
+    /// (reply 91, [`CloseReason::BindByName`]): a name routed to such a parent is never looked up
+    /// here, for either command.
     ///
     /// ```
     /// use core::time::Duration;
@@ -654,8 +661,12 @@ impl ServerHandshake {
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
     pub fn forward_name(&mut self, now: Duration) -> Result<(), Misuse> {
-        if !matches!(self.state, State::Resolving { .. }) || !self.is_connect() {
+        if !matches!(self.state, State::Resolving { .. }) {
             return Err(Misuse { call: "forward_name" });
+        }
+        if !self.is_connect() {
+            self.reject_with(CloseReason::BindByName);
+            return Ok(());
         }
         self.names = Names::Forward;
         self.enter(State::Authorizing, now, self.timeouts.handshake);

@@ -67,9 +67,10 @@ pub const FAILURES_TO_SKIP: u32 = 3;
 /// How long a failing parent is skipped.
 pub const SKIP_FOR: Duration = Duration::from_secs(30);
 
-/// At [`Output::Resolve`](socks4_core::Output::Resolve): does the rule deciding this CONNECT on
+/// At [`Output::Resolve`](socks4_core::Output::Resolve): does the rule deciding this CONNECT (or BIND) on
 /// its host name alone (no address yet) send it through a `socks4a://` route? Then answer with
-/// [`ServerHandshake::forward_name`] instead of resolving it. `users_file`: rules see the user's
+/// [`ServerHandshake::forward_name`] instead of resolving it (a BIND is then refused, never looked up: the
+/// peer check needs an address the parent would resolve). `users_file`: rules see the user's
 /// name, as at `Authorize` (see [`users::named`](crate::users::named)).
 ///
 /// ```
@@ -86,7 +87,8 @@ pub const SKIP_FOR: Duration = Duration::from_secs(30);
 /// ```
 pub fn forwards_name(rules: &Rules, client: IpAddr, hs: &ServerHandshake, users_file: bool) -> bool {
     let Some(req) = hs.request() else { return false };
-    let (Command::Connect, Dest::Domain(host)) = (req.command, req.dest) else { return false };
+    // A BIND by a name such a route claims is not looked up either: `forward_name` refuses it.
+    let Dest::Domain(host) = req.dest else { return false };
     // An address written as a name (`127.0.0.1`, `127.1`, `0x7f000001`, `::1`) is that address:
     // the handshake takes it as resolved, and the address rules and the never-real check see it,
     // as if sent by address (it never gets here; this is the second lock on that door).
@@ -680,6 +682,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bind_by_a_name_a_socks4a_route_claims_is_refused_unresolved() {
+        let rules = Rules::parse("allow to *.onion via socks4a://127.0.0.1:9050\nallow any").unwrap();
+        let now = Duration::ZERO;
+        let mut hs = ServerHandshake::new(now, socks4_core::Limits::default(), socks4_core::Timeouts::default());
+        hs.handle_input(now, b"\x04\x02\x00\x15\x00\x00\x00\x01\0duck.onion\0");
+        assert!(matches!(hs.poll_output(), socks4_core::Output::Resolve { .. }));
+        assert!(forwards_name(&rules, [127, 0, 0, 1].into(), &hs, false), "the route claims the name");
+        hs.forward_name(now).unwrap();
+        assert_eq!(hs.poll_output(), socks4_core::Output::Send(socks4_core::Reply::rejected()));
+        assert_eq!(hs.poll_output(), socks4_core::Output::Closed(socks4_core::CloseReason::BindByName));
+        // A BIND by a name no such route claims is resolved as before.
+        let mut other = ServerHandshake::new(now, socks4_core::Limits::default(), socks4_core::Timeouts::default());
+        other.handle_input(now, b"\x04\x02\x00\x15\x00\x00\x00\x01\0ftp.example\0");
+        assert!(matches!(other.poll_output(), socks4_core::Output::Resolve { .. }));
+        assert!(!forwards_name(&rules, [127, 0, 0, 1].into(), &other, false));
+    }
+
+    #[test]
     fn fails_over_to_the_second_parent_and_sends_the_name() {
         let (addr, parent) = fake_parent(&[0, 90, 0, 80, 1, 2, 3, 4]);
         let dead = dead_port();
@@ -743,7 +763,7 @@ mod tests {
         assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), false));
         assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice:tok", 1), true), "users file: the name");
         assert!(!forwards_name(&rules, local, &by_name("intranet.corp", "alice", 1), false), "socks4: resolve here");
-        assert!(!forwards_name(&rules, local, &by_name("duck.onion", "alice", 2), false), "BIND: resolve");
+        assert!(forwards_name(&rules, local, &by_name("duck.onion", "alice", 2), false), "BIND: refused, not resolved");
         assert!(!forwards_name(&rules, local, &handshake(b"\x04\x01\x00\x50\x0a\x00\x00\x01\0"), false));
         assert!(!forwards_name(&Rules::default(), local, &by_name("duck.onion", "alice", 1), false));
         assert!(forwards_name(&rules, local, &by_name("duck.onion.", "alice", 1), false), "a trailing dot");

@@ -472,6 +472,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_dante_parent", crate::chain::chain_dante_parent),
     ("chain_bind_wait_cap", crate::chain::chain_bind_wait_cap),
     ("chain_numeric_names", crate::chain::chain_numeric_names),
+    ("chain_bind_by_name", crate::chain::chain_bind_by_name),
     // Not in `binary_tests!`: the async adapters' tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];

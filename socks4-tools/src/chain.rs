@@ -243,6 +243,32 @@ pub fn chain_numeric_names(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// A SOCKS4a BIND by a name a `socks4a://` route claims: `binary` with `--allow 'to localhost
+/// via socks4a://PARENT'` (a parent that records what it gets). The BIND is refused (91) without
+/// a lookup here (`localhost` would resolve locally, from /etc/hosts) and without reaching the
+/// parent; the log line says why. A CONNECT to the same name does reach the parent, unresolved.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_bind_by_name(binary: &Path) -> Result<Outcome, Failure> {
+    let (parent, requests) = recording_parent()?;
+    let mut child = Hop::start(binary, &[format!("to localhost via socks4a://{parent}")])?;
+    let code = reply_code(child.addr, &wire::bind_host("localhost", 21, b"b"))?;
+    if code != 91 {
+        return Err(Failure::new(format!("a BIND by a routed name: reply {code}, not 91")));
+    }
+    child.line(&["cmd=BIND", "result=BIND by host name on a route that forwards names"])?;
+    let code = reply_code(child.addr, &wire::connect_host("localhost", 80, b"b"))?;
+    if code != 91 {
+        return Err(Failure::new(format!("a CONNECT by the routed name: reply {code}, not the parent's 91")));
+    }
+    let first = requests.recv_timeout(Duration::from_secs(5)).map_err(|_| Failure::new("the parent got nothing"))?;
+    if first.get(1) != Some(&1) || !first.ends_with(b"localhost\0") {
+        return Err(Failure::new(format!("the parent's first request is not the CONNECT by name: {first:?}")));
+    }
+    Ok(Outcome::Pass)
+}
+
 /// Failover and refusals: `binary` routes through a dead parent first, then a live one (another
 /// adapter, which denies the user `refuse-me`), and the user `want-93` through a parent that
 /// answers 93. A CONNECT is served through the second parent (the log names it); the live parent's

@@ -69,6 +69,11 @@ pub fn bind(expected_peer: SocketAddrV4, user_id: &[u8]) -> Vec<u8> {
     request(CMD_BIND, &Dest::Ip(*expected_peer.ip()), expected_peer.port(), user_id)
 }
 
+/// Encodes a SOCKS4a BIND expecting a peer from the host `host` (the port is informational).
+pub fn bind_host(host: &str, port: u16, user_id: &[u8]) -> Vec<u8> {
+    request(CMD_BIND, &Dest::Host(host.to_owned()), port, user_id)
+}
+
 /// A decoded reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
