@@ -58,8 +58,8 @@ use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, REPLY_LEN,
-    ReplyCode, ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, ConnectError, Dest, Failure, Misuse, REPLY_LEN, ReplyCode,
+    ServerHandshake, Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
