@@ -52,6 +52,13 @@ impl<R: Runtime> Drop for Shared<'_, R> {
         let relay = self.relay.get_mut();
         self.counts.up.set(relay.bytes(Side::Client));
         self.counts.down.set(relay.bytes(Side::Upstream));
+        if relay.end().is_none() {
+            // Cut before its end (the shutdown grace ran out): both sides see a reset, never a
+            // clean end of file, so a cut transfer cannot pass for a complete one.
+            for side in [Side::Client, Side::Upstream] {
+                drop(R::set_abortive(self.socket(side)));
+            }
+        }
     }
 }
 

@@ -521,6 +521,13 @@ impl Conn {
 
     /// The shutdown grace period is over.
     pub(crate) fn on_shutdown(&mut self, poller: &Poller) {
+        if matches!(self.stage, Stage::Relay { .. }) {
+            // A relay cut before its end: both sides see a reset, never a clean end of file, so a
+            // cut transfer cannot pass for a complete one.
+            for socket in std::iter::once(&self.client).chain(&self.upstream) {
+                drop(socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO)));
+            }
+        }
         if !self.is_done() {
             self.meter.close(Close::Shutdown);
             self.finish(socks4_server::log::SHUTDOWN);

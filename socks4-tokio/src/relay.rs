@@ -75,6 +75,13 @@ impl Drop for Shared<'_> {
         let relay = self.relay.get_mut();
         self.record.up.set(relay.bytes(Side::Client));
         self.record.down.set(relay.bytes(Side::Upstream));
+        if relay.end().is_none() {
+            // Cut before its end (the shutdown grace ran out): both sides see a reset, never a
+            // clean end of file, so a cut transfer cannot pass for a complete one.
+            for side in [Side::Client, Side::Upstream] {
+                drop(SockRef::from(self.socket(side)).set_linger(Some(Duration::ZERO)));
+            }
+        }
     }
 }
 

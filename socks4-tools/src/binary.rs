@@ -462,6 +462,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("notify_readiness", ops::notify_readiness),
     ("metrics_count_what_was_sent", metrics_count_what_was_sent),
     ("readyz_while_draining", readyz_while_draining),
+    ("shutdown_cut_resets", ops::shutdown_cut_resets),
     ("healthz_beside_idle_sockets", healthz_beside_idle_sockets),
     ("json_log_lines", json_log_lines),
     ("proxy_protocol", proxy_protocol),

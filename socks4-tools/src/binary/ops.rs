@@ -125,6 +125,83 @@ pub fn sighup_reload(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// How the target of [`shutdown_cut_resets`] saw its connection end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetEnd {
+    Eof,
+    Reset,
+}
+
+/// A target that streams to its one client (16 KiB every 10 ms) until the connection ends; sends
+/// how it ended.
+fn streaming_target() -> Result<(SocketAddr, std::sync::mpsc::Receiver<TargetEnd>), Failure> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (tx, ended) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+        let chunk = vec![0x5a; 16 * 1024];
+        let end = loop {
+            if let Err(e) = s.write_all(&chunk) {
+                break if e.kind() == std::io::ErrorKind::BrokenPipe { TargetEnd::Eof } else { TargetEnd::Reset };
+            }
+            match s.read(&mut [0u8; 64]) {
+                Ok(0) => break TargetEnd::Eof,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break TargetEnd::Reset,
+                Ok(_) => {}
+            }
+        };
+        let _ = tx.send(end);
+    });
+    Ok((addr, ended))
+}
+
+/// A relay cut when `--shutdown-grace` runs out ends with a reset on both sides, never a clean
+/// end of file (which would make a cut download look complete): `binary` with `--shutdown-grace
+/// 1s` relays an endless stream to a slow client; after SIGTERM and the grace period the client's
+/// read fails with ECONNRESET, and the target sees a reset, not an end of file.
+///
+/// # Errors
+/// What went wrong.
+pub fn shutdown_cut_resets(binary: &Path) -> Result<Outcome, Failure> {
+    let (server, lines, proxy, mut seen) =
+        start(binary, &["--listen", "127.0.0.1:0", "--allow", "any", "--shutdown-grace", "1s"])?;
+    let (target, ended) = streaming_target()?;
+    let SocketAddr::V4(target) = target else { return Err(Failure::new("an IPv4 target")) };
+    let (code, mut s) = connect_from(Ipv4Addr::LOCALHOST, proxy, target, b"cut")?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("CONNECT to the streaming target: reply {code}")));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    s.read_exact(&mut buf)?;
+    signal(&server, "TERM")?;
+    line_with(&lines, "shutting down", &mut seen)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client_end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break "a clean end of file",
+            Ok(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            Ok(_) => break "still open 10 s after SIGTERM",
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(_) => break "another error",
+        }
+    };
+    if client_end != "reset" {
+        return Err(Failure::new(format!(
+            "the client of a relay cut at the end of the grace saw {client_end}, not a reset"
+        )));
+    }
+    match ended.recv_timeout(Duration::from_secs(5)) {
+        Ok(TargetEnd::Reset) => {}
+        other => return Err(Failure::new(format!("the target of the cut relay saw {other:?}, not a reset"))),
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
 /// Runs `binary` with `args` to its end (at most 20 s); returns its status, stdout and stderr.
 fn run(binary: &Path, args: &[&str]) -> Result<(ExitStatus, String, String), Failure> {
     let mut child = Command::new(binary)
