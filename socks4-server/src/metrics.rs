@@ -55,7 +55,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use socks4_core::{CloseReason, Command, RelayEnd, ReplyCode, Side};
 
-pub use endpoint::{Endpoint, EndpointError, MAX_HEAD, READ_TIMEOUT, WRITE_TIMEOUT, respond as endpoint_answer};
+pub use endpoint::{
+    Endpoint, EndpointError, FIRST_BYTE_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, MAX_PER_CLIENT, METRICS_THREADS,
+    READ_TIMEOUT, WRITE_TIMEOUT, respond as endpoint_answer,
+};
 
 use crate::limits::{Limiter, Refusal};
 use crate::reload::LiveConfig;

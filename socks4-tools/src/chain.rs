@@ -214,7 +214,7 @@ const NUMERIC_NAMES: [&str; 10] =
     ["0", "00", "0x0", "0.0.0.0.", "127.1", "127.0.0.1.", "2130706433", "0x7f000001", "0177.0.0.1", "::1"];
 
 /// Names written as numbers on a `socks4a://` route: `binary` with `--deny 'to loopback' --allow
-/// 'via socks4a://PARENT'` (a parent that records what it gets). Each of [`NUMERIC_NAMES`] is
+/// 'via socks4a://PARENT'` (a parent that records what it gets). Each of `0`, `00`, `0x0`, `0.0.0.0.`, `127.1`, `127.0.0.1.`, `2130706433`, `0x7f000001`, `0177.0.0.1`, `::1` is
 /// refused (91) without reaching the parent (it is checked here as the address it stands for:
 /// forwarded, a glibc parent would read it as 127.0.0.1 or 0.0.0.0, past `deny to loopback`);
 /// a real name does reach the parent, unresolved.
