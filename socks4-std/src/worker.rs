@@ -29,32 +29,16 @@ pub(crate) enum Msg {
     /// A newly accepted connection (non-blocking), its peer address, its admission and the config
     /// snapshot it runs with.
     Conn(TcpStream, SocketAddr, Admission, Arc<Snapshot>),
-    /// The result of a connection's connect through a route's parent proxies.
-    Chained {
+    /// The answer to the lookup of a parent proxy's name for a connection's chained attempt.
+    ParentResolved {
         /// The connection's slot.
         slot: usize,
         /// The connection's id.
         id: u64,
-        /// The connection through the parent, or why not, and the parent.
-        chained: socks4_server::upstream::Chained,
-    },
-    /// The first reply of a connection's BIND through a parent.
-    ChainBound {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// The parent listens, or why not, and the parent.
-        chained: Box<socks4_server::upstream::ChainedBind>,
-    },
-    /// The second reply of a connection's BIND through a parent.
-    ChainPeer {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// The connection to relay and the peer's address, or why not.
-        result: Result<(TcpStream, SocketAddr), socks4_core::Failure>,
+        /// Which parent of the attempt.
+        parent: usize,
+        /// Its addresses to try in order, or why there are none.
+        candidates: socks4_core::driver::Candidates,
     },
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
@@ -258,21 +242,9 @@ impl Worker {
                             touched.push(slot);
                         }
                     }
-                    Ok(Msg::Chained { slot, id, chained }) => {
+                    Ok(Msg::ParentResolved { slot, id, parent, candidates }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chained(&mut ctx, chained);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::ChainBound { slot, id, chained }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chain_bound(&mut ctx, *chained);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::ChainPeer { slot, id, result }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chain_peer(&mut ctx, result);
+                            conn.on_parent_resolved(&mut ctx, parent, candidates);
                             touched.push(slot);
                         }
                     }

@@ -291,8 +291,8 @@ const SILENT_CLIENTS: usize = 20;
 /// (`Threads:` in `/proc/PID/status`) does not grow by one per client, and a SOCKS4a `localhost`
 /// request (a local lookup) is served within a second. Then the clients reset: within two seconds
 /// the parent sees each of its connections closed and the server logs every one (the attempts
-/// were dropped, not left to the timeout). For the async adapters, which chain on their event
-/// loop; socks4-std runs chained connects on (bounded) threads of their own. Skips without
+/// were dropped, not left to the timeout). Every adapter chains on its event loop (socks4-std in
+/// its workers' pollers); named by each adapter's tests rather than `binary_tests!`. Skips without
 /// `/proc`.
 ///
 /// # Errors
