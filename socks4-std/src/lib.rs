@@ -38,6 +38,6 @@ mod splice;
 mod timers;
 mod worker;
 
-pub use client::{BindPending, ConnectError, Target, bind, connect};
+pub use client::{ConnectError, PendingBind, Target, bind, connect};
 pub use relay::MAX_PENDING;
 pub use server::{ACCEPT_BACKOFF, Server, ServerHandle};

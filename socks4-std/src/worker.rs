@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<LiveConfig>,
     /// Connections accepted and not yet closed.
     pub(crate) live: AtomicUsize,
+    /// Connections admitted since the start.
+    pub(crate) accepted: AtomicU64,
     /// Connections closed at once because of the connection limit.
     pub(crate) refused: AtomicU64,
     /// Accept errors (EMFILE...) that paused accepting.
@@ -95,6 +97,7 @@ impl Shared {
             config,
             metrics,
             live: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),
             stop_accepting: AtomicBool::new(false),
