@@ -89,7 +89,9 @@
 //! ```
 //!
 //! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
-//! [`upstream`].
+//! [`upstream`]. [`step::Decisions`] makes all of these per-connection decisions (users file,
+//! rules, route, BIND-wait slot, ident behind a balancer) in one place, leaving a driver only the
+//! I/O of each [`step::Step`]; a chained connect or BIND is then a [`chain::Attempt`] to drive.
 
 pub mod accept;
 pub mod bandwidth;

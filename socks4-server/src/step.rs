@@ -17,6 +17,23 @@
 //!   ([`proxy::ident_through_balancer`]), otherwise [`Step::Ident`];
 //! - `Send`: the handshake slot is freed ([`Admission::handshake_done`]), then [`Step::Send`].
 //!
+//! A driver's loop, in outline (an async one awaits each step inline; socks4-std's poller
+//! starts it and comes back on the answer):
+//!
+//! ```text
+//! loop match decisions.next(&mut hs, &mut admission, &Context { config, verifier, client, .. })? {
+//!     Send(reply)              => write it (meter.replied)
+//!     Resolve { host, port }   => lookup → hs.handle_resolved(first address)
+//!     VerifyUser { .. }        => verifier.verify_blocking off the loop → decisions.user_checked
+//!     Ident                    => ask identd → hs.handle_ident
+//!     Connect(addr)            => connect → hs.handle_connected / hs.retry_connect
+//!     Chain(attempt)           => perform attempt.poll()'s Io until each Answer → answer.apply(&mut hs)
+//!     Listen                   => listen → hs.handle_listening, accept → hs.handle_bind_peer
+//!     Wait { deadline }        => wait for the client, an answer or the deadline (hs.handle_timeout)
+//!     Relay                    => relay;  Closed(reason) => linger, log
+//! }
+//! ```
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::{Duration, Instant};

@@ -4,8 +4,11 @@
 //! a fixed pool of worker threads, each blocking in its own [`polling::Poller`] (epoll, kqueue)
 //! over a slab of connections with non-blocking std sockets and a timer heap for the handshake,
 //! connect, BIND and idle deadlines. The protocol is [`socks4_core`]'s sans-IO
-//! [`ServerHandshake`](socks4_core::ServerHandshake); SOCKS4a names are resolved by a small
-//! thread pool that answers through the worker's poller. On Linux the relay is zero-copy:
+//! [`ServerHandshake`](socks4_core::ServerHandshake), and what to do at each of its outputs is
+//! [`socks4_server::step`]'s; connects and BINDs through parent proxies
+//! ([`socks4_server::chain`]) are sockets in the same poller. SOCKS4a and parents' names, ident
+//! queries and users-file checks run on a small thread pool that answers through the worker's
+//! poller. On Linux the relay is zero-copy:
 //! `splice(2)` socket → pipe → socket through pipes each worker lends a direction only while it
 //! has bytes in flight ([`Server::splice`]); elsewhere it copies through the worker's buffer. It
 //! holds at most [`MAX_PENDING`] bytes per direction per connection (nothing, and no pipe, while

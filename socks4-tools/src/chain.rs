@@ -189,10 +189,11 @@ fn answering_parent(code: u8) -> Result<SocketAddr, Failure> {
     Ok(addr)
 }
 
-/// Failover and refusals: `binary` routes through a dead parent first, then a live one (another
-/// adapter, which denies the user `refuse-me`), and the user `want-93` through a parent that
-/// answers 93. A CONNECT is served through the second parent (the log names it); the live parent's
-/// 91 and the other's 93 reach the client.
+/// Failover and refusals: `binary` routes through a dead parent first, then a live one named
+/// `localhost` (another adapter, which denies the user `refuse-me`; its name is resolved when
+/// connecting), and the user `want-93` through a parent that answers 93. A CONNECT is served
+/// through the second parent (the log names it); the live parent's 91 and the other's 93 reach
+/// the client.
 ///
 /// # Errors
 /// What went wrong, with the servers' logs.
@@ -203,7 +204,10 @@ pub fn chain_failover_and_refusals(binary: &Path) -> Result<Outcome, Failure> {
     let ninety_three = answering_parent(93)?;
     let mut child = Hop::start(
         &bins[0],
-        &[format!("user want-93 via socks4://{ninety_three}"), format!("via socks4://{dead},socks4://{}", live.addr)],
+        &[
+            format!("user want-93 via socks4://{ninety_three}"),
+            format!("via socks4://{dead},socks4://localhost:{}", live.addr.port()),
+        ],
     )?;
     let target = echo_target()?;
     let (code, mut s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"alice")?;
@@ -214,7 +218,7 @@ pub fn chain_failover_and_refusals(binary: &Path) -> Result<Outcome, Failure> {
     let mut echo = [0u8; 8];
     s.read_exact(&mut echo)?;
     drop(s);
-    child.line(&["user=alice", &format!("result=ok via socks4://{} ", live.addr)])?;
+    child.line(&["user=alice", &format!("result=ok via socks4://localhost:{} ", live.addr.port())])?;
     let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"refuse-me")?;
     if code != 91 {
         return Err(Failure::new(format!("the parent denies the user: reply {code}, not its 91")));
