@@ -29,9 +29,8 @@ use socks4_server::step::{Context, Decisions, Step};
 use socks4_server::upstream::{Upstreams, Via};
 use socks4_server::users::{self, AuthError};
 
-use crate::relay::{Caps, Dir, MAX_PENDING, Progress, PumpError};
+use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
 use crate::resolver::{Job, Task};
-use crate::splice::Pipes;
 use crate::worker::Msg;
 
 /// Poller keys per connection.
