@@ -373,6 +373,68 @@ pub fn chain_silent_parent(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// A parent that accepts the connection and never answers (`--connect-timeout 1s`): the client
+/// gets 91 once the timeout is over (after 0.8 s, within 3 s), the connection to the parent is
+/// closed, the route's second parent is not tried (once a parent has the request, a second one
+/// could reach the destination twice), and the log line says `connect timed out via` the silent
+/// parent. Meanwhile the server uses next to no CPU (under 0.2 s in `/proc/PID/stat`, where
+/// there is one): a stalled parent holds a socket and a timer, neither a thread nor a busy loop.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_stalled_parent(binary: &Path) -> Result<Outcome, Failure> {
+    let silent = TcpListener::bind("127.0.0.1:0")?;
+    let second = TcpListener::bind("127.0.0.1:0")?;
+    second.set_nonblocking(true)?;
+    let route = format!("via socks4://{},socks4://{}", silent.local_addr()?, second.local_addr()?);
+    let args = ["--listen", "127.0.0.1:0", "--connect-timeout", "1s", "--allow", &route];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    // utime + stime, in the kernel's USER_HZ (100 a second on Linux).
+    let stat = format!("/proc/{}/stat", server.0.id());
+    let cpu_ticks = || -> Option<u64> {
+        let text = std::fs::read_to_string(&stat).ok()?;
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = cpu_ticks();
+    let target = echo_target()?;
+    let mut client = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+    client.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let asked = std::time::Instant::now();
+    client.write_all(&wire::connect(target.addr(), b"stall"))?;
+    let (mut at_parent, _) = silent.accept()?;
+    let mut reply = [0u8; 8];
+    client.read_exact(&mut reply)?;
+    let waited = asked.elapsed();
+    if reply[1] != 91 || waited < Duration::from_millis(800) || waited > Duration::from_secs(3) {
+        return Err(Failure::new(format!("a parent that never answers: reply {} after {waited:?}", reply[1])));
+    }
+    if let (Some(before), Some(after)) = (before, cpu_ticks()) {
+        if after.saturating_sub(before) >= 20 {
+            return Err(Failure::new(format!(
+                "{} ms of CPU while a parent stalled for {waited:?}",
+                (after - before) * 10
+            )));
+        }
+    }
+    at_parent.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = Vec::new();
+    if let Err(e) = at_parent.read_to_end(&mut request) {
+        return Err(Failure::new(format!("the server kept its connection to the stalled parent open ({e})")));
+    }
+    if second.accept().is_ok() {
+        return Err(Failure::new("the second parent was tried after the first had the request"));
+    }
+    drop(client); // the line is written once the drain after the reply ends
+    let line = line_with(&lines, "user=stall", &mut seen)?;
+    let silent_via = format!("result=connect timed out via socks4://{} ", silent.local_addr()?);
+    if !line.contains(&silent_via) {
+        return Err(Failure::new(format!("the log line does not say `{silent_via}`: {line}")));
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
 /// A BIND through a parent takes a BIND-wait slot like a direct one: with
 /// `--max-bind-waits-per-client 1`, a second BIND of the client while the first waits at the
 /// parent gets 91 (`bind over the limit`), and once the first client leaves a new BIND is served.

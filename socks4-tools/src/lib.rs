@@ -117,6 +117,7 @@ macro_rules! binary_tests {
             metrics_count_what_was_sent readyz_while_draining json_log_lines
             proxy_protocol
             chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap
+            chain_stalled_parent
         );
     };
 }
