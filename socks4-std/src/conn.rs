@@ -707,6 +707,7 @@ impl Conn {
                     }
                 }
                 Io::Write(bytes) => match self.upstream.as_ref().map(|mut s| s.write(bytes)) {
+                    Some(Ok(0)) => attempt.handle_error(ctx.now, Failure::Other),
                     Some(Ok(n)) => attempt.handle_written(n),
                     Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                     Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
