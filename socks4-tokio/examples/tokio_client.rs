@@ -37,7 +37,8 @@ async fn run(args: &[String]) -> Result<(), Box<dyn Error>> {
                 Ok(ip) => Target::Addr((ip, port).into()),
                 Err(_) => Target::Host(host, port),
             };
-            let mut stream = timeout(limit, socks4_tokio::connect(proxy, target, user)).await.map_err(|_| "timed out")??;
+            let mut stream =
+                timeout(limit, socks4_tokio::connect(proxy, target, user)).await.map_err(|_| "timed out")??;
             stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
             stream.read_to_end(&mut data).await?;
         }

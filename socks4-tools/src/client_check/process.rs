@@ -45,8 +45,10 @@ impl Exit {
                 None => format!("ended by {s}"),
             },
         };
-        let err = String::from_utf8_lossy(&self.stderr[..self.stderr.len().min(200)]).replace('\n', " ");
-        let err = err.trim();
+        // The last line says most (a traceback's exception, a tool's one error line).
+        let text = String::from_utf8_lossy(&self.stderr);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+        let err: String = last.chars().take(200).collect();
         if err.is_empty() { status } else { format!("{status}, stderr: {err}") }
     }
 }
