@@ -81,7 +81,7 @@ if command -v ncat >/dev/null; then
 else skip ncat "not installed"; fi
 if command -v nc >/dev/null && nc -h 2>&1 | grep -q OpenBSD; then
     # -P (proxy user) is for HTTP proxies only: no user id can be given, so the user-id cases skip.
-    run finding "OpenBSD netcat" '`nc -X 4 -x {proxy}` (no user-id option)' \
+    run finding "OpenBSD netcat $(dpkg-query -W -f='${Version}' netcat-openbsd 2>/dev/null | cut -d- -f1)" '`nc -X 4 -x {proxy}` (no user-id option)' \
         --run "$get | nc -X 4 -x {proxy} {host} {port}"
 else skip "OpenBSD netcat" "not installed"; fi
 if /usr/bin/python3 -c 'import socks' 2>/dev/null; then
@@ -94,7 +94,7 @@ if /usr/bin/python3 -c 'import python_socks' 2>/dev/null; then
 else skip python-socks "python3-python-socks not installed"; fi
 if command -v proxychains4 >/dev/null; then
     pc="printf 'strict_chain\nproxy_dns\ntcp_read_time_out 1000\ntcp_connect_time_out 1000\n[ProxyList]\nsocks4 {proxy_host} {proxy_port} {user}\n' > $work/pc-{case}.conf"
-    run finding "proxychains4" '`socks4 … {user}`, `proxy_dns`, around curl' \
+    run finding "proxychains4 $(dpkg-query -W -f='${Version}' proxychains4 2>/dev/null | cut -d- -f1)" '`socks4 … {user}`, `proxy_dns`, around curl' \
         --run "$pc && proxychains4 -q -f $work/pc-{case}.conf curl -sS --max-time 10 {url}"
 else skip proxychains4 "not installed"; fi
 if command -v npm >/dev/null && command -v node >/dev/null \

@@ -128,7 +128,7 @@ fn secs(v: &str, flag: &str) -> Result<Duration, String> {
 }
 
 enum ClientParsed {
-    Run(Config, Vec<String>, Vec<String>),
+    Run(Box<Config>, Vec<String>, Vec<String>),
     List,
     Help,
 }
@@ -161,7 +161,7 @@ fn parse_client(args: impl IntoIterator<Item = String>) -> Result<ClientParsed, 
     if let Some(unknown) = only.iter().chain(&skip).find(|n| client_check::find(n).is_none()) {
         return Err(format!("unknown case {unknown:?} (see --client --list)"));
     }
-    Ok(ClientParsed::Run(config, only, skip))
+    Ok(ClientParsed::Run(Box::new(config), only, skip))
 }
 
 fn main_client(args: Vec<String>) -> ExitCode {
@@ -182,7 +182,7 @@ fn main_client(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let checker = match client_check::Checker::new(config) {
+    let checker = match client_check::Checker::new(*config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("socks4-check: listening: {e}");
