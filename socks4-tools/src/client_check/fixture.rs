@@ -1,4 +1,4 @@
-//! A reference SOCKS4/4a client (blocking std sockets, [`wire`](crate::wire) encoding) whose
+//! A reference SOCKS4/4a client (blocking std sockets, [`crate::wire`] encoding) whose
 //! [`Mode`]s reproduce bugs found in real clients: the checker's own self-test runs each mode
 //! (through the `socks4-bad-client` binary) and expects the cases of [`Mode::caught_by`] to fail,
 //! and [`Mode::Good`] to pass everything.
