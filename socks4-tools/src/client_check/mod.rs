@@ -18,7 +18,7 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -148,11 +148,13 @@ pub enum Verdict {
 }
 
 /// Watches the destination's port for clients that bypass the proxy: it listens on `{port}` of
-/// `127.0.0.1` and counts connections (each closed at once).
+/// `127.0.0.1` and counts connections (each closed at once). Stops on drop.
 #[derive(Debug)]
 pub struct DirectWatch {
     port: u16,
     hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl DirectWatch {
@@ -161,15 +163,18 @@ impl DirectWatch {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
         let hits = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&hits);
-        // The thread ends with the process (a checker run); it only accepts and closes.
-        thread::Builder::new().name("direct-watch".into()).spawn(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopped) = (Arc::clone(&hits), Arc::clone(&stop));
+        let thread = thread::Builder::new().name("direct-watch".into()).spawn(move || {
             for conn in listener.incoming() {
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
                 counter.fetch_add(1, Ordering::Relaxed);
                 drop(conn);
             }
         })?;
-        Ok(DirectWatch { port, hits })
+        Ok(DirectWatch { port, hits, stop, thread: Some(thread) })
     }
 
     /// The watched port.
@@ -180,6 +185,23 @@ impl DirectWatch {
     /// Connections so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DirectWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accept loop; if that fails the thread is left to end with the process.
+        if std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+        {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
