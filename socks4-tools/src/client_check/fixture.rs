@@ -177,7 +177,6 @@ fn encode(mode: Mode, command: u8, dest: &Dest, port: u16, user: &[u8]) -> Vec<u
         Mode::ShortBuffer => {
             let mut buf = [0u8; 264];
             // Panics past 264 bytes, as the bug did.
-            #[allow(clippy::indexing_slicing)]
             buf[..req.len()].copy_from_slice(&req);
             req = buf[..req.len()].to_vec();
         }

@@ -361,3 +361,31 @@ pub fn show(bytes: &[u8]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled() {
+        let vars = Vars {
+            proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, 1080)),
+            host: "localhost".into(),
+            port: 8080,
+            path: "/p".into(),
+            user: String::new(),
+            case: "c",
+            token: "t".into(),
+        };
+        assert_eq!(
+            vars.fill("x {proxy} {proxy_host}:{proxy_port} {url} {host}:{port}{path} '{user}' {case}"),
+            "x 127.0.0.1:1080 127.0.0.1:1080 http://localhost:8080/p localhost:8080/p '' c"
+        );
+    }
+
+    #[test]
+    fn long_bytes_are_cut() {
+        assert_eq!(show(b"a\0"), "\"a\\x00\"");
+        assert!(show(&[0; 300]).ends_with("... (300 bytes)"));
+    }
+}
