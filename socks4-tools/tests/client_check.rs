@@ -14,6 +14,7 @@ fn config(mode: Mode) -> Config {
         command: Some(format!("'{bin}' {m} connect {{proxy}} {{host}} {{port}} '{{user}}' {{path}} 1")),
         bind_command: Some(format!("'{bin}' {m} bind {{proxy}} {{host}} {{port}} '{{user}}' 1")),
         client_timeout: Some(Duration::from_secs(1)),
+        require_4a: true,
         ..Config::default()
     }
 }

@@ -44,6 +44,8 @@ pub struct Case {
     pub user: User,
     /// Whether it is a BIND case (run with the BIND command).
     pub bind: bool,
+    /// Whether the destination is [`long_host`] rather than the configured host.
+    pub long_host: bool,
     /// Why the case cannot run with this configuration, if it cannot.
     pub needs: fn(&Config) -> Option<String>,
     /// Runs the case.
@@ -54,18 +56,29 @@ fn always(_: &Config) -> Option<String> {
     None
 }
 
+fn needs_4a(c: &Config) -> Option<String> {
+    (!c.require_4a).then(|| "needs a SOCKS4a client (--4a): the long name does not resolve here".to_owned())
+}
+
+/// A 253-byte host name (the longest a DNS name can be), in the reserved `.test` domain: with a
+/// 255-byte user id, a 518-byte request.
+pub fn long_host() -> String {
+    format!("{}.{}.{}.{}.test", "a".repeat(61), "b".repeat(61), "c".repeat(61), "d".repeat(62))
+}
+
 fn needs_timeout(c: &Config) -> Option<String> {
     c.client_timeout.is_none().then(|| "the client's timeout is unknown (--client-timeout)".to_owned())
 }
 
 const fn case(name: &'static str, run: fn(&mut Session<'_>) -> Result<Verdict, Failure>) -> Case {
-    Case { name, user: User::Default, bind: false, needs: always, run }
+    Case { name, user: User::Default, bind: false, long_host: false, needs: always, run }
 }
 
 static ALL: &[Case] = &[
     Case { user: User::Fixed(""), ..case("request_empty_user_id", request_exact) },
     Case { user: User::Fixed(NAMED_USER), ..case("request_user_id", request_exact) },
     Case { user: User::Long(255), ..case("request_user_id_255", request_exact) },
+    Case { user: User::Long(255), long_host: true, needs: needs_4a, ..case("request_long_host", request_exact) },
     case("reply_split_every_byte", reply_split_every_byte),
     case("reply_with_payload", reply_with_payload),
     case("reply_rejected_91", |s| rejected(s, 91)),

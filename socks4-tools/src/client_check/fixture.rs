@@ -30,7 +30,7 @@ pub enum Mode {
     MissingNul,
     /// A NUL inside the user id, `USER\0x` (tokio-socks).
     SmuggledNul,
-    /// The request built in a 264-byte buffer: a panic on a longer, legal request (tokio-socks 0.5.3).
+    /// The request built in a 513-byte buffer: a panic on a longer, legal request (tokio-socks 0.5.3).
     ShortBuffer,
     /// The first read taken as the whole reply (hyper-util).
     SingleReadReply,
@@ -88,8 +88,8 @@ impl Mode {
         Mode::ALL.iter().copied().find(|m| m.name() == name)
     }
 
-    /// The cases that must fail for this mode (with host `localhost`, a client timeout and a
-    /// BIND command).
+    /// The cases that must fail for this mode (with host `localhost`, `--4a`, a client timeout and
+    /// a BIND command).
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             Mode::Good => &[],
@@ -98,7 +98,7 @@ impl Mode {
                 &["request_empty_user_id", "request_user_id", "request_user_id_255"]
             }
             Mode::Pad260 => &["request_empty_user_id", "request_user_id"],
-            Mode::ShortBuffer => &["request_user_id_255"],
+            Mode::ShortBuffer => &["request_long_host"],
             Mode::SingleReadReply => &["reply_split_every_byte", "proxy_closes_after_4_bytes"],
             Mode::DropAfterReply => &["reply_with_payload"],
             Mode::IgnoreRejection => &["reply_rejected_91", "reply_rejected_92", "reply_rejected_93"],
@@ -175,8 +175,8 @@ fn encode(mode: Mode, command: u8, dest: &Dest, port: u16, user: &[u8]) -> Vec<u
             req.pop();
         }
         Mode::ShortBuffer => {
-            let mut buf = [0u8; 264];
-            // Panics past 264 bytes, as the bug did.
+            let mut buf = [0u8; 513];
+            // Panics past 513 bytes, as the bug did.
             buf[..req.len()].copy_from_slice(&req);
             req = buf[..req.len()].to_vec();
         }
@@ -312,7 +312,9 @@ mod tests {
         assert_eq!(&encode(Mode::HostInUserId, 1, &host, 80, b"")[8..17], b"localhost");
         assert_eq!(encode(Mode::MissingNul, 1, &host, 80, b"").len(), good.len() - 1);
         let long = "u".repeat(255);
-        assert!(std::panic::catch_unwind(|| encode(Mode::ShortBuffer, 1, &host, 80, long.as_bytes())).is_err());
+        assert_eq!(encode(Mode::ShortBuffer, 1, &host, 80, long.as_bytes()).len(), 274);
+        let long_host = Dest::Host(crate::client_check::cases::long_host());
+        assert!(std::panic::catch_unwind(|| encode(Mode::ShortBuffer, 1, &long_host, 80, long.as_bytes())).is_err());
         for m in Mode::ALL {
             assert_eq!(Mode::from_name(m.name()), Some(*m));
         }

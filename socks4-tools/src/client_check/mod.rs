@@ -256,7 +256,13 @@ impl Checker {
             return Ok(Verdict::Skip(reason));
         }
         let proxy = self.proxy_addr()?;
-        let host = if case.bind { Ipv4Addr::LOCALHOST.to_string() } else { self.config.host.clone() };
+        let host = if case.bind {
+            Ipv4Addr::LOCALHOST.to_string()
+        } else if case.long_host {
+            cases::long_host()
+        } else {
+            self.config.host.clone()
+        };
         let token = format!("{}-{}", self.run_id, case.name);
         let vars = Vars {
             proxy,

@@ -45,9 +45,14 @@ impl Exit {
                 None => format!("ended by {s}"),
             },
         };
-        // The last line says most (a traceback's exception, a tool's one error line).
+        // A panic's line, or the last line (a traceback's exception, a tool's one error line).
         let text = String::from_utf8_lossy(&self.stderr);
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+        let last = text
+            .lines()
+            .find(|l| l.contains(" panicked at "))
+            .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+            .unwrap_or_default()
+            .trim();
         let err: String = last.chars().take(200).collect();
         if err.is_empty() { status } else { format!("{status}, stderr: {err}") }
     }

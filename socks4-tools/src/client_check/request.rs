@@ -124,6 +124,7 @@ pub fn read(conn: &mut TcpStream, first_byte: Duration) -> Result<Request, Failu
         let limit = if buf.is_empty() { first_byte.saturating_sub(started.elapsed()) } else { STALL };
         conn.set_read_timeout(Some(limit.max(Duration::from_millis(1))))?;
         match conn.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Err(Failure::new("the client closed without sending a request")),
             Ok(0) => {
                 return Err(Failure::new(format!(
                     "the client closed after an incomplete request: sent {}",
