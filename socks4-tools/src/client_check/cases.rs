@@ -320,10 +320,10 @@ fn proxy_closes_after_4_bytes(s: &mut Session<'_>) -> Result<Verdict, Failure> {
     s.expect_failure(&after, "4 bytes of a reply and a close")
 }
 
-/// The reply comes late (1 s, or half the client's timeout if that is shorter): the client
-/// must wait for it.
+/// The reply comes late (1 s, or a third of the client's timeout if that is shorter, leaving room
+/// for the client's start and the checker's listening for trailing bytes): the client must wait for it.
 fn slow_reply(s: &mut Session<'_>) -> Result<Verdict, Failure> {
-    let delay = s.config().client_timeout.map_or(Duration::from_secs(1), |t| (t / 2).min(Duration::from_secs(1)));
+    let delay = s.config().client_timeout.map_or(Duration::from_secs(1), |t| (t / 3).min(Duration::from_secs(1)));
     fetch_with(s, |c| {
         std::thread::sleep(delay);
         c.send(&conn::granted())
