@@ -296,4 +296,28 @@ mod tests {
         long.resize(8 + MAX_FIELD + 1, b'u');
         assert!(matches!(parse(&long), Parse::Bad(_)));
     }
+
+    #[test]
+    fn any_bytes_parse_and_judge_without_panic() {
+        // Bytes biased towards the grammar's own (VN, NUL, the 4a marker) so that every branch runs.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let lo = [Ipv4Addr::LOCALHOST];
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| [0, 1, 4, b'a', 0xff][(next() % 5) as usize]).collect();
+            if next() % 2 == 0 && buf.len() > 8 {
+                buf[0] = 4;
+            }
+            if let Parse::Done(req) = parse(&buf) {
+                assert!(req.bytes.len() + req.trailing.len() == buf.len());
+                let _ = judge(&req, &expect("a", &lo, b"a"));
+            }
+        }
+    }
 }
