@@ -9,6 +9,7 @@
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
 //! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //! - [`caps`]: checks of bandwidth caps and the BIND-wait cap through a proxy configured with them.
+//! - [`client_check`]: `socks4-check --client`, which judges SOCKS4 clients by playing their proxy.
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
 //! measures one; `socks4-chart RESULTS.jsonl OUT.svg` draws `bench/compare.sh`'s results.
@@ -17,6 +18,7 @@ pub mod binary;
 pub mod caps;
 pub mod chain;
 pub mod checksum;
+pub mod client_check;
 pub mod load;
 pub mod report;
 pub mod scenarios;
