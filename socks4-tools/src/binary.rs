@@ -474,7 +474,8 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_bind_wait_cap", crate::chain::chain_bind_wait_cap),
     ("chain_numeric_names", crate::chain::chain_numeric_names),
     ("chain_bind_by_name", crate::chain::chain_bind_by_name),
-    // Not in `binary_tests!`: the async adapters' tests name it (see the check).
+    ("chain_stalled_parent", crate::chain::chain_stalled_parent),
+    // Not in `binary_tests!`: each adapter's tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];
 
