@@ -445,9 +445,9 @@ impl Limiter {
             Ok(tracked) => Ok(Admission {
                 limiter: Arc::clone(self),
                 client: key,
-                client_handshake: tracked.is_some() && self.limits.max_handshakes_per_client != 0,
+                handshake: self.limits.max_handshakes != 0
+                    || (tracked.is_some() && self.limits.max_handshakes_per_client != 0),
                 tracked,
-                handshake: self.limits.max_handshakes != 0,
                 bind_wait: false,
             }),
             Err(reason) => {
@@ -469,14 +469,7 @@ impl Limiter {
             return Err(reason);
         }
         let handshake = self.limits.max_handshakes != 0;
-        Ok(Admission {
-            limiter: Arc::clone(self),
-            client: key,
-            tracked: None,
-            handshake,
-            client_handshake: false,
-            bind_wait: false,
-        })
+        Ok(Admission { limiter: Arc::clone(self), client: key, tracked: None, handshake, bind_wait: false })
     }
 
     /// Takes a handshake slot (`max_handshakes`; none is counted when it is 0).
@@ -705,9 +698,9 @@ pub struct Admission {
     client: ClientKey,
     /// The client's table key, when the client is tracked.
     tracked: Option<Hashed<ClientKey>>,
+    /// It is counted as in its handshake: server-wide (`max_handshakes`, when on) and, when its
+    /// client is tracked, in its client's (`max_handshakes_per_client`, when on).
     handshake: bool,
-    /// It is counted in its client's handshakes (`max_handshakes_per_client`).
-    client_handshake: bool,
     /// It holds a counted BIND-wait slot.
     bind_wait: bool,
 }
@@ -742,10 +735,10 @@ impl Admission {
 
     fn release_handshake(&mut self) {
         if std::mem::take(&mut self.handshake) {
-            self.limiter.handshakes.0.fetch_sub(1, Ordering::Relaxed);
-        }
-        if std::mem::take(&mut self.client_handshake) {
-            if let Some(key) = &self.tracked {
+            if self.limiter.limits.max_handshakes != 0 {
+                self.limiter.handshakes.0.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(key) = self.tracked.as_ref().filter(|_| self.limiter.limits.max_handshakes_per_client != 0) {
                 self.limiter.release_client_handshake(key);
             }
         }
@@ -753,7 +746,7 @@ impl Admission {
 
     /// Whether it still holds a handshake slot.
     pub fn in_handshake(&self) -> bool {
-        self.handshake || self.client_handshake
+        self.handshake
     }
 
     /// The client it counts against.

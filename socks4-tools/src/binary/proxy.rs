@@ -288,7 +288,7 @@ pub fn proxy_reentry(binary: &Path) -> Result<Outcome, Failure> {
         }
         Ok(_) | Err(_) => {}
     }
-    line_with(&lines, "PROXY header names 127.0.0.1, a trusted balancer or this host", &mut seen)?;
+    line_with(&lines, "result=PROXY header names a trusted balancer or this host", &mut seen)?;
     drop(server);
     Ok(Outcome::Pass)
 }
