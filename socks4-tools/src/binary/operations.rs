@@ -227,7 +227,7 @@ pub fn metrics_count_what_was_sent(binary: &Path) -> Result<Outcome, Failure> {
 }
 
 /// Idle sockets do not take the probes down, on `binary` with `--metrics`: 50 connections to the
-/// metrics endpoint that send nothing, re-opened as soon as it closes them, while 10 probes of
+/// metrics endpoint from 127.0.0.7 that send nothing, re-opened as soon as it closes them, while 10 probes of
 /// `/healthz` and `/readyz` (one with bare-LF line ends) a tenth of a second apart are each
 /// answered 200 within a second.
 ///
@@ -240,10 +240,13 @@ pub fn healthz_beside_idle_sockets(binary: &Path) -> Result<Outcome, Failure> {
     let flood = std::thread::spawn({
         let stop = std::sync::Arc::clone(&stop);
         move || {
+            // From another address than the probes' (127.0.0.1), as an attacker's would be.
             let open = || {
-                TcpStream::connect_timeout(&metrics, Duration::from_secs(1))
-                    .ok()
-                    .filter(|s| s.set_nonblocking(true).is_ok())
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+                socket.bind(&SocketAddr::from(([127, 0, 0, 7], 0)).into()).ok()?;
+                socket.connect_timeout(&metrics.into(), Duration::from_secs(1)).ok()?;
+                let s = TcpStream::from(socket);
+                s.set_nonblocking(true).ok().map(|()| s)
             };
             let mut idle: Vec<Option<TcpStream>> = (0..50).map(|_| open()).collect();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
