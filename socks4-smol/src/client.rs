@@ -17,47 +17,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(()) });
 //! ```
 
-use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
-use futures_io::{AsyncRead, AsyncWrite};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
-use socks4_core::{ClientEvent, ClientHandshake, REPLY_LEN};
+pub use socks4_async::client::{handshake, read_reply};
+use socks4_core::ClientHandshake;
 pub use socks4_core::{ConnectError, Target};
-
-/// Writes `hs`'s request to `stream` and reads the first (for CONNECT, the only) reply.
-///
-/// For BIND the event is [`ClientEvent::BindListening`]; call [`read_reply`] for the second reply.
-/// A rejection is returned as [`ClientEvent::Rejected`], not as an error.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    hs: &mut ClientHandshake,
-) -> Result<ClientEvent, ConnectError> {
-    stream.write_all(hs.request_bytes()).await?;
-    stream.flush().await?;
-    read_reply(stream, hs).await
-}
-
-/// Reads exactly the rest of one reply (never payload behind it) and reports what it meant (BIND's
-/// second reply, for example).
-pub async fn read_reply<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    hs: &mut ClientHandshake,
-) -> Result<ClientEvent, ConnectError> {
-    let mut reply = [0u8; REPLY_LEN];
-    let reply = &mut reply[..hs.bytes_wanted()];
-    if let Err(e) = stream.read_exact(reply).await {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            hs.handle_eof()?;
-        }
-        return Err(ConnectError::Io(e));
-    }
-    match hs.handle_input(reply)? {
-        (_, Some(event)) => Ok(event),
-        (_, None) => Err(ConnectError::Protocol(socks4_core::ClientError::UnexpectedEof)),
-    }
-}
 
 /// Opens a connection to `target` through the SOCKS4 proxy at `proxy` (CONNECT, SOCKS4 or 4a).
 pub async fn connect<'a>(

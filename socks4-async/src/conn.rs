@@ -1,130 +1,67 @@
 //! One client connection: drive the sans-IO [`ServerHandshake`] with the runtime's I/O, then relay.
-//! Written against [`Runtime`] and `futures-io`, so it runs on smol and on async-std alike.
+//!
+//! Behaviours decided once here for every async adapter:
+//! - While the handshake waits on something else (a lookup, a connect, a parent proxy, identd, a
+//!   users-file verification, a BIND peer) it watches the client with a peek, consuming nothing: a
+//!   client whose connection fails ends the wait at once; one that half-closes lets the wait finish
+//!   (the relay passes the half-close on), except during a BIND wait, which it ends.
+//! - After a final reply and a close (a rejection, a failed connect, a failed second BIND reply) the
+//!   connection drains the client ([`socks4_server::linger`]: write side shut, input discarded until
+//!   end of file, at most [`DRAIN_TIME`] and [`DRAIN_BYTES`]), so that unread input does not turn the
+//!   close into a reset that destroys the reply in flight.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::driver::Candidates;
-use socks4_core::rules::{Parent, Route};
-use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, Output, ServerHandshake, Target};
+use socks4_core::rules::Route;
+use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
 use socks4_server::ServerConfig;
-use socks4_server::bandwidth::{Bandwidth, ConnBandwidth};
 use socks4_server::limits::Admission;
-use socks4_server::log::{ConnLine, RequestCopy};
-use socks4_server::metrics::{Close, ConnMeter, Phase};
+use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
+use socks4_server::metrics::{Close, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
-use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
-use socks4_server::users::{self, Verifier};
+use socks4_server::upstream::{self, Authorized, ChainTarget, Chained};
+use socks4_server::users::{self, AuthError, Verifier};
 
-use crate::chain;
-use crate::relay::{Counts, relay};
-use crate::runtime::{Runtime, with_timeout};
+use crate::chain::{self, within};
+use crate::log::ConnLog;
+use crate::relay::{PooledBuf, relay};
+use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, write_all};
+use crate::Hooks;
 
-/// How long, and how many bytes, to drain from a rejected client before closing.
-const LINGER_TIME: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// The per-connection log line, written exactly once: when the connection ends, or when its task
-/// is dropped (shutdown after the grace period).
-#[derive(Debug)]
-pub(crate) struct ConnLog {
-    client: SocketAddr,
-    start: Instant,
-    request: RequestCopy,
-    result: Option<String>,
-    counts: Counts,
-    /// Its phases, reply and end in the metrics.
-    meter: ConnMeter,
-    /// The parent proxy the connection went through (or tried last).
-    via: Option<Parent>,
-}
-
-impl ConnLog {
-    pub(crate) fn new(client: SocketAddr) -> Self {
-        Self {
-            client,
-            start: Instant::now(),
-            request: RequestCopy::default(),
-            result: None,
-            counts: Counts::default(),
-            meter: ConnMeter::start(),
-            via: None,
-        }
-    }
-
-    /// Sets the result, unless one was set before (e.g. why a request was denied).
-    pub(crate) fn finish(&mut self, result: impl fmt::Display) {
-        self.result.get_or_insert_with(|| result.to_string());
-    }
-
-    /// This connection's bandwidth caps under `bandwidth`, with its client's and its user's shares.
-    fn bandwidth(&self, bandwidth: &Bandwidth) -> Box<ConnBandwidth> {
-        let user = self.request.request().map(|r| users::user_name(r.user_id));
-        Box::new(bandwidth.connection(self.client.ip(), user, Instant::now()))
-    }
-
-    /// Records the request for the log line.
-    fn note_request(&mut self, hs: &ServerHandshake) {
-        self.request.note(hs);
-    }
-}
-
-impl Drop for ConnLog {
-    fn drop(&mut self) {
-        let request = self.request.request();
-        let (up, down) = (self.counts.up.get(), self.counts.down.get());
-        self.meter.finish(request.as_ref().map(|r| r.command), up, down, self.result.is_some());
-        let line = ConnLine {
-            client: self.client,
-            request,
-            result: &Via(&self.result.as_deref().unwrap_or(socks4_server::log::SHUTDOWN), self.via.as_ref()),
-            up,
-            down,
-            elapsed: self.start.elapsed(),
-            worker: self.meter.worker(),
-            reply: self.meter.reply(),
-        };
-        line.log();
-    }
-}
-
-/// The client as the handshake sees it.
-#[derive(Debug, Default)]
-pub(crate) struct Peer {
-    /// Whether it came through a PROXY header (ident cannot reach it).
-    proxied: bool,
-    /// Bytes read after the PROXY header: the start of the request.
-    first: Vec<u8>,
-}
-
-/// Serves a connection just handed over by the acceptor: reads the PROXY header first when `peer`
-/// is a trusted balancer (then admits the client it names against the per-client limits), then
-/// [`serve`]s it with its one log line.
-pub(crate) async fn serve_accepted<R: Runtime>(
-    stream: std::net::TcpStream,
+/// Serves one accepted connection to its end with the project's driver: reads the PROXY header
+/// first when `peer` is a trusted balancer (then admits the client it names against the per-client
+/// limits), drives the handshake (rules, users file, ident, CONNECT, BIND, chaining), relays, and
+/// writes the connection's one log line through `hooks`.
+///
+/// `snapshot`: the configuration the connection runs with (a [`LiveConfig`]'s current one, taken
+/// at accept). `admission`: its claim on the per-client limits ([`Limiter::admit`], or
+/// [`Limiter::defer`] for a trusted balancer); the end of the handshake frees its handshake slot.
+///
+/// [`LiveConfig`]: socks4_server::reload::LiveConfig
+/// [`Limiter::admit`]: socks4_server::limits::Limiter::admit
+/// [`Limiter::defer`]: socks4_server::limits::Limiter::defer
+pub async fn serve_connection<R: Runtime, H: Hooks>(
+    client: R::Stream,
     peer: SocketAddr,
     snapshot: &Snapshot,
     mut admission: Admission,
+    hooks: &H,
 ) {
     let config = &snapshot.config;
     let start = Instant::now();
-    let client = match R::from_std(stream) {
-        Ok(client) => client,
-        Err(e) => return ConnLog::new(peer).finish(e),
-    };
-    let _ = R::set_nodelay(&client);
-    let mut from = Peer::default();
+    set_nodelay::<R>(&client);
+    let mut from = From { proxied: false, first: Vec::new() };
     let peer = if config.proxy_protocol.contains(peer.ip()) {
         from.proxied = true;
-        match proxy_header::<R>(client.clone(), peer, config.timeouts.handshake, &mut from.first).await {
+        match proxy_header::<R>(&client, peer, config.timeouts.handshake, &mut from.first).await {
             Ok(original) => match admission.claim(original.ip(), Instant::now()) {
                 Ok(()) => original,
                 // Counted and summarised by the limiter, like a refusal at accept.
@@ -135,16 +72,54 @@ pub(crate) async fn serve_accepted<R: Runtime>(
     } else {
         peer
     };
-    let mut log = ConnLog::new(peer);
-    log.start = start;
-    let (verifier, bandwidth) = (snapshot.verifier.as_ref(), snapshot.bandwidth.as_deref());
-    serve::<R>(client, config, verifier, bandwidth, &mut admission, &mut log, from).await;
+    let mut log = ConnLog::new(peer, start, hooks);
+    let conn = Conn { config, verifier: snapshot.verifier.as_ref(), hooks, from };
+    let outcome = handshake::<R, H>(&client, &conn, &mut admission, &mut log).await;
+    admission.handshake_done();
+    match outcome {
+        Ok(Next::Relay(dest, early)) => {
+            let bandwidth = snapshot.bandwidth.as_deref().map(|b| log.bandwidth(b));
+            log.meter.enter(Phase::Relaying);
+            let end = relay::<R>(&client, &dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
+            log.meter.close(end.into());
+            log.finish(end);
+        }
+        Ok(Next::Drain) => drain::<R>(&client).await,
+        Ok(Next::Close) => {}
+        Err(e) => log.finish(e),
+    }
+}
+
+/// The client as the handshake sees it.
+struct From {
+    /// Whether it came through a PROXY header (ident cannot reach it).
+    proxied: bool,
+    /// Bytes read after the PROXY header: the start of the request.
+    first: Vec<u8>,
+}
+
+/// What a connection's handshake reads.
+struct Conn<'a, H> {
+    config: &'a ServerConfig,
+    verifier: Option<&'a Arc<Verifier>>,
+    hooks: &'a H,
+    from: From,
+}
+
+/// How a handshake ended.
+enum Next<S> {
+    /// Relay the client ⇄ this stream, sending the early data first.
+    Relay(S, Vec<u8>),
+    /// A final reply went out and the handshake closed: drain, then close.
+    Drain,
+    /// Closed with nothing to drain for (no reply, or the client is gone).
+    Close,
 }
 
 /// Reads the PROXY header of a connection from a trusted load balancer, within the handshake
 /// timeout; returns the original client, and puts the bytes after the header into `first`.
 async fn proxy_header<R: Runtime>(
-    mut client: R::Stream,
+    client: &R::Stream,
     balancer: SocketAddr,
     timeout: Duration,
     first: &mut Vec<u8>,
@@ -154,7 +129,7 @@ async fn proxy_header<R: Runtime>(
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = match with_timeout::<R, _>(left, client.read(&mut buf)).await {
+        let n = match with_timeout::<R, _>(left, R::read(client, &mut buf)).await {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeaderEnd::TimedOut),
             // A reset counts as a close (health checks often end with one).
             Ok(0) | Err(_) => return Err(reader.handle_eof()),
@@ -171,73 +146,44 @@ async fn proxy_header<R: Runtime>(
     }
 }
 
-/// Serves one accepted client connection to the end, filling in `log`. `verifier`: the users file's,
-/// if any; `bandwidth`: the caps' shared buckets, if any. The handshake's end frees `admission`'s handshake slot.
-pub(crate) async fn serve<R: Runtime>(
-    mut client: R::Stream,
-    config: &ServerConfig,
-    verifier: Option<&Arc<Verifier>>,
-    bandwidth: Option<&Bandwidth>,
+/// Runs the handshake to its end: a destination to relay to, or a close.
+async fn handshake<R: Runtime, H: Hooks>(
+    client: &R::Stream,
+    conn: &Conn<'_, H>,
     admission: &mut Admission,
-    log: &mut ConnLog,
-    from: Peer,
-) {
-    let outcome = handshake::<R>(client.clone(), config, verifier, admission, log, from).await;
-    admission.handshake_done();
-    match outcome {
-        Ok(Some((dest, early))) => {
-            let bandwidth = bandwidth.map(|b| log.bandwidth(b));
-            log.meter.enter(Phase::Relaying);
-            let end = relay::<R>(client, dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
-            log.meter.close(end.into());
-            log.finish(end);
-        }
-        Ok(None) => linger::<R>(&mut client).await,
-        Err(e) => log.finish(e),
-    }
-}
-
-/// Runs the handshake. `Ok(Some((dest, early)))`: relay `client` ⇄ `dest`, sending `early` first;
-/// `Ok(None)`: the handshake closed (the reason is in `log`; linger next); `Err`: an I/O error with
-/// the client.
-async fn handshake<R: Runtime>(
-    mut client: R::Stream,
-    config: &ServerConfig,
-    verifier: Option<&Arc<Verifier>>,
-    admission: &mut Admission,
-    log: &mut ConnLog,
-    from: Peer,
-) -> io::Result<Option<(R::Stream, Vec<u8>)>> {
-    let epoch = Instant::now();
+    log: &mut ConnLog<'_, H>,
+) -> io::Result<Next<R::Stream>> {
+    let config = conn.config;
+    let epoch = log.start;
     let now = || epoch.elapsed();
-    let client_ip = log.client.ip();
+    let client_ip = log.client.ip().to_canonical();
     let mut hs = config.handshake(now());
-    let mut buf = [0u8; MAX_REQUEST_LEN];
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;
+    // Whether a reply went out (a close after one drains the client).
+    let mut replied = false;
     // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
     let mut listener: Option<R::Listener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
     // The route of the rule that allowed the request (`via`), if any.
     let mut route: Option<Route> = None;
-    let users_file = verifier.is_some();
     // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
     let mut bind_wait: Option<Box<chain::ParentBind<R>>> = None;
-    if !from.first.is_empty() {
-        let used = hs.handle_input(now(), &from.first);
-        early.extend_from_slice(&from.first[used..]);
+    if !conn.from.first.is_empty() {
+        feed(&mut hs, &mut early, &conn.from.first, now());
     }
     loop {
         match hs.poll_output() {
             Output::Send(reply) => {
-                if let Err(e) = client.write_all(&reply.to_bytes()).await {
+                if let Err(e) = write_all::<R>(client, &reply.to_bytes()).await {
                     // The same words in every adapter: the client is gone.
                     tracing::debug!("writing reply: {e}");
                     log.note_request(&hs);
                     log.finish(CloseReason::ClientGone);
-                    return Ok(None);
+                    return Ok(Next::Close);
                 }
+                replied = true;
                 log.meter.replied(reply.code);
                 // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
                 // for its peer does not hold a handshake slot).
@@ -245,14 +191,16 @@ async fn handshake<R: Runtime>(
             }
             Output::Resolve { host, port } => {
                 let host = host.to_owned();
-                if upstream::forwards_name(&config.rules, client_ip, &hs, users_file) {
+                log.note_request(&hs);
+                if upstream::forwards_name(&config.rules, client_ip, &hs, conn.verifier.is_some()) {
                     // Routed to a SOCKS4a parent: the name goes there unresolved.
                     misuse(hs.forward_name(now()))?;
                     continue;
                 }
                 log.meter.enter(Phase::Resolving);
-                let lookup = with_timeout::<R, _>(config.timeouts.connect, R::resolve(&host, port));
-                match watched::<R, _>(&client, lookup).await {
+                let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
+                let lookup = with_timeout::<R, _>(left, R::resolve(&host, port));
+                match watched::<R, _>(client, lookup).await {
                     Ok(answer) => {
                         candidates = Candidates::from_lookup(answer);
                         let first = candidates.first();
@@ -264,13 +212,7 @@ async fn handshake<R: Runtime>(
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
-                let authorized = match verifier {
-                    Some(verifier) => {
-                        authorize_user::<R>(&mut hs, epoch, verifier, &client, config, log.client).await?
-                    }
-                    None => misuse(upstream::authorize(&mut hs, now(), &config.rules, client_ip, false))?,
-                };
-                if let Authorized::Via(via) = authorized {
+                if let Authorized::Via(via) = authorize::<R, H>(&mut hs, epoch, client, conn, log.client).await? {
                     route = Some(via);
                 }
             }
@@ -285,7 +227,7 @@ async fn handshake<R: Runtime>(
                     }
                 });
                 log.meter.enter(Phase::Connecting);
-                let Ok(chained) = watched::<R, _>(&client, chaining).await else {
+                let Ok(chained) = watched::<R, _>(client, chaining).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
@@ -301,14 +243,14 @@ async fn handshake<R: Runtime>(
                 log.meter.enter(Phase::Connecting);
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
-                let Ok(connected) = watched::<R, _>(&client, R::connect(addr, left)).await else {
+                let Ok(connected) = watched::<R, _>(client, R::connect(addr, left)).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
                 match connected {
                     Ok(stream) => {
-                        let _ = R::set_nodelay(&stream);
-                        let local = R::local_addr(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+                        set_nodelay::<R>(&stream);
+                        let local = local_addr::<R>(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         dest = Some(stream);
                         log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
@@ -325,12 +267,12 @@ async fn handshake<R: Runtime>(
             }
             Output::Ident => {
                 let (peer, timeout) = (log.client, config.timeouts.ident);
-                let answer = match R::local_addr(&client) {
-                    _ if from.proxied => socks4_server::proxy::ident_through_balancer(peer),
+                let answer = match local_addr::<R>(client) {
+                    _ if conn.from.proxied => socks4_server::proxy::ident_through_balancer(peer),
                     Ok(local) => {
                         let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
-                        match watched::<R, _>(&client, ask).await {
-                            Ok(answer) => answer,
+                        match watched::<R, _>(client, ask).await {
+                            Ok(answer) => answer.unwrap_or(Err(Failure::Other)),
                             Err(_) => {
                                 hs.handle_client_error(now());
                                 continue;
@@ -359,7 +301,7 @@ async fn handshake<R: Runtime>(
                         _ => Chained::failed(Failure::Other), // an IPv6 peer cannot be asked for
                     }
                 });
-                let Ok(chained) = watched::<R, _>(&client, chaining).await else {
+                let Ok(chained) = watched::<R, _>(client, chaining).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
@@ -371,31 +313,11 @@ async fn handshake<R: Runtime>(
                 });
                 misuse(hs.handle_listening(now(), result))?;
             }
-            Output::Wait { deadline } if bind_wait.is_some() => {
-                // BIND through a parent: wait for its second reply; a client that leaves first
-                // drops the wait, closing the connection to the parent (and so its listener).
-                let Some(wait) = bind_wait.take() else { continue };
-                log.meter.enter(Phase::BindWait);
-                let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
-                let waiting = async { Ok(wait.peer(timeout).await) };
-                match future::or(waiting, async { Err(client_left::<R>(&client).await) }).await {
-                    Ok(result) => {
-                        let result = result.map(|(stream, from)| {
-                            dest = Some(stream);
-                            from
-                        });
-                        misuse(hs.handle_bind_peer(now(), result))?;
-                    }
-                    Err(Left::Eof) => hs.handle_eof(now()),
-                    Err(Left::Failed(_)) => hs.handle_client_error(now()),
-                }
-                admission.end_bind_wait();
-            }
             Output::Listen { .. } => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as
                 // 0.0.0.0: the client uses the address it reached us on).
                 let listening = async {
-                    let ip = R::local_addr(&client)?.ip().to_canonical();
+                    let ip = local_addr::<R>(client)?.ip().to_canonical();
                     let l = R::listen(SocketAddr::new(ip, 0)).await?;
                     let addr = R::listener_addr(&l)?;
                     Ok::<_, io::Error>((l, addr))
@@ -413,6 +335,26 @@ async fn handshake<R: Runtime>(
                 };
                 misuse(hs.handle_listening(now(), result))?;
             }
+            Output::Wait { deadline } if bind_wait.is_some() => {
+                // BIND through a parent: wait for its second reply; a client that leaves first
+                // drops the wait, closing the connection to the parent (and so its listener).
+                let Some(wait) = bind_wait.take() else { continue };
+                log.meter.enter(Phase::BindWait);
+                let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
+                let waiting = async { Ok(wait.peer(timeout).await) };
+                match future::or(waiting, async { Err(client_left::<R>(client).await) }).await {
+                    Ok(result) => {
+                        let result = result.map(|(stream, from)| {
+                            dest = Some(stream);
+                            from
+                        });
+                        misuse(hs.handle_bind_peer(now(), result))?;
+                    }
+                    Err(Left::Eof) => hs.handle_eof(now()),
+                    Err(Left::Failed(_)) => hs.handle_client_error(now()),
+                }
+                admission.end_bind_wait();
+            }
             Output::Wait { deadline } => {
                 let left = deadline.map(|d| d.saturating_sub(now()));
                 if let Some(l) = &listener {
@@ -425,12 +367,12 @@ async fn handshake<R: Runtime>(
                             None => Ok(R::accept(l).await),
                         }
                     };
-                    let outcome = future::or(accept, async { Err(client_left::<R>(&client).await) }).await;
+                    let outcome = future::or(accept, async { Err(client_left::<R>(client).await) }).await;
                     listener = None;
                     admission.end_bind_wait();
                     let result = match outcome {
                         Ok(Ok((peer, addr))) => {
-                            let _ = R::set_nodelay(&peer);
+                            set_nodelay::<R>(&peer);
                             dest = Some(peer);
                             Ok(addr)
                         }
@@ -447,61 +389,80 @@ async fn handshake<R: Runtime>(
                     misuse(hs.handle_bind_peer(now(), result))?;
                     continue;
                 }
-                let read = async { Some(client.read(&mut buf).await) };
-                let timer = async {
-                    match left {
-                        Some(left) => {
-                            R::sleep(left).await;
-                            None
-                        }
-                        None => future::pending().await,
-                    }
+                if !hs.wants_input() {
+                    // Nothing else to wait for: let the deadline pass (never reached in practice).
+                    let Some(left) = left else { return Err(io::Error::other("stalled handshake")) };
+                    R::sleep(left).await;
+                    hs.handle_timeout(now());
+                    continue;
+                }
+                let mut buf = [0u8; MAX_REQUEST_LEN];
+                let read = match left {
+                    Some(left) => within::<R, _>(left, R::read(client, &mut buf)).await,
+                    None => Ok(R::read(client, &mut buf).await),
                 };
-                match future::or(read, timer).await {
-                    None => hs.handle_timeout(now()),
-                    Some(Ok(0)) => hs.handle_eof(now()),
-                    Some(Ok(n)) => {
-                        let used = hs.handle_input(now(), &buf[..n]);
-                        early.extend_from_slice(&buf[used..n]);
+                match read {
+                    Err(_timed_out) => hs.handle_timeout(now()),
+                    Ok(Ok(0)) => hs.handle_eof(now()),
+                    Ok(Ok(n)) => {
+                        feed(&mut hs, &mut early, &buf[..n], now());
+                        log.note_request(&hs);
                     }
-                    Some(Err(e)) => return Err(e),
+                    Ok(Err(e)) => return Err(io::Error::new(e.kind(), format!("reading request: {e}"))),
                 }
             }
             Output::Relay => {
                 log.note_request(&hs);
                 return match dest {
-                    Some(d) => Ok(Some((d, early))),
+                    Some(d) => Ok(Next::Relay(d, early)),
                     None => Err(io::Error::other("relay without a destination")),
                 };
             }
             Output::Closed(reason) => {
                 log.note_request(&hs);
                 log.meter.close(Close::from(&reason));
+                let drain = replied && reason != CloseReason::ClientGone;
                 log.finish(reason);
-                return Ok(None);
+                return Ok(if drain { Next::Drain } else { Next::Close });
             }
             _ => return Err(io::Error::other("unexpected handshake output")),
         }
     }
 }
 
-/// `Output::Authorize` with a users file: the user id is verified (at once if cached, else off the
-/// event loop while watching the client), then the rules decide on the user's name, never the token.
-async fn authorize_user<R: Runtime>(
+/// Feeds bytes read from the client to the handshake; bytes past the request are early data.
+fn feed(hs: &mut ServerHandshake, early: &mut Vec<u8>, bytes: &[u8], now: Duration) {
+    let used = hs.handle_input(now, bytes);
+    if hs.request().is_some() && used < bytes.len() {
+        early.extend_from_slice(&bytes[used..]);
+    }
+}
+
+/// Answers `Output::Authorize`: the embedder's [`Hooks::check`] first; then, with a users file, the
+/// user id is verified (at once if cached, else off the event loop while watching the client);
+/// then the rules decide on the user's name, never the token.
+async fn authorize<R: Runtime, H: Hooks>(
     hs: &mut ServerHandshake,
     epoch: Instant,
-    verifier: &Arc<Verifier>,
     client: &R::Stream,
-    config: &ServerConfig,
+    conn: &Conn<'_, H>,
     peer: SocketAddr,
 ) -> io::Result<Authorized> {
     let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
+    if let Err(code) = conn.hooks.check(peer, &req) {
+        let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
+        return misuse(hs.reject(code).map(|()| Authorized::Direct));
+    }
+    let rules = &conn.config.rules;
+    let Some(verifier) = conn.verifier else {
+        return misuse(upstream::authorize(hs, epoch.elapsed(), rules, peer.ip(), false));
+    };
     let verdict = match verifier.check_cached(req.user_id) {
         Some(verdict) => verdict,
         None => {
             let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
             match watched::<R, _>(client, R::unblock(move || verifier.verify_blocking(&user_id))).await {
-                Ok(verdict) => verdict,
+                Ok(verdict) => verdict.unwrap_or(Err(AuthError::Busy)),
                 Err(_) => {
                     hs.handle_client_error(epoch.elapsed());
                     return Ok(Authorized::Direct);
@@ -515,7 +476,7 @@ async fn authorize_user<R: Runtime>(
             users::log_refusal(peer, req.user_id, e);
             hs.reject(e.reply_code()).map(|()| Authorized::Direct)
         }
-        Ok(()) => upstream::authorize(hs, epoch.elapsed(), &config.rules, peer.ip(), true),
+        Ok(()) => upstream::authorize(hs, epoch.elapsed(), rules, peer.ip(), true),
     };
     misuse(result)
 }
@@ -530,7 +491,8 @@ enum Left {
 
 /// Watches the client without consuming its bytes (early data stays in the socket for the relay):
 /// resolves on end of file or an error. Once bytes are there, or if the runtime cannot peek, it
-/// watches no more (the phase's deadline bounds the wait).
+/// watches no more (the socket would stay readable and watching on would spin; the phase's
+/// deadline bounds the wait).
 async fn client_left<R: Runtime>(client: &R::Stream) -> Left {
     if let Some(peek) = R::peek(client) {
         match peek.await {
@@ -543,7 +505,7 @@ async fn client_left<R: Runtime>(client: &R::Stream) -> Left {
 }
 
 /// Runs `work` while watching the client. `Err` if the client's connection failed first (`work`
-/// is dropped); a half-close lets `work` finish (the relay passes it on).
+/// is dropped, and with it what it started); a half-close lets `work` finish.
 async fn watched<R: Runtime, T>(client: &R::Stream, work: impl Future<Output = T>) -> Result<T, io::Error> {
     let mut work = pin!(work);
     let first = future::or(async { Ok(work.as_mut().await) }, async { Err(client_left::<R>(client).await) }).await;
@@ -554,25 +516,25 @@ async fn watched<R: Runtime, T>(client: &R::Stream, work: impl Future<Output = T
     }
 }
 
-/// Closes gently after a rejection: half-close, then read and discard what the client still sends
-/// (bounded in bytes and time), so that closing with unread input does not reset the connection
-/// and destroy the reply in flight.
-async fn linger<R: Runtime>(client: &mut R::Stream) {
-    let mut buf = [0u8; MAX_REQUEST_LEN];
-    let _ = client.flush().await;
-    if R::shutdown_write(client).is_err() {
+/// Closes gently after a final reply ([`socks4_server::linger`]): half-close, then read and
+/// discard what the client still sends until it closes, at most [`DRAIN_BYTES`] within
+/// [`DRAIN_TIME`].
+async fn drain<R: Runtime>(client: &R::Stream) {
+    if R::socket(client).shutdown(Shutdown::Write).is_err() {
         return;
     }
-    let drain = async {
-        let mut left = LINGER_BYTES;
+    let discard = async {
+        // A pooled buffer: the connection's future holds none of its own for this.
+        let mut buf = PooledBuf::take();
+        let mut left = DRAIN_BYTES;
         while left > 0 {
-            match client.read(&mut buf).await {
+            match R::read(client, &mut buf.0).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
         }
     };
-    future::or(drain, R::sleep(LINGER_TIME)).await;
+    future::or(discard, R::sleep(DRAIN_TIME)).await;
 }
 
 /// A state-machine misuse is a bug here, never the peer's doing: end the connection with it.

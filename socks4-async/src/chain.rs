@@ -1,20 +1,19 @@
-//! Chaining through parent proxies on the worker's event loop, for any [`Runtime`]: the route's
-//! parents tried in turn ([`Plan`]), each resolved, connected to, asked and answered with the
-//! runtime's sockets and timers, within the connect timeout per parent. Dropping a future here
-//! (the client left) drops the attempt and closes the connection to the parent at once: nothing
-//! waits on a thread. The policy (the request, the order and health, what a reply means) is
-//! [`socks4_server::upstream`]'s.
+//! Chaining through parent proxies on the worker's event loop: the route's parents tried in turn
+//! ([`Plan`]), each resolved, connected to, asked and answered with the runtime's sockets and
+//! timers, within the connect timeout per parent. Dropping a future here (the client left) drops
+//! the attempt and closes the connection to the parent at once: nothing waits on a thread. The
+//! policy (the request, the order and health, what a reply means) is [`socks4_server::upstream`]'s.
 
-use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use socks4_core::rules::Route;
 use socks4_core::{ClientEvent, ClientHandshake, Failure};
 use socks4_server::upstream::{self, ChainTarget, Chained, Plan, Upstreams};
 
-use crate::client::{handshake, read_reply};
-use crate::runtime::{Runtime, with_timeout};
+use crate::client::{handshake_on, read_reply_on};
+use crate::runtime::{Runtime, peer_addr, set_nodelay};
 
 /// Connects to `target` through `route` (see [`upstream::connect_request`]): the stream to
 /// relay and the address the parent reported.
@@ -61,7 +60,7 @@ pub(crate) struct ParentBind<R: Runtime> {
 impl<R: Runtime> ParentBind<R> {
     /// Waits up to `timeout` for the parent's second reply: the connection to relay and the peer.
     pub(crate) async fn peer(mut self, timeout: Duration) -> Result<(R::Stream, SocketAddr), Failure> {
-        let event = within::<R, _>(timeout, read_reply(&mut self.stream, &mut self.hs)).await?;
+        let event = within::<R, _>(timeout, read_reply_on::<R>(&self.stream, &mut self.hs)).await?;
         let event = event.map_err(|e| upstream::reply_failure(&e))?;
         Ok((self.stream, upstream::second_bind_reply(event)?))
     }
@@ -77,7 +76,7 @@ async fn through<R: Runtime>(
 ) -> Chained<(R::Stream, ClientHandshake, SocketAddr)> {
     while let Some(parent) = plan.next() {
         let end = Instant::now() + timeout;
-        let mut stream = match reach::<R>(&parent.host, parent.port, end).await {
+        let stream = match reach::<R>(&parent.host, parent.port, end).await {
             Ok(stream) => stream,
             Err(failure) => {
                 plan.unreachable(parent, failure);
@@ -86,11 +85,11 @@ async fn through<R: Runtime>(
         };
         let mut hs = request.clone();
         let left = end.saturating_duration_since(Instant::now());
-        let result = match within::<R, _>(left, handshake(&mut stream, &mut hs)).await {
+        let result = match within::<R, _>(left, handshake_on::<R>(&stream, &mut hs)).await {
             Ok(event) => event.map_err(|e| upstream::reply_failure(&e)),
             Err(timed_out) => Err(timed_out),
         };
-        let result = result.and_then(|event| meaning(event, R::peer_addr(&stream).ok()));
+        let result = result.and_then(|event| meaning(event, peer_addr::<R>(&stream).ok()));
         return plan.answered(parent, result.map(|addr| (stream, hs, addr)));
     }
     plan.exhausted()
@@ -104,7 +103,7 @@ async fn reach<R: Runtime>(host: &str, port: u16, end: Instant) -> Result<R::Str
     for addr in addrs {
         match R::connect(addr, left()).await {
             Ok(stream) => {
-                let _ = R::set_nodelay(&stream);
+                set_nodelay::<R>(&stream);
                 return Ok(stream);
             }
             Err(e) => failure = Failure::from(&e),
@@ -114,7 +113,10 @@ async fn reach<R: Runtime>(host: &str, port: u16, end: Instant) -> Result<R::Str
 }
 
 /// Runs `work` for at most `timeout`; `Err(Failure::TimedOut)` after that.
-async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<Output = T>) -> Result<T, Failure> {
-    let timed = with_timeout::<R, _>(timeout, async { Ok::<_, io::Error>(work.await) }).await;
-    timed.map_err(|_| Failure::TimedOut)
+pub(crate) async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<Output = T>) -> Result<T, Failure> {
+    future::or(async { Ok(work.await) }, async {
+        R::sleep(timeout).await;
+        Err(Failure::TimedOut)
+    })
+    .await
 }
