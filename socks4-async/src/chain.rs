@@ -12,7 +12,7 @@ use socks4_core::rules::Route;
 use socks4_core::{ClientEvent, ClientHandshake, Failure};
 use socks4_server::upstream::{self, ChainTarget, Chained, Plan, Upstreams};
 
-use crate::client::{handshake_on, read_reply_on};
+use crate::client::{self, read_reply_on};
 use crate::runtime::{Runtime, peer_addr, set_nodelay};
 
 /// Connects to `target` through `route` (see [`upstream::connect_request`]): the stream to
@@ -85,7 +85,7 @@ async fn through<R: Runtime>(
         };
         let mut hs = request.clone();
         let left = end.saturating_duration_since(Instant::now());
-        let result = match within::<R, _>(left, handshake_on::<R>(&stream, &mut hs)).await {
+        let result = match within::<R, _>(left, client::request::<R>(&stream, &mut hs)).await {
             Ok(event) => event.map_err(|e| upstream::reply_failure(&e)),
             Err(timed_out) => Err(timed_out),
         };

@@ -4,13 +4,15 @@
 //! the `futures-io` helpers here ([`handshake`], [`read_reply`]), tokio's `read_exact`, a blocking
 //! std read, or the driver's own runtime (chaining).
 
+use std::fmt;
 use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_core::{ClientError, ClientEvent, ClientHandshake, ConnectError, REPLY_LEN};
 
-use crate::runtime::{Runtime, read_exact, write_all};
+use crate::runtime::{Runtime, peer_addr, read_exact, write_all};
 
 /// The bytes one reply still needs.
 ///
@@ -89,11 +91,11 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
     reply.finish(hs, read)
 }
 
-/// [`handshake`] over a runtime's stream (the driver's chaining).
-pub(crate) async fn handshake_on<R: Runtime>(
-    stream: &R::Stream,
-    hs: &mut ClientHandshake,
-) -> Result<ClientEvent, ConnectError> {
+/// [`handshake`] over a runtime's stream: writes `hs`'s request, reads the first reply.
+///
+/// # Errors
+/// The I/O error, or the protocol error the reply is.
+pub async fn request<R: Runtime>(stream: &R::Stream, hs: &mut ClientHandshake) -> Result<ClientEvent, ConnectError> {
     write_all::<R>(stream, hs.request_bytes()).await?;
     read_reply_on::<R>(stream, hs).await
 }
@@ -106,4 +108,50 @@ pub(crate) async fn read_reply_on<R: Runtime>(
     let mut reply = ReplyBuf::new(hs);
     let read = read_exact::<R>(stream, reply.buf()).await;
     reply.finish(hs, read)
+}
+
+/// A BIND whose first reply arrived: the proxy listens for the peer. The adapters' client
+/// connectors return it (`socks4_tokio::PendingBind`, `socks4_smol::PendingBind`).
+pub struct PendingBind<R: Runtime> {
+    stream: R::Stream,
+    hs: ClientHandshake,
+    listen: SocketAddr,
+}
+
+impl<R: Runtime> fmt::Debug for PendingBind<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingBind").field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> PendingBind<R> {
+    /// Sends BIND request `hs` on `stream`, a connection to the proxy, and reads the first reply.
+    ///
+    /// # Errors
+    /// The I/O error, the protocol error the reply is, or the proxy's refusal.
+    pub async fn start(stream: R::Stream, mut hs: ClientHandshake) -> Result<Self, ConnectError> {
+        let addr = request::<R>(&stream, &mut hs).await?.bind_listening()?;
+        let listen = if addr.ip().is_unspecified() {
+            SocketAddr::new(peer_addr::<R>(&stream)?.ip(), addr.port())
+        } else {
+            SocketAddr::V4(addr)
+        };
+        Ok(PendingBind { stream, hs, listen })
+    }
+
+    /// Where the peer must connect: the proxy's listening address (an unspecified address in the
+    /// reply is replaced by the proxy's own).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Waits for the second reply: on success, the stream relays to the peer, whose address is
+    /// returned.
+    ///
+    /// # Errors
+    /// The I/O error, the protocol error the reply is, or the proxy's refusal.
+    pub async fn accept(mut self) -> Result<(R::Stream, SocketAddrV4), ConnectError> {
+        let peer = read_reply_on::<R>(&self.stream, &mut self.hs).await?.granted()?;
+        Ok((self.stream, peer))
+    }
 }

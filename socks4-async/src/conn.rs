@@ -30,11 +30,11 @@ use socks4_server::reload::Snapshot;
 use socks4_server::upstream::{self, Authorized, ChainTarget, Chained};
 use socks4_server::users::{self, AuthError, Verifier};
 
+use crate::Hooks;
 use crate::chain::{self, within};
 use crate::log::ConnLog;
 use crate::relay::{PooledBuf, relay};
 use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, write_all};
-use crate::Hooks;
 
 /// Serves one accepted connection to its end with the project's driver: reads the PROXY header
 /// first when `peer` is a trusted balancer (then admits the client it names against the per-client
@@ -74,7 +74,9 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
     };
     let mut log = ConnLog::new(peer, start, hooks);
     let conn = Conn { config, verifier: snapshot.verifier.as_ref(), hooks, from };
-    let outcome = handshake::<R, H>(&client, &conn, &mut admission, &mut log).await;
+    // Boxed: the handshake's state (its request buffer, the awaited lookups, connects and timers)
+    // lives on the heap only while it runs; a relaying connection's task keeps none of it.
+    let outcome = Box::pin(handshake::<R, H>(&client, &conn, &mut admission, &mut log)).await;
     admission.handshake_done();
     match outcome {
         Ok(Next::Relay(dest, early)) => {

@@ -79,11 +79,21 @@ impl Runtime for Smol {
     }
 
     async fn read<'a>(stream: &'a Self::Stream, buf: &'a mut [u8]) -> io::Result<usize> {
-        stream.read_with(|s| { let mut s = s; s.read(buf) }).await
+        stream
+            .read_with(|s| {
+                let mut s = s;
+                s.read(buf)
+            })
+            .await
     }
 
     async fn write<'a>(stream: &'a Self::Stream, buf: &'a [u8]) -> io::Result<usize> {
-        stream.write_with(|s| { let mut s = s; s.write(buf) }).await
+        stream
+            .write_with(|s| {
+                let mut s = s;
+                s.write(buf)
+            })
+            .await
     }
 
     fn readable(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<()>>> {
