@@ -80,32 +80,15 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let metrics = live.metrics(workers);
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        if let Some(activated) = activated {
-            for l in activated {
-                addrs.push(l.local_addr()?);
-                listeners.push((l, None));
-            }
-            live.listening_on(&addrs);
-            return Ok(Server { live, listeners, addrs, workers, metrics });
-        }
-        for addr in config.listen_addrs() {
-            if config.reuseport {
-                let first = listener(addr, true)?;
-                let bound = first.local_addr()?;
-                listeners.push((first, Some(0)));
-                for worker in 1..workers {
-                    listeners.push((listener(bound, true)?, Some(worker)));
-                }
-                addrs.push(bound);
-            } else {
-                let single = listener(addr, false)?;
-                addrs.push(single.local_addr()?);
-                listeners.push((single, None));
-            }
-        }
+        // Per address one listener (round-robin over the workers), or one per worker (reuseport).
+        let groups = socks4_server::listen::listeners(config, workers, activated)?;
+        let addrs = socks4_server::listen::local_addrs(&groups);
         live.listening_on(&addrs);
+        let mut listeners = Vec::new();
+        for group in groups {
+            let fixed = group.len() > 1;
+            listeners.extend(group.into_iter().enumerate().map(|(w, l)| (l, fixed.then_some(w))));
+        }
         Ok(Server { live, listeners, addrs, workers, metrics })
     }
 
@@ -193,28 +176,6 @@ impl Server {
         handle.shutdown();
         Ok(())
     }
-}
-
-/// Binds one listener like the other adapters do: `SO_REUSEADDR`, IPv6-only for IPv6 addresses
-/// (so `[::]` and `0.0.0.0` can coexist, and `[::]` means IPv6 on every adapter), and
-/// `SO_REUSEPORT` if asked (Linux only).
-fn listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(target_os = "linux")]
-        socket.set_reuse_port(true)?;
-        #[cfg(not(target_os = "linux"))]
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "reuseport is only supported on Linux"));
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).
