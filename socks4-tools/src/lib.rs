@@ -41,6 +41,7 @@ macro_rules! __for_each_scenario {
             connect::user_id_at_limit
             connect::user_id_over_limit
             connect::rules_denied_user
+            connect::rejected_client_drained
             destinations::connect_forbidden_destinations
             destinations::connect_4a_ipv6
             destinations::safe_socks_requires_names
