@@ -52,6 +52,7 @@ macro_rules! __for_each_scenario {
             robustness::http_request
             robustness::mid_handshake_disconnects
             robustness::silent_client_timeout
+            users::users_check_client_leaves
             streams::half_close_client_first
             streams::half_close_target_first
             streams::bulk_both_ways
