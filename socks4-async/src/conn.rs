@@ -33,7 +33,7 @@ use socks4_server::users::{self, AuthError, Verifier};
 use crate::Hooks;
 use crate::chain::{self, within};
 use crate::log::ConnLog;
-use crate::relay::{PooledBuf, relay};
+use crate::relay::relay;
 use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, write_all};
 
 /// Serves one accepted connection to its end with the project's driver: reads the PROXY header
@@ -527,10 +527,10 @@ async fn drain<R: Runtime>(client: &R::Stream) {
     }
     let discard = async {
         // A pooled buffer: the connection's future holds none of its own for this.
-        let mut buf = PooledBuf::take();
+        let mut buf = socks4_sys::LocalBuf::take();
         let mut left = DRAIN_BYTES;
         while left > 0 {
-            match R::read(client, &mut buf.0).await {
+            match R::read(client, &mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }

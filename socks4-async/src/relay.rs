@@ -3,9 +3,10 @@
 //! over both directions, byte counts for the log line.
 //!
 //! A direction waits for readability without a buffer, then borrows one from its worker's pool
-//! only while bytes flow, so an idle relayed connection holds none. Small chunks (a request, a
+//! only while bytes flow, so an idle relayed connection holds none. Which chunks are spliced is
+//! socks4-sys's one policy ([`SplicePolicy::DEFAULT`], as in socks4-std): small chunks (a request, a
 //! keystroke) go through the buffer; once a read fills it the direction is streaming, and on Linux
-//! its chunks go through a pipe with `splice(2)` ([`crate::splice`]) until one turns out small again.
+//! its chunks go through a pipe with `splice(2)` ([`crate::splice`]) until one moves less again.
 //!
 //! With bandwidth caps ([`ConnBandwidth`]) a direction asks for a grant once its source is
 //! readable, moves at most that, gives back the rest, and sleeps (without its buffer or pipe) when
@@ -21,16 +22,15 @@ use futures_lite::future;
 use socks4_core::{Fault, Relay, RelayEnd, Side};
 use socks4_server::bandwidth::{ConnBandwidth, Direction, Grant};
 
+use socks4_sys::sizes::COPY_BUF_LEN;
+use socks4_sys::{LocalBuf, Mode, SplicePolicy};
+
 use crate::runtime::{Runtime, write_all};
 
-/// Size of one relay buffer, the same on every runtime: 16 KiB. Bulk moves by splice(2) on Linux,
-/// so the buffer carries small chunks; a worker keeps at most [`POOL_MAX`] of them (1 MiB).
-const BUF_LEN: usize = 16 * 1024;
-/// Most idle buffers a worker keeps for reuse (the rest are freed).
-const POOL_MAX: usize = 64;
-/// A spliced chunk smaller than this sends the direction back to the buffered copy.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SMALL_CHUNK: usize = 4 * 1024;
+/// Size of one copy buffer, the same on every runtime and in socks4-std: socks4-sys's 16 KiB
+/// ([`COPY_BUF_LEN`]), from the worker thread's pool ([`LocalBuf`], at most
+/// [`COPY_BUFS_KEPT`](socks4_sys::sizes::COPY_BUFS_KEPT) kept: 1 MiB).
+const BUF_LEN: usize = COPY_BUF_LEN;
 
 /// A pump stops early with the relay's end.
 pub(crate) type Stop = RelayEnd;
@@ -195,8 +195,12 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
         write_all::<R>(dst, first).await.map_err(|e| sh.error(from.peer(), &e))?;
         sh.written(from, first.len())?;
     }
+    // What the last chunk moved, for the splice policy; whether splicing works for these streams.
+    let mut last_moved = 0;
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let (mut streaming, mut can_splice) = (false, crate::splice::possible::<R>(src, dst));
+    let mut can_splice = crate::splice::possible::<R>(src, dst);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let can_splice = false;
     loop {
         let can_wait = match R::readable(src) {
             Some(ready) => {
@@ -205,14 +209,8 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
             }
             None => false,
         };
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let splicing = streaming && can_splice;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let splicing = false;
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let wanted = if splicing { crate::splice::PIPE_SIZE } else { BUF_LEN };
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let wanted = BUF_LEN;
+        let splicing = can_splice && SplicePolicy::DEFAULT.decide(last_moved, BUF_LEN) == Mode::Splice;
+        let wanted = if splicing { socks4_sys::sizes::PIPE_LEN } else { BUF_LEN };
         // Asked only now that `src` is readable: an idle direction holds none of a shared cap.
         let allowed = sh.allowance(from, wanted).await;
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -220,7 +218,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
             let chunk = crate::splice::chunk(sh, from, allowed).await;
             match sh.charge(from, allowed, chunk)? {
                 Chunk::Moved(n) => {
-                    streaming = n >= SMALL_CHUNK;
+                    last_moved = n;
                     continue;
                 }
                 Chunk::Eof => break,
@@ -232,8 +230,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
         let chunk = copy_chunk(sh, from, allowed, can_wait).await;
         match sh.charge(from, allowed, chunk)? {
             Chunk::Eof => break,
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            Chunk::Moved(n) => streaming = n == BUF_LEN,
+            Chunk::Moved(n) => last_moved = n,
             _ => {}
         }
     }
@@ -246,15 +243,15 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
 /// and the buffer goes back before the next wait).
 async fn copy_chunk<R: Runtime>(sh: &Shared<'_, R>, from: Side, limit: usize, ready: bool) -> Result<Chunk, Stop> {
     let (src, dst) = (sh.socket(from), sh.socket(from.peer()));
-    let mut buf = PooledBuf::take();
-    let len = limit.min(buf.0.len());
+    let mut buf = LocalBuf::take();
+    let len = limit.min(buf.len());
     let read = if ready {
-        match future::poll_once(R::read(src, &mut buf.0[..len])).await {
+        match future::poll_once(R::read(src, &mut buf[..len])).await {
             Some(read) => read,
             None => return Ok(Chunk::NotReady),
         }
     } else {
-        R::read(src, &mut buf.0[..len]).await
+        R::read(src, &mut buf[..len]).await
     };
     let n = match read {
         Ok(0) => return Ok(Chunk::Eof),
@@ -262,34 +259,7 @@ async fn copy_chunk<R: Runtime>(sh: &Shared<'_, R>, from: Side, limit: usize, re
         Err(e) => return Err(sh.error(from, &e)),
     };
     sh.read(from, n)?;
-    write_all::<R>(dst, &buf.0[..n]).await.map_err(|e| sh.error(from.peer(), &e))?;
+    write_all::<R>(dst, &buf[..n]).await.map_err(|e| sh.error(from.peer(), &e))?;
     sh.written(from, n)?;
     Ok(Chunk::Moved(n))
-}
-
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A relay buffer borrowed from the worker thread's pool; returned on drop.
-pub(crate) struct PooledBuf(pub(crate) Box<[u8]>);
-
-impl PooledBuf {
-    pub(crate) fn take() -> Self {
-        let reused = POOL.with(|p| p.borrow_mut().pop());
-        PooledBuf(reused.unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice()))
-    }
-}
-
-impl Drop for PooledBuf {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        // During thread teardown the pool may be gone: the buffer is then simply freed.
-        let _ = POOL.try_with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(buf);
-            }
-        });
-    }
 }
