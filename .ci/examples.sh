@@ -189,7 +189,7 @@ else
 fi
 rc=0
 curl -sS --max-time 10 --socks4 "127.0.0.1:$hooks" "http://127.0.0.1:25/" >/dev/null 2>"$work/curl.err" || rc=$?
-if [ "$rc" -eq 97 ] && grep -qF "(91)" "$work/curl.err" && log_has "$work/hooks.log" "refused: port 25"; then
+if [ "$rc" -eq 97 ] && grep -qF "(91)" "$work/curl.err" && log_has "$work/hooks.log" "dest=127.0.0.1:25 user=- result=refused by hook (91)"; then
     pass "hooks: the embedder's check hook refused port 25 with 91"
 else
     fail "hooks: port 25 not refused by the check hook: curl exit $rc, $(tr -d '\n' <"$work/curl.err")"

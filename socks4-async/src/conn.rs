@@ -214,6 +214,13 @@ async fn handshake<R: Runtime, H: Hooks>(
             }
             Output::Authorize(_) => {
                 log.note_request(&hs);
+                if let Some(code) = hs.access_request().and_then(|req| conn.hooks.check(log.client, &req).err()) {
+                    // The embedder's hook refused (a `Granted` there counts as `Rejected`).
+                    let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
+                    log.finish(format_args!("refused by hook ({})", code.code()));
+                    misuse(hs.reject(code))?;
+                    continue;
+                }
                 if let Authorized::Via(via) = authorize::<R, H>(&mut hs, epoch, client, conn, log.client).await? {
                     route = Some(via);
                 }
@@ -440,7 +447,7 @@ fn feed(hs: &mut ServerHandshake, early: &mut Vec<u8>, bytes: &[u8], now: Durati
     }
 }
 
-/// Answers `Output::Authorize`: the embedder's [`Hooks::check`] first; then, with a users file, the
+/// Answers `Output::Authorize` (after the embedder's [`Hooks::check`]): with a users file, the
 /// user id is verified (at once if cached, else off the event loop while watching the client);
 /// then the rules decide on the user's name, never the token.
 async fn authorize<R: Runtime, H: Hooks>(
@@ -451,10 +458,6 @@ async fn authorize<R: Runtime, H: Hooks>(
     peer: SocketAddr,
 ) -> io::Result<Authorized> {
     let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
-    if let Err(code) = conn.hooks.check(peer, &req) {
-        let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
-        return misuse(hs.reject(code).map(|()| Authorized::Direct));
-    }
     let rules = &conn.config.rules;
     let Some(verifier) = conn.verifier else {
         return misuse(upstream::authorize(hs, epoch.elapsed(), rules, peer.ip(), false));
