@@ -314,7 +314,7 @@ async fn handshake<R: Runtime, H: Hooks>(
                 // the parent (and so its listener).
                 let Some(mut chained) = attempt.take() else { continue };
                 log.meter.enter(Phase::BindWait);
-                let waiting = async { Ok(chain::answer::<R>(&mut chained, &mut parent).await) };
+                let waiting = async { Ok(Box::pin(chain::answer::<R>(&mut chained, &mut parent)).await) };
                 let outcome = future::or(waiting, async { Err(client_left::<R>(client).await) }).await;
                 admission.end_bind_wait();
                 match outcome {
