@@ -45,6 +45,8 @@ pub(crate) struct ConnLog {
     meter: ConnMeter,
     /// The parent proxy the connection went through (or tried last).
     via: Option<Parent>,
+    /// User ids are checked against a users file (see [`ConnLine::users_file`]).
+    users_file: bool,
 }
 
 impl ConnLog {
@@ -57,6 +59,7 @@ impl ConnLog {
             counts: Counts::default(),
             meter: ConnMeter::start(),
             via: None,
+            users_file: false,
         }
     }
 
@@ -91,6 +94,7 @@ impl Drop for ConnLog {
             elapsed: self.start.elapsed(),
             worker: self.meter.worker(),
             reply: self.meter.reply(),
+            users_file: self.users_file,
         };
         line.log();
     }
@@ -137,6 +141,7 @@ pub(crate) async fn serve_accepted<R: Runtime>(
     };
     let mut log = ConnLog::new(peer);
     log.start = start;
+    log.users_file = snapshot.verifier.is_some();
     let (verifier, bandwidth) = (snapshot.verifier.as_ref(), snapshot.bandwidth.as_deref());
     serve::<R>(client, config, verifier, bandwidth, &mut admission, &mut log, from).await;
 }
@@ -498,23 +503,16 @@ async fn authorize_user<R: Runtime>(
     let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
     let verdict = match verifier.check_cached(req.user_id) {
         Some(verdict) => verdict,
-        None => {
-            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
-            match watched::<R, _>(client, R::unblock(move || verifier.verify_blocking(&user_id))).await {
-                Ok(verdict) => verdict,
-                Err(_) => {
-                    hs.handle_client_error(epoch.elapsed());
-                    return Ok(Authorized::Direct);
-                }
+        None => match watched::<R, _>(client, verifier.verify(peer.ip(), req.user_id)).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                hs.handle_client_error(epoch.elapsed());
+                return Ok(Authorized::Direct);
             }
-        }
+        },
     };
-    let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
     let result = match verdict {
-        Err(e) => {
-            users::log_refusal(peer, req.user_id, e);
-            hs.reject(e.reply_code()).map(|()| Authorized::Direct)
-        }
+        Err(e) => users::refuse(hs, peer, e).map(|()| Authorized::Direct),
         Ok(()) => upstream::authorize(hs, epoch.elapsed(), &config.rules, peer.ip(), true),
     };
     misuse(result)

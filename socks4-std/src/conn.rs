@@ -15,9 +15,7 @@ use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
 use socks4_core::rules::{Parent, Route};
-use socks4_core::{
-    CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ReplyCode, ServerHandshake, Side as RelaySide, Target,
-};
+use socks4_core::{CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide, Target};
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
@@ -26,7 +24,7 @@ use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
 use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, ChainedBind, ParentBindWait, Via};
-use socks4_server::users::{self, AuthError, Verifier};
+use socks4_server::users::{self, AuthError, Verification, Verifier};
 
 use crate::relay::{Caps, Dir, MAX_PENDING, Progress, PumpError};
 use crate::resolver::{Chain, Job, Task};
@@ -118,7 +116,7 @@ enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UserCheck {
     Todo,
-    /// On the resolver pool; the verdict comes as [`Conn::on_user_checked`].
+    /// On the verifier's threads; the verdict comes as [`Conn::on_user_checked`].
     Pending,
     Passed,
 }
@@ -218,6 +216,8 @@ pub(crate) struct Conn {
     /// for EOF or an error, without reading. Cleared for the rest of a phase once data is seen.
     watch: bool,
     user_check: UserCheck,
+    /// The user id's check while it is pending (dropping it withdraws the check); boxed: one word.
+    verifying: Option<Box<Verification>>,
     /// Its share of the admission limits, released when the connection is dropped.
     admission: Admission,
     /// The config it runs with (rules, timeouts, users file's verifier), taken at accept.
@@ -290,6 +290,7 @@ impl Conn {
             reading_request: true,
             watch: false,
             user_check: UserCheck::Todo,
+            verifying: None,
             admission,
             snapshot,
             early: Vec::new(),
@@ -444,13 +445,11 @@ impl Conn {
         if !matches!(self.stage, Stage::Handshake) || self.user_check != UserCheck::Pending {
             return;
         }
+        self.verifying = None;
         match verdict {
             Ok(()) => self.user_check = UserCheck::Passed,
-            Err(e) => {
-                users::log_refusal(self.client_addr, self.hs.request().map_or(&[], |r| r.user_id), e);
-                // Fails only if the handshake timed out meanwhile.
-                let _ = self.hs.reject(e.reply_code());
-            }
+            // Fails only if the handshake timed out meanwhile.
+            Err(e) => drop(users::refuse(&mut self.hs, self.client_addr, e)),
         }
         self.drive(ctx);
         self.rearm(ctx.poller);
@@ -649,8 +648,8 @@ impl Conn {
             Authorize,
             /// With `--users`, once the user id passed: the rules' decision on its name.
             Decide,
-            /// With `--users`: the user id failed (logged), reply with this code.
-            Refuse(ReplyCode),
+            /// With `--users`: the user id failed for this reason.
+            Refuse(AuthError),
             /// With `--users`: check the user id on the resolver pool.
             VerifyUser(Arc<Verifier>, Box<[u8]>),
             /// With `--users`: the verdict is on its way.
@@ -685,10 +684,7 @@ impl Conn {
                     (Some(_), UserCheck::Passed) => Step::Decide,
                     (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
                         Some(Ok(())) => Step::Decide,
-                        Some(Err(e)) => {
-                            users::log_refusal(self.client_addr, req.user_id, e);
-                            Step::Refuse(e.reply_code())
-                        }
+                        Some(Err(e)) => Step::Refuse(e),
                         None => Step::VerifyUser(Arc::clone(verifier), req.user_id.into()),
                     },
                 },
@@ -762,18 +758,26 @@ impl Conn {
                 Step::VerifyUser(verifier, user_id) => {
                     started = true;
                     self.user_check = UserCheck::Pending;
-                    if !self.ask(ctx, Task::VerifyUser(verifier, user_id)) {
-                        self.on_user_checked(ctx, Err(AuthError::Busy));
-                        return;
+                    // On the verifier's own threads and places (busy at once past them).
+                    let mut check = verifier.verify(self.client_addr.ip(), &user_id);
+                    if let Some(verdict) = check.ready_verdict() {
+                        return self.on_user_checked(ctx, verdict);
                     }
+                    let (reply, poller, slot, id) = (ctx.inbox.clone(), Arc::clone(ctx.poller), self.slot, self.id);
+                    check.notify(move |verdict| {
+                        if reply.send(Msg::UserChecked { slot, id, verdict }).is_ok() {
+                            let _ = poller.notify();
+                        }
+                    });
+                    self.verifying = Some(Box::new(check));
                 }
                 Step::AwaitUser => {
                     self.hs_deadline = self.hs.deadline().map(|d| ctx.epoch + d);
                     self.watch |= started;
                     return;
                 }
-                Step::Refuse(code) => {
-                    if let Err(e) = self.hs.reject(code) {
+                Step::Refuse(reason) => {
+                    if let Err(e) = users::refuse(&mut self.hs, self.client_addr, reason) {
                         return self.finish(&e.to_string());
                     }
                 }
@@ -1236,6 +1240,7 @@ impl Conn {
             elapsed: now.saturating_duration_since(self.started),
             worker: self.meter.worker(),
             reply: self.meter.reply(),
+            users_file: self.snapshot.verifier.is_some(),
         };
         line.log();
     }
@@ -1317,7 +1322,7 @@ mod size_tests {
     /// BIND-wait slot adds nothing (a flag in the admission); a route one word (a box, only when
     /// routed); the live config snapshot one word; the metrics meter about 64 bytes (its clock
     /// readings; inert without `--metrics`) and the PROXY header state 16. 1,120 bytes before
-    /// those (at b7064a8), 1,224 with them.
+    /// those (at b7064a8), 1,224 with them; a pending users-file check one word (a box).
     #[test]
     fn conn_is_small() {
         let size = size_of::<Conn>();

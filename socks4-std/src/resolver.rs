@@ -1,5 +1,7 @@
-//! Blocking work off the event loops (SOCKS4a names with `getaddrinfo`, ident queries, users-file
-//! checks): a small pool of threads answering each worker through its channel and its poller's `notify`.
+//! Blocking work off the event loops (SOCKS4a names with `getaddrinfo`, ident queries): a small
+//! pool of threads answering each worker through its channel and its poller's `notify`. (Users-file
+//! checks run on the verifier's own threads, with its bounded places: see
+//! [`Verifier::verify`](socks4_server::users::Verifier::verify).)
 
 use std::io;
 use std::net::ToSocketAddrs;
@@ -22,8 +24,6 @@ pub(crate) enum Task {
     Resolve(String, u16),
     /// Ask the identd of the client (`client` → `local`) within the timeout.
     Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
-    /// Check a user id against the users file (Argon2: slow on purpose).
-    VerifyUser(Arc<socks4_server::users::Verifier>, Box<[u8]>),
     /// Connect through a route's parent proxies (on a thread of its own: it may wait for a
     /// connect timeout per parent, which must not hold up the pool's lookups).
     Chain(Box<Chain>),
@@ -136,9 +136,6 @@ fn answer(job: Job) {
                 id: job.id,
                 answer: socks4_server::ident::ask_blocking(client, local, timeout),
             },
-            Task::VerifyUser(verifier, user_id) => {
-                Msg::UserChecked { slot: job.slot, id: job.id, verdict: verifier.verify_blocking(&user_id) }
-            }
             Task::Chain(c) => {
                 let ups = socks4_server::upstream::Upstreams::global();
                 let chained = ups.connect_blocking(&c.route, &c.target, &c.user_id, c.timeout);

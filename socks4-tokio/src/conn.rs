@@ -4,7 +4,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::driver::Candidates;
@@ -16,7 +15,7 @@ use socks4_server::log::{ConnLine, RequestCopy};
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, Via};
-use socks4_server::users::{self, AuthError};
+use socks4_server::users;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::chain;
@@ -43,6 +42,8 @@ pub(crate) struct Record {
     meter: ConnMeter,
     /// The parent proxy the connection went through (or tried last).
     via: Option<Parent>,
+    /// User ids are checked against a users file (see [`ConnLine::users_file`]).
+    users_file: bool,
 }
 
 impl Record {
@@ -56,6 +57,7 @@ impl Record {
             down: Cell::new(0),
             meter: ConnMeter::start(),
             via: None,
+            users_file: false,
         }
     }
 
@@ -88,6 +90,7 @@ impl Drop for Record {
             elapsed: self.start.elapsed(),
             worker: self.meter.worker(),
             reply: self.meter.reply(),
+            users_file: self.users_file,
         };
         line.log();
     }
@@ -113,6 +116,7 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddr, mut guard: Active
     };
     let mut record = Record::new(peer);
     record.start = start;
+    record.users_file = shared.verifier.is_some();
     let from = Peer { addr: peer, proxied, first };
     let result = handshake_and_relay(&client, from, &mut guard, &mut record).await;
     match result {
@@ -248,7 +252,7 @@ async fn handshake(
             }
             Output::Authorize(_) => {
                 record.note_request(&hs);
-                if let Authorized::Via(via) = authorize(&mut hs, peer, shared, &now).await.map_err(misuse)? {
+                if let Authorized::Via(via) = authorize(&mut hs, client, peer, shared, &now).await.map_err(misuse)? {
                     route = Some(via);
                 }
             }
@@ -465,10 +469,12 @@ async fn handshake(
 }
 
 /// Answers [`Output::Authorize`]. With a users file the user id is verified first (from the cache
-/// on the event loop, else with Argon2 on a blocking thread); then the rules decide on the user's
-/// name, never the token, and say whether the request goes through a route.
+/// at once, else on the verifier's threads while the client is watched: a client that leaves
+/// withdraws its check); then the rules decide on the user's name, never the token, and say
+/// whether the request goes through a route.
 async fn authorize(
     hs: &mut ServerHandshake,
+    client_stream: &TcpStream,
     peer: SocketAddr,
     shared: &Snapshot,
     now: &impl Fn() -> Duration,
@@ -476,17 +482,13 @@ async fn authorize(
     let rules = &shared.config.rules;
     let client = peer.ip().to_canonical();
     if let (Some(verifier), Some(req)) = (&shared.verifier, hs.access_request()) {
-        let verdict = match verifier.check_cached(req.user_id) {
-            Some(verdict) => verdict,
-            None => {
-                let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
-                let verify = move || verifier.verify_blocking(&user_id);
-                tokio::task::spawn_blocking(verify).await.unwrap_or(Err(AuthError::Busy))
+        match watching(client_stream, false, verifier.verify(peer.ip(), req.user_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return users::refuse(hs, peer, e).map(|()| Authorized::Direct),
+            Err(left) => {
+                left.tell(hs, now());
+                return Ok(Authorized::Direct);
             }
-        };
-        if let Err(e) = verdict {
-            users::log_refusal(peer, req.user_id, e);
-            return hs.reject(e.reply_code()).map(|()| Authorized::Direct);
         }
     }
     upstream::authorize(hs, now(), rules, client, shared.verifier.is_some())
