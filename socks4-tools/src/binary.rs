@@ -15,6 +15,8 @@ use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
 use crate::targets::EchoTarget;
 use crate::wire;
 
+mod auth;
+pub use auth::{users_burst, users_flood_fairness, users_memory_bounded};
 mod operations;
 mod ops;
 pub use operations::{json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
@@ -421,6 +423,9 @@ pub const ALL: &[(&str, Check)] = &[
     ("per_client_limits", per_client_limits),
     ("bind_client_leaves", bind_client_leaves),
     ("users_file", users_file),
+    ("users_memory_bounded", users_memory_bounded),
+    ("users_flood_fairness", users_flood_fairness),
+    ("users_burst", users_burst),
     ("bandwidth_caps", bandwidth_caps),
     ("bind_wait_cap", bind_wait_cap),
     // --- Operations: reload, --check-config, systemd. ---
