@@ -266,9 +266,10 @@ fn connect_4a(source: Ipv4Addr, proxy: SocketAddr, port: u16, user: &[u8]) -> Re
 pub fn users_burst(binary: &Path) -> Result<Outcome, Failure> {
     let token = "alice-burst-token-0123456789";
     let file = UsersFile::write(binary, "burst", &[("alice".into(), token.into())])?;
-    let (server, _lines, proxy, _seen) =
+    let (server, lines, proxy, _seen) =
         start(binary, &["--listen", "127.0.0.1:0", "--allow", "any", "--users", &file.arg()])?;
-    let target = echo_target()?.addr();
+    let echo = echo_target()?;
+    let target = echo.addr();
     let barrier = Arc::new(Barrier::new(200));
     let handles: Vec<_> = (0..200)
         .map(|i| {
@@ -292,7 +293,10 @@ pub fn users_burst(binary: &Path) -> Result<Outcome, Failure> {
     let granted = codes.iter().filter(|c| **c == Some(wire::GRANTED)).count();
     let busy = codes.iter().filter(|c| **c == Some(91)).count();
     if granted != 200 {
-        return Err(Failure::new(format!("200 connections of alice at once: {granted} granted, {busy} busy (91)")));
+        let log: Vec<String> = lines.try_iter().take(5).collect();
+        return Err(Failure::new(format!(
+            "200 connections of alice at once: {granted} granted, {busy} busy (91); log: {log:#?}"
+        )));
     }
     Ok(Outcome::Pass)
 }
