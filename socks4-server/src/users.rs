@@ -25,7 +25,7 @@
 //! bob:$argon2id$v=19$m=19456,t=2,p=1$...
 //! ```
 //!
-//! # Verifying without stalling the event loop
+//! # Verifying without stalling the event loop, under attack
 //!
 //! Argon2 is slow on purpose (about 20 ms per check with the `hash-token` parameters, 19 MiB of
 //! memory). A [`Verifier`] therefore has two halves:
@@ -33,10 +33,24 @@
 //! - [`Verifier::check_cached`], fast, on the event loop: answers at once for a malformed user id
 //!   or one verified before (a cache keyed by a keyed BLAKE2b MAC of the whole user id: the token
 //!   is never kept);
-//! - [`Verifier::verify_blocking`], slow, on a blocking thread (`spawn_blocking`, the resolver
-//!   pool): the Argon2 check, then the cache is filled. At most one verification per CPU runs at
-//!   once, a few dozen more may wait, beyond that it answers [`AuthError::Busy`] at once, so a
-//!   flood of made-up tokens costs bounded CPU and memory.
+//! - [`Verifier::verify`], which returns a [`Verification`] (a runtime-neutral future, or a
+//!   callback with [`Verification::notify`]): the Argon2 check runs on the verifier's own threads
+//!   (one per CPU, at most 4), never on an event loop or a runtime's blocking pool.
+//!
+//! What one client can cost, and what it cannot take from others:
+//!
+//! - memory: each verification thread has one Argon2 buffer, allocated at its first check and
+//!   reused, so the verifier holds threads × m_cost (2 × 19 MiB on 2 CPUs) however many checks
+//!   fail (a buffer per check, freed, fragmented glibc's arenas into gigabytes);
+//! - CPU: at most the threads' worth; 64 places wait for them, beyond which a check is answered
+//!   [`AuthError::Busy`] (reply 91) at once;
+//! - fairness: one client (an IPv4 address, an IPv6 /64) holds at most 4 places, clients are
+//!   served in turn, and 16 places are kept for names that verified before (carried over
+//!   reloads), so a flood from one address does not lock first-time logins out, and a flood from
+//!   many does not lock known users out;
+//! - a burst of one user id: while its check runs, later askers wait for its verdict (at most
+//!   1024), taking no place and no second hash;
+//! - a client that leaves: dropping its [`Verification`] withdraws a check nobody else waits for.
 //!
 //! An unknown name is checked against a dummy hash with the same parameters, so the time taken
 //! does not tell whether a name exists; the same reply code (93) is sent for an unknown name and a
@@ -50,6 +64,9 @@
 //! let verifier = Verifier::new(Users::parse(line.as_bytes())?);
 //!
 //! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), None); // not known yet: verify off the loop
+//! let client = "192.0.2.7".parse()?;
+//! assert_eq!(verifier.verify(client, b"alice:s3cret-token").wait(), Ok(())); // or `.await` it
+//! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), Some(Ok(()))); // now answered at once
 //! assert_eq!(verifier.verify_blocking(b"alice:s3cret-token"), Ok(()));
 //! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), Some(Ok(()))); // now answered at once
 //! assert_eq!(verifier.verify_blocking(b"alice:guess"), Err(AuthError::BadToken));

@@ -610,7 +610,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let stream = TcpStream::connect(addr).await.unwrap();
             let live = socks4_server::reload::LiveConfig::new(ServerConfig::default()).unwrap();
-            let shared = Arc::new(crate::server::Shared::new(live, 1));
+            let shared = std::sync::Arc::new(crate::server::Shared::new(live, 1));
             let guard = shared.admit(addr).unwrap();
             let task = serve(stream, addr, guard);
             let size = std::mem::size_of_val(&task);
