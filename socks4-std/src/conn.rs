@@ -756,13 +756,21 @@ impl Conn {
                     }
                 }
                 Step::VerifyUser(verifier, user_id) => {
-                    started = true;
-                    self.user_check = UserCheck::Pending;
                     // On the verifier's own threads and places (busy at once past them).
                     let mut check = verifier.verify(self.client_addr.ip(), &user_id);
-                    if let Some(verdict) = check.ready_verdict() {
-                        return self.on_user_checked(ctx, verdict);
+                    match check.ready_verdict() {
+                        Some(Ok(())) => {
+                            self.user_check = UserCheck::Passed;
+                            continue;
+                        }
+                        Some(Err(reason)) => match users::refuse(&mut self.hs, self.client_addr, reason) {
+                            Ok(()) => continue,
+                            Err(e) => return self.finish(&e.to_string()),
+                        },
+                        None => {}
                     }
+                    started = true;
+                    self.user_check = UserCheck::Pending;
                     let (reply, poller, slot, id) = (ctx.inbox.clone(), Arc::clone(ctx.poller), self.slot, self.id);
                     check.notify(move |verdict| {
                         if reply.send(Msg::UserChecked { slot, id, verdict }).is_ok() {

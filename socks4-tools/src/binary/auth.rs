@@ -13,8 +13,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -95,8 +95,9 @@ struct Counts {
     other: AtomicU64,
 }
 
-/// Floods `proxy` from the `sources` with wrong tokens for `name` (one thread per entry) until
-/// `stop`; counts the replies.
+/// Floods `proxy` from the `sources` with wrong tokens for `name` (one thread per entry, each
+/// with [`DEPTH`] requests in flight: sent together, then their replies read) until `stop`;
+/// counts the replies.
 fn flood(
     proxy: SocketAddr,
     target: SocketAddrV4,
@@ -113,21 +114,43 @@ fn flood(
             thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let user = format!("{name}:guess-{t}-{i}");
-                    let counter = match reply_code(source, proxy, target, user.as_bytes()) {
-                        Some(93) => &counts.refused,
-                        Some(91) => &counts.busy,
-                        _ => &counts.other,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    let sent: Vec<TcpStream> = (0..DEPTH)
+                        .filter_map(|_| {
+                            i += 1;
+                            send(source, proxy, &wire::connect(target, format!("{name}:guess-{t}-{i}").as_bytes()))
+                        })
+                        .collect();
+                    for mut s in sent {
+                        let mut reply = [0u8; 8];
+                        let counter = match s.read_exact(&mut reply).map(|()| reply[1]) {
+                            Ok(93) => &counts.refused,
+                            Ok(91) => &counts.busy,
+                            _ => &counts.other,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
         .collect()
 }
 
-/// Memory under a flood of wrong tokens: 16 threads from 16 addresses send `alice:RANDOM` until
+/// Requests in flight per flooding thread.
+const DEPTH: usize = 8;
+
+/// Connects from `source` and sends `request`; the stream, with a read timeout.
+fn send(source: Ipv4Addr, proxy: SocketAddr, request: &[u8]) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::from((source, 0)).into()).ok()?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5)).ok()?;
+    let mut s = TcpStream::from(socket);
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    s.write_all(request).ok()?;
+    Some(s)
+}
+
+/// Memory under a flood of wrong tokens: 16 threads from 16 addresses send `alice:RANDOM` (8
+/// requests in flight each) until
 /// at least 300 checks failed (93); the server's peak RSS (`VmHWM`) must stay within its RSS
 /// before the flood + threads × 19 MiB + 32 MiB. (Before: a freed 19 MiB array per check, and
 /// the blocking pools' dozens of threads, took tokio to gigabytes, kept.)
@@ -177,7 +200,8 @@ pub fn users_memory_bounded(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
-/// Fairness under a flood: 32 threads from one address send `u0:RANDOM` as fast as they can.
+/// Fairness under a flood: 32 threads from one address send `u0:RANDOM` as fast as they can,
+/// 256 requests in flight (more than the places).
 /// Meanwhile 10 first-time logins (`uN:TOKEN`, each from its own address, at once) are all
 /// granted, a SOCKS4a CONNECT to `localhost` is granted within 3 s, and the flooder is told
 /// "busy" (91) at once past its share. Then `SIGHUP` (the same file) under the flood: the 10
@@ -188,7 +212,7 @@ pub fn users_memory_bounded(binary: &Path) -> Result<Outcome, Failure> {
 pub fn users_flood_fairness(binary: &Path) -> Result<Outcome, Failure> {
     let users: Vec<(String, String)> = (0..21).map(|i| (format!("u{i}"), format!("token-of-user-{i}-xyz"))).collect();
     let file = UsersFile::write(binary, "fair", &users)?;
-    let (server, _lines, proxy, _seen) =
+    let (server, lines, proxy, mut seen) =
         start(binary, &["--listen", "127.0.0.1:0", "--allow", "any", "--users", &file.arg()])?;
     let target = echo_target()?;
     let (stop, counts) = (Arc::new(AtomicBool::new(false)), Arc::new(Counts::default()));
@@ -206,7 +230,8 @@ pub fn users_flood_fairness(binary: &Path) -> Result<Outcome, Failure> {
             )));
         }
         super::ops::signal(&server, "HUP")?;
-        thread::sleep(Duration::from_millis(500));
+        super::line_with(&lines, "config reloaded", &mut seen)?;
+        seen.clear();
         logins(proxy, target.addr(), &users[1..11], "login verified before a reload, under a flood")?;
         logins(proxy, target.addr(), &users[11..21], "first-time login after a reload, under a flood")
     })();
@@ -270,25 +295,27 @@ pub fn users_burst(binary: &Path) -> Result<Outcome, Failure> {
         start(binary, &["--listen", "127.0.0.1:0", "--allow", "any", "--users", &file.arg()])?;
     let echo = echo_target()?;
     let target = echo.addr();
-    let barrier = Arc::new(Barrier::new(200));
-    let handles: Vec<_> = (0..200)
-        .map(|i| {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-                socket.bind(&SocketAddr::from((Ipv4Addr::new(127, 0, 6, 1 + (i % 4) as u8), 0)).into()).ok()?;
-                socket.connect_timeout(&proxy.into(), Duration::from_secs(5)).ok()?;
-                let mut s = TcpStream::from(socket);
-                s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-                barrier.wait();
-                s.write_all(&wire::connect(target, format!("alice:{token}").as_bytes())).ok()?;
-                let mut reply = [0u8; 8];
-                s.read_exact(&mut reply).ok()?;
-                Some(reply[1])
-            })
+    // All connected first, then the 200 requests written back to back, then the replies read.
+    let mut conns = Vec::new();
+    for i in 0..200u8 {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::from((Ipv4Addr::new(127, 0, 6, 1 + i % 4), 0)).into())?;
+        socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+        let s = TcpStream::from(socket);
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        conns.push(s);
+    }
+    let request = wire::connect(target, format!("alice:{token}").as_bytes());
+    for s in &mut conns {
+        s.write_all(&request)?;
+    }
+    let codes: Vec<Option<u8>> = conns
+        .iter_mut()
+        .map(|s| {
+            let mut reply = [0u8; 8];
+            s.read_exact(&mut reply).ok().map(|()| reply[1])
         })
         .collect();
-    let codes: Vec<Option<u8>> = handles.into_iter().map(|h| h.join().unwrap_or(None)).collect();
     drop(server);
     let granted = codes.iter().filter(|c| **c == Some(wire::GRANTED)).count();
     let busy = codes.iter().filter(|c| **c == Some(91)).count();
