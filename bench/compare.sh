@@ -24,6 +24,9 @@
 #                       --max-rate-per-client 20000/s" for a run with per-client limits on
 #   VARIANT_ARGS=""     more options still for a server listed with a trailing +: SERVERS="tokio tokio+"
 #                       VARIANT_ARGS="--metrics 127.0.0.1:0" runs tokio without and with them, alternating
+#   VARIANT_ENV=""      an environment variable for servers listed as NAME@VALUE, which run NAME with
+#                       VARIANT_ENV=VALUE: SERVERS="std@never std@always" VARIANT_ENV=SOCKS4_SPLICE_POLICY
+#                       alternates socks4-std's splice policies (labels keep the @VALUE)
 #   SKIP_BUILD=1        use the existing release binaries
 #   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl, and
 #                                           the chart of its tables (socks4-chart) to OUT with .svg
@@ -71,7 +74,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   log "building socks4-load and socks4-chart (release)"
   cargo build --release -q -p socks4-tools --bin socks4-load --bin socks4-chart
   for s in tokio smol std; do
-    case " $SERVERS " in *" $s "* | *" $s+ "*) ;; *) continue ;; esac
+    case " $SERVERS " in *" $s "* | *" $s+ "* | *" $s@"*) ;; *) continue ;; esac
     log "building socks4-$s (release)"
     if ! cargo build --release -q -p "socks4-$s" --bin "socks4-$s" 2>"$target/compare-build-$s.log"; then
       skip[$s]="cargo build -p socks4-$s failed (see $target/compare-build-$s.log)"
@@ -109,6 +112,9 @@ free_port() {
   return 1
 }
 
+# A listed server's binary: "std+" and "std@never" run socks4-std.
+base() { local b=${1%%@*}; echo "${b%+}"; }
+
 server_pid=""
 server_addr=""
 dante_dir=""
@@ -126,10 +132,11 @@ start_server() { # name -> sets server_pid, server_addr
       ;;
     *)
       port=$(free_port) || return 1
-      local variant=""
+      local variant="" env=()
       [ "${name%+}" = "$name" ] || variant=$VARIANT_ARGS
+      [ "${name#*@}" = "$name" ] || env=("${VARIANT_ENV:?VARIANT_ENV names the variable for $name}=${name#*@}")
       # shellcheck disable=SC2086 # SERVER_ARGS and VARIANT_ARGS are lists of options
-      "$release/socks4-${name%+}" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
+      env "${env[@]}" "$release/socks4-$(base "$name")" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
         --max-connections 20000 $SERVER_ARGS $variant >"$target/compare-$name.log" 2>&1 &
       server_pid=$!
       server_addr=127.0.0.1:$port
@@ -173,7 +180,7 @@ run_load() { # label route mode args...
 started=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
   for s in $SERVERS; do
-    [ -z "${skip[${s%+}]:-}" ] || continue
+    [ -z "${skip[$(base "$s")]:-}" ] || continue
     log "round $round/$ROUNDS: $s (TIME_WAIT sockets now: $(ss -Htan state time-wait 2>/dev/null | wc -l))"
     if [ "$s" = direct ]; then
       route=--direct
@@ -246,7 +253,7 @@ medians='
   echo "Raw runs: \`$(basename "$RAW")\`."
   echo
   echo "Settings: ROUNDS=$ROUNDS RATE_SECS=$RATE_SECS RATE_C=$RATE_C BULK_STREAMS=$BULK_STREAMS BULK_MIB=$BULK_MIB HOLD_K=$HOLD_K WORKERS=$WORKERS DANTE_COOLDOWN=$DANTE_COOLDOWN"
-  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000${SERVER_ARGS:+ $SERVER_ARGS}\`${VARIANT_ARGS:+, and \`$VARIANT_ARGS\` added for the servers marked +};"
+  echo "(our servers: \`--listen 127.0.0.1:PORT --workers $WORKERS --log-level warn --max-connections 20000${SERVER_ARGS:+ $SERVER_ARGS}\`${VARIANT_ARGS:+, and \`$VARIANT_ARGS\` added for the servers marked +}${VARIANT_ENV:+; a server NAME@VALUE runs with \`$VARIANT_ENV=VALUE\`};"
   echo "Dante: \`socks4-tools/scripts/dante.sh\`; the load generator and its echo targets share the same $(nproc) CPUs)."
   echo
   if [ "${#skip[@]}" -gt 0 ]; then

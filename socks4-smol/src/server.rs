@@ -308,7 +308,7 @@ impl Acceptor {
     async fn accept_loop(&self, listener: &Async<TcpListener>) {
         let mut batch = 0;
         loop {
-            match accept_nonblocking(listener.get_ref()) {
+            match socks4_sys::accept_nonblocking(listener.get_ref()) {
                 Ok((stream, peer)) => {
                     self.deal(stream, peer);
                     batch += 1;
@@ -366,27 +366,6 @@ impl Acceptor {
             tracing::warn!("worker {i} is gone; closed {peer}");
         }
     }
-}
-
-/// Accepts one pending connection as a non-blocking, close-on-exec socket in one system call.
-#[cfg(target_os = "linux")]
-fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    use rustix::net::{SocketFlags, acceptfrom_with};
-    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-    let stream = TcpStream::from(fd);
-    match addr.and_then(|a| SocketAddr::try_from(a).ok()) {
-        Some(peer) => Ok((stream, peer)),
-        // Closes the socket: without an IP peer address it cannot be served or logged.
-        None => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "accepted a socket without an IP peer address")),
-    }
-}
-
-/// Accepts one pending connection and makes it non-blocking.
-#[cfg(not(target_os = "linux"))]
-fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let (stream, peer) = listener.accept()?;
-    stream.set_nonblocking(true)?;
-    Ok((stream, peer))
 }
 
 /// Decrements the live counts when a connection's task ends or is dropped.

@@ -26,9 +26,8 @@ use socks4_server::reload::Snapshot;
 use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, ChainedBind, ParentBindWait, Via};
 use socks4_server::users::{self, AuthError, Verification, Verifier};
 
-use crate::relay::{Caps, Dir, MAX_PENDING, Progress, PumpError};
+use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
 use crate::resolver::{Chain, Job, Task};
-use crate::splice::Pipes;
 use crate::worker::Msg;
 
 /// Poller keys per connection.

@@ -7,8 +7,9 @@
 //! [`ServerHandshake`](socks4_core::ServerHandshake); SOCKS4a names are resolved by a small
 //! thread pool that answers through the worker's poller. On Linux the relay is zero-copy:
 //! `splice(2)` socket → pipe → socket through pipes each worker lends a direction only while it
-//! has bytes in flight ([`Server::splice`]); elsewhere it copies through the worker's buffer. It
-//! holds at most [`MAX_PENDING`] bytes per direction per connection (nothing, and no pipe, while
+//! has bytes in flight ([`Server::splice`], [`SplicePolicy`]; the system calls, the pipe pool and
+//! the policy are `socks4-sys`'s, shared with the async servers); elsewhere it copies through the
+//! worker's buffer. It holds at most [`MAX_PENDING`] bytes per direction per connection (nothing, and no pipe, while
 //! idle) and stops reading a side whose peer cannot take more.
 //!
 //! Also a blocking client: [`connect`] (CONNECT, SOCKS4 or 4a) and [`bind`] (BIND) over
@@ -34,10 +35,10 @@ mod conn;
 mod relay;
 mod resolver;
 mod server;
-mod splice;
 mod timers;
 mod worker;
 
 pub use client::{BindPending, ConnectError, Target, bind, connect};
 pub use relay::MAX_PENDING;
-pub use server::{ACCEPT_BACKOFF, Server, ServerHandle};
+pub use server::{ACCEPT_BACKOFF, SPLICE_POLICY_ENV, Server, ServerHandle};
+pub use socks4_sys::SplicePolicy;

@@ -2,11 +2,13 @@
 //! bounded pending buffer and back-pressure. What it moved is reported in a [`Progress`], which
 //! the connection feeds to the core's `Relay` (counts, half-close, reset, idle deadline).
 //!
-//! On Linux bytes are spliced socket → pipe → socket ([`crate::splice`]) through a pipe borrowed
-//! from the worker's pool while they are in flight. Otherwise (or when no pipe can be had) they
-//! are read into the worker's shared scratch buffer and written straight on; only what the
-//! destination does not take at once is copied into the direction's own pending buffer, which is
-//! freed as soon as it drains. While anything is pending (in the pipe or the buffer) the source
+//! Whether a chunk is spliced or copied is the worker's [`SplicePolicy`] (from `socks4-sys`, the
+//! one decision the async driver takes too), asked before each read with what the direction's
+//! last read moved. Spliced bytes go socket → pipe → socket ([`socks4_sys::Pipe`]) through a pipe
+//! borrowed from the worker's [`PipePool`] while they are in flight. Copied ones (or when no pipe
+//! can be had) are read into the worker's shared scratch buffer and written straight on; only
+//! what the destination does not take at once is copied into the direction's own pending buffer,
+//! which is freed as soon as it drains. While anything is pending (in the pipe or the buffer) the source
 //! is not read, so a direction never holds more than [`MAX_PENDING`] bytes and an idle relay holds
 //! neither a buffer nor a pipe.
 //!
@@ -21,12 +23,42 @@ use std::time::{Duration, Instant};
 
 use socks4_server::bandwidth::{ConnBandwidth, Direction, Grant};
 
-use crate::splice::{self, Pipe, Pipes};
+use socks4_sys::{Mode, Pipe, PipePool, SplicePolicy};
 
 /// The most bytes one direction of one connection ever holds in the proxy: the capacity asked of
-/// a splice pipe and the most one splice moves (copying reads at most the worker's 64 KiB buffer
-/// at a time). A connection holds at most twice this, and nothing while idle.
-pub const MAX_PENDING: usize = 256 * 1024;
+/// a splice pipe and the most one splice moves (copying reads at most the worker's
+/// [`COPY_BUF_LEN`](socks4_sys::sizes::COPY_BUF_LEN) buffer at a time). A connection holds at
+/// most twice this, and nothing while idle.
+pub const MAX_PENDING: usize = socks4_sys::sizes::MAX_PENDING;
+
+/// A worker's splicing: its policy and its pool of empty pipes.
+#[derive(Debug)]
+pub(crate) struct Pipes {
+    pool: PipePool,
+    policy: SplicePolicy,
+}
+
+impl Pipes {
+    /// The splicing of a worker that follows `policy`.
+    pub(crate) fn new(policy: SplicePolicy) -> Self {
+        Self { pool: PipePool::new(), policy }
+    }
+
+    /// A pipe for the next chunk of a direction whose last read moved `last` bytes, if the policy
+    /// says splice and a pipe can be had (else the chunk is copied).
+    fn take(&mut self, last: u32, buffer_len: usize) -> Option<Pipe> {
+        match self.policy.decide(last as usize, buffer_len) {
+            Mode::Splice => self.pool.take().ok(),
+            Mode::Copy => None,
+        }
+    }
+
+    /// The kernel cannot splice these sockets: this worker copies from now on.
+    fn disable(&mut self) {
+        self.policy = SplicePolicy::Never;
+        self.pool.clear();
+    }
+}
 
 /// Reads per wake-up before yielding to other connections (the source stays armed).
 const READS_PER_PUMP: usize = 16;
@@ -37,9 +69,11 @@ pub(crate) struct Dir {
     /// Bytes read but not yet written (`pending[off..]`), empty (unallocated) when drained.
     pending: Vec<u8>,
     off: usize,
-    /// Bytes spliced from the source and not yet on to the destination, and the pipe holding
-    /// them (`None` when there are none: the pipe went back to the worker's pool).
-    piped: Option<(Pipe, usize)>,
+    /// The pipe holding bytes spliced from the source and not yet on to the destination (`None`
+    /// when there are none: the pipe went back to the worker's pool).
+    piped: Option<Pipe>,
+    /// What the last read or splice from the source moved (for the splice policy).
+    last: u32,
     /// The source reached EOF.
     eof: bool,
     /// Leading pending bytes that are not relayed data (the handshake's replies, at most 16):
@@ -152,19 +186,18 @@ impl Dir {
                     Err(e) => return Err(PumpError::Write(e)),
                 }
             }
-            if let Some((pipe, left)) = &mut self.piped {
-                match splice::drain(pipe, dst, *left) {
-                    Ok(None) => return Ok(()),
-                    Ok(Some(n)) => {
+            if let Some(pipe) = &mut self.piped {
+                match pipe.drain(dst) {
+                    Ok(n) => {
                         progress.written += n;
-                        *left = left.saturating_sub(n);
-                        if *left > 0 {
+                        if !pipe.is_empty() {
                             continue;
                         }
-                        if let Some((pipe, _)) = self.piped.take() {
-                            pipes.put(pipe);
+                        if let Some(pipe) = self.piped.take() {
+                            pipes.pool.put(pipe);
                         }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) => return Err(PumpError::Write(e)),
                 }
             }
@@ -176,33 +209,34 @@ impl Dir {
                 return Ok(());
             }
             reads += 1;
-            let pipe = pipes.take();
-            let wanted = if pipe.is_some() { MAX_PENDING } else { MAX_PENDING.min(scratch.len()) };
+            let pipe = pipes.take(self.last, scratch.len());
+            let wanted = pipe.as_ref().map_or(MAX_PENDING.min(scratch.len()), Pipe::capacity);
             let allowed = match grant(caps, wanted) {
                 Ok(n) => n,
                 Err(wait) => {
                     if let Some(pipe) = pipe {
-                        pipes.put(pipe);
+                        pipes.pool.put(pipe);
                     }
                     progress.wait = Some(wait);
                     return Ok(());
                 }
             };
-            if let Some(pipe) = pipe {
-                let filled = splice::fill(&pipe, src, allowed);
-                refund(caps, allowed - filled.as_ref().map_or(0, |n| n.unwrap_or(0)));
+            if let Some(mut pipe) = pipe {
+                let filled = pipe.fill(src, allowed);
+                refund(caps, allowed - filled.as_ref().map_or(0, |&n| n));
                 match filled {
-                    Ok(Some(0)) => {
-                        pipes.put(pipe);
+                    Ok(0) => {
+                        pipes.pool.put(pipe);
                         self.eof = true;
                         progress.eof = true;
                     }
-                    Ok(Some(n)) => {
+                    Ok(n) => {
                         progress.read += n;
-                        self.piped = Some((pipe, n));
+                        self.last = u32::try_from(n).unwrap_or(u32::MAX);
+                        self.piped = Some(pipe);
                     }
-                    Ok(None) => {
-                        pipes.put(pipe);
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        pipes.pool.put(pipe);
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -229,6 +263,7 @@ impl Dir {
                 Err(e) => return Err(PumpError::Read(e)),
             };
             progress.read += n;
+            self.last = u32::try_from(n).unwrap_or(u32::MAX);
             let written = write_some(dst, &chunk[..n]).map_err(PumpError::Write)?;
             progress.written += written;
             if written < n {

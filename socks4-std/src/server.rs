@@ -13,6 +13,7 @@ use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
 use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
+use socks4_sys::SplicePolicy;
 
 use crate::resolver::{self, RESOLVER_THREADS};
 use crate::worker::{Msg, Shared, Worker};
@@ -46,9 +47,14 @@ pub struct Server {
     /// The config (rules, users file's verifier, per-client limiter...) each connection takes a
     /// snapshot of at accept; swapped by a reload.
     live: Arc<LiveConfig>,
-    splice: bool,
+    splice: SplicePolicy,
     metrics: Arc<Metrics>,
 }
+
+/// The environment variable that picks the splice policy (`never`, `always`, `streaming`),
+/// read once when a server is bound; for benchmarks (`bench/compare.sh`). Unset, or not a
+/// policy's name: [`SplicePolicy::DEFAULT`].
+pub const SPLICE_POLICY_ENV: &str = "SOCKS4_SPLICE_POLICY";
 
 impl Server {
     /// Binds every listen address of `config` (port 0 picks a free port).
@@ -70,13 +76,22 @@ impl Server {
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
         live.listening_on(&socks4_server::listen::local_addrs(&listeners));
         let metrics = live.metrics(workers);
-        Ok(Server { listeners, workers, live, splice: true, metrics })
+        let splice = std::env::var(SPLICE_POLICY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_default();
+        Ok(Server { listeners, workers, live, splice, metrics })
     }
 
     /// Whether relays move bytes with `splice(2)` through pipes borrowed per worker (Linux; on by
-    /// default), rather than copying them through a buffer (always the case elsewhere).
+    /// default), rather than copying them through a buffer (always the case elsewhere). On is
+    /// [`SplicePolicy::DEFAULT`] (or what [`SPLICE_POLICY_ENV`] names), off is
+    /// [`SplicePolicy::Never`].
     pub fn splice(mut self, on: bool) -> Self {
-        self.splice = on;
+        self.splice = if on { SplicePolicy::DEFAULT } else { SplicePolicy::Never };
+        self
+    }
+
+    /// When relays splice rather than copy: see [`SplicePolicy`].
+    pub fn splice_policy(mut self, policy: SplicePolicy) -> Self {
+        self.splice = policy;
         self
     }
 
@@ -337,7 +352,7 @@ pub(crate) enum Accepted {
 /// Accepts one connection from a non-blocking listener; the connection is non-blocking too (on
 /// Linux in the same `accept4` call, no extra syscall).
 pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
-    match accept_nonblocking(listener) {
+    match socks4_sys::accept_nonblocking(listener) {
         Ok((stream, addr)) => Accepted::Conn(stream, addr),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
         Err(e) if socks4_server::accept::is_per_connection(&e) => Accepted::Again,
@@ -348,26 +363,6 @@ pub(crate) fn accept_one(listener: &TcpListener, shared: &Shared) -> Accepted {
             Accepted::BackOff
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    use rustix::net::{SocketFlags, acceptfrom_with};
-    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-    let stream = TcpStream::from(fd);
-    let addr = match addr.map(SocketAddr::try_from) {
-        Some(Ok(addr)) => addr,
-        // Not an IP peer (cannot happen on a TCP listener): ask the socket.
-        _ => stream.peer_addr()?,
-    };
-    Ok((stream, addr))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let (stream, addr) = listener.accept()?;
-    stream.set_nonblocking(true)?;
-    Ok((stream, addr))
 }
 
 /// Takes the current config snapshot and applies its connection limit, then its per-client limits;

@@ -15,13 +15,13 @@ use socks4_server::reload::{LiveConfig, Snapshot};
 use socks4_server::users::AuthError;
 
 use crate::conn::{Conn, Ctx, KEYS_PER_CONN, Side};
+use crate::relay::Pipes;
 use crate::resolver::Job;
 use crate::server::{ACCEPT_BACKOFF, ACCEPTS_PER_WAKE, Accepted, REFUSAL_FLUSH, accept_one, admit};
-use crate::splice::Pipes;
 use crate::timers::{Entry, Timers};
 
-/// Size of each worker's read buffer.
-const SCRATCH: usize = 64 * 1024;
+/// Size of each worker's read buffer: the relays' one copy-buffer size.
+const SCRATCH: usize = socks4_sys::sizes::COPY_BUF_LEN;
 
 /// A message to a worker.
 #[derive(Debug)]
@@ -128,8 +128,8 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     /// Reuseport mode: this worker's own listeners (empty when an acceptor thread deals).
     pub(crate) listeners: Vec<TcpListener>,
-    /// Relay with `splice(2)` where the platform has it.
-    pub(crate) splice: bool,
+    /// When relays splice rather than copy (`splice(2)`, where the platform has it).
+    pub(crate) splice: socks4_sys::SplicePolicy,
 }
 
 /// The key side (low bits) of a worker's own listener: `index * KEYS_PER_CONN + LISTENER_KEY`.

@@ -247,7 +247,7 @@ async fn accept_loop(
         let mut failed = None;
         for _ in 0..ACCEPT_BATCH {
             // A WouldBlock clears the readiness, and ends the batch.
-            let Ok(accepted) = ready.try_io(|l| accept_nonblocking(l.get_ref())) else {
+            let Ok(accepted) = ready.try_io(|l| socks4_sys::accept_nonblocking(l.get_ref())) else {
                 break;
             };
             match accepted {
@@ -277,27 +277,6 @@ async fn accept_loop(
             None => tokio::task::yield_now().await,
         }
     }
-}
-
-/// Accepts one connection as a non-blocking stream: one `accept4` on Linux.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn accept_nonblocking(listener: &StdListener) -> io::Result<(StdStream, SocketAddr)> {
-    use rustix::net::{SocketFlags, acceptfrom_with};
-    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-    let stream = StdStream::from(fd);
-    let client = match addr.and_then(|a| SocketAddr::try_from(a).ok()) {
-        Some(client) => client,
-        None => stream.peer_addr()?,
-    };
-    Ok((stream, client))
-}
-
-/// Accepts one connection as a non-blocking stream.
-#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
-fn accept_nonblocking(listener: &StdListener) -> io::Result<(StdStream, SocketAddr)> {
-    let (stream, client) = listener.accept()?;
-    stream.set_nonblocking(true)?;
-    Ok((stream, client))
 }
 
 /// Accepts until shutdown, admitting each connection against the limit and dispatching it as a
