@@ -67,7 +67,8 @@
 //! accept:      metrics.accept_error() where accepting pauses on an error
 //! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
 //!              meter.replied(code), meter.close(reason) where the reason is typed
-//! end:         meter.finish(cmd, up, down, errored); ConnLine { worker: meter.worker(), reply: meter.reply(), … }.log()
+//! end:         meter.finish(cmd, up, down, errored);
+//!              ConnLine { worker: meter.worker(), reply: meter.reply(), users_file: verifier.is_some(), … }.log()
 //! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
 //! ```
 //! See [`metrics`] for the whole list.
