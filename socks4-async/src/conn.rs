@@ -30,7 +30,7 @@ use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
 use socks4_server::step::{Context, Decisions, Step};
 use socks4_server::upstream::Upstreams;
-use socks4_server::users::{AuthError, Verifier};
+use socks4_server::users::Verifier;
 
 use crate::Hooks;
 use crate::chain;
@@ -75,6 +75,7 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
         peer
     };
     let mut log = ConnLog::new(peer, start, hooks);
+    log.users_file = snapshot.verifier.is_some();
     let conn = Conn { config, verifier: snapshot.verifier.as_ref(), hooks, from };
     // Boxed: the handshake's state (its request buffer, the awaited lookups, connects and timers)
     // lives on the heap only while it runs; a relaying connection's task keeps none of it.
@@ -221,11 +222,9 @@ async fn handshake<R: Runtime, H: Hooks>(
                 }
             }
             Step::VerifyUser { verifier, user_id } => {
-                match watched::<R, _>(client, R::unblock(move || verifier.verify_blocking(&user_id))).await {
-                    Ok(verdict) => {
-                        let verdict = verdict.unwrap_or(Err(AuthError::Busy));
-                        misuse(decisions.user_checked(&mut hs, verdict, log.client))?;
-                    }
+                // On the verifier's threads; a client that leaves drops (withdraws) the check.
+                match watched::<R, _>(client, verifier.verify(log.client.ip(), &user_id)).await {
+                    Ok(verdict) => misuse(decisions.user_checked(&mut hs, verdict, log.client))?,
                     Err(_) => hs.handle_client_error(now()),
                 }
             }

@@ -7,8 +7,8 @@
 //! - `Resolve`: a CONNECT by name routed to a `socks4a://` parent ([`upstream::forwards_name`]) is
 //!   forwarded unresolved; otherwise [`Step::Resolve`];
 //! - `Authorize`: with a users file, the user id is checked first ([`Verifier::check_cached`]; a
-//!   miss is [`Step::VerifyUser`] for the blocking pool, answered with
-//!   [`Decisions::user_checked`]); a refusal is logged ([`users::log_refusal`]) and answered; then
+//!   miss is [`Step::VerifyUser`] for the verifier's threads, answered with
+//!   [`Decisions::user_checked`]); a refusal is logged and answered ([`users::refuse`]); then
 //!   the rules decide ([`upstream::authorize`]) and a route is kept;
 //! - `Connect`: through the route's parents ([`Step::Chain`]) or directly ([`Step::Connect`]);
 //! - `Listen` (BIND): the BIND-wait slot is taken ([`Admission::start_bind_wait`]; over the limit,
@@ -24,7 +24,7 @@
 //! loop match decisions.next(&mut hs, &mut admission, &Context { config, verifier, client, .. })? {
 //!     Send(reply)              => write it (meter.replied)
 //!     Resolve { host, port }   => lookup → hs.handle_resolved(first address)
-//!     VerifyUser { .. }        => verifier.verify_blocking off the loop → decisions.user_checked
+//!     VerifyUser { .. }        => verifier.verify(client, user_id) (await or notify) → decisions.user_checked
 //!     Ident                    => ask identd → hs.handle_ident
 //!     Connect(addr)            => connect → hs.handle_connected / hs.retry_connect
 //!     Chain(attempt)           => perform attempt.poll()'s Io until each Answer → answer.apply(&mut hs)
@@ -99,8 +99,9 @@ pub enum Step {
         /// The requested port.
         port: u16,
     },
-    /// Check the user id against the users file off the event loop
-    /// ([`Verifier::verify_blocking`]); answer with [`Decisions::user_checked`].
+    /// Check the user id against the users file off the event loop ([`Verifier::verify`], on the
+    /// verifier's threads; keep its [`Verification`](crate::users::Verification) while waiting:
+    /// dropping it withdraws the check); answer with [`Decisions::user_checked`].
     VerifyUser {
         /// The verifier.
         verifier: Arc<Verifier>,
@@ -294,8 +295,7 @@ impl Decisions {
             }
             Err(e) => {
                 self.user = UserCheck::Todo;
-                users::log_refusal(client, hs.request().map_or(&[], |r| r.user_id), e);
-                hs.reject(e.reply_code())
+                users::refuse(hs, client, e)
             }
         }
     }
@@ -332,8 +332,7 @@ impl Decisions {
             match verifier.check_cached(req.user_id) {
                 Some(Ok(())) => self.user = UserCheck::Passed,
                 Some(Err(e)) => {
-                    users::log_refusal(cx.client, req.user_id, e);
-                    hs.reject(e.reply_code())?;
+                    users::refuse(hs, cx.client, e)?;
                     return Ok(None);
                 }
                 None => {
