@@ -41,37 +41,15 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use socks4_core::proxy_header::{HeaderError, HeaderParser, HeaderStatus, ProxyHeader};
 use socks4_core::rules::{Action, AddrClass, DestMatch, IpNet, PortRange, Rule, Rules};
 use socks4_core::{Command, Failure};
 
+pub use crate::config::TrustedProxies;
 use crate::log::ConnLine;
-
-/// The networks trusted to send PROXY headers (`--proxy-protocol`, config key `proxy_protocol`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(pub Vec<IpNet>);
-
-impl TrustedProxies {
-    /// Whether a connection from `peer` must start with a PROXY header.
-    ///
-    /// ```
-    /// use socks4_server::proxy::TrustedProxies;
-    /// let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
-    /// assert!(trusted.contains("10.1.2.3".parse().unwrap()));
-    /// assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
-    /// ```
-    pub fn contains(&self, peer: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(peer))
-    }
-
-    /// Whether no source is trusted (the feature is off: nothing is read before the request).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// `rules` behind deny rules for CONNECTs to this server's own listeners when PROXY headers are
 /// trusted (else `rules` as they are): a client could otherwise have the server connect to itself
@@ -171,9 +149,18 @@ impl HeaderEnd {
     /// Writes the connection's log line: at info as `conn client=BALANCER ... result=...`, or at
     /// debug for a health check.
     pub fn log(self, balancer: SocketAddr, elapsed: Duration) {
-        let worker = crate::metrics::current_worker();
-        let line =
-            ConnLine { client: balancer, request: None, result: &self, up: 0, down: 0, elapsed, worker, reply: None };
+        let worker = crate::worker::current();
+        let line = ConnLine {
+            client: balancer,
+            request: None,
+            result: &self,
+            up: 0,
+            down: 0,
+            elapsed,
+            worker,
+            reply: None,
+            users_file: false,
+        };
         if self.is_health_check() {
             tracing::debug!("{line}");
         } else {
@@ -256,12 +243,12 @@ impl HeaderReader {
 /// Is `client` the address this host sends from to reach `balancer` (asked of the kernel's
 /// routing, with a UDP socket that is connected and never sends)? Then a header naming it is this
 /// host coming back through the balancer.
-fn is_our_source_toward(client: IpAddr, balancer: IpAddr) -> bool {
+fn is_our_source_toward(client: std::net::IpAddr, balancer: std::net::IpAddr) -> bool {
     let balancer = balancer.to_canonical();
     if client.is_ipv4() != balancer.is_ipv4() {
         return false;
     }
-    let unspecified: IpAddr = if balancer.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+    let unspecified: std::net::IpAddr = if balancer.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
     let source = std::net::UdpSocket::bind((unspecified, 0))
         .and_then(|s| s.connect((balancer, 9)).and_then(|()| s.local_addr()))
         .map(|a| a.ip().to_canonical());

@@ -17,6 +17,9 @@ mod load;
 mod robustness;
 mod streams;
 mod support;
+mod users;
+
+pub use users::slow_users_file;
 
 pub use support::Failure;
 
@@ -45,6 +48,9 @@ pub struct Profile {
     /// balancer on one host, a client must not share the server's own address (127.0.0.1): the
     /// server refuses a PROXY header naming itself (a connection back through the balancer).
     pub source: Option<std::net::IpAddr>,
+    /// A user id whose users-file check takes about a second (see [`slow_users_file`]), on a
+    /// server that admits one connection per client: for `users_check_client_leaves`.
+    pub slow_user: Option<String>,
 }
 
 impl Default for Profile {
@@ -59,6 +65,7 @@ impl Default for Profile {
             bulk_bytes: DEFAULT_BULK_BYTES,
             safe_socks: false,
             source: None,
+            slow_user: None,
         }
     }
 }
