@@ -21,7 +21,9 @@
 //! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
 //! - [`systemd`]: socket activation and readiness/reload/stopping notifications;
 //! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`);
-//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health.
+//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health;
+//! - [`chain`]: one request through a route's parents as a sans-IO machine ([`chain::Attempt`]);
+//! - [`step`]: the per-connection decisions between the handshake and the I/O ([`step::Decisions`]).
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -87,10 +89,13 @@
 //! ```
 //!
 //! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
-//! [`upstream`].
+//! [`upstream`]. [`step::Decisions`] makes all of these per-connection decisions (users file,
+//! rules, route, BIND-wait slot, ident behind a balancer) in one place, leaving a driver only the
+//! I/O of each [`step::Step`]; a chained connect or BIND is then a [`chain::Attempt`] to drive.
 
 pub mod accept;
 pub mod bandwidth;
+pub mod chain;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -107,6 +112,7 @@ mod shards;
 #[cfg(unix)]
 pub mod signals;
 mod stats;
+pub mod step;
 pub mod systemd;
 pub mod upstream;
 pub mod users;
