@@ -1,122 +1,93 @@
-//! Chaining through parent proxies on the worker's event loop: the route's parents tried in turn
-//! ([`Plan`]), each resolved, connected to, asked and answered with the runtime's sockets and
-//! timers, within the connect timeout per parent. Dropping a future here (the client left) drops
-//! the attempt and closes the connection to the parent at once: nothing waits on a thread. The
-//! policy (the request, the order and health, what a reply means) is [`socks4_server::upstream`]'s.
+//! Chaining through parent proxies on the worker's event loop: the sans-IO
+//! [`Attempt`](socks4_server::chain::Attempt) (which parent, what to write, how much to read,
+//! what a reply means, the parents' health) performed with the runtime's resolver, connects,
+//! stream and timers, each within the attempt's deadline. The driver awaits [`answer`] while it
+//! watches the client: a client that leaves drops the future, and dropping the attempt and the
+//! parent's stream closes the connection to the parent at once. Nothing waits on a thread, so a
+//! stalled parent holds its socket and a timer.
 
-use std::net::{SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::io;
+use std::time::Instant;
 
-use futures_lite::future;
-use socks4_core::rules::Route;
-use socks4_core::{ClientEvent, ClientHandshake, Failure};
-use socks4_server::upstream::{self, ChainTarget, Chained, Plan, Upstreams};
+use socks4_core::driver::Candidates;
+use socks4_core::{Failure, REPLY_LEN};
+use socks4_server::chain::{Answer, Attempt, Io};
 
-use crate::client::{self, read_reply_on};
-use crate::runtime::{Runtime, peer_addr, set_nodelay};
+use crate::runtime::{Runtime, set_nodelay, within};
 
-/// Connects to `target` through `route` (see [`upstream::connect_request`]): the stream to
-/// relay and the address the parent reported.
-pub(crate) async fn connect<R: Runtime>(
-    route: &Route,
-    target: &ChainTarget,
-    user_id: &[u8],
-    timeout: Duration,
-) -> Chained<(R::Stream, SocketAddr)> {
-    let request = match upstream::connect_request(route, target, user_id) {
-        Ok(request) => request,
-        Err(failure) => return Chained::failed(failure),
-    };
-    let plan = Upstreams::global().plan(route);
-    let Chained { result, via } =
-        through::<R>(plan, request, timeout, |event, _| upstream::finish_connect(event)).await;
-    Chained { result: result.map(|(stream, _, bound)| (stream, bound)), via }
-}
-
-/// BIND through `route`: the parent listens (its first reply).
-pub(crate) async fn bind<R: Runtime>(
-    route: &Route,
-    expected_peer: SocketAddrV4,
-    user_id: &[u8],
-    timeout: Duration,
-) -> Chained<ParentBind<R>> {
-    let request = match upstream::bind_request(route, expected_peer, user_id) {
-        Ok(request) => request,
-        Err(failure) => return Chained::failed(failure),
-    };
-    let plan = Upstreams::global().plan(route);
-    let Chained { result, via } = through::<R>(plan, request, timeout, upstream::first_bind_reply).await;
-    Chained { result: result.map(|(stream, hs, listening)| ParentBind { stream, hs, listening }), via }
-}
-
-/// A BIND a parent accepted: it listens; its second reply is to come.
-pub(crate) struct ParentBind<R: Runtime> {
-    stream: R::Stream,
-    hs: ClientHandshake,
-    /// Where the parent listens, for the client's first reply.
-    pub(crate) listening: SocketAddr,
-}
-
-impl<R: Runtime> ParentBind<R> {
-    /// Waits up to `timeout` for the parent's second reply: the connection to relay and the peer.
-    pub(crate) async fn peer(mut self, timeout: Duration) -> Result<(R::Stream, SocketAddr), Failure> {
-        let event = within::<R, _>(timeout, read_reply_on::<R>(&self.stream, &mut self.hs)).await?;
-        let event = event.map_err(|e| upstream::reply_failure(&e))?;
-        Ok((self.stream, upstream::second_bind_reply(event)?))
-    }
-}
-
-/// Tries `plan`'s parents until one is reached, then sends it `request` and reads its reply, which
-/// `meaning` turns into the answer (given the parent's address); all within `timeout` per parent.
-async fn through<R: Runtime>(
-    mut plan: Plan<'_>,
-    request: ClientHandshake,
-    timeout: Duration,
-    meaning: impl Fn(ClientEvent, Option<SocketAddr>) -> Result<SocketAddr, Failure>,
-) -> Chained<(R::Stream, ClientHandshake, SocketAddr)> {
-    while let Some(parent) = plan.next() {
-        let end = Instant::now() + timeout;
-        let stream = match reach::<R>(&parent.host, parent.port, end).await {
-            Ok(stream) => stream,
-            Err(failure) => {
-                plan.unreachable(parent, failure);
-                continue;
+/// Performs `attempt`'s I/O until its next [`Answer`]: `parent` is its connection to the parent
+/// (replaced at each connect; the relay's after a granted CONNECT or BIND's second reply).
+///
+/// # Errors
+/// Only if the attempt stalls (waits with no deadline) or ends without an answer: a bug.
+pub(crate) async fn answer<R: Runtime>(attempt: &mut Attempt, parent: &mut Option<R::Stream>) -> io::Result<Answer> {
+    let mut buf = [0u8; REPLY_LEN];
+    loop {
+        let deadline = attempt.deadline();
+        match attempt.poll() {
+            Io::Resolve { host, port, parent: n } => {
+                let lookup = until::<R, _>(deadline, R::resolve(host, port)).await;
+                match lookup {
+                    Some(lookup) => attempt.handle_resolved(Instant::now(), n, Candidates::from_lookup(lookup)),
+                    None => attempt.handle_timeout(Instant::now()),
+                }
             }
-        };
-        let mut hs = request.clone();
-        let left = end.saturating_duration_since(Instant::now());
-        let result = match within::<R, _>(left, client::request::<R>(&stream, &mut hs)).await {
-            Ok(event) => event.map_err(|e| upstream::reply_failure(&e)),
-            Err(timed_out) => Err(timed_out),
-        };
-        let result = result.and_then(|event| meaning(event, peer_addr::<R>(&stream).ok()));
-        return plan.answered(parent, result.map(|addr| (stream, hs, addr)));
-    }
-    plan.exhausted()
-}
-
-/// Resolves a parent and connects to its first address that answers, by `end`.
-async fn reach<R: Runtime>(host: &str, port: u16, end: Instant) -> Result<R::Stream, Failure> {
-    let left = || end.saturating_duration_since(Instant::now());
-    let addrs = within::<R, _>(left(), R::resolve(host, port)).await?.map_err(|_| Failure::NotFound)?;
-    let mut failure = Failure::NotFound;
-    for addr in addrs {
-        match R::connect(addr, left()).await {
-            Ok(stream) => {
-                set_nodelay::<R>(&stream);
-                return Ok(stream);
+            Io::Connect(addr) => {
+                *parent = None;
+                let Some(deadline) = deadline else { return Err(stalled()) };
+                let result = R::connect(addr, deadline.saturating_duration_since(Instant::now())).await;
+                let result = result.map(|stream| {
+                    set_nodelay::<R>(&stream);
+                    *parent = Some(stream);
+                });
+                attempt.handle_connected(Instant::now(), result.map_err(|e| Failure::from(&e)));
             }
-            Err(e) => failure = Failure::from(&e),
+            Io::Write(bytes) => {
+                let Some(stream) = parent.as_ref() else {
+                    attempt.handle_error(Instant::now(), Failure::Other);
+                    continue;
+                };
+                match until::<R, _>(deadline, R::write(stream, bytes)).await {
+                    Some(Ok(0)) => attempt.handle_error(Instant::now(), Failure::Other),
+                    Some(Ok(n)) => attempt.handle_written(n),
+                    Some(Err(e)) => attempt.handle_error(Instant::now(), Failure::from(&e)),
+                    None => attempt.handle_timeout(Instant::now()),
+                }
+            }
+            Io::Read(want) => {
+                let Some(stream) = parent.as_ref() else {
+                    attempt.handle_error(Instant::now(), Failure::Other);
+                    continue;
+                };
+                let buf = &mut buf[..want.min(REPLY_LEN)];
+                match until::<R, _>(deadline, R::read(stream, buf)).await {
+                    Some(Ok(0)) => attempt.handle_eof(Instant::now()),
+                    Some(Ok(n)) => drop(attempt.handle_input(Instant::now(), &buf[..n])),
+                    Some(Err(e)) => attempt.handle_error(Instant::now(), Failure::from(&e)),
+                    None => attempt.handle_timeout(Instant::now()),
+                }
+            }
+            Io::Answer(answer) => return Ok(answer),
+            // A timer woke before the deadline: wait out the rest.
+            Io::Wait => {
+                let Some(deadline) = deadline else { return Err(stalled()) };
+                R::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                attempt.handle_timeout(Instant::now());
+            }
+            Io::Done => return Err(io::Error::other("chained attempt over without an answer")),
         }
     }
-    Err(failure)
 }
 
-/// Runs `work` for at most `timeout`; `Err(Failure::TimedOut)` after that.
-pub(crate) async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<Output = T>) -> Result<T, Failure> {
-    future::or(async { Ok(work.await) }, async {
-        R::sleep(timeout).await;
-        Err(Failure::TimedOut)
-    })
-    .await
+fn stalled() -> io::Error {
+    io::Error::other("stalled chained attempt")
+}
+
+/// Runs `work` until `deadline` (`None`: no deadline); `None` if the deadline came first.
+async fn until<R: Runtime, T>(deadline: Option<Instant>, work: impl Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(deadline) => within::<R, _>(deadline.saturating_duration_since(Instant::now()), work).await,
+        None => Some(work.await),
+    }
 }

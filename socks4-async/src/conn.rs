@@ -12,29 +12,31 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use socks4_core::driver::Candidates;
-use socks4_core::rules::Route;
-use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, Output, ReplyCode, ServerHandshake, Target};
+use socks4_core::rules::AccessRequest;
+use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, ServerHandshake};
 use socks4_server::ServerConfig;
+use socks4_server::chain::{AnswerTo, Attempt};
 use socks4_server::limits::Admission;
 use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
 use socks4_server::metrics::{Close, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
-use socks4_server::upstream::{self, Authorized, ChainTarget, Chained};
-use socks4_server::users::{self, AuthError, Verifier};
+use socks4_server::step::{Context, Decisions, Step};
+use socks4_server::upstream::Upstreams;
+use socks4_server::users::Verifier;
 
 use crate::Hooks;
-use crate::chain::{self, within};
+use crate::chain;
 use crate::log::ConnLog;
 use crate::relay::relay;
-use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, write_all};
+use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, within, write_all};
 
 /// Serves one accepted connection to its end with the project's driver: reads the PROXY header
 /// first when `peer` is a trusted balancer (then admits the client it names against the per-client
@@ -73,6 +75,7 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
         peer
     };
     let mut log = ConnLog::new(peer, start, hooks);
+    log.users_file = snapshot.verifier.is_some();
     let conn = Conn { config, verifier: snapshot.verifier.as_ref(), hooks, from };
     // Boxed: the handshake's state (its request buffer, the awaited lookups, connects and timers)
     // lives on the heap only while it runs; a relaying connection's task keeps none of it.
@@ -148,7 +151,8 @@ async fn proxy_header<R: Runtime>(
     }
 }
 
-/// Runs the handshake to its end: a destination to relay to, or a close.
+/// Runs the handshake to its end: a destination to relay to, or a close. The decisions are
+/// [`Decisions`]'; this performs each [`Step`] it hands out, watching the client meanwhile.
 async fn handshake<R: Runtime, H: Hooks>(
     client: &R::Stream,
     conn: &Conn<'_, H>,
@@ -158,47 +162,52 @@ async fn handshake<R: Runtime, H: Hooks>(
     let config = conn.config;
     let epoch = log.start;
     let now = || epoch.elapsed();
-    let client_ip = log.client.ip().to_canonical();
     let mut hs = config.handshake(now());
+    let mut decisions = Decisions::default();
     let mut early: Vec<u8> = Vec::new();
     let mut dest: Option<R::Stream> = None;
     // Whether a reply went out (a close after one drains the client).
     let mut replied = false;
+    // Whether the embedder's hook refused the request (for the log line).
+    let mut by_hook = false;
     // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
     let mut listener: Option<R::Listener> = None;
     // A SOCKS4a name's further addresses, tried in turn when a connect fails.
     let mut candidates = Candidates::default();
-    // The route of the rule that allowed the request (`via`), if any.
-    let mut route: Option<Route> = None;
-    // BIND through a parent: it listens, its second reply is awaited (boxed: the future stays small).
-    let mut bind_wait: Option<Box<chain::ParentBind<R>>> = None;
+    // Through a parent: the attempt (a BIND's waits for its second reply) and its connection.
+    let mut attempt: Option<Box<Attempt>> = None;
+    let mut parent: Option<R::Stream> = None;
     if !conn.from.first.is_empty() {
         feed(&mut hs, &mut early, &conn.from.first, now());
     }
     loop {
-        match hs.poll_output() {
-            Output::Send(reply) => {
+        log.note_request(&hs);
+        let cx = Context {
+            config,
+            verifier: conn.verifier,
+            client: log.client,
+            proxied: conn.from.proxied,
+            upstreams: Upstreams::global(),
+            now: now(),
+            at: Instant::now(),
+        };
+        let mut check = |req: &AccessRequest<'_>| conn.hooks.check(cx.client, req).inspect_err(|_| by_hook = true);
+        let step = misuse(decisions.next_checked(&mut hs, admission, &cx, &mut check))?;
+        match step {
+            Step::Send(reply) => {
+                if std::mem::take(&mut by_hook) {
+                    log.finish(format_args!("refused by hook ({})", reply.code.code()));
+                }
                 if let Err(e) = write_all::<R>(client, &reply.to_bytes()).await {
                     // The same words in every adapter: the client is gone.
                     tracing::debug!("writing reply: {e}");
-                    log.note_request(&hs);
                     log.finish(CloseReason::ClientGone);
                     return Ok(Next::Close);
                 }
                 replied = true;
                 log.meter.replied(reply.code);
-                // The (first) reply is out: no longer a handshake for the limits (a BIND waiting
-                // for its peer does not hold a handshake slot).
-                admission.handshake_done();
             }
-            Output::Resolve { host, port } => {
-                let host = host.to_owned();
-                log.note_request(&hs);
-                if upstream::forwards_name(&config.rules, client_ip, &hs, conn.verifier.is_some()) {
-                    // Routed to a SOCKS4a parent: the name goes there unresolved.
-                    misuse(hs.forward_name(now()))?;
-                    continue;
-                }
+            Step::Resolve { host, port } => {
                 log.meter.enter(Phase::Resolving);
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
                 let lookup = with_timeout::<R, _>(left, R::resolve(&host, port));
@@ -212,43 +221,31 @@ async fn handshake<R: Runtime, H: Hooks>(
                     Err(_) => hs.handle_client_error(now()),
                 }
             }
-            Output::Authorize(_) => {
-                log.note_request(&hs);
-                if let Some(code) = hs.access_request().and_then(|req| conn.hooks.check(log.client, &req).err()) {
-                    // The embedder's hook refused (a `Granted` there counts as `Rejected`).
-                    let code = if code == ReplyCode::Granted { ReplyCode::Rejected } else { code };
-                    log.finish(format_args!("refused by hook ({})", code.code()));
-                    misuse(hs.reject(code))?;
-                    continue;
-                }
-                if let Authorized::Via(via) = authorize::<R, H>(&mut hs, epoch, client, conn, log.client).await? {
-                    route = Some(via);
+            Step::VerifyUser { verifier, user_id } => {
+                // On the verifier's threads; a client that leaves drops (withdraws) the check.
+                match watched::<R, _>(client, verifier.verify(log.client.ip(), &user_id)).await {
+                    Ok(verdict) => misuse(decisions.user_checked(&mut hs, verdict, log.client))?,
+                    Err(_) => hs.handle_client_error(now()),
                 }
             }
-            Output::Connect(target) if route.is_some() => {
-                let target = ChainTarget::from(target);
-                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                // Boxed: only routed connects allocate the chained state.
-                let chaining = Box::pin(async {
-                    match &route {
-                        Some(via) => chain::connect::<R>(via, &target, &user_id, config.timeouts.connect).await,
-                        None => Chained::failed(Failure::Other),
+            Step::Ident => {
+                let (peer, timeout) = (log.client, config.timeouts.ident);
+                let answer = match local_addr::<R>(client) {
+                    Ok(local) => {
+                        let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
+                        match watched::<R, _>(client, ask).await {
+                            Ok(answer) => answer.unwrap_or(Err(Failure::Other)),
+                            Err(_) => {
+                                hs.handle_client_error(now());
+                                continue;
+                            }
+                        }
                     }
-                });
-                log.meter.enter(Phase::Connecting);
-                let Ok(chained) = watched::<R, _>(client, chaining).await else {
-                    hs.handle_client_error(now());
-                    continue;
+                    Err(e) => Err(Failure::from(&e)),
                 };
-                log.via = chained.via;
-                let result = chained.result.map(|(stream, bound)| {
-                    dest = Some(stream);
-                    log.meter.connected();
-                    bound
-                });
-                misuse(hs.handle_connected(now(), result))?;
+                misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
             }
-            Output::Connect(Target::Addr(addr)) => {
+            Step::Connect(addr) => {
                 log.meter.enter(Phase::Connecting);
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
@@ -270,59 +267,32 @@ async fn handshake<R: Runtime, H: Hooks>(
                     },
                 }
             }
-            Output::Connect(Target::Host(..)) => {
-                // Names are resolved here (`Names::Resolve`), so the handshake never forwards one.
-                misuse(hs.handle_connected(now(), Err(Failure::Other)))?;
-            }
-            Output::Ident => {
-                let (peer, timeout) = (log.client, config.timeouts.ident);
-                let answer = match local_addr::<R>(client) {
-                    _ if conn.from.proxied => socks4_server::proxy::ident_through_balancer(peer),
-                    Ok(local) => {
-                        let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
-                        match watched::<R, _>(client, ask).await {
-                            Ok(answer) => answer.unwrap_or(Err(Failure::Other)),
-                            Err(_) => {
-                                hs.handle_client_error(now());
-                                continue;
-                            }
-                        }
-                    }
-                    Err(e) => Err(Failure::from(&e)),
-                };
-                misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;
-            }
-            Output::Listen { expected_peer } if route.is_some() => {
-                // A BIND through a parent waits like one here: it takes a BIND-wait slot.
-                if admission.start_bind_wait(Instant::now()).is_err() {
-                    // Counted and summarised by the limiter; the client gets 91.
-                    misuse(hs.handle_listening(now(), Err(Failure::OverLimit)))?;
-                    continue;
+            Step::Chain(mut chained) => {
+                if !chained.is_bind() {
+                    log.meter.enter(Phase::Connecting);
                 }
-                let port = hs.request().map_or(0, |r| r.port);
-                let user_id = hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-                let chaining = Box::pin(async {
-                    match (expected_peer, &route) {
-                        (IpAddr::V4(ip), Some(via)) => {
-                            let peer = SocketAddrV4::new(ip, port);
-                            chain::bind::<R>(via, peer, &user_id, config.timeouts.connect).await
-                        }
-                        _ => Chained::failed(Failure::Other), // an IPv6 peer cannot be asked for
-                    }
-                });
-                let Ok(chained) = watched::<R, _>(client, chaining).await else {
+                // Boxed: only chained requests allocate the attempt's I/O state.
+                let answered = watched::<R, _>(client, Box::pin(chain::answer::<R>(&mut chained, &mut parent))).await;
+                log.via = chained.via().cloned();
+                let Ok(answer) = answered else {
+                    // The client's connection failed: the attempt and the parent's connection go.
+                    parent = None;
                     hs.handle_client_error(now());
                     continue;
                 };
-                log.via = chained.via;
-                let result = chained.result.map(|wait| {
-                    let listening = wait.listening;
-                    bind_wait = Some(Box::new(wait));
-                    listening
-                });
-                misuse(hs.handle_listening(now(), result))?;
+                let answer = answer?;
+                match (answer.to, answer.result.is_ok()) {
+                    (_, false) => parent = None,
+                    (AnswerTo::Connect, true) => {
+                        log.meter.connected();
+                        dest = parent.take();
+                    }
+                    // It listens: its second reply is awaited at the BIND wait.
+                    (_, true) => attempt = Some(chained),
+                }
+                misuse(answer.apply(&mut hs, now()))?;
             }
-            Output::Listen { .. } => {
+            Step::Listen => {
                 // Listen on the address the client reached us on (an IPv6 one is reported as
                 // 0.0.0.0: the client uses the address it reached us on).
                 let listening = async {
@@ -331,40 +301,33 @@ async fn handshake<R: Runtime, H: Hooks>(
                     let addr = R::listener_addr(&l)?;
                     Ok::<_, io::Error>((l, addr))
                 };
-                let result = match listening.await {
-                    // The wait's slot (`--max-bind-waits`), held in the admission.
-                    Ok((l, addr)) => match admission.start_bind_wait(Instant::now()) {
-                        Ok(()) => {
-                            listener = Some(l);
-                            Ok(addr)
-                        }
-                        Err(_counted_by_the_limiter) => Err(Failure::OverLimit),
-                    },
-                    Err(e) => Err(Failure::from(&e)),
-                };
-                misuse(hs.handle_listening(now(), result))?;
+                let result = listening.await.map(|(l, addr)| {
+                    listener = Some(l);
+                    addr
+                });
+                misuse(hs.handle_listening(now(), result.map_err(|e| Failure::from(&e))))?;
             }
-            Output::Wait { deadline } if bind_wait.is_some() => {
-                // BIND through a parent: wait for its second reply; a client that leaves first
-                // drops the wait, closing the connection to the parent (and so its listener).
-                let Some(wait) = bind_wait.take() else { continue };
+            Step::Wait { .. } if attempt.is_some() => {
+                // BIND through a parent: wait for its second reply (within the attempt's BIND
+                // timeout); a client that leaves first drops the wait, closing the connection to
+                // the parent (and so its listener).
+                let Some(mut chained) = attempt.take() else { continue };
                 log.meter.enter(Phase::BindWait);
-                let timeout = deadline.map_or(config.timeouts.bind, |d| d.saturating_sub(now()));
-                let waiting = async { Ok(wait.peer(timeout).await) };
-                match future::or(waiting, async { Err(client_left::<R>(client).await) }).await {
-                    Ok(result) => {
-                        let result = result.map(|(stream, from)| {
-                            dest = Some(stream);
-                            from
-                        });
-                        misuse(hs.handle_bind_peer(now(), result))?;
+                let waiting = async { Ok(Box::pin(chain::answer::<R>(&mut chained, &mut parent)).await) };
+                let outcome = future::or(waiting, async { Err(client_left::<R>(client).await) }).await;
+                admission.end_bind_wait();
+                match outcome {
+                    Ok(answer) => {
+                        let answer = answer?;
+                        dest = parent.take().filter(|_| answer.result.is_ok());
+                        misuse(answer.apply(&mut hs, now()))?;
                     }
                     Err(Left::Eof) => hs.handle_eof(now()),
                     Err(Left::Failed(_)) => hs.handle_client_error(now()),
                 }
-                admission.end_bind_wait();
+                parent = None;
             }
-            Output::Wait { deadline } => {
+            Step::Wait { deadline } => {
                 let left = deadline.map(|d| d.saturating_sub(now()));
                 if let Some(l) = &listener {
                     // BIND: accept one peer, then the listener closes; a client that leaves first
@@ -408,33 +371,30 @@ async fn handshake<R: Runtime, H: Hooks>(
                 let mut buf = [0u8; MAX_REQUEST_LEN];
                 let read = match left {
                     Some(left) => within::<R, _>(left, R::read(client, &mut buf)).await,
-                    None => Ok(R::read(client, &mut buf).await),
+                    None => Some(R::read(client, &mut buf).await),
                 };
                 match read {
-                    Err(_timed_out) => hs.handle_timeout(now()),
-                    Ok(Ok(0)) => hs.handle_eof(now()),
-                    Ok(Ok(n)) => {
-                        feed(&mut hs, &mut early, &buf[..n], now());
-                        log.note_request(&hs);
-                    }
-                    Ok(Err(e)) => return Err(io::Error::new(e.kind(), format!("reading request: {e}"))),
+                    None => hs.handle_timeout(now()),
+                    Some(Ok(0)) => hs.handle_eof(now()),
+                    Some(Ok(n)) => feed(&mut hs, &mut early, &buf[..n], now()),
+                    Some(Err(e)) => return Err(io::Error::new(e.kind(), format!("reading request: {e}"))),
                 }
             }
-            Output::Relay => {
-                log.note_request(&hs);
+            Step::Relay => {
                 return match dest {
                     Some(d) => Ok(Next::Relay(d, early)),
                     None => Err(io::Error::other("relay without a destination")),
                 };
             }
-            Output::Closed(reason) => {
-                log.note_request(&hs);
+            Step::Closed(reason) => {
+                // A BIND's wait (its slot) ends with the handshake, also when it failed early.
+                admission.end_bind_wait();
                 log.meter.close(Close::from(&reason));
                 let drain = replied && reason != CloseReason::ClientGone;
                 log.finish(reason);
                 return Ok(if drain { Next::Drain } else { Next::Close });
             }
-            _ => return Err(io::Error::other("unexpected handshake output")),
+            other => return Err(io::Error::other(format!("unexpected step {other:?}"))),
         }
     }
 }
@@ -445,45 +405,6 @@ fn feed(hs: &mut ServerHandshake, early: &mut Vec<u8>, bytes: &[u8], now: Durati
     if hs.request().is_some() && used < bytes.len() {
         early.extend_from_slice(&bytes[used..]);
     }
-}
-
-/// Answers `Output::Authorize` (after the embedder's [`Hooks::check`]): with a users file, the
-/// user id is verified (at once if cached, else off the event loop while watching the client);
-/// then the rules decide on the user's name, never the token.
-async fn authorize<R: Runtime, H: Hooks>(
-    hs: &mut ServerHandshake,
-    epoch: Instant,
-    client: &R::Stream,
-    conn: &Conn<'_, H>,
-    peer: SocketAddr,
-) -> io::Result<Authorized> {
-    let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
-    let rules = &conn.config.rules;
-    let Some(verifier) = conn.verifier else {
-        return misuse(upstream::authorize(hs, epoch.elapsed(), rules, peer.ip(), false));
-    };
-    let verdict = match verifier.check_cached(req.user_id) {
-        Some(verdict) => verdict,
-        None => {
-            let (verifier, user_id) = (Arc::clone(verifier), req.user_id.to_vec());
-            match watched::<R, _>(client, R::unblock(move || verifier.verify_blocking(&user_id))).await {
-                Ok(verdict) => verdict.unwrap_or(Err(AuthError::Busy)),
-                Err(_) => {
-                    hs.handle_client_error(epoch.elapsed());
-                    return Ok(Authorized::Direct);
-                }
-            }
-        }
-    };
-    let Some(req) = hs.access_request() else { return Err(io::Error::other("authorize without a request")) };
-    let result = match verdict {
-        Err(e) => {
-            users::log_refusal(peer, req.user_id, e);
-            hs.reject(e.reply_code()).map(|()| Authorized::Direct)
-        }
-        Ok(()) => upstream::authorize(hs, epoch.elapsed(), rules, peer.ip(), true),
-    };
-    misuse(result)
 }
 
 /// What the client did while the handshake waited on something else.

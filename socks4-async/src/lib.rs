@@ -5,11 +5,14 @@
 //! `socks4-smol` for smol and async-std, and both run this driver for every connection.
 //!
 //! Per connection ([`serve_connection`]): the PROXY header from a trusted balancer, the sans-IO
-//! [`ServerHandshake`](socks4_core::ServerHandshake) with every action performed (rules, users file,
-//! ident, also through a balancer, resolve, connect with fallback over a name's addresses, BIND
-//! direct and through a parent, chaining through parent proxies), the client watched during every
-//! wait, the drain after a final reply, then the relay (early data, half-close and resets passed
-//! on, idle timeout, bandwidth caps, `splice(2)` on Linux), the metrics and the one log line.
+//! [`ServerHandshake`](socks4_core::ServerHandshake) with the per-connection decisions of
+//! [`socks4_server::step`] (rules, users file, ident, forwarding a name or resolving it, direct
+//! or chained connect, BIND slots) and every step they hand out performed (resolve, verify a user
+//! off the loop, ask identd, connect with fallback over a name's addresses, listen and accept,
+//! chaining through parent proxies by driving [`socks4_server::chain::Attempt`]), the client
+//! watched during every wait, the drain after a final reply, then the relay (early data,
+//! half-close and resets passed on, idle timeout, bandwidth caps, `splice(2)` on Linux), the
+//! metrics and the one log line.
 //!
 //! ## For an embedder
 //! The public surface is small on purpose: [`Runtime`] (implement it, or take an adapter's:
@@ -56,9 +59,11 @@ pub use runtime::{Interest, Runtime};
 /// The embedder's hooks into the driver, each with the servers' behaviour as its default. `()`
 /// is the servers' own.
 pub trait Hooks {
-    /// Called once a request is known, before the users file and the rules: `Err(code)` rejects it
-    /// with `code` (a `Granted` there counts as `Rejected`). The default allows everything (the
-    /// rules still decide).
+    /// Called once a request is known, before the users file and the rules (again with a name's
+    /// next address when a connect to the first failed): `Err(code)` rejects it with `code` (a
+    /// `Granted` there counts as `Rejected`), logged as `refused by hook (CODE)`. The default
+    /// allows everything (the rules still decide). See
+    /// [`Decisions::next_checked`](socks4_server::step::Decisions::next_checked).
     fn check(&self, client: SocketAddr, request: &AccessRequest<'_>) -> Result<(), ReplyCode> {
         let _ = (client, request);
         Ok(())

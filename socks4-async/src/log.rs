@@ -28,6 +28,8 @@ pub(crate) struct ConnLog<'h, H: Hooks> {
     pub(crate) meter: ConnMeter,
     /// The parent proxy the connection went through (or tried last).
     pub(crate) via: Option<Parent>,
+    /// User ids are checked against a users file (see [`ConnLine::users_file`]).
+    pub(crate) users_file: bool,
     /// Where the line goes.
     hooks: &'h H,
 }
@@ -42,6 +44,7 @@ impl<'h, H: Hooks> ConnLog<'h, H> {
             counts: Counts::default(),
             meter: ConnMeter::start(),
             via: None,
+            users_file: false,
             hooks,
         }
     }
@@ -77,6 +80,7 @@ impl<H: Hooks> Drop for ConnLog<'_, H> {
             elapsed: self.start.elapsed(),
             worker: self.meter.worker(),
             reply: self.meter.reply(),
+            users_file: self.users_file,
         };
         self.hooks.closed(&line);
     }

@@ -111,16 +111,22 @@ pub trait Runtime: 'static {
     }
 }
 
+/// Runs `work` for at most `timeout`: `None` after that.
+pub(crate) async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(work.await) }, async {
+        R::sleep(timeout).await;
+        None
+    })
+    .await
+}
+
 /// Runs `op`, or fails with `ErrorKind::TimedOut` after `timeout`.
 pub(crate) async fn with_timeout<R: Runtime, T>(
     timeout: Duration,
     op: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    future::or(op, async {
-        R::sleep(timeout).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    })
-    .await
+    let timed_out = || Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+    within::<R, _>(timeout, op).await.unwrap_or_else(timed_out)
 }
 
 /// Writes all of `data` to `stream`.

@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
+//! - [`config_file`]: the TOML config file, read and parsed;
+//! - [`serve`]: what an adapter's server offers the shared binary ([`serve::Serve`], [`serve::Running`]);
 //! - [`check`]: the effective configuration as a config file (`--check-config`);
 //! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write, as text or JSON;
@@ -16,10 +18,12 @@
 //! - [`Stats`]: the counters every adapter's server handle reports;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
+//! - [`user_id`]: the text rules of a user id (`NAME:TOKEN`, what logs and rules see);
 //! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
 //! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
 //! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
 //! - [`systemd`]: socket activation and readiness/reload/stopping notifications;
+//! - [`worker`]: which worker the calling thread is;
 //! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`);
 //! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health;
 //! - [`chain`]: one request through a route's parents as a sans-IO machine ([`chain::Attempt`]);
@@ -46,10 +50,9 @@
 //!              let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
 //!              (over max_connections: limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into()))
 //!              keep `admission` with the connection (task or slot); dropping it releases it
-//! Authorize:   with a verifier: match verifier.check_cached(user_id) {
-//!                  Some(verdict) => verdict,
-//!                  None => run verifier.verify_blocking(&user_id) on the blocking/resolver pool }
-//!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
+//! Authorize:   with a verifier: verdict = verifier.verify(peer.ip(), user_id).await   // or .notify(callback)
+//!                  (at once when cached; drop it when the client leaves: the check is withdrawn)
+//!              Err(e) => users::refuse(hs, peer, e)               // logs; 93 or 91; `auth refused`
 //!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
 //! first reply: admission.handshake_done();                         // sent the reply, or closing
 //! BIND listen: match admission.start_bind_wait(now) {              // --max-bind-waits[-per-client]
@@ -70,7 +73,8 @@
 //! accept:      metrics.accept_error() where accepting pauses on an error
 //! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
 //!              meter.replied(code), meter.close(reason) where the reason is typed
-//! end:         meter.finish(cmd, up, down, errored); ConnLine { worker: meter.worker(), reply: meter.reply(), … }.log()
+//! end:         meter.finish(cmd, up, down, errored);
+//!              ConnLine { worker: meter.worker(), reply: meter.reply(), users_file: verifier.is_some(), … }.log()
 //! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
 //! ```
 //! See [`metrics`] for the whole list.
@@ -99,6 +103,7 @@ pub mod chain;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 mod gcra;
 pub mod ident;
 pub mod limits;
@@ -108,6 +113,7 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod serve;
 mod shards;
 #[cfg(unix)]
 pub mod signals;
@@ -115,7 +121,9 @@ mod stats;
 pub mod step;
 pub mod systemd;
 pub mod upstream;
+pub mod user_id;
 pub mod users;
+pub mod worker;
 
 pub use stats::Stats;
 

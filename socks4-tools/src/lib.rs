@@ -116,6 +116,7 @@ macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
             ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+            users_memory_bounded users_flood_fairness users_burst
             bandwidth_caps bind_wait_cap
             sighup_reload check_config socket_activation notify_readiness
             metrics_count_what_was_sent readyz_while_draining json_log_lines
