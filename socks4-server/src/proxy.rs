@@ -204,7 +204,7 @@ impl HeaderReader {
                 HeaderStep::Client { client, rest: &input[used..] }
             }
             Ok(HeaderStatus::Done { header: ProxyHeader::Local, .. }) => HeaderStep::Close(HeaderEnd::Local),
-            Ok(HeaderStatus::Done { .. }) => HeaderStep::Close(HeaderEnd::NoAddress),
+            Ok(_) => HeaderStep::Close(HeaderEnd::NoAddress), // no client address, or a status to come
             Err(e) => HeaderStep::Close(HeaderEnd::Invalid(e)),
         }
     }
