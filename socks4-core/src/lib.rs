@@ -119,6 +119,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Every fallible public function says when it fails (clippy, `-D warnings` in CI).
+#![warn(clippy::missing_errors_doc)]
 
 extern crate alloc;
 #[cfg(any(feature = "std", test))]

@@ -195,6 +195,11 @@ const SHORT_TOKEN: usize = 16;
 /// assert!(hash_token_command("alice", &mut &b"\n"[..], &mut Vec::new(), &mut err).is_err());
 /// # Ok::<(), String>(())
 /// ```
+///
+/// # Errors
+///
+/// A message for the user: a bad user name, no token (or one with a NUL) on `input`, a `NAME:TOKEN`
+/// over 255 bytes, or a failure to read, hash or write.
 pub fn hash_token_command(
     name: &str,
     input: &mut dyn BufRead,
@@ -232,6 +237,12 @@ impl ServerArgs {
     }
 
     /// Parses the given arguments (the first is the program name).
+    ///
+    /// # Errors
+    ///
+    /// clap's error for an unknown option, a missing or bad value (from a flag or its `SOCKS4_*`
+    /// variable), or `--help` / `--version` (whose "error" is the text to print: use
+    /// [`clap::Error::exit`]).
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -261,6 +272,10 @@ impl ServerArgs {
     }
 
     /// The config: the file's (if any) with the command line's options on top, validated.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`]s of [`to_config_activated`](Self::to_config_activated).
     pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
         self.to_config_activated(None)
     }
@@ -270,6 +285,12 @@ impl ServerArgs {
     /// `reuseport` off) before the checks, so an activated socket beyond loopback needs rules too.
     /// Reading the file again and calling this is also what a reload does: the command line still
     /// wins over the file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the config file cannot be read or parsed, a command-line rule does not
+    /// parse, the merged config fails [`ServerConfig::validate`], or its users file cannot be
+    /// loaded.
     pub fn to_config_activated(&self, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
         let config = self.merged(activated)?;
         config.validate()?;
@@ -346,10 +367,18 @@ pub trait Serve: Sized {
     /// Binds the listen addresses of `live`'s config, or, when `activated` is given (socket
     /// activation), serves those listeners instead (listening, non-blocking, close-on-exec).
     /// Each connection takes `live`'s snapshot at accept.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error when a listen address cannot be bound (or a passed listener cannot be set up).
     fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> std::io::Result<Self>;
     /// The addresses actually bound.
     fn local_addrs(&self) -> Vec<SocketAddr>;
     /// Starts serving in background threads.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error when a worker thread cannot be started.
     fn spawn(self) -> std::io::Result<Self::Running>;
     /// Its metrics, which [`main`] serves with `--metrics` (counting only when the config sets
     /// `metrics`).
@@ -512,6 +541,11 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
 /// assert!(check_config_command(&open, &mut Vec::new()).unwrap_err().contains("open proxy"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// The reason the configuration is invalid (the [`ConfigError`] of [`ServerArgs::to_config`] or of
+/// loading the users file, as text), or a failure to write to `out`.
 pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<(), String> {
     let config = args.to_config().map_err(|e| e.to_string())?;
     // The verifier is what the server builds: the users file is read here as at start.
@@ -528,6 +562,11 @@ pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<()
 /// for new connections and applies its log level, logs the outcome, and tells systemd it is ready
 /// again. A bad file (or users file) keeps the running config and logs why in one line; settings
 /// that take a restart (listen addresses, workers, reuseport, metrics, log format) are logged and ignored.
+///
+/// # Errors
+///
+/// The [`ConfigError`] that kept the running config (the file or users file cannot be read or is
+/// invalid); it is logged too.
 pub fn reload(
     args: &ServerArgs,
     live: &LiveConfig,
@@ -603,6 +642,10 @@ fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
 
 /// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
 /// taken relative to the file's directory.
+///
+/// # Errors
+///
+/// [`ConfigError::File`] (naming the path) when the file cannot be read or is not a valid config.
 pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
     let mut config = parse_config_toml(&text).map_err(|e| match e {
@@ -625,6 +668,11 @@ pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigEr
 /// assert_eq!(config.timeouts.idle.as_secs(), 30);
 /// # Ok::<(), socks4_server::config::ConfigError>(())
 /// ```
+///
+/// # Errors
+///
+/// [`ConfigError::File`] with the TOML parser's message (line and column) for invalid TOML, an
+/// unknown key or a bad value.
 pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
 }

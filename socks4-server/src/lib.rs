@@ -88,6 +88,8 @@
 //!
 //! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
 //! [`upstream`].
+// Every fallible public function says when it fails (clippy, `-D warnings` in CI).
+#![warn(clippy::missing_errors_doc)]
 
 pub mod accept;
 pub mod bandwidth;

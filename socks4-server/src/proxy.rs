@@ -217,6 +217,10 @@ impl HeaderReader {
 
 /// The answer to a rule with `ident` for a client that came through a PROXY header: identd
 /// cannot be asked (see the [module docs](self)), so the request gets 92. Logs why, at info.
+///
+/// # Errors
+///
+/// Always: [`Failure::Unreachable`], so the handshake replies 92.
 pub fn ident_through_balancer<T>(client: SocketAddr) -> Result<T, Failure> {
     tracing::info!(%client, "ident cannot ask a client behind a PROXY protocol balancer: reply 92");
     Err(Failure::Unreachable)

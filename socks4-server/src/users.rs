@@ -173,6 +173,12 @@ impl Users {
     /// assert!(Users::parse(b"# nobody yet\n")?.is_empty());
     /// # Ok::<(), socks4_server::users::UsersError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`UsersError`] with the number of the first bad line: too long, not UTF-8, not
+    /// `NAME:PHC`, a bad name, a name given twice, or a hash that is not a usable Argon2id PHC
+    /// string.
     pub fn parse(text: &[u8]) -> Result<Self, UsersError> {
         let mut users = Vec::new();
         let mut seen: HashMap<&[u8], usize> = HashMap::new();
@@ -206,6 +212,11 @@ impl Users {
     }
 
     /// Reads and parses a users file.
+    ///
+    /// # Errors
+    ///
+    /// [`UsersError`] (naming the file) when it cannot be read (line 0) or has a bad line (see
+    /// [`parse`](Self::parse)).
     pub fn load(path: &Path) -> Result<Self, UsersError> {
         let text = std::fs::read(path)
             .map_err(|e| UsersError { line: 0, message: format!("cannot read {}: {e}", path.display()) })?;
@@ -271,11 +282,19 @@ impl std::error::Error for UsersError {}
 
 /// Hashes a token for the users file with [`default_params`]: a PHC string `$argon2id$…` with a
 /// fresh random salt. What the `hash-token` subcommand prints (after `NAME:`).
+///
+/// # Errors
+///
+/// Argon2's error when hashing fails.
 pub fn hash_token(token: &[u8]) -> Result<String, argon2::password_hash::Error> {
     hash_token_with(token, default_params())
 }
 
 /// [`hash_token`] with other Argon2id parameters.
+///
+/// # Errors
+///
+/// Argon2's error for parameters it refuses, or when hashing fails.
 pub fn hash_token_with(token: &[u8], params: Params) -> Result<String, argon2::password_hash::Error> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password(token)?.to_string())
 }
@@ -405,6 +424,11 @@ impl Verifier {
     /// The slow half, for a blocking thread: checks the token with Argon2 (unknown names against a
     /// dummy hash, taking as long) and caches the verdict. Waits while all verification slots are
     /// busy; [`AuthError::Busy`] at once if too many already wait.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] that refuses the user id: malformed, unknown name or wrong token (the same
+    /// answer, after the same work), or [`AuthError::Busy`] when too many checks already wait.
     pub fn verify_blocking(&self, user_id: &[u8]) -> Result<(), AuthError> {
         if let Some(verdict) = self.check_cached(user_id) {
             return verdict;
