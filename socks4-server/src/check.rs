@@ -90,7 +90,7 @@ pub fn effective_toml(config: &ServerConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::parse_config_toml;
+    use crate::config_file::parse_config_toml;
 
     #[test]
     fn every_setting_reads_back() {

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::bandwidth::RateLimit;
@@ -26,10 +25,13 @@ use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
 use crate::limits::ConnRate;
 use crate::log::LogFormat;
-use crate::metrics::{Endpoint, Metrics};
+use crate::metrics::Endpoint;
 use crate::reload::{Change, LiveConfig};
 use crate::systemd;
 use crate::users::{self, Users};
+
+pub use crate::config_file::{load_config_file, parse_config_toml};
+pub use crate::serve::{Running, Serve};
 use socks4_core::rules::{Action, IpNet, Rule};
 
 /// The adapters' shared options. Options given on the command line override the config file.
@@ -360,38 +362,6 @@ impl ServerArgs {
     }
 }
 
-/// What an adapter's server offers the shared [`main`].
-pub trait Serve: Sized {
-    /// The running server.
-    type Running: Running;
-    /// Binds the listen addresses of `live`'s config, or, when `activated` is given (socket
-    /// activation), serves those listeners instead (listening, non-blocking, close-on-exec).
-    /// Each connection takes `live`'s snapshot at accept.
-    ///
-    /// # Errors
-    ///
-    /// An I/O error when a listen address cannot be bound (or a passed listener cannot be set up).
-    fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> std::io::Result<Self>;
-    /// The addresses actually bound.
-    fn local_addrs(&self) -> Vec<SocketAddr>;
-    /// Starts serving in background threads.
-    ///
-    /// # Errors
-    ///
-    /// An I/O error when a worker thread cannot be started.
-    fn spawn(self) -> std::io::Result<Self::Running>;
-    /// Its metrics, which [`main`] serves with `--metrics` (counting only when the config sets
-    /// `metrics`).
-    fn metrics(&self) -> Arc<Metrics>;
-}
-
-/// A running server, as [`Serve::spawn`] returns it.
-pub trait Running {
-    /// Stops accepting, lets live connections finish within the (current) shutdown grace period,
-    /// closes the rest and joins the threads.
-    fn shutdown(self);
-}
-
 /// The whole `main` of an adapter's binary: parse the shared command line; `hash-token` and
 /// `--check-config` print and exit; otherwise build and validate the config (exit status 2 with the
 /// reason if it is bad, e.g. an open proxy), take the listeners from systemd socket activation or
@@ -638,43 +608,6 @@ fn init_logging(filter: &str, format: LogFormat) -> SetLogFilter {
 /// One `--allow`/`--deny` value: the conditions of a rule, or `any`.
 fn cli_rule(action: Action, conditions: &str) -> Result<Rule, ConfigError> {
     Ok(format!("{action} {}", conditions.trim()).parse::<Rule>()?)
-}
-
-/// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
-/// taken relative to the file's directory.
-///
-/// # Errors
-///
-/// [`ConfigError::File`] (naming the path) when the file cannot be read or is not a valid config.
-pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-    let mut config = parse_config_toml(&text).map_err(|e| match e {
-        ConfigError::File(msg) => ConfigError::File(format!("{}: {msg}", path.display())),
-        other => other,
-    })?;
-    // --- Authentication: the users file sits beside the config file. ---
-    if let (Some(users), Some(dir)) = (&mut config.users, path.parent()) {
-        if users.is_relative() {
-            *users = dir.join(&*users);
-        }
-    }
-    Ok(config)
-}
-
-/// Parses a TOML config text (not yet validated).
-///
-/// ```
-/// let config = socks4_server::cli::parse_config_toml("listen = ['[::1]:1080']\n[timeouts]\nidle = '30s'\n")?;
-/// assert_eq!(config.timeouts.idle.as_secs(), 30);
-/// # Ok::<(), socks4_server::config::ConfigError>(())
-/// ```
-///
-/// # Errors
-///
-/// [`ConfigError::File`] with the TOML parser's message (line and column) for invalid TOML, an
-/// unknown key or a bad value.
-pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Server configuration as plain data: listen addresses, pool size, limits, timeouts, rules.
 //!
-//! It deserializes from the config file (TOML, see [`cli::load_config_file`](crate::cli::load_config_file)):
+//! It deserializes from the config file (TOML, see [`config_file::load_config_file`](crate::config_file::load_config_file)):
 //!
 //! ```toml
 //! listen = ["127.0.0.1:1080", "[::1]:1080"]
@@ -46,18 +46,17 @@
 //! ```
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::Limits;
-use socks4_core::rules::{RuleError, Rules};
+use socks4_core::rules::{IpNet, RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
 use crate::limits::{ClientLimits, Limiter};
 use crate::log::LogFormat;
-use crate::proxy::TrustedProxies;
 use crate::users::{Users, UsersError, Verifier};
 
 /// How long each phase of a connection may take: the handshake's own phases and the server's.
@@ -471,6 +470,29 @@ fn rules_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error>
     let lines = Vec::<String>::deserialize(d)?;
     let rules = lines.iter().map(|l| l.parse()).collect::<Result<Vec<_>, _>>().map_err(serde::de::Error::custom)?;
     Ok(Rules(rules))
+}
+
+/// The networks trusted to send PROXY headers (`--proxy-protocol`, config key `proxy_protocol`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Whether a connection from `peer` must start with a PROXY header.
+    ///
+    /// ```
+    /// use socks4_server::config::TrustedProxies;
+    /// let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    /// assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+    /// assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
+    /// ```
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(peer))
+    }
+
+    /// Whether no source is trusted (the feature is off: nothing is read before the request).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 fn networks_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {

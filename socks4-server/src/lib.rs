@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: [`ServerConfig`] (listen addresses, workers, limits, timeouts, rules) and its checks;
 //! - [`cli`]: the command line every adapter's binary shares, the TOML config file, and [`cli::main`];
+//! - [`config_file`]: the TOML config file, read and parsed;
+//! - [`serve`]: what an adapter's server offers the shared binary ([`serve::Serve`], [`serve::Running`]);
 //! - [`check`]: the effective configuration as a config file (`--check-config`);
 //! - [`listen`]: the listening sockets, bound from the config or passed by socket activation;
 //! - [`log`]: the one connection log line ([`log::ConnLine`]) all adapters write, as text or JSON;
@@ -16,12 +18,16 @@
 //! - [`Stats`]: the counters every adapter's server handle reports;
 //! - [`limits`]: per-client admission limits at accept ([`limits::Limiter`]) and the refusal summary log;
 //! - [`bandwidth`]: bandwidth caps per connection, user and client for the relays;
+//! - [`user_id`]: the text rules of a user id (`NAME:TOKEN`, what logs and rules see);
 //! - [`users`]: user ids as secret tokens checked against a file of Argon2id hashes;
 //! - [`reload`]: the live config ([`reload::LiveConfig`]): a snapshot per connection, swapped on reload;
 //! - [`signals`]: `SIGHUP` (reload) and `SIGINT`/`SIGTERM` (drain) for a binary's main thread;
 //! - [`systemd`]: socket activation and readiness/reload/stopping notifications;
+//! - [`worker`]: which worker the calling thread is;
 //! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`);
-//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health.
+//! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health;
+//! - [`chain`]: one request through a route's parents as a sans-IO machine ([`chain::Attempt`]);
+//! - [`step`]: the per-connection decisions between the handshake and the I/O ([`step::Decisions`]).
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -87,15 +93,19 @@
 //! ```
 //!
 //! Routes through parent proxies (`via`) are wired at `Resolve`, `Authorize` and `Connect`; see
-//! [`upstream`].
+//! [`upstream`]. [`step::Decisions`] makes all of these per-connection decisions (users file,
+//! rules, route, BIND-wait slot, ident behind a balancer) in one place, leaving a driver only the
+//! I/O of each [`step::Step`]; a chained connect or BIND is then a [`chain::Attempt`] to drive.
 // Every fallible public function says when it fails (clippy, `-D warnings` in CI).
 #![warn(clippy::missing_errors_doc)]
 
 pub mod accept;
 pub mod bandwidth;
+pub mod chain;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 mod gcra;
 pub mod ident;
 pub mod limits;
@@ -105,13 +115,17 @@ pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod serve;
 mod shards;
 #[cfg(unix)]
 pub mod signals;
 mod stats;
+pub mod step;
 pub mod systemd;
 pub mod upstream;
+pub mod user_id;
 pub mod users;
+pub mod worker;
 
 pub use stats::Stats;
 

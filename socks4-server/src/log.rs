@@ -13,7 +13,7 @@
 //! ```
 //! The user id is the only peer-chosen free text, so bytes outside
 //! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
-//! A user id `NAME:SECRET` (the [`users`](crate::users) token form, and what clients put there for
+//! A user id `NAME:SECRET` (the [`users`](crate::users) token form; the rules are in [`user_id`](crate::user_id), and what clients put there for
 //! `user:password`) prints as `NAME:***`: secrets stay out of logs.
 
 use std::fmt::{self, Display};
@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use socks4_core::{Dest, Limits, ReplyCode, Request, ServerHandshake, Status, parse_request};
+
+pub use crate::user_id::UserId;
 
 /// How log events are written (`--log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -47,33 +49,6 @@ pub fn set_format(format: LogFormat) {
 /// (A relay's own end is a [`RelayEnd`](socks4_core::RelayEnd), a handshake's a
 /// [`CloseReason`](socks4_core::CloseReason).)
 pub const SHUTDOWN: &str = "server shutdown";
-
-/// A user id for a log line: `-` when empty, otherwise escaped (see the [module docs](self)).
-///
-/// ```
-/// use socks4_server::log::UserId;
-/// assert_eq!(UserId(b"alice").to_string(), "alice");
-/// assert_eq!(UserId(b"x y=1\n").to_string(), "x\\x20y\\x3d1\\x0a");
-/// assert_eq!(UserId(b"").to_string(), "-");
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct UserId<'a>(pub &'a [u8]);
-
-impl Display for UserId<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("-");
-        }
-        for &b in self.0 {
-            if b.is_ascii_graphic() && b != b'\\' && b != b'=' {
-                fmt::Write::write_char(f, char::from(b))?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
 
 /// One connection's log line; format it with `Display` (only when the log level wants it).
 ///
@@ -145,7 +120,7 @@ struct UserText<'a>(&'a [u8]);
 
 impl Display for UserText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = crate::users::user_name(self.0);
+        let name = crate::user_id::user_name(self.0);
         UserId(name).fmt(f)?;
         if name.len() < self.0.len() {
             f.write_str(":***")?;

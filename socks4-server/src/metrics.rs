@@ -41,7 +41,7 @@
 
 mod endpoint;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -58,7 +58,6 @@ use socks4_core::{CloseReason, Command, RelayEnd, ReplyCode, Side};
 pub use endpoint::{Endpoint, EndpointError, MAX_HEAD, READ_TIMEOUT, WRITE_TIMEOUT, respond as endpoint_answer};
 
 use crate::limits::{Limiter, Refusal};
-use crate::reload::LiveConfig;
 
 /// Where a connection is. `Handshake` covers reading the request, ident and the users check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -298,30 +297,25 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     draining: AtomicBool,
     /// Where the admission refusals are read at scrape time.
-    refusals: OnceLock<RefusalSource>,
+    refusals: OnceLock<Arc<dyn RefusalTotals>>,
 }
 
-/// The limiter whose refusal totals the metrics export.
-#[derive(Debug)]
-enum RefusalSource {
-    /// One limiter, for the server's life.
-    Limiter(Arc<Limiter>),
-    /// The live config's current limiter (a reload may replace it; its totals carry over).
-    Live(Arc<LiveConfig>),
+/// Where the metrics read the admission refusals (by reason) at scrape time: a [`Limiter`], or
+/// whatever knows the current one (the live config, whose limiter a reload may replace; its
+/// totals carry over).
+pub trait RefusalTotals: fmt::Debug + Send + Sync {
+    /// Connections refused for `reason` so far.
+    fn total(&self, reason: Refusal) -> u64;
 }
 
-impl RefusalSource {
+impl RefusalTotals for Limiter {
     fn total(&self, reason: Refusal) -> u64 {
-        match self {
-            Self::Limiter(limiter) => limiter.refusals().total(reason),
-            Self::Live(live) => live.snapshot().limiter.refusals().total(reason),
-        }
+        self.refusals().total(reason)
     }
 }
 
 thread_local! {
-    /// The worker this thread is, and its counters when metrics are on.
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The calling worker's counters when metrics are on (which worker it is: [`crate::worker`]).
     static COUNTERS: RefCell<Option<Arc<WorkerCounters>>> = const { RefCell::new(None) };
 }
 
@@ -349,19 +343,20 @@ impl Metrics {
     /// index belongs to one thread: a worker's counters have a single writer.
     pub fn enter_worker(&self, index: usize) {
         let index = index % self.worker_count;
-        WORKER.with(|w| w.set(Some(index)));
+        crate::worker::enter(index);
         let counters = self.workers.as_ref().map(|w| Arc::clone(&w[index]));
         COUNTERS.with(|c| *c.borrow_mut() = counters);
     }
 
     /// Reads the admission refusals (by reason) from this limiter at scrape time.
     pub fn watch_limiter(&self, limiter: &Arc<Limiter>) {
-        let _ = self.refusals.set(RefusalSource::Limiter(Arc::clone(limiter)));
+        self.watch_refusals(Arc::clone(limiter) as Arc<dyn RefusalTotals>);
     }
 
-    /// Reads the admission refusals (by reason) from `live`'s current limiter at scrape time.
-    pub fn watch_live(&self, live: &Arc<LiveConfig>) {
-        let _ = self.refusals.set(RefusalSource::Live(Arc::clone(live)));
+    /// Reads the admission refusals (by reason) from `source` at scrape time (the first source
+    /// set stays).
+    pub fn watch_refusals(&self, source: Arc<dyn RefusalTotals>) {
+        let _ = self.refusals.set(source);
     }
 
     /// Counts an accept error that paused accepting (EMFILE and the like).
@@ -596,9 +591,10 @@ pub struct ConnMeter {
 }
 
 /// The worker the calling thread is (see [`Metrics::enter_worker`]), for a log line written
-/// without a [`ConnMeter`]; `None` on a thread that is no worker.
+/// without a [`ConnMeter`]; `None` on a thread that is no worker. The same as
+/// [`worker::current`](crate::worker::current).
 pub fn current_worker() -> Option<usize> {
-    WORKER.with(Cell::get)
+    crate::worker::current()
 }
 
 impl ConnMeter {
@@ -608,7 +604,7 @@ impl ConnMeter {
     pub fn idle() -> Self {
         Self {
             counters: None,
-            worker: WORKER.with(Cell::get),
+            worker: crate::worker::current(),
             phase: Phase::Handshake,
             start: None,
             since: None,
@@ -630,7 +626,7 @@ impl ConnMeter {
         });
         Self {
             counters,
-            worker: WORKER.with(Cell::get),
+            worker: crate::worker::current(),
             phase: Phase::Handshake,
             start: now,
             since: now,

@@ -33,37 +33,15 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use socks4_core::proxy_header::{HeaderError, HeaderParser, HeaderStatus, ProxyHeader};
 use socks4_core::rules::{Action, AddrClass, DestMatch, IpNet, PortRange, Rule, Rules};
 use socks4_core::{Command, Failure};
 
+pub use crate::config::TrustedProxies;
 use crate::log::ConnLine;
-
-/// The networks trusted to send PROXY headers (`--proxy-protocol`, config key `proxy_protocol`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(pub Vec<IpNet>);
-
-impl TrustedProxies {
-    /// Whether a connection from `peer` must start with a PROXY header.
-    ///
-    /// ```
-    /// use socks4_server::proxy::TrustedProxies;
-    /// let trusted = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
-    /// assert!(trusted.contains("10.1.2.3".parse().unwrap()));
-    /// assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
-    /// ```
-    pub fn contains(&self, peer: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(peer))
-    }
-
-    /// Whether no source is trusted (the feature is off: nothing is read before the request).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// `rules` behind deny rules for CONNECTs to this server's own listeners when PROXY headers are
 /// trusted (else `rules` as they are): a client could otherwise have the server connect to itself
@@ -156,7 +134,7 @@ impl HeaderEnd {
     /// Writes the connection's log line: at info as `conn client=BALANCER ... result=...`, or at
     /// debug for a health check.
     pub fn log(self, balancer: SocketAddr, elapsed: Duration) {
-        let worker = crate::metrics::current_worker();
+        let worker = crate::worker::current();
         let line =
             ConnLine { client: balancer, request: None, result: &self, up: 0, down: 0, elapsed, worker, reply: None };
         if self.is_health_check() {

@@ -41,8 +41,8 @@ use arc_swap::ArcSwap;
 
 use crate::bandwidth::Bandwidth;
 use crate::config::{ConfigError, ServerConfig};
-use crate::limits::Limiter;
-use crate::metrics::Metrics;
+use crate::limits::{Limiter, Refusal};
+use crate::metrics::{Metrics, RefusalTotals};
 use crate::proxy::guard_own_listeners;
 use crate::users::Verifier;
 use socks4_core::rules::Rules;
@@ -99,6 +99,13 @@ pub struct LiveConfig {
     listening: Mutex<Vec<SocketAddr>>,
 }
 
+/// The metrics read the current limiter's refusals (a reload may replace it; totals carry over).
+impl RefusalTotals for LiveConfig {
+    fn total(&self, reason: Refusal) -> u64 {
+        self.snapshot().limiter.refusals().total(reason)
+    }
+}
+
 impl LiveConfig {
     /// Validates `config`, loads its users file and builds its limiter.
     ///
@@ -130,7 +137,7 @@ impl LiveConfig {
     /// the admission refusals from the current limiter: what an adapter builds at bind.
     pub fn metrics(self: &Arc<Self>, workers: usize) -> Arc<Metrics> {
         let metrics = Metrics::new(workers, self.bound.metrics.is_some());
-        metrics.watch_live(self);
+        metrics.watch_refusals(Arc::clone(self) as Arc<dyn RefusalTotals>);
         metrics
     }
 

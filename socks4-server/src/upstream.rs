@@ -19,13 +19,12 @@
 //!                   within the BIND timeout, second_bind_reply → hs.handle_bind_peer
 //! ```
 //!
-//! The async adapters do this on their event loop with their own sockets, watching the client
-//! (a client that leaves drops the attempt and closes the parent's connection at once); socks4-std
-//! runs [`Upstreams::connect_blocking`] / [`Upstreams::bind_blocking`] /
-//! [`ParentBindWait::peer_blocking`] on threads of their own. Both follow the same pieces: the
-//! request ([`connect_request`], [`bind_request`]), the order and health ([`Plan`]) and what a
-//! reply means ([`finish_connect`], [`first_bind_reply`], [`second_bind_reply`],
-//! [`reply_failure`]).
+//! socks4-std drives [`chain::Attempt`](crate::chain::Attempt) (the same steps as a sans-IO
+//! machine) in its poller; the async adapters do them on their event loop with their own sockets.
+//! Either way a client that leaves drops the attempt and closes the parent's connection at once.
+//! Both follow the same pieces: the request ([`connect_request`], [`bind_request`]), the order and
+//! health ([`Plan`], [`Upstreams::record`]) and what a reply means ([`finish_connect`],
+//! [`first_bind_reply`], [`second_bind_reply`], [`reply_failure`]).
 //!
 //! Names: with a `socks4a://` route the request is decided on the name alone, *before* any
 //! lookup ([`forwards_name`]), and the name goes to the parent unresolved, so a routed `.onion`
@@ -41,8 +40,7 @@
 //!
 //! BIND: the parent listens for the peer; its first reply (where it listens, its own address when
 //! it says `0.0.0.0`) and its second (the peer that connected) are relayed to the client, and a
-//! client that leaves ends the parent's wait (closing the connection to it; see
-//! [`ParentBindWait::closer`] for the blocking path).
+//! client that leaves ends the parent's wait (closing the connection to it).
 //!
 //! Health: after [`FAILURES_TO_SKIP`] consecutive failures a parent is skipped for [`SKIP_FOR`]
 //! while another parent of the route is available (if all are skipped, they are tried anyway, in
@@ -50,16 +48,16 @@
 //! [`Upstreams::stats`] gives the counters a metrics exporter can publish.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, REPLY_LEN,
-    ReplyCode, ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, ReplyCode,
+    ServerHandshake, Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
@@ -280,6 +278,12 @@ pub fn second_bind_reply(event: ClientEvent) -> Result<SocketAddr, Failure> {
     }
 }
 
+/// Whether a parent that answered with `result` counts as reached for its health: an answer, even
+/// a refusal, does; a parent that closed, stalled or sent a malformed reply does not.
+pub(crate) fn reached<T>(result: &Result<T, Failure>) -> bool {
+    matches!(result, Ok(_) | Err(Failure::Rejected(_)))
+}
+
 /// A parent's reply that could not be read (it closed, sent a malformed reply, or the connection
 /// failed): the client gets a 91; a timeout is [`Failure::TimedOut`].
 pub fn reply_failure(e: &ConnectError) -> Failure {
@@ -290,11 +294,11 @@ pub fn reply_failure(e: &ConnectError) -> Failure {
     }
 }
 
-/// What came of a chained request: the answer (the stream to relay and the parent's address
-/// for a CONNECT, by default), or the failure for the client's reply; and the parent that
+/// What came of a chained request: the answer (for a CONNECT, the stream to relay and the
+/// parent's address), or the failure for the client's reply; and the parent that
 /// answered or was tried last, for the log line.
 #[derive(Debug)]
-pub struct Chained<T = (TcpStream, SocketAddr)> {
+pub struct Chained<T> {
     /// The parent's answer, or why there is none.
     pub result: Result<T, Failure>,
     /// The parent that answered, or the last one tried.
@@ -356,8 +360,7 @@ impl<'a> Plan<'a> {
     /// `parent` was connected to and had the request: `result` is the answer. A refusal counts as
     /// reached; a parent that closed, stalled or sent a malformed reply as a failure.
     pub fn answered<T>(self, parent: &Parent, result: Result<T, Failure>) -> Chained<T> {
-        let reached = matches!(result, Ok(_) | Err(Failure::Rejected(_)));
-        self.upstreams.record(parent, reached, Instant::now());
+        self.upstreams.record(parent, reached(&result), Instant::now());
         Chained { result, via: Some(parent.clone()) }
     }
 
@@ -485,165 +488,11 @@ impl Upstreams {
             down,
         }
     }
-
-    /// Connects to `target` through the route's parents (blocking: run it on a thread of its
-    /// own), each within `timeout` (TCP connect and reply), with [`connect_request`]'s request.
-    /// See the [module docs](self) for failover.
-    pub fn connect_blocking(
-        &self,
-        route: &Route,
-        target: &ChainTarget,
-        client_user_id: &[u8],
-        timeout: Duration,
-    ) -> Chained {
-        match connect_request(route, target, client_user_id) {
-            Ok(request) => self.through(route, &request, timeout, |stream, hs, end| {
-                let (stream, _, event) = ask(stream, hs, end)?;
-                Ok((stream, finish_connect(event)?))
-            }),
-            Err(failure) => Chained::failed(failure),
-        }
-    }
-
-    /// BIND through the route's parents (blocking), each within `timeout`: the parent's first
-    /// reply gives the address it listens on ([`first_bind_reply`]), for our first reply; then
-    /// [`ParentBindWait::peer_blocking`] waits for its second. A parent's refusal gets the client
-    /// a 91 (the handshake's BIND failures all reply 91).
-    pub fn bind_blocking(
-        &self,
-        route: &Route,
-        expected_peer: SocketAddrV4,
-        client_user_id: &[u8],
-        timeout: Duration,
-    ) -> ChainedBind {
-        match bind_request(route, expected_peer, client_user_id) {
-            Ok(request) => self.through(route, &request, timeout, |stream, hs, end| {
-                let (stream, hs, event) = ask(stream, hs, end)?;
-                let listening = first_bind_reply(event, stream.peer_addr().ok())?;
-                Ok(ParentBindWait { stream, hs, listening })
-            }),
-            Err(failure) => Chained::failed(failure),
-        }
-    }
-
-    /// Tries the route's parents in order until one is reached (by `timeout`), then does `step`
-    /// with it (send the request, read the reply) by the same deadline: its result is the answer
-    /// (see [`Plan`]).
-    fn through<T>(
-        &self,
-        route: &Route,
-        request: &ClientHandshake,
-        timeout: Duration,
-        step: impl Fn(TcpStream, ClientHandshake, Instant) -> Result<T, Failure>,
-    ) -> Chained<T> {
-        let mut plan = self.plan(route);
-        while let Some(parent) = plan.next() {
-            let end = Instant::now() + timeout;
-            match reach(parent, end) {
-                Ok(stream) => return plan.answered(parent, step(stream, request.clone(), end)),
-                Err(failure) => plan.unreachable(parent, failure),
-            }
-        }
-        plan.exhausted()
-    }
 }
 
 /// The user id to send to a route's parents: its `as` name, else the client's user name.
 fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
     route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes)
-}
-
-/// What [`Upstreams::bind_blocking`] did, and the parent that answered or was tried last.
-pub type ChainedBind = Chained<ParentBindWait>;
-
-/// A BIND a parent accepted: it listens, and its second reply is to come.
-#[derive(Debug)]
-pub struct ParentBindWait {
-    stream: TcpStream,
-    hs: ClientHandshake,
-    /// Where the parent listens, for the client's first reply.
-    pub listening: SocketAddr,
-}
-
-impl ParentBindWait {
-    /// A handle on the connection to the parent: shut it down (`shutdown(Both)`) to end
-    /// [`peer_blocking`](Self::peer_blocking) at once when the client leaves.
-    ///
-    /// # Errors
-    /// If the socket cannot be duplicated.
-    pub fn closer(&self) -> io::Result<TcpStream> {
-        self.stream.try_clone()
-    }
-
-    /// Waits (blocking) up to `timeout` for the parent's second reply ([`second_bind_reply`]):
-    /// the connection to relay and the peer's address, or why not.
-    ///
-    /// # Errors
-    ///
-    /// [`Failure::TimedOut`] after `timeout`, or the [`Failure`] of a parent that closed, sent a
-    /// malformed reply or refused (see [`second_bind_reply`]).
-    pub fn peer_blocking(self, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
-        let (stream, _, event) = read_event(self.stream, self.hs, Instant::now() + timeout)?;
-        Ok((stream, second_bind_reply(event)?))
-    }
-}
-
-/// Resolves the parent's name and connects to its first address that answers, by `end`.
-fn reach(parent: &Parent, end: Instant) -> Result<TcpStream, Failure> {
-    let addrs = (parent.host.as_str(), parent.port).to_socket_addrs().map_err(|_| Failure::NotFound)?;
-    let mut failure = Failure::NotFound;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, left(end)?) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => failure = Failure::from(&e),
-        }
-    }
-    Err(failure)
-}
-
-/// Sends the request on a connection to a parent and reads its (first) reply by `end`.
-fn ask(
-    mut stream: TcpStream,
-    hs: ClientHandshake,
-    end: Instant,
-) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
-    let _ = stream.set_nodelay(true);
-    stream.set_write_timeout(Some(left(end)?)).map_err(|e| io_failure(&e))?;
-    stream.write_all(hs.request_bytes()).map_err(|e| io_failure(&e))?;
-    read_event(stream, hs, end)
-}
-
-/// Reads one reply (8 bytes, never more: what follows is the destination's data) by `end`.
-fn read_event(
-    mut stream: TcpStream,
-    mut hs: ClientHandshake,
-    end: Instant,
-) -> Result<(TcpStream, ClientHandshake, ClientEvent), Failure> {
-    let mut reply = [0u8; REPLY_LEN];
-    loop {
-        stream.set_read_timeout(Some(left(end)?)).map_err(|e| io_failure(&e))?;
-        let want = hs.bytes_wanted();
-        let n = match stream.read(&mut reply[..want]) {
-            Ok(0) => return Err(Failure::Other), // closed before its reply
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_failure(&e)),
-        };
-        match hs.handle_input(&reply[..n]) {
-            Ok((_, None)) => {}
-            Ok((_, Some(event))) => {
-                stream.set_read_timeout(None).map_err(|e| io_failure(&e))?;
-                stream.set_write_timeout(None).map_err(|e| io_failure(&e))?;
-                return Ok((stream, hs, event));
-            }
-            Err(_) => return Err(Failure::Other), // a malformed reply
-        }
-    }
-}
-
-/// The time left until `end`, or [`Failure::TimedOut`].
-fn left(end: Instant) -> Result<Duration, Failure> {
-    end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut)
 }
 
 fn io_failure(e: &io::Error) -> Failure {
@@ -655,68 +504,11 @@ fn io_failure(e: &io::Error) -> Failure {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
-    use std::thread;
-
     use super::*;
 
     fn route(text: &str) -> Route {
         let rule: socks4_core::rules::Rule = text.parse().unwrap();
         rule.route.unwrap()
-    }
-
-    /// A fake parent that reads the request and answers `reply`; returns its address and the
-    /// request it read.
-    fn fake_parent(reply: &'static [u8]) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handle = thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 600];
-            let n = s.read(&mut buf).unwrap();
-            s.write_all(reply).unwrap();
-            buf[..n].to_vec()
-        });
-        (addr, handle)
-    }
-
-    fn dead_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
-    #[test]
-    fn fails_over_to_the_second_parent_and_sends_the_name() {
-        let (addr, parent) = fake_parent(&[0, 90, 0, 80, 1, 2, 3, 4]);
-        let dead = dead_port();
-        let r = route(&format!("allow via socks4a://127.0.0.1:{dead},socks4a://127.0.0.1:{} as tor", addr.port()));
-        let ups = Upstreams::new();
-        let target = ChainTarget::Host("duck.onion".into(), 443);
-        let chained = ups.connect_blocking(&r, &target, b"alice:secret", Duration::from_secs(2));
-        let (_, bound) = chained.result.unwrap();
-        assert_eq!(bound, "1.2.3.4:80".parse().unwrap());
-        assert_eq!(chained.via.unwrap().port, addr.port());
-        assert_eq!(parent.join().unwrap(), b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
-        assert_eq!(ups.stats().failures, 1);
-    }
-
-    #[test]
-    fn a_refusal_is_an_answer_and_a_bad_reply_a_91() {
-        let (addr, parent) = fake_parent(&[0, 93, 0, 0, 0, 0, 0, 0]);
-        let (addr2, _second) = fake_parent(&[0, 90, 0, 0, 0, 0, 0, 0]);
-        let r = route(&format!("allow via socks4://127.0.0.1:{},socks4://127.0.0.1:{}", addr.port(), addr2.port()));
-        let ups = Upstreams::new();
-        let target = ChainTarget::Addr("192.0.2.1:80".parse().unwrap());
-        let chained = ups.connect_blocking(&r, &target, b"alice:secret", Duration::from_secs(2));
-        assert_eq!(chained.result.unwrap_err(), Failure::Rejected(socks4_core::ReplyCode::IdentMismatch));
-        assert_eq!(parent.join().unwrap(), b"\x04\x01\x00\x50\xc0\x00\x02\x01alice\0", "name only, no token");
-        assert_eq!(ups.stats(), UpstreamStats::default(), "a refusal is not a failure");
-
-        let (bad, _p) = fake_parent(b"HTTP/1.1 400 Bad Request\r\n");
-        let r = route(&format!("allow via socks4://127.0.0.1:{}", bad.port()));
-        let chained = ups.connect_blocking(&r, &target, b"", Duration::from_secs(2));
-        assert_eq!(chained.result.unwrap_err(), Failure::Other);
-        let host = ChainTarget::Host("example.com".into(), 80);
-        assert_eq!(ups.connect_blocking(&r, &host, b"", Duration::from_secs(1)).result.unwrap_err(), Failure::Other);
     }
 
     fn handshake(request: &[u8]) -> ServerHandshake {
@@ -769,37 +561,6 @@ mod tests {
         assert_eq!(authorize(&mut denied, Duration::ZERO, &deny, local, false), Ok(Authorized::Direct));
         assert!(matches!(denied.poll_output(), socks4_core::Output::Send(r) if r.code == ReplyCode::Rejected));
         assert!(authorize(&mut denied, Duration::ZERO, &deny, local, false).is_err(), "answered already");
-    }
-
-    #[test]
-    fn bind_relays_both_replies_with_the_parents_address_for_zeros() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let parent = thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap();
-            s.write_all(&[0, 90, 0x9c, 0x40, 0, 0, 0, 0]).unwrap(); // listening on 0.0.0.0:40000
-            s.write_all(&[0, 90, 0x13, 0x88, 192, 0, 2, 7, b'h', b'i']).unwrap(); // the peer, then data
-            buf[..n].to_vec()
-        });
-        let r = route(&format!("allow via socks4://127.0.0.1:{}", addr.port()));
-        let ups = Upstreams::new();
-        let peer = SocketAddrV4::new([192, 0, 2, 7].into(), 0);
-        let chained = ups.bind_blocking(&r, peer, b"bob", Duration::from_secs(2));
-        let wait = chained.result.unwrap();
-        assert_eq!(wait.listening, "127.0.0.1:40000".parse().unwrap(), "0.0.0.0: the parent's address");
-        let (mut stream, from) = wait.peer_blocking(Duration::from_secs(2)).unwrap();
-        assert_eq!(from, "192.0.2.7:5000".parse().unwrap());
-        let mut data = [0u8; 2];
-        stream.read_exact(&mut data).unwrap();
-        assert_eq!(&data, b"hi", "the payload after the second reply is left for the relay");
-        assert_eq!(parent.join().unwrap(), b"\x04\x02\x00\x00\xc0\x00\x02\x07bob\0");
-
-        let (refusing, _p) = fake_parent(&[0, 91, 0, 0, 0, 0, 0, 0]);
-        let r = route(&format!("allow via socks4://127.0.0.1:{}", refusing.port()));
-        let refused = ups.bind_blocking(&r, peer, b"", Duration::from_secs(2)).result.unwrap_err();
-        assert_eq!(refused, Failure::Rejected(ReplyCode::Rejected));
     }
 
     #[test]

@@ -71,12 +71,10 @@ use blake2::Blake2bMac;
 use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
 use socks4_core::ReplyCode;
-use socks4_core::rules::AccessRequest;
 
-use crate::log::UserId;
+use crate::user_id::UserId;
+pub use crate::user_id::{MAX_NAME, named, split_user_id, user_name, valid_name};
 
-/// Longest user name in the file.
-pub const MAX_NAME: usize = 64;
 /// Longest entry line in the file (a PHC string of the default parameters is about 100 bytes).
 pub const MAX_LINE: usize = 1024;
 
@@ -91,56 +89,6 @@ pub fn default_params() -> Params {
 const MAX_M_COST: u32 = 256 * 1024;
 const MAX_T_COST: u32 = 16;
 const MAX_P_COST: u32 = 8;
-
-/// Is `name` a valid user name (1–64 bytes of `A–Z a–z 0–9 . _ - @ +`)?
-///
-/// ```
-/// use socks4_server::users::valid_name;
-/// assert!(valid_name(b"alice.smith@example"));
-/// assert!(!valid_name(b"") && !valid_name(b"a b") && !valid_name(b"a:b"));
-/// ```
-pub fn valid_name(name: &[u8]) -> bool {
-    (1..=MAX_NAME).contains(&name.len())
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'))
-}
-
-/// Splits a user id `NAME:TOKEN` at its first `:` into a valid name and a non-empty token.
-///
-/// ```
-/// use socks4_server::users::split_user_id;
-/// assert_eq!(split_user_id(b"alice:tok:en"), Some(("alice", &b"tok:en"[..])));
-/// assert_eq!(split_user_id(b"alice"), None);
-/// assert_eq!(split_user_id(b"alice:"), None);
-/// assert_eq!(split_user_id(b"al ice:x"), None);
-/// ```
-pub fn split_user_id(user_id: &[u8]) -> Option<(&str, &[u8])> {
-    let colon = user_id.iter().position(|&b| b == b':')?;
-    let (name, token) = (&user_id[..colon], &user_id[colon + 1..]);
-    if !valid_name(name) || token.is_empty() {
-        return None;
-    }
-    std::str::from_utf8(name).ok().map(|name| (name, token))
-}
-
-/// The user part of a user id: what comes before the first `:` (all of it when there is none).
-/// What rules, per-user caps and logs should see; never the token.
-///
-/// ```
-/// assert_eq!(socks4_server::users::user_name(b"alice:secret"), b"alice");
-/// assert_eq!(socks4_server::users::user_name(b"bob"), b"bob");
-/// ```
-pub fn user_name(user_id: &[u8]) -> &[u8] {
-    user_id.split(|&b| b == b':').next().unwrap_or(user_id)
-}
-
-/// The request as rules should see it: the user id replaced by its [`user_name`], so that
-/// `allow user alice` matches `alice:TOKEN`. Evaluate it with
-/// [`Rules::evaluate`](socks4_core::rules::Rules::evaluate) (after a successful verification),
-/// then call `accept` or `reject` on the handshake.
-pub fn named(mut request: AccessRequest<'_>) -> AccessRequest<'_> {
-    request.user_id = user_name(request.user_id);
-    request
-}
 
 /// One user of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -700,7 +648,7 @@ mod tests {
 
     #[test]
     fn names_for_rules_and_logs() {
-        let req = AccessRequest::new(socks4_core::Command::Connect, 80, b"alice:secret");
+        let req = socks4_core::rules::AccessRequest::new(socks4_core::Command::Connect, 80, b"alice:secret");
         assert_eq!(named(req).user_id, b"alice");
         let rules = socks4_core::rules::Rules::parse("allow user alice\ndeny").unwrap();
         let client = "10.0.0.1".parse().unwrap();

@@ -37,31 +37,31 @@ pub fn connect<'a>(
 
 /// Asks the proxy at `proxy` to accept one connection from `expected_peer` (SOCKS4 BIND).
 ///
-/// Returns after the first reply: tell the peer [`BindPending::listen_addr`], then call
-/// [`BindPending::accept`]. `timeout` bounds this first step.
+/// Returns after the first reply: tell the peer [`PendingBind::listen_addr`], then call
+/// [`PendingBind::accept`]. `timeout` bounds this first step.
 pub fn bind(
     proxy: SocketAddr,
     expected_peer: SocketAddrV4,
     user_id: &[u8],
     timeout: Duration,
-) -> Result<BindPending, ConnectError> {
+) -> Result<PendingBind, ConnectError> {
     let hs = ClientHandshake::bind(expected_peer, user_id)?;
     let deadline = Instant::now() + timeout;
     let (mut stream, mut hs) = open(proxy, hs, deadline)?;
     let addr = next_event(&mut stream, &mut hs, deadline)?.bind_listening()?;
     let ip = if addr.ip().is_unspecified() { proxy.ip() } else { (*addr.ip()).into() };
-    Ok(BindPending { stream, hs, listen: SocketAddr::new(ip, addr.port()) })
+    Ok(PendingBind { stream, hs, listen: SocketAddr::new(ip, addr.port()) })
 }
 
 /// A BIND after the proxy's first reply: the proxy listens and waits for the peer.
 #[derive(Debug)]
-pub struct BindPending {
+pub struct PendingBind {
     stream: TcpStream,
     hs: ClientHandshake,
     listen: SocketAddr,
 }
 
-impl BindPending {
+impl PendingBind {
     /// Where the peer must connect (the proxy's address if its reply left the IP unspecified).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen

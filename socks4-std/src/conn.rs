@@ -14,32 +14,27 @@ use std::time::{Duration, Instant};
 use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
-use socks4_core::rules::{Parent, Route};
-use socks4_core::{
-    CloseReason, Failure, Fault, Output, REPLY_LEN, Relay, ReplyCode, ServerHandshake, Side as RelaySide, Target,
-};
+use socks4_core::rules::Parent;
+use socks4_core::{CloseReason, Failure, Fault, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide};
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
+use socks4_server::chain::{AnswerTo, Attempt, Io};
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
+use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
 use socks4_server::log::ConnLine;
 use socks4_server::metrics::{Close, ConnMeter, Phase};
 use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
-use socks4_server::upstream::{self, Authorized, ChainTarget, Chained, ChainedBind, ParentBindWait, Via};
-use socks4_server::users::{self, AuthError, Verifier};
+use socks4_server::step::{Context, Decisions, Step};
+use socks4_server::upstream::{Upstreams, Via};
+use socks4_server::users::{self, AuthError};
 
 use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
-use crate::resolver::{Chain, Job, Task};
+use crate::resolver::{Job, Task};
 use crate::worker::Msg;
 
 /// Poller keys per connection.
 pub(crate) const KEYS_PER_CONN: usize = 4;
-
-/// After a rejection: how long to keep reading (and discarding) the client's input so that
-/// closing does not reset the connection before the client has read the reply.
-const LINGER: Duration = Duration::from_secs(2);
-/// After a rejection: the most input discarded before closing anyway.
-const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// Which of a connection's sockets an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,15 +106,6 @@ enum Stage {
     Linger { until: Instant, discarded: usize },
     /// Finished; the worker logs and removes it.
     Done,
-}
-
-/// The users-file check of the request's user id (with `--users`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UserCheck {
-    Todo,
-    /// On the resolver pool; the verdict comes as [`Conn::on_user_checked`].
-    Pending,
-    Passed,
 }
 
 /// A capped relay's bandwidth state (boxed in [`Conn`]: uncapped connections pay one word).
@@ -216,7 +202,8 @@ pub(crate) struct Conn {
     /// While the handshake waits (resolve, user check, ident, connect, BIND peer): watch the client
     /// for EOF or an error, without reading. Cleared for the rest of a phase once data is seen.
     watch: bool,
-    user_check: UserCheck,
+    /// The users-file check and the route: what [`Decisions::next`] decided so far.
+    decisions: Decisions,
     /// Its share of the admission limits, released when the connection is dropped.
     admission: Admission,
     /// The config it runs with (rules, timeouts, users file's verifier), taken at accept.
@@ -238,27 +225,17 @@ pub(crate) struct Conn {
     result: Option<String>,
     /// Its phases, reply and end in the metrics.
     meter: ConnMeter,
-    /// Routed through parent proxies (`via`): boxed, so a direct connection pays one word.
-    chain: Option<Box<ChainState>>,
+    /// A connect or BIND through a route's parents under way (its socket is `upstream`).
+    attempt: Option<Box<Attempt>>,
+    /// What the attempt waits for on the parent's socket (besides a connect in progress).
+    parent_io: Interest,
+    /// The parent proxy the connection went through (or tried last), for the log line.
+    via: Option<Box<Parent>>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
     proxy: Proxy,
 }
 
-/// What a connection routed through parent proxies (`via`) keeps.
-#[derive(Debug, Default)]
-struct ChainState {
-    /// The route of the rule that allowed the request.
-    route: Route,
-    /// A chained connect is under way (bounded by its timeout per parent, not the handshake's).
-    chaining: bool,
-    /// The parent proxy the connection went through (or tried last).
-    via: Option<Parent>,
-    /// BIND through a parent: it listens, its second reply is to be awaited.
-    bind_wait: Option<ParentBindWait>,
-    /// BIND through a parent, while its second reply is awaited: shut down to end the wait.
-    bind_closer: Option<TcpStream>,
-}
 impl Conn {
     /// A connection just accepted (already non-blocking), in `slot`. The request has usually
     /// arrived by the time the worker sees the connection, so it is read at once; the socket is
@@ -288,7 +265,7 @@ impl Conn {
             stage: Stage::Handshake,
             reading_request: true,
             watch: false,
-            user_check: UserCheck::Todo,
+            decisions: Decisions::default(),
             admission,
             snapshot,
             early: Vec::new(),
@@ -303,7 +280,9 @@ impl Conn {
             result: None,
             // A balancer's connection is counted once its PROXY header names the client.
             meter: if matches!(proxy, Proxy::Off) { ConnMeter::start() } else { ConnMeter::idle() },
-            chain: None,
+            attempt: None,
+            parent_io: Interest::default(),
+            via: None,
             scheduled: None,
             proxy,
         };
@@ -325,7 +304,10 @@ impl Conn {
     /// When it next needs [`on_timer`](Self::on_timer).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.stage {
-            Stage::Handshake => self.hs_deadline,
+            Stage::Handshake => {
+                let parent = self.attempt.as_ref().and_then(|a| a.deadline());
+                [self.hs_deadline, parent].into_iter().flatten().min()
+            }
             Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
             Stage::Done => None,
@@ -380,14 +362,14 @@ impl Conn {
     /// Its deadline may have passed.
     pub(crate) fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         match &self.stage {
-            // A chained connect is bounded by its own timeout per parent.
-            Stage::Handshake if self.chaining() => {}
             Stage::Handshake => {
-                if self.meter.phase() == Phase::Resolving {
-                    // The lookup did not answer in time (its late answer is dropped): a failure.
-                    self.meter.resolved(false);
+                if let Some(attempt) = self.attempt.as_deref_mut() {
+                    attempt.handle_timeout(ctx.now);
                 }
-                self.hs.handle_timeout(ctx.clock());
+                // A chained connect is bounded by its own timeout per parent, not the handshake's.
+                if !self.reaching_parent() {
+                    self.handshake_timeout(ctx);
+                }
                 self.drive(ctx);
             }
             Stage::Relay { .. } => {
@@ -416,6 +398,20 @@ impl Conn {
         self.rearm(ctx.poller);
     }
 
+    /// The handshake's deadline came: a lookup that did not answer in time counts as failed (its
+    /// late answer is dropped).
+    fn handshake_timeout(&mut self, ctx: &Ctx<'_>) {
+        if self.meter.phase() == Phase::Resolving {
+            self.meter.resolved(false);
+        }
+        self.hs.handle_timeout(ctx.clock());
+    }
+
+    /// A connect (or BIND's first reply) through a parent is under way.
+    fn reaching_parent(&self) -> bool {
+        self.attempt.as_ref().is_some_and(|a| a.is_reaching())
+    }
+
     /// The answer to its SOCKS4a lookup.
     pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
         self.candidates = candidates;
@@ -429,6 +425,14 @@ impl Conn {
         }
     }
 
+    /// The answer to the lookup of a parent proxy's name (the attempt's `parent`-th).
+    pub(crate) fn on_parent_resolved(&mut self, ctx: &mut Ctx<'_>, parent: usize, candidates: Candidates) {
+        let Some(attempt) = self.attempt.as_deref_mut() else { return };
+        attempt.handle_resolved(ctx.now, parent, candidates);
+        self.drive(ctx);
+        self.rearm(ctx.poller);
+    }
+
     /// The answer to its ident query.
     pub(crate) fn on_ident(&mut self, ctx: &mut Ctx<'_>, answer: &Result<IdentAnswer, Failure>) {
         let reply = answer.as_ref().map_err(|e| *e).and_then(|a| a.reply());
@@ -440,83 +444,13 @@ impl Conn {
 
     /// The users file's verdict on its user id.
     pub(crate) fn on_user_checked(&mut self, ctx: &mut Ctx<'_>, verdict: Result<(), AuthError>) {
-        if !matches!(self.stage, Stage::Handshake) || self.user_check != UserCheck::Pending {
+        if !matches!(self.stage, Stage::Handshake) || !self.decisions.user_pending() {
             return;
         }
-        match verdict {
-            Ok(()) => self.user_check = UserCheck::Passed,
-            Err(e) => {
-                users::log_refusal(self.client_addr, self.hs.request().map_or(&[], |r| r.user_id), e);
-                // Fails only if the handshake timed out meanwhile.
-                let _ = self.hs.reject(e.reply_code());
-            }
-        }
+        // Fails only if the handshake timed out meanwhile.
+        let _ = self.decisions.user_checked(&mut self.hs, verdict, self.client_addr);
         self.drive(ctx);
         self.rearm(ctx.poller);
-    }
-
-    /// A chained connect or BIND is under way (bounded by its timeout per parent, not the
-    /// handshake's).
-    fn chaining(&self) -> bool {
-        self.chain.as_ref().is_some_and(|c| c.chaining)
-    }
-
-    /// The result of its connect through a route's parent proxies.
-    pub(crate) fn on_chained(&mut self, ctx: &mut Ctx<'_>, chained: Chained) {
-        if !matches!(self.stage, Stage::Handshake) || !self.chaining() {
-            return;
-        }
-        if let Some(chain) = self.chain.as_deref_mut() {
-            chain.chaining = false;
-            chain.via = chained.via;
-        }
-        let result = chained.result.and_then(|(stream, bound)| {
-            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
-            self.upstream = Some(stream);
-            self.meter.connected();
-            Ok(bound)
-        });
-        if self.hs.handle_connected(ctx.clock(), result).is_ok() {
-            self.drive(ctx);
-            self.rearm(ctx.poller);
-        }
-    }
-
-    /// The first reply of its BIND through a parent.
-    pub(crate) fn on_chain_bound(&mut self, ctx: &mut Ctx<'_>, chained: ChainedBind) {
-        if !matches!(self.stage, Stage::Handshake) || !self.chaining() {
-            return;
-        }
-        let Some(chain) = self.chain.as_deref_mut() else { return };
-        chain.chaining = false;
-        chain.via = chained.via;
-        let result = chained.result.map(|wait| {
-            let listening = wait.listening;
-            chain.bind_wait = Some(wait);
-            listening
-        });
-        if self.hs.handle_listening(ctx.clock(), result).is_ok() {
-            self.drive(ctx);
-            self.rearm(ctx.poller);
-        }
-    }
-
-    /// The second reply of its BIND through a parent.
-    pub(crate) fn on_chain_peer(&mut self, ctx: &mut Ctx<'_>, result: Result<(TcpStream, SocketAddr), Failure>) {
-        let closer = self.chain.as_deref_mut().and_then(|c| c.bind_closer.take());
-        if !matches!(self.stage, Stage::Handshake) || closer.is_none() {
-            return;
-        }
-        self.admission.end_bind_wait();
-        let result = result.and_then(|(stream, from)| {
-            stream.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
-            self.upstream = Some(stream);
-            Ok(from)
-        });
-        if self.hs.handle_bind_peer(ctx.clock(), result).is_ok() {
-            self.drive(ctx);
-            self.rearm(ctx.poller);
-        }
     }
 
     /// The shutdown grace period is over.
@@ -543,6 +477,8 @@ impl Conn {
                 }
             }
             Side::Upstream if writable && self.connecting => self.connect_progress(ctx),
+            // The chained attempt's socket is ready for what it waits for.
+            Side::Upstream if (readable || writable) && self.attempt.is_some() => self.drive(ctx),
             Side::Listener if readable => self.accept_peer(ctx),
             _ => {}
         }
@@ -641,81 +577,30 @@ impl Conn {
         self.drive(ctx);
     }
 
-    /// Performs what the handshake asks until it waits, relays or closes.
+    /// Performs the steps the decisions ([`Decisions::next`]) hand out until it waits, relays or
+    /// closes.
     fn drive(&mut self, ctx: &mut Ctx<'_>) {
-        enum Step {
-            Resolve(String, u16),
-            Authorize,
-            /// With `--users`, once the user id passed: the rules' decision on its name.
-            Decide,
-            /// With `--users`: the user id failed (logged), reply with this code.
-            Refuse(ReplyCode),
-            /// With `--users`: check the user id on the resolver pool.
-            VerifyUser(Arc<Verifier>, Box<[u8]>),
-            /// With `--users`: the verdict is on its way.
-            AwaitUser,
-            Connect(SocketAddr),
-            ConnectByName,
-            /// Through the route's parents, to this destination.
-            Chain(ChainTarget),
-            /// BIND through the route's parents, for this peer.
-            ChainBind(ChainTarget),
-            Ident,
-            Listen,
-            Relay,
-            Wait(Option<Duration>),
-            Closed(String),
-        }
         // Whether this call started something to wait for: a new phase, with the client watched.
         let mut started = false;
         loop {
-            let step = match self.hs.poll_output() {
-                Output::Send(reply) => {
-                    self.out.push(reply.to_bytes());
-                    self.meter.replied(reply.code);
-                    // The (first) reply is out: a BIND waiting for its peer holds no handshake slot.
-                    self.admission.handshake_done();
-                    continue;
-                }
-                Output::Resolve { host, port } => Step::Resolve(host.to_owned(), port),
-                Output::Authorize(req) => match (self.snapshot.verifier.as_ref(), self.user_check) {
-                    (None, _) => Step::Authorize,
-                    (Some(_), UserCheck::Pending) => Step::AwaitUser,
-                    (Some(_), UserCheck::Passed) => Step::Decide,
-                    (Some(verifier), UserCheck::Todo) => match verifier.check_cached(req.user_id) {
-                        Some(Ok(())) => Step::Decide,
-                        Some(Err(e)) => {
-                            users::log_refusal(self.client_addr, req.user_id, e);
-                            Step::Refuse(e.reply_code())
-                        }
-                        None => Step::VerifyUser(Arc::clone(verifier), req.user_id.into()),
-                    },
-                },
-                Output::Connect(target) if self.chain.is_some() => Step::Chain(target.into()),
-                Output::Connect(Target::Addr(addr)) => Step::Connect(addr),
-                Output::Connect(Target::Host(..)) => Step::ConnectByName,
-                Output::Listen { expected_peer } if self.chain.is_some() => {
-                    let port = self.hs.request().map_or(0, |r| r.port);
-                    Step::ChainBind(ChainTarget::Addr(SocketAddr::new(expected_peer, port)))
-                }
-                Output::Listen { .. } => Step::Listen,
-                Output::Ident => Step::Ident,
-                Output::Relay => Step::Relay,
-                Output::Wait { deadline } => Step::Wait(deadline),
-                Output::Closed(reason) => {
-                    self.meter.close(Close::from(&reason));
-                    if reason == CloseReason::ClientGone {
-                        self.out = Outbox::default(); // nobody to linger for
-                    }
-                    Step::Closed(reason.to_string())
-                }
-                other => Step::Closed(format!("unexpected handshake output {other:?}")),
+            let cx = Context {
+                config: &self.snapshot.config,
+                verifier: self.snapshot.verifier.as_ref(),
+                client: self.client_addr,
+                proxied: matches!(self.proxy, Proxy::Proxied),
+                upstreams: Upstreams::global(),
+                now: ctx.clock(),
+                at: ctx.now,
+            };
+            let step = match self.decisions.next(&mut self.hs, &mut self.admission, &cx) {
+                Ok(step) => step,
+                Err(e) => return self.finish(&e.to_string()),
             };
             let now = ctx.clock();
             match step {
-                Step::Ident if matches!(self.proxy, Proxy::Proxied) => {
-                    let answer = socks4_server::proxy::ident_through_balancer(self.client_addr);
-                    let _ = self.hs.handle_ident(now, answer);
+                Step::Send(reply) => {
+                    self.out.push(reply.to_bytes());
+                    self.meter.replied(reply.code);
                 }
                 Step::Ident => {
                     let task = self
@@ -727,53 +612,17 @@ impl Conn {
                         let _ = self.hs.handle_ident(now, Err(Failure::Other));
                     }
                 }
-                Step::Resolve(..)
-                    if upstream::forwards_name(
-                        &self.snapshot.config.rules,
-                        self.client_addr.ip(),
-                        &self.hs,
-                        self.snapshot.verifier.is_some(),
-                    ) =>
-                {
-                    // Routed to a SOCKS4a parent: the name goes there unresolved.
-                    if let Err(e) = self.hs.forward_name(now) {
-                        return self.finish(&e.to_string());
-                    }
-                }
-                Step::Resolve(host, port) => {
+                Step::Resolve { host, port } => {
                     started = true;
                     self.meter.enter(Phase::Resolving);
                     if !self.ask(ctx, Task::Resolve(host, port)) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
-                Step::Authorize | Step::Decide => {
-                    let ip = self.client_addr.ip().to_canonical();
-                    let named = self.snapshot.verifier.is_some();
-                    match upstream::authorize(&mut self.hs, now, &self.snapshot.config.rules, ip, named) {
-                        Ok(Authorized::Via(route)) => {
-                            self.chain = Some(Box::new(ChainState { route, ..ChainState::default() }))
-                        }
-                        Ok(_) => {}
-                        Err(e) => return self.finish(&e.to_string()),
-                    }
-                }
-                Step::VerifyUser(verifier, user_id) => {
+                Step::VerifyUser { verifier, user_id } => {
                     started = true;
-                    self.user_check = UserCheck::Pending;
                     if !self.ask(ctx, Task::VerifyUser(verifier, user_id)) {
-                        self.on_user_checked(ctx, Err(AuthError::Busy));
-                        return;
-                    }
-                }
-                Step::AwaitUser => {
-                    self.hs_deadline = self.hs.deadline().map(|d| ctx.epoch + d);
-                    self.watch |= started;
-                    return;
-                }
-                Step::Refuse(code) => {
-                    if let Err(e) = self.hs.reject(code) {
-                        return self.finish(&e.to_string());
+                        let _ = self.decisions.user_checked(&mut self.hs, Err(AuthError::Busy), self.client_addr);
                     }
                 }
                 Step::Connect(addr) => {
@@ -783,25 +632,15 @@ impl Conn {
                     }
                     started = true;
                 }
-                Step::Chain(target) => {
+                Step::Chain(attempt) => {
                     started = true;
-                    self.meter.enter(Phase::Connecting);
-                    self.start_chain(ctx, now, target, false);
-                }
-                Step::ChainBind(target) => {
-                    // A BIND through a parent waits like one here: it takes a BIND-wait slot.
-                    if self.admission.start_bind_wait(ctx.now).is_err() {
-                        // Counted and summarised by the limiter; the client gets 91.
-                        let _ = self.hs.handle_listening(now, Err(Failure::OverLimit));
-                        continue;
+                    if !attempt.is_bind() {
+                        self.meter.enter(Phase::Connecting);
                     }
-                    started = true;
-                    self.start_chain(ctx, now, target, true);
+                    self.attempt = Some(attempt);
                 }
-                // Names are forwarded only through a route, handled above.
-                Step::ConnectByName => drop(self.hs.handle_connected(now, Err(Failure::Other))),
                 Step::Listen => {
-                    let result = self.start_listen(ctx.now);
+                    let result = self.start_listen();
                     if result.is_ok() {
                         self.meter.enter(Phase::BindWait);
                     }
@@ -809,84 +648,120 @@ impl Conn {
                     started = true;
                 }
                 Step::Relay => return self.start_relay(ctx),
-                // BIND through a parent: its first reply is out; wait for its second (within the
-                // handshake's BIND deadline; a client that leaves shuts it down, in `Closed`).
-                Step::Wait(deadline) if self.chain.as_ref().is_some_and(|c| c.bind_wait.is_some()) => {
-                    self.hs_deadline = deadline.map(|d| ctx.epoch + d);
-                    let wait = self.chain.as_deref_mut().and_then(|c| c.bind_wait.take());
-                    if let Some(wait) = wait {
-                        self.meter.enter(Phase::BindWait);
-                        let timeout = deadline.map_or(self.snapshot.config.timeouts.bind, |d| d.saturating_sub(now));
-                        let closer = wait.closer().ok();
-                        if let Some(chain) = self.chain.as_deref_mut() {
-                            chain.bind_closer = closer;
-                        }
-                        if !self.ask(ctx, Task::ChainPeer(Box::new(wait), timeout)) {
-                            if let Some(chain) = self.chain.as_deref_mut() {
-                                chain.bind_closer = None;
-                            }
-                            let _ = self.hs.handle_bind_peer(now, Err(Failure::Other));
-                            continue;
-                        }
+                Step::Wait { deadline } => {
+                    // A chained attempt's I/O, until it waits too (or answers the handshake).
+                    if self.pump_attempt(ctx) {
+                        continue;
                     }
-                    self.watch = true;
-                    self.flush_out();
-                    return;
-                }
-                // A chained connect ends by itself, within its timeout per parent.
-                Step::Wait(_) if self.chaining() => {
-                    self.hs_deadline = None;
-                    self.watch |= started;
-                    self.flush_out();
-                    return;
-                }
-                Step::Wait(deadline) => {
-                    self.hs_deadline = deadline.map(|d| ctx.epoch + d);
+                    // A chained connect ends by itself, within its timeout per parent.
+                    self.hs_deadline = match self.reaching_parent() {
+                        true => None,
+                        false => deadline.map(|d| ctx.epoch + d),
+                    };
                     self.watch |= started;
                     self.flush_out();
                     return;
                 }
                 Step::Closed(reason) => {
-                    if let Some(closer) = self.chain.as_deref_mut().and_then(|c| c.bind_closer.take()) {
-                        let _ = closer.shutdown(Shutdown::Both); // ends the parent's BIND wait
+                    self.meter.close(Close::from(&reason));
+                    if reason == CloseReason::ClientGone {
+                        self.out = Outbox::default(); // nobody to linger for
                     }
-                    self.admission.handshake_done();
-                    self.result.get_or_insert(reason); // unless why was said before (BIND_REFUSED)
+                    // Dropping the attempt closes the connection to the parent (`upstream`).
+                    self.attempt = None;
+                    self.result.get_or_insert(reason.to_string()); // unless why was said before
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {
                         self.stage = Stage::Done;
                     } else {
-                        self.stage = Stage::Linger { until: ctx.now + LINGER, discarded: 0 };
+                        self.stage = Stage::Linger { until: ctx.now + DRAIN_TIME, discarded: 0 };
                         self.flush_out();
                     }
                     return;
                 }
+                other => return self.finish(&format!("unexpected step {other:?}")),
             }
         }
     }
 
-    /// Starts a connect (or a BIND) through the route's parents on a thread of its own; the answer
-    /// comes as [`on_chained`](Self::on_chained) (or [`on_chain_bound`](Self::on_chain_bound)).
-    fn start_chain(&mut self, ctx: &Ctx<'_>, now: Duration, target: ChainTarget, bind: bool) {
-        let route = self.chain.as_ref().map(|c| c.route.clone()).unwrap_or_default();
-        let user_id = self.hs.request().map(|r| r.user_id.to_vec()).unwrap_or_default();
-        let chain = Box::new(Chain { route, target, user_id, timeout: self.snapshot.config.timeouts.connect });
-        let chaining = self.ask(ctx, if bind { Task::ChainBind(chain) } else { Task::Chain(chain) });
-        if let Some(state) = self.chain.as_deref_mut() {
-            state.chaining = chaining;
+    /// Performs the chained attempt's I/O on the parent's socket (`upstream`) until it waits;
+    /// true once it answered the handshake (drive it next).
+    fn pump_attempt(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(mut attempt) = self.attempt.take() else { return false };
+        self.parent_io = Interest::default();
+        let mut answered = false;
+        let mut buf = [0u8; REPLY_LEN];
+        loop {
+            match attempt.poll() {
+                Io::Resolve { host, port, parent } => {
+                    let task = Task::ResolveParent(host.to_owned(), port, parent);
+                    if !ask(ctx, self.slot, self.id, task) {
+                        attempt.handle_resolved(ctx.now, parent, Candidates::failed(Failure::Other));
+                    }
+                }
+                Io::Connect(addr) => {
+                    self.drop_socket(ctx.poller, Side::Upstream);
+                    match self.start_connect(addr) {
+                        Some(result) => attempt.handle_connected(ctx.now, result.map(drop)),
+                        None => break, // `connecting`: writable when done
+                    }
+                }
+                Io::Write(bytes) => match self.upstream.as_ref().map(|mut s| s.write(bytes)) {
+                    Some(Ok(0)) => attempt.handle_error(ctx.now, Failure::Other),
+                    Some(Ok(n)) => attempt.handle_written(n),
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.parent_io.write = true;
+                        break;
+                    }
+                    Some(Err(e)) => attempt.handle_error(ctx.now, Failure::from(&e)),
+                    None => attempt.handle_error(ctx.now, Failure::Other),
+                },
+                Io::Read(want) => match self.upstream.as_ref().map(|mut s| s.read(&mut buf[..want.min(REPLY_LEN)])) {
+                    Some(Ok(0)) => attempt.handle_eof(ctx.now),
+                    Some(Ok(n)) => drop(attempt.handle_input(ctx.now, &buf[..n])),
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.parent_io.read = true;
+                        break;
+                    }
+                    Some(Err(e)) => attempt.handle_error(ctx.now, Failure::from(&e)),
+                    None => attempt.handle_error(ctx.now, Failure::Other),
+                },
+                Io::Answer(answer) => {
+                    self.via = attempt.via().cloned().map(Box::new);
+                    match (answer.to, answer.result.is_ok()) {
+                        (_, false) => self.drop_socket(ctx.poller, Side::Upstream),
+                        (AnswerTo::Connect, true) => self.meter.connected(),
+                        (AnswerTo::Listen, true) => {
+                            // A new phase: the client is watched again (leaving ends the wait).
+                            self.meter.enter(Phase::BindWait);
+                            self.watch = true;
+                        }
+                        (AnswerTo::BindPeer, true) => {}
+                    }
+                    if answer.to == AnswerTo::BindPeer {
+                        self.admission.end_bind_wait();
+                    }
+                    // Fails only if the handshake ended meanwhile.
+                    let _ = answer.apply(&mut self.hs, ctx.clock());
+                    if answer.to != AnswerTo::Listen || answer.result.is_err() {
+                        return true; // the attempt is over
+                    }
+                    answered = true;
+                    break;
+                }
+                Io::Wait => break,
+                Io::Done => return answered,
+            }
         }
-        if !chaining && bind {
-            let _ = self.hs.handle_listening(now, Err(Failure::Other));
-        } else if !chaining {
-            let _ = self.hs.handle_connected(now, Err(Failure::Other));
-        }
+        self.attempt = Some(attempt);
+        answered
     }
 
     /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
     fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
-        let reply = ctx.inbox.clone();
-        let job = Job { task, slot: self.slot, id: self.id, reply, poller: Arc::clone(ctx.poller) };
-        crate::resolver::submit(ctx.resolver, job)
+        ask(ctx, self.slot, self.id, task)
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.
@@ -956,6 +831,10 @@ impl Conn {
             Ok(None) => stream.local_addr().map_err(|e| Failure::from(&e)),
         };
         self.connecting = false;
+        if let Some(attempt) = self.attempt.as_deref_mut() {
+            attempt.handle_connected(ctx.now, result.map(drop));
+            return self.drive(ctx);
+        }
         if result.is_err() {
             self.drop_upstream(ctx.poller);
         }
@@ -963,15 +842,14 @@ impl Conn {
         self.drive(ctx);
     }
 
-    /// BIND: listens on the address the client reached us on, port 0, and takes a BIND-wait slot.
-    fn start_listen(&mut self, now: Instant) -> Result<SocketAddr, Failure> {
+    /// BIND: listens on the address the client reached us on, port 0 (the decisions took the
+    /// BIND-wait slot, held in the admission while the listener lives).
+    fn start_listen(&mut self) -> Result<SocketAddr, Failure> {
         let local = self.client.local_addr().map_err(|e| Failure::from(&e))?;
         let ip = local.ip().to_canonical();
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| Failure::from(&e))?;
         listener.set_nonblocking(true).map_err(|e| Failure::from(&e))?;
         let port = listener.local_addr().map_err(|e| Failure::from(&e))?.port();
-        // The wait's slot (`--max-bind-waits`), held in the admission while the listener lives.
-        self.admission.start_bind_wait(now).map_err(|_counted_by_the_limiter| Failure::OverLimit)?;
         self.listener = Some(listener);
         // An IPv6 listener is reported as 0.0.0.0: the client uses the proxy's own address.
         Ok(SocketAddr::new(ip, port))
@@ -1094,7 +972,7 @@ impl Conn {
                 Ok(n) => {
                     if let Stage::Linger { discarded, .. } = &mut self.stage {
                         *discarded += n;
-                        if *discarded > LINGER_MAX_BYTES {
+                        if *discarded > DRAIN_BYTES {
                             break self.stage = Stage::Done;
                         }
                     }
@@ -1122,7 +1000,9 @@ impl Conn {
             (Stage::Handshake, Side::Client) => {
                 Interest { read: self.reading_request || self.watch, write: !self.out.is_empty() }
             }
-            (Stage::Handshake, Side::Upstream) => Interest { read: false, write: self.connecting },
+            (Stage::Handshake, Side::Upstream) => {
+                Interest { read: self.parent_io.read, write: self.connecting || self.parent_io.write }
+            }
             (Stage::Handshake, Side::Listener) => Interest { read: self.listener.is_some(), write: false },
             (Stage::Relay { up, down }, Side::Client) => {
                 let paused = Capped::paused(self.bandwidth.as_deref(), RelaySide::Client);
@@ -1229,7 +1109,7 @@ impl Conn {
         let line = ConnLine {
             client: self.client_addr,
             request,
-            result: &Via(&self.result.as_deref().unwrap_or("ok"), self.chain.as_ref().and_then(|c| c.via.as_ref())),
+            result: &Via(&self.result.as_deref().unwrap_or("ok"), self.via.as_deref()),
             up,
             down,
             elapsed: now.saturating_duration_since(self.started),
@@ -1238,6 +1118,13 @@ impl Conn {
         };
         line.log();
     }
+}
+
+/// Sends `task` to the resolver pool for the connection in `slot` with `id`; false if the pool is
+/// gone.
+fn ask(ctx: &Ctx<'_>, slot: usize, id: u64, task: Task) -> bool {
+    let job = Job { task, slot, id, reply: ctx.inbox.clone(), poller: Arc::clone(ctx.poller) };
+    crate::resolver::submit(ctx.resolver, job)
 }
 
 /// Registers (first time) or re-arms a socket.
@@ -1313,14 +1200,15 @@ mod size_tests {
 
     /// What one held connection costs the worker's slab, apart from kernel buffers and the
     /// pending bytes of a busy relay. Bandwidth caps add one word (a box, only when capped); the
-    /// BIND-wait slot adds nothing (a flag in the admission); a route one word (a box, only when
-    /// routed); the live config snapshot one word; the metrics meter about 64 bytes (its clock
-    /// readings; inert without `--metrics`) and the PROXY header state 16. 1,120 bytes before
-    /// those (at b7064a8), 1,224 with them.
+    /// BIND-wait slot adds nothing (a flag in the admission); the decisions 16 (the route, a box
+    /// only when routed, and the users-file check); a chained attempt and the parent it went
+    /// through one word each (boxes, only when routed); the live config snapshot one word; the
+    /// metrics meter about 64 bytes (its clock readings; inert without `--metrics`) and the PROXY
+    /// header state 16. 1,120 bytes before those (at b7064a8), 1,248 with them.
     #[test]
     fn conn_is_small() {
         let size = size_of::<Conn>();
         println!("Conn: {size} bytes");
-        assert!(size <= 1232, "Conn is {size} bytes");
+        assert!(size <= 1248, "Conn is {size} bytes");
     }
 }

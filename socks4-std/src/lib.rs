@@ -4,8 +4,11 @@
 //! a fixed pool of worker threads, each blocking in its own [`polling::Poller`] (epoll, kqueue)
 //! over a slab of connections with non-blocking std sockets and a timer heap for the handshake,
 //! connect, BIND and idle deadlines. The protocol is [`socks4_core`]'s sans-IO
-//! [`ServerHandshake`](socks4_core::ServerHandshake); SOCKS4a names are resolved by a small
-//! thread pool that answers through the worker's poller. On Linux the relay is zero-copy:
+//! [`ServerHandshake`](socks4_core::ServerHandshake), and what to do at each of its outputs is
+//! [`socks4_server::step`]'s; connects and BINDs through parent proxies
+//! ([`socks4_server::chain`]) are sockets in the same poller. SOCKS4a and parents' names, ident
+//! queries and users-file checks run on a small thread pool that answers through the worker's
+//! poller. On Linux the relay is zero-copy:
 //! `splice(2)` socket → pipe → socket through pipes each worker lends a direction only while it
 //! has bytes in flight ([`Server::splice`], [`SplicePolicy`]; the system calls, the pipe pool and
 //! the policy are `socks4-sys`'s, shared with the async servers); elsewhere it copies through the
@@ -38,7 +41,7 @@ mod server;
 mod timers;
 mod worker;
 
-pub use client::{BindPending, ConnectError, Target, bind, connect};
+pub use client::{ConnectError, PendingBind, Target, bind, connect};
 pub use relay::MAX_PENDING;
 pub use server::{ACCEPT_BACKOFF, SPLICE_POLICY_ENV, Server, ServerHandle};
 pub use socks4_sys::SplicePolicy;

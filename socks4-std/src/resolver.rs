@@ -1,9 +1,8 @@
-//! Blocking work off the event loops (SOCKS4a names with `getaddrinfo`, ident queries, users-file
-//! checks): a small pool of threads answering each worker through its channel and its poller's `notify`.
+//! Blocking work off the event loops (SOCKS4a and parent proxies' names with `getaddrinfo`, ident
+//! queries, users-file checks): a small pool of threads answering each worker through its channel and its poller's `notify`.
 
 use std::io;
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -24,22 +23,8 @@ pub(crate) enum Task {
     Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
     /// Check a user id against the users file (Argon2: slow on purpose).
     VerifyUser(Arc<socks4_server::users::Verifier>, Box<[u8]>),
-    /// Connect through a route's parent proxies (on a thread of its own: it may wait for a
-    /// connect timeout per parent, which must not hold up the pool's lookups).
-    Chain(Box<Chain>),
-    /// BIND through a route's parent proxies: the parent's first reply (expected peer, route,
-    /// user id, timeout per parent).
-    ChainBind(Box<Chain>),
-    /// BIND through a parent: wait up to the timeout for its second reply.
-    ChainPeer(Box<socks4_server::upstream::ParentBindWait>, std::time::Duration),
-}
-
-/// A chained connect: the route, the destination, the client's user id and the timeout per parent.
-pub(crate) struct Chain {
-    pub(crate) route: socks4_core::rules::Route,
-    pub(crate) target: socks4_server::upstream::ChainTarget,
-    pub(crate) user_id: Vec<u8>,
-    pub(crate) timeout: std::time::Duration,
+    /// Look up a parent proxy's name for a chained attempt (its `usize`-th parent).
+    ResolveParent(String, u16, usize),
 }
 
 /// One lookup (or ident query) to do.
@@ -68,49 +53,9 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
-/// The most chained connects and BINDs on threads of their own at once; more are refused.
-const MAX_CHAIN_THREADS: usize = 256;
-
-/// Runs `job` on the pool, or a chained connect or BIND on a thread of its own (it may wait a
-/// connect timeout per parent, or a BIND's peer, which must not hold up the pool's lookups). False
-/// when it cannot run: the pool is gone, or [`MAX_CHAIN_THREADS`] run already (a flood of
-/// requests routed to a dead parent must not start a thread each).
+/// Runs `job` on the pool; false when the pool is gone.
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
-    static CHAIN_THREADS: AtomicUsize = AtomicUsize::new(0);
-    let chain = matches!(job.task, Task::Chain(_) | Task::ChainBind(_) | Task::ChainPeer(..));
-    if !chain {
-        return pool.send(job).is_ok();
-    }
-    if CHAIN_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_CHAIN_THREADS {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let run = move || {
-            if let Ok(job) = rx.recv() {
-                answer(job);
-            }
-            CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed);
-        };
-        if thread::Builder::new().name("socks4-chain".into()).stack_size(256 * 1024).spawn(run).is_ok() {
-            return tx.send(job).is_ok();
-        }
-    }
-    CHAIN_THREADS.fetch_sub(1, Ordering::Relaxed); // over the cap, or the spawn failed
-    warn_chain_cap();
-    false
-}
-
-/// Says (at most once every 10 s) that chained connects are being refused: the client only sees
-/// a 91, and its log line a failed connect.
-fn warn_chain_cap() {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_secs();
-    let next = NEXT.load(Ordering::Relaxed);
-    if now >= next && NEXT.compare_exchange(next, now + 10, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-        tracing::warn!(
-            "{MAX_CHAIN_THREADS} connects or BINDs through parent proxies are under way: refusing more (reply 91) until \
-             some end"
-        );
-    }
+    pool.send(job).is_ok()
 }
 
 fn run(rx: &Mutex<Receiver<Job>>) {
@@ -139,24 +84,8 @@ fn answer(job: Job) {
             Task::VerifyUser(verifier, user_id) => {
                 Msg::UserChecked { slot: job.slot, id: job.id, verdict: verifier.verify_blocking(&user_id) }
             }
-            Task::Chain(c) => {
-                let ups = socks4_server::upstream::Upstreams::global();
-                let chained = ups.connect_blocking(&c.route, &c.target, &c.user_id, c.timeout);
-                Msg::Chained { slot: job.slot, id: job.id, chained }
-            }
-            Task::ChainBind(c) => {
-                let ups = socks4_server::upstream::Upstreams::global();
-                let chained = match c.target {
-                    socks4_server::upstream::ChainTarget::Addr(std::net::SocketAddr::V4(peer)) => {
-                        ups.bind_blocking(&c.route, peer, &c.user_id, c.timeout)
-                    }
-                    // An IPv6 peer cannot be asked for.
-                    _ => socks4_server::upstream::ChainedBind { result: Err(socks4_core::Failure::Other), via: None },
-                };
-                Msg::ChainBound { slot: job.slot, id: job.id, chained: Box::new(chained) }
-            }
-            Task::ChainPeer(wait, timeout) => {
-                Msg::ChainPeer { slot: job.slot, id: job.id, result: wait.peer_blocking(timeout) }
+            Task::ResolveParent(host, port, parent) => {
+                Msg::ParentResolved { slot: job.slot, id: job.id, parent, candidates: resolve(&host, port) }
             }
         };
         if job.reply.send(msg).is_ok() {

@@ -189,14 +189,12 @@ impl ServerHandle {
         self.addrs.clone()
     }
 
-    /// Connections currently open (accepted and not yet closed).
-    pub fn live_connections(&self) -> usize {
-        self.shared.live.load(Ordering::SeqCst)
-    }
-
-    /// Connections closed on accept because `max_connections` were open.
-    pub fn refused_connections(&self) -> u64 {
-        self.shared.refused.load(Ordering::SeqCst)
+    /// Its counters: connections open now (accepted and not yet closed), admitted since the
+    /// start, and closed on accept because `max_connections` were open.
+    pub fn stats(&self) -> socks4_server::Stats {
+        let shared = &self.shared;
+        let (active, accepted) = (shared.live.load(Ordering::SeqCst), shared.accepted.load(Ordering::SeqCst));
+        socks4_server::Stats::new(active, accepted, shared.refused.load(Ordering::SeqCst))
     }
 
     /// Times accepting paused after an error such as EMFILE (about [`ACCEPT_BACKOFF`] each).
@@ -385,7 +383,10 @@ pub(crate) fn admit(shared: &Shared, addr: SocketAddr, now: Instant) -> Option<(
         snapshot.limiter.admit(addr.ip(), now)
     };
     match admitted {
-        Ok(admission) => Some((admission, snapshot)),
+        Ok(admission) => {
+            shared.accepted.fetch_add(1, Ordering::Relaxed);
+            Some((admission, snapshot))
+        }
         Err(_counted_by_the_limiter) => {
             shared.live.fetch_sub(1, Ordering::SeqCst);
             None

@@ -29,32 +29,16 @@ pub(crate) enum Msg {
     /// A newly accepted connection (non-blocking), its peer address, its admission and the config
     /// snapshot it runs with.
     Conn(TcpStream, SocketAddr, Admission, Arc<Snapshot>),
-    /// The result of a connection's connect through a route's parent proxies.
-    Chained {
+    /// The answer to the lookup of a parent proxy's name for a connection's chained attempt.
+    ParentResolved {
         /// The connection's slot.
         slot: usize,
         /// The connection's id.
         id: u64,
-        /// The connection through the parent, or why not, and the parent.
-        chained: socks4_server::upstream::Chained,
-    },
-    /// The first reply of a connection's BIND through a parent.
-    ChainBound {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// The parent listens, or why not, and the parent.
-        chained: Box<socks4_server::upstream::ChainedBind>,
-    },
-    /// The second reply of a connection's BIND through a parent.
-    ChainPeer {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// The connection to relay and the peer's address, or why not.
-        result: Result<(TcpStream, SocketAddr), socks4_core::Failure>,
+        /// Which parent of the attempt.
+        parent: usize,
+        /// Its addresses to try in order, or why there are none.
+        candidates: socks4_core::driver::Candidates,
     },
     /// The answer to a connection's SOCKS4a lookup.
     Resolved {
@@ -93,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<LiveConfig>,
     /// Connections accepted and not yet closed.
     pub(crate) live: AtomicUsize,
+    /// Connections admitted since the start.
+    pub(crate) accepted: AtomicU64,
     /// Connections closed at once because of the connection limit.
     pub(crate) refused: AtomicU64,
     /// Accept errors (EMFILE...) that paused accepting.
@@ -111,6 +97,7 @@ impl Shared {
             config,
             metrics,
             live: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             accept_pauses: AtomicU64::new(0),
             stop_accepting: AtomicBool::new(false),
@@ -258,21 +245,9 @@ impl Worker {
                             touched.push(slot);
                         }
                     }
-                    Ok(Msg::Chained { slot, id, chained }) => {
+                    Ok(Msg::ParentResolved { slot, id, parent, candidates }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chained(&mut ctx, chained);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::ChainBound { slot, id, chained }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chain_bound(&mut ctx, *chained);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::ChainPeer { slot, id, result }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_chain_peer(&mut ctx, result);
+                            conn.on_parent_resolved(&mut ctx, parent, candidates);
                             touched.push(slot);
                         }
                     }

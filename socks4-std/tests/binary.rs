@@ -3,3 +3,9 @@
 //! every adapter.
 
 socks4_tools::binary_tests!(env!("CARGO_BIN_EXE_socks4-std"));
+
+/// Chained connects wait in the worker's poller, not on threads.
+#[test]
+fn chain_silent_parent() {
+    socks4_tools::binary::run_as_test("chain_silent_parent", env!("CARGO_BIN_EXE_socks4-std"));
+}

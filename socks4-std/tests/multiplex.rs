@@ -69,7 +69,7 @@ fn two_thousand_connections_on_two_workers() {
         })
         .collect();
     barrier.wait();
-    let live = handle.live_connections();
+    let live = handle.stats().active;
     assert!(live >= CONNS, "the proxy should hold all {CONNS} connections at once, has {live}");
     for t in threads {
         t.join().expect("client thread");

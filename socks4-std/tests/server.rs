@@ -44,11 +44,12 @@ fn connections_over_the_limit_are_closed_and_counted() {
     round_trip(&mut b, b"b");
     let mut c = TcpStream::connect(proxy).expect("tcp connect still works");
     expect_closed(&mut c, T);
-    assert_eq!(handle.refused_connections(), 1);
+    let stats = handle.stats();
+    assert_eq!((stats.active, stats.accepted, stats.over_limit), (2, 2, 1), "{stats:?}");
     // The others are unaffected; closing one makes room again.
     round_trip(&mut a, b"still a");
     drop(b);
-    wait_until("the closed connection to be released", || handle.live_connections() < 2);
+    wait_until("the closed connection to be released", || handle.stats().active < 2);
     let mut d = socks4_std::connect(proxy, echo.addr(), b"", T).expect("room again");
     round_trip(&mut d, b"d");
 }
@@ -132,7 +133,7 @@ fn reuseport_mode_has_every_worker_accept_on_its_own_listener() {
     for s in &mut conns {
         round_trip(s, b"via reuseport");
     }
-    assert_eq!(handle.live_connections(), 30);
+    assert_eq!(handle.stats().active, 30);
     drop(conns);
     handle.shutdown();
 }
@@ -145,11 +146,11 @@ fn client_reset_while_connecting_ends_the_attempt() {
     let mut s = TcpStream::connect(proxy).expect("connect");
     s.write_all(&target.request(b"").expect("request")).expect("request");
     thread::sleep(Duration::from_millis(200));
-    assert_eq!(handle.live_connections(), 1, "the connect did not stall");
+    assert_eq!(handle.stats().active, 1, "the connect did not stall");
     socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
     drop(s); // reset
     let deadline = Instant::now() + Duration::from_secs(2);
-    while handle.live_connections() > 0 {
+    while handle.stats().active > 0 {
         assert!(Instant::now() < deadline, "the connect attempt outlived its client");
         thread::sleep(Duration::from_millis(10));
     }

@@ -437,7 +437,8 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_failover_and_refusals", crate::chain::chain_failover_and_refusals),
     ("chain_dante_parent", crate::chain::chain_dante_parent),
     ("chain_bind_wait_cap", crate::chain::chain_bind_wait_cap),
-    // Not in `binary_tests!`: the async adapters' tests name it (see the check).
+    ("chain_stalled_parent", crate::chain::chain_stalled_parent),
+    // Not in `binary_tests!`: each adapter's tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];
 

@@ -189,10 +189,11 @@ fn answering_parent(code: u8) -> Result<SocketAddr, Failure> {
     Ok(addr)
 }
 
-/// Failover and refusals: `binary` routes through a dead parent first, then a live one (another
-/// adapter, which denies the user `refuse-me`), and the user `want-93` through a parent that
-/// answers 93. A CONNECT is served through the second parent (the log names it); the live parent's
-/// 91 and the other's 93 reach the client.
+/// Failover and refusals: `binary` routes through a dead parent first, then a live one named
+/// `localhost` (another adapter, which denies the user `refuse-me`; its name is resolved when
+/// connecting), and the user `want-93` through a parent that answers 93. A CONNECT is served
+/// through the second parent (the log names it); the live parent's 91 and the other's 93 reach
+/// the client.
 ///
 /// # Errors
 /// What went wrong, with the servers' logs.
@@ -203,7 +204,10 @@ pub fn chain_failover_and_refusals(binary: &Path) -> Result<Outcome, Failure> {
     let ninety_three = answering_parent(93)?;
     let mut child = Hop::start(
         &bins[0],
-        &[format!("user want-93 via socks4://{ninety_three}"), format!("via socks4://{dead},socks4://{}", live.addr)],
+        &[
+            format!("user want-93 via socks4://{ninety_three}"),
+            format!("via socks4://{dead},socks4://localhost:{}", live.addr.port()),
+        ],
     )?;
     let target = echo_target()?;
     let (code, mut s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"alice")?;
@@ -214,7 +218,7 @@ pub fn chain_failover_and_refusals(binary: &Path) -> Result<Outcome, Failure> {
     let mut echo = [0u8; 8];
     s.read_exact(&mut echo)?;
     drop(s);
-    child.line(&["user=alice", &format!("result=ok via socks4://{} ", live.addr)])?;
+    child.line(&["user=alice", &format!("result=ok via socks4://localhost:{} ", live.addr.port())])?;
     let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, child.addr, target.addr(), b"refuse-me")?;
     if code != 91 {
         return Err(Failure::new(format!("the parent denies the user: reply {code}, not its 91")));
@@ -291,8 +295,8 @@ const SILENT_CLIENTS: usize = 20;
 /// (`Threads:` in `/proc/PID/status`) does not grow by one per client, and a SOCKS4a `localhost`
 /// request (a local lookup) is served within a second. Then the clients reset: within two seconds
 /// the parent sees each of its connections closed and the server logs every one (the attempts
-/// were dropped, not left to the timeout). For the async adapters, which chain on their event
-/// loop; socks4-std runs chained connects on (bounded) threads of their own. Skips without
+/// were dropped, not left to the timeout). Every adapter chains on its event loop (socks4-std in
+/// its workers' pollers); named by each adapter's tests rather than `binary_tests!`. Skips without
 /// `/proc`.
 ///
 /// # Errors
@@ -364,6 +368,68 @@ pub fn chain_silent_parent(binary: &Path) -> Result<Outcome, Failure> {
                 return Err(Failure::new(format!("{} of {SILENT_CLIENTS} lines within 2 s: {seen:#?}", logged(&seen))));
             }
         }
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// A parent that accepts the connection and never answers (`--connect-timeout 1s`): the client
+/// gets 91 once the timeout is over (after 0.8 s, within 3 s), the connection to the parent is
+/// closed, the route's second parent is not tried (once a parent has the request, a second one
+/// could reach the destination twice), and the log line says `connect timed out via` the silent
+/// parent. Meanwhile the server uses next to no CPU (under 0.2 s in `/proc/PID/stat`, where
+/// there is one): a stalled parent holds a socket and a timer, neither a thread nor a busy loop.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_stalled_parent(binary: &Path) -> Result<Outcome, Failure> {
+    let silent = TcpListener::bind("127.0.0.1:0")?;
+    let second = TcpListener::bind("127.0.0.1:0")?;
+    second.set_nonblocking(true)?;
+    let route = format!("via socks4://{},socks4://{}", silent.local_addr()?, second.local_addr()?);
+    let args = ["--listen", "127.0.0.1:0", "--connect-timeout", "1s", "--allow", &route];
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    // utime + stime, in the kernel's USER_HZ (100 a second on Linux).
+    let stat = format!("/proc/{}/stat", server.0.id());
+    let cpu_ticks = || -> Option<u64> {
+        let text = std::fs::read_to_string(&stat).ok()?;
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = cpu_ticks();
+    let target = echo_target()?;
+    let mut client = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
+    client.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let asked = std::time::Instant::now();
+    client.write_all(&wire::connect(target.addr(), b"stall"))?;
+    let (mut at_parent, _) = silent.accept()?;
+    let mut reply = [0u8; 8];
+    client.read_exact(&mut reply)?;
+    let waited = asked.elapsed();
+    if reply[1] != 91 || waited < Duration::from_millis(800) || waited > Duration::from_secs(3) {
+        return Err(Failure::new(format!("a parent that never answers: reply {} after {waited:?}", reply[1])));
+    }
+    if let (Some(before), Some(after)) = (before, cpu_ticks()) {
+        if after.saturating_sub(before) >= 20 {
+            return Err(Failure::new(format!(
+                "{} ms of CPU while a parent stalled for {waited:?}",
+                (after - before) * 10
+            )));
+        }
+    }
+    at_parent.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = Vec::new();
+    if let Err(e) = at_parent.read_to_end(&mut request) {
+        return Err(Failure::new(format!("the server kept its connection to the stalled parent open ({e})")));
+    }
+    if second.accept().is_ok() {
+        return Err(Failure::new("the second parent was tried after the first had the request"));
+    }
+    drop(client); // the line is written once the drain after the reply ends
+    let line = line_with(&lines, "user=stall", &mut seen)?;
+    let silent_via = format!("result=connect timed out via socks4://{} ", silent.local_addr()?);
+    if !line.contains(&silent_via) {
+        return Err(Failure::new(format!("the log line does not say `{silent_via}`: {line}")));
     }
     drop(server);
     Ok(Outcome::Pass)

@@ -9,6 +9,7 @@
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
 //! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //! - [`caps`]: checks of bandwidth caps and the BIND-wait cap through a proxy configured with them.
+//! - [`client_check`]: `socks4-check --client`, which judges SOCKS4 clients by playing their proxy.
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
 //! measures one; `socks4-chart RESULTS.jsonl OUT.svg` draws `bench/compare.sh`'s results.
@@ -17,6 +18,7 @@ pub mod binary;
 pub mod caps;
 pub mod chain;
 pub mod checksum;
+pub mod client_check;
 pub mod load;
 pub mod report;
 pub mod scenarios;
@@ -117,6 +119,7 @@ macro_rules! binary_tests {
             metrics_count_what_was_sent readyz_while_draining json_log_lines
             proxy_protocol
             chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap
+            chain_stalled_parent
         );
     };
 }

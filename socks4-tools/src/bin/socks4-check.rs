@@ -1,11 +1,13 @@
 //! `socks4-check PROXY_ADDR [options]`: runs the behavioural scenarios against any SOCKS4/4a
 //! server listening on `PROXY_ADDR` (the targets are started on 127.0.0.1 by the checker).
+//! `socks4-check --client --run 'COMMAND'`: plays the proxy for a SOCKS4/4a client and judges it.
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use socks4_tools::client_check::{self, Config};
 use socks4_tools::report;
 use socks4_tools::scenarios::{Ctx, Profile};
 
@@ -29,7 +31,30 @@ options:
   --bulk-mib N             MiB sent each way by bulk_both_ways (default 64)
   -h, --help               this help
 
-Exit status: 0 if nothing failed, 1 if a scenario failed, 2 on bad usage.";
+Exit status: 0 if nothing failed, 1 if a scenario failed, 2 on bad usage.
+
+usage: socks4-check --client [--run 'COMMAND'] [options]
+
+Checks a SOCKS4/4a client: listens as its proxy on 127.0.0.1 and runs COMMAND (with sh -c) once
+per case, placeholders filled in: {proxy} (host:port of the checker), {proxy_host}, {proxy_port},
+{host}, {port}, {path}, {url} (http://{host}:{port}{path}, a page the checker serves through the
+fake tunnel), {user} (the user id the client must send; may be empty: quote it), {case}. The
+client must fetch the page and print it. Without --run, waits for a client to connect for each
+case (printing what to connect to on stderr) and judges only what it sees on the wire.
+e.g. socks4-check --client --run 'curl -sS --socks4a {proxy} --proxy-user '\''{user}:'\'' {url}'
+
+options:
+  --run COMMAND            the client command
+  --bind-run COMMAND       a BIND client for the BIND cases ({host}:{port} is the peer to
+                           expect): it must print the address the peer should connect to as
+                           IP:PORT, then what the peer sent
+  --host NAME              the destination given to the client (default localhost)
+  --4a                     a host name must be sent to the proxy (SOCKS4a), not resolved locally
+  --user U                 the user id for the cases that do not test user ids (default empty)
+  --client-timeout SECS    how long the client waits for the reply: enables slow_reply_past_timeout
+  --client-limit SECS      how long a client may take to connect and to exit (default 10)
+  --listen ADDR            the checker's proxy address (default 127.0.0.1:0)
+  --only NAME, --skip NAME, --list   as above, with the client cases";
 
 struct Args {
     proxy: SocketAddr,
@@ -97,8 +122,95 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     Ok(Parsed::Run(Args { proxy, only, skip, profile }))
 }
 
+fn secs(v: &str, flag: &str) -> Result<Duration, String> {
+    let secs: f64 = v.parse().map_err(|e| format!("{flag} {v}: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{flag} {v}: {e}"))
+}
+
+enum ClientParsed {
+    Run(Box<Config>, Vec<String>, Vec<String>),
+    List,
+    Help,
+}
+
+fn parse_client(args: impl IntoIterator<Item = String>) -> Result<ClientParsed, String> {
+    let mut it = args.into_iter();
+    let mut config = Config::default();
+    let (mut only, mut skip) = (Vec::new(), Vec::new());
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(ClientParsed::Help),
+            "--list" => return Ok(ClientParsed::List),
+            "--client" => {}
+            "--run" => config.command = Some(value(&mut it, &arg)?),
+            "--bind-run" => config.bind_command = Some(value(&mut it, &arg)?),
+            "--host" => config.host = value(&mut it, &arg)?,
+            "--4a" => config.require_4a = true,
+            "--user" => config.user = value(&mut it, &arg)?,
+            "--client-timeout" => config.client_timeout = Some(secs(&value(&mut it, &arg)?, &arg)?),
+            "--client-limit" => config.client_limit = secs(&value(&mut it, &arg)?, &arg)?,
+            "--listen" => {
+                let v = value(&mut it, &arg)?;
+                config.listen = v.parse().map_err(|e| format!("--listen {v}: {e}"))?;
+            }
+            "--only" => only.push(value(&mut it, &arg)?),
+            "--skip" => skip.push(value(&mut it, &arg)?),
+            s => return Err(format!("unexpected argument {s}")),
+        }
+    }
+    if let Some(unknown) = only.iter().chain(&skip).find(|n| client_check::find(n).is_none()) {
+        return Err(format!("unknown case {unknown:?} (see --client --list)"));
+    }
+    Ok(ClientParsed::Run(Box::new(config), only, skip))
+}
+
+fn main_client(args: Vec<String>) -> ExitCode {
+    let (config, only, skip) = match parse_client(args) {
+        Ok(ClientParsed::Run(c, o, s)) => (c, o, s),
+        Ok(ClientParsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(ClientParsed::List) => {
+            for c in client_check::all() {
+                println!("{}", c.name);
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("socks4-check: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let checker = match client_check::Checker::new(*config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("socks4-check: listening: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let selected: Vec<_> = client_check::all()
+        .iter()
+        .filter(|c| only.is_empty() || only.iter().any(|n| n == c.name))
+        .filter(|c| !skip.iter().any(|n| n == c.name))
+        .collect();
+    match client_check::run(&checker, &selected, &mut out) {
+        Ok(summary) if summary.ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("socks4-check: writing the report: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--client") {
+        return main_client(argv);
+    }
+    let args = match parse(argv) {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Help) => {
             println!("{USAGE}");

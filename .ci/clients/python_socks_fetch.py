@@ -1,0 +1,17 @@
+# python-socks (Debian's python3-python-socks), its sync API, as socks4-check --client drives it:
+# python_socks_fetch.py PROXY_HOST PROXY_PORT HOST PORT USER PATH TIMEOUT_SECS (rdns: SOCKS4a for a name).
+import sys
+from python_socks import ProxyType
+from python_socks.sync import Proxy
+
+proxy_host, proxy_port, host, port, user, path, timeout = sys.argv[1:8]
+proxy = Proxy.create(ProxyType.SOCKS4, proxy_host, int(proxy_port), username=user or None, rdns=True)
+s = proxy.connect(dest_host=host, dest_port=int(port), timeout=float(timeout))
+s.settimeout(10)
+s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    sys.stdout.buffer.write(chunk)
+sys.stdout.flush()

@@ -1,0 +1,32 @@
+//! The TOML config file (`--config`): reading and parsing it into a [`ServerConfig`] (validated
+//! later, with the command line on top: see [`cli`](crate::cli)).
+
+use crate::config::{ConfigError, ServerConfig};
+
+/// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
+/// taken relative to the file's directory.
+pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
+    let mut config = parse_config_toml(&text).map_err(|e| match e {
+        ConfigError::File(msg) => ConfigError::File(format!("{}: {msg}", path.display())),
+        other => other,
+    })?;
+    // --- Authentication: the users file sits beside the config file. ---
+    if let (Some(users), Some(dir)) = (&mut config.users, path.parent()) {
+        if users.is_relative() {
+            *users = dir.join(&*users);
+        }
+    }
+    Ok(config)
+}
+
+/// Parses a TOML config text (not yet validated).
+///
+/// ```
+/// let config = socks4_server::config_file::parse_config_toml("listen = ['[::1]:1080']\n[timeouts]\nidle = '30s'\n")?;
+/// assert_eq!(config.timeouts.idle.as_secs(), 30);
+/// # Ok::<(), socks4_server::config::ConfigError>(())
+/// ```
+pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+}
