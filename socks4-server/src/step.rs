@@ -244,7 +244,7 @@ impl Decisions {
                     continue;
                 }
                 Output::Ident => return Ok(Step::Ident),
-                _ => return Err(Misuse { call: "Decisions::next (an output it does not know)" }),
+                _ => return Err(Misuse::new("Decisions::next (an output it does not know)")),
             };
             if upstream::forwards_name(&cx.config.rules, cx.client.ip(), hs, users_file) {
                 // Routed to a SOCKS4a parent: the name goes there unresolved.
@@ -290,7 +290,7 @@ impl Decisions {
     /// At `Authorize`: the users file, then the rules; `Some(step)` when the driver has work.
     fn authorize(&mut self, hs: &mut ServerHandshake, cx: &Context<'_>) -> Result<Option<Step>, Misuse> {
         let Some(req) = hs.access_request() else {
-            return Err(Misuse { call: "Decisions::next (authorize without a request)" });
+            return Err(Misuse::new("Decisions::next (authorize without a request)"));
         };
         if let (Some(verifier), UserCheck::Todo) = (cx.verifier, self.user) {
             match verifier.check_cached(req.user_id) {
