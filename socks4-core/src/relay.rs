@@ -162,8 +162,9 @@ struct Counts {
 ///   never a `Wait`, so a driver that loops until `Wait` or `Done` closes both sockets in the same
 ///   turn.
 /// - An [`RelayOutput::Abort`] is handed out once, before the `Done` that follows it.
-/// - The `Wait` deadline is always later than the last `now` given with progress, so a driver
-///   that sleeps until it never spins on a deadline already past.
+/// - With an idle timeout, the `Wait` deadline is always later than the last `now` given with
+///   progress (or with [`handle_timeout`](Self::handle_timeout)), so a driver that sleeps until
+///   it never spins on a deadline already past; without one (`idle` zero) it is `None`.
 ///
 /// ## Example: a request, a half-close and an answer
 ///
