@@ -223,6 +223,8 @@ enum Op {
     TimeoutAtDeadline,
     Accept,
     Reject(u8),
+    /// `refuse_user`: a users file refused the user id (closes with `UserRefused`).
+    RefuseUser(u8),
     Authorize {
         rules: u8,
         client: Ip,
@@ -654,6 +656,7 @@ impl Driver {
                     Some(Awaiting::Resolved) => Op::Resolved(result.map(|a| a.0)),
                     Some(Awaiting::Decision) if *other => Op::Authorize { rules: *port as u8, client: *ip },
                     Some(Awaiting::Decision) => match fail {
+                        Some(_) if *port % 2 == 1 => Op::RefuseUser(*port as u8),
                         Some(_) => Op::Reject(*port as u8),
                         None => Op::Accept,
                     },
@@ -745,6 +748,23 @@ impl Driver {
                     self.expect = vec![
                         Expect::Exactly(Out::Send(Reply { code, ..Reply::rejected() })),
                         Expect::Exactly(Out::Closed(CloseReason::Denied(code))),
+                    ];
+                }
+            }
+            Op::RefuseUser(code) => {
+                let code = ReplyCode::from_code(90 + code % 4).expect("90..=93");
+                let r = self.hs.refuse_user(code);
+                if code == ReplyCode::Granted {
+                    assert!(r.is_err(), "refuse_user with 90 accepted");
+                    self.check_misuse(&before, &r);
+                } else {
+                    self.check_answer(Awaiting::Decision, &before, &r);
+                }
+                if r.is_ok() {
+                    self.rejected_with = Some(code);
+                    self.expect = vec![
+                        Expect::Exactly(Out::Send(Reply { code, ..Reply::rejected() })),
+                        Expect::Exactly(Out::Closed(CloseReason::UserRefused(code))),
                     ];
                 }
             }

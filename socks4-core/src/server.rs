@@ -105,6 +105,9 @@ pub enum CloseReason {
     IdentMismatch,
     /// Ident: identd answered `ERROR` of this type, so it did not confirm the user id (reply 93 sent).
     IdentRefused(ErrorKind),
+    /// The caller refused the request's user id (its credentials: a users file's check) with this
+    /// code, before any rule was asked ([`refuse_user`](ServerHandshake::refuse_user)).
+    UserRefused(ReplyCode),
 }
 
 impl fmt::Display for CloseReason {
@@ -125,6 +128,7 @@ impl fmt::Display for CloseReason {
             Self::IdentUnavailable(e) => write!(f, "identd {e}"),
             Self::IdentMismatch => f.write_str("identd names another user"),
             Self::IdentRefused(kind) => write!(f, "identd answered ERROR {kind}"),
+            Self::UserRefused(code) => write!(f, "auth refused ({})", code.code()),
         }
     }
 }
@@ -570,6 +574,30 @@ impl ServerHandshake {
         }
         self.pending = Some(Reply { code, ..Reply::rejected() });
         self.close(CloseReason::Denied(code));
+        Ok(())
+    }
+
+    /// Like [`reject`](Self::reject), for a user id that failed the caller's credential check
+    /// (not the rules): the handshake closes with [`CloseReason::UserRefused`].
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use socks4_core::{CloseReason, Limits, Output, ReplyCode, ServerHandshake, Timeouts};
+    /// let mut hs = ServerHandshake::new(Duration::ZERO, Limits::default(), Timeouts::default());
+    /// hs.handle_input(Duration::ZERO, b"\x04\x01\x00\x50\x7f\x00\x00\x01alice:wrong\0");
+    /// assert!(matches!(hs.poll_output(), Output::Authorize(_)));
+    /// hs.refuse_user(ReplyCode::IdentMismatch)?;
+    /// assert!(matches!(hs.poll_output(), Output::Send(r) if r.code == ReplyCode::IdentMismatch));
+    /// let Output::Closed(reason) = hs.poll_output() else { panic!() };
+    /// assert_eq!((reason, reason.to_string()), (CloseReason::UserRefused(ReplyCode::IdentMismatch), "auth refused (93)".into()));
+    /// # Ok::<(), socks4_core::Misuse>(())
+    /// ```
+    pub fn refuse_user(&mut self, code: ReplyCode) -> Result<(), Misuse> {
+        if self.state != State::Authorizing || code == ReplyCode::Granted {
+            return Err(Misuse { call: "refuse_user" });
+        }
+        self.pending = Some(Reply { code, ..Reply::rejected() });
+        self.close(CloseReason::UserRefused(code));
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! replies mean for the client. The driver performs each [`Io`] with its own sockets, resolver and
 //! timers, and feeds back what happened; nothing here blocks or holds a thread, so a parent that
 //! stalls costs a socket and a timer entry, and a client that leaves ends the attempt by dropping
-//! it (which records nothing about the parent: see [`Plan`](crate::upstream::Plan)).
+//! it (which records nothing about the parent: health is learnt from attempts that end).
 //!
 //! The policy is [`upstream`](crate::upstream)'s: the request ([`connect_request`],
 //! [`bind_request`]), the parents' order and health ([`Upstreams::order`], [`Upstreams::record`]),

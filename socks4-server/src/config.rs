@@ -292,8 +292,8 @@ impl ServerConfig {
         Bandwidth::new(self.bandwidth, now)
     }
 
-    /// Loads the users file, if one is set, into a [`Verifier`] (takes one hash's time: call it at
-    /// bind, not per connection).
+    /// Loads the users file, if one is set, into a [`Verifier`] (reads the file: call it at bind,
+    /// not per connection).
     ///
     /// ```
     /// let config = socks4_server::ServerConfig::default();
@@ -305,8 +305,18 @@ impl ServerConfig {
     ///
     /// [`ConfigError`] when the users file cannot be read or has a bad line.
     pub fn verifier(&self) -> Result<Option<Arc<Verifier>>, ConfigError> {
+        self.verifier_after(None)
+    }
+
+    /// [`verifier`](Self::verifier) for a reload: with the running verifier `old`, the new one
+    /// shares its threads and keeps what still holds (see [`Verifier::reloaded`]).
+    pub fn verifier_after(&self, old: Option<&Verifier>) -> Result<Option<Arc<Verifier>>, ConfigError> {
         let Some(path) = &self.users else { return Ok(None) };
-        Ok(Some(Arc::new(Verifier::new(Users::load(path)?))))
+        let users = Users::load(path)?;
+        Ok(Some(Arc::new(match old {
+            Some(old) => Verifier::reloaded(users, old),
+            None => Verifier::new(users),
+        })))
     }
 }
 

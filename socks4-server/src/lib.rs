@@ -50,10 +50,9 @@
 //!              let Ok(mut admission) = limiter.admit(peer.ip(), now) else { close; continue };
 //!              (over max_connections: limiter.refusals().record(now, Refusal::ServerConnections, peer.ip().into()))
 //!              keep `admission` with the connection (task or slot); dropping it releases it
-//! Authorize:   with a verifier: match verifier.check_cached(user_id) {
-//!                  Some(verdict) => verdict,
-//!                  None => run verifier.verify_blocking(&user_id) on the blocking/resolver pool }
-//!              Err(e) => { users::log_refusal(peer, user_id, e); hs.reject(e.reply_code()) }
+//! Authorize:   with a verifier: verdict = verifier.verify(peer.ip(), user_id).await   // or .notify(callback)
+//!                  (at once when cached; drop it when the client leaves: the check is withdrawn)
+//!              Err(e) => users::refuse(hs, peer, e)               // logs; 93 or 91; `auth refused`
 //!              Ok(()) => rules.evaluate(peer.ip(), &users::named(req)) then hs.accept / hs.reject(Rejected)
 //! first reply: admission.handshake_done();                         // sent the reply, or closing
 //! BIND listen: match admission.start_bind_wait(now) {              // --max-bind-waits[-per-client]
@@ -74,7 +73,8 @@
 //! accept:      metrics.accept_error() where accepting pauses on an error
 //! connection:  meter = ConnMeter::start(); meter.enter(Phase::…), meter.resolved(ok), meter.connected(),
 //!              meter.replied(code), meter.close(reason) where the reason is typed
-//! end:         meter.finish(cmd, up, down, errored); ConnLine { worker: meter.worker(), reply: meter.reply(), … }.log()
+//! end:         meter.finish(cmd, up, down, errored);
+//!              ConnLine { worker: meter.worker(), reply: meter.reply(), users_file: verifier.is_some(), … }.log()
 //! shutdown:    metrics.set_draining() before the listeners close (/readyz answers 503)
 //! ```
 //! See [`metrics`] for the whole list.

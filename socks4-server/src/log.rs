@@ -66,6 +66,7 @@ pub const SHUTDOWN: &str = "server shutdown";
 ///     elapsed: Duration::from_millis(41),
 ///     worker: Some(2),
 ///     reply: Some(socks4_core::ReplyCode::Granted),
+///     users_file: false,
 /// };
 /// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41 worker=2 reply=90");
 /// # Ok::<(), socks4_core::ParseError>(())
@@ -89,6 +90,9 @@ pub struct ConnLine<'a> {
     pub worker: Option<usize>,
     /// The last reply sent, if any.
     pub reply: Option<ReplyCode>,
+    /// The server checks user ids against a users file: a malformed user id (perhaps a bare
+    /// token) is then shown as its length only, `user=malformed(len=N)`.
+    pub users_file: bool,
 }
 
 /// Prints an optional value, or `-`.
@@ -115,11 +119,15 @@ impl Display for DestText<'_> {
     }
 }
 
-/// A request's user for the log: the name escaped, `:***` for a secret after a colon.
-struct UserText<'a>(&'a [u8]);
+/// A request's user for the log: the name escaped, `:***` for a secret after a colon. Under a
+/// users file (the `bool`), a malformed user id (perhaps a bare token) shows only its length.
+struct UserText<'a>(&'a [u8], bool);
 
 impl Display for UserText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.1 && crate::user_id::split_user_id(self.0).is_none() {
+            return crate::users::LoggedUser(self.0).fmt(f);
+        }
         let name = crate::user_id::user_name(self.0);
         UserId(name).fmt(f)?;
         if name.len() < self.0.len() {
@@ -141,7 +149,7 @@ impl ConnLine<'_> {
             client = %self.client,
             cmd = req.map(|r| tracing::field::display(r.command)),
             dest = req.map(|r| tracing::field::display(DestText(r))),
-            user = req.filter(|r| !r.user_id.is_empty()).map(|r| tracing::field::display(UserText(r.user_id))),
+            user = req.filter(|r| !r.user_id.is_empty()).map(|r| tracing::field::display(UserText(r.user_id, self.users_file))),
             result = %self.result,
             up = self.up,
             down = self.down,
@@ -157,7 +165,9 @@ impl Display for ConnLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "conn client={} ", self.client)?;
         match &self.request {
-            Some(req) => write!(f, "cmd={} dest={} user={}", req.command, DestText(req), UserText(req.user_id))?,
+            Some(req) => {
+                write!(f, "cmd={} dest={} user={}", req.command, DestText(req), UserText(req.user_id, self.users_file))?
+            }
             None => f.write_str("cmd=- dest=- user=-")?,
         }
         write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())?;
@@ -214,6 +224,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             worker: None,
             reply: None,
+            users_file: false,
         };
         assert_eq!(
             line.to_string(),
@@ -238,8 +249,23 @@ mod tests {
             elapsed: Duration::ZERO,
             worker: Some(0),
             reply: Some(ReplyCode::Rejected),
+            users_file: false,
         };
         let text = line.to_string();
         assert!(text.contains(" user=alice:*** ") && !text.contains("s3cret"), "{text}");
+        // Under a users file, a user id that is not NAME:TOKEN shows only its length.
+        for (id, shown) in
+            [(&b"s3cret-bare-token"[..], "user=malformed(len=17) "), (b"s3cret:", "user=malformed(len=7) ")]
+        {
+            let mut bytes = b"\x04\x01\x00\x50\x7f\x00\x00\x01".to_vec();
+            bytes.extend_from_slice(id);
+            bytes.push(0);
+            let Ok(Status::Complete((req, _))) = parse_request(&bytes, &Limits::default()) else { panic!() };
+            let users = ConnLine { request: Some(req), users_file: true, ..line };
+            let text = users.to_string();
+            assert!(text.contains(shown) && !text.contains("s3cret"), "{text}");
+            let plain = ConnLine { request: Some(req), users_file: false, ..users };
+            assert!(plain.to_string().contains("s3cret"), "without a users file the user id is a name");
+        }
     }
 }

@@ -213,7 +213,10 @@ impl From<&CloseReason> for Close {
             CloseReason::ClientGone => Self::ClientGone,
             CloseReason::HandshakeTimeout => Self::HandshakeTimeout,
             CloseReason::Invalid(_) => Self::Invalid,
-            CloseReason::Denied(_) | CloseReason::Forbidden(_) | CloseReason::AddressOnly(_) => Self::Denied,
+            CloseReason::Denied(_)
+            | CloseReason::Forbidden(_)
+            | CloseReason::AddressOnly(_)
+            | CloseReason::UserRefused(_) => Self::Denied,
             CloseReason::ResolveFailed(_) => Self::ResolveFailed,
             CloseReason::ConnectFailed(_) => Self::ConnectFailed,
             CloseReason::BindFailed(_) | CloseReason::BindTimeout | CloseReason::WrongPeer(_) => Self::BindFailed,

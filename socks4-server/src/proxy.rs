@@ -135,8 +135,17 @@ impl HeaderEnd {
     /// debug for a health check.
     pub fn log(self, balancer: SocketAddr, elapsed: Duration) {
         let worker = crate::worker::current();
-        let line =
-            ConnLine { client: balancer, request: None, result: &self, up: 0, down: 0, elapsed, worker, reply: None };
+        let line = ConnLine {
+            client: balancer,
+            request: None,
+            result: &self,
+            up: 0,
+            down: 0,
+            elapsed,
+            worker,
+            reply: None,
+            users_file: false,
+        };
         if self.is_health_check() {
             tracing::debug!("{line}");
         } else {

@@ -18,6 +18,9 @@
 //!
 //! What a reload changes, and what it does not:
 //!
+//! - users file: a new verifier for connections accepted after the swap; it shares the running
+//!   one's verification threads and places, keeps the verified user ids of users whose line is
+//!   unchanged and which names verified before (see [`Verifier::reloaded`]);
 //! - rules, users file, timeouts, `max_connections`, `safe_socks`, `[limits]`, `[client_limits]`
 //!   and the log level apply to connections accepted after the swap; connections already accepted
 //!   keep their snapshot to the end (a relay is never cut or re-checked by a reload);
@@ -70,7 +73,7 @@ impl Snapshot {
         config.validate()?;
         let configured_rules = std::mem::take(&mut config.rules);
         config.rules = guard_own_listeners(&configured_rules, listening, &config.proxy_protocol);
-        let verifier = config.verifier()?;
+        let verifier = config.verifier_after(old.and_then(|o| o.verifier.as_deref()))?;
         let limiter = match old {
             Some(old) if *old.limiter.limits() == config.client_limits => Arc::clone(&old.limiter),
             Some(old) => {
@@ -257,6 +260,23 @@ mod tests {
         // An open listener in the new file would be refused anyway; the running one is what counts.
         let open = config(|c| c.listen = vec!["0.0.0.0:1080".parse().unwrap()]);
         assert_eq!(live.replace(open).unwrap().restart_needed, ["listen", "workers"]);
+    }
+
+    #[test]
+    fn verified_users_carry_over_a_reload() {
+        let path = std::env::temp_dir().join(format!("socks4-reload-users-{}", std::process::id()));
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        std::fs::write(&path, format!("alice:{}\n", crate::users::hash_token_with(b"t", params).unwrap())).unwrap();
+        let with_users = || config(|c| c.users = Some(path.clone()));
+        let live = LiveConfig::new(with_users()).unwrap();
+        let first = live.snapshot().verifier.clone().unwrap();
+        assert_eq!(first.verify_blocking(b"alice:t"), Ok(()));
+        live.replace(with_users()).unwrap();
+        let second = live.snapshot().verifier.clone().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "a new verifier");
+        assert_eq!(second.check_cached(b"alice:t"), Some(Ok(())), "alice's line is unchanged: still verified");
+        assert_eq!(second.hashes_computed(), 1, "the same threads and counts");
     }
 
     #[test]

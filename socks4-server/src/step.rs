@@ -7,8 +7,8 @@
 //! - `Resolve`: a CONNECT by name routed to a `socks4a://` parent ([`upstream::forwards_name`]) is
 //!   forwarded unresolved; otherwise [`Step::Resolve`];
 //! - `Authorize`: with a users file, the user id is checked first ([`Verifier::check_cached`]; a
-//!   miss is [`Step::VerifyUser`] for the blocking pool, answered with
-//!   [`Decisions::user_checked`]); a refusal is logged ([`users::log_refusal`]) and answered; then
+//!   miss is [`Step::VerifyUser`] for the verifier's threads, answered with
+//!   [`Decisions::user_checked`]); a refusal is logged and answered ([`users::refuse`]); then
 //!   the rules decide ([`upstream::authorize`]) and a route is kept;
 //! - `Connect`: through the route's parents ([`Step::Chain`]) or directly ([`Step::Connect`]);
 //! - `Listen` (BIND): the BIND-wait slot is taken ([`Admission::start_bind_wait`]; over the limit,
@@ -24,7 +24,7 @@
 //! loop match decisions.next(&mut hs, &mut admission, &Context { config, verifier, client, .. })? {
 //!     Send(reply)              => write it (meter.replied)
 //!     Resolve { host, port }   => lookup → hs.handle_resolved(first address)
-//!     VerifyUser { .. }        => verifier.verify_blocking off the loop → decisions.user_checked
+//!     VerifyUser { .. }        => verifier.verify(client, user_id) (await or notify) → decisions.user_checked
 //!     Ident                    => ask identd → hs.handle_ident
 //!     Connect(addr)            => connect → hs.handle_connected / hs.retry_connect
 //!     Chain(attempt)           => perform attempt.poll()'s Io until each Answer → answer.apply(&mut hs)
@@ -56,8 +56,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socks4_core::rules::Route;
-use socks4_core::{CloseReason, Failure, Misuse, Output, Reply, ServerHandshake};
+use socks4_core::rules::{AccessRequest, Route};
+use socks4_core::{CloseReason, Failure, Misuse, Output, Reply, ReplyCode, ServerHandshake};
 
 use crate::ServerConfig;
 use crate::chain::Attempt;
@@ -99,8 +99,9 @@ pub enum Step {
         /// The requested port.
         port: u16,
     },
-    /// Check the user id against the users file off the event loop
-    /// ([`Verifier::verify_blocking`]); answer with [`Decisions::user_checked`].
+    /// Check the user id against the users file off the event loop ([`Verifier::verify`], on the
+    /// verifier's threads; keep its [`Verification`](crate::users::Verification) while waiting:
+    /// dropping it withdraws the check); answer with [`Decisions::user_checked`].
     VerifyUser {
         /// The verifier.
         verifier: Arc<Verifier>,
@@ -158,6 +159,8 @@ enum UserCheck {
     Todo,
     /// On the blocking pool.
     Pending,
+    /// Passed just now: the embedder's check saw this `Authorize` before the users file.
+    Verified,
     Passed,
 }
 
@@ -181,6 +184,22 @@ impl Decisions {
         admission: &mut Admission,
         cx: &Context<'_>,
     ) -> Result<Step, Misuse> {
+        self.next_checked(hs, admission, cx, &mut |_| Ok(()))
+    }
+
+    /// [`next`](Self::next), with an embedder's `check` asked at each `Authorize`, before the users
+    /// file and the rules (once per request it sees: a name's next address is a new one):
+    /// `Err(code)` rejects the request with `code` (a `Granted` there counts as `Rejected`).
+    ///
+    /// # Errors
+    /// A misuse of the handshake, as [`next`](Self::next).
+    pub fn next_checked(
+        &mut self,
+        hs: &mut ServerHandshake,
+        admission: &mut Admission,
+        cx: &Context<'_>,
+        check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>,
+    ) -> Result<Step, Misuse> {
         let users_file = cx.verifier.is_some();
         loop {
             let output = hs.poll_output();
@@ -198,7 +217,7 @@ impl Decisions {
                 }
                 Output::Resolve { host, port } => (host.to_owned(), port),
                 Output::Authorize(_) => {
-                    if let Some(step) = self.authorize(hs, cx)? {
+                    if let Some(step) = self.authorize(hs, cx, check)? {
                         return Ok(step);
                     }
                     continue;
@@ -271,13 +290,12 @@ impl Decisions {
         }
         match verdict {
             Ok(()) => {
-                self.user = UserCheck::Passed;
+                self.user = UserCheck::Verified;
                 Ok(())
             }
             Err(e) => {
                 self.user = UserCheck::Todo;
-                users::log_refusal(client, hs.request().map_or(&[], |r| r.user_id), e);
-                hs.reject(e.reply_code())
+                users::refuse(hs, client, e)
             }
         }
     }
@@ -287,17 +305,34 @@ impl Decisions {
         self.user == UserCheck::Pending
     }
 
-    /// At `Authorize`: the users file, then the rules; `Some(step)` when the driver has work.
-    fn authorize(&mut self, hs: &mut ServerHandshake, cx: &Context<'_>) -> Result<Option<Step>, Misuse> {
+    /// At `Authorize`: the embedder's check, the users file, then the rules; `Some(step)` when the
+    /// driver has work.
+    fn authorize(
+        &mut self,
+        hs: &mut ServerHandshake,
+        cx: &Context<'_>,
+        check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>,
+    ) -> Result<Option<Step>, Misuse> {
         let Some(req) = hs.access_request() else {
             return Err(Misuse::new("Decisions::next (authorize without a request)"));
         };
+        match self.user {
+            // The verdict is on its way; the handshake's deadline bounds the wait.
+            UserCheck::Pending => return Ok(Some(Step::Wait { deadline: hs.deadline() })),
+            // The check saw this request before its verification.
+            UserCheck::Verified => self.user = UserCheck::Passed,
+            UserCheck::Todo | UserCheck::Passed => {
+                if let Err(code) = check(&req) {
+                    hs.reject(if code == ReplyCode::Granted { ReplyCode::Rejected } else { code })?;
+                    return Ok(None);
+                }
+            }
+        }
         if let (Some(verifier), UserCheck::Todo) = (cx.verifier, self.user) {
             match verifier.check_cached(req.user_id) {
                 Some(Ok(())) => self.user = UserCheck::Passed,
                 Some(Err(e)) => {
-                    users::log_refusal(cx.client, req.user_id, e);
-                    hs.reject(e.reply_code())?;
+                    users::refuse(hs, cx.client, e)?;
                     return Ok(None);
                 }
                 None => {
@@ -306,10 +341,6 @@ impl Decisions {
                     return Ok(Some(Step::VerifyUser { verifier: Arc::clone(verifier), user_id }));
                 }
             }
-        }
-        if self.user == UserCheck::Pending {
-            // The verdict is on its way; the handshake's deadline bounds the wait.
-            return Ok(Some(Step::Wait { deadline: hs.deadline() }));
         }
         let named = cx.verifier.is_some();
         if let Authorized::Via(route) = upstream::authorize(hs, cx.now, &cx.config.rules, cx.client.ip(), named)? {
@@ -418,6 +449,37 @@ mod tests {
         assert_eq!(decisions.next(&mut hs, &mut admission, &cx).unwrap(), reply(ReplyCode::IdentMismatch));
         decisions.user_checked(&mut hs, Ok(()), cx.client).unwrap();
         assert!(matches!(decisions.next(&mut hs, &mut admission, &cx), Ok(Step::Closed(_))), "a late verdict: ignored");
+    }
+
+    #[test]
+    fn an_embedders_check_comes_first_once_per_request() {
+        let mut f = Fixture::new("allow any");
+        let hash = users::hash_token_with(b"tok", argon2::Params::new(8, 1, 1, None).unwrap()).unwrap();
+        f.verifier = Some(Arc::new(Verifier::new(Users::parse(format!("alice:{hash}\n").as_bytes()).unwrap())));
+        let cx = f.cx(false);
+        let mut seen = Vec::new();
+        let mut check = |req: &AccessRequest<'_>| {
+            seen.push(req.port);
+            if req.port == 25 { Err(ReplyCode::Granted) } else { Ok(()) }
+        };
+        let start = |request: &[u8], check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>| {
+            let mut admission = f.limiter.admit(cx.client.ip(), f.at).unwrap();
+            let mut hs = f.config.handshake(cx.now);
+            hs.handle_input(cx.now, request);
+            let mut decisions = Decisions::default();
+            let step = decisions.next_checked(&mut hs, &mut admission, &cx, check).unwrap();
+            (hs, decisions, admission, step)
+        };
+        // Refused before the users file (no verification), a `Granted` as a 91.
+        let (.., step) = start(b"\x04\x01\x00\x19\x7f\x00\x00\x01alice:tok\0", &mut check);
+        assert_eq!(step, reply(ReplyCode::Rejected));
+        let (mut hs, mut decisions, mut admission, step) =
+            start(b"\x04\x01\x00\x50\x7f\x00\x00\x01alice:tok\0", &mut check);
+        assert!(matches!(step, Step::VerifyUser { .. }), "{step:?}");
+        decisions.user_checked(&mut hs, Ok(()), cx.client).unwrap();
+        let step = decisions.next_checked(&mut hs, &mut admission, &cx, &mut check).unwrap();
+        assert_eq!(step, Step::Connect("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(seen, [25, 80], "asked once per request, also across its verification");
     }
 
     #[test]

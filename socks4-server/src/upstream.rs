@@ -1,30 +1,25 @@
 //! Chaining through parent proxies: the outgoing-connect phase of a request whose rule has a
 //! [`Route`] (`allow to *.onion via socks4a://127.0.0.1:9050`), shared by every adapter.
 //!
-//! The adapter wires it at these points of the handshake:
+//! The decisions ([`step::Decisions`](crate::step::Decisions)) wire it at these points of the
+//! handshake:
 //!
 //! ```text
-//! Output::Resolve:  if upstream::forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
-//!                   else resolve as before
-//! Output::Authorize: (after the users file) if let Via(route) = upstream::authorize(&mut hs, now, rules,
-//!                       client, users)? { keep it for Connect or Listen }
-//! Output::Connect:  with a route: request = connect_request(&route, &target, user_id)?;
-//!                   for parent in Upstreams::global().plan(&route): resolve it, connect, send the
-//!                   request and read the reply (bytes_wanted at a time) within the connect timeout;
-//!                   plan.unreachable(..) before the connect, else plan.answered(parent, finish_connect(event))
-//!                   → hs.handle_connected (a parent's 91/92/93 reaches the client);
-//!                   the log line's result ends with `via PARENT` ([`Via`])
-//! Output::Listen:   with a route (BIND): likewise with bind_request and first_bind_reply
-//!                   → hs.handle_listening(listening address); then read the parent's second reply
-//!                   within the BIND timeout, second_bind_reply → hs.handle_bind_peer
+//! Output::Resolve:   if forwards_name(rules, client, &hs, users) { hs.forward_name(now) }  // no lookup
+//!                    else resolve as before
+//! Output::Authorize: (after the users file) if let Via(route) = authorize(&mut hs, now, rules, client,
+//!                       users)? { keep it for Connect or Listen }
+//! Output::Connect:   with a route: chain::Attempt::connect(.., &route, &target, user_id, ..)
+//! Output::Listen:    with a route (BIND): chain::Attempt::bind(.., &route, expected_peer, user_id, ..)
 //! ```
 //!
-//! socks4-std drives [`chain::Attempt`](crate::chain::Attempt) (the same steps as a sans-IO
-//! machine) in its poller; the async adapters do them on their event loop with their own sockets.
-//! Either way a client that leaves drops the attempt and closes the parent's connection at once.
-//! Both follow the same pieces: the request ([`connect_request`], [`bind_request`]), the order and
-//! health ([`Plan`], [`Upstreams::record`]) and what a reply means ([`finish_connect`],
-//! [`first_bind_reply`], [`second_bind_reply`], [`reply_failure`]).
+//! Every driver (socks4-std's poller, the async driver on its event loop) performs the
+//! [`chain::Attempt`](crate::chain::Attempt)'s I/O with its own sockets; a client that leaves
+//! drops the attempt and closes the parent's connection at once. The attempt follows the pieces
+//! here: the request ([`connect_request`], [`bind_request`]), the order and health
+//! ([`Upstreams::order`], [`Upstreams::record`]) and what a reply means ([`finish_connect`],
+//! [`first_bind_reply`], [`second_bind_reply`]); the log line's result ends with `via PARENT`
+//! ([`Via`]).
 //!
 //! Names: with a `socks4a://` route the request is decided on the name alone, *before* any
 //! lookup ([`forwards_name`]), and the name goes to the parent unresolved, so a routed `.onion`
@@ -48,7 +43,6 @@
 //! [`Upstreams::stats`] gives the counters a metrics exporter can publish.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,8 +50,8 @@ use std::time::{Duration, Instant};
 
 use socks4_core::rules::{Parent, Route, Rules};
 use socks4_core::{
-    AccessRequest, Action, ClientEvent, ClientHandshake, Command, ConnectError, Dest, Failure, Misuse, ReplyCode,
-    ServerHandshake, Target,
+    AccessRequest, Action, ClientEvent, ClientHandshake, Command, Dest, Failure, Misuse, ReplyCode, ServerHandshake,
+    Target,
 };
 
 /// Consecutive failures after which a parent is skipped.
@@ -103,7 +97,7 @@ pub enum Authorized {
     /// Denied, or allowed to connect (or listen) directly.
     Direct,
     /// Allowed through this route: a CONNECT connects, a BIND listens through a parent (see
-    /// [`Plan`]).
+    /// [`chain::Attempt`](crate::chain::Attempt)).
     Via(Route),
 }
 
@@ -284,95 +278,6 @@ pub(crate) fn reached<T>(result: &Result<T, Failure>) -> bool {
     matches!(result, Ok(_) | Err(Failure::Rejected(_)))
 }
 
-/// A parent's reply that could not be read (it closed, sent a malformed reply, or the connection
-/// failed): the client gets a 91; a timeout is [`Failure::TimedOut`].
-pub fn reply_failure(e: &ConnectError) -> Failure {
-    match e {
-        ConnectError::TimedOut => Failure::TimedOut,
-        ConnectError::Io(e) => io_failure(e),
-        _ => Failure::Other,
-    }
-}
-
-/// What came of a chained request: the answer (for a CONNECT, the stream to relay and the
-/// parent's address), or the failure for the client's reply; and the parent that
-/// answered or was tried last, for the log line.
-#[derive(Debug)]
-pub struct Chained<T> {
-    /// The parent's answer, or why there is none.
-    pub result: Result<T, Failure>,
-    /// The parent that answered, or the last one tried.
-    pub via: Option<Parent>,
-}
-
-impl<T> Chained<T> {
-    /// A request that could not even be made (no parent tried).
-    pub fn failed(failure: Failure) -> Self {
-        Self { result: Err(failure), via: None }
-    }
-}
-
-/// A route's parents to try for one request ([`Upstreams::plan`]), in order, and the record of
-/// what became of them. For each parent: resolve it and connect (within the connect timeout);
-/// when that fails, [`unreachable`](Self::unreachable) and take the next; once connected, send
-/// the request, read the reply by the same timeout and end with [`answered`](Self::answered)
-/// (no second parent: it could reach the destination twice). [`exhausted`](Self::exhausted) when
-/// none could be reached. A plan dropped on the way (its client left) records nothing about the
-/// parent it was trying: health is learnt from attempts that end.
-///
-/// ```
-/// use socks4_core::Failure;
-/// use socks4_server::upstream::Upstreams;
-/// let rule: socks4_core::rules::Rule = "allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2".parse()?;
-/// let (route, ups) = (rule.route.unwrap(), Upstreams::new());
-/// let mut plan = ups.plan(&route);
-/// let first = plan.next().unwrap();
-/// plan.unreachable(first, Failure::Refused);
-/// let second = plan.next().unwrap();
-/// let chained = plan.answered(second, Ok::<_, Failure>("the stream"));
-/// assert_eq!(chained.via.unwrap().port, 2);
-/// assert_eq!(ups.stats().failures, 1);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-pub struct Plan<'a> {
-    upstreams: &'a Upstreams,
-    parents: std::vec::IntoIter<&'a Parent>,
-    last: Option<(&'a Parent, Failure)>,
-}
-
-impl<'a> Iterator for Plan<'a> {
-    type Item = &'a Parent;
-
-    fn next(&mut self) -> Option<&'a Parent> {
-        self.parents.next()
-    }
-}
-
-impl<'a> Plan<'a> {
-    /// `parent` could not be reached (its name did not resolve, the connect failed or timed out):
-    /// a failure in its health; try the next.
-    pub fn unreachable(&mut self, parent: &'a Parent, failure: Failure) {
-        self.upstreams.record(parent, false, Instant::now());
-        self.last = Some((parent, failure));
-    }
-
-    /// `parent` was connected to and had the request: `result` is the answer. A refusal counts as
-    /// reached; a parent that closed, stalled or sent a malformed reply as a failure.
-    pub fn answered<T>(self, parent: &Parent, result: Result<T, Failure>) -> Chained<T> {
-        self.upstreams.record(parent, reached(&result), Instant::now());
-        Chained { result, via: Some(parent.clone()) }
-    }
-
-    /// No parent could be reached: the last one's failure.
-    pub fn exhausted<T>(self) -> Chained<T> {
-        match self.last {
-            Some((parent, failure)) => Chained { result: Err(failure), via: Some(parent.clone()) },
-            None => Chained::failed(Failure::Unreachable),
-        }
-    }
-}
-
 /// A connection's log result with the route taken: `ok via socks4a://127.0.0.1:9050`.
 ///
 /// ```
@@ -448,12 +353,6 @@ impl Upstreams {
         up
     }
 
-    /// The parents to try for one request through `route`, in [`order`](Self::order) now; see
-    /// [`Plan`].
-    pub fn plan<'a>(&'a self, route: &'a Route) -> Plan<'a> {
-        Plan { upstreams: self, parents: self.order(route, Instant::now()).into_iter(), last: None }
-    }
-
     /// Is `parent` being skipped at `now`?
     pub fn is_skipped(&self, parent: &Parent, now: Instant) -> bool {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -493,13 +392,6 @@ impl Upstreams {
 /// The user id to send to a route's parents: its `as` name, else the client's user name.
 fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
     route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes)
-}
-
-fn io_failure(e: &io::Error) -> Failure {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
-        _ => Failure::Other,
-    }
 }
 
 #[cfg(test)]
@@ -564,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn what_replies_mean_and_a_plan_with_no_parent_reached() {
+    fn what_replies_mean() {
         let a = SocketAddrV4::new([192, 0, 2, 1].into(), 80);
         assert_eq!(finish_connect(ClientEvent::Granted(a)), Ok(a.into()));
         assert_eq!(
@@ -579,19 +471,6 @@ mod tests {
         assert_eq!(second_bind_reply(ClientEvent::Granted(a)), Ok(a.into()));
         assert_eq!(second_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected)), Err(Failure::Other));
         assert_eq!(second_bind_reply(ClientEvent::BindListening(a)), Err(Failure::BadAnswer));
-        assert_eq!(reply_failure(&ConnectError::TimedOut), Failure::TimedOut);
-        let reset = ConnectError::Io(io::ErrorKind::ConnectionReset.into());
-        assert_eq!(reply_failure(&reset), Failure::Other, "a parent that resets before its reply: 91");
-
-        let r = route("allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2");
-        let ups = Upstreams::new();
-        let mut plan = ups.plan(&r);
-        while let Some(parent) = plan.next() {
-            plan.unreachable(parent, if parent.port == 1 { Failure::Refused } else { Failure::TimedOut });
-        }
-        let chained: Chained<()> = plan.exhausted();
-        assert_eq!((chained.result, chained.via.map(|p| p.port)), (Err(Failure::TimedOut), Some(2)), "the last");
-        assert_eq!(ups.stats().failures, 2);
         let r = route("allow via socks4://127.0.0.1:1");
         assert_eq!(connect_request(&r, &ChainTarget::Host("a.example".into(), 80), b"").err(), Some(Failure::Other));
     }

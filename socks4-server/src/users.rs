@@ -25,7 +25,7 @@
 //! bob:$argon2id$v=19$m=19456,t=2,p=1$...
 //! ```
 //!
-//! # Verifying without stalling the event loop
+//! # Verifying without stalling the event loop, under attack
 //!
 //! Argon2 is slow on purpose (about 20 ms per check with the `hash-token` parameters, 19 MiB of
 //! memory). A [`Verifier`] therefore has two halves:
@@ -33,10 +33,24 @@
 //! - [`Verifier::check_cached`], fast, on the event loop: answers at once for a malformed user id
 //!   or one verified before (a cache keyed by a keyed BLAKE2b MAC of the whole user id: the token
 //!   is never kept);
-//! - [`Verifier::verify_blocking`], slow, on a blocking thread (`spawn_blocking`, the resolver
-//!   pool): the Argon2 check, then the cache is filled. At most one verification per CPU runs at
-//!   once, a few dozen more may wait, beyond that it answers [`AuthError::Busy`] at once, so a
-//!   flood of made-up tokens costs bounded CPU and memory.
+//! - [`Verifier::verify`], which returns a [`Verification`] (a runtime-neutral future, or a
+//!   callback with [`Verification::notify`]): the Argon2 check runs on the verifier's own threads
+//!   (one per CPU, at most 4), never on an event loop or a runtime's blocking pool.
+//!
+//! What one client can cost, and what it cannot take from others:
+//!
+//! - memory: each verification thread has one Argon2 buffer, allocated at its first check and
+//!   reused, so the verifier holds threads × m_cost (2 × 19 MiB on 2 CPUs) however many checks
+//!   fail (a buffer per check, freed, fragmented glibc's arenas into gigabytes);
+//! - CPU: at most the threads' worth; 64 places wait for them, beyond which a check is answered
+//!   [`AuthError::Busy`] (reply 91) at once;
+//! - fairness: one client (an IPv4 address, an IPv6 /64) holds at most 4 places, clients are
+//!   served in turn, and 16 places are kept for names that verified before (carried over
+//!   reloads), so a flood from one address does not lock first-time logins out, and a flood from
+//!   many does not lock known users out;
+//! - a burst of one user id: while its check runs, later askers wait for its verdict (at most
+//!   1024), taking no place and no second hash;
+//! - a client that leaves: dropping its [`Verification`] withdraws a check nobody else waits for.
 //!
 //! An unknown name is checked against a dummy hash with the same parameters, so the time taken
 //! does not tell whether a name exists; the same reply code (93) is sent for an unknown name and a
@@ -50,6 +64,9 @@
 //! let verifier = Verifier::new(Users::parse(line.as_bytes())?);
 //!
 //! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), None); // not known yet: verify off the loop
+//! let client = "192.0.2.7".parse()?;
+//! assert_eq!(verifier.verify(client, b"alice:s3cret-token").wait(), Ok(())); // or `.await` it
+//! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), Some(Ok(()))); // now answered at once
 //! assert_eq!(verifier.verify_blocking(b"alice:s3cret-token"), Ok(()));
 //! assert_eq!(verifier.check_cached(b"alice:s3cret-token"), Some(Ok(()))); // now answered at once
 //! assert_eq!(verifier.verify_blocking(b"alice:guess"), Err(AuthError::BadToken));
@@ -60,20 +77,28 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use blake2::Blake2bMac;
 use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
-use socks4_core::ReplyCode;
+use socks4_core::{Misuse, ReplyCode, ServerHandshake};
 
 use crate::user_id::UserId;
 pub use crate::user_id::{MAX_NAME, named, split_user_id, user_name, valid_name};
+
+mod pool;
+mod queue;
+
+use pool::Pool;
+pub use pool::Verification;
+use queue::{ClientKey, Lane};
 
 /// Longest entry line in the file (a PHC string of the default parameters is about 100 bytes).
 pub const MAX_LINE: usize = 1024;
@@ -290,51 +315,116 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
+/// How a user id is written in logs under a users file: [`user_name`] escaped when the user id
+/// has the `NAME:TOKEN` form, otherwise (a malformed user id: perhaps a bare token) only its
+/// length, `malformed(len=N)`: never the bytes.
+///
+/// ```
+/// use socks4_server::users::LoggedUser;
+/// assert_eq!(LoggedUser(b"alice:s3cret").to_string(), "alice");
+/// assert_eq!(LoggedUser(b"s3cret-token").to_string(), "malformed(len=12)");
+/// assert_eq!(LoggedUser(b"s3cret:").to_string(), "malformed(len=7)");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedUser<'a>(pub &'a [u8]);
+
+impl fmt::Display for LoggedUser<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match split_user_id(self.0) {
+            Some((name, _)) => UserId(name.as_bytes()).fmt(f),
+            None => write!(f, "malformed(len={})", self.0.len()),
+        }
+    }
+}
+
 /// The one log line (tracing, `info`) for a refused user id: the client, the user name (escaped;
-/// never the token) and the reason.
+/// never the token, and only the length of a malformed user id: see [`LoggedUser`]) and the reason.
 ///
 /// ```text
 /// auth refused client=10.0.0.5:40112 user=alice reason=bad-token
+/// auth refused client=10.0.0.5:40113 user=malformed(len=24) reason=malformed-user-id
 /// ```
 pub fn log_refusal(client: SocketAddr, user_id: &[u8], reason: AuthError) {
-    tracing::info!("auth refused client={client} user={} reason={reason}", UserId(user_name(user_id)));
+    tracing::info!("auth refused client={client} user={} reason={reason}", LoggedUser(user_id));
+}
+
+/// Refuses the handshake's request for a failed user id: logs it ([`log_refusal`]) and closes
+/// with the reason's code and [`CloseReason::UserRefused`](socks4_core::CloseReason::UserRefused)
+/// (the connection's line says `auth refused (93)`). What every adapter calls at `Authorize`.
+pub fn refuse(hs: &mut ServerHandshake, client: SocketAddr, reason: AuthError) -> Result<(), Misuse> {
+    log_refusal(client, hs.request().map_or(&[], |r| r.user_id), reason);
+    hs.refuse_user(reason.reply_code())
 }
 
 /// Cache slots (a power of two). A slot is 24 bytes.
 const CACHE_SLOTS: usize = 4096;
 
-/// What a cache slot remembers: the MAC of a user id and its verdict.
-type Slot = Option<([u8; 16], Result<(), AuthError>)>;
+/// The user index of an unknown name in a cache slot.
+const NO_USER: u32 = u32::MAX;
 
-/// Checks user ids against a [`Users`] file. Share one (`Arc`) between all workers. See the
-/// [module docs](self).
-pub struct Verifier {
-    users: HashMap<Box<[u8]>, PasswordHash>,
+/// What a cache slot remembers: the MAC of a user id, its verdict and the user's index.
+type Slot = Option<([u8; 16], Result<(), AuthError>, u32)>;
+
+/// One user of a verifier.
+struct Entry {
+    index: u32,
+    hash: PasswordHash,
+    /// A token of this user verified (since the server started, carried over reloads): the user's
+    /// checks wait in the known names' lane.
+    verified: AtomicBool,
+}
+
+/// What a verification thread needs of a verifier.
+pub(crate) struct Inner {
+    /// Tells this verifier's checks in flight from a reloaded one's.
+    generation: u64,
+    users: HashMap<Box<[u8]>, Entry>,
     /// Checked for unknown names, so that they take as long as known ones.
     dummy: PasswordHash,
     mac_key: [u8; 32],
     cache: Box<[Mutex<Slot>]>,
-    gate: Gate,
+}
+
+/// Checks user ids against a [`Users`] file. Share one (`Arc`) between all workers. See the
+/// [module docs](self).
+pub struct Verifier {
+    inner: Arc<Inner>,
+    pool: Arc<Pool>,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier").field("users", &self.users.len()).finish_non_exhaustive()
+        f.debug_struct("Verifier").field("users", &self.inner.users.len()).finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// A verifier for these users: at most one verification per CPU at once, 32 more per CPU may
-    /// wait. Computes one hash (the dummy for unknown names), so it takes as long as a check.
+    /// A verifier for these users: at most one verification thread per CPU (at most 4), 64 places
+    /// for checks waiting (see [`with_parallelism`](Self::with_parallelism)).
     pub fn new(users: Users) -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_parallelism(users, cpus, 32 * cpus)
+        Self::with_parallelism(users, default_threads(), 64)
     }
 
-    /// With `running` verifications at once (at least 1) and `waiting` more queued; beyond that,
-    /// [`verify_blocking`](Self::verify_blocking) answers [`AuthError::Busy`] at once. Memory at
-    /// most `running × m_cost`.
+    /// With `running` verification threads (at least 1, started at the first checks, each with
+    /// one Argon2 buffer of the largest entry's `m_cost`, kept) and `waiting` places. Beyond them
+    /// a check is answered [`AuthError::Busy`] at once. The places are shared fairly: one client
+    /// (an address; an IPv6 /64) holds at most a sixteenth of them (at least one), clients are
+    /// served in turn, and a quarter is kept for names that verified before. Memory: at most
+    /// `running × m_cost`.
     pub fn with_parallelism(users: Users, running: usize, waiting: usize) -> Self {
+        Self::build(users, None, Arc::new(Pool::new(running, waiting)))
+    }
+
+    /// The verifier for a reloaded users file, after `old`: it shares `old`'s threads and places
+    /// (CPU and memory stay bounded across reloads), and keeps what `old` learnt of the users
+    /// whose line is unchanged (their verified user ids stay cached) and which names verified
+    /// before (their checks keep the known names' lane).
+    pub fn reloaded(users: Users, old: &Verifier) -> Self {
+        Self::build(users, Some(&old.inner), Arc::clone(&old.pool))
+    }
+
+    fn build(users: Users, old: Option<&Inner>, pool: Arc<Pool>) -> Self {
+        static GENERATION: AtomicU64 = AtomicU64::new(0);
         let params = common_params(&users);
         if users.users.iter().any(|u| Params::try_from(&u.hash).ok().as_ref() != Some(&params)) {
             tracing::warn!(
@@ -342,77 +432,107 @@ impl Verifier {
                  takes may then tell which names exist (hash them all with `hash-token`)"
             );
         }
-        let mut secret = [0u8; 32];
-        random(&mut secret);
-        let dummy = hash_token_with(&secret, params).expect("valid parameters from a parsed entry or the defaults");
-        let dummy = PasswordHash::new(&dummy).expect("a hash just made parses");
-        let mut mac_key = [0u8; 32];
-        random(&mut mac_key);
-        Self {
-            users: users.users.into_iter().map(|u| (u.name.into_bytes().into_boxed_slice(), u.hash)).collect(),
-            dummy,
-            mac_key,
-            cache: (0..CACHE_SLOTS).map(|_| Mutex::new(None)).collect(),
-            gate: Gate::new(running.max(1), waiting),
+        let mac_key = old.map_or_else(
+            || {
+                let mut key = [0u8; 32];
+                random(&mut key);
+                key
+            },
+            |o| o.mac_key,
+        );
+        let users: HashMap<Box<[u8]>, Entry> = users
+            .users
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let name = u.name.into_bytes().into_boxed_slice();
+                let verified = old.and_then(|o| o.users.get(&name)).is_some_and(|e| e.verified.load(Ordering::Relaxed));
+                let index = u32::try_from(i).unwrap_or(NO_USER - 1);
+                (name, Entry { index, hash: u.hash, verified: AtomicBool::new(verified) })
+            })
+            .collect();
+        let cache: Box<[Mutex<Slot>]> = (0..CACHE_SLOTS).map(|_| Mutex::new(None)).collect();
+        if let Some(old) = old {
+            // The old verdicts of a user whose line is unchanged still hold.
+            let unchanged: HashMap<u32, u32> = old
+                .users
+                .iter()
+                .filter_map(|(name, e)| users.get(name).filter(|n| n.hash == e.hash).map(|n| (e.index, n.index)))
+                .collect();
+            for (slot, new) in old.cache.iter().zip(cache.iter()) {
+                if let Some((tag, verdict, user)) = *lock(slot) {
+                    if let Some(&index) = unchanged.get(&user) {
+                        *lock(new) = Some((tag, verdict, index));
+                    }
+                }
+            }
         }
+        let inner = Inner {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            users,
+            dummy: dummy_hash(params),
+            mac_key,
+            cache,
+        };
+        Self { inner: Arc::new(inner), pool }
     }
 
     /// The fast half, for the event loop: the verdict if it is known without hashing (a malformed
-    /// user id, or one checked before), `None` if [`verify_blocking`](Self::verify_blocking) must
-    /// run (off the event loop).
+    /// user id, or one checked before), `None` if [`verify`](Self::verify) must wait for a check.
     pub fn check_cached(&self, user_id: &[u8]) -> Option<Result<(), AuthError>> {
         if split_user_id(user_id).is_none() {
             return Some(Err(AuthError::Malformed));
         }
-        let tag = self.tag(user_id);
-        let slot = *self.slot(&tag).lock().unwrap_or_else(|e| e.into_inner());
-        slot.filter(|(t, _)| ct_eq(t, &tag)).map(|(_, verdict)| verdict)
+        self.inner.cached(&self.inner.tag(user_id))
     }
 
-    /// The slow half, for a blocking thread: checks the token with Argon2 (unknown names against a
-    /// dummy hash, taking as long) and caches the verdict. Waits while all verification slots are
-    /// busy; [`AuthError::Busy`] at once if too many already wait.
-    ///
-    /// # Errors
-    ///
-    /// The [`AuthError`] that refuses the user id: malformed, unknown name or wrong token (the same
-    /// answer, after the same work), or [`AuthError::Busy`] when too many checks already wait.
+    /// Checks `user_id` for `client`: at once if cached (or malformed), else on a verification
+    /// thread, which the returned [`Verification`] waits for (await it, or
+    /// [`notify`](Verification::notify)). The check takes one of the waiting places, within
+    /// `client`'s share; [`AuthError::Busy`] at once if there is none. While a check of the same
+    /// user id is under way, later askers wait for its verdict (no second hash, no place).
+    /// Dropping the [`Verification`] (the client left) withdraws a check that nobody else waits for.
+    pub fn verify(&self, client: IpAddr, user_id: &[u8]) -> Verification {
+        let Some((name, _)) = split_user_id(user_id) else { return Verification::ready(Err(AuthError::Malformed)) };
+        let tag = self.inner.tag(user_id);
+        if let Some(verdict) = self.inner.cached(&tag) {
+            return Verification::ready(verdict);
+        }
+        let known = self.inner.users.get(name.as_bytes()).is_some_and(|e| e.verified.load(Ordering::Relaxed));
+        let lane = if known { Lane::Known } else { Lane::New };
+        self.pool.ask(&self.inner, tag, user_id, ClientKey::of(client), lane)
+    }
+
+    /// [`verify`](Self::verify) for a blocking thread, as from one client (`0.0.0.0`): waits
+    /// for the verdict.
     pub fn verify_blocking(&self, user_id: &[u8]) -> Result<(), AuthError> {
-        if let Some(verdict) = self.check_cached(user_id) {
-            return verdict;
-        }
-        let Some((name, token)) = split_user_id(user_id) else { return Err(AuthError::Malformed) };
-        let _permit = self.gate.enter().ok_or(AuthError::Busy)?;
-        // Another thread may have checked the same user id while this one waited.
-        if let Some(verdict) = self.check_cached(user_id) {
-            return verdict;
-        }
-        let verdict = match self.users.get(name.as_bytes()) {
-            Some(hash) => Argon2::default().verify_password(token, hash).map_err(|_| AuthError::BadToken),
-            None => {
-                let _ = Argon2::default().verify_password(token, &self.dummy);
-                Err(AuthError::UnknownUser)
-            }
-        };
-        let tag = self.tag(user_id);
-        let mut slot = self.slot(&tag).lock().unwrap_or_else(|e| e.into_inner());
-        // A flood of wrong tokens must not push valid users out of the cache.
-        if verdict.is_ok() || !matches!(*slot, Some((_, Ok(())))) {
-            *slot = Some((tag, verdict));
-        }
-        verdict
+        self.verify(IpAddr::from([0, 0, 0, 0]), user_id).wait()
+    }
+
+    /// Argon2 checks computed so far by this verifier's threads (and by those of the verifiers
+    /// it was reloaded from or into: they share the threads).
+    pub fn hashes_computed(&self) -> u64 {
+        self.pool.hashes()
+    }
+
+    /// A verifier whose pool starts no thread until `resume` (tests: checks only wait).
+    #[cfg(test)]
+    fn paused(users: Users, waiting: usize) -> Self {
+        Self::build(users, None, Arc::new(Pool::paused(waiting)))
     }
 
     /// Number of users.
     pub fn len(&self) -> usize {
-        self.users.len()
+        self.inner.users.len()
     }
 
     /// No users.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.inner.users.is_empty()
     }
+}
 
+impl Inner {
     fn tag(&self, user_id: &[u8]) -> [u8; 16] {
         let mut mac = <Blake2bMac<U16> as KeyInit>::new_from_slice(&self.mac_key).expect("a 32-byte key is valid");
         mac.update(user_id);
@@ -423,6 +543,89 @@ impl Verifier {
         let i = u16::from_le_bytes([tag[0], tag[1]]) as usize % CACHE_SLOTS;
         &self.cache[i]
     }
+
+    pub(crate) fn cached(&self, tag: &[u8; 16]) -> Option<Result<(), AuthError>> {
+        let slot = *lock(self.slot(tag));
+        slot.filter(|(t, _, _)| ct_eq(t, tag)).map(|(_, verdict, _)| verdict)
+    }
+
+    /// The slow check, on a verification thread with its buffer: Argon2 (unknown names against
+    /// the dummy hash, taking as long), then the verdict is cached.
+    pub(crate) fn verify_with(&self, user_id: &[u8], tag: &[u8; 16], blocks: &mut Vec<Block>) -> Result<(), AuthError> {
+        let Some((name, token)) = split_user_id(user_id) else { return Err(AuthError::Malformed) };
+        let entry = self.users.get(name.as_bytes());
+        let verdict = match entry {
+            Some(e) if argon2_matches(token, &e.hash, blocks) => Ok(()),
+            Some(_) => Err(AuthError::BadToken),
+            None => {
+                let _ = argon2_matches(token, &self.dummy, blocks);
+                Err(AuthError::UnknownUser)
+            }
+        };
+        if let (Ok(()), Some(e)) = (verdict, entry) {
+            e.verified.store(true, Ordering::Relaxed);
+        }
+        let user = entry.map_or(NO_USER, |e| e.index);
+        let mut slot = lock(self.slot(tag));
+        // A flood of wrong tokens must not push valid users out of the cache.
+        if verdict.is_ok() || !matches!(*slot, Some((_, Ok(()), _))) {
+            *slot = Some((*tag, verdict, user));
+        }
+        verdict
+    }
+}
+
+/// Does `token` hash to `hash`? Computed in `blocks` (grown to the hash's block count once, then
+/// reused: no allocation per check).
+fn argon2_matches(token: &[u8], hash: &PasswordHash, blocks: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+    let Ok(params) = Params::try_from(hash) else { return false };
+    let version = match hash.version {
+        Some(v) => match Version::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        None => Version::default(),
+    };
+    let need = params.block_count();
+    if blocks.len() < need {
+        *blocks = vec![Block::default(); need];
+    }
+    let expected = expected.as_bytes();
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else { return false };
+    let argon2 = Argon2::new(Algorithm::Argon2id, version, params);
+    if argon2.hash_password_into_with_memory(token, salt.as_ref(), out, &mut blocks[..need]).is_err() {
+        return false;
+    }
+    out.len() == expected.len() && out.iter().zip(expected).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A hash with these parameters, a random salt and a random output that no token is known to
+/// hash to: checking an unknown name against it takes as long as a real entry (and costs no hash
+/// to make).
+fn dummy_hash(params: Params) -> PasswordHash {
+    let mut salt = [0u8; 16];
+    random(&mut salt);
+    let mut output = [0u8; 32];
+    let len = params.output_len().unwrap_or(output.len()).clamp(Params::MIN_OUTPUT_LEN, output.len());
+    random(&mut output);
+    PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).expect("parameters from a parsed entry or the defaults"),
+        salt: Some(Salt::new(&salt).expect("16 bytes is a valid salt")),
+        hash: Some(Output::new(&output[..len]).expect("a valid output length")),
+    }
+}
+
+/// Verification threads by default: one per CPU, at most 4.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The parameters most entries use (the defaults for an empty file), for the dummy hash.
@@ -446,51 +649,10 @@ fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A counting semaphore with a bounded queue, for blocking threads.
-#[derive(Debug)]
-struct Gate {
-    state: Mutex<(usize, usize)>,
-    freed: Condvar,
-    running: usize,
-    waiting: usize,
-}
-
-impl Gate {
-    fn new(running: usize, waiting: usize) -> Self {
-        Self { state: Mutex::new((0, 0)), freed: Condvar::new(), running, waiting }
-    }
-
-    /// A permit, waiting for one if needed; `None` if the queue is full.
-    fn enter(&self) -> Option<Permit<'_>> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.0 >= self.running {
-            if s.1 >= self.waiting {
-                return None;
-            }
-            s.1 += 1;
-            while s.0 >= self.running {
-                s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-            s.1 -= 1;
-        }
-        s.0 += 1;
-        Some(Permit(self))
-    }
-}
-
-struct Permit<'a>(&'a Gate);
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
-        self.0.freed.notify_one();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::future::Future;
     use std::time::{Duration, Instant};
 
     fn tiny() -> Params {
@@ -581,27 +743,157 @@ mod tests {
         assert_eq!(v.check_cached(b"alice:tok-a"), Some(Ok(())));
     }
 
-    #[test]
-    fn the_gate_bounds_running_and_waiting() {
-        let v = Arc::new(Verifier::with_parallelism(file(&[("alice", b"t")]), 1, 0));
-        let permit = v.gate.enter().unwrap();
-        assert_eq!(v.verify_blocking(b"alice:t"), Err(AuthError::Busy), "no room to wait");
-        assert_eq!(v.check_cached(b"alice:t"), None, "busy is not cached");
-        drop(permit);
-        assert_eq!(v.verify_blocking(b"alice:t"), Ok(()));
+    const A: &str = "192.0.2.1";
 
-        let w = Arc::new(Verifier::with_parallelism(file(&[("alice", b"t")]), 1, 1));
-        let permit = w.gate.enter().unwrap();
-        let waiter = {
-            let w = Arc::clone(&w);
-            std::thread::spawn(move || w.verify_blocking(b"alice:t"))
-        };
-        while w.gate.state.lock().unwrap().1 == 0 {
-            std::thread::yield_now();
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_client_cannot_take_every_place() {
+        let v = Verifier::paused(file(&[("alice", b"t"), ("bob", b"u")]), 64);
+        let attacker: Vec<Verification> =
+            (0..100).map(|i| v.verify(ip(A), format!("alice:guess{i}").as_bytes())).collect();
+        let busy = attacker.iter().filter(|c| c.ready_verdict() == Some(Err(AuthError::Busy))).count();
+        assert_eq!(busy, 96, "4 places (a sixteenth) for one client, busy at once past them");
+        assert_eq!(v.pool.queued(), 4);
+        // The same /64 is the same client; other clients get places.
+        let v6: Vec<Verification> =
+            (0..6).map(|i| v.verify(ip(&format!("2001:db8::{i}")), format!("bob:g{i}").as_bytes())).collect();
+        assert_eq!(v6.iter().filter(|c| c.ready_verdict().is_none()).count(), 4);
+        let bob = v.verify(ip("192.0.2.2"), b"bob:u");
+        assert_eq!(bob.ready_verdict(), None, "waiting");
+        v.pool.resume();
+        assert_eq!(bob.wait(), Ok(()));
+        drop(attacker);
+        assert_eq!(v.verify_blocking(b"bob:u"), Ok(()), "cached");
+    }
+
+    #[test]
+    fn one_check_per_user_id_in_flight() {
+        let v = Verifier::paused(file(&[("alice", b"t")]), 64);
+        let burst: Vec<Verification> = (0..200).map(|_| v.verify(ip(A), b"alice:t")).collect();
+        assert!(burst.iter().all(|c| c.ready_verdict().is_none()), "none busy");
+        assert_eq!(v.pool.queued(), 1, "one place for all of them");
+        // A different user id of the same client takes its own place.
+        let other = v.verify(ip(A), b"alice:x");
+        assert_eq!(v.pool.queued(), 2);
+        // A departed asker does not withdraw the check the others wait for.
+        let mut burst = burst;
+        burst.truncate(199);
+        assert_eq!(v.pool.queued(), 2);
+        // Nobody waits for `other` any more: it leaves the queue.
+        drop(other);
+        assert_eq!(v.pool.queued(), 1);
+        v.pool.resume();
+        assert!(burst.into_iter().all(|c| c.wait() == Ok(())));
+        assert_eq!(v.hashes_computed(), 1, "one hash for 200 connections");
+    }
+
+    #[test]
+    fn followers_are_bounded() {
+        let v = Verifier::paused(file(&[("alice", b"t")]), 64);
+        let waiting: Vec<Verification> = (0..pool::MAX_FOLLOWERS).map(|_| v.verify(ip(A), b"alice:t")).collect();
+        assert_eq!(v.verify(ip(A), b"alice:t").ready_verdict(), Some(Err(AuthError::Busy)));
+        drop(waiting);
+        assert_eq!(v.pool.queued(), 0, "withdrawn when the last asker left");
+    }
+
+    #[test]
+    fn notify_calls_back_once_with_the_verdict() {
+        let v = Verifier::paused(file(&[("alice", b"t")]), 4);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut check = v.verify(ip(A), b"alice:nope");
+        let tx2 = tx.clone();
+        check.notify(move |verdict| tx2.send(verdict).unwrap());
+        v.pool.resume();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Err(AuthError::BadToken)));
+        let mut ready = v.verify(ip(A), b"nocolon");
+        ready.notify(move |verdict| tx.send(verdict).unwrap());
+        assert_eq!(rx.recv(), Ok(Err(AuthError::Malformed)), "at once");
+        drop(check);
+    }
+
+    #[test]
+    fn futures_complete() {
+        let v = Arc::new(Verifier::with_parallelism(file(&[("alice", b"t")]), 2, 8));
+        // A minimal executor: poll, park until woken.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
         }
-        assert_eq!(w.verify_blocking(b"alice:x"), Err(AuthError::Busy), "one waits already");
-        drop(permit);
-        assert_eq!(waiter.join().unwrap(), Ok(()));
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        for (id, want) in [(&b"alice:t"[..], Ok(())), (b"alice:u", Err(AuthError::BadToken)), (b"alice:t", Ok(()))] {
+            let mut check = std::pin::pin!(v.verify(ip(A), id));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let got = loop {
+                if let std::task::Poll::Ready(got) = check.as_mut().poll(&mut cx) {
+                    break got;
+                }
+                assert!(Instant::now() < deadline);
+                std::thread::park_timeout(Duration::from_millis(100));
+            };
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_what_still_holds() {
+        let alice = format!("alice:{}\n", hash_token_with(b"t", tiny()).unwrap());
+        let bob = format!("bob:{}\n", hash_token_with(b"u", tiny()).unwrap());
+        let v = Verifier::new(Users::parse(format!("{alice}{bob}").as_bytes()).unwrap());
+        assert_eq!(v.verify_blocking(b"alice:t"), Ok(()));
+        assert_eq!(v.verify_blocking(b"bob:u"), Ok(()));
+        assert_eq!(v.verify_blocking(b"bob:x"), Err(AuthError::BadToken));
+        // alice's line unchanged, bob's token changed, carol new.
+        let bob2 = format!("bob:{}\n", hash_token_with(b"u2", tiny()).unwrap());
+        let carol = format!("carol:{}\n", hash_token_with(b"c", tiny()).unwrap());
+        let w = Verifier::reloaded(Users::parse(format!("{carol}{bob2}{alice}").as_bytes()).unwrap(), &v);
+        assert_eq!(w.check_cached(b"alice:t"), Some(Ok(())), "alice's verified id carries over");
+        assert_eq!(w.check_cached(b"bob:u"), None, "bob's line changed: his old verdicts do not hold");
+        assert_eq!(w.check_cached(b"bob:x"), None);
+        assert_eq!(w.verify_blocking(b"bob:u"), Err(AuthError::BadToken));
+        assert_eq!(w.verify_blocking(b"bob:u2"), Ok(()));
+        assert!(Arc::ptr_eq(&v.pool, &w.pool), "the same threads");
+        let names = |v: &Verifier| {
+            let mut known: Vec<String> = v
+                .inner
+                .users
+                .iter()
+                .filter(|(_, e)| e.verified.load(Ordering::Relaxed))
+                .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                .collect();
+            known.sort();
+            known
+        };
+        assert_eq!(names(&w), ["alice", "bob"], "carried over, bob's too (his name verified before)");
+        let x = Verifier::reloaded(Users::parse(carol.as_bytes()).unwrap(), &w);
+        assert!(names(&x).is_empty(), "alice and bob left the file");
+        assert_eq!(x.check_cached(b"alice:t"), None);
+    }
+
+    #[test]
+    fn known_names_keep_places_under_a_flood_of_new_ones() {
+        let alice = format!("alice:{}\n", hash_token_with(b"t", tiny()).unwrap());
+        let v = Verifier::new(Users::parse(alice.as_bytes()).unwrap());
+        assert_eq!(v.verify_blocking(b"alice:t"), Ok(()));
+        // alice's token is rotated; under attack from many clients, her first login still gets in.
+        let rotated = format!("alice:{}\n", hash_token_with(b"t2", tiny()).unwrap());
+        let paused =
+            Verifier::build(Users::parse(rotated.as_bytes()).unwrap(), Some(&v.inner), Arc::new(Pool::paused(64)));
+        let flood: Vec<Verification> = (0..200u32)
+            .map(|i| paused.verify(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), format!("m{i}:x").as_bytes()))
+            .collect();
+        assert_eq!(flood.iter().filter(|c| c.ready_verdict().is_none()).count(), 48, "the new lane's places");
+        let guess = paused.verify(ip("192.0.2.9"), b"nobody:x");
+        assert_eq!(guess.ready_verdict(), Some(Err(AuthError::Busy)));
+        let login = paused.verify(ip("192.0.2.9"), b"alice:t2");
+        assert_eq!(login.ready_verdict(), None, "a place in the known names' lane");
+        paused.pool.resume();
+        assert_eq!(login.wait(), Ok(()));
     }
 
     /// Unknown names are checked against a dummy hash with the parameters of the file's entries.
@@ -615,10 +907,10 @@ mod tests {
             hash_token_with(b"t", other).unwrap()
         );
         let v = Verifier::new(Users::parse(text.as_bytes()).unwrap());
-        let params = Params::try_from(&v.dummy).unwrap();
+        let params = Params::try_from(&v.inner.dummy).unwrap();
         assert_eq!((params.m_cost(), params.t_cost(), params.p_cost()), (16, 2, 1), "the most common");
         let empty = Verifier::new(Users::default());
-        assert_eq!(Params::try_from(&empty.dummy).unwrap().m_cost(), Params::DEFAULT.m_cost());
+        assert_eq!(Params::try_from(&empty.inner.dummy).unwrap().m_cost(), Params::DEFAULT.m_cost());
     }
 
     /// Unknown names cost a full hash, like known ones: compare medians of alternating runs. Timing

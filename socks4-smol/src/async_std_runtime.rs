@@ -1,28 +1,35 @@
 //! The async-std implementation of [`Runtime`] (feature `async-std`).
 //!
 //! async-std is deprecated upstream in favour of smol; this exists so the server can run inside
-//! programs that still use it.
+//! programs that still use it. It cannot wait for readability without a read: the relay copies
+//! (with its buffer held while it waits) and never splices; its `peek` waits by itself, so the
+//! handshake still watches its client.
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use socks4_async::Runtime;
 
-use crate::runtime::{Runtime, with_timeout};
+use crate::runtime::BlockOn;
 
 /// The async-std runtime: its reactor, timers, sockets and resolver.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AsyncStd;
 
-impl Runtime for AsyncStd {
-    type Stream = TcpStream;
-    type Listener = TcpListener;
-
+impl BlockOn for AsyncStd {
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         async_std::task::block_on(future)
     }
+}
+
+impl Runtime for AsyncStd {
+    type Stream = TcpStream;
+    type Listener = TcpListener;
 
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream> {
         // async-std's conversion panics if the reactor cannot register the socket; turn that into
@@ -33,15 +40,19 @@ impl Runtime for AsyncStd {
     }
 
     async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
-        with_timeout::<Self, _>(timeout, TcpStream::connect(addr)).await
+        future::or(TcpStream::connect(addr), async {
+            Self::sleep(timeout).await;
+            Err(io::ErrorKind::TimedOut.into())
+        })
+        .await
     }
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         Ok((host, port).to_socket_addrs().await?.collect())
     }
 
-    async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-        async_std::task::spawn_blocking(work).await
+    async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        Some(async_std::task::spawn_blocking(work).await)
     }
 
     async fn listen(addr: SocketAddr) -> io::Result<Self::Listener> {
@@ -60,28 +71,21 @@ impl Runtime for AsyncStd {
         async_std::task::sleep(duration).await;
     }
 
-    fn shutdown_write(stream: &Self::Stream) -> io::Result<()> {
-        stream.shutdown(Shutdown::Write)
+    fn socket(stream: &Self::Stream) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(stream)
     }
 
-    fn set_abortive(stream: &Self::Stream) -> io::Result<()> {
-        socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+    async fn read<'a>(stream: &'a Self::Stream, buf: &'a mut [u8]) -> io::Result<usize> {
+        let mut stream = stream;
+        stream.read(buf).await
     }
 
-    fn set_nodelay(stream: &Self::Stream) -> io::Result<()> {
-        stream.set_nodelay(true)
-    }
-
-    fn local_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
-        stream.local_addr()
-    }
-
-    fn peer_addr(stream: &Self::Stream) -> io::Result<SocketAddr> {
-        stream.peer_addr()
+    async fn write<'a>(stream: &'a Self::Stream, buf: &'a [u8]) -> io::Result<usize> {
+        let mut stream = stream;
+        stream.write(buf).await
     }
 
     fn peek(stream: &Self::Stream) -> Option<impl Future<Output = io::Result<usize>>> {
-        // async-std's `peek` waits for readiness itself (no `readable` here).
         Some(async move { stream.peek(&mut [0]).await })
     }
 }

@@ -17,47 +17,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(()) });
 //! ```
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 
-use futures_io::{AsyncRead, AsyncWrite};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use async_io::Async;
 use smol::net::TcpStream;
-use socks4_core::{ClientEvent, ClientHandshake, REPLY_LEN};
+pub use socks4_async::client::{handshake, read_reply};
+use socks4_core::ClientHandshake;
+
+use crate::Smol;
 pub use socks4_core::{ConnectError, Target};
-
-/// Writes `hs`'s request to `stream` and reads the first (for CONNECT, the only) reply.
-///
-/// For BIND the event is [`ClientEvent::BindListening`]; call [`read_reply`] for the second reply.
-/// A rejection is returned as [`ClientEvent::Rejected`], not as an error.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    hs: &mut ClientHandshake,
-) -> Result<ClientEvent, ConnectError> {
-    stream.write_all(hs.request_bytes()).await?;
-    stream.flush().await?;
-    read_reply(stream, hs).await
-}
-
-/// Reads exactly the rest of one reply (never payload behind it) and reports what it meant (BIND's
-/// second reply, for example).
-pub async fn read_reply<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    hs: &mut ClientHandshake,
-) -> Result<ClientEvent, ConnectError> {
-    let mut reply = [0u8; REPLY_LEN];
-    let reply = &mut reply[..hs.bytes_wanted()];
-    if let Err(e) = stream.read_exact(reply).await {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            hs.handle_eof()?;
-        }
-        return Err(ConnectError::Io(e));
-    }
-    match hs.handle_input(reply)? {
-        (_, Some(event)) => Ok(event),
-        (_, None) => Err(ConnectError::Protocol(socks4_core::ClientError::UnexpectedEof)),
-    }
-}
 
 /// Opens a connection to `target` through the SOCKS4 proxy at `proxy` (CONNECT, SOCKS4 or 4a).
 pub async fn connect<'a>(
@@ -66,42 +34,25 @@ pub async fn connect<'a>(
     user_id: &[u8],
 ) -> Result<TcpStream, ConnectError> {
     let mut hs = ClientHandshake::connect_to(target.into(), user_id)?;
-    let mut stream = TcpStream::connect(proxy).await?;
-    let _ = stream.set_nodelay(true);
-    handshake(&mut stream, &mut hs).await?.granted()?;
-    Ok(stream)
+    let stream = open(proxy).await?;
+    socks4_async::client::request::<Smol>(&stream, &mut hs).await?.granted()?;
+    Ok(stream.into())
 }
 
 /// Asks the proxy at `proxy` to accept one connection from `expected_peer` (BIND). Returns once
 /// the proxy listens; tell the peer [`PendingBind::listen_addr`], then [`PendingBind::accept`].
 pub async fn bind(proxy: SocketAddr, expected_peer: SocketAddrV4, user_id: &[u8]) -> Result<PendingBind, ConnectError> {
-    let mut hs = ClientHandshake::bind(expected_peer, user_id)?;
-    let mut stream = TcpStream::connect(proxy).await?;
-    let _ = stream.set_nodelay(true);
-    let addr = handshake(&mut stream, &mut hs).await?.bind_listening()?;
-    let ip = if addr.ip().is_unspecified() { proxy.ip() } else { IpAddr::V4(*addr.ip()) };
-    Ok(PendingBind { stream, hs, listen: SocketAddr::new(ip, addr.port()) })
+    let hs = ClientHandshake::bind(expected_peer, user_id)?;
+    PendingBind::start(open(proxy).await?, hs).await
 }
 
-/// A BIND whose first reply arrived: the proxy listens for the peer.
-#[derive(Debug)]
-pub struct PendingBind {
-    stream: TcpStream,
-    hs: ClientHandshake,
-    listen: SocketAddr,
-}
+/// A BIND whose first reply arrived: the proxy listens for the peer ([`PendingBind::listen_addr`]);
+/// its [`accept`](PendingBind::accept) waits for the second reply.
+pub type PendingBind = socks4_async::client::PendingBind<Smol>;
 
-impl PendingBind {
-    /// Where the peer must connect (an unspecified address in the reply is replaced by the
-    /// proxy's).
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
-    }
-
-    /// Waits for the second reply: on success, the stream relays to the peer, whose address is
-    /// returned.
-    pub async fn accept(mut self) -> Result<(TcpStream, SocketAddrV4), ConnectError> {
-        let peer = read_reply(&mut self.stream, &mut self.hs).await?.granted()?;
-        Ok((self.stream, peer))
-    }
+/// Connects to the proxy.
+async fn open(proxy: SocketAddr) -> Result<Async<std::net::TcpStream>, ConnectError> {
+    let stream = Async::<std::net::TcpStream>::connect(proxy).await?;
+    let _ = stream.get_ref().set_nodelay(true);
+    Ok(stream)
 }

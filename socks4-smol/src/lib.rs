@@ -12,15 +12,16 @@
 //! - While a handshake waits (resolve, connect, identd, a user check, a BIND peer) it watches the
 //!   client without reading its bytes: a failed client ends it at once, and so does one that
 //!   leaves during a BIND wait.
-//! - The per-connection code (handshake, connect, resolve, BIND, relay with half-close, early data,
-//!   timeouts) is written against `futures-io` plus the small [`Runtime`] trait, so it is
-//!   runtime-agnostic: [`Smol`] is the default runtime.
+//! - The per-connection code (handshake, connect, resolve, BIND, chaining, relay with half-close,
+//!   early data, timeouts) is [`socks4_async`]'s driver, shared with socks4-tokio; this crate holds
+//!   its [`Runtime`] implementations: [`Smol`] (the default) and, with a feature, `AsyncStd`.
 //! - **async-std**: with the non-default `async-std` feature, `AsyncStd` runs the same server on
 //!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
 //!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
 //! - The accept tasks use `async-io` directly, accept non-blocking sockets without registering
 //!   them, and hand each connection to its worker as a `std::net::TcpStream`, which the worker
 //!   registers with its runtime ([`Runtime::from_std`]).
+//! - [`ServerHandle::stats`]: the counters every adapter reports ([`Stats`]).
 //! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
 //!   for smol's `TcpStream`.
 //!
@@ -40,16 +41,16 @@
 
 #[cfg(feature = "async-std")]
 mod async_std_runtime;
-mod chain;
 pub mod client;
-mod conn;
-mod relay;
 mod runtime;
 mod server;
 mod timers;
 
 #[cfg(feature = "async-std")]
 pub use async_std_runtime::AsyncStd;
-pub use runtime::{Runtime, Smol};
+pub use client::{ConnectError, PendingBind, Target, bind, connect};
+pub use runtime::{BlockOn, Smol};
 pub use server::{Server, ServerHandle};
+pub use socks4_async::{self, Hooks, Runtime, serve_connection};
 pub use socks4_core;
+pub use socks4_server::{ServerConfig, Stats};

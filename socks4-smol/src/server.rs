@@ -20,8 +20,7 @@ use socks4_server::limits::{Admission, Refusal, RefusalLog};
 use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 
-use crate::conn::serve_accepted;
-use crate::runtime::{Runtime, Smol};
+use crate::runtime::{BlockOn, Smol};
 
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -36,6 +35,7 @@ type Handoff = (TcpStream, SocketAddr, Admission, Arc<Snapshot>);
 #[derive(Debug, Default)]
 struct Shared {
     active: AtomicUsize,
+    accepted: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -80,32 +80,15 @@ impl Server {
         let config = &live.snapshot().config;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let metrics = live.metrics(workers);
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        if let Some(activated) = activated {
-            for l in activated {
-                addrs.push(l.local_addr()?);
-                listeners.push((l, None));
-            }
-            live.listening_on(&addrs);
-            return Ok(Server { live, listeners, addrs, workers, metrics });
-        }
-        for addr in config.listen_addrs() {
-            if config.reuseport {
-                let first = listener(addr, true)?;
-                let bound = first.local_addr()?;
-                listeners.push((first, Some(0)));
-                for worker in 1..workers {
-                    listeners.push((listener(bound, true)?, Some(worker)));
-                }
-                addrs.push(bound);
-            } else {
-                let single = listener(addr, false)?;
-                addrs.push(single.local_addr()?);
-                listeners.push((single, None));
-            }
-        }
+        // Per address one listener (round-robin over the workers), or one per worker (reuseport).
+        let groups = socks4_server::listen::listeners(config, workers, activated)?;
+        let addrs = socks4_server::listen::local_addrs(&groups);
         live.listening_on(&addrs);
+        let mut listeners = Vec::new();
+        for group in groups {
+            let fixed = group.len() > 1;
+            listeners.extend(group.into_iter().enumerate().map(|(w, l)| (l, fixed.then_some(w))));
+        }
         Ok(Server { live, listeners, addrs, workers, metrics })
     }
 
@@ -126,7 +109,7 @@ impl Server {
     }
 
     /// Starts the worker pool (which also accepts) on runtime `R` in background threads.
-    pub fn spawn_on<R: Runtime>(self) -> io::Result<ServerHandle> {
+    pub fn spawn_on<R: BlockOn>(self) -> io::Result<ServerHandle> {
         // Register the listeners here: this also starts the async-io reactor on this thread, so a
         // failure (e.g. no file descriptor for epoll) is an error now, not a panic in a thread later.
         let listeners =
@@ -181,7 +164,7 @@ impl Server {
     }
 
     /// Runs on runtime `R` until SIGINT or SIGTERM, then shuts down gracefully.
-    pub fn run_on<R: Runtime>(self) -> io::Result<()> {
+    pub fn run_on<R: BlockOn>(self) -> io::Result<()> {
         let mut signals = async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
         let handle = self.spawn_on::<R>()?;
         let signal = async_io::block_on(signals.next());
@@ -193,28 +176,6 @@ impl Server {
         handle.shutdown();
         Ok(())
     }
-}
-
-/// Binds one listener like the other adapters do: `SO_REUSEADDR`, IPv6-only for IPv6 addresses
-/// (so `[::]` and `0.0.0.0` can coexist, and `[::]` means IPv6 on every adapter), and
-/// `SO_REUSEPORT` if asked (Linux only).
-fn listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuseport {
-        #[cfg(target_os = "linux")]
-        socket.set_reuse_port(true)?;
-        #[cfg(not(target_os = "linux"))]
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "reuseport is only supported on Linux"));
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 /// A running server. Dropping it shuts it down like [`shutdown`](Self::shutdown).
@@ -234,14 +195,13 @@ impl ServerHandle {
         self.addrs.clone()
     }
 
-    /// Connections being served now.
-    pub fn active_connections(&self) -> usize {
-        self.shared.active.load(Ordering::Relaxed)
-    }
-
-    /// Connections closed on accept because `max_connections` were already being served.
-    pub fn refused_connections(&self) -> u64 {
-        self.shared.refused.load(Ordering::Relaxed)
+    /// The current counters.
+    pub fn stats(&self) -> socks4_server::Stats {
+        socks4_server::Stats::new(
+            self.shared.active.load(Ordering::Acquire),
+            self.shared.accepted.load(Ordering::Relaxed),
+            self.shared.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops accepting, lets live connections finish within `timeouts.shutdown_grace`, closes the
@@ -360,6 +320,7 @@ impl Acceptor {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             return;
         }
+        self.shared.accepted.fetch_add(1, Ordering::Relaxed);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
         if self.targets[i].try_send((stream, peer, admission, snapshot)).is_err() {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -383,7 +344,7 @@ impl Drop for LiveGuard {
 
 /// A worker thread: one single-threaded executor running its listeners' accept tasks and serving
 /// the connections it is handed.
-fn worker<R: Runtime>(
+fn worker<R: BlockOn>(
     rx: Receiver<Handoff>,
     acceptors: Vec<(Async<TcpListener>, Acceptor)>,
     stop: Receiver<()>,
@@ -402,7 +363,10 @@ fn worker<R: Runtime>(
             let guard = LiveGuard { live: live.clone(), shared: shared.clone() };
             ex.spawn(async move {
                 let _guard = guard;
-                serve_accepted::<R>(stream, peer, &snapshot, admission).await;
+                match R::from_std(stream) {
+                    Ok(stream) => socks4_async::serve_connection::<R, _>(stream, peer, &snapshot, admission, &()).await,
+                    Err(e) => tracing::warn!(client = %peer, "cannot register a connection: {e}"),
+                }
             })
             .detach();
         }

@@ -21,6 +21,21 @@ fn start() -> (SocketAddr, Profile, ()) {
 
 socks4_tools::scenario_tests!(start);
 
+/// A users file with a slow entry and one connection per client: the client leaving during its
+/// users-file check ends the connection at once (async-std's `peek` watches it).
+#[test]
+fn users_check_client_leaves_server() {
+    socks4_tools::scenarios::run_as_test("users_check_client_leaves", || {
+        let dir = std::env::temp_dir().join(format!("socks4-async-std-slow-users-{}", std::process::id()));
+        let (users, user) = socks4_tools::scenarios::slow_users_file(&dir).unwrap();
+        let mut config = common::test_config();
+        config.users = Some(users);
+        config.client_limits.max_per_client = 1;
+        let handle = Server::bind(config).unwrap().spawn_on::<AsyncStd>().unwrap();
+        (handle.local_addrs()[0], Profile { slow_user: Some(user), ..Profile::test_server() }, handle)
+    });
+}
+
 /// Bandwidth caps through the async-std build (the copy relay, reading without readiness): see
 /// `socks4_tools::caps::bandwidth`.
 #[test]

@@ -93,7 +93,7 @@ fn max_connections_closes_extra_and_keeps_accepting(spawn: Spawn) {
     extra.set_read_timeout(Some(TIMEOUT)).unwrap();
     let _ = extra.write_all(&[4, 1, 0, 7, 127, 0, 0, 1, 0]);
     assert!(closed(&mut extra), "the connection over the limit was not closed");
-    assert!(handle.refused_connections() >= 1);
+    assert!(handle.stats().over_limit >= 1);
 
     // The two live ones still work.
     b.write_all(b"still here").unwrap();
@@ -261,7 +261,7 @@ fn closed_silently(s: &mut TcpStream) -> bool {
 /// Waits (bounded) until the server serves no connection.
 fn until_idle(handle: &ServerHandle, within: Duration) -> bool {
     let end = Instant::now() + within;
-    while handle.active_connections() > 0 {
+    while handle.stats().active > 0 {
         if Instant::now() > end {
             return false;
         }
@@ -346,7 +346,7 @@ fn client_reset_while_connecting_ends_the_attempt(spawn: Spawn) {
     let s = TcpStream::connect(proxy).unwrap();
     (&s).write_all(&target.request(b"").unwrap()).unwrap();
     thread::sleep(Duration::from_millis(200));
-    assert_eq!(handle.active_connections(), 1, "the connect did not stall");
+    assert_eq!(handle.stats().active, 1, "the connect did not stall");
     socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
     drop(s); // reset
     assert!(until_idle(&handle, Duration::from_secs(2)), "the connect attempt outlived its client");

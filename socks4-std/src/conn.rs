@@ -27,7 +27,7 @@ use socks4_server::proxy::{HeaderEnd, HeaderReader, HeaderStep};
 use socks4_server::reload::Snapshot;
 use socks4_server::step::{Context, Decisions, Step};
 use socks4_server::upstream::{Upstreams, Via};
-use socks4_server::users::{self, AuthError};
+use socks4_server::users::{self, AuthError, Verification};
 
 use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
 use crate::resolver::{Job, Task};
@@ -204,6 +204,8 @@ pub(crate) struct Conn {
     watch: bool,
     /// The users-file check and the route: what [`Decisions::next`] decided so far.
     decisions: Decisions,
+    /// The user id's check while it is pending (dropping it withdraws the check); boxed: one word.
+    verifying: Option<Box<Verification>>,
     /// Its share of the admission limits, released when the connection is dropped.
     admission: Admission,
     /// The config it runs with (rules, timeouts, users file's verifier), taken at accept.
@@ -266,6 +268,7 @@ impl Conn {
             reading_request: true,
             watch: false,
             decisions: Decisions::default(),
+            verifying: None,
             admission,
             snapshot,
             early: Vec::new(),
@@ -447,6 +450,7 @@ impl Conn {
         if !matches!(self.stage, Stage::Handshake) || !self.decisions.user_pending() {
             return;
         }
+        self.verifying = None;
         // Fails only if the handshake timed out meanwhile.
         let _ = self.decisions.user_checked(&mut self.hs, verdict, self.client_addr);
         self.drive(ctx);
@@ -620,10 +624,20 @@ impl Conn {
                     }
                 }
                 Step::VerifyUser { verifier, user_id } => {
-                    started = true;
-                    if !self.ask(ctx, Task::VerifyUser(verifier, user_id)) {
-                        let _ = self.decisions.user_checked(&mut self.hs, Err(AuthError::Busy), self.client_addr);
+                    // On the verifier's own threads and places (busy at once past them).
+                    let mut check = verifier.verify(self.client_addr.ip(), &user_id);
+                    if let Some(verdict) = check.ready_verdict() {
+                        let _ = self.decisions.user_checked(&mut self.hs, verdict, self.client_addr);
+                        continue;
                     }
+                    started = true;
+                    let (reply, poller, slot, id) = (ctx.inbox.clone(), Arc::clone(ctx.poller), self.slot, self.id);
+                    check.notify(move |verdict| {
+                        if reply.send(Msg::UserChecked { slot, id, verdict }).is_ok() {
+                            let _ = poller.notify();
+                        }
+                    });
+                    self.verifying = Some(Box::new(check));
                 }
                 Step::Connect(addr) => {
                     self.meter.enter(Phase::Connecting);
@@ -1115,6 +1129,7 @@ impl Conn {
             elapsed: now.saturating_duration_since(self.started),
             worker: self.meter.worker(),
             reply: self.meter.reply(),
+            users_file: self.snapshot.verifier.is_some(),
         };
         line.log();
     }
@@ -1204,11 +1219,12 @@ mod size_tests {
     /// only when routed, and the users-file check); a chained attempt and the parent it went
     /// through one word each (boxes, only when routed); the live config snapshot one word; the
     /// metrics meter about 64 bytes (its clock readings; inert without `--metrics`) and the PROXY
-    /// header state 16. 1,120 bytes before those (at b7064a8), 1,248 with them.
+    /// header state 16; a pending users-file check (its `Verification`, boxed) one word. 1,120
+    /// bytes before those (at b7064a8), 1,256 with them.
     #[test]
     fn conn_is_small() {
         let size = size_of::<Conn>();
         println!("Conn: {size} bytes");
-        assert!(size <= 1248, "Conn is {size} bytes");
+        assert!(size <= 1256, "Conn is {size} bytes");
     }
 }

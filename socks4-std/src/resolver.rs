@@ -1,5 +1,7 @@
 //! Blocking work off the event loops (SOCKS4a and parent proxies' names with `getaddrinfo`, ident
-//! queries, users-file checks): a small pool of threads answering each worker through its channel and its poller's `notify`.
+//! queries): a small pool of threads answering each worker through its channel and its poller's
+//! `notify`. (Users-file checks run on the verifier's own threads, with its bounded places: see
+//! [`Verifier::verify`](socks4_server::users::Verifier::verify).)
 
 use std::io;
 use std::net::ToSocketAddrs;
@@ -21,8 +23,6 @@ pub(crate) enum Task {
     Resolve(String, u16),
     /// Ask the identd of the client (`client` → `local`) within the timeout.
     Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
-    /// Check a user id against the users file (Argon2: slow on purpose).
-    VerifyUser(Arc<socks4_server::users::Verifier>, Box<[u8]>),
     /// Look up a parent proxy's name for a chained attempt (its `usize`-th parent).
     ResolveParent(String, u16, usize),
 }
@@ -81,9 +81,6 @@ fn answer(job: Job) {
                 id: job.id,
                 answer: socks4_server::ident::ask_blocking(client, local, timeout),
             },
-            Task::VerifyUser(verifier, user_id) => {
-                Msg::UserChecked { slot: job.slot, id: job.id, verdict: verifier.verify_blocking(&user_id) }
-            }
             Task::ResolveParent(host, port, parent) => {
                 Msg::ParentResolved { slot: job.slot, id: job.id, parent, candidates: resolve(&host, port) }
             }

@@ -8,8 +8,14 @@
 //! accepted connection to the next worker in turn (round-robin); with [`ServerConfig::reuseport`]
 //! each worker has its own `SO_REUSEPORT` listener instead and the kernel spreads the connections.
 //!
-//! On Linux the relay moves bulk data with splice(2) through pipes borrowed from a small per-worker
-//! pool (no copy to user space); small chunks, and other systems, go through pooled buffers.
+//! Each connection runs [`socks4_async`]'s driver (shared with socks4-smol) on [`Tokio`], this
+//! crate's implementation of its [`Runtime`] trait. On Linux the relay moves bulk data with
+//! splice(2) through pipes borrowed from a small per-worker pool (no copy to user space); small
+//! chunks, and other systems, go through pooled buffers. [`ServerHandle::stats`] reports the
+//! counters every adapter reports ([`Stats`]).
+//!
+//! An embedder can run the same driver on its own accept loop with a hook of its own:
+//! [`serve_connection`] with [`Tokio`] and a [`Hooks`] (see `examples/hooks.rs`).
 //!
 //! ```no_run
 //! use socks4_server::ServerConfig;
@@ -29,13 +35,14 @@
 //! # Ok(()) }
 //! ```
 
-mod chain;
-mod client;
-mod conn;
+pub mod client;
 mod pool;
-mod relay;
+mod runtime;
 mod server;
 
-pub use client::{Bind, ConnectError, Target, bind, connect};
-pub use server::{Server, ServerHandle, Stats};
-pub use socks4_server::ServerConfig;
+pub use client::{ConnectError, PendingBind, Target, bind, connect};
+pub use runtime::Tokio;
+pub use server::{Server, ServerHandle};
+pub use socks4_async::{self, Hooks, Runtime, serve_connection};
+pub use socks4_core;
+pub use socks4_server::{ServerConfig, Stats};

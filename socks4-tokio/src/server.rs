@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use socks4_server::ServerConfig;
 use socks4_server::limits::{Admission, Refusal};
 use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
+use socks4_server::{ServerConfig, Stats};
 use tokio::sync::watch;
 
 use crate::pool;
@@ -63,12 +63,12 @@ impl Shared {
                 return None;
             };
             self.accepted.fetch_add(1, Ordering::Relaxed);
-            return Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot });
+            return Some(ActiveGuard { slot: Slot(Arc::clone(self)), admission, snapshot });
         }
         match snapshot.limiter.admit(client.ip(), now) {
             Ok(admission) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                Some(ActiveGuard { shared: Arc::clone(self), admission, snapshot })
+                Some(ActiveGuard { slot: Slot(Arc::clone(self)), admission, snapshot })
             }
             Err(_counted_by_the_limiter) => {
                 self.active.fetch_sub(1, Ordering::AcqRel);
@@ -78,38 +78,24 @@ impl Shared {
     }
 }
 
-/// One admitted connection: its `max_connections` slot and its per-client [`Admission`]; dropping
-/// it frees both.
+/// One admitted connection: its `max_connections` slot, its per-client [`Admission`] and the
+/// config it runs with; dropping it frees both.
 #[derive(Debug)]
 pub(crate) struct ActiveGuard {
-    shared: Arc<Shared>,
-    admission: Admission,
+    pub(crate) slot: Slot,
+    pub(crate) admission: Admission,
     /// The config this connection runs with, taken at accept.
-    snapshot: Arc<Snapshot>,
+    pub(crate) snapshot: Arc<Snapshot>,
 }
 
-impl ActiveGuard {
-    /// The config snapshot this connection runs with, and its admission (to end its handshake).
-    pub(crate) fn parts(&mut self) -> (&Snapshot, &mut Admission) {
-        (&self.snapshot, &mut self.admission)
-    }
-}
+/// A connection's `max_connections` slot, freed on drop.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Shared>);
 
-impl Drop for ActiveGuard {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Counters of a running server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    /// Connections being served now.
-    pub active: usize,
-    /// Connections admitted since the start.
-    pub accepted: u64,
-    /// Connections closed at once because the connection limit was reached.
-    pub over_limit: u64,
 }
 
 /// A bound, not yet running server.
@@ -209,11 +195,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// The current counters.
     pub fn stats(&self) -> Stats {
-        Stats {
-            active: self.shared.active.load(Ordering::Acquire),
-            accepted: self.shared.accepted.load(Ordering::Relaxed),
-            over_limit: self.shared.over_limit.load(Ordering::Relaxed),
-        }
+        Stats::new(
+            self.shared.active.load(Ordering::Acquire),
+            self.shared.accepted.load(Ordering::Relaxed),
+            self.shared.over_limit.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops accepting, lets live connections finish for up to `timeouts.shutdown_grace`, then

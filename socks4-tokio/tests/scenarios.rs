@@ -24,3 +24,18 @@ fn safe_socks_server_requires_names() {
         (addr, Profile { safe_socks: true, ..Profile::test_server() }, handle)
     });
 }
+
+/// A users file with a slow entry and one connection per client: the client leaving during its
+/// users-file check ends the connection at once.
+#[test]
+fn users_check_client_leaves_server() {
+    socks4_tools::scenarios::run_as_test("users_check_client_leaves", || {
+        let dir = std::env::temp_dir().join(format!("socks4-tokio-slow-users-{}", std::process::id()));
+        let (users, user) = socks4_tools::scenarios::slow_users_file(&dir).expect("users file");
+        let mut config = common::test_config();
+        config.users = Some(users);
+        config.client_limits.max_per_client = 1;
+        let (addr, handle) = common::start_with(config);
+        (addr, Profile { slow_user: Some(user), ..Profile::test_server() }, handle)
+    });
+}

@@ -15,6 +15,8 @@ use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
 use crate::targets::EchoTarget;
 use crate::wire;
 
+mod auth;
+pub use auth::{users_burst, users_flood_fairness, users_memory_bounded};
 mod operations;
 mod ops;
 pub use operations::{json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
@@ -322,6 +324,8 @@ pub fn bind_client_leaves(binary: &Path) -> Result<Outcome, Failure> {
 /// User authentication through `binary`: `binary hash-token alice` hashes a token read from stdin,
 /// the line goes into a users file, and with `--users FILE`: `alice:TOKEN` is served, a wrong
 /// token, an unknown user and a user id without a token get 93, and the log never shows the token.
+/// A bare token (no `NAME:`) is logged as `user=malformed(len=N)` and `result=auth refused (93)`,
+/// in text and with `--log-format json`.
 ///
 /// # Errors
 /// What went wrong.
@@ -368,9 +372,42 @@ pub fn users_file(binary: &Path) -> Result<Outcome, Failure> {
             return Err(Failure::new(format!("user id {user:?}: reply {code}, not 93")));
         }
     }
+    // A bare token (no `NAME:`): refused, and logged by its length only, as an auth refusal.
+    let bare = "B4re-t0ken-n0-name";
+    let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, proxy, target.addr(), bare.as_bytes())?;
+    if code != 93 {
+        return Err(Failure::new(format!("bare token: reply {code}, not 93")));
+    }
+    let shown = format!("user=malformed(len={})", bare.len());
+    let refusal = line_with(&lines, &format!("{shown} reason=malformed-user-id"), &mut seen)?;
+    let conn = line_with(&lines, &format!("{shown} result=auth refused (93)"), &mut seen)?;
+    for l in [&refusal, &conn] {
+        if l.contains(bare) || !l.contains(&shown) {
+            return Err(Failure::new(format!("a bare token's log line shows it, or not `{shown}`: {l}")));
+        }
+    }
+    seen.extend([ok, refusal, conn]);
     drop(server);
-    if seen.iter().any(|l| l.contains(token)) {
-        return Err(Failure::new("the token appears in the log"));
+    if let Some(l) = seen.iter().find(|l| l.contains(token) || l.contains(bare) || l.contains("denied by rules")) {
+        return Err(Failure::new(format!("a token, or `denied by rules` for a refused user id, in the log: {l}")));
+    }
+    // The same with JSON lines.
+    std::fs::write(&file, format!("# test users\n{line}\n"))?;
+    let args = ["--listen", "127.0.0.1:0", "--allow", "any", "--log-format", "json", "--users", &path];
+    let started = start(binary, &args);
+    let _ = std::fs::remove_file(&file);
+    let (server, lines, proxy, mut seen) = started?;
+    let (code, _s) = connect_from(Ipv4Addr::LOCALHOST, proxy, target.addr(), bare.as_bytes())?;
+    let conn = line_with(&lines, "\"message\":\"conn\"", &mut seen)?;
+    drop(server);
+    let shown = format!("\"user\":\"malformed(len={})\"", bare.len());
+    if code != 93 || !conn.contains(&shown) || !conn.contains("auth refused (93)") {
+        return Err(Failure::new(format!(
+            "JSON: reply {code}; the conn line lacks {shown} or `auth refused (93)`: {conn}"
+        )));
+    }
+    if let Some(l) = seen.iter().chain([&conn]).find(|l| l.contains(bare)) {
+        return Err(Failure::new(format!("JSON: the bare token in the log: {l}")));
     }
     Ok(Outcome::Pass)
 }
@@ -421,6 +458,9 @@ pub const ALL: &[(&str, Check)] = &[
     ("per_client_limits", per_client_limits),
     ("bind_client_leaves", bind_client_leaves),
     ("users_file", users_file),
+    ("users_memory_bounded", users_memory_bounded),
+    ("users_flood_fairness", users_flood_fairness),
+    ("users_burst", users_burst),
     ("bandwidth_caps", bandwidth_caps),
     ("bind_wait_cap", bind_wait_cap),
     // --- Operations: reload, --check-config, systemd. ---

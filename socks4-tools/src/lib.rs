@@ -43,6 +43,7 @@ macro_rules! __for_each_scenario {
             connect::user_id_at_limit
             connect::user_id_over_limit
             connect::rules_denied_user
+            connect::rejected_client_drained
             destinations::connect_forbidden_destinations
             destinations::connect_4a_ipv6
             destinations::safe_socks_requires_names
@@ -53,6 +54,7 @@ macro_rules! __for_each_scenario {
             robustness::http_request
             robustness::mid_handshake_disconnects
             robustness::silent_client_timeout
+            users::users_check_client_leaves
             streams::half_close_client_first
             streams::half_close_target_first
             streams::bulk_both_ways
@@ -114,6 +116,7 @@ macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
             ($binary) mapped_listen_and_reset_words ident_rules per_client_limits bind_client_leaves users_file
+            users_memory_bounded users_flood_fairness users_burst
             bandwidth_caps bind_wait_cap
             sighup_reload check_config socket_activation notify_readiness
             metrics_count_what_was_sent readyz_while_draining json_log_lines

@@ -124,8 +124,23 @@ fn reply(s: &mut TcpStream, code: u8, addr: SocketAddrV4) -> io::Result<()> {
     s.write_all(&r)
 }
 
+/// Replies 91, then drains like the servers (`socks4_server::linger`): write side shut, the client's
+/// input read and discarded until it closes (at most 256 KiB / 2 s), so unread input does not turn
+/// the close into a reset.
 fn reject(s: &mut TcpStream) -> io::Result<()> {
-    reply(s, 91, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    reply(s, 91, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    s.shutdown(Shutdown::Write)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut left, mut buf) = (256 * 1024usize, [0u8; 4096]);
+    while left > 0 {
+        let Some(wait) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
+        s.set_read_timeout(Some(wait))?;
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+    Ok(())
 }
 
 fn v4(a: SocketAddr) -> SocketAddrV4 {

@@ -41,7 +41,7 @@ impl Drop for Scratch {
 }
 
 /// Sends `signal` (a `kill` name: HUP, TERM) to the server.
-fn signal(server: &Server, signal: &str) -> Result<(), Failure> {
+pub(crate) fn signal(server: &Server, signal: &str) -> Result<(), Failure> {
     let status = Command::new("kill").args([&format!("-{signal}"), &server.0.id().to_string()]).status()?;
     if status.success() { Ok(()) } else { Err(Failure::new(format!("kill -{signal}: {status}"))) }
 }

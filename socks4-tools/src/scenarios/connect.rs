@@ -1,13 +1,13 @@
 //! CONNECT cases: plain, SOCKS4a, refused, split and early-data requests, user id limits, rules.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 use std::time::Duration;
 
 use super::support::{
-    CLOSE_TIMEOUT, Context, bail, connect_proxy, echo_round_trip, expect_quiet, expect_rejected,
-    expect_rejected_or_closed, expect_reply, open_connect, read_exact_n, still_serves,
+    CLOSE_TIMEOUT, CONNECT_TIMEOUT, Context, IO_TIMEOUT, bail, connect_proxy, echo_round_trip, expect_quiet,
+    expect_rejected, expect_rejected_or_closed, expect_reply, open_connect, read_exact_n, still_serves,
 };
 use super::{Ctx, Failure, Outcome};
 use crate::targets::{EchoTarget, closed_port};
@@ -144,4 +144,41 @@ pub(crate) fn rules_denied_user(ctx: &Ctx) -> Result<Outcome, Failure> {
     echo_round_trip(&mut s, b"allowed", "echo")?;
     let _ = s.shutdown(Shutdown::Both);
     Ok(Outcome::Pass)
+}
+
+/// How much a rejected client sends after its request in [`rejected_client_drained`]: more than a
+/// loopback receive buffer holds at first (128 KiB), less than the drain's bound (256 KiB).
+const TRAILING_BYTES: usize = 200 * 1024;
+
+/// A rejected client that sent 200 KiB after its request still gets its 91 and a clean close:
+/// the server drains after the final reply (`socks4_server::linger`: write side shut, input read
+/// and discarded until end of file, up to 256 KiB / 2 s) instead of closing with unread input,
+/// which makes the kernel send a reset. On loopback the reply itself is never overtaken, so this
+/// checks what the reset would do: with a 4 KiB send buffer the client's write of the 200 KiB
+/// completes only if the server reads it (a closing server resets it), and after the reply the
+/// client must see end of file, not a reset.
+pub(crate) fn rejected_client_drained(ctx: &Ctx) -> Result<Outcome, Failure> {
+    let Some(denied) = ctx.profile.denied_user.as_deref() else {
+        return Ok(Outcome::Skip("no denied user id configured".into()));
+    };
+    let target = echo()?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(ctx.proxy), socket2::Type::STREAM, None)?;
+    socket.set_send_buffer_size(4096)?;
+    socket.connect_timeout(&ctx.proxy.into(), CONNECT_TIMEOUT).context("connecting to the proxy")?;
+    let mut s = std::net::TcpStream::from(socket);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut sent = wire::connect(target.addr(), denied.as_bytes());
+    sent.resize(sent.len() + TRAILING_BYTES, b'x');
+    if let Err(e) = s.write_all(&sent) {
+        bail!("sending a denied CONNECT and {TRAILING_BYTES} bytes after it: {e} (the server closed without draining)");
+    }
+    s.shutdown(Shutdown::Write).context("half-closing")?;
+    expect_reply(&mut s, wire::REJECTED, &format!("CONNECT as denied user {denied:?}, then {TRAILING_BYTES} bytes"))?;
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => Ok(Outcome::Pass),
+        Ok(n) => bail!("after reply 91: expected end of file, got {n} more bytes"),
+        Err(e) => bail!("after reply 91: expected end of file, got {e} (closed with unread input)"),
+    }
 }

@@ -17,6 +17,9 @@ mod load;
 mod robustness;
 mod streams;
 mod support;
+mod users;
+
+pub use users::slow_users_file;
 
 pub use support::Failure;
 
@@ -41,6 +44,9 @@ pub struct Profile {
     pub bulk_bytes: u64,
     /// Whether the server refuses CONNECT by IP address (names required, like Tor's SafeSocks).
     pub safe_socks: bool,
+    /// A user id whose users-file check takes about a second (see [`slow_users_file`]), on a
+    /// server that admits one connection per client: for `users_check_client_leaves`.
+    pub slow_user: Option<String>,
 }
 
 impl Default for Profile {
@@ -54,6 +60,7 @@ impl Default for Profile {
             resolves_localhost: true,
             bulk_bytes: DEFAULT_BULK_BYTES,
             safe_socks: false,
+            slow_user: None,
         }
     }
 }
