@@ -592,6 +592,11 @@ impl ServerHandshake {
     /// assert_eq!((reason, reason.to_string()), (CloseReason::UserRefused(ReplyCode::IdentMismatch), "auth refused (93)".into()));
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]), or for
+    /// [`ReplyCode::Granted`] (not a refusal); the state is left unchanged.
     pub fn refuse_user(&mut self, code: ReplyCode) -> Result<(), Misuse> {
         if self.state != State::Authorizing || code == ReplyCode::Granted {
             return Err(Misuse { call: "refuse_user" });

@@ -310,6 +310,10 @@ impl ServerConfig {
 
     /// [`verifier`](Self::verifier) for a reload: with the running verifier `old`, the new one
     /// shares its threads and keeps what still holds (see [`Verifier::reloaded`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the users file cannot be read or has a bad line.
     pub fn verifier_after(&self, old: Option<&Verifier>) -> Result<Option<Arc<Verifier>>, ConfigError> {
         let Some(path) = &self.users else { return Ok(None) };
         let users = Users::load(path)?;

@@ -351,6 +351,11 @@ pub fn log_refusal(client: SocketAddr, user_id: &[u8], reason: AuthError) {
 /// Refuses the handshake's request for a failed user id: logs it ([`log_refusal`]) and closes
 /// with the reason's code and [`CloseReason::UserRefused`](socks4_core::CloseReason::UserRefused)
 /// (the connection's line says `auth refused (93)`). What every adapter calls at `Authorize`.
+///
+/// # Errors
+///
+/// [`Misuse`] unless the handshake is waiting for a decision (see
+/// [`ServerHandshake::refuse_user`]).
 pub fn refuse(hs: &mut ServerHandshake, client: SocketAddr, reason: AuthError) -> Result<(), Misuse> {
     log_refusal(client, hs.request().map_or(&[], |r| r.user_id), reason);
     hs.refuse_user(reason.reply_code())
@@ -505,6 +510,11 @@ impl Verifier {
 
     /// [`verify`](Self::verify) for a blocking thread, as from one client (`0.0.0.0`): waits
     /// for the verdict.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] that refuses the user id (see [`verify`](Self::verify)),
+    /// [`AuthError::Busy`] when no waiting place is free.
     pub fn verify_blocking(&self, user_id: &[u8]) -> Result<(), AuthError> {
         self.verify(IpAddr::from([0, 0, 0, 0]), user_id).wait()
     }
