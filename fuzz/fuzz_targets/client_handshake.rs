@@ -34,7 +34,7 @@ fuzz_target!(|case: Case| {
         Some(h) => Dest::Domain(h),
         None => Dest::Ip(case.ip.into()),
     };
-    let req = Request { command, port: case.port, dest, user_id: &case.user };
+    let req = Request::new(command, case.port, dest, &case.user);
     let mut hs = match ClientHandshake::new(&req) {
         Ok(hs) => hs,
         Err(e) => {

@@ -32,6 +32,7 @@ fn feed<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Option<(Result<ProxyHeade
                 assert!(parser.handle_input(b"x").is_err(), "took input after Done");
                 return Some((Ok(header), offset + used));
             }
+            Ok(other) => panic!("a status this target does not know: {other:?}"),
             Err(e) => {
                 assert_eq!(parser.handle_input(b"x"), Err(e), "an error is final");
                 return Some((Err(e), offset));

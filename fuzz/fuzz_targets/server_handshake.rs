@@ -701,7 +701,7 @@ impl Driver {
                     _ => Dest::Ip(ip),
                 };
                 let command = if *bind { Command::Bind } else { Command::Connect };
-                let req = Request { command, port: *port, dest, user_id: &user };
+                let req = Request::new(command, *port, dest, &user);
                 let mut wire = [0u8; MAX_REQUEST_LEN];
                 if let Ok(n) = req.encode(&mut wire) {
                     let mut bytes = wire[..n].to_vec();

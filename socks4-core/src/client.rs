@@ -25,11 +25,91 @@ pub enum ClientEvent {
     Rejected(ReplyCode),
 }
 
+impl ClientEvent {
+    /// For a connector that expects a grant (CONNECT's reply, BIND's second), without `std`: the
+    /// address of a [`Granted`](Self::Granted).
+    ///
+    /// # Errors
+    ///
+    /// A rejection is [`NotGranted::Rejected`] with its code, any other event
+    /// [`NotGranted::Unexpected`].
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::{ClientEvent, NotGranted, ReplyCode};
+    /// let addr = SocketAddrV4::new([192, 0, 2, 1].into(), 80);
+    /// assert_eq!(ClientEvent::Granted(addr).into_granted(), Ok(addr));
+    /// let refused = ClientEvent::Rejected(ReplyCode::IdentUnreachable).into_granted();
+    /// assert_eq!(refused, Err(NotGranted::Rejected(ReplyCode::IdentUnreachable)));
+    /// let early = ClientEvent::BindListening(addr).into_granted();
+    /// assert_eq!(early, Err(NotGranted::Unexpected(ClientEvent::BindListening(addr))));
+    /// ```
+    pub const fn into_granted(self) -> Result<SocketAddrV4, NotGranted> {
+        match self {
+            Self::Granted(addr) => Ok(addr),
+            Self::Rejected(code) => Err(NotGranted::Rejected(code)),
+            other => Err(NotGranted::Unexpected(other)),
+        }
+    }
+
+    /// For a BIND's first reply, without `std`: the address of a
+    /// [`BindListening`](Self::BindListening).
+    ///
+    /// # Errors
+    ///
+    /// A rejection is [`NotGranted::Rejected`] with its code, any other event
+    /// [`NotGranted::Unexpected`].
+    ///
+    /// ```
+    /// use core::net::SocketAddrV4;
+    /// use socks4_core::{ClientEvent, NotGranted, ReplyCode};
+    /// let addr = SocketAddrV4::new([0, 0, 0, 0].into(), 40000);
+    /// assert_eq!(ClientEvent::BindListening(addr).into_bind_listening(), Ok(addr));
+    /// let refused = ClientEvent::Rejected(ReplyCode::Rejected).into_bind_listening();
+    /// assert_eq!(refused, Err(NotGranted::Rejected(ReplyCode::Rejected)));
+    /// ```
+    pub const fn into_bind_listening(self) -> Result<SocketAddrV4, NotGranted> {
+        match self {
+            Self::BindListening(addr) => Ok(addr),
+            Self::Rejected(code) => Err(NotGranted::Rejected(code)),
+            other => Err(NotGranted::Unexpected(other)),
+        }
+    }
+}
+
+/// A valid reply that is not the grant the client waited for; returned by
+/// [`ClientEvent::into_granted`] and [`ClientEvent::into_bind_listening`]. With `std`,
+/// `ConnectError` converts from it (`?`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotGranted {
+    /// The proxy refused the request (91, 92 or 93).
+    Rejected(ReplyCode),
+    /// A valid reply that does not fit the step (e.g. a BIND's first reply where the second was
+    /// expected).
+    Unexpected(ClientEvent),
+}
+
+impl fmt::Display for NotGranted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected(code) => write!(f, "the proxy refused the request (reply {})", code.code()),
+            Self::Unexpected(event) => write!(f, "unexpected reply from the proxy: {event:?}"),
+        }
+    }
+}
+
+impl core::error::Error for NotGranted {}
+
 #[cfg(feature = "std")]
 impl ClientEvent {
     /// For a connector that expects a grant (CONNECT's reply, BIND's second): the address of a
-    /// [`Granted`](Self::Granted); a rejection is [`ConnectError::Rejected`],
-    /// any other event [`ConnectError::Unexpected`]. Only with `std`.
+    /// [`Granted`](Self::Granted). Only with `std`; [`into_granted`](Self::into_granted) is the
+    /// feature-free form.
+    ///
+    /// # Errors
+    ///
+    /// A rejection is [`ConnectError::Rejected`], any other event [`ConnectError::Unexpected`].
     ///
     /// ```
     /// use core::net::SocketAddrV4;
@@ -41,16 +121,15 @@ impl ClientEvent {
     /// assert!(matches!(ClientEvent::BindListening(addr).granted(), Err(ConnectError::Unexpected(_))));
     /// ```
     pub fn granted(self) -> Result<SocketAddrV4, ConnectError> {
-        match self {
-            Self::Granted(addr) => Ok(addr),
-            Self::Rejected(code) => Err(ConnectError::Rejected(code)),
-            other => Err(ConnectError::Unexpected(other)),
-        }
+        Ok(self.into_granted()?)
     }
 
-    /// For a BIND's first reply: the address of a [`BindListening`](Self::BindListening); a
-    /// rejection is [`ConnectError::Rejected`], any other event
-    /// [`ConnectError::Unexpected`]. Only with `std`.
+    /// For a BIND's first reply: the address of a [`BindListening`](Self::BindListening). Only
+    /// with `std`; [`into_bind_listening`](Self::into_bind_listening) is the feature-free form.
+    ///
+    /// # Errors
+    ///
+    /// A rejection is [`ConnectError::Rejected`], any other event [`ConnectError::Unexpected`].
     ///
     /// ```
     /// use core::net::SocketAddrV4;
@@ -62,11 +141,7 @@ impl ClientEvent {
     /// assert!(matches!(ClientEvent::Granted(addr).bind_listening(), Err(ConnectError::Unexpected(_))));
     /// ```
     pub fn bind_listening(self) -> Result<SocketAddrV4, ConnectError> {
-        match self {
-            Self::BindListening(addr) => Ok(addr),
-            Self::Rejected(code) => Err(ConnectError::Rejected(code)),
-            other => Err(ConnectError::Unexpected(other)),
-        }
+        Ok(self.into_bind_listening()?)
     }
 }
 
@@ -127,6 +202,10 @@ pub struct ClientHandshake {
 
 impl ClientHandshake {
     /// A handshake that sends `request` (CONNECT or BIND, SOCKS4 or 4a).
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] when `request` cannot be encoded (see [`Request::validate`]).
     pub fn new(request: &Request<'_>) -> Result<Self, EncodeError> {
         let mut buf = [0; MAX_REQUEST_LEN];
         let len = request.encode(&mut buf)?;
@@ -141,11 +220,21 @@ impl ClientHandshake {
     }
 
     /// SOCKS4 CONNECT to an IPv4 address.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::BadUserId`] for a user id with a NUL or over 255 bytes,
+    /// [`EncodeError::MarkerAddress`] for an address in `0.0.0.1..=0.0.0.255`.
     pub fn connect(addr: SocketAddrV4, user_id: &[u8]) -> Result<Self, EncodeError> {
         Self::new(&Request::connect(addr, user_id))
     }
 
     /// SOCKS4a CONNECT to a host name the proxy resolves.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::BadHost`] for an empty, over-long (255 bytes) or not printable ASCII name,
+    /// [`EncodeError::BadUserId`] for a user id with a NUL or over 255 bytes.
     pub fn connect_host(host: &str, port: u16, user_id: &[u8]) -> Result<Self, EncodeError> {
         Self::new(&Request::connect_host(host, port, user_id))
     }
@@ -163,6 +252,11 @@ impl ClientHandshake {
     /// assert_eq!(by_name.request_bytes(), b"\x04\x01\x00\x50\x00\x00\x00\x01\0example.com\0");
     /// # Ok::<(), socks4_core::EncodeError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::NotIpv4`] for an IPv6 address, and the errors of [`connect`](Self::connect)
+    /// or [`connect_host`](Self::connect_host).
     pub fn connect_to(target: Target<'_>, user_id: &[u8]) -> Result<Self, EncodeError> {
         match target {
             Target::Addr(addr) => match addr.ip().to_canonical() {
@@ -174,9 +268,47 @@ impl ClientHandshake {
     }
 
     /// BIND: ask the proxy to accept one connection from `expected_peer` (its port is informative).
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] when the request cannot be encoded (see [`Request::validate`]).
     pub fn bind(expected_peer: SocketAddrV4, user_id: &[u8]) -> Result<Self, EncodeError> {
-        let req = Request { command: Command::Bind, ..Request::connect(expected_peer, user_id) };
-        Self::new(&req)
+        Self::new(&Request::bind(expected_peer, user_id))
+    }
+
+    /// BIND for a peer given as a [`Target`]: SOCKS4 for an IPv4 (or IPv4-mapped) address (what
+    /// [`bind`](Self::bind) builds), SOCKS4a for a host name, which the proxy resolves to the only
+    /// address it will accept the peer from (an FTP server known by name, or a chain passing a
+    /// name on).
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::NotIpv4`] for an IPv6 address (SOCKS4 cannot carry it: send its name), and
+    /// the other [`EncodeError`]s when the request cannot be encoded (see [`Request::validate`]).
+    ///
+    /// ```
+    /// use core::net::{Ipv4Addr, SocketAddrV4};
+    /// use socks4_core::{ClientEvent, ClientHandshake, EncodeError, Target};
+    /// let mut hs = ClientHandshake::bind_to(Target::Host("ftp.example", 20), b"anon")?;
+    /// assert_eq!(hs.request_bytes(), b"\x04\x02\x00\x14\x00\x00\x00\x01anon\0ftp.example\0");
+    /// // The first reply says where the proxy listens; the second, who connected.
+    /// let (_, first) = hs.handle_input(&[0, 90, 0x9c, 0x40, 0, 0, 0, 0])?;
+    /// assert_eq!(first, Some(ClientEvent::BindListening(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 40000))));
+    /// let (_, second) = hs.handle_input(&[0, 90, 0, 20, 192, 0, 2, 9])?;
+    /// assert_eq!(second.map(ClientEvent::into_granted), Some(Ok(SocketAddrV4::new([192, 0, 2, 9].into(), 20))));
+    /// let by_ip = ClientHandshake::bind_to((Ipv4Addr::new(192, 0, 2, 9), 20).into(), b"")?;
+    /// assert_eq!(by_ip.request_bytes(), b"\x04\x02\x00\x14\xc0\x00\x02\x09\0");
+    /// assert_eq!(ClientHandshake::bind_to("[2001:db8::1]:20".parse::<core::net::SocketAddr>()?.into(), b"").err(), Some(EncodeError::NotIpv4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind_to(target: Target<'_>, user_id: &[u8]) -> Result<Self, EncodeError> {
+        match target {
+            Target::Addr(addr) => match addr.ip().to_canonical() {
+                core::net::IpAddr::V4(ip) => Self::bind(SocketAddrV4::new(ip, addr.port()), user_id),
+                core::net::IpAddr::V6(_) => Err(EncodeError::NotIpv4),
+            },
+            Target::Host(host, port) => Self::new(&Request::bind_host(host, port, user_id)),
+        }
     }
 
     /// The request bytes to write to the proxy, once.
@@ -187,6 +319,11 @@ impl ClientHandshake {
     /// Feeds bytes read from the proxy. Returns how many were used (at most up to the end of one
     /// reply) and the event that reply completed, if any. Call again with the rest while it
     /// consumes bytes; once [`is_done`](Self::is_done), the rest is relayed payload.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::BadReply`] when the reply bytes are invalid (a version other than 0, a code
+    /// other than 90 to 93); the handshake is then over ([`is_done`](Self::is_done)).
     pub fn handle_input(&mut self, data: &[u8]) -> Result<(usize, Option<ClientEvent>), ClientError> {
         if self.phase == Phase::Done {
             return Ok((0, None));
@@ -222,6 +359,11 @@ impl ClientHandshake {
     }
 
     /// The proxy closed the connection: an error unless the handshake already finished.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::UnexpectedEof`] when the proxy closed before the final reply (after a BIND's
+    /// first reply too).
     pub fn handle_eof(&mut self) -> Result<(), ClientError> {
         if self.phase == Phase::Done {
             Ok(())
@@ -269,6 +411,63 @@ mod tests {
 
     fn v4(a: [u8; 4], port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(a.into(), port)
+    }
+
+    #[test]
+    fn bind_to_by_name_and_by_address() {
+        let by_name = ClientHandshake::bind_to(Target::Host("peer.example", 21), b"u").unwrap();
+        assert_eq!(by_name.request_bytes(), b"\x04\x02\x00\x15\x00\x00\x00\x01u\0peer.example\0");
+        let mapped = "[::ffff:192.0.2.7]:21".parse::<core::net::SocketAddr>().unwrap();
+        let by_mapped = ClientHandshake::bind_to(mapped.into(), b"").unwrap();
+        assert_eq!(
+            by_mapped.request_bytes(),
+            ClientHandshake::bind(v4([192, 0, 2, 7], 21), b"").unwrap().request_bytes()
+        );
+        let v6 = "[2001:db8::7]:21".parse::<core::net::SocketAddr>().unwrap();
+        assert_eq!(ClientHandshake::bind_to(v6.into(), b"").err(), Some(EncodeError::NotIpv4));
+        assert_eq!(ClientHandshake::bind_to(Target::Host("", 21), b"").err(), Some(EncodeError::BadHost));
+    }
+
+    #[test]
+    fn bind_by_name_reads_both_replies() {
+        let mut hs = ClientHandshake::bind_to(Target::Host("peer.example", 21), b"").unwrap();
+        let (used, first) = hs.handle_input(&[0, 90, 0x9c, 0x40, 0, 0, 0, 0, 0, 91]).unwrap();
+        assert_eq!(used, 8, "the second reply is not consumed with the first");
+        assert_eq!(first.map(ClientEvent::into_bind_listening), Some(Ok(v4([0, 0, 0, 0], 40000))));
+        assert!(!hs.is_done());
+        let (_, second) = hs.handle_input(&[0, 91, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(second.map(ClientEvent::into_granted), Some(Err(NotGranted::Rejected(ReplyCode::Rejected))));
+        assert!(hs.is_done());
+    }
+
+    #[test]
+    fn not_granted_words() {
+        use std::string::ToString;
+        assert_eq!(
+            NotGranted::Rejected(ReplyCode::IdentMismatch).to_string(),
+            "the proxy refused the request (reply 93)"
+        );
+        let event = ClientEvent::Granted(v4([10, 0, 0, 1], 80));
+        assert_eq!(event.into_bind_listening(), Err(NotGranted::Unexpected(event)));
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn std_helpers_agree_with_the_feature_free_ones() {
+        for event in [
+            ClientEvent::Granted(v4([10, 0, 0, 1], 80)),
+            ClientEvent::BindListening(v4([0, 0, 0, 0], 1)),
+            ClientEvent::Rejected(ReplyCode::IdentUnreachable),
+        ] {
+            let same = |a: Result<SocketAddrV4, ConnectError>, b: Result<SocketAddrV4, NotGranted>| match (a, b) {
+                (Ok(x), Ok(y)) => x == y,
+                (Err(ConnectError::Rejected(x)), Err(NotGranted::Rejected(y))) => x == y,
+                (Err(ConnectError::Unexpected(x)), Err(NotGranted::Unexpected(y))) => x == y,
+                _ => false,
+            };
+            assert!(same(event.granted(), event.into_granted()), "{event:?}");
+            assert!(same(event.bind_listening(), event.into_bind_listening()), "{event:?}");
+        }
     }
 
     #[test]

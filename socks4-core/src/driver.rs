@@ -147,6 +147,11 @@ impl Candidates {
     }
 
     /// The answer to `Resolve`: the first address, or why there is none.
+    ///
+    /// # Errors
+    ///
+    /// The lookup's [`Failure`] when it gave no address to try ([`Failure::NotFound`] for an empty
+    /// answer); hand it to `handle_resolved` as it is.
     pub fn first(&mut self) -> Result<IpAddr, Failure> {
         match self.rest.pop() {
             Some(ip) => Ok(ip),

@@ -85,9 +85,23 @@ impl core::error::Error for EncodeError {}
 ///
 /// This is a bug in the caller, never something a peer can cause; the state is left unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Misuse {
     /// The method that was called.
     pub call: &'static str,
+}
+
+impl Misuse {
+    /// A misuse of the method named `call` (for a driver's own state machines built on the core's).
+    ///
+    /// ```
+    /// let m = socks4_core::Misuse::new("accept");
+    /// assert_eq!(m.call, "accept");
+    /// assert_eq!(m.to_string(), "`accept` called in a state that does not expect it");
+    /// ```
+    pub const fn new(call: &'static str) -> Self {
+        Self { call }
+    }
 }
 
 impl fmt::Display for Misuse {

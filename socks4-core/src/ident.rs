@@ -316,6 +316,13 @@ impl From<IdentError> for Failure {
 /// assert_eq!(parse_reply(b"6193, 23 : USERID : UNIX : stjo", &q)?, Status::Partial);
 /// # Ok::<(), socks4_core::ident::IdentError>(())
 /// ```
+///
+/// # Errors
+///
+/// An [`IdentError`] as soon as the bytes cannot become a valid answer to `query`: no end of line
+/// within [`MAX_REPLY_LEN`] bytes, a NUL or a stray CR, ports that are malformed or not the
+/// query's, an unknown response type, a bad token or a missing user id. `Failure::from` turns it
+/// into the handshake's [`Failure::BadAnswer`].
 pub fn parse_reply<'a>(buf: &'a [u8], query: &Query) -> Result<Status<(IdentReply<'a>, usize)>, IdentError> {
     let window = &buf[..buf.len().min(MAX_REPLY_LEN)];
     let Some(lf) = window.iter().position(|&b| b == b'\n') else {

@@ -79,13 +79,21 @@
 //!
 //! No feature is on by default, and with none the crate has no dependencies.
 //!
-//! - `std`: helpers that need the OS — [`ConnectError`] (the client connectors' error) and
-//!   `From<&ConnectError> for Failure`, `From<&io::Error> for Failure`, `From<Misuse> for
-//!   io::Error`, and [`driver`] ([`driver::Clock`] for deadlines as `Instant`,
-//!   [`driver::Candidates`] to hand a name lookup's addresses to the handshake in order).
-//! - `bytes`: [`Request::encode_to`] into any `bytes::BufMut`.
+//! - `std`: helpers that need the OS: `ConnectError` (the error of a client connector) with
+//!   `ClientEvent::granted` and `ClientEvent::bind_listening` returning it; `From<&io::Error>` for
+//!   `Failure` and for `Fault`, `From<&ConnectError> for Failure`, `From<Misuse> for io::Error`;
+//!   and the `driver` module (`Clock` for deadlines as `Instant`, `connect_candidates` and
+//!   `Candidates` for a name lookup's addresses in the order to try them).
+//! - `bytes`: `Request::encode_to` into any `bytes::BufMut`.
 //!
-//! `core::error::Error` is implemented for every error type either way.
+//! `core::error::Error` is implemented for every error type either way, and the feature-free
+//! [`ClientEvent::into_granted`] / [`ClientEvent::into_bind_listening`] turn an event into a
+//! result without `std`.
+#![cfg_attr(
+    feature = "std",
+    doc = "\nWith `std` (on in this build): [`ConnectError`], [`driver`], [`driver::Clock`], [`driver::Candidates`].\n"
+)]
+#![cfg_attr(feature = "bytes", doc = "\nWith `bytes` (on in this build): [`Request::encode_to`].\n")]
 //!
 //! ## Is this SOCKS4? Sniffing the first bytes
 //!
@@ -111,6 +119,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Every fallible public function says when it fails (clippy, `-D warnings` in CI).
+#![warn(clippy::missing_errors_doc)]
 
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
@@ -131,7 +141,7 @@ mod server;
 mod target;
 mod timeouts;
 
-pub use client::{ClientError, ClientEvent, ClientHandshake};
+pub use client::{ClientError, ClientEvent, ClientHandshake, NotGranted};
 pub use error::{EncodeError, Misuse, ParseError};
 pub use relay::{Fault, Relay, RelayEnd, RelayOutput, Side};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};

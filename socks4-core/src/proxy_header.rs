@@ -98,8 +98,10 @@ impl fmt::Display for HeaderError {
 
 impl core::error::Error for HeaderError {}
 
-/// The result of feeding bytes to a [`HeaderParser`].
+/// The result of feeding bytes to a [`HeaderParser`]. An outcome a caller does not know (the enum
+/// may grow) is best treated as a header it cannot use: close the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeaderStatus {
     /// The header is not complete: every byte was used; feed more.
     Partial,
@@ -154,6 +156,12 @@ impl HeaderParser {
 
     /// Feeds the next bytes of the connection. After `Done` or an error the parser takes nothing
     /// more: it returns the error again, or [`HeaderError::NotAHeader`] after `Done`.
+    ///
+    /// # Errors
+    ///
+    /// A [`HeaderError`] as soon as the bytes cannot be a valid header ([`HeaderError::NotAHeader`]
+    /// when they do not start like one, and after `Done`); the error is final: every later call
+    /// returns it again.
     pub fn handle_input(&mut self, input: &[u8]) -> Result<HeaderStatus, HeaderError> {
         let mut used = 0;
         loop {

@@ -1,33 +1,4 @@
-//! The bookkeeping of a relay as a sans-IO value: what the two directions did, what to do next.
-//!
-//! A relay moves bytes both ways between the client and the upstream (the destination, or BIND's
-//! peer) with the caller's own I/O (a copy through a buffer, or `splice(2)`). [`Relay`] is told
-//! what happened (bytes read and written, end of file, errors, the time) and answers with what
-//! to do ([`RelayOutput`]): propagate a half-close as a half-close ([`RelayOutput::Shutdown`]),
-//! a reset as a reset ([`RelayOutput::Abort`]), wait with the idle deadline, or stop
-//! ([`RelayOutput::Done`] with a [`RelayEnd`] whose `Display` is the log line's result).
-//!
-//! A direction is named by the side it reads from: bytes read from [`Side::Client`] go up to the
-//! upstream, bytes read from [`Side::Upstream`] go down to the client.
-//!
-//! ```
-//! use core::time::Duration;
-//! use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
-//!
-//! let t = Duration::from_secs(1);
-//! let mut relay = Relay::new(t, Duration::from_secs(300));
-//! // Early data: read with the request, written upstream first.
-//! relay.handle_read(t, Side::Client, 5);
-//! relay.handle_written(t, Side::Client, 5);
-//! // The upstream sends 100 bytes, then resets the connection.
-//! relay.handle_read(t, Side::Upstream, 100);
-//! relay.handle_written(t, Side::Upstream, 100);
-//! relay.handle_error(t, Side::Upstream, Fault::Reset);
-//! assert_eq!(relay.poll_output(), RelayOutput::Abort(Side::Client)); // reset the client too
-//! assert_eq!(relay.poll_output(), RelayOutput::Done(RelayEnd::Reset(Side::Upstream)));
-//! assert_eq!(RelayEnd::Reset(Side::Upstream).to_string(), "upstream reset");
-//! assert_eq!((relay.bytes(Side::Client), relay.bytes(Side::Upstream)), (5, 100));
-//! ```
+//! The bookkeeping of a relay as a sans-IO value ([`Relay`], whose docs hold the overview).
 
 use core::fmt;
 use core::time::Duration;
@@ -131,8 +102,10 @@ impl fmt::Display for RelayEnd {
 #[non_exhaustive]
 pub enum RelayOutput {
     /// Shut down the write side of this side's socket (`shutdown(Write)`): the other side reached
-    /// end of file and everything it sent was written. Emitted once per direction. An error
-    /// from the shutdown itself can be ignored (the peer may be gone); the direction is over.
+    /// end of file and everything it sent was written. Emitted once per direction; after the
+    /// second, the next [`Relay::poll_output`] returns [`Done`](RelayOutput::Done)`(Closed)` (same
+    /// drain, never a `Wait` in between). An error from the shutdown itself can be ignored (the
+    /// peer may be gone); the direction is over.
     Shutdown(Side),
     /// Close this side's socket abortively, so its peer sees a reset (`SO_LINGER` 0, then close),
     /// because the other side reset or failed. [`RelayOutput::Done`] follows.
@@ -160,13 +133,40 @@ struct Counts {
 /// The bookkeeping of one relay: byte counts per direction, half-close and reset propagation,
 /// and the idle deadline. Small (no heap, a few words) and `no_std`.
 ///
+/// A relay moves bytes both ways between the client and the upstream (the destination, or BIND's
+/// peer) with the caller's own I/O (a copy through a buffer, or `splice(2)`). [`Relay`] is told
+/// what happened (bytes read and written, end of file, errors, the time) and answers with what
+/// to do ([`RelayOutput`]): propagate a half-close as a half-close ([`RelayOutput::Shutdown`]),
+/// a reset as a reset ([`RelayOutput::Abort`]), wait with the idle deadline, or stop
+/// ([`RelayOutput::Done`] with a [`RelayEnd`] whose `Display` is the log line's result).
+///
+/// A direction is named by the side it reads from: bytes read from [`Side::Client`] go up to the
+/// upstream, bytes read from [`Side::Upstream`] go down to the client.
+///
 /// Drive it with the caller's I/O: report each read with [`handle_read`](Self::handle_read) and
 /// each write with [`handle_written`](Self::handle_written) (early data: read from the client,
 /// written upstream first), end of file with [`handle_eof`](Self::handle_eof), errors with
 /// [`handle_error`](Self::handle_error), and drain [`poll_output`](Self::poll_output) after each
-/// until it returns [`RelayOutput::Wait`] or [`RelayOutput::Done`]. Stop reading a side after
-/// its end of file. Time is the caller's, as for the handshake: `now` is a reading of one
-/// monotonic clock as a [`Duration`].
+/// until it returns [`RelayOutput::Wait`] or [`RelayOutput::Done`] (or use
+/// [`settle`](Self::settle), which runs that loop). Stop reading a side after its end of file.
+/// Time is the caller's, as for the handshake: `now` is a reading of one monotonic clock as a
+/// [`Duration`].
+///
+/// Guarantees a driver can build on:
+///
+/// - A read that returns 0 bytes is end of file: report it with
+///   [`handle_eof`](Self::handle_eof). `handle_read` or `handle_written` with `n == 0` is ignored:
+///   it is no progress, so it neither moves the idle deadline nor counts.
+/// - The drain that hands out the second [`RelayOutput::Shutdown`] (both directions over) ends
+///   with [`RelayOutput::Done`]`(`[`RelayEnd::Closed`]`)`: the very next `poll_output` returns it,
+///   never a `Wait`, so a driver that loops until `Wait` or `Done` closes both sockets in the same
+///   turn.
+/// - An [`RelayOutput::Abort`] is handed out once, before the `Done` that follows it.
+/// - With an idle timeout, the `Wait` deadline is always later than the last `now` given with
+///   progress (or with [`handle_timeout`](Self::handle_timeout)), so a driver that sleeps until
+///   it never spins on a deadline already past; without one (`idle` zero) it is `None`.
+///
+/// ## Example: a request, a half-close and an answer
 ///
 /// ```
 /// use core::time::Duration;
@@ -191,6 +191,27 @@ struct Counts {
 /// assert_eq!(relay.poll_output(), RelayOutput::Shutdown(Side::Client));
 /// assert_eq!(relay.poll_output(), RelayOutput::Done(RelayEnd::Closed));
 /// assert_eq!((relay.bytes(Side::Client), relay.bytes(Side::Upstream)), (78, 1256));
+/// ```
+///
+/// ## Example: a reset passed on as a reset
+///
+/// ```
+/// use core::time::Duration;
+/// use socks4_core::{Fault, Relay, RelayEnd, RelayOutput, Side};
+///
+/// let t = Duration::from_secs(1);
+/// let mut relay = Relay::new(t, Duration::from_secs(300));
+/// // Early data: read with the request, written upstream first.
+/// relay.handle_read(t, Side::Client, 5);
+/// relay.handle_written(t, Side::Client, 5);
+/// // The upstream sends 100 bytes, then resets the connection.
+/// relay.handle_read(t, Side::Upstream, 100);
+/// relay.handle_written(t, Side::Upstream, 100);
+/// relay.handle_error(t, Side::Upstream, Fault::Reset);
+/// assert_eq!(relay.poll_output(), RelayOutput::Abort(Side::Client)); // reset the client too
+/// assert_eq!(relay.poll_output(), RelayOutput::Done(RelayEnd::Reset(Side::Upstream)));
+/// assert_eq!(RelayEnd::Reset(Side::Upstream).to_string(), "upstream reset");
+/// assert_eq!((relay.bytes(Side::Client), relay.bytes(Side::Upstream)), (5, 100));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
@@ -227,7 +248,8 @@ impl Relay {
     // ---- inputs -------------------------------------------------------------------------------
 
     /// `n` bytes were read from `from` (to be written to `from.peer()`). Ignored after `from`'s
-    /// end of file or the end of the relay.
+    /// end of file or the end of the relay, and with `n == 0`: zero bytes is no progress (the idle
+    /// deadline stays), and a read that returned 0 is end of file ([`handle_eof`](Self::handle_eof)).
     pub fn handle_read(&mut self, now: Duration, from: Side, n: usize) {
         if self.end.is_some() || self.eof[from.index()] || n == 0 {
             return;
@@ -238,7 +260,8 @@ impl Relay {
     }
 
     /// `n` of the bytes read from `from` were written to `from.peer()`. At most the bytes read
-    /// and not yet written count (more would be a caller bug); ignored after the relay ended.
+    /// and not yet written count (more would be a caller bug); ignored after the relay ended, and
+    /// with `n == 0` (no progress: the idle deadline stays).
     pub fn handle_written(&mut self, now: Duration, from: Side, n: usize) {
         if self.end.is_some() || n == 0 {
             return;

@@ -103,6 +103,11 @@ impl Reply {
     /// assert_eq!(Reply::parse(&[0, 90, 0])?, Status::Partial);
     /// # Ok::<(), socks4_core::ParseError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError::BadReplyVersion`] when the first byte is not 0, [`ParseError::BadReplyCode`]
+    /// when the second is not 90 to 93.
     pub fn parse(buf: &[u8]) -> Result<Status<Self>, ParseError> {
         if let Some(&vn) = buf.first() {
             if vn != 0 {

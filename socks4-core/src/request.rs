@@ -109,7 +109,20 @@ impl Limits {
 }
 
 /// A parsed SOCKS4 or SOCKS4a request, borrowing from the input.
+///
+/// The fields are public to read; build one with [`Request::new`] or the
+/// [`connect`](Request::connect) / [`connect_host`](Request::connect_host) /
+/// [`bind`](Request::bind) / [`bind_host`](Request::bind_host) constructors (the struct is
+/// `#[non_exhaustive]`, so a field can be added without breaking callers).
+///
+/// ```
+/// use socks4_core::{Command, Dest, Request};
+/// let req = Request::new(Command::Bind, 21, Dest::Domain("ftp.example"), b"anon");
+/// assert_eq!(req, Request::bind_host("ftp.example", 21, b"anon"));
+/// assert_eq!((req.command, req.port), (Command::Bind, 21));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Request<'a> {
     /// CONNECT or BIND.
     pub command: Command,
@@ -166,6 +179,13 @@ fn find_nul(buf: &[u8], start: usize, limit: u8) -> Result<Option<usize>, ()> {
 /// assert_eq!(parse_request(&bytes[..5], &Limits::default())?, Status::Partial);
 /// # Ok::<(), socks4_core::ParseError>(())
 /// ```
+///
+/// # Errors
+///
+/// A [`ParseError`] as soon as the bytes seen cannot begin a valid request: a version other than 4
+/// ([`ParseError::BadVersion`]), a command other than 1 or 2 ([`ParseError::BadCommand`]), a user
+/// id or host name over its limit, an empty host name, or a host byte that is not printable ASCII.
+/// Every error is final.
 pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Status<(Request<'a>, usize)>, ParseError> {
     let Some(&version) = buf.first() else {
         return Ok(Status::Partial);
@@ -221,6 +241,12 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Status<(Reque
 }
 
 impl<'a> Request<'a> {
+    /// A request from its parts (SOCKS4 for [`Dest::Ip`], SOCKS4a for [`Dest::Domain`]). Nothing is
+    /// checked here: [`validate`](Self::validate) and [`encode`](Self::encode) do.
+    pub const fn new(command: Command, port: u16, dest: Dest<'a>, user_id: &'a [u8]) -> Self {
+        Self { command, port, dest, user_id }
+    }
+
     /// A SOCKS4 CONNECT request to an IPv4 socket address.
     pub const fn connect(addr: SocketAddrV4, user_id: &'a [u8]) -> Self {
         Self { command: Command::Connect, port: addr.port(), dest: Dest::Ip(*addr.ip()), user_id }
@@ -229,6 +255,18 @@ impl<'a> Request<'a> {
     /// A SOCKS4a CONNECT request to a host name the server resolves.
     pub const fn connect_host(host: &'a str, port: u16, user_id: &'a [u8]) -> Self {
         Self { command: Command::Connect, port, dest: Dest::Domain(host), user_id }
+    }
+
+    /// A SOCKS4 BIND request: accept one connection from `expected_peer` (its port is
+    /// informative).
+    pub const fn bind(expected_peer: SocketAddrV4, user_id: &'a [u8]) -> Self {
+        Self { command: Command::Bind, port: expected_peer.port(), dest: Dest::Ip(*expected_peer.ip()), user_id }
+    }
+
+    /// A SOCKS4a BIND request: accept one connection from the address the server resolves `host`
+    /// to.
+    pub const fn bind_host(host: &'a str, port: u16, user_id: &'a [u8]) -> Self {
+        Self { command: Command::Bind, port, dest: Dest::Domain(host), user_id }
     }
 
     /// Where a CONNECT goes (for BIND: the expected peer): the IPv4 address, or the SOCKS4a name.
@@ -245,6 +283,10 @@ impl<'a> Request<'a> {
     }
 
     /// Parses a request with the given limits; see [`parse_request`].
+    ///
+    /// # Errors
+    ///
+    /// The [`ParseError`]s of [`parse_request`].
     pub fn parse(buf: &'a [u8], limits: &Limits) -> Result<Status<(Self, usize)>, ParseError> {
         parse_request(buf, limits)
     }
@@ -252,6 +294,11 @@ impl<'a> Request<'a> {
     /// Checks that the request can be encoded: user id without NUL and at most 255 bytes, host
     /// name non-empty, printable ASCII and at most 255 bytes, and no IPv4 destination in
     /// `0.0.0.1..=0.0.0.255` (those mean SOCKS4a on the wire).
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::BadUserId`], [`EncodeError::BadHost`] or [`EncodeError::MarkerAddress`] for
+    /// the first check that fails.
     pub fn validate(&self) -> Result<(), EncodeError> {
         if self.user_id.len() > 255 || self.user_id.contains(&0) {
             return Err(EncodeError::BadUserId);
@@ -292,6 +339,11 @@ impl<'a> Request<'a> {
     /// assert_eq!(&buf[..n], b"\x04\x01\x01\xbb\x00\x00\x00\x01\0example.com\0");
     /// # Ok::<(), socks4_core::EncodeError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`validate`](Self::validate), and [`EncodeError::BufferTooSmall`] when `out`
+    /// is shorter than [`encoded_len`](Self::encoded_len) (nothing is written then).
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         self.validate()?;
         let needed = self.encoded_len();
@@ -327,6 +379,11 @@ impl<'a> Request<'a> {
     /// assert_eq!(out, b"\x04\x01\x00\x50\x0a\x00\x00\x01bob\0");
     /// # Ok::<(), socks4_core::EncodeError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`validate`](Self::validate), and [`EncodeError::BufferTooSmall`] when `out`
+    /// cannot grow by [`encoded_len`](Self::encoded_len) bytes (nothing is written then).
     #[cfg(feature = "bytes")]
     #[cfg_attr(docsrs, doc(cfg(feature = "bytes")))]
     pub fn encode_to<B: bytes::BufMut>(&self, out: &mut B) -> Result<(), EncodeError> {

@@ -890,6 +890,10 @@ impl Rules {
     }
 
     /// Parses rules one per line; blank lines and `#` comments are skipped. Errors name the line.
+    ///
+    /// # Errors
+    ///
+    /// The first line that is not a valid rule, as a [`RuleError`] whose `Display` names the line.
     pub fn parse(text: &str) -> Result<Self, RuleError> {
         let mut rules = Vec::new();
         for (i, line) in text.lines().enumerate() {

@@ -1,36 +1,5 @@
-//! The server side of the handshake as a sans-IO state machine.
-//!
-//! Feed it what happens ([`handle_input`](ServerHandshake::handle_input), the `handle_*` results of
-//! the actions it asked for, [`handle_timeout`](ServerHandshake::handle_timeout)) and drain what it
-//! wants done with [`poll_output`](ServerHandshake::poll_output) until that returns
-//! [`Output::Wait`], [`Output::Relay`] or [`Output::Closed`].
-//!
-//! Time is the caller's: every `now` is a reading of one monotonic clock as a [`Duration`] since an
-//! epoch the caller picks (for example `Instant::now()` when the worker started, see
-//! `driver::Clock` with feature `std`); deadlines come back on the same clock.
-//!
-//! ## Phases, outputs and timeouts
-//!
-//! | phase | output | answered by | [`handle_timeout`](ServerHandshake::handle_timeout) at the deadline |
-//! |---|---|---|---|
-//! | reading the request | `Wait` ([`wants_input`](ServerHandshake::wants_input) is true) | [`handle_input`](ServerHandshake::handle_input) / [`handle_eof`](ServerHandshake::handle_eof) | close, no reply (`HandshakeTimeout`) |
-//! | resolving a 4a name | `Resolve`, **once** | [`handle_resolved`](ServerHandshake::handle_resolved) | reply 91 (`ResolveFailed(TimedOut)`) |
-//! | deciding | `Authorize`, repeated until answered | [`accept`](ServerHandshake::accept) / [`accept_with_ident`](ServerHandshake::accept_with_ident) / [`reject`](ServerHandshake::reject) / [`authorize`](ServerHandshake::authorize) | reply 91 (`HandshakeTimeout`) |
-//! | asking identd (a rule with `ident`, or `accept_with_ident`) | `Ident`, **once** | [`handle_ident`](ServerHandshake::handle_ident) | reply 92 (`IdentUnavailable(TimedOut)`) |
-//! | connecting | `Connect`, **once** per address | [`handle_connected`](ServerHandshake::handle_connected) or [`retry_connect`](ServerHandshake::retry_connect) | reply 91 (`ConnectFailed(TimedOut)`) |
-//! | BIND: listening | `Listen`, **once** | [`handle_listening`](ServerHandshake::handle_listening) | reply 91 (`BindFailed(TimedOut)`) |
-//! | BIND: awaiting the peer | `Wait` | [`handle_bind_peer`](ServerHandshake::handle_bind_peer) | second reply 91 (`BindTimeout`) |
-//! | done | `Relay` or `Closed`, repeated | — | nothing |
-//!
-//! The deadlines: the handshake timeout from accept covers reading and deciding; resolving gets the
-//! connect timeout, asking identd the ident timeout, and connecting gets the connect timeout again
-//! (shared by every address tried); awaiting a BIND peer gets the bind timeout. A `handle_timeout`
-//! before the deadline is a no-op. `Send` is returned at most twice (BIND's two replies) and
-//! always before the `Closed` it explains.
-//!
-//! Whatever the rules say, a CONNECT to an address that is never a real destination (see
-//! [`is_forbidden_destination`](crate::rules::is_forbidden_destination)) is refused with 91 and
-//! [`CloseReason::Forbidden`], whether the address came literally or from a name.
+//! The server side of the handshake as a sans-IO state machine ([`ServerHandshake`], whose docs
+//! hold the phase and timeout table).
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -214,7 +183,8 @@ pub enum Output<'a> {
     /// Nothing to do until input, a result, or the deadline (if any) passes. Then call
     /// [`handle_timeout`](ServerHandshake::handle_timeout).
     Wait {
-        /// When the current phase times out, on the caller's clock.
+        /// When the current phase times out, on the caller's clock. Always `Some` today: every
+        /// phase before the relay has a deadline (`Wait` is never returned after it).
         deadline: Option<Duration>,
     },
     /// The handshake failed; any reply has already been returned as [`Output::Send`]. Close the
@@ -258,6 +228,58 @@ pub enum Names {
 /// One flat value (about 660 bytes, no heap) per connection. It copies at most one request's worth
 /// of bytes into its own buffer, so the caller may reuse its read buffer; bytes past the request
 /// are never consumed and are the client's early payload.
+///
+/// Feed it what happens ([`handle_input`](Self::handle_input), the `handle_*` results of
+/// the actions it asked for, [`handle_timeout`](Self::handle_timeout)) and drain what it
+/// wants done with [`poll_output`](Self::poll_output) until that returns
+/// [`Output::Wait`], [`Output::Relay`] or [`Output::Closed`].
+///
+/// Time is the caller's: every `now` is a reading of one monotonic clock as a [`Duration`] since an
+/// epoch the caller picks (for example `Instant::now()` when the worker started, see
+/// `driver::Clock` with feature `std`); deadlines come back on the same clock.
+///
+/// ## Phases, outputs and timeouts
+///
+/// | phase | output | answered by | [`handle_timeout`](Self::handle_timeout) at the deadline |
+/// |---|---|---|---|
+/// | reading the request | `Wait` ([`wants_input`](Self::wants_input) is true) | [`handle_input`](Self::handle_input) / [`handle_eof`](Self::handle_eof) | close, no reply (`HandshakeTimeout`) |
+/// | resolving a 4a name | `Resolve`, **once** | [`handle_resolved`](Self::handle_resolved) | reply 91 (`ResolveFailed(TimedOut)`) |
+/// | deciding | `Authorize`, repeated until answered | [`accept`](Self::accept) / [`accept_with_ident`](Self::accept_with_ident) / [`reject`](Self::reject) / [`authorize`](Self::authorize) | reply 91 (`HandshakeTimeout`) |
+/// | asking identd (a rule with `ident`, or `accept_with_ident`) | `Ident`, **once** | [`handle_ident`](Self::handle_ident) | reply 92 (`IdentUnavailable(TimedOut)`) |
+/// | connecting | `Connect`, **once** per address | [`handle_connected`](Self::handle_connected) or [`retry_connect`](Self::retry_connect) | reply 91 (`ConnectFailed(TimedOut)`) |
+/// | BIND: listening | `Listen`, **once** | [`handle_listening`](Self::handle_listening) | reply 91 (`BindFailed(TimedOut)`) |
+/// | BIND: awaiting the peer | `Wait` | [`handle_bind_peer`](Self::handle_bind_peer) | second reply 91 (`BindTimeout`) |
+/// | done | `Relay` or `Closed`, repeated | — | nothing |
+///
+/// The deadlines: the handshake timeout from accept covers reading and deciding; resolving gets the
+/// connect timeout, asking identd the ident timeout, and connecting gets the connect timeout again
+/// (shared by every address tried); awaiting a BIND peer gets the bind timeout. A `handle_timeout`
+/// before the deadline is a no-op. `Send` is returned at most twice (BIND's two replies) and
+/// always before the `Closed` it explains.
+///
+/// Every phase before the relay has a deadline: an [`Output::Wait`] always carries
+/// `deadline: Some(_)` (its `Option` leaves room for a phase without one), so a driver needs no
+/// "wait forever" branch during the handshake. [`deadline`](Self::deadline) is `None` only once
+/// the handshake is over ([`Output::Relay`] or [`Output::Closed`]).
+///
+/// ## Reading and watching the client
+///
+/// Until the request is complete, read the client and feed every chunk to
+/// [`handle_input`](Self::handle_input) (a read of 0 bytes is end of file: call
+/// [`handle_eof`](Self::handle_eof); an empty `data` changes nothing). Once it is complete
+/// ([`wants_input`](Self::wants_input) is false), stop *reading* the client — what it sends next
+/// is payload that should wait in the socket for the relay — but keep *watching* it while the
+/// handshake waits for a lookup, identd, a connect or a BIND peer: peek (`MSG_PEEK`) or poll for
+/// readiness; a peek of 0 bytes is its end of file ([`handle_eof`](Self::handle_eof), which ends
+/// a BIND wait and changes nothing otherwise), an error its failure
+/// ([`handle_client_error`](Self::handle_client_error), which ends every phase), and data is
+/// early payload (stop watching for the rest of the phase: the phase's deadline bounds it).
+///
+/// Whatever the rules say, a CONNECT to an address that is never a real destination (see
+/// [`is_forbidden_destination`](crate::rules::is_forbidden_destination)) is refused with 91 and
+/// [`CloseReason::Forbidden`], whether the address came literally or from a name.
+///
+/// ## Example
 ///
 /// ```
 /// use core::net::SocketAddrV4;
@@ -390,8 +412,11 @@ impl ServerHandshake {
     /// Feeds bytes read from the client; returns how many belong to the request.
     ///
     /// Once the request is complete (or rejected) it consumes nothing more: the unconsumed rest of
-    /// `data`, and anything read later, is payload for the relay. Stop reading the client until
-    /// [`Output::Relay`] so that the payload waits in the socket.
+    /// `data`, and anything read later, is payload for the relay. Stop *reading* the client until
+    /// [`Output::Relay`] so that the payload waits in the socket, but keep *watching* it (peek or
+    /// poll) for its end of file or failure (see [`handle_eof`](Self::handle_eof) and
+    /// [Reading and watching the client](Self#reading-and-watching-the-client)). An empty `data`
+    /// changes nothing and returns 0: it is not an end of file (call `handle_eof` for that).
     pub fn handle_input(&mut self, now: Duration, data: &[u8]) -> usize {
         if self.state != State::Reading {
             return 0;
@@ -454,8 +479,10 @@ impl ServerHandshake {
     /// Otherwise it changes nothing: the request stands and the half-close is relayed later (a
     /// client may send its request and data and half-close before the reply).
     ///
-    /// Keep watching the client while waiting for a resolve, a connect, identd or a BIND peer, and
-    /// call this (or [`handle_client_error`](Self::handle_client_error)) as soon as it ends.
+    /// Keep watching the client (without reading it: peek, or poll for readiness, so that its
+    /// payload stays in the socket; see [`handle_input`](Self::handle_input)) while waiting for a
+    /// resolve, a connect, identd or a BIND peer, and call this (or
+    /// [`handle_client_error`](Self::handle_client_error)) as soon as it ends.
     pub fn handle_eof(&mut self, _now: Duration) {
         match self.state {
             State::Reading => self.close(CloseReason::ClientEof),
@@ -505,6 +532,11 @@ impl ServerHandshake {
     }
 
     /// Grants the request from [`Output::Authorize`]: the next output is `Connect` or `Listen`.
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]); the state
+    /// is left unchanged.
     pub fn accept(&mut self, now: Duration) -> Result<(), Misuse> {
         if self.state != State::Authorizing || self.request().is_none() {
             return Err(Misuse { call: "accept" });
@@ -534,6 +566,11 @@ impl ServerHandshake {
     /// assert_eq!(hs.poll_output(), Output::Closed(CloseReason::IdentMismatch));
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]); the state
+    /// is left unchanged.
     pub fn accept_with_ident(&mut self, now: Duration) -> Result<(), Misuse> {
         if self.state != State::Authorizing || self.request().is_none() {
             return Err(Misuse { call: "accept_with_ident" });
@@ -547,6 +584,11 @@ impl ServerHandshake {
     }
 
     /// Refuses the request from [`Output::Authorize`] with a rejection code (91, 92 or 93).
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]), or for
+    /// [`ReplyCode::Granted`] (not a rejection); the state is left unchanged.
     pub fn reject(&mut self, code: ReplyCode) -> Result<(), Misuse> {
         if self.state != State::Authorizing || code == ReplyCode::Granted {
             return Err(Misuse { call: "reject" });
@@ -571,6 +613,11 @@ impl ServerHandshake {
     /// assert_eq!((reason, reason.to_string()), (CloseReason::UserRefused(ReplyCode::IdentMismatch), "auth refused (93)".into()));
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]), or for
+    /// [`ReplyCode::Granted`] (not a refusal); the state is left unchanged.
     pub fn refuse_user(&mut self, code: ReplyCode) -> Result<(), Misuse> {
         if self.state != State::Authorizing || code == ReplyCode::Granted {
             return Err(Misuse { call: "refuse_user" });
@@ -583,6 +630,11 @@ impl ServerHandshake {
     /// Answers [`Output::Authorize`] with the rules' decision for `client` (deny → reply 91). An
     /// allow rule with `ident` allows through [`accept_with_ident`](Self::accept_with_ident): the
     /// result is still [`Action::Allow`], and the next output is [`Output::Ident`].
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake is waiting for a decision ([`Output::Authorize`]); the state
+    /// is left unchanged.
     pub fn authorize(&mut self, now: Duration, rules: &Rules, client: IpAddr) -> Result<Action, Misuse> {
         let decision = match (self.state, self.access_request()) {
             (State::Authorizing, Some(req)) => rules.decide(client, &req),
@@ -624,6 +676,11 @@ impl ServerHandshake {
     /// assert_eq!(hs.poll_output(), Output::Connect(Target::Addr("192.0.2.1:80".parse()?)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for identd ([`Output::Ident`]); the state is left
+    /// unchanged. A failed or refusing identd is not an error here: it is the answer (92 or 93).
     pub fn handle_ident(&mut self, now: Duration, answer: Result<IdentReply<'_>, Failure>) -> Result<(), Misuse> {
         let user_id = match (self.state, self.request()) {
             (State::Ident { .. }, Some(req)) if self.ident_name_only => {
@@ -649,6 +706,11 @@ impl ServerHandshake {
     /// The result of [`Output::Resolve`]: the host's first usable address (IPv4 or IPv6), or why
     /// there is none (→ 91). Keep the others for [`retry_connect`](Self::retry_connect). An
     /// address that is never a real destination is refused (→ 91, [`CloseReason::Forbidden`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for a lookup ([`Output::Resolve`]); the state is left
+    /// unchanged.
     pub fn handle_resolved(&mut self, now: Duration, result: Result<IpAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Resolving { .. }) {
             return Err(Misuse { call: "handle_resolved" });
@@ -688,6 +750,11 @@ impl ServerHandshake {
     /// assert_eq!(hs.poll_output(), Output::Connect(Target::Host("duck.onion", 80)));
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for a lookup ([`Output::Resolve`]) of a CONNECT (a
+    /// BIND by name must be resolved); the state is left unchanged.
     pub fn forward_name(&mut self, now: Duration) -> Result<(), Misuse> {
         if !matches!(self.state, State::Resolving { .. }) {
             return Err(Misuse { call: "forward_name" });
@@ -704,6 +771,11 @@ impl ServerHandshake {
     /// The result of [`Output::Connect`]: the outgoing connection's local address (sent in the
     /// reply; an IPv6 one is sent as `0.0.0.0` with its port), or why it failed (→ 91, or the code
     /// of a [`Failure::Rejected`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for a connection ([`Output::Connect`]); the state is
+    /// left unchanged. A failed connect is not an error here: it is the answer (91).
     pub fn handle_connected(&mut self, _now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Connecting { .. }) {
             return Err(Misuse { call: "handle_connected" });
@@ -741,6 +813,11 @@ impl ServerHandshake {
     /// assert_eq!(req.addr, Some("2001:db8::1".parse().unwrap()));
     /// # Ok::<(), socks4_core::Misuse>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for a connection ([`Output::Connect`]) to an address
+    /// it resolved from a name; the state is left unchanged.
     pub fn retry_connect(&mut self, _now: Duration, next: IpAddr) -> Result<(), Misuse> {
         if !matches!(self.state, State::Connecting { .. }) || self.resolved.is_none() {
             return Err(Misuse { call: "retry_connect" });
@@ -758,6 +835,11 @@ impl ServerHandshake {
     /// BIND: the result of [`Output::Listen`]: the listening address for the first reply (an
     /// unspecified IP tells the client to use the server's address; an IPv6 one is sent as
     /// `0.0.0.0` with its port), or why listening failed (→ 91).
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless the handshake asked for a listener ([`Output::Listen`]); the state is left
+    /// unchanged.
     pub fn handle_listening(&mut self, now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         if !matches!(self.state, State::Listening { .. }) {
             return Err(Misuse { call: "handle_listening" });
@@ -774,6 +856,11 @@ impl ServerHandshake {
 
     /// BIND: the address of the peer that connected to the listener, or why none did. A peer whose
     /// IP differs from the request's gets the second reply 91; the expected one gets 90 and the relay.
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse`] unless a BIND is awaiting its peer (after
+    /// [`handle_listening`](Self::handle_listening) succeeded); the state is left unchanged.
     pub fn handle_bind_peer(&mut self, _now: Duration, result: Result<SocketAddr, Failure>) -> Result<(), Misuse> {
         let expected = match (self.state, self.access_request()) {
             (State::AwaitingPeer, Some(AccessRequest { addr: Some(ip), .. })) => ip,

@@ -91,7 +91,7 @@ mod connect_error {
     use core::fmt;
     use std::io;
 
-    use crate::{ClientError, ClientEvent, EncodeError, Failure, ReplyCode};
+    use crate::{ClientError, ClientEvent, EncodeError, Failure, NotGranted, ReplyCode};
 
     /// Why a client connector (CONNECT or BIND through a proxy) failed; shared by the adapters.
     ///
@@ -165,6 +165,17 @@ mod connect_error {
     impl From<ClientError> for ConnectError {
         fn from(e: ClientError) -> Self {
             Self::Protocol(e)
+        }
+    }
+
+    /// [`NotGranted::Rejected`] is [`ConnectError::Rejected`], [`NotGranted::Unexpected`]
+    /// [`ConnectError::Unexpected`].
+    impl From<NotGranted> for ConnectError {
+        fn from(e: NotGranted) -> Self {
+            match e {
+                NotGranted::Rejected(code) => Self::Rejected(code),
+                NotGranted::Unexpected(event) => Self::Unexpected(event),
+            }
         }
     }
 

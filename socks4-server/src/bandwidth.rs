@@ -134,6 +134,11 @@ impl RateLimit {
 /// assert_eq!(parse_bytes("1G/s"), Ok(1 << 30));
 /// assert!(parse_bytes("1T").is_err());
 /// ```
+///
+/// # Errors
+///
+/// [`BadByteRate`] (holding the text) for a number that does not parse or a unit other than `B`,
+/// `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB`.
 pub fn parse_bytes(text: &str) -> Result<u64, BadByteRate> {
     let bad = || BadByteRate(text.to_string());
     let s = text.trim();

@@ -40,53 +40,53 @@ use socks4_core::rules::{Action, IpNet, Rule};
 #[command(about = "A SOCKS4/SOCKS4a proxy server", version)]
 pub struct ServerArgs {
     /// Address to listen on (repeatable; IPv4 or IPv6). Default 127.0.0.1:1080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "SOCKS4_LISTEN", value_delimiter = ',')]
     pub listen: Vec<SocketAddr>,
     /// Worker threads (default: one per CPU).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_WORKERS")]
     pub workers: Option<usize>,
     /// TOML config file (see the README for its keys).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SOCKS4_CONFIG")]
     pub config: Option<PathBuf>,
     /// Allow requests matching RULE, e.g. 'from 10.0.0.0/8 port 443' or 'any' (repeatable, in order).
-    #[arg(long, value_name = "RULE")]
+    #[arg(long, value_name = "RULE", env = "SOCKS4_ALLOW", value_delimiter = ';')]
     pub allow: Vec<String>,
     /// Deny requests matching RULE, e.g. 'to 169.254.0.0/16' or 'any' (repeatable, in order).
-    #[arg(long, value_name = "RULE")]
+    #[arg(long, value_name = "RULE", env = "SOCKS4_DENY", value_delimiter = ';')]
     pub deny: Vec<String>,
     /// Time for a client to send its whole request (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<Duration>,
     /// Time to resolve a SOCKS4a name and, separately, to connect (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<Duration>,
     /// BIND: time for the peer to connect (e.g. 2m).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_BIND_TIMEOUT")]
     pub bind_timeout: Option<Duration>,
     /// Ident (rules with `ident`): time for the client's identd to answer (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_IDENT_TIMEOUT")]
     pub ident_timeout: Option<Duration>,
     /// Close a relay idle in both directions for this long (e.g. 5m).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_IDLE_TIMEOUT")]
     pub idle_timeout: Option<Duration>,
     /// On SIGINT/SIGTERM, let live relays run this long before closing them (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration, env = "SOCKS4_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<Duration>,
     /// Most connections at once; more are closed on accept (default 4096).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Longest user id accepted, in bytes (at most 255).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_USER_ID")]
     pub max_user_id: Option<u8>,
     /// Longest SOCKS4a host name accepted, in bytes (at most 255).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_HOST")]
     pub max_host: Option<u8>,
     /// Give each worker its own SO_REUSEPORT listener (Linux) instead of one acceptor.
-    #[arg(long)]
+    #[arg(long, env = "SOCKS4_REUSEPORT")]
     pub reuseport: bool,
     /// Refuse CONNECT requests by IP address: clients must send host names (SOCKS4a), so an
     /// application that resolved the name itself (a DNS leak) is caught and logged, like Tor's SafeSocks.
-    #[arg(long)]
+    #[arg(long, env = "SOCKS4_SAFE_SOCKS")]
     pub safe_socks: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive (default: the
     /// file's `log_level`, else info).
@@ -94,48 +94,48 @@ pub struct ServerArgs {
     pub log_level: String,
     /// Log format: `text` lines, or `json`, one object per event (a connection's has the text
     /// line's fields).
-    #[arg(long, value_name = "FORMAT", value_enum)]
+    #[arg(long, value_name = "FORMAT", value_enum, env = "SOCKS4_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz, /readyz (e.g. 127.0.0.1:9100).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "SOCKS4_METRICS")]
     pub metrics: Option<SocketAddr>,
 
     // --- Abuse limits, bandwidth caps, authentication. ---
     /// Most connections open at once from one client (IPv4 address or IPv6 /64); 0 = no limit
     /// (default 1024).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_PER_CLIENT")]
     pub max_per_client: Option<u32>,
     /// Most new connections per client, e.g. 20/s or 600/m (token bucket, burst N; default: no limit).
-    #[arg(long, value_name = "N/s", value_parser = conn_rate)]
+    #[arg(long, value_name = "N/s", value_parser = conn_rate, env = "SOCKS4_MAX_RATE_PER_CLIENT")]
     pub max_rate_per_client: Option<ConnRate>,
     /// Most connections in their handshake, whole server; 0 = no limit (default 1024).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_HANDSHAKES")]
     pub max_handshakes: Option<u32>,
     /// Most connections in their handshake at once from one client; 0 = no limit (default 64).
     #[arg(long, value_name = "N")]
     pub max_handshakes_per_client: Option<u32>,
     /// Most BIND requests waiting for their peer at once, whole server; 0 = no limit (default 64).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_BIND_WAITS")]
     pub max_bind_waits: Option<u32>,
     /// Most BIND requests waiting for their peer at once from one client; 0 = no limit (default 8).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "SOCKS4_MAX_BIND_WAITS_PER_CLIENT")]
     pub max_bind_waits_per_client: Option<u32>,
     /// Bandwidth cap of each connection, each direction, e.g. 10M or 512K (bytes/s, K = 1024).
-    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate, env = "SOCKS4_RATE_LIMIT_CONN")]
     pub rate_limit_conn: Option<RateLimit>,
     /// Bandwidth cap of each user id, all its connections together, each direction (bytes/s).
-    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate, env = "SOCKS4_RATE_LIMIT_USER")]
     pub rate_limit_user: Option<RateLimit>,
     /// Bandwidth cap of each client address (IPv6: /64), all its connections together (bytes/s).
-    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate)]
+    #[arg(long, value_name = "BYTES/s", value_parser = byte_rate, env = "SOCKS4_RATE_LIMIT_CLIENT")]
     pub rate_limit_client: Option<RateLimit>,
     /// Users file: user ids must then be NAME:TOKEN, the token matching NAME's Argon2id hash in FILE
     /// (lines from the `hash-token` subcommand).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SOCKS4_USERS")]
     pub users: Option<PathBuf>,
     /// Connections from CIDR (a load balancer; repeatable) must start with a PROXY protocol header
     /// (v1 or v2), whose client address rules, limits and logs then use.
-    #[arg(long, value_name = "CIDR", value_parser = network)]
+    #[arg(long, value_name = "CIDR", value_parser = network, env = "SOCKS4_PROXY_PROTOCOL", value_delimiter = ',')]
     pub proxy_protocol: Vec<IpNet>,
     /// A subcommand instead of serving.
     #[command(subcommand)]
@@ -144,7 +144,7 @@ pub struct ServerArgs {
     // --- Operations: reload, check, systemd. ---
     /// Check the config file and the command line, print the effective configuration (as a
     /// config file) and exit: 0 if it is valid, 2 with the reason if not. Binds nothing.
-    #[arg(long)]
+    #[arg(long, env = "SOCKS4_CHECK_CONFIG")]
     pub check_config: bool,
 
     /// `--allow`/`--deny` in command-line order.
@@ -201,6 +201,11 @@ const SHORT_TOKEN: usize = 16;
 /// assert!(hash_token_command("alice", &mut &b"\n"[..], &mut Vec::new(), &mut err).is_err());
 /// # Ok::<(), String>(())
 /// ```
+///
+/// # Errors
+///
+/// A message for the user: a bad user name, no token (or one with a NUL) on `input`, a `NAME:TOKEN`
+/// over 255 bytes, or a failure to read, hash or write.
 pub fn hash_token_command(
     name: &str,
     input: &mut dyn BufRead,
@@ -238,6 +243,12 @@ impl ServerArgs {
     }
 
     /// Parses the given arguments (the first is the program name).
+    ///
+    /// # Errors
+    ///
+    /// clap's error for an unknown option, a missing or bad value (from a flag or its `SOCKS4_*`
+    /// variable), or `--help` / `--version` (whose "error" is the text to print: use
+    /// [`clap::Error::exit`]).
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -247,10 +258,19 @@ impl ServerArgs {
         let mut parsed = Self::from_arg_matches(&matches)?;
         let mut ordered = Vec::new();
         for (id, action, values) in [("allow", Action::Allow, &parsed.allow), ("deny", Action::Deny, &parsed.deny)] {
-            let indices = matches.indices_of(id).into_iter().flatten();
-            ordered.extend(indices.zip(values).map(|(i, v)| (i, action, v.clone())));
+            // Rules from the environment (`SOCKS4_ALLOW`, `SOCKS4_DENY`) come after the command
+            // line's, and `SOCKS4_DENY`'s before `SOCKS4_ALLOW`'s: two variables have no order, and
+            // deny first is the safe one. Within one variable, its order is kept.
+            let from_env = matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
+            let key = |i: usize| if from_env { (1, u8::from(matches!(action, Action::Allow)), i) } else { (0, 0, i) };
+            let indices: Vec<usize> = if from_env {
+                (0..values.len()).collect()
+            } else {
+                matches.indices_of(id).into_iter().flatten().collect()
+            };
+            ordered.extend(indices.into_iter().zip(values).map(|(i, v)| (key(i), action, v.clone())));
         }
-        ordered.sort_by_key(|(i, _, _)| *i);
+        ordered.sort_by_key(|(key, _, _)| *key);
         parsed.ordered_rules = ordered.into_iter().map(|(_, a, v)| (a, v)).collect();
         parsed.log_level_given =
             matches.value_source("log_level").is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
@@ -258,6 +278,10 @@ impl ServerArgs {
     }
 
     /// The config: the file's (if any) with the command line's options on top, validated.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`]s of [`to_config_activated`](Self::to_config_activated).
     pub fn to_config(&self) -> Result<ServerConfig, ConfigError> {
         self.to_config_activated(None)
     }
@@ -267,6 +291,12 @@ impl ServerArgs {
     /// `reuseport` off) before the checks, so an activated socket beyond loopback needs rules too.
     /// Reading the file again and calling this is also what a reload does: the command line still
     /// wins over the file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the config file cannot be read or parsed, a command-line rule does not
+    /// parse, the merged config fails [`ServerConfig::validate`], or its users file cannot be
+    /// loaded.
     pub fn to_config_activated(&self, activated: Option<&[SocketAddr]>) -> Result<ServerConfig, ConfigError> {
         let config = self.merged(activated)?;
         config.validate()?;
@@ -492,6 +522,11 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
 /// assert!(check_config_command(&open, &mut Vec::new()).unwrap_err().contains("open proxy"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// The reason the configuration is invalid (the [`ConfigError`] of [`ServerArgs::to_config`] or of
+/// loading the users file, as text), or a failure to write to `out`.
 pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<(), String> {
     let config = args.to_config().map_err(|e| e.to_string())?;
     // The verifier is what the server builds: the users file is read here as at start.
@@ -508,6 +543,11 @@ pub fn check_config_command(args: &ServerArgs, out: &mut dyn Write) -> Result<()
 /// for new connections and applies its log level, logs the outcome, and tells systemd it is ready
 /// again. A bad file (or users file) keeps the running config and logs why in one line; settings
 /// that take a restart (listen addresses, workers, reuseport, metrics, log format) are logged and ignored.
+///
+/// # Errors
+///
+/// The [`ConfigError`] that kept the running config (the file or users file cannot be read or is
+/// invalid); it is logged too.
 pub fn reload(
     args: &ServerArgs,
     live: &LiveConfig,
@@ -628,6 +668,102 @@ mod tests {
         let mut all = vec!["socks4"];
         all.extend_from_slice(args);
         ServerArgs::try_parse_from(all).unwrap().to_config()
+    }
+
+    /// Runs the test `name` of this test binary in a child process with `vars` set (and every other
+    /// `SOCKS4_*` variable removed), so that no test of this process sees them; returns its output
+    /// when it passed.
+    fn run_child(name: &str, vars: &[(&str, &str)]) -> String {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SOCKS4_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("SOCKS4_TEST_CHILD", name).envs(vars.iter().copied());
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "child {name} failed:\n{text}");
+        text
+    }
+
+    /// Whether this process is the child [`run_child`] started for `name`.
+    fn is_child(name: &str) -> bool {
+        std::env::var("SOCKS4_TEST_CHILD").is_ok_and(|n| n == name)
+    }
+
+    /// Every option reads a `SOCKS4_*` variable; a flag wins over it and it wins over the file.
+    #[test]
+    fn environment_sits_between_flags_and_file() {
+        let file = std::env::temp_dir().join(format!("socks4-server-env-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "workers = 3\nmax_connections = 100\nlog_level = \"warn\"\nrules = [\"allow port 80\"]\n",
+        )
+        .unwrap();
+        let out = run_child(
+            "cli::tests::environment_child",
+            &[
+                ("SOCKS4_CONFIG", file.to_str().unwrap()),
+                ("SOCKS4_WORKERS", "5"),
+                ("SOCKS4_MAX_CONNECTIONS", "200"),
+                ("SOCKS4_LISTEN", "127.0.0.1:0,[::1]:0"),
+                ("SOCKS4_ALLOW", "from 10.0.0.0/8;user a,b"),
+                ("SOCKS4_DENY", "port 25"),
+                ("SOCKS4_REUSEPORT", "true"),
+                ("SOCKS4_SAFE_SOCKS", "false"),
+                ("SOCKS4_IDLE_TIMEOUT", "2m"),
+                ("SOCKS4_MAX_BIND_WAITS", "9"),
+                ("SOCKS4_PROXY_PROTOCOL", "127.0.0.0/8,::1/128"),
+                ("SOCKS4_LOG", "debug"),
+                ("SOCKS4_LOG_FORMAT", "json"),
+            ],
+        );
+        let _ = std::fs::remove_file(&file);
+        assert!(out.contains("environment checked"), "{out}");
+        // A bad value names its variable.
+        let out = run_child("cli::tests::environment_bad_child", &[("SOCKS4_WORKERS", "many")]);
+        assert!(out.contains("bad value checked"), "{out}");
+    }
+
+    #[test]
+    fn environment_child() {
+        if !is_child("cli::tests::environment_child") {
+            return;
+        }
+        let args = ServerArgs::try_parse_from(["socks4", "--max-connections", "300", "--allow", "port 443"]).unwrap();
+        let c = args.to_config().unwrap();
+        assert_eq!(c.workers, Some(5), "env over file");
+        assert_eq!(c.max_connections, 300, "flag over env");
+        assert_eq!(c.listen, ["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()] as [SocketAddr; 2]);
+        let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
+        // The file's rules, then the command line's; `--allow` replaces SOCKS4_ALLOW's list.
+        assert_eq!(texts, ["allow port 80", "allow port 443", "deny port 25"]);
+        // Without the flag: the file's, then the environment's, SOCKS4_DENY's before SOCKS4_ALLOW's.
+        let c = ServerArgs::try_parse_from(["socks4"]).unwrap().to_config().unwrap();
+        let texts: Vec<String> = c.rules.0.iter().map(|r| r.to_string()).collect();
+        assert_eq!(texts, ["allow port 80", "deny port 25", "allow from 10.0.0.0/8", "allow user a,b"]);
+        assert_eq!(c.max_connections, 200, "env over file");
+        assert!(c.reuseport && !c.safe_socks);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(120));
+        assert_eq!(c.client_limits.max_bind_waits, 9);
+        assert_eq!(c.proxy_protocol.0.len(), 2);
+        assert_eq!((c.log_level.as_str(), c.log_format), ("debug", LogFormat::Json), "SOCKS4_LOG over the file");
+        // A flag replaces a list from the environment.
+        let args = ServerArgs::try_parse_from(["socks4", "--listen", "127.0.0.2:0"]).unwrap();
+        assert_eq!(args.listen, ["127.0.0.2:0".parse::<SocketAddr>().unwrap()]);
+        println!("environment checked");
+    }
+
+    #[test]
+    fn environment_bad_child() {
+        if !is_child("cli::tests::environment_bad_child") {
+            return;
+        }
+        let e = ServerArgs::try_parse_from(["socks4"]).unwrap_err().to_string();
+        assert!(e.contains("many") && e.contains("--workers"), "{e}");
+        println!("bad value checked");
     }
 
     #[test]

@@ -250,6 +250,11 @@ impl ServerConfig {
     /// assert!(config.validate().is_ok());
     /// # Ok::<(), socks4_core::rules::RuleError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, as a [`ConfigError`]: no listen address, a zero count, an address
+    /// beyond loopback without rules (an open proxy), or another inconsistent setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::NoListen);
@@ -300,12 +305,20 @@ impl ServerConfig {
     /// assert!(config.verifier()?.is_none(), "no users file: no authentication");
     /// # Ok::<(), socks4_server::ConfigError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the users file cannot be read or has a bad line.
     pub fn verifier(&self) -> Result<Option<Arc<Verifier>>, ConfigError> {
         self.verifier_after(None)
     }
 
     /// [`verifier`](Self::verifier) for a reload: with the running verifier `old`, the new one
     /// shares its threads and keeps what still holds (see [`Verifier::reloaded`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the users file cannot be read or has a bad line.
     pub fn verifier_after(&self, old: Option<&Verifier>) -> Result<Option<Arc<Verifier>>, ConfigError> {
         let Some(path) = &self.users else { return Ok(None) };
         let users = Users::load(path)?;
@@ -405,6 +418,11 @@ impl From<UsersError> for ConfigError {
 /// assert!(parse_duration("soon").is_err());
 /// # Ok::<(), socks4_server::config::ConfigError>(())
 /// ```
+///
+/// # Errors
+///
+/// [`ConfigError::BadDuration`] (holding the text) for a number that does not parse, a unit other
+/// than `ms`, `s`, `m`, `h`, or a value too large for a `Duration`.
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::BadDuration(text.to_string());
     let s = text.trim();

@@ -5,6 +5,10 @@ use crate::config::{ConfigError, ServerConfig};
 
 /// Reads and parses a TOML config file (not yet validated). A relative `users` path in it is
 /// taken relative to the file's directory.
+///
+/// # Errors
+///
+/// [`ConfigError::File`] (naming the path) when the file cannot be read or is not a valid config.
 pub fn load_config_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
     config_from_text(path, &read_config_file(path)?)
 }
@@ -36,6 +40,11 @@ pub(crate) fn config_from_text(path: &std::path::Path, text: &str) -> Result<Ser
 /// assert_eq!(config.timeouts.idle.as_secs(), 30);
 /// # Ok::<(), socks4_server::config::ConfigError>(())
 /// ```
+///
+/// # Errors
+///
+/// [`ConfigError::File`] with the TOML parser's message (line and column) for invalid TOML, an
+/// unknown key or a bad value.
 pub fn parse_config_toml(text: &str) -> Result<ServerConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
 }

@@ -27,6 +27,10 @@ impl std::fmt::Debug for IdentAnswer {
 impl IdentAnswer {
     /// The parsed reply for [`ServerHandshake::handle_ident`](socks4_core::ServerHandshake::handle_ident):
     /// a malformed or unfinished line is [`Failure::BadAnswer`] (reply 92).
+    ///
+    /// # Errors
+    ///
+    /// [`Failure::BadAnswer`] when the line is malformed, about other ports, or unfinished.
     pub fn reply(&self) -> Result<IdentReply<'_>, Failure> {
         match ident::parse_reply(&self.buf[..self.len], &self.query) {
             Ok(Status::Complete((reply, _))) => Ok(reply),
@@ -42,6 +46,12 @@ impl IdentAnswer {
 ///
 /// The connection to identd is not bound to `local`'s address: routing picks the source, which on
 /// a host with one address per network is the address the client reached.
+///
+/// # Errors
+///
+/// [`Failure::TimedOut`] when the exchange outlasts `timeout`, the connect's [`Failure`] when
+/// identd cannot be reached (refused, unreachable), [`Failure::BadAnswer`] when it closes before
+/// the end of its line.
 pub fn ask_blocking(client: SocketAddr, local: SocketAddr, timeout: Duration) -> Result<IdentAnswer, Failure> {
     ask_blocking_at(SocketAddr::new(client.ip(), ident::PORT), client, local, timeout)
 }

@@ -96,6 +96,8 @@
 //! [`upstream`]. [`step::Decisions`] makes all of these per-connection decisions (users file,
 //! rules, route, BIND-wait slot, ident behind a balancer) in one place, leaving a driver only the
 //! I/O of each [`step::Step`]; a chained connect or BIND is then a [`chain::Attempt`] to drive.
+// Every fallible public function says when it fails (clippy, `-D warnings` in CI).
+#![warn(clippy::missing_errors_doc)]
 
 pub mod accept;
 pub mod bandwidth;

@@ -194,6 +194,10 @@ pub struct ConnRate {
 
 impl ConnRate {
     /// `count` connections per `per` (a duration of at least 1 ms).
+    ///
+    /// # Errors
+    ///
+    /// [`BadRate`] when `per` is shorter than 1 ms.
     pub fn new(count: NonZeroU32, per: Duration) -> Result<Self, BadRate> {
         if per < Duration::from_millis(1) {
             return Err(BadRate(format!("{count}/{per:?}")));
@@ -439,6 +443,11 @@ impl Limiter {
     /// Admits a new connection from `client` at `now`, or says why not (and counts the refusal in
     /// [`refusals`](Self::refusals), which logs a summary at most once per interval). The
     /// connection starts in its handshake: call [`Admission::handshake_done`] when it ends.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::PerClientConnections`], [`Refusal::PerClientRate`], [`Refusal::Handshakes`] or
+    /// [`Refusal::ClientTable`]: the limit the connection would exceed (close it).
     pub fn admit(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<Admission, Refusal> {
         let key = ClientKey::from(client);
         match self.try_admit(key, now) {
@@ -462,6 +471,10 @@ impl Limiter {
     /// client's connections, so no per-client limit applies to it, but the connection holds a
     /// handshake slot (`max_handshakes`) from now on, so idle connections through the balancer
     /// cannot crowd out the others' handshakes. Refused (and counted) over that cap.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Handshakes`] when `max_handshakes` connections are already in their handshake.
     pub fn defer(self: &Arc<Self>, balancer: IpAddr, now: Instant) -> Result<Admission, Refusal> {
         let key = ClientKey::from(balancer);
         if let Err(reason) = self.take_handshake() {
@@ -605,6 +618,11 @@ impl Limiter {
     /// assert!(limiter.bind_wait(a, now).is_ok());
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::BindWaits`] or [`Refusal::PerClientBindWaits`]: the cap the BIND would exceed
+    /// (reply 91).
     pub fn bind_wait(self: &Arc<Self>, client: IpAddr, now: Instant) -> Result<BindWait, Refusal> {
         let key = ClientKey::from(client);
         let counted = self.take_bind_wait(key, now)?;
@@ -727,6 +745,10 @@ impl Admission {
     /// assert_eq!(second.claim("192.0.2.7".parse()?, now), Err(Refusal::PerClientConnections));
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`]s of [`Limiter::admit`], for `client`.
     pub fn claim(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
         self.release_handshake();
         *self = self.limiter.admit(client, now)?;
@@ -773,6 +795,10 @@ impl Admission {
     /// assert_eq!(two.start_bind_wait(now), Ok(()));
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`]s of [`Limiter::bind_wait`].
     pub fn start_bind_wait(&mut self, now: Instant) -> Result<(), Refusal> {
         self.end_bind_wait();
         self.bind_wait = self.limiter.take_bind_wait(self.client, now)?;

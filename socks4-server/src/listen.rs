@@ -24,6 +24,10 @@ pub const BACKLOG: i32 = 1024;
 /// Per listen address of `config`, its listeners: one, or (`reuseport`) one per worker, all on the
 /// port the first one got. With `activated` (socket activation) each of those is a group of its own
 /// instead, and nothing is bound.
+///
+/// # Errors
+///
+/// The I/O error of the first listener that cannot be bound (see [`listen`]).
 pub fn listeners(
     config: &ServerConfig,
     workers: usize,
@@ -48,6 +52,11 @@ pub fn listeners(
 
 /// Binds one non-blocking listener: `SO_REUSEADDR`, IPv6-only for IPv6 addresses (so `[::]` and
 /// `0.0.0.0` can coexist), and `SO_REUSEPORT` if asked.
+///
+/// # Errors
+///
+/// The I/O error of creating, configuring, binding or listening on the socket (e.g. `AddrInUse`,
+/// `PermissionDenied` for a port below 1024).
 pub fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]

@@ -229,7 +229,7 @@ impl HeaderReader {
                 HeaderStep::Client { client, rest: &input[used..] }
             }
             Ok(HeaderStatus::Done { header: ProxyHeader::Local, .. }) => HeaderStep::Close(HeaderEnd::Local),
-            Ok(HeaderStatus::Done { .. }) => HeaderStep::Close(HeaderEnd::NoAddress),
+            Ok(_) => HeaderStep::Close(HeaderEnd::NoAddress), // no client address, or a status to come
             Err(e) => HeaderStep::Close(HeaderEnd::Invalid(e)),
         }
     }
@@ -257,6 +257,10 @@ fn is_our_source_toward(client: std::net::IpAddr, balancer: std::net::IpAddr) ->
 
 /// The answer to a rule with `ident` for a client that came through a PROXY header: identd
 /// cannot be asked (see the [module docs](self)), so the request gets 92. Logs why, at info.
+///
+/// # Errors
+///
+/// Always: [`Failure::Unreachable`], so the handshake replies 92.
 pub fn ident_through_balancer<T>(client: SocketAddr) -> Result<T, Failure> {
     tracing::info!(%client, "ident cannot ask a client behind a PROXY protocol balancer: reply 92");
     Err(Failure::Unreachable)

@@ -117,6 +117,10 @@ impl RefusalTotals for LiveConfig {
 
 impl LiveConfig {
     /// Validates `config`, loads its users file and builds its limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` is invalid or its users file cannot be loaded.
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, ConfigError> {
         let snapshot = Snapshot::build(config.clone(), None, &[])?;
         let listening = Mutex::new(Vec::new());
@@ -174,6 +178,11 @@ impl LiveConfig {
     /// Validates `config`, loads its users file and swaps it in for new connections. On error the
     /// current snapshot stays. Bind-time settings that differ from the running server's are
     /// listed in the [`Change`] and not applied (the new snapshot keeps the running ones).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` is invalid or its users file cannot be loaded; the current
+    /// snapshot stays.
     pub fn replace(&self, mut config: ServerConfig) -> Result<Change, ConfigError> {
         let restart_needed = restart_needed(&self.bound, &config);
         self.keep_bind_time(&mut config);

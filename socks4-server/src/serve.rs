@@ -14,10 +14,18 @@ pub trait Serve: Sized {
     /// Binds the listen addresses of `live`'s config, or, when `activated` is given (socket
     /// activation), serves those listeners instead (listening, non-blocking, close-on-exec).
     /// Each connection takes `live`'s snapshot at accept.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error when a listen address cannot be bound (or a passed listener cannot be set up).
     fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> std::io::Result<Self>;
     /// The addresses actually bound.
     fn local_addrs(&self) -> Vec<SocketAddr>;
     /// Starts serving in background threads.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error when a worker thread cannot be started.
     fn spawn(self) -> std::io::Result<Self::Running>;
     /// Its metrics, which [`cli::main`](crate::cli::main) serves with `--metrics` (counting only when the config sets
     /// `metrics`).

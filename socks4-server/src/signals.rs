@@ -37,6 +37,10 @@ impl std::fmt::Debug for Signals {
 
 impl Signals {
     /// Installs the handlers (from then on these signals no longer end the process).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of installing the handlers (the signal pipe cannot be created).
     pub fn new() -> io::Result<Self> {
         signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]).map(Self)
     }

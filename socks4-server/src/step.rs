@@ -263,7 +263,7 @@ impl Decisions {
                     continue;
                 }
                 Output::Ident => return Ok(Step::Ident),
-                _ => return Err(Misuse { call: "Decisions::next (an output it does not know)" }),
+                _ => return Err(Misuse::new("Decisions::next (an output it does not know)")),
             };
             if upstream::forwards_name(&cx.config.rules, cx.client.ip(), hs, users_file) {
                 // Routed to a SOCKS4a parent: the name goes there unresolved.
@@ -314,7 +314,7 @@ impl Decisions {
         check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>,
     ) -> Result<Option<Step>, Misuse> {
         let Some(req) = hs.access_request() else {
-            return Err(Misuse { call: "Decisions::next (authorize without a request)" });
+            return Err(Misuse::new("Decisions::next (authorize without a request)"));
         };
         match self.user {
             // The verdict is on its way; the handshake's deadline bounds the wait.

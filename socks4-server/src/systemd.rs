@@ -57,6 +57,11 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// non-blocking and close-on-exec; `None` when there are none. A passed descriptor that is not a
 /// listening TCP socket is an error (the unit's `.socket` is wrong: refuse to start). Call it once,
 /// early in `main`; a second call is an error.
+///
+/// # Errors
+///
+/// An I/O error when a passed descriptor is not a listening TCP socket or cannot be set up, or when
+/// called a second time.
 pub fn listeners() -> io::Result<Option<Vec<TcpListener>>> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::other("the socket-activation descriptors were already taken"));
@@ -110,6 +115,10 @@ fn check_listener(socket: socket2::Socket) -> io::Result<TcpListener> {
 }
 
 /// The addresses `listeners` are bound to, in order.
+///
+/// # Errors
+///
+/// The I/O error of the first listener whose address cannot be read.
 pub fn local_addrs(listeners: &[TcpListener]) -> io::Result<Vec<SocketAddr>> {
     listeners.iter().map(TcpListener::local_addr).collect()
 }

@@ -151,6 +151,11 @@ pub enum Authorized {
 /// assert!(matches!(hs.poll_output(), Output::Connect(_)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Misuse`] when the handshake is not waiting for a decision
+/// ([`Output::Authorize`](socks4_core::Output::Authorize)).
 pub fn authorize(
     hs: &mut ServerHandshake,
     now: Duration,
@@ -209,6 +214,11 @@ impl From<Target<'_>> for ChainTarget {
 /// assert_eq!(hs.request_bytes(), b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Failure::Other`] (the client's 91) when the request cannot be encoded, or for a name on a
+/// `socks4://` route (which takes addresses only).
 pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8]) -> Result<ClientHandshake, Failure> {
     let user = parent_user(route, client_user_id);
     let request = match target {
@@ -222,6 +232,10 @@ pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8
 
 /// The request to send to a route's parents for a BIND expecting `expected_peer` (user id as in
 /// [`connect_request`]); `Err` (the client's 91) when it cannot be sent.
+///
+/// # Errors
+///
+/// [`Failure::Other`] (the client's 91) when the request cannot be encoded.
 pub fn bind_request(
     route: &Route,
     expected_peer: SocketAddrV4,
@@ -232,6 +246,11 @@ pub fn bind_request(
 
 /// What a parent's reply to a CONNECT means for the client: the address it reports (for our
 /// reply), or its refusal ([`Failure::Rejected`]: its 91/92/93 goes to the client as it is).
+///
+/// # Errors
+///
+/// [`Failure::Rejected`] with the parent's code when it refused; [`Failure::Other`] for any other
+/// reply.
 pub fn finish_connect(event: ClientEvent) -> Result<SocketAddr, Failure> {
     match event {
         ClientEvent::Granted(bound) => Ok(SocketAddr::V4(bound)),
@@ -251,6 +270,11 @@ pub fn finish_connect(event: ClientEvent) -> Result<SocketAddr, Failure> {
 /// assert_eq!(first_bind_reply(zeros, parent), Ok("192.0.2.9:40000".parse()?));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Failure::Rejected`] with the parent's code when it refused; [`Failure::Other`] for any other
+/// reply.
 pub fn first_bind_reply(event: ClientEvent, parent: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
     match event {
         ClientEvent::BindListening(addr) => {
@@ -267,6 +291,11 @@ pub fn first_bind_reply(event: ClientEvent, parent: Option<SocketAddr>) -> Resul
 
 /// What a parent's second reply to a BIND means for the client: the peer that connected (the
 /// handshake checks it), or why not.
+///
+/// # Errors
+///
+/// [`Failure::BadAnswer`] for a second first reply, [`Failure::Other`] for a refusal or any other
+/// event.
 pub fn second_bind_reply(event: ClientEvent) -> Result<SocketAddr, Failure> {
     match event {
         ClientEvent::Granted(peer) => Ok(SocketAddr::V4(peer)),

@@ -146,6 +146,12 @@ impl Users {
     /// assert!(Users::parse(b"# nobody yet\n")?.is_empty());
     /// # Ok::<(), socks4_server::users::UsersError>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`UsersError`] with the number of the first bad line: too long, not UTF-8, not
+    /// `NAME:PHC`, a bad name, a name given twice, or a hash that is not a usable Argon2id PHC
+    /// string.
     pub fn parse(text: &[u8]) -> Result<Self, UsersError> {
         let mut users = Vec::new();
         let mut seen: HashMap<&[u8], usize> = HashMap::new();
@@ -179,6 +185,11 @@ impl Users {
     }
 
     /// Reads and parses a users file.
+    ///
+    /// # Errors
+    ///
+    /// [`UsersError`] (naming the file) when it cannot be read (line 0) or has a bad line (see
+    /// [`parse`](Self::parse)).
     pub fn load(path: &Path) -> Result<Self, UsersError> {
         let text = std::fs::read(path)
             .map_err(|e| UsersError { line: 0, message: format!("cannot read {}: {e}", path.display()) })?;
@@ -244,11 +255,19 @@ impl std::error::Error for UsersError {}
 
 /// Hashes a token for the users file with [`default_params`]: a PHC string `$argon2id$…` with a
 /// fresh random salt. What the `hash-token` subcommand prints (after `NAME:`).
+///
+/// # Errors
+///
+/// Argon2's error when hashing fails.
 pub fn hash_token(token: &[u8]) -> Result<String, argon2::password_hash::Error> {
     hash_token_with(token, default_params())
 }
 
 /// [`hash_token`] with other Argon2id parameters.
+///
+/// # Errors
+///
+/// Argon2's error for parameters it refuses, or when hashing fails.
 pub fn hash_token_with(token: &[u8], params: Params) -> Result<String, argon2::password_hash::Error> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password(token)?.to_string())
 }
@@ -332,6 +351,11 @@ pub fn log_refusal(client: SocketAddr, user_id: &[u8], reason: AuthError) {
 /// Refuses the handshake's request for a failed user id: logs it ([`log_refusal`]) and closes
 /// with the reason's code and [`CloseReason::UserRefused`](socks4_core::CloseReason::UserRefused)
 /// (the connection's line says `auth refused (93)`). What every adapter calls at `Authorize`.
+///
+/// # Errors
+///
+/// [`Misuse`] unless the handshake is waiting for a decision (see
+/// [`ServerHandshake::refuse_user`]).
 pub fn refuse(hs: &mut ServerHandshake, client: SocketAddr, reason: AuthError) -> Result<(), Misuse> {
     log_refusal(client, hs.request().map_or(&[], |r| r.user_id), reason);
     hs.refuse_user(reason.reply_code())
@@ -486,6 +510,11 @@ impl Verifier {
 
     /// [`verify`](Self::verify) for a blocking thread, as from one client (`0.0.0.0`): waits
     /// for the verdict.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] that refuses the user id (see [`verify`](Self::verify)),
+    /// [`AuthError::Busy`] when no waiting place is free.
     pub fn verify_blocking(&self, user_id: &[u8]) -> Result<(), AuthError> {
         self.verify(IpAddr::from([0, 0, 0, 0]), user_id).wait()
     }

@@ -102,6 +102,11 @@ impl Endpoint {
     /// [`METRICS_THREADS`] named `socks4-metrics-scrape`). An address beyond loopback is served,
     /// with a warning: the metrics carry no client address or user, but they tell anyone who can
     /// reach them how busy the proxy is.
+    ///
+    /// # Errors
+    ///
+    /// [`EndpointError`] (with the address) when `addr` cannot be bound or the serving thread
+    /// cannot be started.
     pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Endpoint, EndpointError> {
         let fail = |error| EndpointError { addr, error };
         let listener = TcpListener::bind(addr).map_err(fail)?;

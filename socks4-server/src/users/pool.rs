@@ -302,6 +302,11 @@ impl Verification {
     }
 
     /// Waits for the verdict, blocking the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] that refuses the user id, or [`AuthError::Busy`] when the check was given
+    /// up.
     pub fn wait(mut self) -> Result<(), AuthError> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.notify(move |v| {
