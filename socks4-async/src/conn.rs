@@ -223,9 +223,19 @@ async fn handshake<R: Runtime, H: Hooks>(
                 }
             }
             Step::VerifyUser { verifier, user_id } => {
-                // On the verifier's threads; a client that leaves drops (withdraws) the check.
-                match watched::<R, _>(client, verifier.verify(log.client.ip(), &user_id)).await {
-                    Ok(verdict) => misuse(decisions.user_checked(&mut hs, verdict, log.client))?,
+                // On the verifier's threads, within the handshake's deadline (socks4-std's poller
+                // waits on the same deadline: a check still queued then gets the client 91); a
+                // client that leaves, or the deadline, drops (withdraws) the check.
+                let verify = verifier.verify(log.client.ip(), &user_id);
+                let bounded = async {
+                    match hs.deadline().map(|d| d.saturating_sub(now())) {
+                        Some(left) => within::<R, _>(left, verify).await,
+                        None => Some(verify.await),
+                    }
+                };
+                match watched::<R, _>(client, bounded).await {
+                    Ok(Some(verdict)) => misuse(decisions.user_checked(&mut hs, verdict, log.client))?,
+                    Ok(None) => hs.handle_timeout(now()),
                     Err(_) => hs.handle_client_error(now()),
                 }
             }

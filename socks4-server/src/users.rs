@@ -503,9 +503,11 @@ impl Verifier {
         if let Some(verdict) = self.inner.cached(&tag) {
             return Verification::ready(verdict);
         }
-        let known = self.inner.users.get(name.as_bytes()).is_some_and(|e| e.verified.load(Ordering::Relaxed));
+        let entry = self.inner.users.get(name.as_bytes());
+        let known = entry.is_some_and(|e| e.verified.load(Ordering::Relaxed));
         let lane = if known { Lane::Known } else { Lane::New };
-        self.pool.ask(&self.inner, tag, user_id, ClientKey::of(client), lane)
+        let user = entry.map_or(NO_USER, |e| e.index);
+        self.pool.ask(&self.inner, tag, user_id, ClientKey::of(client), lane, user)
     }
 
     /// [`verify`](Self::verify) for a blocking thread, as from one client (`0.0.0.0`): waits

@@ -688,8 +688,10 @@ impl Conn {
                     if reason == CloseReason::ClientGone {
                         self.out = Outbox::default(); // nobody to linger for
                     }
-                    // Dropping the attempt closes the connection to the parent (`upstream`).
+                    // Dropping the attempt closes the connection to the parent (`upstream`), and
+                    // dropping a users-file check still queued withdraws it (its place is freed).
                     self.attempt = None;
+                    self.verifying = None;
                     self.result.get_or_insert(reason.to_string()); // unless why was said before
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {

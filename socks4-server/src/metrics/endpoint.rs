@@ -3,7 +3,7 @@
 //! Deliberately small and bounded, since it may face the network, and built so that idle or slow
 //! clients cannot take the probes down: one thread (`socks4-metrics`) watches every connection
 //! with one `polling` poller (an idle connection costs a few hundred bytes, no thread), and
-//! - holds at most [`MAX_CONNECTIONS`] connections at once, [`MAX_PER_CLIENT`] per client address;
+//! - holds at most [`MAX_CONNECTIONS`] connections at once, [`MAX_PER_CLIENT`] per client (address, IPv6 /64);
 //!   a new connection over either cap takes the place of the oldest one that has sent nothing yet
 //!   (of that client first), so a burst of idle sockets, re-opened as fast as they are closed,
 //!   cannot keep a probe out; only when every held connection has sent bytes is a new one closed
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use polling::{Event, Events, Poller};
 
 use super::Metrics;
+use crate::limits::ClientKey;
 
 /// Longest request head read (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -43,8 +44,11 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections held at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Connections held at once from one client address.
+/// Connections held at once from one client (an IPv4 address or an IPv6 /64).
 pub const MAX_PER_CLIENT: usize = 8;
+
+/// Reads of 1 KiB per readiness event of one connection before the others get their turn.
+const READS_PER_EVENT: usize = 16;
 /// Threads that write `/metrics` answers.
 pub const METRICS_THREADS: usize = 2;
 /// `/metrics` requests waiting for one of those threads; more are answered 503.
@@ -183,7 +187,8 @@ fn scrape_thread(queue: &std::sync::Mutex<Receiver<(TcpStream, Vec<u8>)>>, metri
 /// One connection the event thread holds.
 struct Conn {
     stream: TcpStream,
-    client: IpAddr,
+    /// Its client as the limits count clients (an IPv4 address or an IPv6 /64).
+    client: ClientKey,
     accepted: Instant,
     head: Vec<u8>,
     /// Answered: reading and discarding until this instant, then closed.
@@ -271,6 +276,8 @@ impl EventLoop<'_> {
 
     /// Holds a new connection, in the place of the oldest silent one over a cap; or closes it.
     fn admit(&mut self, stream: TcpStream, client: IpAddr) {
+        // Per client as the limits count them: one IPv6 host has a whole /64 to connect from.
+        let client = ClientKey::from(client);
         let held = |c: &Conn| c.client == client;
         if self.conns.iter().flatten().filter(|c| held(c)).count() >= MAX_PER_CLIENT && !self.evict(Some(client)) {
             return; // closed unanswered
@@ -301,7 +308,7 @@ impl EventLoop<'_> {
     /// Closes the oldest silent connection (of `client`, when given); false if there is none.
     /// The candidates are read first: a probe whose request arrived after its accept is answered
     /// then, not taken for an idle socket in a burst of new connections.
-    fn evict(&mut self, client: Option<IpAddr>) -> bool {
+    fn evict(&mut self, client: Option<ClientKey>) -> bool {
         let candidates: Vec<usize> = (self.conns.iter().enumerate())
             .filter(|(_, c)| c.as_ref().is_some_and(|c| c.is_silent() && client.is_none_or(|ip| c.client == ip)))
             .map(|(i, _)| i)
@@ -330,8 +337,13 @@ impl EventLoop<'_> {
 
     fn on_readable(&mut self, slot: usize) {
         let mut buf = [0u8; 1024];
-        loop {
+        // At most this many reads per readiness event: a sender faster than the reads cannot keep
+        // the one event thread (and every probe) to itself.
+        for _ in 0..READS_PER_EVENT {
             let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+            if conn.closing.is_some_and(|until| until <= Instant::now()) {
+                return self.close(slot); // the discard after an answer is over
+            }
             let want = if conn.closing.is_some() { buf.len() } else { buf.len().min(MAX_HEAD - conn.head.len()) };
             match conn.stream.read(&mut buf[..want]) {
                 Ok(0) => return self.close(slot),
@@ -350,6 +362,12 @@ impl EventLoop<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.close(slot),
+            }
+        }
+        // More may be waiting: back to the poller (level of readiness kept), after the others.
+        if let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+            if self.poller.modify(&conn.stream, Event::readable(slot)).is_err() {
+                self.close(slot);
             }
         }
     }

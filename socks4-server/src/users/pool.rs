@@ -166,6 +166,7 @@ impl Pool {
         user_id: &[u8],
         client: ClientKey,
         lane: Lane,
+        user: u32,
     ) -> Verification {
         let key = (inner.generation, tag);
         let cell = Arc::new(Cell { shared: Arc::clone(&self.shared), key, state: Mutex::default() });
@@ -180,7 +181,7 @@ impl Pool {
             if let Some(verdict) = inner.cached(&tag) {
                 return Verification::ready(verdict);
             }
-            if s.queue.push(lane, client, key).is_err() {
+            if s.queue.push_for(lane, user, client, key).is_err() {
                 return Verification::ready(Err(AuthError::Busy));
             }
             let flight = Flight {

@@ -38,6 +38,8 @@ impl ClientKey {
 struct Entry<T> {
     lane: Lane,
     client: ClientKey,
+    /// The user whose name it checks (for the known names' lane; `u32::MAX` for none).
+    user: u32,
     /// Virtual start time in its lane: the order of service.
     tag: u64,
     /// Arrival order, to break ties.
@@ -95,7 +97,18 @@ impl<T> Queue<T> {
     }
 
     /// Queues `item` for `client` in `lane`, or says why there is no place (the item comes back).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, lane: Lane, client: ClientKey, item: T) -> Result<(), (Full, T)> {
+        self.push_for(lane, u32::MAX, client, item)
+    }
+
+    /// [`push`](Self::push) for a check of `user`'s name. A name holds at most a share of the
+    /// known names' lane: past it, its checks wait in the new lane. Knowing a name that verified
+    /// before is not enough to take the reserve with guesses (each a fresh token, so no single
+    /// flight), from however many addresses.
+    pub(crate) fn push_for(&mut self, lane: Lane, user: u32, client: ClientKey, item: T) -> Result<(), (Full, T)> {
+        let known_of_user = self.entries.iter().filter(|e| e.lane == Lane::Known && e.user == user).count();
+        let lane = if lane == Lane::Known && known_of_user >= self.share { Lane::New } else { lane };
         let in_lane = self.entries.iter().filter(|e| e.lane == lane).count();
         let lane_room = match lane {
             Lane::Known => self.capacity,
@@ -111,7 +124,7 @@ impl<T> Queue<T> {
         let last = mine.filter(|e| e.lane == lane).map(|e| e.tag).max();
         let tag = last.unwrap_or(0).max(self.clock[lane as usize]) + 1;
         self.seq += 1;
-        self.entries.push(Entry { lane, client, tag, seq: self.seq, item });
+        self.entries.push(Entry { lane, client, user, tag, seq: self.seq, item });
         Ok(())
     }
 
@@ -218,5 +231,19 @@ mod tests {
         q.push(Lane::New, c, 3).unwrap();
         assert_eq!(q.pop(), Some(2));
         assert_eq!(q.pop(), Some(3));
+    }
+
+    #[test]
+    fn guesses_at_one_known_name_take_no_more_than_a_share_of_the_reserve() {
+        // 8 places, 4 reserved, share 2: guesses at user 7 from many clients.
+        let mut q = Queue::with(8, 4, 2);
+        for i in 0..8u32 {
+            let _ = q.push_for(Lane::Known, 7, ClientKey(u128::from(100 + i)), i);
+        }
+        // User 7 holds 2 known places; the rest went to the new lane (4 places): 6 taken.
+        assert_eq!(q.len(), 6);
+        // Another known user still gets the reserve.
+        assert!(q.push_for(Lane::Known, 8, ClientKey(1), 100).is_ok());
+        assert!(q.push_for(Lane::Known, 9, ClientKey(2), 101).is_ok());
     }
 }
