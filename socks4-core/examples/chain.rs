@@ -84,7 +84,14 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, upstream_addr: SocketAdd
                 // The target as the client gave it: an IPv4 address (SOCKS4 upstream) or a host name
                 // (SOCKS4a upstream). `connect_to` copies it, which ends the borrow of `hs`.
                 let shown = target.to_string();
-                let request = ClientHandshake::connect_to(target, &user_id);
+                let request = match target {
+                    // An IPv6 address (`::1` sent as a 4a name is read as one): SOCKS4 cannot
+                    // carry it, so it goes upstream as a SOCKS4a name, its text form.
+                    socks4_core::Target::Addr(addr) if addr.ip().to_canonical().is_ipv6() => {
+                        ClientHandshake::connect_host(&addr.ip().to_string(), addr.port(), &user_id)
+                    }
+                    target => ClientHandshake::connect_to(target, &user_id),
+                };
                 let deadline = hs.deadline().map(|d| Instant::from_std(clock.instant(d)));
                 let result = match request {
                     Ok(request) => connect_upstream(upstream_addr, request, deadline).await,
