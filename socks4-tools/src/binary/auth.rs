@@ -27,7 +27,7 @@ use crate::wire;
 const M_COST_KIB: u64 = 19 * 1024;
 
 /// `NAME:PHC` for `token`, from `binary hash-token NAME`.
-fn hash_line(binary: &Path, name: &str, token: &str) -> Result<String, Failure> {
+pub(super) fn hash_line(binary: &Path, name: &str, token: &str) -> Result<String, Failure> {
     let mut hasher = Command::new(binary)
         .args(["hash-token", name])
         .stdin(Stdio::piped())
