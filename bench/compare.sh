@@ -27,6 +27,9 @@
 #   VARIANT_ENV=""      an environment variable for servers listed as NAME@VALUE, which run NAME with
 #                       VARIANT_ENV=VALUE: SERVERS="std@never std@always" VARIANT_ENV=SOCKS4_SPLICE_POLICY
 #                       alternates socks4-std's splice policies (labels keep the @VALUE)
+#   OLD=DIR             release binaries of another build, for servers listed as NAME%old:
+#                       SERVERS="tokio%old tokio std%old std" OLD=/tmp/old-target/release alternates
+#                       an old and a new build (a before/after measurement of a change)
 #   SKIP_BUILD=1        use the existing release binaries
 #   OUT=bench/results.md                    the report; raw JSON lines go to OUT with .jsonl, and
 #                                           the chart of its tables (socks4-chart) to OUT with .svg
@@ -113,7 +116,9 @@ free_port() {
 }
 
 # A listed server's binary: "std+" and "std@never" run socks4-std.
-base() { local b=${1%%@*}; echo "${b%+}"; }
+base() { local b=${1%%@*}; b=${b%%%old}; echo "${b%+}"; }
+# The binary a listed server runs: "tokio%old" runs $OLD/socks4-tokio (the build being compared with).
+binary() { case $1 in *%old*) echo "${OLD:?OLD names the directory of the old release binaries}/socks4-$(base "$1")" ;; *) echo "$release/socks4-$(base "$1")" ;; esac; }
 
 server_pid=""
 server_addr=""
@@ -136,7 +141,7 @@ start_server() { # name -> sets server_pid, server_addr
       [ "${name%+}" = "$name" ] || variant=$VARIANT_ARGS
       [ "${name#*@}" = "$name" ] || env=("${VARIANT_ENV:?VARIANT_ENV names the variable for $name}=${name#*@}")
       # shellcheck disable=SC2086 # SERVER_ARGS and VARIANT_ARGS are lists of options
-      env "${env[@]}" "$release/socks4-$(base "$name")" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
+      env "${env[@]}" "$(binary "$name")" --listen "127.0.0.1:$port" --workers "$WORKERS" --log-level warn \
         --max-connections 20000 $SERVER_ARGS $variant >"$target/compare-$name.log" 2>&1 &
       server_pid=$!
       server_addr=127.0.0.1:$port
