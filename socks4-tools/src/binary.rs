@@ -220,7 +220,7 @@ pub fn ident_rules(binary: &Path) -> Result<Outcome, Failure> {
 const IDENT_CLIENTS: usize = 20;
 
 /// Ident on the event loop: with `allow from 127.0.0.0/8 ident` and `--ident-timeout 20s`,
-/// [`IDENT_CLIENTS`] clients from 127.0.0.3, whose identd (this check's own, on 127.0.0.3:113)
+/// 20 clients from 127.0.0.3, whose identd (this check's own, on 127.0.0.3:113)
 /// accepts and never answers, are all asked at once (identd sees every connection within 2 s, not
 /// a thread pool's few at a time) with no thread each; when the clients reset, identd sees each
 /// of its connections closed within 2 s (the exchange ends with its client, not at the timeout),
