@@ -937,13 +937,16 @@ impl Conn {
         };
         self.connecting = false;
         if self.ident.is_some() {
-            match result {
-                Ok(_) => {
-                    self.ident_io(ctx);
+            let ended = match result {
+                Ok(_) => self.ident_io(ctx),
+                Err(e) => {
+                    self.ident_ended(ctx, Err(e));
+                    true
                 }
-                Err(e) => self.ident_ended(ctx, Err(e)),
-            }
-            return self.drive(ctx);
+            };
+            // Still waiting for identd: nothing for the handshake yet.
+            ended.then(|| self.drive(ctx));
+            return;
         }
         if let Some(attempt) = self.attempt.as_deref_mut() {
             attempt.handle_connected(ctx.now, result.map(drop));

@@ -1,6 +1,6 @@
 //! Blocking work off the event loops (SOCKS4a and parent proxies' names with `getaddrinfo`; ident
-//! queries run on the pollers, see `Conn::start_ident`): a small pool of threads answering each worker through its channel and its poller's
-//! `notify`. (Users-file checks run on the verifier's own threads, with its bounded places: see
+//! queries run on the pollers, see `Conn::start_ident`): a small pool of threads answering each
+//! worker through its channel and its poller's `notify`. (Users-file checks run on the verifier's own threads, with its bounded places: see
 //! [`Verifier::verify`](socks4_server::users::Verifier::verify).)
 
 use std::io;

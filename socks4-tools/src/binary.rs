@@ -246,21 +246,16 @@ pub fn ident_client_leaves(binary: &Path) -> Result<Outcome, Failure> {
             }
         }
     });
-    let rules = ["--allow", "from 127.0.0.9", "--allow", "from 127.0.0.0/8 ident"];
+    let rules = ["--allow", "from 127.0.0.1", "--allow", "from 127.0.0.0/8 ident"];
     let args = [&["--listen", "127.0.0.1:0", "--ident-timeout", "20s"][..], &rules].concat();
     let (server, lines, proxy, mut seen) = start(binary, &args)?;
     let target = echo_target()?;
-    // A served SOCKS4a request first (from 127.0.0.9, no ident), so that the threads a server
+    // A served SOCKS4a request first (from 127.0.0.1, no ident), so that the threads a server
     // starts on first use (its resolver's) count in the baseline.
-    let mut warm = silent_from(Ipv4Addr::new(127, 0, 0, 9), proxy)?;
-    warm.write_all(&wire::connect_host("localhost", target.addr().port(), b""))?;
-    warm.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reply = [0u8; 8];
-    warm.read_exact(&mut reply)?;
-    if reply[1] != wire::GRANTED {
-        return Err(Failure::new(format!("a request without ident: reply {}", reply[1])));
+    let code = crate::chain::reply_code(proxy, &wire::connect_host("localhost", target.addr().port(), b""))?;
+    if code != wire::GRANTED {
+        return Err(Failure::new(format!("a request without ident: reply {code}")));
     }
-    drop(warm);
     let Some(before) = thread_count(&server) else { return Ok(Outcome::Skip("no /proc/PID/status".into())) };
     let mut clients = Vec::new();
     for _ in 0..IDENT_CLIENTS {

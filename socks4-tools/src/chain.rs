@@ -104,7 +104,7 @@ fn scenarios_through(proxy: SocketAddr, what: &str) -> Result<(), Failure> {
 }
 
 /// Sends `request` through `proxy`; returns the reply code.
-fn reply_code(proxy: SocketAddr, request: &[u8]) -> Result<u8, Failure> {
+pub(crate) fn reply_code(proxy: SocketAddr, request: &[u8]) -> Result<u8, Failure> {
     let mut s = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.write_all(request)?;
