@@ -25,6 +25,7 @@ use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
 use crate::limits::ConnRate;
 use crate::log::LogFormat;
+use crate::manual;
 use crate::metrics::Endpoint;
 use crate::reload::{Change, LiveConfig};
 use crate::systemd;
@@ -147,6 +148,14 @@ pub struct ServerArgs {
     #[arg(long, env = "SOCKS4_CHECK_CONFIG")]
     pub check_config: bool,
 
+    // --- Packaging: hidden, for the man page and completions of the binary (`manual`). ---
+    /// Print the binary's man page (roff) and exit.
+    #[arg(long, hide = true)]
+    generate_man: bool,
+    /// Print the binary's completion script for SHELL (bash, zsh, fish, elvish, powershell) and exit.
+    #[arg(long, hide = true, value_name = "SHELL", value_enum)]
+    generate_completions: Option<manual::Shell>,
+
     /// `--allow`/`--deny` in command-line order.
     #[arg(skip)]
     ordered_rules: Vec<(Action, String)>,
@@ -254,7 +263,16 @@ impl ServerArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Self::command().try_get_matches_from(args)?;
+        Self::try_parse_with(Self::command(), args)
+    }
+
+    /// [`try_parse_from`](Self::try_parse_from) with `command` (the shared one, renamed for a binary).
+    fn try_parse_with<I, T>(command: clap::Command, args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = command.try_get_matches_from(args)?;
         let mut parsed = Self::from_arg_matches(&matches)?;
         let mut ordered = Vec::new();
         for (id, action, values) in [("allow", Action::Allow, &parsed.allow), ("deny", Action::Deny, &parsed.deny)] {
@@ -373,10 +391,12 @@ impl ServerArgs {
     }
 }
 
-/// The whole `main` of an adapter's binary: parse the shared command line; `hash-token` and
-/// `--check-config` print and exit; otherwise build and validate the config (exit status 2 with the
-/// reason if it is bad, e.g. an open proxy), take the listeners from systemd socket activation or
-/// bind them, set up logging (`--log-level`, `--log-format`, to stderr, coloured only on a
+/// The whole `main` of an adapter's binary: parse the shared command line (named `name`: its
+/// `--version`, usage and errors say the binary's name); `hash-token`, `--check-config` and the
+/// hidden `--generate-man` / `--generate-completions SHELL` (the man page and shell completions of
+/// the binary, for packaging) print and exit; otherwise build and validate the config (exit status
+/// 2 with the reason if it is bad, e.g. an open proxy), take the listeners from systemd socket
+/// activation or bind them, set up logging (`--log-level`, `--log-format`, to stderr, coloured only on a
 /// terminal), log the listen addresses, serve the metrics endpoint (`--metrics`), tell systemd it
 /// is ready, then serve: `SIGHUP` reloads the config ([`reload`]),
 /// `SIGINT`/`SIGTERM` drain and exit.
@@ -397,7 +417,23 @@ impl ServerArgs {
 /// }
 /// ```
 pub fn main<S: Serve>(name: &str) -> ExitCode {
-    let args = ServerArgs::parse_env();
+    // Named for the binary: `--version` says `socks4-tokio 0.3.0`, not this crate's name.
+    let args = ServerArgs::try_parse_with(manual::command(name), std::env::args_os()).unwrap_or_else(|e| e.exit());
+    // --- Packaging: the man page and completions, rendered from this command line. ---
+    if args.generate_man || args.generate_completions.is_some() {
+        let out = &mut std::io::stdout().lock();
+        let written = match args.generate_completions {
+            Some(shell) => manual::completions(shell, name, out),
+            None => manual::man_page(name, out),
+        };
+        return match written.and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: cannot write: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // --- Subcommands. ---
     if let Some(Command::HashToken { name: user }) = &args.command {
         let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
@@ -1090,6 +1126,16 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(Arc::ptr_eq(&now, &live.snapshot()), "a bad file keeps the running config");
         assert!(matches!(reload(&args, &live, None, &set_level), Err(ConfigError::File(_))), "a missing file too");
+    }
+
+    #[test]
+    fn generate_options_parse_and_stay_out_of_help() {
+        let args = ServerArgs::try_parse_from(["socks4", "--generate-completions", "zsh"]).unwrap();
+        assert_eq!((args.generate_man, args.generate_completions), (false, Some(manual::Shell::Zsh)));
+        assert!(ServerArgs::try_parse_from(["socks4", "--generate-man"]).unwrap().generate_man);
+        assert!(ServerArgs::try_parse_from(["socks4", "--generate-completions", "tcsh"]).is_err());
+        let help = ServerArgs::command().render_long_help().to_string();
+        assert!(help.contains("--listen") && !help.contains("--generate"), "{help}");
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub mod limits;
 pub mod linger;
 pub mod listen;
 pub mod log;
+mod manual;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

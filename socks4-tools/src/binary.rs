@@ -596,6 +596,7 @@ pub const ALL: &[(&str, Check)] = &[
     // --- Operations: reload, --check-config, systemd. ---
     ("sighup_reload", ops::sighup_reload),
     ("check_config", ops::check_config),
+    ("names_itself", ops::names_itself),
     ("route_to_self", ops::route_to_self),
     ("socket_activation", ops::socket_activation),
     ("notify_readiness", ops::notify_readiness),

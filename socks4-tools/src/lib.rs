@@ -118,7 +118,7 @@ macro_rules! binary_tests {
             ($binary) mapped_listen_and_reset_words ident_rules ident_client_leaves per_client_limits default_limits_one_address bind_client_leaves users_file
             users_memory_bounded users_flood_fairness users_burst
             bandwidth_caps bind_wait_cap
-            sighup_reload check_config route_to_self socket_activation notify_readiness
+            sighup_reload check_config names_itself route_to_self socket_activation notify_readiness
             metrics_count_what_was_sent readyz_while_draining healthz_beside_idle_sockets shutdown_cut_resets json_log_lines
             proxy_protocol proxy_reentry
             chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap chain_numeric_names

@@ -295,6 +295,43 @@ pub fn check_config(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// `binary` names itself, not the shared `socks4-server` crate its command line comes from: its
+/// `--version` is `<file name> <version>`, its usage line, man page (`--generate-man`) and shell
+/// completions (`--generate-completions SHELL`) are for its own name, and no output names
+/// `socks4-server`.
+///
+/// # Errors
+/// What went wrong.
+pub fn names_itself(binary: &Path) -> Result<Outcome, Failure> {
+    let name = binary
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Failure::new(format!("{}: no file name", binary.display())))?;
+    let version = format!("{name} {}\n", env!("CARGO_PKG_VERSION"));
+    let usage = format!("Usage: {name} ");
+    let title = format!(".TH {name} 1");
+    let zsh = format!("#compdef {name}");
+    let fish = format!("complete -c {name} ");
+    let bash = format!("-o default {name}\n");
+    for (args, needle) in [
+        (&["--version"][..], &version),
+        (&["--help"], &usage),
+        (&["--generate-man"], &title),
+        (&["--generate-completions", "bash"], &bash),
+        (&["--generate-completions", "zsh"], &zsh),
+        (&["--generate-completions", "fish"], &fish),
+    ] {
+        let (status, out, err) = run(binary, args)?;
+        if !status.success() || !out.contains(needle.as_str()) {
+            return Err(Failure::new(format!("{args:?}: {status}, wanted {needle:?} in {out:?} (stderr {err:?})")));
+        }
+        if out.contains("socks4-server") || out.contains("socks4_server") {
+            return Err(Failure::new(format!("{args:?} names the socks4-server crate: {out}")));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
 /// A route whose parent is the server itself, through `binary`: `--check-config` exits 2 naming
 /// the route that leads back to its own listener, for the listen address itself, another
 /// loopback address on a `0.0.0.0` listener and the name `localhost`; a start with such a route
