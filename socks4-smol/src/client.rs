@@ -20,7 +20,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use async_io::Async;
-use smol::net::TcpStream;
+use async_net::TcpStream;
 pub use socks4_async::client::{handshake, read_reply};
 use socks4_core::ClientHandshake;
 

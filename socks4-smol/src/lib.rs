@@ -25,6 +25,12 @@
 //! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
 //!   for smol's `TcpStream`.
 //!
+//! ## Features
+//! - `server` (default): the server ([`Server`], the executors' pool, the `socks4-smol` binary),
+//!   with socks4-server. Without it (`default-features = false`) the crate is the [`client`]
+//!   connector on socks4-core and smol, with nothing of the server.
+//! - `async-std` (implies `server`): the server on async-std.
+//!
 //! Every connection logs one line at `info` when it ends:
 //! `conn client=… cmd=CONNECT|BIND|- dest=… user=… result=ok|… up=… down=… ms=…`.
 //!
@@ -43,6 +49,7 @@
 mod async_std_runtime;
 pub mod client;
 mod runtime;
+#[cfg(feature = "server")]
 mod server;
 mod timers;
 
@@ -50,7 +57,11 @@ mod timers;
 pub use async_std_runtime::AsyncStd;
 pub use client::{ConnectError, PendingBind, Target, bind, connect};
 pub use runtime::{BlockOn, Smol};
+#[cfg(feature = "server")]
 pub use server::{Server, ServerHandle};
-pub use socks4_async::{self, Hooks, Runtime, serve_connection};
+pub use socks4_async::{self, Runtime};
+#[cfg(feature = "server")]
+pub use socks4_async::{Hooks, serve_connection};
 pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_server::{ServerConfig, Stats};

@@ -34,14 +34,24 @@
 //! ```
 
 mod client;
+#[cfg(feature = "server")]
 mod conn;
+#[cfg(feature = "server")]
 mod relay;
+#[cfg(feature = "server")]
 mod resolver;
+#[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
 mod timers;
+#[cfg(feature = "server")]
 mod worker;
 
 pub use client::{ConnectError, PendingBind, Target, bind, connect};
+#[cfg(feature = "server")]
 pub use relay::MAX_PENDING;
+#[cfg(feature = "server")]
 pub use server::{ACCEPT_BACKOFF, SPLICE_POLICY_ENV, Server, ServerHandle};
+pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_sys::SplicePolicy;

@@ -27,6 +27,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! ## Features
+//! - `server` (default): the server ([`Server`], the worker pool, the `socks4-tokio` binary), with
+//!   socks4-server. A program that only connects through a proxy turns it off
+//!   (`socks4-tokio = { version = "0.3", default-features = false }`): the crate is then the client
+//!   connector on socks4-core and tokio (`rt`, `net`, `time`), with nothing of the server.
+//!
 //! The client side: [`connect`] (SOCKS4 or 4a CONNECT) and [`bind`] (BIND).
 //!
 //! ```no_run
@@ -36,13 +42,19 @@
 //! ```
 
 pub mod client;
+#[cfg(feature = "server")]
 mod pool;
 mod runtime;
+#[cfg(feature = "server")]
 mod server;
 
 pub use client::{ConnectError, PendingBind, Target, bind, connect};
 pub use runtime::Tokio;
+#[cfg(feature = "server")]
 pub use server::{Server, ServerHandle};
-pub use socks4_async::{self, Hooks, Runtime, serve_connection};
+pub use socks4_async::{self, Runtime};
+#[cfg(feature = "server")]
+pub use socks4_async::{Hooks, serve_connection};
 pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_server::{ServerConfig, Stats};
