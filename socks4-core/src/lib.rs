@@ -133,6 +133,7 @@ pub mod driver;
 mod error;
 pub mod ident;
 pub mod proxy_header;
+mod proxy_addr;
 mod relay;
 mod reply;
 mod request;
@@ -142,6 +143,7 @@ mod target;
 mod timeouts;
 
 pub use client::{ClientError, ClientEvent, ClientHandshake, NotGranted};
+pub use proxy_addr::ProxyAddr;
 pub use error::{EncodeError, Misuse, ParseError};
 pub use relay::{Fault, Relay, RelayEnd, RelayOutput, Side};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};
