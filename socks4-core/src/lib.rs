@@ -132,8 +132,8 @@ mod client;
 pub mod driver;
 mod error;
 pub mod ident;
-pub mod proxy_header;
 mod proxy_addr;
+pub mod proxy_header;
 mod relay;
 mod reply;
 mod request;
@@ -143,8 +143,8 @@ mod target;
 mod timeouts;
 
 pub use client::{ClientError, ClientEvent, ClientHandshake, NotGranted};
-pub use proxy_addr::ProxyAddr;
 pub use error::{EncodeError, Misuse, ParseError};
+pub use proxy_addr::ProxyAddr;
 pub use relay::{Fault, Relay, RelayEnd, RelayOutput, Side};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};
 pub use request::{
