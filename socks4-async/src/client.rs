@@ -5,12 +5,15 @@
 //! std read, or the driver's own runtime (chaining).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use socks4_core::{ClientError, ClientEvent, ClientHandshake, ConnectError, REPLY_LEN};
+use socks4_core::{ClientError, ClientEvent, ClientHandshake, ConnectError, ProxyAddr, REPLY_LEN};
 
 use crate::runtime::{Runtime, peer_addr, read_exact, write_all};
 
@@ -91,6 +94,63 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
     reply.finish(hs, read)
 }
 
+/// CONNECT handshake `hs` over `stream`, any stream to the proxy (TLS, another proxy's tunnel):
+/// on a grant the stream is returned, ready for data. What the adapters' `connect_over` is.
+///
+/// # Errors
+/// The I/O error, the protocol error the reply is, or the proxy's refusal.
+pub async fn connect_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut hs: ClientHandshake,
+) -> Result<S, ConnectError> {
+    handshake(&mut stream, &mut hs).await?.granted()?;
+    Ok(stream)
+}
+
+/// Opens a connection to `proxy` and runs CONNECT handshake `hs` on it, all within the proxy's
+/// time limit ([`ProxyAddr::timeout`]). What the adapters' `connect` is.
+///
+/// # Errors
+/// [`ConnectError::TimedOut`] past the limit; else the I/O error, the protocol error the reply is,
+/// or the proxy's refusal.
+pub async fn connect<R: Runtime>(proxy: ProxyAddr, mut hs: ClientHandshake) -> Result<R::Stream, ConnectError> {
+    limited::<R, _>(proxy.timeout(), async {
+        let stream = open::<R>(proxy).await?;
+        request::<R>(&stream, &mut hs).await?.granted()?;
+        Ok(stream)
+    })
+    .await
+}
+
+/// Connects to the proxy (`TCP_NODELAY` set: the handshake is small writes).
+async fn open<R: Runtime>(proxy: ProxyAddr) -> Result<R::Stream, ConnectError> {
+    // The whole call is bounded by `limited`; the runtime's connect wants a bound of its own.
+    let stream = R::connect(proxy.addr(), proxy.timeout().unwrap_or(Duration::MAX)).await?;
+    let _ = R::socket(&stream).set_tcp_nodelay(true);
+    Ok(stream)
+}
+
+/// Runs `work`, ending it with [`ConnectError::TimedOut`] after `limit` if there is one.
+async fn limited<R: Runtime, T>(
+    limit: Option<Duration>,
+    work: impl Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    let Some(limit) = limit else { return work.await };
+    future::or(
+        async {
+            match work.await {
+                Err(ConnectError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => Err(ConnectError::TimedOut),
+                done => done,
+            }
+        },
+        async {
+            R::sleep(limit).await;
+            Err(ConnectError::TimedOut)
+        },
+    )
+    .await
+}
+
 /// [`handshake`] over a runtime's stream: writes `hs`'s request, reads the first reply.
 ///
 /// # Errors
@@ -125,6 +185,16 @@ impl<R: Runtime> fmt::Debug for PendingBind<R> {
 }
 
 impl<R: Runtime> PendingBind<R> {
+    /// Opens a connection to `proxy` and sends BIND request `hs`, up to the first reply, all within
+    /// the proxy's time limit ([`ProxyAddr::timeout`]). What the adapters' `bind` and `bind_to` are.
+    ///
+    /// # Errors
+    /// [`ConnectError::TimedOut`] past the limit; else the I/O error, the protocol error the reply
+    /// is, or the proxy's refusal.
+    pub async fn open(proxy: ProxyAddr, hs: ClientHandshake) -> Result<Self, ConnectError> {
+        limited::<R, _>(proxy.timeout(), async { Self::start(open::<R>(proxy).await?, hs).await }).await
+    }
+
     /// Sends BIND request `hs` on `stream`, a connection to the proxy, and reads the first reply.
     ///
     /// # Errors
@@ -153,5 +223,14 @@ impl<R: Runtime> PendingBind<R> {
     pub async fn accept(mut self) -> Result<(R::Stream, SocketAddrV4), ConnectError> {
         let peer = read_reply_on::<R>(&self.stream, &mut self.hs).await?.granted()?;
         Ok((self.stream, peer))
+    }
+
+    /// [`accept`](Self::accept), giving up after `limit` with [`ConnectError::TimedOut`] (the
+    /// proxy bounds its own wait too: two minutes for ours).
+    ///
+    /// # Errors
+    /// [`ConnectError::TimedOut`] past the limit; else as [`accept`](Self::accept).
+    pub async fn accept_timeout(self, limit: Duration) -> Result<(R::Stream, SocketAddrV4), ConnectError> {
+        limited::<R, _>(Some(limit), self.accept()).await
     }
 }

@@ -14,6 +14,11 @@
 //! half-close and resets passed on, idle timeout, bandwidth caps, `splice(2)` on Linux), the
 //! metrics and the one log line.
 //!
+//! ## Features
+//! - `server` (default): the connection driver ([`serve_connection`], [`Hooks`]), with
+//!   socks4-server. Without it the crate is the [`Runtime`] trait and the [`client`] reply reader
+//!   only: what the adapters' client-only builds use.
+//!
 //! ## For an embedder
 //! The public surface is small on purpose: [`Runtime`] (implement it, or take an adapter's:
 //! `socks4_tokio::Tokio`, `socks4_smol::Smol`), [`serve_connection`], [`Hooks`] (one place to put
@@ -38,25 +43,36 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 use std::net::SocketAddr;
 
+#[cfg(feature = "server")]
 use socks4_core::ReplyCode;
+#[cfg(feature = "server")]
 use socks4_core::rules::AccessRequest;
+#[cfg(feature = "server")]
 use socks4_server::log::ConnLine;
 
+#[cfg(feature = "server")]
 mod chain;
 pub mod client;
+#[cfg(feature = "server")]
 mod conn;
+#[cfg(feature = "server")]
 mod ident;
+#[cfg(feature = "server")]
 mod log;
+#[cfg(feature = "server")]
 mod relay;
 mod runtime;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(all(feature = "server", any(target_os = "linux", target_os = "android")))]
 mod splice;
 
+#[cfg(feature = "server")]
 pub use conn::serve_connection;
 pub use runtime::{Interest, Runtime};
 
+#[cfg(feature = "server")]
 /// The embedder's hooks into the driver, each with the servers' behaviour as its default. `()`
 /// is the servers' own.
 pub trait Hooks {
@@ -78,4 +94,5 @@ pub trait Hooks {
 }
 
 /// The servers' own behaviour.
+#[cfg(feature = "server")]
 impl Hooks for () {}

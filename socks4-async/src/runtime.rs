@@ -112,6 +112,7 @@ pub trait Runtime: 'static {
 }
 
 /// Runs `work` for at most `timeout`: `None` after that.
+#[cfg(feature = "server")]
 pub(crate) async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(work.await) }, async {
         R::sleep(timeout).await;
@@ -121,6 +122,7 @@ pub(crate) async fn within<R: Runtime, T>(timeout: Duration, work: impl Future<O
 }
 
 /// Runs `op`, or fails with `ErrorKind::TimedOut` after `timeout`.
+#[cfg(feature = "server")]
 pub(crate) async fn with_timeout<R: Runtime, T>(
     timeout: Duration,
     op: impl Future<Output = io::Result<T>>,
@@ -152,6 +154,7 @@ pub(crate) async fn read_exact<R: Runtime>(stream: &R::Stream, mut buf: &mut [u8
 }
 
 /// The stream's local address (unspecified if the socket cannot tell).
+#[cfg(feature = "server")]
 pub(crate) fn local_addr<R: Runtime>(stream: &R::Stream) -> io::Result<SocketAddr> {
     R::socket(stream).local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
 }
@@ -162,6 +165,7 @@ pub(crate) fn peer_addr<R: Runtime>(stream: &R::Stream) -> io::Result<SocketAddr
 }
 
 /// Sets `TCP_NODELAY` (best effort: a socket that refuses still works).
+#[cfg(feature = "server")]
 pub(crate) fn set_nodelay<R: Runtime>(stream: &R::Stream) {
     let _ = R::socket(stream).set_tcp_nodelay(true);
 }

@@ -132,6 +132,7 @@ mod client;
 pub mod driver;
 mod error;
 pub mod ident;
+mod proxy_addr;
 pub mod proxy_header;
 mod relay;
 mod reply;
@@ -143,6 +144,7 @@ mod timeouts;
 
 pub use client::{ClientError, ClientEvent, ClientHandshake, NotGranted};
 pub use error::{EncodeError, Misuse, ParseError};
+pub use proxy_addr::ProxyAddr;
 pub use relay::{Fault, Relay, RelayEnd, RelayOutput, Side};
 pub use reply::{REPLY_LEN, Reply, ReplyCode};
 pub use request::{

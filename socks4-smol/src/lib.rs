@@ -22,8 +22,16 @@
 //!   them, and hand each connection to its worker as a `std::net::TcpStream`, which the worker
 //!   registers with its runtime ([`Runtime::from_std`]).
 //! - [`ServerHandle::stats`]: the counters every adapter reports ([`Stats`]).
-//! - [`client`]: CONNECT and BIND (SOCKS4 and 4a) over any `futures-io` stream, plus conveniences
-//!   for smol's `TcpStream`.
+//! - The client, at the crate root ([`client`] holds it): [`connect`], [`connect_over`] (any
+//!   `futures-io` stream), [`bind`], [`bind_to`], [`PendingBind`], a time limit with the proxy's
+//!   address ([`ProxyAddr`]); the same API as socks4-tokio's and socks4-std's
+//!   ([the table](socks4_core::ProxyAddr#one-client-api-three-runtimes)).
+//!
+//! ## Features
+//! - `server` (default): the server ([`Server`], the executors' pool, the `socks4-smol` binary),
+//!   with socks4-server. Without it (`default-features = false`) the crate is the [`client`]
+//!   connector on socks4-core and smol's reactor (async-io, async-net), with nothing of the server.
+//! - `async-std` (implies `server`): the server on async-std.
 //!
 //! Every connection logs one line at `info` when it ends:
 //! `conn client=… cmd=CONNECT|BIND|- dest=… user=… result=ok|… up=… down=… ms=…`.
@@ -43,14 +51,19 @@
 mod async_std_runtime;
 pub mod client;
 mod runtime;
+#[cfg(feature = "server")]
 mod server;
 mod timers;
 
 #[cfg(feature = "async-std")]
 pub use async_std_runtime::AsyncStd;
-pub use client::{ConnectError, PendingBind, Target, bind, connect};
+pub use client::{ConnectError, PendingBind, ProxyAddr, Target, bind, bind_to, connect, connect_over};
 pub use runtime::{BlockOn, Smol};
+#[cfg(feature = "server")]
 pub use server::{Server, ServerHandle};
-pub use socks4_async::{self, Hooks, Runtime, serve_connection};
+pub use socks4_async::{self, Runtime};
+#[cfg(feature = "server")]
+pub use socks4_async::{Hooks, serve_connection};
 pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_server::{ServerConfig, Stats};

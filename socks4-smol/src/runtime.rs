@@ -51,11 +51,11 @@ impl Runtime for Smol {
     }
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        smol::net::resolve((host, port)).await
+        async_net::resolve((host, port)).await
     }
 
     async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        Some(smol::unblock(work).await)
+        Some(blocking::unblock(work).await)
     }
 
     async fn listen(addr: SocketAddr) -> io::Result<Self::Listener> {

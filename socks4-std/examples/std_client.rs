@@ -36,17 +36,17 @@ fn run(args: &[String]) -> Result<(), Box<dyn Error>> {
                 Ok(ip) => Target::Addr((ip, port).into()),
                 Err(_) => Target::Host(host, port),
             };
-            let mut stream = socks4_std::connect(proxy, target, user, limit)?;
+            let mut stream = socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(limit), target, user)?;
             stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
             io::copy(&mut stream, &mut out)?;
         }
         "bind" => {
             let peer = SocketAddrV4::new(arg(2)?.parse()?, port);
             let limit = Duration::try_from_secs_f64(arg(5)?.parse()?)?;
-            let pending = socks4_std::bind(proxy, peer, user, limit)?;
+            let pending = socks4_std::bind(socks4_std::ProxyAddr::from(proxy).with_timeout(limit), peer, user)?;
             writeln!(out, "listening {}", pending.listen_addr())?;
             out.flush()?;
-            let (mut stream, peer) = pending.accept(ACCEPT_LIMIT)?;
+            let (mut stream, peer) = pending.accept_timeout(ACCEPT_LIMIT)?;
             writeln!(out, "peer {peer}")?;
             io::copy(&mut stream, &mut out)?;
         }

@@ -15,8 +15,12 @@
 //! worker's buffer. It holds at most [`MAX_PENDING`] bytes per direction per connection (nothing, and no pipe, while
 //! idle) and stops reading a side whose peer cannot take more.
 //!
-//! Also a blocking client: [`connect`] (CONNECT, SOCKS4 or 4a) and [`bind`] (BIND) over
-//! [`std::net::TcpStream`], built on [`ClientHandshake`](socks4_core::ClientHandshake).
+//! Also a blocking client, the same API as socks4-tokio's and socks4-smol's
+//! ([the table](socks4_core::ProxyAddr#one-client-api-three-runtimes)): [`connect`] (CONNECT,
+//! SOCKS4 or 4a), [`connect_over`] (over any `Read + Write` stream), [`bind`] and [`bind_to`]
+//! (BIND by address or name, [`PendingBind`]), a time limit with the proxy's address
+//! ([`ProxyAddr`]); built on [`ClientHandshake`](socks4_core::ClientHandshake). With
+//! `default-features = false` (no `server` feature) the crate is this client on socks4-core alone.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -27,21 +31,32 @@
 //! let server = socks4_std::Server::bind(config)?;
 //! let proxy = server.local_addrs()[0];
 //! let handle = server.spawn()?;
-//! let stream = socks4_std::connect(proxy, ("localhost", 8080), b"me", Duration::from_secs(5))?;
+//! let proxy = socks4_std::ProxyAddr::new(proxy).with_timeout(Duration::from_secs(5));
+//! let stream = socks4_std::connect(proxy, ("localhost", 8080), b"me")?;
 //! # drop(stream);
 //! handle.shutdown();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod client;
+#[cfg(feature = "server")]
 mod conn;
+#[cfg(feature = "server")]
 mod relay;
+#[cfg(feature = "server")]
 mod resolver;
+#[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
 mod timers;
+#[cfg(feature = "server")]
 mod worker;
 
-pub use client::{ConnectError, PendingBind, Target, bind, connect};
+pub use client::{ConnectError, PendingBind, ProxyAddr, Target, bind, bind_to, connect, connect_over};
+#[cfg(feature = "server")]
 pub use relay::MAX_PENDING;
+#[cfg(feature = "server")]
 pub use server::{ACCEPT_BACKOFF, SPLICE_POLICY_ENV, Server, ServerHandle};
+pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_sys::SplicePolicy;

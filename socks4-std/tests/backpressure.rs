@@ -85,7 +85,9 @@ fn check(direction_up: bool) {
     let (proxy, handle) = common::start_with(common::test_config(1));
     let listener = small_listener();
     let SocketAddr4(dest) = SocketAddr4::of(&listener);
-    let client = socks4_std::connect(proxy, dest, b"slow", Duration::from_secs(10)).expect("CONNECT");
+    let client =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(Duration::from_secs(10)), dest, b"slow")
+            .expect("CONNECT");
     let (target, _) = listener.accept().expect("accept");
     socket2::SockRef::from(&client).set_send_buffer_size(SMALL_BUF).expect("SO_SNDBUF");
     socket2::SockRef::from(&client).set_recv_buffer_size(SMALL_BUF).expect("SO_RCVBUF");

@@ -18,9 +18,12 @@ use common::{T, round_trip};
 fn connect_through_the_server_by_ip_and_by_name() {
     let (proxy, _handle) = common::start_with(common::test_config(1));
     let echo = EchoTarget::start().expect("echo");
-    let mut s = socks4_std::connect(proxy, echo.addr(), b"alice", T).expect("CONNECT by IP");
+    let mut s = socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"alice")
+        .expect("CONNECT by IP");
     round_trip(&mut s, b"by ip");
-    let mut s = socks4_std::connect(proxy, ("localhost", echo.addr().port()), b"", T).expect("CONNECT by name");
+    let mut s =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), ("localhost", echo.addr().port()), b"")
+            .expect("CONNECT by name");
     round_trip(&mut s, b"by name");
 }
 
@@ -28,20 +31,34 @@ fn connect_through_the_server_by_ip_and_by_name() {
 fn rejections_are_reported_with_their_code() {
     let (proxy, _handle) = common::start_with(common::test_config(1));
     let echo = EchoTarget::start().expect("echo");
-    match socks4_std::connect(proxy, echo.addr(), b"denied", T) {
+    match socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"denied") {
         Err(ConnectError::Rejected(ReplyCode::Rejected)) => {}
         other => panic!("expected a 91 rejection, got {other:?}"),
     }
     let closed = socks4_tools::targets::closed_port().expect("closed port");
-    assert!(matches!(socks4_std::connect(proxy, closed, b"", T), Err(ConnectError::Rejected(_))));
-    assert!(matches!(socks4_std::connect(proxy, ("no-such-host.invalid", 80), b"", T), Err(ConnectError::Rejected(_))));
-    assert!(matches!(socks4_std::connect(proxy, echo.addr(), b"nul\0inside", T), Err(ConnectError::Encode(_))));
+    assert!(matches!(
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), closed, b""),
+        Err(ConnectError::Rejected(_))
+    ));
+    assert!(matches!(
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), ("no-such-host.invalid", 80), b""),
+        Err(ConnectError::Rejected(_))
+    ));
+    assert!(matches!(
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"nul\0inside"),
+        Err(ConnectError::Encode(_))
+    ));
 }
 
 #[test]
 fn bind_through_the_server() {
     let (proxy, _handle) = common::start_with(common::test_config(1));
-    let pending = socks4_std::bind(proxy, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), b"binder", T).expect("BIND");
+    let pending = socks4_std::bind(
+        socks4_std::ProxyAddr::from(proxy).with_timeout(T),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+        b"binder",
+    )
+    .expect("BIND");
     let listen = pending.listen_addr();
     assert_eq!(listen.ip(), proxy.ip());
     let peer = thread::spawn(move || {
@@ -53,7 +70,7 @@ fn bind_through_the_server() {
         assert_eq!(&buf, b"from client");
         p.local_addr().expect("peer addr")
     });
-    let (mut s, peer_addr) = pending.accept(T).expect("second reply");
+    let (mut s, peer_addr) = pending.accept_timeout(T).expect("second reply");
     s.set_read_timeout(Some(T)).expect("timeout");
     let mut buf = [0u8; 9];
     s.read_exact(&mut buf).expect("client read");
@@ -91,7 +108,8 @@ fn fake_proxy_split_reply_and_payload_in_the_same_write() {
         assert_eq!(&buf, b"ping");
         s.write_all(b"pong").expect("write");
     });
-    let mut s = socks4_std::connect(proxy, ("example.com", 8080), b"bob", T).expect("CONNECT");
+    let mut s = socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), ("example.com", 8080), b"bob")
+        .expect("CONNECT");
     s.set_read_timeout(Some(T)).expect("timeout");
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).expect("payload");
@@ -109,18 +127,24 @@ fn fake_proxy_rejection_bad_reply_and_early_close() {
 
     let proxy = fake_proxy(req.clone(), |s| s.write_all(&[0, 93, 0, 0, 0, 0, 0, 0]).expect("write"));
     assert!(matches!(
-        socks4_std::connect(proxy, target, b"", T),
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), target, b""),
         Err(ConnectError::Rejected(ReplyCode::IdentMismatch))
     ));
 
     let proxy = fake_proxy(req.clone(), |s| s.write_all(&[4, 90, 0, 0, 0, 0, 0, 0]).expect("write"));
-    assert!(matches!(socks4_std::connect(proxy, target, b"", T), Err(ConnectError::Protocol(_))));
+    assert!(matches!(
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), target, b""),
+        Err(ConnectError::Protocol(_))
+    ));
 
     let proxy = fake_proxy(req, |s| {
         s.write_all(&[0, 90, 0]).expect("write");
         let _ = s.shutdown(Shutdown::Both);
     });
-    assert!(matches!(socks4_std::connect(proxy, target, b"", T), Err(ConnectError::Protocol(_))));
+    assert!(matches!(
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), target, b""),
+        Err(ConnectError::Protocol(_))
+    ));
 }
 
 #[test]
@@ -128,8 +152,11 @@ fn fake_proxy_that_never_replies_times_out() {
     let req = b"\x04\x01\x00\x50\x0a\x00\x00\x01\0".to_vec();
     let proxy = fake_proxy(req, |_s| thread::sleep(Duration::from_secs(5)));
     let started = Instant::now();
-    let r =
-        socks4_std::connect(proxy, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80), b"", Duration::from_millis(300));
+    let r = socks4_std::connect(
+        socks4_std::ProxyAddr::from(proxy).with_timeout(Duration::from_millis(300)),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
+        b"",
+    );
     assert!(matches!(r, Err(ConnectError::TimedOut)), "got {r:?}");
     assert!(started.elapsed() < Duration::from_secs(4), "the timeout was not honoured");
 }
@@ -143,9 +170,14 @@ fn fake_proxy_bind_two_replies() {
         thread::sleep(Duration::from_millis(50));
         s.write_all(&[0, 90, 0x04, 0xd2, 127, 0, 0, 1, b'x']).expect("second");
     });
-    let pending = socks4_std::bind(proxy, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21), b"ftp", T).expect("BIND");
+    let pending = socks4_std::bind(
+        socks4_std::ProxyAddr::from(proxy).with_timeout(T),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21),
+        b"ftp",
+    )
+    .expect("BIND");
     assert_eq!(pending.listen_addr(), SocketAddr::new(proxy.ip(), 12345));
-    let (mut s, peer) = pending.accept(T).expect("second reply");
+    let (mut s, peer) = pending.accept_timeout(T).expect("second reply");
     assert_eq!(peer, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1234));
     s.set_read_timeout(Some(T)).expect("timeout");
     let mut buf = [0u8; 1];

@@ -53,7 +53,7 @@ fn accept_pauses_on_emfile_and_recovers() {
     // Served again once descriptors are free (the pending connection is accepted on a retry).
     let deadline = Instant::now() + T;
     let mut s = loop {
-        match socks4_std::connect(proxy, echo.addr(), b"", T) {
+        match socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"") {
             Ok(s) => break s,
             Err(e) => {
                 assert!(Instant::now() < deadline, "the server did not recover: {e}");

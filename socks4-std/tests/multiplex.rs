@@ -45,8 +45,12 @@ fn two_thousand_connections_on_two_workers() {
                 .spawn(move || {
                     let mut conns = Vec::with_capacity(CONNS / THREADS);
                     for i in 0..CONNS / THREADS {
-                        let mut s = socks4_std::connect(proxy, dest, b"many", Duration::from_secs(30))
-                            .unwrap_or_else(|e| panic!("connection {t}.{i}: {e}"));
+                        let mut s = socks4_std::connect(
+                            socks4_std::ProxyAddr::from(proxy).with_timeout(Duration::from_secs(30)),
+                            dest,
+                            b"many",
+                        )
+                        .unwrap_or_else(|e| panic!("connection {t}.{i}: {e}"));
                         s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
                         echo(&mut s, format!("hello {t}.{i}").as_bytes());
                         conns.push(s);

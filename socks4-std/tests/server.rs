@@ -38,8 +38,10 @@ fn connections_over_the_limit_are_closed_and_counted() {
     config.max_connections = 2;
     let (proxy, handle) = common::start_with(config);
     let echo = EchoTarget::start().expect("echo");
-    let mut a = socks4_std::connect(proxy, echo.addr(), b"", T).expect("first");
-    let mut b = socks4_std::connect(proxy, echo.addr(), b"", T).expect("second");
+    let mut a =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("first");
+    let mut b =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("second");
     round_trip(&mut a, b"a");
     round_trip(&mut b, b"b");
     let mut c = TcpStream::connect(proxy).expect("tcp connect still works");
@@ -50,7 +52,8 @@ fn connections_over_the_limit_are_closed_and_counted() {
     round_trip(&mut a, b"still a");
     drop(b);
     wait_until("the closed connection to be released", || handle.stats().active < 2);
-    let mut d = socks4_std::connect(proxy, echo.addr(), b"", T).expect("room again");
+    let mut d =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("room again");
     round_trip(&mut d, b"d");
 }
 
@@ -60,7 +63,8 @@ fn idle_relays_are_closed() {
     config.timeouts.idle = Duration::from_millis(300);
     let (proxy, _handle) = common::start_with(config);
     let echo = EchoTarget::start().expect("echo");
-    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    let mut s =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("CONNECT");
     // Traffic keeps it alive past the idle timeout...
     for _ in 0..4 {
         round_trip(&mut s, b"keepalive");
@@ -76,7 +80,8 @@ fn shutdown_lets_relays_finish_within_the_grace_period_then_closes() {
     config.timeouts.shutdown_grace = Duration::from_secs(2);
     let (proxy, handle) = common::start_with(config);
     let echo = EchoTarget::start().expect("echo");
-    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    let mut s =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("CONNECT");
     round_trip(&mut s, b"before");
     let started = Instant::now();
     let stopper = thread::spawn(move || handle.shutdown());
@@ -103,7 +108,8 @@ fn relays_that_end_by_themselves_do_not_hold_up_shutdown() {
     config.timeouts.shutdown_grace = Duration::from_secs(30);
     let (proxy, handle) = common::start_with(config);
     let echo = EchoTarget::start().expect("echo");
-    let mut s = socks4_std::connect(proxy, echo.addr(), b"", T).expect("CONNECT");
+    let mut s =
+        socks4_std::connect(socks4_std::ProxyAddr::from(proxy).with_timeout(T), echo.addr(), b"").expect("CONNECT");
     round_trip(&mut s, b"x");
     let stopper = thread::spawn(move || handle.shutdown());
     thread::sleep(Duration::from_millis(200));
@@ -128,7 +134,14 @@ fn reuseport_mode_has_every_worker_accept_on_its_own_listener() {
     let (proxy, handle) = common::start_with(config);
     let echo = EchoTarget::start().expect("echo");
     let mut conns: Vec<TcpStream> = (0..30)
-        .map(|i| socks4_std::connect(proxy, echo.addr(), format!("u{i}").as_bytes(), T).expect("CONNECT"))
+        .map(|i| {
+            socks4_std::connect(
+                socks4_std::ProxyAddr::from(proxy).with_timeout(T),
+                echo.addr(),
+                format!("u{i}").as_bytes(),
+            )
+            .expect("CONNECT")
+        })
         .collect();
     for s in &mut conns {
         round_trip(s, b"via reuseport");

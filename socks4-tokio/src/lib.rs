@@ -27,22 +27,39 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! The client side: [`connect`] (SOCKS4 or 4a CONNECT) and [`bind`] (BIND).
+//! ## Features
+//! - `server` (default): the server ([`Server`], the worker pool, the `socks4-tokio` binary), with
+//!   socks4-server. A program that only connects through a proxy turns it off
+//!   (`socks4-tokio = { version = "0.3", default-features = false }`): the crate is then the client
+//!   connector on socks4-core and tokio (`rt`, `net`, `time`), with nothing of the server.
+//!
+//! The client side: [`connect`] (SOCKS4 or 4a CONNECT), [`connect_over`] (the handshake over a
+//! stream you already have), [`bind`] and [`bind_to`] (BIND by address or by name), with
+//! [`PendingBind`]; a time limit goes with the proxy's address ([`ProxyAddr`]). The three adapters
+//! share this API: [`ProxyAddr`](socks4_core::ProxyAddr#one-client-api-three-runtimes) has the
+//! table of what differs.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), socks4_tokio::ConnectError> {
-//! let stream = socks4_tokio::connect("127.0.0.1:1080", ("example.com", 80), b"alice").await?;
+//! let proxy: std::net::SocketAddr = "127.0.0.1:1080".parse().unwrap();
+//! let stream = socks4_tokio::connect(proxy, ("example.com", 80), b"alice").await?;
 //! # Ok(()) }
 //! ```
 
 pub mod client;
+#[cfg(feature = "server")]
 mod pool;
 mod runtime;
+#[cfg(feature = "server")]
 mod server;
 
-pub use client::{ConnectError, PendingBind, Target, bind, connect};
+pub use client::{ConnectError, PendingBind, ProxyAddr, Target, bind, bind_to, connect, connect_over};
 pub use runtime::Tokio;
+#[cfg(feature = "server")]
 pub use server::{Server, ServerHandle};
-pub use socks4_async::{self, Hooks, Runtime, serve_connection};
+pub use socks4_async::{self, Runtime};
+#[cfg(feature = "server")]
+pub use socks4_async::{Hooks, serve_connection};
 pub use socks4_core;
+#[cfg(feature = "server")]
 pub use socks4_server::{ServerConfig, Stats};

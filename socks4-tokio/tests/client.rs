@@ -203,7 +203,7 @@ async fn fake_bind_second_reply_rejected() {
 
 #[tokio::test]
 async fn bad_user_id_is_refused_before_connecting() {
-    match connect("127.0.0.1:9", target_4(), b"nul\0inside").await {
+    match connect("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(), target_4(), b"nul\0inside").await {
         Err(ConnectError::Encode(_)) => {}
         other => panic!("expected a request encoding error, got {other:?}"),
     }
