@@ -471,10 +471,11 @@ mod tests {
     use socks4_core::rules::Rules;
 
     fn config(outgoing: &[&str], rules: &str) -> ServerConfig {
-        let mut config = ServerConfig::default();
-        config.outgoing = outgoing.iter().map(|a| a.parse().unwrap()).collect();
-        config.rules = Rules::parse(rules).unwrap();
-        config
+        ServerConfig {
+            outgoing: outgoing.iter().map(|a| a.parse().unwrap()).collect(),
+            rules: Rules::parse(rules).unwrap(),
+            ..ServerConfig::default()
+        }
     }
 
     #[test]

@@ -246,7 +246,9 @@ fn keepalive_timers(proxy: SocketAddr, client: SocketAddr, target: SocketAddr) -
             }
             (Some(f), Some(b)) => return Ok((timer(&f.2), timer(&b.2))),
             _ => {
-                return Err(Failure::new(format!("ss does not show the relay {client} → {proxy} → {target}: {all:#?}")));
+                return Err(Failure::new(format!(
+                    "ss does not show the relay {client} → {proxy} → {target}: {all:#?}"
+                )));
             }
         }
     }
