@@ -49,15 +49,6 @@ pub(crate) enum Msg {
         /// The addresses to try in order, or why there are none.
         candidates: socks4_core::driver::Candidates,
     },
-    /// The answer to a connection's ident query.
-    Ident {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// identd's answer, or why there is none.
-        answer: Result<socks4_server::ident::IdentAnswer, socks4_core::Failure>,
-    },
     /// The users file's verdict on a connection's user id.
     UserChecked {
         /// The connection's slot.
@@ -230,12 +221,6 @@ impl Worker {
                     Ok(Msg::Resolved { slot, id, candidates }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_resolved(&mut ctx, candidates);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::Ident { slot, id, answer }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_ident(&mut ctx, &answer);
                             touched.push(slot);
                         }
                     }
