@@ -13,15 +13,21 @@ use std::time::Instant;
 use socks4_core::driver::Candidates;
 use socks4_core::{Failure, REPLY_LEN};
 use socks4_server::chain::{Answer, Attempt, Io};
+use socks4_server::egress::Outgoing;
 
-use crate::runtime::{Runtime, set_nodelay, within};
+use crate::runtime::{Runtime, local_addr, set_nodelay, within};
 
 /// Performs `attempt`'s I/O until its next [`Answer`]: `parent` is its connection to the parent
-/// (replaced at each connect; the relay's after a granted CONNECT or BIND's second reply).
+/// (replaced at each connect; the relay's after a granted CONNECT or BIND's second reply), each
+/// made by `outgoing` (the source the rule's `out` or `--outgoing` names).
 ///
 /// # Errors
 /// Only if the attempt stalls (waits with no deadline) or ends without an answer: a bug.
-pub(crate) async fn answer<R: Runtime>(attempt: &mut Attempt, parent: &mut Option<R::Stream>) -> io::Result<Answer> {
+pub(crate) async fn answer<R: Runtime>(
+    attempt: &mut Attempt,
+    parent: &mut Option<R::Stream>,
+    outgoing: Outgoing<'_>,
+) -> io::Result<Answer> {
     let mut buf = [0u8; REPLY_LEN];
     loop {
         let deadline = attempt.deadline();
@@ -36,7 +42,14 @@ pub(crate) async fn answer<R: Runtime>(attempt: &mut Attempt, parent: &mut Optio
             Io::Connect(addr) => {
                 *parent = None;
                 let Some(deadline) = deadline else { return Err(stalled()) };
-                let result = R::connect(addr, deadline.saturating_duration_since(Instant::now())).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let result = match outgoing.socket(addr) {
+                    Ok(socket) => R::connect_socket(socket, addr, left).await,
+                    Err(e) => Err(e),
+                };
+                if let Ok(local) = result.as_ref().map_err(drop).and_then(|s| local_addr::<R>(s).map_err(drop)) {
+                    outgoing.connected(local);
+                }
                 let result = result.map(|stream| {
                     set_nodelay::<R>(&stream);
                     *parent = Some(stream);

@@ -23,6 +23,7 @@ use socks4_core::rules::AccessRequest;
 use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, ServerHandshake};
 use socks4_server::ServerConfig;
 use socks4_server::chain::{AnswerTo, Attempt};
+use socks4_server::egress::Egress;
 use socks4_server::limits::Admission;
 use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
 use socks4_server::metrics::{Close, Phase};
@@ -76,7 +77,7 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
     };
     let mut log = ConnLog::new(peer, start, hooks);
     log.users_file = snapshot.verifier.is_some();
-    let conn = Conn { config, verifier: snapshot.verifier.as_ref(), hooks, from };
+    let conn = Conn { config, verifier: snapshot.verifier.as_ref(), egress: &snapshot.egress, hooks, from };
     // Boxed: the handshake's state (its request buffer, the awaited lookups, connects and timers)
     // lives on the heap only while it runs; a relaying connection's task keeps none of it.
     let outcome = Box::pin(handshake::<R, H>(&client, &conn, &mut admission, &mut log)).await;
@@ -85,6 +86,11 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
         Ok(Next::Relay(dest, early)) => {
             let bandwidth = snapshot.bandwidth.as_deref().map(|b| log.bandwidth(b));
             log.meter.enter(Phase::Relaying);
+            if let Some(keepalive) = &config.keepalive {
+                // Best effort, like TCP_NODELAY: a socket that refuses still relays.
+                let _ = keepalive.apply(R::socket(&client));
+                let _ = keepalive.apply(R::socket(&dest));
+            }
             let end = relay::<R>(&client, &dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
             log.meter.close(end.into());
             log.finish(end);
@@ -107,6 +113,8 @@ struct From {
 struct Conn<'a, H> {
     config: &'a ServerConfig,
     verifier: Option<&'a Arc<Verifier>>,
+    /// Where its outgoing connections leave from (the snapshot's).
+    egress: &'a Egress,
     hooks: &'a H,
     from: From,
 }
@@ -257,7 +265,9 @@ async fn handshake<R: Runtime, H: Hooks>(
                 log.meter.enter(Phase::Connecting);
                 // Every address of a name shares the connect phase's deadline.
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
-                let Ok(connected) = watched::<R, _>(client, R::connect(addr, left)).await else {
+                let outgoing = decisions.outgoing(conn.egress, || arrived_on::<R>(client));
+                let connecting = async { R::connect_socket(outgoing.socket(addr)?, addr, left).await };
+                let Ok(connected) = watched::<R, _>(client, connecting).await else {
                     hs.handle_client_error(now());
                     continue;
                 };
@@ -265,6 +275,8 @@ async fn handshake<R: Runtime, H: Hooks>(
                     Ok(stream) => {
                         set_nodelay::<R>(&stream);
                         let local = local_addr::<R>(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+                        outgoing.connected(local);
+                        log.out = Some(local.ip());
                         dest = Some(stream);
                         log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
@@ -280,7 +292,9 @@ async fn handshake<R: Runtime, H: Hooks>(
                     log.meter.enter(Phase::Connecting);
                 }
                 // Boxed: only chained requests allocate the attempt's I/O state.
-                let answered = watched::<R, _>(client, Box::pin(chain::answer::<R>(&mut chained, &mut parent))).await;
+                let outgoing = decisions.outgoing(conn.egress, || arrived_on::<R>(client));
+                let answering = chain::answer::<R>(&mut chained, &mut parent, outgoing);
+                let answered = watched::<R, _>(client, Box::pin(answering)).await;
                 log.via = chained.via().cloned();
                 let Ok(answer) = answered else {
                     // The client's connection failed: the attempt and the parent's connection go.
@@ -293,6 +307,7 @@ async fn handshake<R: Runtime, H: Hooks>(
                     (_, false) => parent = None,
                     (AnswerTo::Connect, true) => {
                         log.meter.connected();
+                        log.out = parent.as_ref().and_then(|p| local_addr::<R>(p).ok()).map(|a| a.ip());
                         dest = parent.take();
                     }
                     // It listens: its second reply is awaited at the BIND wait.
@@ -321,7 +336,8 @@ async fn handshake<R: Runtime, H: Hooks>(
                 // the parent (and so its listener).
                 let Some(mut chained) = attempt.take() else { continue };
                 log.meter.enter(Phase::BindWait);
-                let waiting = async { Ok(Box::pin(chain::answer::<R>(&mut chained, &mut parent)).await) };
+                let outgoing = decisions.outgoing(conn.egress, || arrived_on::<R>(client));
+                let waiting = async { Ok(Box::pin(chain::answer::<R>(&mut chained, &mut parent, outgoing)).await) };
                 let outcome = future::or(waiting, async { Err(client_left::<R>(client).await) }).await;
                 admission.end_bind_wait();
                 match outcome {
@@ -405,6 +421,11 @@ async fn handshake<R: Runtime, H: Hooks>(
             other => return Err(io::Error::other(format!("unexpected step {other:?}"))),
         }
     }
+}
+
+/// The address the client connected to (for `out same`).
+fn arrived_on<R: Runtime>(client: &R::Stream) -> Option<std::net::IpAddr> {
+    local_addr::<R>(client).ok().map(|a| a.ip())
 }
 
 /// Feeds bytes read from the client to the handshake; bytes past the request are early data.

@@ -3,7 +3,7 @@
 //! period).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use socks4_core::ServerHandshake;
@@ -30,6 +30,8 @@ pub(crate) struct ConnLog<'h, H: Hooks> {
     pub(crate) via: Option<Parent>,
     /// User ids are checked against a users file (see [`ConnLine::users_file`]).
     pub(crate) users_file: bool,
+    /// The outgoing connection's source address, once connected.
+    pub(crate) out: Option<IpAddr>,
     /// Where the line goes.
     hooks: &'h H,
 }
@@ -45,6 +47,7 @@ impl<'h, H: Hooks> ConnLog<'h, H> {
             meter: ConnMeter::start(),
             via: None,
             users_file: false,
+            out: None,
             hooks,
         }
     }
@@ -81,6 +84,7 @@ impl<H: Hooks> Drop for ConnLog<'_, H> {
             worker: self.meter.worker(),
             reply: self.meter.reply(),
             users_file: self.users_file,
+            out: self.out,
         };
         self.hooks.closed(&line);
     }

@@ -47,8 +47,25 @@ pub trait Runtime: 'static {
 
     /// Registers a connected std stream (non-blocking already) with the runtime.
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
-    /// Connects to `addr` within `timeout` (no source port is bound first).
-    fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
+    /// Connects `socket` to `addr` within `timeout`: a new non-blocking TCP socket, not connected,
+    /// bound (or not) to the source the egress chose ([`socks4_server::egress::socket`], which
+    /// makes every outgoing socket). Start the connect with
+    /// [`connect_started`](socks4_server::egress::connect_started) (or the runtime's own), wait
+    /// until the socket is writable, and read its pending error.
+    fn connect_socket(
+        socket: socket2::Socket,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> impl Future<Output = io::Result<Self::Stream>>;
+
+    /// Connects to `addr` within `timeout` from the system's choice of source (no source port is
+    /// bound first): [`connect_socket`](Self::connect_socket) with an unbound socket.
+    fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>> {
+        async move {
+            let socket = socks4_server::egress::socket(addr, socks4_server::egress::Source::Any)?;
+            Self::connect_socket(socket, addr, timeout).await
+        }
+    }
     /// Resolves `host` without blocking the event loop.
     fn resolve(host: &str, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>>;
     /// Runs blocking `work` off the event loop (a lookup, an Argon2 verification). `None` if

@@ -6,8 +6,14 @@
 //! allow|deny [from CIDR] [to CIDR|CLASS|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
 //! allow [conditions as above] ident
 //! allow [conditions as above] via socks4a://HOST:PORT[,socks4://HOST:PORT...] [as NAME]
+//! allow [conditions as above] out ADDR[,ADDR...] | out dev IFACE | out same
 //! allow|deny any
 //! ```
+//!
+//! `out` (allow rules only) gives the rule an [`Egress`]: the source address (or interface) of
+//! the outgoing connection a request it allows makes (to the destination, or to the first parent
+//! of a `via` route). The core only carries it: the server binds the socket
+//! ([`Rules::egress`] gives the matching rule's).
 //!
 //! `via` (allow rules only) gives the rule a [`Route`]: a request it allows is sent through these
 //! parent proxies, tried in order, instead of connecting directly (see [`Route`] for the syntax
@@ -579,6 +585,95 @@ impl fmt::Display for Route {
     }
 }
 
+/// The most source addresses one `out` list may hold.
+pub const MAX_OUT_ADDRS: usize = 16;
+
+/// The longest interface name `out dev` takes (Linux's `IFNAMSIZ` less its NUL).
+pub const MAX_DEVICE_LEN: usize = 15;
+
+/// Where a rule's outgoing connections leave from (`out`, allow rules only): the server binds the
+/// outgoing socket accordingly before it connects.
+///
+/// Text form, in a rule: `out 203.0.113.7` or `out 203.0.113.7,2001:db8::7` (at most
+/// [`MAX_OUT_ADDRS`]; several rotate, an address of the other family than the destination's is
+/// skipped), `out dev eth1` (the interface, `SO_BINDTODEVICE`), or `out same` (the address the
+/// client connected to, Dante's `same-same`: for a host with several addresses).
+///
+/// ```
+/// use socks4_core::rules::{Egress, Rule};
+/// let rule: Rule = "allow user alice out 127.0.0.2,::1".parse()?;
+/// assert_eq!(rule.egress, Some(Egress::Addrs(vec![[127, 0, 0, 2].into(), "::1".parse().unwrap()])));
+/// assert_eq!(rule.to_string(), "allow user alice out 127.0.0.2,::1");
+/// assert_eq!("allow out dev eth1".parse::<Rule>()?.egress, Some(Egress::Device("eth1".into())));
+/// assert_eq!("allow out same".parse::<Rule>()?.egress, Some(Egress::Same));
+/// assert!("deny out same".parse::<Rule>().is_err());
+/// # Ok::<(), socks4_core::rules::RuleError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Egress {
+    /// Bind one of these source addresses (1..=[`MAX_OUT_ADDRS`], IPv4-mapped ones as IPv4).
+    Addrs(Vec<IpAddr>),
+    /// Bind the socket to this network interface (`SO_BINDTODEVICE`).
+    Device(String),
+    /// Leave by the address the client connected to.
+    Same,
+}
+
+impl Egress {
+    /// Parses the value after `out`: `ADDR[,ADDR...]` or `same` (`dev IFACE` is two words: see
+    /// [`device`](Self::device)).
+    fn parse_value(value: &str) -> Result<Self, RuleError> {
+        if value == "same" {
+            return Ok(Self::Same);
+        }
+        let bad = || RuleError::BadOut(value.to_string());
+        let mut addrs = Vec::new();
+        for text in value.split(',') {
+            let ip = text.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
+            // Never a source: the unspecified address (that is no `out`), multicast, broadcast.
+            if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                return Err(bad());
+            }
+            if addrs.len() >= MAX_OUT_ADDRS {
+                return Err(bad());
+            }
+            addrs.push(ip);
+        }
+        Ok(Self::Addrs(addrs))
+    }
+
+    /// The interface form, `dev IFACE`: a Linux interface name (1..=[`MAX_DEVICE_LEN`] bytes, not
+    /// `.` or `..`, no `/` or `:`).
+    fn device(name: &str) -> Result<Self, RuleError> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_DEVICE_LEN
+            && name != "."
+            && name != ".."
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if valid { Ok(Self::Device(name.to_string())) } else { Err(RuleError::BadOut(alloc::format!("dev {name}"))) }
+    }
+}
+
+impl fmt::Display for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("out ")?;
+        match self {
+            Self::Addrs(addrs) => {
+                for (i, ip) in addrs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{ip}")?;
+                }
+                Ok(())
+            }
+            Self::Device(name) => write!(f, "dev {name}"),
+            Self::Same => f.write_str("same"),
+        }
+    }
+}
+
 /// One access rule: an action and the conditions (all must hold) under which it applies.
 ///
 /// Parse one from its text form, or build one from [`Rule::any`] and the `with_*` methods:
@@ -609,12 +704,25 @@ pub struct Rule {
     pub ident: bool,
     /// Send allowed requests through parent proxies (`via`, allow rules only); `None`: directly.
     pub route: Option<Route>,
+    /// Where allowed requests' outgoing connections leave from (`out`, allow rules only); `None`:
+    /// the server's default.
+    pub egress: Option<Egress>,
 }
 
 impl Rule {
     /// A rule with the action and no conditions: it matches every request.
     pub const fn any(action: Action) -> Self {
-        Self { action, from: None, to: None, port: None, command: None, user: None, ident: false, route: None }
+        Self {
+            action,
+            from: None,
+            to: None,
+            port: None,
+            command: None,
+            user: None,
+            ident: false,
+            route: None,
+            egress: None,
+        }
     }
 
     /// With the client network.
@@ -672,6 +780,19 @@ impl Rule {
     #[must_use]
     pub fn with_route(mut self, route: Route) -> Self {
         self.route = Some(route);
+        self
+    }
+
+    /// With the source of its outgoing connections (`out`; only meaningful on an allow rule).
+    ///
+    /// ```
+    /// use socks4_core::rules::{Action, Egress, Rule};
+    /// let rule = Rule::any(Action::Allow).with_user("alice").with_egress(Egress::Same);
+    /// assert_eq!(rule.to_string(), "allow user alice out same");
+    /// ```
+    #[must_use]
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = Some(egress);
         self
     }
 
@@ -765,6 +886,13 @@ impl FromStr for Rule {
                     false
                 }
                 "as" => route_user.replace(value.to_string()).is_some(),
+                "out" => {
+                    let egress = match value {
+                        "dev" => Egress::device(words.next().ok_or_else(|| RuleError::BadOut("dev".to_string()))?)?,
+                        _ => Egress::parse_value(value)?,
+                    };
+                    rule.egress.replace(egress).is_some()
+                }
                 _ => return Err(RuleError::UnknownKey(key.to_string())),
             };
             if duplicate {
@@ -773,6 +901,9 @@ impl FromStr for Rule {
         }
         if rule.ident && rule.action == Action::Deny {
             return Err(RuleError::IdentOnDeny);
+        }
+        if rule.egress.is_some() && rule.action == Action::Deny {
+            return Err(RuleError::OutOnDeny);
         }
         match (route, route_user) {
             (Some(_), _) if rule.action == Action::Deny => return Err(RuleError::RouteOnDeny),
@@ -813,6 +944,9 @@ impl fmt::Display for Rule {
         }
         if let Some(route) = &self.route {
             write!(f, " {route}")?;
+        }
+        if let Some(egress) = &self.egress {
+            write!(f, " {egress}")?;
         }
         Ok(())
     }
@@ -884,6 +1018,26 @@ impl Rules {
         }
     }
 
+    /// The egress (`out`) of the rule that made `decision` (of these same rules): `None` for the
+    /// server's default, a denial, or no matching rule.
+    ///
+    /// ```
+    /// use socks4_core::{rules::{Egress, Rules}, AccessRequest, Command};
+    /// let rules = Rules::parse("allow user alice out 127.0.0.2\nallow from 127.0.0.0/8")?;
+    /// let alice = AccessRequest::new(Command::Connect, 80, b"alice").with_addr([192, 0, 2, 1].into());
+    /// let out = rules.egress(&rules.decide([127, 0, 0, 1].into(), &alice));
+    /// assert_eq!(out, Some(&Egress::Addrs(vec![[127, 0, 0, 2].into()])));
+    /// let bob = AccessRequest::new(Command::Connect, 80, b"bob").with_addr([192, 0, 2, 1].into());
+    /// assert!(rules.egress(&rules.decide([127, 0, 0, 1].into(), &bob)).is_none());
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    pub fn egress(&self, decision: &Decision) -> Option<&Egress> {
+        match decision.action {
+            Action::Allow => self.0.get(decision.rule?)?.egress.as_ref(),
+            Action::Deny => None,
+        }
+    }
+
     /// Does any rule have a route?
     pub fn has_routes(&self) -> bool {
         self.0.iter().any(|r| r.route.is_some())
@@ -934,7 +1088,7 @@ pub enum RuleError {
     Empty,
     /// The first word is not `allow` or `deny`.
     BadAction(String),
-    /// A keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`, `via`, `as`.
+    /// A keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`, `via`, `as`, `out`.
     UnknownKey(String),
     /// A condition keyword has no value after it.
     MissingValue(String),
@@ -957,6 +1111,11 @@ pub enum RuleError {
     RouteOnDeny,
     /// `as NAME` without `via`.
     AsWithoutVia,
+    /// Not an `out` value: `ADDR[,ADDR...]` (at most [`MAX_OUT_ADDRS`] unicast addresses),
+    /// `dev IFACE` or `same`.
+    BadOut(String),
+    /// `out` on a deny rule, where it would mean nothing.
+    OutOnDeny,
     /// The error is on this line (1-based) of a multi-line text.
     Line(usize, alloc::boxed::Box<RuleError>),
 }
@@ -967,7 +1126,7 @@ impl fmt::Display for RuleError {
             Self::Empty => f.write_str("empty rule: write `allow ...` or `deny ...`"),
             Self::BadAction(w) => write!(f, "rule starts with `{w}`, expected `allow` or `deny`"),
             Self::UnknownKey(w) => {
-                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as)")
+                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as, out)")
             }
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
@@ -986,6 +1145,12 @@ impl fmt::Display for RuleError {
             }
             Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
             Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
+            Self::BadOut(w) => write!(
+                f,
+                "`out {w}` is not a source: write `out ADDR[,ADDR...]` (at most {MAX_OUT_ADDRS} unicast addresses), \
+                 `out dev IFACE` or `out same`"
+            ),
+            Self::OutOnDeny => f.write_str("`out` applies to allow rules only"),
             Self::Line(n, e) => write!(f, "line {n}: {e}"),
         }
     }
@@ -1184,6 +1349,68 @@ mod tests {
         // A deny rule built by hand with the flag still denies, without ident.
         let hand = Rules(vec![Rule::any(Action::Deny).with_ident()]);
         assert_eq!(hand.decide(inside, &alice), Decision { action: Action::Deny, ident: false, rule: Some(0) });
+    }
+
+    #[test]
+    fn egress_parses_displays_and_decides() {
+        let r = |s: &str| s.parse::<Rule>();
+        let two = r("allow user alice out 127.0.0.2,::ffff:127.0.0.3,2001:db8::7").unwrap();
+        let v4 = |a, b, c, d| IpAddr::from([a, b, c, d]);
+        assert_eq!(
+            two.egress,
+            Some(Egress::Addrs(vec![v4(127, 0, 0, 2), v4(127, 0, 0, 3), "2001:db8::7".parse().unwrap()])),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        assert_eq!(two.to_string(), "allow user alice out 127.0.0.2,127.0.0.3,2001:db8::7");
+        for text in [
+            "allow out dev eth1",
+            "allow out dev dev",
+            "allow out dev same",
+            "allow from 10.0.0.0/8 out same",
+            "allow to *.onion via socks4a://127.0.0.1:9050 as tor out 127.0.0.2",
+            "allow user bob ident out ::1",
+        ] {
+            let rule = r(text).unwrap();
+            assert_eq!(rule.to_string(), text);
+            assert_eq!(r(&rule.to_string()).unwrap(), rule);
+        }
+        assert_eq!(r("allow out same").unwrap(), Rule::any(Action::Allow).with_egress(Egress::Same));
+        assert_eq!(r("deny out same"), Err(RuleError::OutOnDeny));
+        assert_eq!(r("allow out same out same"), Err(RuleError::Duplicate("out".into())));
+        assert_eq!(r("allow out"), Err(RuleError::MissingValue("out".into())));
+        let sixteen = vec!["127.0.0.9"; MAX_OUT_ADDRS].join(",");
+        assert!(r(&format!("allow out {sixteen}")).is_ok());
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+            "eth0",
+            "127.0.0.2,",
+            "127.0.0.2/32",
+            "[::1]",
+            "dev",
+            "dev a/b",
+            "dev a:1",
+            "dev ..",
+            "dev sixteen-chars-xx",
+            &format!("{sixteen},127.0.0.1"),
+        ] {
+            assert!(matches!(r(&format!("allow out {bad}")), Err(RuleError::BadOut(_))), "{bad}");
+        }
+        assert!(format!("{}", RuleError::BadOut("x".into())).contains("out dev IFACE"));
+        let rules =
+            Rules::parse("allow user alice out 127.0.0.2\nallow to *.onion via socks4a://t:9050 out same\nallow")
+                .unwrap();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let alice = req(Command::Connect, [1, 1, 1, 1], 80, None, b"alice");
+        assert_eq!(rules.egress(&rules.decide(local, &alice)), Some(&Egress::Addrs(vec![v4(127, 0, 0, 2)])));
+        let onion = AccessRequest::new(Command::Connect, 80, b"").with_host("x.onion");
+        assert_eq!(rules.egress(&rules.decide(local, &onion)), Some(&Egress::Same));
+        let other = req(Command::Connect, [1, 1, 1, 1], 80, None, b"bob");
+        assert_eq!(rules.egress(&rules.decide(local, &other)), None);
+        assert_eq!(Rules::default().egress(&Rules::default().decide(local, &alice)), None);
     }
 
     #[test]

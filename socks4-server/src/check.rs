@@ -30,6 +30,11 @@ pub fn effective_toml(config: &ServerConfig) -> String {
     top.insert("max_connections".into(), int(config.max_connections as u64));
     top.insert("reuseport".into(), Value::Boolean(config.reuseport));
     top.insert("safe_socks".into(), Value::Boolean(config.safe_socks));
+    top.insert("warn_unsafe_socks".into(), Value::Boolean(config.warn_unsafe_socks));
+    top.insert("outgoing".into(), strings(&mut config.outgoing.iter().map(|a| a.to_string())));
+    if let Some(keepalive) = &config.keepalive {
+        top.insert("keepalive".into(), text(keepalive));
+    }
     top.insert("log_level".into(), Value::String(config.log_level.clone()));
     let format = match config.log_format {
         crate::log::LogFormat::Text => "text",
@@ -101,12 +106,15 @@ mod tests {
             max_connections = 77
             reuseport = true
             safe_socks = true
+            warn_unsafe_socks = true
+            outgoing = ["127.0.0.2", "::1"]
+            keepalive = "60s,10s,5"
             log_level = "debug,socks4_server=trace"
             log_format = "json"
             metrics = "127.0.0.1:9100"
             proxy_protocol = ["10.0.0.0/8", "fd00::/8"]
             users = "/etc/socks4/users"
-            rules = ["deny to loopback", "allow from 10.0.0.0/8 port 443 user alice", "deny"]
+            rules = ["deny to loopback", "allow from 10.0.0.0/8 port 443 user alice out 127.0.0.3", "deny"]
             [limits]
             user_id = 32
             host = 100

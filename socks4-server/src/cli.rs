@@ -11,7 +11,7 @@
 //! ```
 
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::bandwidth::RateLimit;
 use crate::check::effective_toml;
 use crate::config::{ConfigError, ServerConfig, parse_duration};
+use crate::keepalive::Keepalive;
 use crate::limits::ConnRate;
 use crate::log::LogFormat;
 use crate::manual;
@@ -89,6 +90,19 @@ pub struct ServerArgs {
     /// application that resolved the name itself (a DNS leak) is caught and logged, like Tor's SafeSocks.
     #[arg(long, env = "SOCKS4_SAFE_SOCKS")]
     pub safe_socks: bool,
+    /// Let CONNECT requests by IP address through but log them at warn level (once per client a
+    /// minute, at most 10 lines a second): the applications --safe-socks would refuse, found
+    /// without breaking them.
+    #[arg(long, env = "SOCKS4_WARN_UNSAFE_SOCKS")]
+    pub warn_unsafe_socks: bool,
+    /// Source address of outgoing connections (repeatable, IPv4 and IPv6; several rotate; one of
+    /// the other family than the destination's is skipped). A rule's `out` wins over it.
+    #[arg(long, value_name = "ADDR", env = "SOCKS4_OUTGOING", value_delimiter = ',')]
+    pub outgoing: Vec<IpAddr>,
+    /// TCP keepalive on both sockets of each relay: IDLE[,INTERVAL,COUNT], e.g. 60s or 60s,10s,5
+    /// (default: off).
+    #[arg(long, value_name = "IDLE[,INTERVAL,COUNT]", value_parser = keepalive, env = "SOCKS4_KEEPALIVE")]
+    pub keepalive: Option<Keepalive>,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter directive (default: the
     /// file's `log_level`, else info).
     #[arg(long, value_name = "LEVEL", default_value = "info", env = "SOCKS4_LOG")]
@@ -180,6 +194,10 @@ pub enum Command {
         /// The user's name: 1 to 64 of A-Z a-z 0-9 . _ - @ +.
         name: String,
     },
+}
+
+fn keepalive(s: &str) -> Result<Keepalive, String> {
+    s.parse().map_err(|e: crate::keepalive::BadKeepalive| e.to_string())
 }
 
 fn network(s: &str) -> Result<IpNet, String> {
@@ -344,6 +362,11 @@ impl ServerArgs {
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.reuseport |= self.reuseport;
         config.safe_socks |= self.safe_socks;
+        config.warn_unsafe_socks |= self.warn_unsafe_socks;
+        if !self.outgoing.is_empty() {
+            config.outgoing.clone_from(&self.outgoing);
+        }
+        config.keepalive = self.keepalive.or(config.keepalive);
         config.metrics = self.metrics.or(config.metrics);
         config.log_format = self.log_format.unwrap_or(config.log_format);
         config.limits.user_id = self.max_user_id.unwrap_or(config.limits.user_id);

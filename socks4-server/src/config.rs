@@ -45,6 +45,15 @@
 //! ```toml
 //! proxy_protocol = ["10.0.0.2/32", "fd00::/64"]
 //! ```
+//!
+//! The outgoing side (see [`egress`](crate::egress), [`keepalive`](crate::keepalive)) and the
+//! warn-only mode for requests by address (see [`unsafe_socks`](crate::unsafe_socks)):
+//!
+//! ```toml
+//! outgoing = ["203.0.113.7", "203.0.113.8", "2001:db8::7"]   # rules' `out` win over it
+//! keepalive = "60s,10s,5"       # IDLE[,INTERVAL,COUNT]; absent = off
+//! warn_unsafe_socks = true
+//! ```
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,6 +65,7 @@ use socks4_core::Limits;
 use socks4_core::rules::{IpNet, RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
+use crate::keepalive::Keepalive;
 use crate::limits::{ClientLimits, Limiter};
 use crate::log::LogFormat;
 use crate::users::{Users, UsersError, Verifier};
@@ -139,6 +149,19 @@ pub struct ServerConfig {
     /// Refuse CONNECT requests that carry only an IP address, like Tor's `SafeSocks`: clients must
     /// send names (SOCKS4a), so one that resolved a name itself (a DNS leak) is caught and logged.
     pub safe_socks: bool,
+    /// Let CONNECT requests by IP address through but log them, once per client per minute
+    /// (`warn_unsafe_socks = true`; see [`unsafe_socks`](crate::unsafe_socks)): what
+    /// `safe_socks` would refuse, found without breaking the applications.
+    pub warn_unsafe_socks: bool,
+
+    // --- The outgoing side (modules `egress`, `keepalive`). ---
+    /// Source addresses of outgoing connections (`outgoing = ["203.0.113.7", "2001:db8::7"]`),
+    /// for requests whose rule has no `out`: several rotate, one of the other family than the
+    /// destination's is skipped (see [`egress`](crate::egress)). Empty: the system's choice.
+    pub outgoing: Vec<IpAddr>,
+    /// TCP keepalive on both sockets of each relay (`keepalive = "60s,10s,5"`, see
+    /// [`keepalive`](crate::keepalive)); `None` (the default): off.
+    pub keepalive: Option<Keepalive>,
 
     // --- Abuse limits, bandwidth caps, authentication (modules `limits`, `bandwidth`, `users`). ---
     /// Per-client admission limits (the `[client_limits]` table).
@@ -182,6 +205,10 @@ impl Default for ServerConfig {
             timeouts: Timeouts::default(),
             rules: Rules::default(),
             safe_socks: false,
+            warn_unsafe_socks: false,
+            // --- The outgoing side. ---
+            outgoing: Vec::new(),
+            keepalive: None,
             // --- Abuse limits, bandwidth caps, authentication. ---
             client_limits: ClientLimits::default(),
             bandwidth: BandwidthCaps::default(),
@@ -274,6 +301,8 @@ impl ServerConfig {
         if let Some(parent) = crate::upstream::route_to_self(&self.rules, &listen) {
             return Err(ConfigError::RouteToSelf(parent.to_string()));
         }
+        // --- The outgoing side: every configured source is tried once, here. ---
+        crate::egress::check(self)?;
         // --- Abuse limits. ---
         if self.client_limits.tracked_clients == 0 {
             return Err(ConfigError::Zero("client_limits.tracked_clients"));
@@ -355,6 +384,9 @@ pub enum ConfigError {
     /// A route's parent is this server itself (see
     /// [`upstream::route_to_self`](crate::upstream::route_to_self)).
     RouteToSelf(String),
+    /// An outgoing source (`--outgoing`, a rule's `out`) cannot be used on this host (see
+    /// [`egress::check`](crate::egress::check)).
+    Outgoing(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -382,6 +414,7 @@ impl fmt::Display for ConfigError {
                 "the route through {parent} leads back to this server's own listener: each request \
                  would loop through it; name another proxy"
             ),
+            Self::Outgoing(why) => write!(f, "outgoing source {why}"),
             Self::BlankReload(path) => write!(
                 f,
                 "{path} is empty (blanks and comments only): not applied over the running config, which \

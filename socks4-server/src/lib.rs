@@ -27,7 +27,11 @@
 //! - [`proxy`]: PROXY protocol headers from trusted load balancers (`--proxy-protocol`);
 //! - [`upstream`]: routes through parent SOCKS4/4a proxies (`via`), failover and their health;
 //! - [`chain`]: one request through a route's parents as a sans-IO machine ([`chain::Attempt`]);
-//! - [`step`]: the per-connection decisions between the handshake and the I/O ([`step::Decisions`]).
+//! - [`step`]: the per-connection decisions between the handshake and the I/O ([`step::Decisions`]);
+//! - [`egress`]: where outgoing connections leave from (`--outgoing`, a rule's `out`), and the one
+//!   function making every outgoing socket ([`egress::socket`]);
+//! - [`keepalive`]: TCP keepalive on relayed sockets (`--keepalive`);
+//! - [`unsafe_socks`]: `--warn-unsafe-socks`, the bounded warning about requests by IP address.
 //!
 //! ```
 //! use socks4_server::{ServerConfig, cli::ServerArgs};
@@ -106,8 +110,10 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod config_file;
+pub mod egress;
 mod gcra;
 pub mod ident;
+pub mod keepalive;
 pub mod limits;
 pub mod linger;
 pub mod listen;
@@ -123,6 +129,7 @@ pub mod signals;
 mod stats;
 pub mod step;
 pub mod systemd;
+pub mod unsafe_socks;
 pub mod upstream;
 pub mod user_id;
 pub mod users;

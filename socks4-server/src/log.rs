@@ -1,15 +1,18 @@
 //! The one log line every adapter writes per connection, in one format:
 //!
 //! ```text
-//! conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=alice result=ok up=78 down=1256 ms=41 worker=2 reply=90
+//! conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=alice result=ok up=78 down=1256 ms=41 worker=2 reply=90 out=203.0.113.7
 //! ```
+//!
+//! `out` is the source address the outgoing connection (to the destination, or to the parent
+//! proxy) left from: the one `--outgoing` or the rule's `out` chose, else the system's.
 //!
 //! A missing field prints as `-` (`reply=-`: no reply was sent, e.g. the client left first). With
 //! `--log-format json` ([`LogFormat::Json`]) every log event is one JSON object, and the connection's
 //! has the same fields (a missing one is left out; numbers are numbers):
 //!
 //! ```text
-//! {"timestamp":"…","level":"INFO","message":"conn","client":"127.0.0.1:50522","cmd":"CONNECT","dest":"example.com:80","user":"alice","result":"ok","up":78,"down":1256,"ms":41,"worker":2,"reply":90,"target":"socks4_server::log"}
+//! {"timestamp":"…","level":"INFO","message":"conn","client":"127.0.0.1:50522","cmd":"CONNECT","dest":"example.com:80","user":"alice","result":"ok","up":78,"down":1256,"ms":41,"worker":2,"reply":90,"out":"203.0.113.7","target":"socks4_server::log"}
 //! ```
 //! The user id is the only peer-chosen free text, so bytes outside
 //! printable ASCII, spaces, `\` and `=` are escaped as `\xNN`: a client cannot forge fields or lines.
@@ -17,7 +20,7 @@
 //! `user:password`) prints as `NAME:***`: secrets stay out of logs.
 
 use std::fmt::{self, Display};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -67,8 +70,9 @@ pub const SHUTDOWN: &str = "server shutdown";
 ///     worker: Some(2),
 ///     reply: Some(socks4_core::ReplyCode::Granted),
 ///     users_file: false,
+///     out: Some([203, 0, 113, 7].into()),
 /// };
-/// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41 worker=2 reply=90");
+/// assert_eq!(line.to_string(), "conn client=127.0.0.1:50522 cmd=CONNECT dest=example.com:80 user=bob result=ok up=78 down=1256 ms=41 worker=2 reply=90 out=203.0.113.7");
 /// # Ok::<(), socks4_core::ParseError>(())
 /// ```
 pub struct ConnLine<'a> {
@@ -93,6 +97,9 @@ pub struct ConnLine<'a> {
     /// The server checks user ids against a users file: a malformed user id (perhaps a bare
     /// token) is then shown as its length only, `user=malformed(len=N)`.
     pub users_file: bool,
+    /// The source address of the outgoing connection (CONNECT, directly or to the parent), once
+    /// connected.
+    pub out: Option<IpAddr>,
 }
 
 /// Prints an optional value, or `-`.
@@ -156,6 +163,7 @@ impl ConnLine<'_> {
             ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
             worker = self.worker.map(|w| w as u64),
             reply = self.reply.map(|r| u64::from(r.code())),
+            out = self.out.map(tracing::field::display),
             "conn"
         );
     }
@@ -171,7 +179,8 @@ impl Display for ConnLine<'_> {
             None => f.write_str("cmd=- dest=- user=-")?,
         }
         write!(f, " result={} up={} down={} ms={}", self.result, self.up, self.down, self.elapsed.as_millis())?;
-        write!(f, " worker={} reply={}", OrDash(self.worker), OrDash(self.reply.map(ReplyCode::code)))
+        write!(f, " worker={} reply={}", OrDash(self.worker), OrDash(self.reply.map(ReplyCode::code)))?;
+        write!(f, " out={}", OrDash(self.out))
     }
 }
 
@@ -225,10 +234,11 @@ mod tests {
             worker: None,
             reply: None,
             users_file: false,
+            out: None,
         };
         assert_eq!(
             line.to_string(),
-            "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000 worker=- reply=-"
+            "conn client=[::1]:9 cmd=- dest=- user=- result=handshake timed out up=0 down=0 ms=1000 worker=- reply=- out=-"
         );
         assert_eq!(UserId(b"\\\xff").to_string(), "\\x5c\\xff");
     }
@@ -250,6 +260,7 @@ mod tests {
             worker: Some(0),
             reply: Some(ReplyCode::Rejected),
             users_file: false,
+            out: None,
         };
         let text = line.to_string();
         assert!(text.contains(" user=alice:*** ") && !text.contains("s3cret"), "{text}");

@@ -284,6 +284,8 @@ struct WorkerCounters {
     connect: Histogram,
     resolve: Histogram,
     resolve_failures: AtomicU64,
+    /// Whole requests by protocol: SOCKS4 (by address), SOCKS4a (by name).
+    protocols: [AtomicU64; 2],
 }
 
 impl WorkerCounters {
@@ -508,6 +510,27 @@ impl Collector for Metrics {
             .map(|(i, l)| (&l[..], self.sum(|w| load(&w.requests[i / REPLIES.len()][i % REPLIES.len()]))))
             .collect();
         counters(&mut e, "socks4_requests", "Requests answered, by command and (last) reply code.", &requests)?;
+        let protocols: [Series<'_, u64>; 2] = [
+            (&[("protocol", "socks4")], self.sum(|w| load(&w.protocols[0]))),
+            (&[("protocol", "socks4a")], self.sum(|w| load(&w.protocols[1]))),
+        ];
+        counters(
+            &mut e,
+            "socks4_protocol_requests",
+            "Whole requests by protocol: socks4 (an IP address), socks4a (a host name).",
+            &protocols,
+        )?;
+        // Outgoing sources (`--outgoing`, rules' `out`): the configured ones only, the process's.
+        let sources = crate::egress::totals();
+        let source_labels: Vec<[(&str, &str); 1]> = sources.iter().map(|(l, _)| [("source", l.as_str())]).collect();
+        let by_source: Vec<Series<'_, u64>> =
+            source_labels.iter().zip(&sources).map(|(l, (_, n))| (&l[..], *n)).collect();
+        counters(
+            &mut e,
+            "socks4_outgoing_connections",
+            "Outgoing connections made from a configured source (an address, `dev IFACE`, or `same`), by source.",
+            &by_source,
+        )?;
 
         let close_labels: Vec<[(&str, &str); 1]> = Close::ALL.iter().map(|c| [("reason", c.as_str())]).collect();
         let closed: Vec<Series<'_, u64>> =
@@ -595,6 +618,18 @@ pub struct ConnMeter {
     finished: bool,
     /// Not `Send`: the counters' single writer is the thread the meter started on.
     _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+/// Counts a whole request by its protocol, SOCKS4a (`socks4a`: a host name) or SOCKS4 (an
+/// address), in the calling worker's counters (`socks4_protocol_requests_total{protocol=...}`;
+/// nothing when metrics are off or the thread is no worker). The decisions call it once per
+/// request ([`step::Decisions`](crate::step::Decisions)).
+pub fn count_protocol(socks4a: bool) {
+    COUNTERS.with(|c| {
+        if let Some(c) = c.borrow().as_ref() {
+            bump(&c.protocols[usize::from(socks4a)], 1);
+        }
+    });
 }
 
 /// The worker the calling thread is (see [`Metrics::enter_worker`]), for a log line written

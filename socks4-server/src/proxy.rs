@@ -160,6 +160,7 @@ impl HeaderEnd {
             worker,
             reply: None,
             users_file: false,
+            out: None,
         };
         if self.is_health_check() {
             tracing::debug!("{line}");

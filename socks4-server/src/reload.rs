@@ -21,8 +21,10 @@
 //! - users file: a new verifier for connections accepted after the swap; it shares the running
 //!   one's verification threads and places, keeps the verified user ids of users whose line is
 //!   unchanged and which names verified before (see [`Verifier::reloaded`]);
-//! - rules, users file, timeouts, `max_connections`, `safe_socks`, `[limits]`, `[client_limits]`
-//!   and the log level apply to connections accepted after the swap; connections already accepted
+//! - rules (with their `out`), users file, timeouts, `max_connections`, `safe_socks`,
+//!   `warn_unsafe_socks`, `outgoing`, `keepalive`, `[limits]`, `[client_limits]` and the log
+//!   level apply to connections accepted after the swap (a source address not on this host is
+//!   refused, and the old config kept); connections already accepted
 //!   keep their snapshot to the end (a relay is never cut or re-checked by a reload);
 //! - listen addresses, `workers`, `reuseport`, `metrics` and `log_format` are bind-time settings: a change is listed in
 //!   [`Change::restart_needed`] (the server logs it) and otherwise ignored;
@@ -44,6 +46,7 @@ use arc_swap::ArcSwap;
 
 use crate::bandwidth::Bandwidth;
 use crate::config::{ConfigError, ServerConfig};
+use crate::egress::Egress;
 use crate::limits::{Limiter, Refusal};
 use crate::metrics::{Metrics, RefusalTotals};
 use crate::proxy::guard_own_listeners;
@@ -63,6 +66,9 @@ pub struct Snapshot {
     /// The bandwidth caps' shared buckets, `None` when no cap is set (shared with the next
     /// snapshot while the caps are equal).
     pub bandwidth: Option<Arc<Bandwidth>>,
+    /// Where outgoing connections leave from: `outgoing` and the rules' `out`, indexed like
+    /// `config.rules` (see [`egress`](crate::egress)).
+    pub egress: Egress,
     /// The rules as configured; `config.rules` adds the guard of the server's own listeners when
     /// PROXY headers are trusted (see [`guard_own_listeners`]).
     configured_rules: Rules,
@@ -93,7 +99,8 @@ impl Snapshot {
             Some(old) if old.config.bandwidth == config.bandwidth => old.bandwidth.clone(),
             _ => config.bandwidth(Instant::now()),
         };
-        Ok(Self { config, verifier, limiter, bandwidth, configured_rules })
+        let egress = Egress::new(&config);
+        Ok(Self { config, verifier, limiter, bandwidth, egress, configured_rules })
     }
 }
 
@@ -255,6 +262,8 @@ mod tests {
     fn a_bad_config_keeps_the_old_snapshot() {
         let live = LiveConfig::new(ServerConfig::default()).unwrap();
         let before = live.snapshot();
+        let elsewhere = config(|c| c.outgoing = vec!["192.0.2.1".parse().unwrap()]);
+        assert!(matches!(live.replace(elsewhere), Err(ConfigError::Outgoing(_))), "not an address of this host");
         let bad = config(|c| c.max_connections = 0);
         assert_eq!(live.replace(bad).unwrap_err(), ConfigError::Zero("max_connections"));
         let missing_users = config(|c| c.users = Some("/nonexistent/users".into()));
@@ -299,6 +308,18 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &second), "a new verifier");
         assert_eq!(second.check_cached(b"alice:t"), Some(Ok(())), "alice's line is unchanged: still verified");
         assert_eq!(second.hashes_computed(), 1, "the same threads and counts");
+    }
+
+    #[test]
+    fn outgoing_sources_apply_to_new_connections() {
+        let live = LiveConfig::new(ServerConfig::default()).unwrap();
+        let before = live.snapshot();
+        live.replace(config(|c| c.outgoing = vec!["127.0.0.2".parse().unwrap()])).unwrap();
+        let dest = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(before.egress.pick(None, dest, None), crate::egress::Source::Any, "the old snapshot's");
+        let after = live.snapshot();
+        let now = after.egress.pick(None, dest, None);
+        assert_eq!(now, crate::egress::Source::Addr("127.0.0.2".parse().unwrap()));
     }
 
     #[test]

@@ -52,15 +52,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socks4_core::rules::{AccessRequest, Route};
-use socks4_core::{CloseReason, Failure, Misuse, Output, Reply, ReplyCode, ServerHandshake};
+use socks4_core::{CloseReason, Command, Dest, Failure, Misuse, Output, Reply, ReplyCode, Request, ServerHandshake};
 
 use crate::ServerConfig;
 use crate::chain::Attempt;
+use crate::egress::{Egress, Outgoing};
 use crate::limits::Admission;
 use crate::proxy;
 use crate::upstream::{self, Authorized, ChainTarget, Upstreams};
@@ -167,10 +168,24 @@ enum UserCheck {
 /// What one connection decided so far: the users-file check and the route of the rule that
 /// allowed it. Small (a direct connection pays one word and a byte); keep it with the
 /// connection and ask [`next`](Self::next) after each input.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decisions {
     user: UserCheck,
+    /// The request was counted (protocol) and, under `--warn-unsafe-socks`, looked at.
+    noted: bool,
+    /// The index of the rule that allowed the request, for its `out`; [`NO_RULE`] before (or
+    /// without) one. A `u32`: the whole stays two words.
+    rule: u32,
     route: Option<Box<Route>>,
+}
+
+/// [`Decisions::rule`] before a rule allowed the request.
+const NO_RULE: u32 = u32::MAX;
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Self { user: UserCheck::Todo, noted: false, rule: NO_RULE, route: None }
+    }
 }
 
 impl Decisions {
@@ -201,6 +216,12 @@ impl Decisions {
         check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>,
     ) -> Result<Step, Misuse> {
         let users_file = cx.verifier.is_some();
+        if !self.noted {
+            if let Some(req) = hs.request() {
+                self.noted = true;
+                note_request(&req, cx);
+            }
+        }
         loop {
             let output = hs.poll_output();
             let (host, port) = match output {
@@ -305,6 +326,20 @@ impl Decisions {
         self.user == UserCheck::Pending
     }
 
+    /// The index (in the snapshot's `config.rules`) of the rule that allowed the request, once
+    /// one did: its `out` says where the outgoing connection leaves from.
+    pub fn rule(&self) -> Option<usize> {
+        (self.rule != NO_RULE).then_some(self.rule as usize)
+    }
+
+    /// How this connection's outgoing sockets are made ([`Step::Connect`], and a
+    /// [`Step::Chain`]'s connects to parents): the source the allowing rule's `out` or the
+    /// server's `outgoing` names, from the snapshot's `egress`. `arrived_on`: the address the
+    /// client connected to (asked only for `out same`).
+    pub fn outgoing<'e>(&self, egress: &'e Egress, arrived_on: impl FnOnce() -> Option<IpAddr>) -> Outgoing<'e> {
+        Outgoing::new(egress, self.rule(), arrived_on)
+    }
+
     /// At `Authorize`: the embedder's check, the users file, then the rules; `Some(step)` when the
     /// driver has work.
     fn authorize(
@@ -343,10 +378,21 @@ impl Decisions {
             }
         }
         let named = cx.verifier.is_some();
-        if let Authorized::Via(route) = upstream::authorize(hs, cx.now, &cx.config.rules, cx.client.ip(), named)? {
+        let (authorized, rule) = upstream::authorize_by_rule(hs, cx.now, &cx.config.rules, cx.client.ip(), named)?;
+        self.rule = rule.and_then(|i| u32::try_from(i).ok()).filter(|&i| i != NO_RULE).unwrap_or(NO_RULE);
+        if let Authorized::Via(route) = authorized {
             self.route = Some(Box::new(route));
         }
         Ok(None)
+    }
+}
+
+/// A whole request arrived: counts its protocol, and under `--warn-unsafe-socks` warns about a
+/// CONNECT by address (bounded: [`unsafe_socks`](crate::unsafe_socks)).
+fn note_request(req: &Request<'_>, cx: &Context<'_>) {
+    crate::metrics::count_protocol(matches!(req.dest, Dest::Domain(_)));
+    if let (true, Command::Connect, Dest::Ip(ip)) = (cx.config.warn_unsafe_socks, req.command, req.dest) {
+        crate::unsafe_socks::warn(cx.client.ip(), SocketAddrV4::new(ip, req.port), cx.at);
     }
 }
 

@@ -163,7 +163,25 @@ pub fn authorize(
     client: IpAddr,
     users_file: bool,
 ) -> Result<Authorized, Misuse> {
-    let Some(req) = hs.access_request() else { return hs.authorize(now, rules, client).map(|_| Authorized::Direct) };
+    authorize_by_rule(hs, now, rules, client, users_file).map(|(authorized, _)| authorized)
+}
+
+/// [`authorize`], also giving the index of the rule that allowed the request (`None`: denied, or
+/// no rules), whose `out` the outgoing connection follows (see [`egress`](crate::egress)).
+///
+/// # Errors
+///
+/// As [`authorize`].
+pub fn authorize_by_rule(
+    hs: &mut ServerHandshake,
+    now: Duration,
+    rules: &Rules,
+    client: IpAddr,
+    users_file: bool,
+) -> Result<(Authorized, Option<usize>), Misuse> {
+    let Some(req) = hs.access_request() else {
+        return hs.authorize(now, rules, client).map(|_| (Authorized::Direct, None));
+    };
     let req = if users_file { crate::users::named(req) } else { req };
     let decision = rules.decide(client.to_canonical(), &req);
     let route = rules.route(&decision).cloned();
@@ -174,11 +192,11 @@ pub fn authorize(
             } else {
                 hs.accept(now)?
             }
-            Ok(route.map_or(Authorized::Direct, Authorized::Via))
+            Ok((route.map_or(Authorized::Direct, Authorized::Via), decision.rule))
         }
         _ => {
             hs.reject(ReplyCode::Rejected)?;
-            Ok(Authorized::Direct)
+            Ok((Authorized::Direct, None))
         }
     }
 }

@@ -39,8 +39,14 @@ impl Runtime for AsyncStd {
             .map_err(|_| io::Error::other("could not register the socket with the reactor"))
     }
 
-    async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
-        future::or(TcpStream::connect(addr), async {
+    async fn connect_socket(socket: socket2::Socket, addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
+        // async-std cannot wait for writability: the connect is waited for with async-io (the
+        // reactor async-std runs on), then the socket is handed to async-std.
+        let connect = async {
+            let stream = crate::runtime::connect_async_io(socket, addr).await?;
+            Self::from_std(stream.into_inner()?)
+        };
+        future::or(connect, async {
             Self::sleep(timeout).await;
             Err(io::ErrorKind::TimedOut.into())
         })

@@ -42,8 +42,8 @@ impl Runtime for Smol {
         Async::new_nonblocking(stream)
     }
 
-    async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
-        future::or(Async::<TcpStream>::connect(addr), async {
+    async fn connect_socket(socket: socket2::Socket, addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
+        future::or(connect_async_io(socket, addr), async {
             Self::sleep(timeout).await;
             Err(io::ErrorKind::TimedOut.into())
         })
@@ -113,5 +113,18 @@ impl Runtime for Smol {
     fn fd(stream: &Self::Stream) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         Some(stream.get_ref().as_fd())
+    }
+}
+
+/// Connects a new non-blocking socket with async-io (what `Async::<TcpStream>::connect` does
+/// with a socket of its own): start the connect, wait until writable, read the pending error.
+/// async-std's runtime uses it too (it has no writability wait of its own).
+pub(crate) async fn connect_async_io(socket: socket2::Socket, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+    socks4_server::egress::connect_started(&socket, addr)?;
+    let stream = Async::new_nonblocking(TcpStream::from(socket))?;
+    stream.writable().await?;
+    match stream.get_ref().take_error()? {
+        None => Ok(stream),
+        Some(e) => Err(e),
     }
 }

@@ -6,13 +6,13 @@
 //! and [`Conn::rearm`] re-registers exactly what the current state wants.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use polling::{Event, Poller};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::SockAddr;
 use socks4_core::driver::Candidates;
 use socks4_core::rules::Parent;
 use socks4_core::{CloseReason, Failure, Fault, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide};
@@ -269,6 +269,8 @@ pub(crate) struct Conn {
     ident: Option<Box<Ident>>,
     /// The parent proxy the connection went through (or tried last), for the log line.
     via: Option<Box<Parent>>,
+    /// The outgoing connection's source address, for the log line.
+    source: Option<IpAddr>,
     /// The deadline of this connection's live timer entry, if any.
     pub(crate) scheduled: Option<Instant>,
     proxy: Proxy,
@@ -323,6 +325,7 @@ impl Conn {
             parent_io: Interest::default(),
             ident: None,
             via: None,
+            source: None,
             scheduled: None,
             proxy,
         };
@@ -783,7 +786,10 @@ impl Conn {
                     self.via = attempt.via().cloned().map(Box::new);
                     match (answer.to, answer.result.is_ok()) {
                         (_, false) => self.drop_socket(ctx.poller, Side::Upstream),
-                        (AnswerTo::Connect, true) => self.meter.connected(),
+                        (AnswerTo::Connect, true) => {
+                            self.meter.connected();
+                            self.source = self.upstream.as_ref().and_then(|u| u.local_addr().ok()).map(|a| a.ip());
+                        }
                         (AnswerTo::Listen, true) => {
                             // A new phase: the client is watched again (leaving ends the wait).
                             self.meter.enter(Phase::BindWait);
@@ -893,8 +899,9 @@ impl Conn {
     /// Answers the handshake's connect: the connection, or the name's next address to try (none
     /// after a timeout: the phase's time is used up), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
-        if result.is_ok() {
+        if let Ok(local) = result {
             self.meter.connected();
+            self.source = Some(local.ip());
         }
         match result.map_err(|e| (e, self.candidates.next_after(e))) {
             Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
@@ -903,8 +910,11 @@ impl Conn {
     }
 
     /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
+    /// The socket is made by the connection's [`Outgoing`](socks4_server::egress::Outgoing): from
+    /// the source the rule's `out` or `--outgoing` names.
     fn start_connect(&mut self, addr: SocketAddr) -> Option<Result<SocketAddr, Failure>> {
-        let socket = match new_nonblocking_socket(Domain::for_address(addr)) {
+        let outgoing = self.decisions.outgoing(&self.snapshot.egress, || self.client.local_addr().ok().map(|a| a.ip()));
+        let socket = match outgoing.socket(addr) {
             Ok(s) => s,
             Err(e) => return Some(Err(Failure::from(&e))),
         };
@@ -914,6 +924,9 @@ impl Conn {
         match result {
             Ok(()) => {
                 let local = stream.local_addr().map_err(|e| Failure::from(&e));
+                if let Ok(local) = local {
+                    outgoing.connected(local);
+                }
                 self.upstream = Some(stream);
                 Some(local)
             }
@@ -935,6 +948,9 @@ impl Conn {
             Ok(Some(e)) | Err(e) => Err(Failure::from(&e)),
             Ok(None) => stream.local_addr().map_err(|e| Failure::from(&e)),
         };
+        if let Ok(local) = result {
+            self.decisions.outgoing(&self.snapshot.egress, || None).connected(local);
+        }
         self.connecting = false;
         if self.ident.is_some() {
             let ended = match result {
@@ -1002,6 +1018,11 @@ impl Conn {
         }
         let now = self.relay_clock(ctx);
         self.meter.enter(Phase::Relaying);
+        if let (Some(keepalive), Some(upstream)) = (&self.snapshot.config.keepalive, &self.upstream) {
+            // Best effort, like TCP_NODELAY: a socket that refuses still relays.
+            let _ = keepalive.apply(socket2::SockRef::from(&self.client));
+            let _ = keepalive.apply(socket2::SockRef::from(upstream));
+        }
         self.relay = Relay::new(now, self.snapshot.config.timeouts.idle);
         self.bandwidth = self.snapshot.bandwidth.as_deref().map(|b| {
             let user = self.hs.request().map(|r| users::user_name(r.user_id));
@@ -1233,6 +1254,7 @@ impl Conn {
             worker: self.meter.worker(),
             reply: self.meter.reply(),
             users_file: self.snapshot.verifier.is_some(),
+            out: self.source,
         };
         line.log();
     }
@@ -1297,19 +1319,8 @@ fn pump_one(
 }
 
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).
-fn new_nonblocking_socket(domain: Domain) -> io::Result<Socket> {
-    #[cfg(target_os = "linux")]
-    return Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP));
-    #[cfg(not(target_os = "linux"))]
-    {
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    }
-}
-
 fn is_in_progress(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS)
+    socks4_server::egress::is_in_progress(e)
 }
 
 #[cfg(test)]

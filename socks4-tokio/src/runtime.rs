@@ -28,8 +28,10 @@ impl Runtime for Tokio {
         TcpStream::from_std(stream)
     }
 
-    async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    async fn connect_socket(socket: socket2::Socket, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        // Non-blocking already, and not connected: tokio's connect starts it and waits.
+        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+        match tokio::time::timeout(timeout, socket.connect(addr)).await {
             Ok(connected) => connected,
             Err(_elapsed) => Err(io::ErrorKind::TimedOut.into()),
         }

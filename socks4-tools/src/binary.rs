@@ -16,7 +16,11 @@ use crate::targets::EchoTarget;
 use crate::wire;
 
 mod auth;
+mod egress;
 pub use auth::{users_burst, users_flood_fairness, users_memory_bounded};
+pub use egress::{
+    keepalive_on_relayed_sockets, outgoing_refused_at_start, outgoing_rotation, outgoing_same_same, warn_unsafe_socks,
+};
 mod operations;
 mod ops;
 pub use operations::{healthz_beside_idle_sockets, json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
@@ -615,6 +619,11 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_numeric_names", crate::chain::chain_numeric_names),
     ("chain_bind_by_name", crate::chain::chain_bind_by_name),
     ("chain_stalled_parent", crate::chain::chain_stalled_parent),
+    ("outgoing_rotation", outgoing_rotation),
+    ("outgoing_same_same", outgoing_same_same),
+    ("outgoing_refused_at_start", outgoing_refused_at_start),
+    ("keepalive_on_relayed_sockets", keepalive_on_relayed_sockets),
+    ("warn_unsafe_socks", warn_unsafe_socks),
     // Not in `binary_tests!`: each adapter's tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];

@@ -43,7 +43,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Failure> {
 }
 
 /// Scrapes `/metrics`: every sample by its series (`name{labels}`), and the text.
-fn scrape(addr: SocketAddr) -> Result<(HashMap<String, f64>, String), Failure> {
+pub(super) fn scrape(addr: SocketAddr) -> Result<(HashMap<String, f64>, String), Failure> {
     let (status, text) = http_get(addr, "/metrics")?;
     if status != 200 {
         return Err(Failure::new(format!("GET /metrics: {status}")));
@@ -58,16 +58,16 @@ fn scrape(addr: SocketAddr) -> Result<(HashMap<String, f64>, String), Failure> {
 }
 
 /// A server binary started with `--metrics`.
-struct WithMetrics {
-    server: Server,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    proxy: SocketAddr,
-    metrics: SocketAddr,
+pub(super) struct WithMetrics {
+    pub(super) server: Server,
+    pub(super) lines: Receiver<String>,
+    pub(super) seen: Vec<String>,
+    pub(super) proxy: SocketAddr,
+    pub(super) metrics: SocketAddr,
 }
 
 /// Starts `binary` with `args` and `--metrics 127.0.0.1:0`.
-fn start_with_metrics(binary: &Path, args: &[&str]) -> Result<WithMetrics, Failure> {
+pub(super) fn start_with_metrics(binary: &Path, args: &[&str]) -> Result<WithMetrics, Failure> {
     let mut all = vec!["--metrics", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let (server, lines, proxy, mut seen) = start(binary, &all)?;

@@ -203,7 +203,7 @@ pub fn shutdown_cut_resets(binary: &Path) -> Result<Outcome, Failure> {
 }
 
 /// Runs `binary` with `args` to its end (at most 20 s); returns its status, stdout and stderr.
-fn run(binary: &Path, args: &[&str]) -> Result<(ExitStatus, String, String), Failure> {
+pub(super) fn run(binary: &Path, args: &[&str]) -> Result<(ExitStatus, String, String), Failure> {
     let mut child = Command::new(binary)
         .args(args)
         .stdin(Stdio::null())
