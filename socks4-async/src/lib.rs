@@ -47,6 +47,7 @@ use socks4_server::log::ConnLine;
 mod chain;
 pub mod client;
 mod conn;
+mod eyeballs;
 mod log;
 mod relay;
 mod runtime;

@@ -106,6 +106,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod config_file;
+pub mod eyeballs;
 mod gcra;
 pub mod ident;
 pub mod limits;

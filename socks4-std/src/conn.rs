@@ -2,7 +2,8 @@
 //! outgoing connect or BIND listener, then the relay, and a short linger after a rejection.
 //!
 //! A connection owns up to three sockets, each registered with the worker's poller under the key
-//! `slot * KEYS_PER_CONN + side`. Interest is one-shot: after each event the socket is disarmed,
+//! `slot * KEYS_PER_CONN + side`, and while it races a name's addresses (Happy Eyeballs) up to
+//! [`MAX_RACING`] attempts' sockets under `slot * KEYS_PER_CONN + RACE_KEY + k`. Interest is one-shot: after each event the socket is disarmed,
 //! and [`Conn::rearm`] re-registers exactly what the current state wants.
 
 use std::io::{self, Read, Write};
@@ -15,6 +16,7 @@ use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
 use socks4_core::rules::Parent;
+use socks4_server::eyeballs::MAX_RACING;
 use socks4_core::{CloseReason, Failure, Fault, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide};
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::chain::{AnswerTo, Attempt, Io};
@@ -29,12 +31,19 @@ use socks4_server::step::{Context, Decisions, Step};
 use socks4_server::upstream::{Upstreams, Via};
 use socks4_server::users::{self, AuthError, Verification};
 
+use crate::race::{RaceEnd, Racing};
 use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
 use crate::resolver::{Job, Task};
 use crate::worker::Msg;
 
-/// Poller keys per connection.
-pub(crate) const KEYS_PER_CONN: usize = 4;
+/// Poller keys per connection: its three sides, the race's attempts, and (the last) a worker's
+/// listener.
+pub(crate) const KEYS_PER_CONN: usize = 8;
+
+/// The first of a connection's keys for its race's attempts (up to [`MAX_RACING`]).
+pub(crate) const RACE_KEY: usize = 3;
+
+const _: () = assert!(RACE_KEY + MAX_RACING < KEYS_PER_CONN, "the race's keys overlap the listener's");
 
 /// Which of a connection's sockets an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +221,8 @@ pub(crate) struct Conn {
     snapshot: Arc<Snapshot>,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
-    /// A SOCKS4a name's further addresses.
-    candidates: Candidates,
+    /// Happy Eyeballs: a name's addresses being raced (boxed: one word when not racing).
+    racing: Option<Box<Racing>>,
     out: Outbox,
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
@@ -272,7 +281,7 @@ impl Conn {
             admission,
             snapshot,
             early: Vec::new(),
-            candidates: Candidates::default(),
+            racing: None,
             out: Outbox::default(),
             hs_deadline,
             registered: [false; 3],
@@ -309,7 +318,8 @@ impl Conn {
         match &self.stage {
             Stage::Handshake => {
                 let parent = self.attempt.as_ref().and_then(|a| a.deadline());
-                [self.hs_deadline, parent].into_iter().flatten().min()
+                let race = self.racing.as_ref().and_then(|r| r.deadline());
+                [self.hs_deadline, parent, race].into_iter().flatten().min()
             }
             Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
@@ -369,6 +379,8 @@ impl Conn {
                 if let Some(attempt) = self.attempt.as_deref_mut() {
                     attempt.handle_timeout(ctx.now);
                 }
+                // The race's stagger: start the next attempt (or end the race at its deadline).
+                self.pump_race(ctx);
                 // A chained connect is bounded by its own timeout per parent, not the handshake's.
                 if !self.reaching_parent() {
                     self.handshake_timeout(ctx);
@@ -416,16 +428,60 @@ impl Conn {
     }
 
     /// The answer to its SOCKS4a lookup.
-    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
-        self.candidates = candidates;
-        let first = self.candidates.first();
+    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, lookup: io::Result<Vec<SocketAddr>>) {
+        if !matches!(self.stage, Stage::Handshake) {
+            return;
+        }
+        let cx = Context {
+            config: &self.snapshot.config,
+            verifier: self.snapshot.verifier.as_ref(),
+            client: self.client_addr,
+            proxied: matches!(self.proxy, Proxy::Proxied),
+            upstreams: Upstreams::global(),
+            now: ctx.clock(),
+            at: ctx.now,
+        };
+        // Fails only if the handshake stopped waiting for it (it timed out meanwhile).
+        let Ok(found) = self.decisions.resolved(&mut self.hs, &cx, lookup) else { return };
         if self.meter.phase() == Phase::Resolving {
-            self.meter.resolved(first.is_ok());
+            self.meter.resolved(found);
         }
-        if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
+        self.drive(ctx);
+        self.rearm(ctx.poller);
+    }
+
+    /// Readiness of one of its race's attempts (`k`: which race key).
+    pub(crate) fn on_race_event(&mut self, ctx: &mut Ctx<'_>, k: usize) {
+        let Some(racing) = self.racing.as_deref_mut() else { return };
+        if !matches!(self.stage, Stage::Handshake) || !(RACE_KEY..RACE_KEY + MAX_RACING).contains(&k) {
+            return;
+        }
+        racing.on_event(ctx.poller, k - RACE_KEY, ctx.now);
+        if self.pump_race(ctx) {
             self.drive(ctx);
-            self.rearm(ctx.poller);
         }
+        self.rearm(ctx.poller);
+    }
+
+    /// Drives the race, if one runs; true once it answered the handshake (drive it next).
+    fn pump_race(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(racing) = self.racing.as_deref_mut() else { return false };
+        let (base, now) = (self.slot * KEYS_PER_CONN, ctx.clock());
+        let result = match racing.pump(ctx.poller, base, ctx.now) {
+            RaceEnd::Pending => return false,
+            RaceEnd::Won(stream) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().map_err(|e| Failure::from(&e));
+                // `rearm` registers it as the upstream side.
+                self.drop_socket(ctx.poller, Side::Upstream);
+                self.upstream = Some(stream);
+                local
+            }
+            RaceEnd::Failed(failure) => Err(failure),
+        };
+        self.racing = None;
+        self.connect_done(now, result);
+        true
     }
 
     /// The answer to the lookup of a parent proxy's name (the attempt's `parent`-th).
@@ -653,6 +709,12 @@ impl Conn {
                     }
                     started = true;
                 }
+                Step::Race(race) => {
+                    self.meter.enter(Phase::Connecting);
+                    self.racing = Some(Racing::new(*race));
+                    self.pump_race(ctx);
+                    started = true;
+                }
                 Step::Chain(attempt) => {
                     started = true;
                     if !attempt.is_bind() {
@@ -808,40 +870,30 @@ impl Conn {
         }
     }
 
-    /// Answers the handshake's connect: the connection, or the name's next address to try (none
-    /// after a timeout: the phase's time is used up), or the failure.
+    /// Answers the handshake's connect: the connection (its local address), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
         if result.is_ok() {
             self.meter.connected();
         }
-        match result.map_err(|e| (e, self.candidates.next_after(e))) {
-            Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
-            result => drop(self.hs.handle_connected(now, result.map_err(|(e, _)| e))),
-        }
+        // Fails only if the handshake ended meanwhile.
+        let _ = self.hs.handle_connected(now, result);
     }
 
     /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
     fn start_connect(&mut self, addr: SocketAddr) -> Option<Result<SocketAddr, Failure>> {
-        let socket = match new_nonblocking_socket(Domain::for_address(addr)) {
-            Ok(s) => s,
-            Err(e) => return Some(Err(Failure::from(&e))),
-        };
-        let result = socket.connect(&SockAddr::from(addr));
-        let stream = TcpStream::from(socket);
-        let _ = stream.set_nodelay(true);
-        match result {
-            Ok(()) => {
+        match start_connect(addr) {
+            Ok((stream, true)) => {
                 let local = stream.local_addr().map_err(|e| Failure::from(&e));
                 self.upstream = Some(stream);
                 Some(local)
             }
-            Err(e) if is_in_progress(&e) => {
+            Ok((stream, false)) => {
                 self.upstream = Some(stream);
                 // `rearm` registers it for writability.
                 self.connecting = true;
                 None
             }
-            Err(e) => Some(Err(Failure::from(&e))),
+            Err(failure) => Some(Err(failure)),
         }
     }
 
@@ -1097,6 +1149,9 @@ impl Conn {
     }
 
     fn drop_upstream(&mut self, poller: &Poller) {
+        if let Some(mut racing) = self.racing.take() {
+            racing.close(poller);
+        }
         self.drop_socket(poller, Side::Upstream);
         self.drop_socket(poller, Side::Listener);
     }
@@ -1200,6 +1255,20 @@ fn pump_one(
     tracing::debug!("relay: {on}: {e}");
     relay.handle_error(now, on, Fault::from(&e));
     true
+}
+
+/// Starts a non-blocking connect to `addr` (no source port bound first): the socket, and whether
+/// it connected at once (else it is in progress: writable when done).
+pub(crate) fn start_connect(addr: SocketAddr) -> Result<(TcpStream, bool), Failure> {
+    let socket = new_nonblocking_socket(Domain::for_address(addr)).map_err(|e| Failure::from(&e))?;
+    let result = socket.connect(&SockAddr::from(addr));
+    let stream = TcpStream::from(socket);
+    let _ = stream.set_nodelay(true);
+    match result {
+        Ok(()) => Ok((stream, true)),
+        Err(e) if is_in_progress(&e) => Ok((stream, false)),
+        Err(e) => Err(Failure::from(&e)),
+    }
 }
 
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).

@@ -35,6 +35,7 @@
 
 mod client;
 mod conn;
+mod race;
 mod relay;
 mod resolver;
 mod server;

@@ -75,7 +75,7 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 fn answer(job: Job) {
     {
         let msg = match job.task {
-            Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, candidates: resolve(&host, port) },
+            Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, lookup: lookup(&host, port) },
             Task::Ident(client, local, timeout) => Msg::Ident {
                 slot: job.slot,
                 id: job.id,
@@ -91,7 +91,12 @@ fn answer(job: Job) {
     }
 }
 
-/// The addresses of `host` worth trying, in order.
+/// The addresses of `host`, in the resolver's order (the decisions order them for connecting).
+pub(crate) fn lookup(host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+/// The addresses of `host` worth trying, in order (a parent proxy's name).
 pub(crate) fn resolve(host: &str, port: u16) -> Candidates {
     Candidates::from_lookup((host, port).to_socket_addrs())
 }

@@ -1,0 +1,62 @@
+//! Happy Eyeballs on the async runtimes: performs a [`Race`]'s I/O (its attempts' connects and
+//! the stagger's timer) until one attempt connects or all fail. The policy — order, stagger,
+//! deadline, which addresses — is [`socks4_server::eyeballs`]'; socks4-std's poller follows the
+//! same machine.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Instant;
+
+use socks4_core::Failure;
+use socks4_server::eyeballs::{Race, RaceIo};
+
+use crate::runtime::Runtime;
+
+/// One attempt's connect in flight.
+type Connecting<S> = Pin<Box<dyn Future<Output = io::Result<S>>>>;
+
+/// Runs `race` to its end: the winner's stream, or why none connected. The other attempts are
+/// closed as soon as one wins (their futures, and so their sockets, are dropped); dropping this
+/// future (the client left) closes them all.
+pub(crate) async fn race<R: Runtime>(race: &mut Race) -> Result<R::Stream, Failure> {
+    let mut attempts: Vec<(usize, Connecting<R::Stream>)> = Vec::new();
+    let mut won: Option<R::Stream> = None;
+    let ends = race.ends_at();
+    loop {
+        let now = Instant::now();
+        match race.poll(now) {
+            RaceIo::Connect { attempt, addr } => {
+                attempts.push((attempt, Box::pin(R::connect(addr, ends.saturating_duration_since(now)))));
+            }
+            RaceIo::Wait { until } => {
+                let mut sleep = pin!(R::sleep(until.saturating_duration_since(now)));
+                let first = poll_fn(|cx| {
+                    for (i, (_, connecting)) in attempts.iter_mut().enumerate() {
+                        if let Poll::Ready(result) = connecting.as_mut().poll(cx) {
+                            return Poll::Ready(Some((i, result)));
+                        }
+                    }
+                    sleep.as_mut().poll(cx).map(|()| None)
+                })
+                .await;
+                let Some((i, result)) = first else { continue };
+                let (attempt, _) = attempts.swap_remove(i);
+                match result {
+                    Ok(stream) => {
+                        race.handle_connected(attempt);
+                        if race.is_winner(attempt) {
+                            won = Some(stream);
+                        }
+                    }
+                    Err(e) => race.handle_failed(attempt, Instant::now(), Failure::from(&e)),
+                }
+            }
+            // `attempts` (the others) are dropped on return: closed at once.
+            RaceIo::Won(_) => return won.ok_or(Failure::Other),
+            RaceIo::Failed(failure) => return Err(failure),
+            _ => return Err(Failure::Other),
+        }
+    }
+}
