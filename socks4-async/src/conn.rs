@@ -210,7 +210,7 @@ async fn handshake<R: Runtime, H: Hooks>(
             Step::Resolve { host, port } => {
                 log.meter.enter(Phase::Resolving);
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
-                let lookup = with_timeout::<R, _>(left, R::resolve(&host, port));
+                let lookup = with_timeout::<R, _>(left, crate::eyeballs::resolve::<R>(&config.names, &host, port));
                 match watched::<R, _>(client, lookup).await {
                     Ok(answer) => {
                         let found = misuse(decisions.resolved(&mut hs, &context(), answer))?;

@@ -5,14 +5,26 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::task::Poll;
 use std::time::Instant;
 
 use socks4_core::Failure;
+use socks4_server::config::NamesConfig;
 use socks4_server::eyeballs::{Race, RaceIo};
 
 use crate::runtime::Runtime;
+
+/// A SOCKS4a name's lookup: with our own resolver when `names` lists name servers
+/// ([`socks4_server::names`]), else the runtime's (the system's `getaddrinfo`).
+pub(crate) async fn resolve<R: Runtime>(names: &NamesConfig, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    match socks4_server::names::resolver_for(names) {
+        None => R::resolve(host, port).await,
+        Some(Ok(resolver)) => socks4_server::names::Lookup::start(&*resolver, host, port).await,
+        Some(Err(e)) => Err(e),
+    }
+}
 
 /// One attempt's connect in flight.
 type Connecting<S> = Pin<Box<dyn Future<Output = io::Result<S>>>>;

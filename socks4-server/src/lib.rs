@@ -114,6 +114,7 @@ pub mod linger;
 pub mod listen;
 pub mod log;
 pub mod metrics;
+pub mod names;
 pub mod proxy;
 pub mod reload;
 pub mod serve;

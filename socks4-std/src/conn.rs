@@ -16,10 +16,10 @@ use polling::{Event, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use socks4_core::driver::Candidates;
 use socks4_core::rules::Parent;
-use socks4_server::eyeballs::MAX_RACING;
 use socks4_core::{CloseReason, Failure, Fault, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide};
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::chain::{AnswerTo, Attempt, Io};
+use socks4_server::eyeballs::MAX_RACING;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
@@ -682,7 +682,7 @@ impl Conn {
                 Step::Resolve { host, port } => {
                     started = true;
                     self.meter.enter(Phase::Resolving);
-                    if !self.ask(ctx, Task::Resolve(host, port)) {
+                    if !self.ask_name(ctx, host, port) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
@@ -847,6 +847,13 @@ impl Conn {
     /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
     fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
         ask(ctx, self.slot, self.id, task)
+    }
+
+    /// Looks its SOCKS4a name up (our own resolver, or the pool's `getaddrinfo`).
+    fn ask_name(&self, ctx: &Ctx<'_>, host: String, port: u16) -> bool {
+        let task = Task::Resolve(host, port);
+        let job = Job { task, slot: self.slot, id: self.id, reply: ctx.inbox.clone(), poller: Arc::clone(ctx.poller) };
+        crate::resolver::submit_name(&self.snapshot.config.names, ctx.resolver, job)
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.

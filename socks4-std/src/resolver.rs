@@ -53,6 +53,34 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
+/// Runs a SOCKS4a name's lookup (`job`'s task is [`Task::Resolve`]): with our own resolver when
+/// `names` lists name servers (its callback answers the worker, at once when cached), else on the
+/// pool (`getaddrinfo`). False when it cannot be asked.
+pub(crate) fn submit_name(names: &socks4_server::config::NamesConfig, pool: &Sender<Job>, job: Job) -> bool {
+    let Task::Resolve(host, port) = &job.task else { return submit(pool, job) };
+    match socks4_server::names::resolver_for(names) {
+        None => submit(pool, job),
+        Some(Ok(resolver)) => {
+            let (host, port) = (host.clone(), *port);
+            let Job { slot, id, reply, poller, .. } = job;
+            resolver.lookup(
+                &host,
+                port,
+                Box::new(move |lookup| {
+                    if reply.send(Msg::Resolved { slot, id, lookup }).is_ok() {
+                        let _ = poller.notify();
+                    }
+                }),
+            );
+            true
+        }
+        Some(Err(e)) => {
+            tracing::warn!("our resolver: {e}");
+            false
+        }
+    }
+}
+
 /// Runs `job` on the pool; false when the pool is gone.
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
     pool.send(job).is_ok()

@@ -20,6 +20,8 @@ pub use auth::{users_burst, users_flood_fairness, users_memory_bounded};
 mod operations;
 mod ops;
 pub use operations::{healthz_beside_idle_sockets, json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
+mod names;
+pub use names::{happy_eyeballs, own_resolver};
 mod proxy;
 pub use proxy::{proxy_protocol, proxy_reentry};
 
@@ -504,6 +506,9 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_numeric_names", crate::chain::chain_numeric_names),
     ("chain_bind_by_name", crate::chain::chain_bind_by_name),
     ("chain_stalled_parent", crate::chain::chain_stalled_parent),
+    // --- Names: our own resolver, Happy Eyeballs. ---
+    ("own_resolver", own_resolver),
+    ("happy_eyeballs", happy_eyeballs),
     // Not in `binary_tests!`: each adapter's tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];
