@@ -3,16 +3,11 @@
 import sys
 import socks
 
+from http_get import get
+
 proxy_host, proxy_port, host, port, user, path, timeout = sys.argv[1:8]
 s = socks.socksocket()
 s.set_proxy(socks.SOCKS4, proxy_host, int(proxy_port), rdns=True, username=user or None)
 s.settimeout(float(timeout))
 s.connect((host, int(port)))
-s.settimeout(10)
-s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    sys.stdout.buffer.write(chunk)
-sys.stdout.flush()
+get(s, host, path)

@@ -4,14 +4,9 @@ import sys
 from python_socks import ProxyType
 from python_socks.sync import Proxy
 
+from http_get import get
+
 proxy_host, proxy_port, host, port, user, path, timeout = sys.argv[1:8]
 proxy = Proxy.create(ProxyType.SOCKS4, proxy_host, int(proxy_port), username=user or None, rdns=True)
 s = proxy.connect(dest_host=host, dest_port=int(port), timeout=float(timeout))
-s.settimeout(10)
-s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    sys.stdout.buffer.write(chunk)
-sys.stdout.flush()
+get(s, host, path)

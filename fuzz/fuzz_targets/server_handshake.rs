@@ -501,7 +501,11 @@ impl Driver {
                         Dest::Ip(ip) => assert_eq!((*addr, host.as_deref()), (Some(IpAddr::V4(ip)), None)),
                         Dest::Domain(name) => {
                             assert_eq!(host.as_deref(), Some(name));
-                            if self.forward && req.command == Command::Connect {
+                            let numeric = socks4_core::rules::numeric_host(name);
+                            if let Some(ip) = numeric {
+                                // A name written as a number is that address, in either mode.
+                                assert_eq!(*addr, Some(ip.to_canonical()), "a numeric name is its address");
+                            } else if self.forward && req.command == Command::Connect {
                                 assert_eq!(*addr, None, "a forwarded name has no address");
                             } else {
                                 let ip = addr.expect("a resolved name has an address");

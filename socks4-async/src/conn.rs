@@ -239,16 +239,13 @@ async fn handshake<R: Runtime, H: Hooks>(
             Step::Ident => {
                 let (peer, timeout) = (log.client, config.timeouts.ident);
                 let answer = match local_addr::<R>(client) {
-                    Ok(local) => {
-                        let ask = R::unblock(move || socks4_server::ident::ask_blocking(peer, local, timeout));
-                        match watched::<R, _>(client, ask).await {
-                            Ok(answer) => answer.unwrap_or(Err(Failure::Other)),
-                            Err(_) => {
-                                hs.handle_client_error(now());
-                                continue;
-                            }
+                    Ok(local) => match watched::<R, _>(client, crate::ident::ask::<R>(peer, local, timeout)).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            hs.handle_client_error(now());
+                            continue;
                         }
-                    }
+                    },
                     Err(e) => Err(Failure::from(&e)),
                 };
                 misuse(hs.handle_ident(now(), answer.as_ref().map_err(|e| *e).and_then(|a| a.reply())))?;

@@ -48,6 +48,7 @@ mod chain;
 pub mod client;
 mod conn;
 mod eyeballs;
+mod ident;
 mod log;
 mod relay;
 mod runtime;

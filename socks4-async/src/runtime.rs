@@ -51,7 +51,7 @@ pub trait Runtime: 'static {
     fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>>;
     /// Resolves `host` without blocking the event loop.
     fn resolve(host: &str, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>>;
-    /// Runs blocking `work` off the event loop (an ident query, an Argon2 verification). `None` if
+    /// Runs blocking `work` off the event loop (a lookup, an Argon2 verification). `None` if
     /// it could not finish (the runtime is shutting down, or the work panicked).
     fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> impl Future<Output = Option<T>>;
     /// Listens on `addr` (port 0 picks a free port).

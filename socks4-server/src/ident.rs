@@ -1,6 +1,9 @@
 //! Asking a client's identd (RFC 1413) for the handshake's [`Output::Ident`](socks4_core::Output::Ident),
-//! once for all adapters: a blocking query, to run on a blocking thread (tokio's `spawn_blocking`,
-//! smol's `unblock`, the std adapter's resolver pool), never on an event loop.
+//! once for all adapters: [`IdentAnswer`] is the exchange (the query to write, the answer read
+//! into it), which the servers perform on their event loops with a non-blocking socket (the
+//! async driver and socks4-std's poller), so that a client who leaves closes its identd
+//! connection at once and a slow identd holds a socket, never a thread. [`ask_blocking`] is the
+//! same exchange on a blocking socket, for programs of one's own.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +28,47 @@ impl std::fmt::Debug for IdentAnswer {
 }
 
 impl IdentAnswer {
+    /// The exchange about the connection `client` → `local` (our accepted socket's peer and local
+    /// addresses): write [`query`](Self::query) to [`identd`], then read into
+    /// [`unread`](Self::unread) and [`fill`](Self::fill) until [`wants_more`](Self::wants_more) is
+    /// false (or identd closes), then take [`reply`](Self::reply).
+    ///
+    /// ```
+    /// use socks4_server::ident::IdentAnswer;
+    ///
+    /// let (client, local) = ("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:1080".parse().unwrap());
+    /// let mut answer = IdentAnswer::new(client, local);
+    /// assert_eq!(answer.query(), b"40000, 1080\r\n");
+    /// let line = b"40000, 1080 : USERID : UNIX : alice\r\n";
+    /// answer.unread()[..line.len()].copy_from_slice(line);
+    /// answer.fill(line.len());
+    /// assert!(!answer.wants_more());
+    /// assert!(answer.reply().is_ok());
+    /// ```
+    pub fn new(client: SocketAddr, local: SocketAddr) -> Self {
+        Self { buf: Box::new([0; ident::MAX_REPLY_LEN]), len: 0, query: Query::new(client.port(), local.port()) }
+    }
+
+    /// The query line to write.
+    pub fn query(&self) -> &[u8] {
+        self.query.as_bytes()
+    }
+
+    /// Room for the next bytes of the answer (empty once [`ident::MAX_REPLY_LEN`] bytes came).
+    pub fn unread(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// `n` more bytes of the answer were read into [`unread`](Self::unread) (at most its length).
+    pub fn fill(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.buf.len());
+    }
+
+    /// Whether the answer's line is still unfinished and there is room for more of it.
+    pub fn wants_more(&self) -> bool {
+        self.len < self.buf.len() && matches!(self.reply(), Err(Failure::BadAnswer))
+    }
+
     /// The parsed reply for [`ServerHandshake::handle_ident`](socks4_core::ServerHandshake::handle_ident):
     /// a malformed or unfinished line is [`Failure::BadAnswer`] (reply 92).
     ///
@@ -40,6 +84,11 @@ impl IdentAnswer {
     }
 }
 
+/// The identd to ask about `client`: port 113 of its address.
+pub fn identd(client: SocketAddr) -> SocketAddr {
+    SocketAddr::new(client.ip(), ident::PORT)
+}
+
 /// Asks the identd of `client`'s host who owns the connection `client` → `local` (our accepted
 /// socket's peer and local addresses), within `timeout` for the whole exchange. Reads at most
 /// [`ident::MAX_REPLY_LEN`] bytes, stopping at the end of the first line. Blocking.
@@ -53,7 +102,7 @@ impl IdentAnswer {
 /// identd cannot be reached (refused, unreachable), [`Failure::BadAnswer`] when it closes before
 /// the end of its line.
 pub fn ask_blocking(client: SocketAddr, local: SocketAddr, timeout: Duration) -> Result<IdentAnswer, Failure> {
-    ask_blocking_at(SocketAddr::new(client.ip(), ident::PORT), client, local, timeout)
+    ask_blocking_at(identd(client), client, local, timeout)
 }
 
 fn ask_blocking_at(
@@ -62,18 +111,17 @@ fn ask_blocking_at(
     local: SocketAddr,
     timeout: Duration,
 ) -> Result<IdentAnswer, Failure> {
-    let query = Query::new(client.port(), local.port());
     let end = Instant::now() + timeout;
     let left = || end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or(Failure::TimedOut);
     let mut stream = TcpStream::connect_timeout(&identd, left()?).map_err(|e| Failure::from(&e))?;
     stream.set_write_timeout(Some(left()?)).map_err(|e| Failure::from(&e))?;
-    stream.write_all(query.as_bytes()).map_err(|e| Failure::from(&e))?;
-    let mut answer = IdentAnswer { buf: Box::new([0; ident::MAX_REPLY_LEN]), len: 0, query };
-    while answer.len < answer.buf.len() && matches!(answer.reply(), Err(Failure::BadAnswer)) {
+    let mut answer = IdentAnswer::new(client, local);
+    stream.write_all(answer.query()).map_err(|e| Failure::from(&e))?;
+    while answer.wants_more() {
         stream.set_read_timeout(Some(left()?)).map_err(|e| Failure::from(&e))?;
-        match stream.read(&mut answer.buf[answer.len..]) {
+        match stream.read(answer.unread()) {
             Ok(0) => break,
-            Ok(n) => answer.len += n,
+            Ok(n) => answer.fill(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => return Err(Failure::TimedOut),
             Err(e) => return Err(Failure::from(&e)),

@@ -93,9 +93,12 @@ pub fn resolver_for(names: &NamesConfig) -> Option<io::Result<Arc<dyn NameResolv
     Some(factory(names).inspect(|resolver| *current = Some((names.clone(), Arc::clone(resolver)))))
 }
 
+/// A lookup's answer once known, and who to wake for it.
+type Slot = Arc<Mutex<(Option<io::Result<Vec<SocketAddr>>>, Option<Waker>)>>;
+
 /// A lookup of a [`NameResolver`] as a runtime-neutral [`Future`] (for the async driver).
 pub struct Lookup {
-    slot: Arc<Mutex<(Option<io::Result<Vec<SocketAddr>>>, Option<Waker>)>>,
+    slot: Slot,
 }
 
 impl fmt::Debug for Lookup {
@@ -107,7 +110,7 @@ impl fmt::Debug for Lookup {
 impl Lookup {
     /// Starts looking `host` up with `resolver`.
     pub fn start(resolver: &dyn NameResolver, host: &str, port: u16) -> Self {
-        let slot: Arc<Mutex<(Option<_>, Option<Waker>)>> = Arc::new(Mutex::new((None, None)));
+        let slot: Slot = Arc::new(Mutex::new((None, None)));
         let answer = Arc::clone(&slot);
         resolver.lookup(
             host,
@@ -168,7 +171,7 @@ impl DnsStats {
 
     /// Each name server's latency histogram: cumulative bucket counts (upper bounds
     /// [`BUCKETS`], then infinity), the count, and the sum of the lookups' times in seconds.
-    pub fn latencies(&self) -> Vec<(SocketAddr, Vec<(f64, u64)>, u64, f64)> {
+    pub fn latencies(&self) -> Vec<ServerLatency> {
         let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
         servers
             .iter()
@@ -188,6 +191,10 @@ impl DnsStats {
             .collect()
     }
 }
+
+/// One name server's latency histogram: the server, cumulative buckets `(upper bound, count)`,
+/// the count and the sum in seconds.
+pub type ServerLatency = (SocketAddr, Vec<(f64, u64)>, u64, f64);
 
 /// The process's resolver counters.
 pub fn stats() -> &'static DnsStats {

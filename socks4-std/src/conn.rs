@@ -117,6 +117,40 @@ enum Stage {
     Done,
 }
 
+/// An ident exchange on the poller: the query is written in one go on the fresh connection (it
+/// is at most 13 bytes), then the answer read until its line ends or identd closes.
+#[derive(Debug)]
+struct Ident {
+    answer: IdentAnswer,
+    /// Whether the query was written.
+    asked: bool,
+}
+
+impl Ident {
+    /// Does what the socket allows: `None` while it waits (to write when not `asked`, else to
+    /// read), `Some` once the exchange ended.
+    fn exchange(&mut self, mut stream: &TcpStream) -> Option<Result<(), Failure>> {
+        let would_block = |e: &io::Error| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted);
+        if !self.asked {
+            match stream.write(self.answer.query()) {
+                Ok(n) if n == self.answer.query().len() => self.asked = true,
+                Ok(_) => return Some(Err(Failure::Other)),
+                Err(e) if would_block(&e) => return None,
+                Err(e) => return Some(Err(Failure::from(&e))),
+            }
+        }
+        while self.answer.wants_more() {
+            match stream.read(self.answer.unread()) {
+                Ok(0) => break,
+                Ok(n) => self.answer.fill(n),
+                Err(e) if would_block(&e) => return None,
+                Err(e) => return Some(Err(Failure::from(&e))),
+            }
+        }
+        Some(Ok(()))
+    }
+}
+
 /// A capped relay's bandwidth state (boxed in [`Conn`]: uncapped connections pay one word).
 #[derive(Debug)]
 struct Capped {
@@ -240,6 +274,8 @@ pub(crate) struct Conn {
     attempt: Option<Box<Attempt>>,
     /// What the attempt waits for on the parent's socket (besides a connect in progress).
     parent_io: Interest,
+    /// The ident exchange under way (its socket is `upstream`); boxed: one word.
+    ident: Option<Box<Ident>>,
     /// The parent proxy the connection went through (or tried last), for the log line.
     via: Option<Box<Parent>>,
     /// The deadline of this connection's live timer entry, if any.
@@ -294,6 +330,7 @@ impl Conn {
             meter: if matches!(proxy, Proxy::Off) { ConnMeter::start() } else { ConnMeter::idle() },
             attempt: None,
             parent_io: Interest::default(),
+            ident: None,
             via: None,
             scheduled: None,
             proxy,
@@ -492,15 +529,6 @@ impl Conn {
         self.rearm(ctx.poller);
     }
 
-    /// The answer to its ident query.
-    pub(crate) fn on_ident(&mut self, ctx: &mut Ctx<'_>, answer: &Result<IdentAnswer, Failure>) {
-        let reply = answer.as_ref().map_err(|e| *e).and_then(|a| a.reply());
-        if matches!(self.stage, Stage::Handshake) && self.hs.handle_ident(ctx.clock(), reply).is_ok() {
-            self.drive(ctx);
-            self.rearm(ctx.poller);
-        }
-    }
-
     /// The users file's verdict on its user id.
     pub(crate) fn on_user_checked(&mut self, ctx: &mut Ctx<'_>, verdict: Result<(), AuthError>) {
         if !matches!(self.stage, Stage::Handshake) || !self.decisions.user_pending() {
@@ -544,6 +572,11 @@ impl Conn {
                 }
             }
             Side::Upstream if writable && self.connecting => self.connect_progress(ctx),
+            // identd's socket is ready for the query or the answer.
+            Side::Upstream if (readable || writable) && self.ident.is_some() => {
+                let ended = self.ident_io(ctx);
+                ended.then(|| self.drive(ctx));
+            }
             // The chained attempt's socket is ready for what it waits for.
             Side::Upstream if (readable || writable) && self.attempt.is_some() => self.drive(ctx),
             Side::Listener if readable => self.accept_peer(ctx),
@@ -670,14 +703,8 @@ impl Conn {
                     self.meter.replied(reply.code);
                 }
                 Step::Ident => {
-                    let task = self
-                        .client
-                        .local_addr()
-                        .map(|local| Task::Ident(self.client_addr, local, self.snapshot.config.timeouts.ident));
                     started = true;
-                    if !task.is_ok_and(|task| self.ask(ctx, task)) {
-                        let _ = self.hs.handle_ident(now, Err(Failure::Other));
-                    }
+                    self.start_ident(ctx);
                 }
                 Step::Resolve { host, port } => {
                     started = true;
@@ -754,6 +781,7 @@ impl Conn {
                     // dropping a users-file check still queued withdraws it (its place is freed).
                     self.attempt = None;
                     self.verifying = None;
+                    self.ident = None;
                     self.result.get_or_insert(reason.to_string()); // unless why was said before
                     self.drop_upstream(ctx.poller);
                     if self.out.is_empty() {
@@ -844,9 +872,58 @@ impl Conn {
         answered
     }
 
-    /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
-    fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
-        ask(ctx, self.slot, self.id, task)
+    /// Connects to the client's identd (on `upstream`) and starts the exchange; the handshake is
+    /// answered at once if it cannot start, else when [`ident_io`](Self::ident_io) ends it.
+    fn start_ident(&mut self, ctx: &mut Ctx<'_>) {
+        let local = match self.client.local_addr() {
+            Ok(local) => local,
+            Err(e) => {
+                let _ = self.hs.handle_ident(ctx.clock(), Err(Failure::from(&e)));
+                return;
+            }
+        };
+        self.ident = Some(Box::new(Ident { answer: IdentAnswer::new(self.client_addr, local), asked: false }));
+        match self.start_connect(socks4_server::ident::identd(self.client_addr)) {
+            None => {} // `connecting`: writable when done
+            Some(Ok(_)) => {
+                self.ident_io(ctx);
+            }
+            Some(Err(e)) => self.ident_ended(ctx, Err(e)),
+        }
+    }
+
+    /// Writes the ident query and reads the answer as far as the socket allows; true once the
+    /// exchange ended (the handshake has identd's answer: drive it next).
+    fn ident_io(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(mut ident) = self.ident.take() else { return false };
+        self.parent_io = Interest::default();
+        let result = match self.upstream.as_ref() {
+            Some(stream) => ident.exchange(stream),
+            None => Some(Err(Failure::Other)),
+        };
+        match result {
+            None => {
+                (self.parent_io.read, self.parent_io.write) = (ident.asked, !ident.asked);
+                self.ident = Some(ident);
+                false
+            }
+            Some(result) => {
+                self.ident = Some(ident);
+                self.ident_ended(ctx, result);
+                true
+            }
+        }
+    }
+
+    /// The ident exchange ended (`Ok` when identd answered or closed): its socket is closed and
+    /// the handshake has the answer.
+    fn ident_ended(&mut self, ctx: &mut Ctx<'_>, result: Result<(), Failure>) {
+        self.drop_socket(ctx.poller, Side::Upstream);
+        self.parent_io = Interest::default();
+        let Some(ident) = self.ident.take() else { return };
+        let reply = result.and_then(|()| ident.answer.reply());
+        // Fails only if the handshake ended meanwhile.
+        let _ = self.hs.handle_ident(ctx.clock(), reply);
     }
 
     /// Looks its SOCKS4a name up (our own resolver, or the pool's `getaddrinfo`).
@@ -913,6 +990,15 @@ impl Conn {
             Ok(None) => stream.local_addr().map_err(|e| Failure::from(&e)),
         };
         self.connecting = false;
+        if self.ident.is_some() {
+            match result {
+                Ok(_) => {
+                    self.ident_io(ctx);
+                }
+                Err(e) => self.ident_ended(ctx, Err(e)),
+            }
+            return self.drive(ctx);
+        }
         if let Some(attempt) = self.attempt.as_deref_mut() {
             attempt.handle_connected(ctx.now, result.map(drop));
             return self.drive(ctx);
@@ -1304,12 +1390,13 @@ mod size_tests {
     /// only when routed, and the users-file check); a chained attempt and the parent it went
     /// through one word each (boxes, only when routed); the live config snapshot one word; the
     /// metrics meter about 64 bytes (its clock readings; inert without `--metrics`) and the PROXY
-    /// header state 16; a pending users-file check (its `Verification`, boxed) one word. 1,120
-    /// bytes before those (at b7064a8), 1,256 with them.
+    /// header state 16; a pending users-file check (its `Verification`, boxed) one word; an ident
+    /// exchange on the poller one word (a box, only while identd is asked). 1,120 bytes before
+    /// those (at b7064a8), 1,264 with them.
     #[test]
     fn conn_is_small() {
         let size = size_of::<Conn>();
         println!("Conn: {size} bytes");
-        assert!(size <= 1256, "Conn is {size} bytes");
+        assert!(size <= 1264, "Conn is {size} bytes");
     }
 }

@@ -1,5 +1,5 @@
-//! Blocking work off the event loops (SOCKS4a and parent proxies' names with `getaddrinfo`, ident
-//! queries): a small pool of threads answering each worker through its channel and its poller's
+//! Blocking work off the event loops (SOCKS4a and parent proxies' names with `getaddrinfo`; ident
+//! queries run on the pollers, see `Conn::start_ident`): a small pool of threads answering each worker through its channel and its poller's
 //! `notify`. (Users-file checks run on the verifier's own threads, with its bounded places: see
 //! [`Verifier::verify`](socks4_server::users::Verifier::verify).)
 
@@ -21,13 +21,11 @@ pub(crate) const RESOLVER_THREADS: usize = 4;
 pub(crate) enum Task {
     /// Look up a SOCKS4a host name (the port is only passed to `getaddrinfo`).
     Resolve(String, u16),
-    /// Ask the identd of the client (`client` → `local`) within the timeout.
-    Ident(std::net::SocketAddr, std::net::SocketAddr, std::time::Duration),
     /// Look up a parent proxy's name for a chained attempt (its `usize`-th parent).
     ResolveParent(String, u16, usize),
 }
 
-/// One lookup (or ident query) to do.
+/// One lookup to do.
 pub(crate) struct Job {
     /// What to do.
     pub(crate) task: Task,
@@ -104,11 +102,6 @@ fn answer(job: Job) {
     {
         let msg = match job.task {
             Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, lookup: lookup(&host, port) },
-            Task::Ident(client, local, timeout) => Msg::Ident {
-                slot: job.slot,
-                id: job.id,
-                answer: socks4_server::ident::ask_blocking(client, local, timeout),
-            },
             Task::ResolveParent(host, port, parent) => {
                 Msg::ParentResolved { slot: job.slot, id: job.id, parent, candidates: resolve(&host, port) }
             }

@@ -49,15 +49,6 @@ pub(crate) enum Msg {
         /// The addresses, in the resolver's order, or why there are none.
         lookup: std::io::Result<Vec<SocketAddr>>,
     },
-    /// The answer to a connection's ident query.
-    Ident {
-        /// The connection's slot.
-        slot: usize,
-        /// The connection's id.
-        id: u64,
-        /// identd's answer, or why there is none.
-        answer: Result<socks4_server::ident::IdentAnswer, socks4_core::Failure>,
-    },
     /// The users file's verdict on a connection's user id.
     UserChecked {
         /// The connection's slot.
@@ -233,12 +224,6 @@ impl Worker {
                     Ok(Msg::Resolved { slot, id, lookup }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
                             conn.on_resolved(&mut ctx, lookup);
-                            touched.push(slot);
-                        }
-                    }
-                    Ok(Msg::Ident { slot, id, answer }) => {
-                        if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_ident(&mut ctx, &answer);
                             touched.push(slot);
                         }
                     }

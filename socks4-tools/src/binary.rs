@@ -218,6 +218,120 @@ pub fn ident_rules(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// Clients in [`ident_client_leaves`].
+const IDENT_CLIENTS: usize = 20;
+
+/// Ident on the event loop: with `allow from 127.0.0.0/8 ident` and `--ident-timeout 20s`,
+/// [`IDENT_CLIENTS`] clients from 127.0.0.3, whose identd (this check's own, on 127.0.0.3:113)
+/// accepts and never answers, are all asked at once (identd sees every connection within 2 s, not
+/// a thread pool's few at a time) with no thread each; when the clients reset, identd sees each
+/// of its connections closed within 2 s (the exchange ends with its client, not at the timeout),
+/// and the server logs them all. Skips when port 113 cannot be bound (it needs root), unless
+/// `SOCKS4_REQUIRE_IDENTD` is set.
+///
+/// # Errors
+/// What went wrong, with the server's log so far.
+pub fn ident_client_leaves(binary: &Path) -> Result<Outcome, Failure> {
+    let source = Ipv4Addr::new(127, 0, 0, 3);
+    let silent = match std::net::TcpListener::bind((source, 113)) {
+        Ok(listener) => listener,
+        Err(e) if std::env::var_os("SOCKS4_REQUIRE_IDENTD").is_none() => {
+            return Ok(Outcome::Skip(format!("cannot listen on {source}:113 ({e}; it needs root)")));
+        }
+        Err(e) => return Err(Failure::new(format!("listening on {source}:113: {e}"))),
+    };
+    let (tx, accepted) = mpsc::channel();
+    thread::spawn(move || {
+        for conn in silent.incoming().take(IDENT_CLIENTS) {
+            if conn.map(|c| tx.send(c)).is_err() {
+                return;
+            }
+        }
+    });
+    let rules = ["--allow", "from 127.0.0.9", "--allow", "from 127.0.0.0/8 ident"];
+    let args = [&["--listen", "127.0.0.1:0", "--ident-timeout", "20s"][..], &rules].concat();
+    let (server, lines, proxy, mut seen) = start(binary, &args)?;
+    let target = echo_target()?;
+    // A served SOCKS4a request first (from 127.0.0.9, no ident), so that the threads a server
+    // starts on first use (its resolver's) count in the baseline.
+    let mut warm = silent_from(Ipv4Addr::new(127, 0, 0, 9), proxy)?;
+    warm.write_all(&wire::connect_host("localhost", target.addr().port(), b""))?;
+    warm.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reply = [0u8; 8];
+    warm.read_exact(&mut reply)?;
+    if reply[1] != wire::GRANTED {
+        return Err(Failure::new(format!("a request without ident: reply {}", reply[1])));
+    }
+    drop(warm);
+    let Some(before) = thread_count(&server) else { return Ok(Outcome::Skip("no /proc/PID/status".into())) };
+    let mut clients = Vec::new();
+    for _ in 0..IDENT_CLIENTS {
+        let mut client = silent_from(source, proxy)?;
+        client.write_all(&wire::connect(target.addr(), b"someone"))?;
+        clients.push(client);
+    }
+    let mut at_identd = Vec::new();
+    for _ in 0..IDENT_CLIENTS {
+        match accepted.recv_timeout(Duration::from_secs(2)) {
+            Ok(conn) => at_identd.push(conn),
+            Err(_) => {
+                return Err(Failure::new(format!(
+                    "{} of {IDENT_CLIENTS} ident queries reached identd within 2 s",
+                    at_identd.len()
+                )));
+            }
+        }
+    }
+    let during = thread_count(&server).unwrap_or(usize::MAX);
+    if during > before + IDENT_CLIENTS / 4 {
+        return Err(Failure::new(format!("{IDENT_CLIENTS} ident queries waiting: {before} threads became {during}")));
+    }
+    // Each query arrives (a line), then, once the clients left, the end of its connection (end of
+    // file or a reset), not the read timeout.
+    for conn in &mut at_identd {
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut query = Vec::new();
+        while !query.ends_with(b"\n") && query.len() < 64 {
+            let mut byte = [0u8; 1];
+            match conn.read(&mut byte) {
+                Ok(1) => query.push(byte[0]),
+                _ => {
+                    return Err(Failure::new(format!(
+                        "identd got {:?}, not a query line",
+                        String::from_utf8_lossy(&query)
+                    )));
+                }
+            }
+        }
+    }
+    clients.into_iter().for_each(crate::targets::reset);
+    for mut conn in at_identd {
+        if let Err(e) = conn.read(&mut [0u8; 64])
+            && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        {
+            return Err(Failure::new("a client left; its identd connection stays open"));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let logged = |seen: &[String]| seen.iter().filter(|l| l.contains("conn client=127.0.0.3:")).count();
+    while logged(&seen) < IDENT_CLIENTS {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                return Err(Failure::new(format!("{} of {IDENT_CLIENTS} lines within 2 s: {seen:#?}", logged(&seen))));
+            }
+        }
+    }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// The number of threads of `server` (`Threads:` in `/proc/PID/status`), where there is `/proc`.
+pub(crate) fn thread_count(server: &Server) -> Option<usize> {
+    let text = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+}
+
 /// A connection from `source` to `proxy` that sends nothing (a client still in its handshake).
 fn silent_from(source: Ipv4Addr, proxy: SocketAddr) -> Result<TcpStream, Failure> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -476,6 +590,7 @@ pub type Check = fn(&Path) -> Result<Outcome, Failure>;
 pub const ALL: &[(&str, Check)] = &[
     ("mapped_listen_and_reset_words", mapped_listen_and_reset_words),
     ("ident_rules", ident_rules),
+    ("ident_client_leaves", ident_client_leaves),
     ("per_client_limits", per_client_limits),
     ("default_limits_one_address", default_limits_one_address),
     ("bind_client_leaves", bind_client_leaves),

@@ -11,7 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::thread;
 use std::time::Duration;
 
-use crate::binary::{Server, echo_target, line_with, start};
+use crate::binary::{Server, echo_target, line_with, start, thread_count};
 use crate::caps::connect_from;
 use crate::scenarios::{Ctx, Failure, Outcome, Profile, find};
 use crate::wire;
@@ -395,16 +395,12 @@ pub fn chain_silent_parent(binary: &Path) -> Result<Outcome, Failure> {
     let route = format!("to 192.0.2.0/24 via socks4://{parent}");
     let args = ["--listen", "127.0.0.1:0", "--connect-timeout", "20s", "--allow", &route, "--allow", "any"];
     let (server, lines, proxy, mut seen) = start(binary, &args)?;
-    let status = format!("/proc/{}/status", server.0.id());
-    let threads = || -> Option<usize> {
-        let text = std::fs::read_to_string(&status).ok()?;
-        text.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
-    };
+    let threads = || thread_count(&server);
     let target = echo_target()?;
     let by_name = wire::connect_host("localhost", target.addr().port(), b"");
     // A first lookup, so that what the resolver keeps (a thread, a cache) counts in the baseline.
     reply_code(proxy, &by_name)?;
-    let Some(before) = threads() else { return Ok(Outcome::Skip(format!("cannot read {status}"))) };
+    let Some(before) = threads() else { return Ok(Outcome::Skip("cannot read /proc/PID/status".into())) };
 
     let dest = std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80);
     let mut clients = Vec::new();

@@ -117,7 +117,7 @@ macro_rules! __socks4_scenario_tests {
 macro_rules! binary_tests {
     ($binary:expr) => {
         $crate::__socks4_binary_tests!(
-            ($binary) mapped_listen_and_reset_words ident_rules per_client_limits default_limits_one_address bind_client_leaves users_file
+            ($binary) mapped_listen_and_reset_words ident_rules ident_client_leaves per_client_limits default_limits_one_address bind_client_leaves users_file
             users_memory_bounded users_flood_fairness users_burst
             bandwidth_caps bind_wait_cap
             sighup_reload check_config route_to_self socket_activation notify_readiness
