@@ -19,10 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-crates=(socks4-core socks4-server socks4-sys socks4-async socks4-tokio socks4-smol socks4-std)
+crates=(socks4-core socks4-server socks4-sys socks4-async socks4-dns socks4-tokio socks4-smol socks4-std)
 servers=(socks4-tokio socks4-smol socks4-std)
 # The packages' socks4-* dependencies, patched in for the install (not in the registry).
-libraries=(socks4-core socks4-server socks4-sys socks4-async)
+libraries=(socks4-core socks4-server socks4-sys socks4-async socks4-dns)
 
 version=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="socks4-core"))')

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use socks4_core::driver::Candidates;
 use socks4_core::rules::AccessRequest;
 use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, ServerHandshake};
 use socks4_server::ServerConfig;
@@ -181,25 +180,25 @@ async fn handshake<R: Runtime, H: Hooks>(
     let mut by_hook = false;
     // BIND: the listener, dropped when the wait ends (with the wait's slot in `admission`).
     let mut listener: Option<R::Listener> = None;
-    // A SOCKS4a name's further addresses, tried in turn when a connect fails.
-    let mut candidates = Candidates::default();
     // Through a parent: the attempt (a BIND's waits for its second reply) and its connection.
     let mut attempt: Option<Box<Attempt>> = None;
     let mut parent: Option<R::Stream> = None;
     if !conn.from.first.is_empty() {
         feed(&mut hs, &mut early, &conn.from.first, now());
     }
+    let client_addr = log.client;
+    let context = || Context {
+        config,
+        verifier: conn.verifier,
+        client: client_addr,
+        proxied: conn.from.proxied,
+        upstreams: Upstreams::global(),
+        now: now(),
+        at: Instant::now(),
+    };
     loop {
         log.note_request(&hs);
-        let cx = Context {
-            config,
-            verifier: conn.verifier,
-            client: log.client,
-            proxied: conn.from.proxied,
-            upstreams: Upstreams::global(),
-            now: now(),
-            at: Instant::now(),
-        };
+        let cx = context();
         let mut check = |req: &AccessRequest<'_>| conn.hooks.check(cx.client, req).inspect_err(|_| by_hook = true);
         let step = misuse(decisions.next_checked(&mut hs, admission, &cx, &mut check))?;
         match step {
@@ -219,13 +218,11 @@ async fn handshake<R: Runtime, H: Hooks>(
             Step::Resolve { host, port } => {
                 log.meter.enter(Phase::Resolving);
                 let left = hs.deadline().map_or(config.timeouts.connect, |d| d.saturating_sub(now()));
-                let lookup = with_timeout::<R, _>(left, R::resolve(&host, port));
+                let lookup = with_timeout::<R, _>(left, crate::eyeballs::resolve::<R>(&config.names, &host, port));
                 match watched::<R, _>(client, lookup).await {
                     Ok(answer) => {
-                        candidates = Candidates::from_lookup(answer);
-                        let first = candidates.first();
-                        log.meter.resolved(first.is_ok());
-                        misuse(hs.handle_resolved(now(), first))?;
+                        let found = misuse(decisions.resolved(&mut hs, &context(), answer))?;
+                        log.meter.resolved(found);
                     }
                     Err(_) => hs.handle_client_error(now()),
                 }
@@ -281,10 +278,30 @@ async fn handshake<R: Runtime, H: Hooks>(
                         log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
-                    Err(e) => match candidates.next_after(Failure::from(&e)) {
-                        Some(next) => misuse(hs.retry_connect(now(), next))?,
-                        None => misuse(hs.handle_connected(now(), Err(Failure::from(&e))))?,
-                    },
+                    Err(e) => misuse(hs.handle_connected(now(), Err(Failure::from(&e))))?,
+                }
+            }
+            Step::Race(mut race) => {
+                // An address the embedder's hook refused is left out of the race, not a refusal.
+                by_hook = false;
+                log.meter.enter(Phase::Connecting);
+                let outgoing = decisions.outgoing(conn.egress, || arrived_on::<R>(client));
+                let racing = Box::pin(crate::eyeballs::race::<R>(&mut race, outgoing));
+                let Ok(raced) = watched::<R, _>(client, racing).await else {
+                    hs.handle_client_error(now());
+                    continue;
+                };
+                match raced {
+                    Ok(stream) => {
+                        set_nodelay::<R>(&stream);
+                        let local = local_addr::<R>(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+                        outgoing.connected(local);
+                        log.out = Some(local.ip());
+                        dest = Some(stream);
+                        log.meter.connected();
+                        misuse(hs.handle_connected(now(), Ok(local)))?;
+                    }
+                    Err(failure) => misuse(hs.handle_connected(now(), Err(failure)))?,
                 }
             }
             Step::Chain(mut chained) => {

@@ -59,6 +59,8 @@ pub mod client;
 #[cfg(feature = "server")]
 mod conn;
 #[cfg(feature = "server")]
+mod eyeballs;
+#[cfg(feature = "server")]
 mod ident;
 #[cfg(feature = "server")]
 mod log;

@@ -48,9 +48,9 @@ pub trait Runtime: 'static {
     /// Registers a connected std stream (non-blocking already) with the runtime.
     fn from_std(stream: std::net::TcpStream) -> io::Result<Self::Stream>;
     /// Connects `socket` to `addr` within `timeout`: a new non-blocking TCP socket, not connected,
-    /// bound (or not) to the source the egress chose ([`socks4_server::egress::socket`], which
-    /// makes every outgoing socket). Start the connect with
-    /// [`connect_started`](socks4_server::egress::connect_started) (or the runtime's own), wait
+    /// bound (or not) to the source the egress chose (socks4-server's `egress::socket`, which
+    /// makes every outgoing socket of a server). Start the connect with
+    /// [`connect_started`](socks4_sys::socket::connect_started) (or the runtime's own), wait
     /// until the socket is writable, and read its pending error.
     fn connect_socket(
         socket: socket2::Socket,
@@ -62,7 +62,7 @@ pub trait Runtime: 'static {
     /// bound first): [`connect_socket`](Self::connect_socket) with an unbound socket.
     fn connect(addr: SocketAddr, timeout: Duration) -> impl Future<Output = io::Result<Self::Stream>> {
         async move {
-            let socket = socks4_server::egress::socket(addr, socks4_server::egress::Source::Any)?;
+            let socket = socks4_sys::socket::nonblocking(socket2::Domain::for_address(addr))?;
             Self::connect_socket(socket, addr, timeout).await
         }
     }

@@ -954,6 +954,14 @@ impl ServerHandshake {
         self.state == State::Reading
     }
 
+    /// Whether the client's identd confirmed the request's user id (an allow with `ident`, or
+    /// [`accept_with_ident`](Self::accept_with_ident), was answered by a matching
+    /// [`handle_ident`](Self::handle_ident)): a caller that authorizes further addresses of the
+    /// name itself (Happy Eyeballs) may allow one whose rule asks identd only then.
+    pub fn ident_confirmed(&self) -> bool {
+        self.ident_confirmed
+    }
+
     fn is_connect(&self) -> bool {
         self.request().is_some_and(|r| r.command == Command::Connect)
     }

@@ -90,6 +90,17 @@ pub fn effective_toml(config: &ServerConfig) -> String {
         }
     }
     top.insert("bandwidth".into(), Value::Table(bandwidth));
+
+    let n = &config.names;
+    let mut names = Table::new();
+    names.insert("prefer".into(), text(&n.prefer));
+    names.insert("connect_stagger".into(), Value::String(format_duration(n.connect_stagger)));
+    names.insert("resolvers".into(), strings(&mut n.resolvers.iter().map(|a| a.to_string())));
+    names.insert("cache_entries".into(), int(n.cache_entries as u64));
+    for (key, d) in [("min_ttl", n.min_ttl), ("max_ttl", n.max_ttl), ("negative_ttl", n.negative_ttl)] {
+        names.insert(key.into(), Value::String(format_duration(d)));
+    }
+    top.insert("names".into(), Value::Table(names));
     top.to_string()
 }
 
@@ -136,6 +147,14 @@ mod tests {
             [bandwidth]
             conn = "1M"
             client = "12345"
+            [names]
+            prefer = "resolver"
+            connect_stagger = "100ms"
+            resolvers = ["127.0.0.1", "[::1]:5353"]
+            cache_entries = 10
+            min_ttl = "5s"
+            max_ttl = "10m"
+            negative_ttl = "0s"
         "#;
         let config = parse_config_toml(text).unwrap();
         assert_ne!(config, ServerConfig::default());

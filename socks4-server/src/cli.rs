@@ -152,6 +152,21 @@ pub struct ServerArgs {
     /// (v1 or v2), whose client address rules, limits and logs then use.
     #[arg(long, value_name = "CIDR", value_parser = network, env = "SOCKS4_PROXY_PROTOCOL", value_delimiter = ',')]
     pub proxy_protocol: Vec<IpNet>,
+
+    // --- Names: Happy Eyeballs and our own resolver. ---
+    /// The family a SOCKS4a name's addresses start with: ipv6 (the default, as RFC 8305), ipv4,
+    /// or resolver (the resolver's order); the families then alternate.
+    #[arg(long, value_name = "FAMILY", value_enum, env = "SOCKS4_PREFER")]
+    pub prefer: Option<crate::eyeballs::Prefer>,
+    /// Happy Eyeballs: start connecting to a name's next address after this long without an
+    /// answer (default 250ms; 0 tries them all at once).
+    #[arg(long, alias = "happy-eyeballs-delay", value_name = "DURATION", value_parser = duration, env = "SOCKS4_CONNECT_STAGGER")]
+    pub connect_stagger: Option<Duration>,
+    /// Ask this name server for SOCKS4a names instead of the system's resolver (repeatable;
+    /// ADDR or ADDR:PORT, port 53 by default; UDP, TCP when an answer is truncated), with a
+    /// cache honouring TTLs.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = resolver, env = "SOCKS4_RESOLVER", value_delimiter = ',')]
+    pub resolver: Vec<SocketAddr>,
     /// A subcommand instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -198,6 +213,10 @@ pub enum Command {
 
 fn keepalive(s: &str) -> Result<Keepalive, String> {
     s.parse().map_err(|e: crate::keepalive::BadKeepalive| e.to_string())
+}
+
+fn resolver(s: &str) -> Result<SocketAddr, String> {
+    crate::config::parse_resolver(s).map_err(|e| e.to_string())
 }
 
 fn network(s: &str) -> Result<IpNet, String> {
@@ -402,6 +421,12 @@ impl ServerArgs {
         }
         // --- PROXY protocol. ---
         config.proxy_protocol.0.extend_from_slice(&self.proxy_protocol);
+        // --- Names. ---
+        config.names.prefer = self.prefer.unwrap_or(config.names.prefer);
+        config.names.connect_stagger = self.connect_stagger.unwrap_or(config.names.connect_stagger);
+        if !self.resolver.is_empty() {
+            config.names.resolvers.clone_from(&self.resolver);
+        }
         // --- Operations. ---
         if self.log_level_given {
             config.log_level.clone_from(&self.log_level);

@@ -40,6 +40,20 @@
 //! client = "20M"
 //! ```
 //!
+//! How SOCKS4a names are looked up and their addresses tried (see [`NamesConfig`],
+//! [`eyeballs`](crate::eyeballs), [`dns`](crate::dns)):
+//!
+//! ```toml
+//! [names]
+//! prefer = "ipv6"               # ipv6 | ipv4 | resolver: the family tried first
+//! connect_stagger = "250ms"     # Happy Eyeballs: the next address after this long
+//! resolvers = ["127.0.0.1:53"]  # our own resolver (UDP, TCP on truncation); empty: the system's
+//! cache_entries = 4096          # names kept by our resolver's cache
+//! min_ttl = "0s"                # TTLs are clamped into [min_ttl, max_ttl]
+//! max_ttl = "1h"
+//! negative_ttl = "30s"          # a name that does not exist is remembered at most this long
+//! ```
+//!
 //! Load balancers trusted to send a PROXY header first (see [`proxy`](crate::proxy)):
 //!
 //! ```toml
@@ -65,6 +79,7 @@ use socks4_core::Limits;
 use socks4_core::rules::{IpNet, RuleError, Rules};
 
 use crate::bandwidth::{Bandwidth, BandwidthCaps};
+use crate::eyeballs::{DEFAULT_STAGGER, Prefer};
 use crate::keepalive::Keepalive;
 use crate::limits::{ClientLimits, Limiter};
 use crate::log::LogFormat;
@@ -120,6 +135,81 @@ impl Timeouts {
             .with_bind(self.bind)
             .with_ident(self.ident)
     }
+}
+
+/// How SOCKS4a names are looked up and their addresses tried: the `[names]` table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NamesConfig {
+    /// The family a name's addresses start with (`--prefer`; default IPv6, as RFC 8305).
+    pub prefer: Prefer,
+    /// Happy Eyeballs: start the next address after this long without an answer (default
+    /// 250 ms; zero starts them all at once).
+    #[serde(with = "duration_text")]
+    pub connect_stagger: Duration,
+    /// Name servers to ask instead of the system's resolver (`--resolver ADDR[:PORT]`, port 53
+    /// by default): over UDP, over TCP when an answer is truncated. Empty (the default): the
+    /// system's resolver (`getaddrinfo`).
+    #[serde(deserialize_with = "resolver_addrs")]
+    pub resolvers: Vec<SocketAddr>,
+    /// Names our resolver's cache holds at most (default 4096).
+    pub cache_entries: usize,
+    /// An answer is cached for its TTL, raised to this at least (default 0 s).
+    #[serde(with = "duration_text")]
+    pub min_ttl: Duration,
+    /// An answer is cached for its TTL, cut to this at most (default 1 h).
+    #[serde(with = "duration_text")]
+    pub max_ttl: Duration,
+    /// A name that does not exist (or has no address) is remembered for its negative TTL, at
+    /// most this long (default 30 s; zero: not at all).
+    #[serde(with = "duration_text")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        Self {
+            prefer: Prefer::default(),
+            connect_stagger: DEFAULT_STAGGER,
+            resolvers: Vec::new(),
+            cache_entries: 4096,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Parses a name server's address: `ADDR` (port 53) or `ADDR:PORT`, IPv6 as `::1` or `[::1]:53`.
+///
+/// ```
+/// use socks4_server::config::parse_resolver;
+/// assert_eq!(parse_resolver("127.0.0.1")?, "127.0.0.1:53".parse()?);
+/// assert_eq!(parse_resolver("127.0.0.1:5353")?, "127.0.0.1:5353".parse()?);
+/// assert_eq!(parse_resolver("::1")?, "[::1]:53".parse()?);
+/// assert_eq!(parse_resolver("[::1]:5353")?, "[::1]:5353".parse()?);
+/// assert!(parse_resolver("dns.example").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`ConfigError::Resolver`] (holding the text) when it is neither.
+pub fn parse_resolver(text: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, 53)),
+        Err(_) => Err(ConfigError::Resolver(text.to_owned())),
+    }
+}
+
+fn resolver_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    use serde::Deserialize;
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|t| parse_resolver(t)).collect::<Result<_, _>>().map_err(serde::de::Error::custom)
 }
 
 /// Everything a server adapter needs to run.
@@ -186,6 +276,9 @@ pub struct ServerConfig {
     /// see [`proxy`](crate::proxy). Empty (the default): no header is read from anyone.
     #[serde(deserialize_with = "networks_text")]
     pub proxy_protocol: TrustedProxies,
+    // --- Names: Happy Eyeballs and our own resolver (modules `eyeballs`, `dns`). ---
+    /// How SOCKS4a names are looked up and their addresses tried (the `[names]` table).
+    pub names: NamesConfig,
 }
 
 /// The default log filter, `info`.
@@ -219,6 +312,8 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             // --- PROXY protocol. ---
             proxy_protocol: TrustedProxies::default(),
+            // --- Names. ---
+            names: NamesConfig::default(),
         }
     }
 }
@@ -307,6 +402,13 @@ impl ServerConfig {
         if self.client_limits.tracked_clients == 0 {
             return Err(ConfigError::Zero("client_limits.tracked_clients"));
         }
+        // --- Names. ---
+        if !self.names.resolvers.is_empty() && self.names.cache_entries == 0 {
+            return Err(ConfigError::Zero("names.cache_entries"));
+        }
+        if self.names.min_ttl > self.names.max_ttl {
+            return Err(ConfigError::Ttl(self.names.min_ttl, self.names.max_ttl));
+        }
         // --- Operations. ---
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(ConfigError::LogLevel(format!("`{}`: {e}", self.log_level)));
@@ -387,6 +489,10 @@ pub enum ConfigError {
     /// An outgoing source (`--outgoing`, a rule's `out`) cannot be used on this host (see
     /// [`egress::check`](crate::egress::check)).
     Outgoing(String),
+    /// A name server's address is not `ADDR` or `ADDR:PORT`.
+    Resolver(String),
+    /// `names.min_ttl` is above `names.max_ttl`.
+    Ttl(Duration, Duration),
 }
 
 impl fmt::Display for ConfigError {
@@ -415,6 +521,15 @@ impl fmt::Display for ConfigError {
                  would loop through it; name another proxy"
             ),
             Self::Outgoing(why) => write!(f, "outgoing source {why}"),
+            Self::Resolver(text) => {
+                write!(f, "`{text}` is not a name server address like 127.0.0.1, 127.0.0.1:5353 or [::1]:53")
+            }
+            Self::Ttl(min, max) => write!(
+                f,
+                "names.min_ttl ({}) is above names.max_ttl ({})",
+                format_duration(*min),
+                format_duration(*max)
+            ),
             Self::BlankReload(path) => write!(
                 f,
                 "{path} is empty (blanks and comments only): not applied over the running config, which \

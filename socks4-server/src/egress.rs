@@ -50,7 +50,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket};
 use socks4_core::rules::Egress as RuleEgress;
 
 use crate::ServerConfig;
@@ -98,7 +98,7 @@ impl fmt::Display for Source<'_> {
 /// this host; `EPERM` binding to a device without the capability), or `InvalidInput` for a source
 /// address of the other family than `dest`'s.
 pub fn socket(dest: SocketAddr, source: Source<'_>) -> io::Result<Socket> {
-    let socket = new_nonblocking(Domain::for_address(dest))?;
+    let socket = socks4_sys::socket::nonblocking(Domain::for_address(dest))?;
     match source {
         Source::Any => {}
         Source::Addr(ip) => {
@@ -118,38 +118,7 @@ pub fn socket(dest: SocketAddr, source: Source<'_>) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Starts a non-blocking connect of `socket` to `addr`: `Ok` when it completed or is under way
-/// (then wait until the socket is writable and read `take_error`).
-///
-/// # Errors
-/// The connect's failure when it fails at once (refused on loopback, unreachable network).
-pub fn connect_started(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
-    match socket.connect(&SockAddr::from(addr)) {
-        Ok(()) => Ok(()),
-        Err(e) if is_in_progress(&e) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether a non-blocking connect's error only says it is under way.
-pub fn is_in_progress(e: &io::Error) -> bool {
-    #[cfg(unix)]
-    if e.raw_os_error() == Some(libc::EINPROGRESS) {
-        return true;
-    }
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-fn new_nonblocking(domain: Domain) -> io::Result<Socket> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    return Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP));
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    }
-}
+pub use socks4_sys::socket::{connect_started, is_in_progress};
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): a `bind(addr:0)` then leaves the port to
 /// `connect`, which picks one per destination, instead of reserving one exclusively at `bind`.

@@ -450,6 +450,30 @@ fn histogram(
     metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }
 
+/// Our resolver's (`--resolver`): cache hits and misses, each name server's lookup latency.
+fn dns_metrics(e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+    let dns = crate::names::stats();
+    counters(
+        e,
+        "socks4_dns_cache",
+        "SOCKS4a names our resolver (--resolver) answered from its cache (hit) or asked of a name server (miss).",
+        &[(&[("result", "hit")], dns.hits.load(Relaxed)), (&[("result", "miss")], dns.misses.load(Relaxed))],
+    )?;
+    let latencies = dns.latencies();
+    let names: Vec<String> = latencies.iter().map(|(server, ..)| server.to_string()).collect();
+    let mut metric = e.encode_descriptor(
+        "socks4_dns_lookup_duration_seconds",
+        "Time for a name server of our resolver to answer, by name server.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for ((_, buckets, count, sum), name) in latencies.iter().zip(&names) {
+        let labels: [(&str, &str); 1] = [("resolver", name.as_str())];
+        metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?;
+    }
+    Ok(())
+}
+
 impl Collector for Metrics {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
         let empty: &[Arc<WorkerCounters>] = &[];
@@ -567,6 +591,8 @@ impl Collector for Metrics {
             "SOCKS4a names that did not resolve (no address, error or timeout).",
             &[(&[], self.sum(|w| load(&w.resolve_failures)))],
         )?;
+
+        dns_metrics(&mut e)?;
 
         // Parent proxies of `via` routes (the process's registry, shared by all its servers).
         let parents = crate::upstream::Upstreams::global().stats();

@@ -10,7 +10,10 @@
 //!   miss is [`Step::VerifyUser`] for the verifier's threads, answered with
 //!   [`Decisions::user_checked`]); a refusal is logged and answered ([`users::refuse`]); then
 //!   the rules decide ([`upstream::authorize`]) and a route is kept;
-//! - `Connect`: through the route's parents ([`Step::Chain`]) or directly ([`Step::Connect`]);
+//! - `Resolve` answered ([`Decisions::resolved`]): the addresses ordered for Happy Eyeballs
+//!   ([`eyeballs::order`]), the first one the rules allow handed to the handshake;
+//! - `Connect`: through the route's parents ([`Step::Chain`]), directly ([`Step::Connect`]), or
+//!   for a name with several addresses the rules allow, racing them ([`Step::Race`]);
 //! - `Listen` (BIND): the BIND-wait slot is taken ([`Admission::start_bind_wait`]; over the limit,
 //!   91), then through the route's parents ([`Step::Chain`]) or directly ([`Step::Listen`]);
 //! - `Ident`: for a client behind a PROXY header answered at once
@@ -23,10 +26,11 @@
 //! ```text
 //! loop match decisions.next(&mut hs, &mut admission, &Context { config, verifier, client, .. })? {
 //!     Send(reply)              => write it (meter.replied)
-//!     Resolve { host, port }   => lookup → hs.handle_resolved(first address)
+//!     Resolve { host, port }   => lookup → decisions.resolved(&mut hs, &cx, addresses)
 //!     VerifyUser { .. }        => verifier.verify(client, user_id) (await or notify) → decisions.user_checked
 //!     Ident                    => ask identd → hs.handle_ident
-//!     Connect(addr)            => connect → hs.handle_connected / hs.retry_connect
+//!     Connect(addr)            => connect → hs.handle_connected
+//!     Race(race)               => perform race.poll()'s RaceIo until Won or Failed → hs.handle_connected
 //!     Chain(attempt)           => perform attempt.poll()'s Io until each Answer → answer.apply(&mut hs)
 //!     Listen                   => listen → hs.handle_listening, accept → hs.handle_bind_peer
 //!     Wait { deadline }        => wait for the client, an answer or the deadline (hs.handle_timeout)
@@ -52,16 +56,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socks4_core::rules::{AccessRequest, Route};
+use socks4_core::rules::{AccessRequest, Action, Route, is_forbidden_destination};
 use socks4_core::{CloseReason, Command, Dest, Failure, Misuse, Output, Reply, ReplyCode, Request, ServerHandshake};
 
 use crate::ServerConfig;
 use crate::chain::Attempt;
 use crate::egress::{Egress, Outgoing};
+use crate::eyeballs::{Lookup, Race};
 use crate::limits::Admission;
 use crate::proxy;
 use crate::upstream::{self, Authorized, ChainTarget, Upstreams};
@@ -93,7 +99,7 @@ pub enum Step {
     /// Write this reply to the client.
     Send(Reply),
     /// Look up the SOCKS4a name (within the connect timeout); answer with
-    /// [`ServerHandshake::handle_resolved`].
+    /// [`Decisions::resolved`].
     Resolve {
         /// The name.
         host: String,
@@ -112,9 +118,14 @@ pub enum Step {
     /// Ask the client's identd (within the ident timeout); answer with
     /// [`ServerHandshake::handle_ident`].
     Ident,
-    /// Connect directly to this address; answer with [`ServerHandshake::handle_connected`] (or
-    /// [`ServerHandshake::retry_connect`] with a name's next address).
+    /// Connect directly to this address; answer with [`ServerHandshake::handle_connected`].
     Connect(SocketAddr),
+    /// Connect directly to one of a name's addresses, racing them (Happy Eyeballs, see
+    /// [`eyeballs`](crate::eyeballs); every address in it is authorized): perform each
+    /// [`RaceIo`](crate::eyeballs::RaceIo) of [`Race::poll`] until it is `Won` (close the other
+    /// attempts, answer [`ServerHandshake::handle_connected`] with the winner's local address)
+    /// or `Failed` (answer with the failure).
+    Race(Box<Race>),
     /// Connect (or BIND) through the route's parents: drive the attempt and give each of its
     /// answers to the handshake ([`Answer::apply`](crate::chain::Answer::apply)).
     Chain(Box<Attempt>),
@@ -142,6 +153,7 @@ impl PartialEq for Step {
             (Self::Resolve { host: a, port: p }, Self::Resolve { host: b, port: q }) => a == b && p == q,
             (Self::VerifyUser { user_id: a, .. }, Self::VerifyUser { user_id: b, .. }) => a == b,
             (Self::Connect(a), Self::Connect(b)) => a == b,
+            (Self::Race(a), Self::Race(b)) => a.addrs() == b.addrs(),
             (Self::Chain(_), Self::Chain(_))
             | (Self::Ident, Self::Ident)
             | (Self::Listen, Self::Listen)
@@ -165,9 +177,9 @@ enum UserCheck {
     Passed,
 }
 
-/// What one connection decided so far: the users-file check and the route of the rule that
-/// allowed it. Small (a direct connection pays one word and a byte); keep it with the
-/// connection and ask [`next`](Self::next) after each input.
+/// What one connection decided so far: the users-file check, the route and index of the rule
+/// that allowed it, and a name's further addresses. Small (a direct connection pays three words);
+/// keep it with the connection and ask [`next`](Self::next) after each input.
 #[derive(Debug)]
 pub struct Decisions {
     user: UserCheck,
@@ -177,6 +189,8 @@ pub struct Decisions {
     /// without) one. A `u32`: the whole stays two words.
     rule: u32,
     route: Option<Box<Route>>,
+    /// A name's addresses beyond the first, for a race at `Connect`.
+    lookup: Option<Box<Lookup>>,
 }
 
 /// [`Decisions::rule`] before a rule allowed the request.
@@ -184,7 +198,7 @@ const NO_RULE: u32 = u32::MAX;
 
 impl Default for Decisions {
     fn default() -> Self {
-        Self { user: UserCheck::Todo, noted: false, rule: NO_RULE, route: None }
+        Self { user: UserCheck::Todo, noted: false, rule: NO_RULE, route: None, lookup: None }
     }
 }
 
@@ -254,7 +268,16 @@ impl Decisions {
                                 Err(failure) => hs.handle_connected(cx.now, Err(failure))?,
                             }
                         }
-                        (None, ChainTarget::Addr(addr)) => return Ok(Step::Connect(addr)),
+                        (None, ChainTarget::Addr(addr)) => {
+                            let Some(lookup) = self.lookup.take() else { return Ok(Step::Connect(addr)) };
+                            let addrs = race_addrs(hs, cx, check, addr, &lookup, self.rule());
+                            if addrs.len() < 2 {
+                                return Ok(Step::Connect(addr));
+                            }
+                            let left = hs.deadline().map_or(cx.config.timeouts.connect, |d| d.saturating_sub(cx.now));
+                            let stagger = cx.config.names.connect_stagger;
+                            return Ok(Step::Race(Box::new(Race::new(addrs, stagger, cx.at, cx.at + left))));
+                        }
                         // Names are forwarded only through a route (at `Resolve`).
                         (None, ChainTarget::Host(..)) => hs.handle_connected(cx.now, Err(Failure::Other))?,
                     }
@@ -293,6 +316,34 @@ impl Decisions {
             }
             return Ok(Step::Resolve { host, port });
         }
+    }
+
+    /// The answer to [`Step::Resolve`]: the lookup's addresses (or its error). They are ordered
+    /// for Happy Eyeballs ([`eyeballs::order`](crate::eyeballs::order), by the config's
+    /// `prefer`), the first one the rules allow goes to the handshake
+    /// ([`ServerHandshake::handle_resolved`], which authorizes it), and the others are kept for a
+    /// race at `Connect` (each authorized there before it is tried). Returns whether the lookup
+    /// gave an address (for the metrics); ask [`next`](Self::next) again.
+    ///
+    /// # Errors
+    /// If the handshake was not asking for a lookup (it timed out meanwhile): nothing to do.
+    pub fn resolved(
+        &mut self,
+        hs: &mut ServerHandshake,
+        cx: &Context<'_>,
+        found: io::Result<Vec<SocketAddr>>,
+    ) -> Result<bool, Misuse> {
+        let mut lookup = Lookup::new(found, cx.config.names.prefer);
+        // The handshake refuses the name if the first address it sees is denied: give it the
+        // first one the rules allow (an IPv4-only allow rule still lets a dual-stack name through
+        // by its IPv4 address). The rules are asked again, with every other check, at `Authorize`.
+        if let Some(ip) = lookup.addrs().iter().copied().find(|&ip| rules_allow(hs, cx, ip).is_some()) {
+            lookup.put_first(ip);
+        }
+        let first = lookup.first();
+        hs.handle_resolved(cx.now, first)?;
+        self.lookup = (lookup.addrs().len() > 1).then(|| Box::new(lookup));
+        Ok(first.is_ok())
     }
 
     /// The users file's verdict on the user id ([`Step::VerifyUser`]); ask [`next`](Self::next)
@@ -394,6 +445,52 @@ fn note_request(req: &Request<'_>, cx: &Context<'_>) {
     if let (true, Command::Connect, Dest::Ip(ip)) = (cx.config.warn_unsafe_socks, req.command, req.dest) {
         crate::unsafe_socks::warn(cx.client.ip(), SocketAddrV4::new(ip, req.port), cx.at);
     }
+}
+
+/// The rules' decision on the request with its name's address `ip` (as the rules see it at
+/// `Authorize`: with a users file, by the user's name): `Some((direct, rule))` when allowed,
+/// `direct` being whether the allow goes without a route and without asking identd (unless identd
+/// already confirmed the user), `rule` the index of the rule that allowed it.
+fn rules_allow(hs: &ServerHandshake, cx: &Context<'_>, ip: IpAddr) -> Option<(bool, Option<usize>)> {
+    let req = addr_request(hs, ip)?;
+    let req = if cx.verifier.is_some() { crate::users::named(req) } else { req };
+    let rules = &cx.config.rules;
+    let decision = rules.decide(cx.client.ip().to_canonical(), &req);
+    let direct = rules.route(&decision).is_none() && (!decision.ident || hs.ident_confirmed());
+    (decision.action == Action::Allow).then_some((direct, decision.rule))
+}
+
+/// The request by name, with `ip` as its address (`None` for a request by address).
+fn addr_request(hs: &ServerHandshake, ip: IpAddr) -> Option<AccessRequest<'_>> {
+    let req = hs.request()?;
+    let Dest::Domain(host) = req.dest else { return None };
+    Some(AccessRequest::new(req.command, req.port, req.user_id).with_host(host).with_addr(ip))
+}
+
+/// The addresses to race: `first` (which the handshake authorized), then each other address of
+/// the lookup that passes what `first` passed — the embedder's check and the rules, allowing it
+/// directly by the same rule `rule` (no route; identd only if it confirmed the user already; the
+/// same `out`) — and is a real destination.
+fn race_addrs(
+    hs: &ServerHandshake,
+    cx: &Context<'_>,
+    check: &mut dyn FnMut(&AccessRequest<'_>) -> Result<(), ReplyCode>,
+    first: SocketAddr,
+    lookup: &Lookup,
+    rule: Option<usize>,
+) -> Vec<SocketAddr> {
+    let mut addrs = vec![first];
+    for &ip in lookup.addrs() {
+        if ip == first.ip() || is_forbidden_destination(ip) {
+            continue;
+        }
+        let hook_allows = addr_request(hs, ip).is_some_and(|req| check(&req).is_ok());
+        // The same rule, so the race leaves by that rule's `out` whichever address wins.
+        if hook_allows && rules_allow(hs, cx, ip) == Some((true, rule)) {
+            addrs.push(SocketAddr::new(ip, first.port()));
+        }
+    }
+    addrs
 }
 
 #[cfg(test)]

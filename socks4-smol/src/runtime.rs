@@ -120,7 +120,7 @@ impl Runtime for Smol {
 /// with a socket of its own): start the connect, wait until writable, read the pending error.
 /// async-std's runtime uses it too (it has no writability wait of its own).
 pub(crate) async fn connect_async_io(socket: socket2::Socket, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
-    socks4_server::egress::connect_started(&socket, addr)?;
+    socks4_sys::socket::connect_started(&socket, addr)?;
     let stream = Async::new_nonblocking(TcpStream::from(socket))?;
     stream.writable().await?;
     match stream.get_ref().take_error()? {

@@ -78,6 +78,7 @@ impl Server {
     /// snapshot at accept, so [`LiveConfig::replace`] reconfigures the server for new connections.
     pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
         let config = &live.snapshot().config;
+        socks4_dns::install_for(&config.names)?;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let metrics = live.metrics(workers);
         // Per address one listener (round-robin over the workers), or one per worker (reuseport).

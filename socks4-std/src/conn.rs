@@ -2,7 +2,8 @@
 //! outgoing connect or BIND listener, then the relay, and a short linger after a rejection.
 //!
 //! A connection owns up to three sockets, each registered with the worker's poller under the key
-//! `slot * KEYS_PER_CONN + side`. Interest is one-shot: after each event the socket is disarmed,
+//! `slot * KEYS_PER_CONN + side`, and while it races a name's addresses (Happy Eyeballs) up to
+//! [`MAX_RACING`] attempts' sockets under `slot * KEYS_PER_CONN + RACE_KEY + k`. Interest is one-shot: after each event the socket is disarmed,
 //! and [`Conn::rearm`] re-registers exactly what the current state wants.
 
 use std::io::{self, Read, Write};
@@ -18,6 +19,8 @@ use socks4_core::rules::Parent;
 use socks4_core::{CloseReason, Failure, Fault, REPLY_LEN, Relay, ServerHandshake, Side as RelaySide};
 use socks4_server::bandwidth::{ConnBandwidth, Direction};
 use socks4_server::chain::{AnswerTo, Attempt, Io};
+use socks4_server::egress::Outgoing;
+use socks4_server::eyeballs::MAX_RACING;
 use socks4_server::ident::IdentAnswer;
 use socks4_server::limits::Admission;
 use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
@@ -29,12 +32,19 @@ use socks4_server::step::{Context, Decisions, Step};
 use socks4_server::upstream::{Upstreams, Via};
 use socks4_server::users::{self, AuthError, Verification};
 
+use crate::race::{RaceEnd, Racing};
 use crate::relay::{Caps, Dir, MAX_PENDING, Pipes, Progress, PumpError};
 use crate::resolver::{Job, Task};
 use crate::worker::Msg;
 
-/// Poller keys per connection.
-pub(crate) const KEYS_PER_CONN: usize = 4;
+/// Poller keys per connection: its three sides, the race's attempts, and (the last) a worker's
+/// listener.
+pub(crate) const KEYS_PER_CONN: usize = 8;
+
+/// The first of a connection's keys for its race's attempts (up to [`MAX_RACING`]).
+pub(crate) const RACE_KEY: usize = 3;
+
+const _: () = assert!(RACE_KEY + MAX_RACING < KEYS_PER_CONN, "the race's keys overlap the listener's");
 
 /// Which of a connection's sockets an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,8 +256,8 @@ pub(crate) struct Conn {
     snapshot: Arc<Snapshot>,
     /// Client bytes past the request, read during the handshake.
     early: Vec<u8>,
-    /// A SOCKS4a name's further addresses.
-    candidates: Candidates,
+    /// Happy Eyeballs: a name's addresses being raced (boxed: one word when not racing).
+    racing: Option<Box<Racing>>,
     out: Outbox,
     hs_deadline: Option<Instant>,
     registered: [bool; 3],
@@ -310,7 +320,7 @@ impl Conn {
             admission,
             snapshot,
             early: Vec::new(),
-            candidates: Candidates::default(),
+            racing: None,
             out: Outbox::default(),
             hs_deadline,
             registered: [false; 3],
@@ -349,7 +359,8 @@ impl Conn {
         match &self.stage {
             Stage::Handshake => {
                 let parent = self.attempt.as_ref().and_then(|a| a.deadline());
-                [self.hs_deadline, parent].into_iter().flatten().min()
+                let race = self.racing.as_ref().and_then(|r| r.deadline());
+                [self.hs_deadline, parent, race].into_iter().flatten().min()
             }
             Stage::Relay { .. } => self.relay.deadline().map(|d| self.started + d),
             Stage::Linger { until, .. } => Some(*until),
@@ -409,6 +420,8 @@ impl Conn {
                 if let Some(attempt) = self.attempt.as_deref_mut() {
                     attempt.handle_timeout(ctx.now);
                 }
+                // The race's stagger: start the next attempt (or end the race at its deadline).
+                self.pump_race(ctx);
                 // A chained connect is bounded by its own timeout per parent, not the handshake's.
                 if !self.reaching_parent() {
                     self.handshake_timeout(ctx);
@@ -456,16 +469,64 @@ impl Conn {
     }
 
     /// The answer to its SOCKS4a lookup.
-    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, candidates: Candidates) {
-        self.candidates = candidates;
-        let first = self.candidates.first();
+    pub(crate) fn on_resolved(&mut self, ctx: &mut Ctx<'_>, lookup: io::Result<Vec<SocketAddr>>) {
+        if !matches!(self.stage, Stage::Handshake) {
+            return;
+        }
+        let cx = Context {
+            config: &self.snapshot.config,
+            verifier: self.snapshot.verifier.as_ref(),
+            client: self.client_addr,
+            proxied: matches!(self.proxy, Proxy::Proxied),
+            upstreams: Upstreams::global(),
+            now: ctx.clock(),
+            at: ctx.now,
+        };
+        // Fails only if the handshake stopped waiting for it (it timed out meanwhile).
+        let Ok(found) = self.decisions.resolved(&mut self.hs, &cx, lookup) else { return };
         if self.meter.phase() == Phase::Resolving {
-            self.meter.resolved(first.is_ok());
+            self.meter.resolved(found);
         }
-        if matches!(self.stage, Stage::Handshake) && self.hs.handle_resolved(ctx.clock(), first).is_ok() {
+        self.drive(ctx);
+        self.rearm(ctx.poller);
+    }
+
+    /// Readiness of one of its race's attempts (`k`: which race key).
+    pub(crate) fn on_race_event(&mut self, ctx: &mut Ctx<'_>, k: usize) {
+        let Some(racing) = self.racing.as_deref_mut() else { return };
+        if !matches!(self.stage, Stage::Handshake) || !(RACE_KEY..RACE_KEY + MAX_RACING).contains(&k) {
+            return;
+        }
+        racing.on_event(ctx.poller, k - RACE_KEY, ctx.now);
+        if self.pump_race(ctx) {
             self.drive(ctx);
-            self.rearm(ctx.poller);
         }
+        self.rearm(ctx.poller);
+    }
+
+    /// Drives the race, if one runs; true once it answered the handshake (drive it next).
+    fn pump_race(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(racing) = self.racing.as_deref_mut() else { return false };
+        let (base, now) = (self.slot * KEYS_PER_CONN, ctx.clock());
+        let outgoing = self.decisions.outgoing(&self.snapshot.egress, || self.client.local_addr().ok().map(|a| a.ip()));
+        let result = match racing.pump(ctx.poller, base, ctx.now, &outgoing) {
+            RaceEnd::Pending => return false,
+            RaceEnd::Won(stream) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().map_err(|e| Failure::from(&e));
+                if let Ok(local) = local {
+                    outgoing.connected(local);
+                }
+                // `rearm` registers it as the upstream side.
+                self.drop_socket(ctx.poller, Side::Upstream);
+                self.upstream = Some(stream);
+                local
+            }
+            RaceEnd::Failed(failure) => Err(failure),
+        };
+        self.racing = None;
+        self.connect_done(now, result);
+        true
     }
 
     /// The answer to the lookup of a parent proxy's name (the attempt's `parent`-th).
@@ -656,7 +717,7 @@ impl Conn {
                 Step::Resolve { host, port } => {
                     started = true;
                     self.meter.enter(Phase::Resolving);
-                    if !self.ask(ctx, Task::Resolve(host, port)) {
+                    if !self.ask_name(ctx, host, port) {
                         let _ = self.hs.handle_resolved(now, Err(Failure::Other));
                     }
                 }
@@ -678,9 +739,15 @@ impl Conn {
                 }
                 Step::Connect(addr) => {
                     self.meter.enter(Phase::Connecting);
-                    if let Some(result) = self.start_connect(addr) {
+                    if let Some(result) = self.start_connect(addr, false) {
                         self.connect_done(now, result);
                     }
+                    started = true;
+                }
+                Step::Race(race) => {
+                    self.meter.enter(Phase::Connecting);
+                    self.racing = Some(Racing::new(*race));
+                    self.pump_race(ctx);
                     started = true;
                 }
                 Step::Chain(attempt) => {
@@ -755,7 +822,7 @@ impl Conn {
                 }
                 Io::Connect(addr) => {
                     self.drop_socket(ctx.poller, Side::Upstream);
-                    match self.start_connect(addr) {
+                    match self.start_connect(addr, false) {
                         Some(result) => attempt.handle_connected(ctx.now, result.map(drop)),
                         None => break, // `connecting`: writable when done
                     }
@@ -827,7 +894,7 @@ impl Conn {
             }
         };
         self.ident = Some(Box::new(Ident { answer: IdentAnswer::new(self.client_addr, local), asked: false }));
-        match self.start_connect(socks4_server::ident::identd(self.client_addr)) {
+        match self.start_connect(socks4_server::ident::identd(self.client_addr), true) {
             None => {} // `connecting`: writable when done
             Some(Ok(_)) => {
                 self.ident_io(ctx);
@@ -870,9 +937,11 @@ impl Conn {
         let _ = self.hs.handle_ident(ctx.clock(), reply);
     }
 
-    /// Sends `task` to the resolver pool for this connection; false if the pool is gone.
-    fn ask(&self, ctx: &Ctx<'_>, task: Task) -> bool {
-        ask(ctx, self.slot, self.id, task)
+    /// Looks its SOCKS4a name up (our own resolver, or the pool's `getaddrinfo`).
+    fn ask_name(&self, ctx: &Ctx<'_>, host: String, port: u16) -> bool {
+        let task = Task::Resolve(host, port);
+        let job = Job { task, slot: self.slot, id: self.id, reply: ctx.inbox.clone(), poller: Arc::clone(ctx.poller) };
+        crate::resolver::submit_name(&self.snapshot.config.names, ctx.resolver, job)
     }
 
     /// Writes pending replies; in the linger stage, shuts the client's write side once done.
@@ -896,47 +965,42 @@ impl Conn {
         }
     }
 
-    /// Answers the handshake's connect: the connection, or the name's next address to try (none
-    /// after a timeout: the phase's time is used up), or the failure.
+    /// Answers the handshake's connect: the connection (its local address), or the failure.
     fn connect_done(&mut self, now: Duration, result: Result<SocketAddr, Failure>) {
         if let Ok(local) = result {
             self.meter.connected();
             self.source = Some(local.ip());
         }
-        match result.map_err(|e| (e, self.candidates.next_after(e))) {
-            Err((_, Some(next))) => drop(self.hs.retry_connect(now, next)),
-            result => drop(self.hs.handle_connected(now, result.map_err(|(e, _)| e))),
-        }
+        // Fails only if the handshake ended meanwhile.
+        let _ = self.hs.handle_connected(now, result);
     }
 
     /// Starts a non-blocking connect; `Some(result)` if it finished (or failed) at once.
     /// The socket is made by the connection's [`Outgoing`](socks4_server::egress::Outgoing): from
-    /// the source the rule's `out` or `--outgoing` names.
-    fn start_connect(&mut self, addr: SocketAddr) -> Option<Result<SocketAddr, Failure>> {
-        let outgoing = self.decisions.outgoing(&self.snapshot.egress, || self.client.local_addr().ok().map(|a| a.ip()));
-        let socket = match outgoing.socket(addr) {
-            Ok(s) => s,
-            Err(e) => return Some(Err(Failure::from(&e))),
+    /// the source the rule's `out` or `--outgoing` names; identd's (`to_identd`) by the system's
+    /// choice, as the async driver's (the `out` is for the destinations a rule allows).
+    fn start_connect(&mut self, addr: SocketAddr, to_identd: bool) -> Option<Result<SocketAddr, Failure>> {
+        let outgoing = if to_identd {
+            Outgoing::any()
+        } else {
+            self.decisions.outgoing(&self.snapshot.egress, || self.client.local_addr().ok().map(|a| a.ip()))
         };
-        let result = socket.connect(&SockAddr::from(addr));
-        let stream = TcpStream::from(socket);
-        let _ = stream.set_nodelay(true);
-        match result {
-            Ok(()) => {
+        match start_connect(&outgoing, addr) {
+            Ok((stream, true)) => {
                 let local = stream.local_addr().map_err(|e| Failure::from(&e));
-                if let Ok(local) = local {
+                if let (Ok(local), false) = (local, to_identd) {
                     outgoing.connected(local);
                 }
                 self.upstream = Some(stream);
                 Some(local)
             }
-            Err(e) if is_in_progress(&e) => {
+            Ok((stream, false)) => {
                 self.upstream = Some(stream);
                 // `rearm` registers it for writability.
                 self.connecting = true;
                 None
             }
-            Err(e) => Some(Err(Failure::from(&e))),
+            Err(failure) => Some(Err(failure)),
         }
     }
 
@@ -948,7 +1012,7 @@ impl Conn {
             Ok(Some(e)) | Err(e) => Err(Failure::from(&e)),
             Ok(None) => stream.local_addr().map_err(|e| Failure::from(&e)),
         };
-        if let Ok(local) = result {
+        if let (Ok(local), None) = (result, &self.ident) {
             self.decisions.outgoing(&self.snapshot.egress, || None).connected(local);
         }
         self.connecting = false;
@@ -1212,6 +1276,9 @@ impl Conn {
     }
 
     fn drop_upstream(&mut self, poller: &Poller) {
+        if let Some(mut racing) = self.racing.take() {
+            racing.close(poller);
+        }
         self.drop_socket(poller, Side::Upstream);
         self.drop_socket(poller, Side::Listener);
     }
@@ -1316,6 +1383,20 @@ fn pump_one(
     tracing::debug!("relay: {on}: {e}");
     relay.handle_error(now, on, Fault::from(&e));
     true
+}
+
+/// Starts a non-blocking connect to `addr` from `outgoing`'s next source (no source port bound
+/// first): the socket, and whether it connected at once (else it is in progress: writable when done).
+pub(crate) fn start_connect(outgoing: &Outgoing<'_>, addr: SocketAddr) -> Result<(TcpStream, bool), Failure> {
+    let socket = outgoing.socket(addr).map_err(|e| Failure::from(&e))?;
+    let result = socket.connect(&SockAddr::from(addr));
+    let stream = TcpStream::from(socket);
+    let _ = stream.set_nodelay(true);
+    match result {
+        Ok(()) => Ok((stream, true)),
+        Err(e) if is_in_progress(&e) => Ok((stream, false)),
+        Err(e) => Err(Failure::from(&e)),
+    }
 }
 
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).

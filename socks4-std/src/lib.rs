@@ -42,6 +42,8 @@ mod client;
 #[cfg(feature = "server")]
 mod conn;
 #[cfg(feature = "server")]
+mod race;
+#[cfg(feature = "server")]
 mod relay;
 #[cfg(feature = "server")]
 mod resolver;

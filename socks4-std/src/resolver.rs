@@ -51,6 +51,34 @@ pub(crate) fn start(threads: usize) -> io::Result<Sender<Job>> {
     Ok(tx)
 }
 
+/// Runs a SOCKS4a name's lookup (`job`'s task is [`Task::Resolve`]): with our own resolver when
+/// `names` lists name servers (its callback answers the worker, at once when cached), else on the
+/// pool (`getaddrinfo`). False when it cannot be asked.
+pub(crate) fn submit_name(names: &socks4_server::config::NamesConfig, pool: &Sender<Job>, job: Job) -> bool {
+    let Task::Resolve(host, port) = &job.task else { return submit(pool, job) };
+    match socks4_server::names::resolver_for(names) {
+        None => submit(pool, job),
+        Some(Ok(resolver)) => {
+            let (host, port) = (host.clone(), *port);
+            let Job { slot, id, reply, poller, .. } = job;
+            resolver.lookup(
+                &host,
+                port,
+                Box::new(move |lookup| {
+                    if reply.send(Msg::Resolved { slot, id, lookup }).is_ok() {
+                        let _ = poller.notify();
+                    }
+                }),
+            );
+            true
+        }
+        Some(Err(e)) => {
+            tracing::warn!("our resolver: {e}");
+            false
+        }
+    }
+}
+
 /// Runs `job` on the pool; false when the pool is gone.
 pub(crate) fn submit(pool: &Sender<Job>, job: Job) -> bool {
     pool.send(job).is_ok()
@@ -73,7 +101,7 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 fn answer(job: Job) {
     {
         let msg = match job.task {
-            Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, candidates: resolve(&host, port) },
+            Task::Resolve(host, port) => Msg::Resolved { slot: job.slot, id: job.id, lookup: lookup(&host, port) },
             Task::ResolveParent(host, port, parent) => {
                 Msg::ParentResolved { slot: job.slot, id: job.id, parent, candidates: resolve(&host, port) }
             }
@@ -84,7 +112,12 @@ fn answer(job: Job) {
     }
 }
 
-/// The addresses of `host` worth trying, in order.
+/// The addresses of `host`, in the resolver's order (the decisions order them for connecting).
+pub(crate) fn lookup(host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+/// The addresses of `host` worth trying, in order (a parent proxy's name).
 pub(crate) fn resolve(host: &str, port: u16) -> Candidates {
     Candidates::from_lookup((host, port).to_socket_addrs())
 }

@@ -72,6 +72,7 @@ impl Server {
     /// new connections.
     pub fn bind_live(live: Arc<LiveConfig>, activated: Option<Vec<TcpListener>>) -> io::Result<Server> {
         let config = &live.snapshot().config;
+        socks4_dns::install_for(&config.names)?;
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
         live.listening_on(&socks4_server::listen::local_addrs(&listeners));

@@ -46,8 +46,8 @@ pub(crate) enum Msg {
         slot: usize,
         /// The connection's id.
         id: u64,
-        /// The addresses to try in order, or why there are none.
-        candidates: socks4_core::driver::Candidates,
+        /// The addresses, in the resolver's order, or why there are none.
+        lookup: std::io::Result<Vec<SocketAddr>>,
     },
     /// The users file's verdict on a connection's user id.
     UserChecked {
@@ -186,8 +186,11 @@ impl Worker {
                     continue;
                 }
                 let slot = ev.key / KEYS_PER_CONN;
-                let (Some(side), Some(conn)) = (Side::from_key(ev.key), conns.get_mut(slot)) else { continue };
-                conn.on_event(&mut ctx, side, ev);
+                let Some(conn) = conns.get_mut(slot) else { continue };
+                match Side::from_key(ev.key) {
+                    Some(side) => conn.on_event(&mut ctx, side, ev),
+                    None => conn.on_race_event(&mut ctx, ev.key % KEYS_PER_CONN),
+                }
                 touched.push(slot);
             }
 
@@ -218,9 +221,9 @@ impl Worker {
                         entry.insert(Conn::new(next_id, slot, (stream, addr, admission, snapshot), &mut ctx));
                         touched.push(slot);
                     }
-                    Ok(Msg::Resolved { slot, id, candidates }) => {
+                    Ok(Msg::Resolved { slot, id, lookup }) => {
                         if let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) {
-                            conn.on_resolved(&mut ctx, candidates);
+                            conn.on_resolved(&mut ctx, lookup);
                             touched.push(slot);
                         }
                     }

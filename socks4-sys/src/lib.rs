@@ -12,7 +12,8 @@
 //!   back on drop (what a single-threaded async worker uses: a cancelled relay returns its pipe,
 //!   or closes it if it holds bytes);
 //! - [`SplicePolicy`]: the one decision, before each chunk, whether a direction copies or splices;
-//! - [`sizes`]: every buffer size and pool bound, in one place.
+//! - [`sizes`]: every buffer size and pool bound, in one place;
+//! - [`socket`]: an outgoing TCP socket, non-blocking in one call, and a connect started on it.
 //!
 //! Readiness is the caller's business: every call here is non-blocking and reports
 //! [`WouldBlock`](std::io::ErrorKind::WouldBlock) like the standard library does, so a `polling`
@@ -57,6 +58,7 @@ mod pipe;
 mod policy;
 mod pool;
 pub mod sizes;
+pub mod socket;
 
 pub use accept::accept_nonblocking;
 pub use local::{LocalBuf, LocalPipe};

@@ -24,6 +24,8 @@ pub use egress::{
 mod operations;
 mod ops;
 pub use operations::{healthz_beside_idle_sockets, json_log_lines, metrics_count_what_was_sent, readyz_while_draining};
+mod names;
+pub use names::{happy_eyeballs, own_resolver};
 mod proxy;
 pub use proxy::{proxy_protocol, proxy_reentry};
 
@@ -624,6 +626,9 @@ pub const ALL: &[(&str, Check)] = &[
     ("outgoing_refused_at_start", outgoing_refused_at_start),
     ("keepalive_on_relayed_sockets", keepalive_on_relayed_sockets),
     ("warn_unsafe_socks", warn_unsafe_socks),
+    // --- Names: our own resolver, Happy Eyeballs. ---
+    ("own_resolver", own_resolver),
+    ("happy_eyeballs", happy_eyeballs),
     // Not in `binary_tests!`: each adapter's tests name it (see the check).
     ("chain_silent_parent", crate::chain::chain_silent_parent),
 ];

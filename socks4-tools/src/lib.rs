@@ -9,6 +9,7 @@
 //! - [`load`]: the load generator behind `socks4-load` (rate, bulk, hold).
 //! - [`binary`]: checks run against an adapter's server binary (command line, log words).
 //! - [`caps`]: checks of bandwidth caps and the BIND-wait cap through a proxy configured with them.
+//! - [`dns`]: a tiny DNS server on `127.0.0.1` for the tests of `--resolver` and Happy Eyeballs.
 //! - [`client_check`]: `socks4-check --client`, which judges SOCKS4 clients by playing their proxy.
 //!
 //! The `socks4-check PROXY_ADDR` binary runs the scenarios against any server; `socks4-load`
@@ -19,6 +20,7 @@ pub mod caps;
 pub mod chain;
 pub mod checksum;
 pub mod client_check;
+pub mod dns;
 pub mod load;
 pub mod report;
 pub mod scenarios;
@@ -123,7 +125,7 @@ macro_rules! binary_tests {
             proxy_protocol proxy_reentry
             chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap chain_numeric_names
             chain_bind_by_name chain_stalled_parent
-            outgoing_rotation outgoing_same_same outgoing_refused_at_start keepalive_on_relayed_sockets warn_unsafe_socks
+            outgoing_rotation outgoing_same_same outgoing_refused_at_start keepalive_on_relayed_sockets warn_unsafe_socks own_resolver happy_eyeballs
         );
     };
 }
