@@ -142,7 +142,7 @@ pub fn outgoing_parent_and_reload(binary: &Path) -> Result<Outcome, Failure> {
     let dir = Scratch::new("egress-reload")?;
     let path = dir.write("socks4.toml", &file(2, 5))?.to_string_lossy().into_owned();
     let (server, lines, proxy, mut seen) = start(binary, &["--listen", "127.0.0.1:0", "--config", &path])?;
-    let mut expect = |default: u8, carol: u8, when: &str| -> Result<(), Failure> {
+    let expect = |default: u8, carol: u8, when: &str| -> Result<(), Failure> {
         let bob = source_seen(proxy, &target, "bob")?;
         if bob != IpAddr::V4(v4(default)) {
             return Err(Failure::new(format!("{when}: `outgoing` is 127.0.0.{default}; the destination saw {bob}")));
