@@ -22,7 +22,7 @@ use socks4_core::rules::AccessRequest;
 use socks4_core::{CloseReason, Failure, MAX_REQUEST_LEN, ServerHandshake};
 use socks4_server::ServerConfig;
 use socks4_server::chain::{AnswerTo, Attempt};
-use socks4_server::egress::Egress;
+use socks4_server::egress::{Egress, Outgoing};
 use socks4_server::limits::Admission;
 use socks4_server::linger::{DRAIN_BYTES, DRAIN_TIME};
 use socks4_server::metrics::{Close, Phase};
@@ -270,12 +270,8 @@ async fn handshake<R: Runtime, H: Hooks>(
                 };
                 match connected {
                     Ok(stream) => {
-                        set_nodelay::<R>(&stream);
-                        let local = local_addr::<R>(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-                        outgoing.connected(local);
-                        log.out = Some(local.ip());
+                        let local = on_connected::<R, H>(&stream, outgoing, log);
                         dest = Some(stream);
-                        log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
                     Err(e) => misuse(hs.handle_connected(now(), Err(Failure::from(&e))))?,
@@ -293,12 +289,8 @@ async fn handshake<R: Runtime, H: Hooks>(
                 };
                 match raced {
                     Ok(stream) => {
-                        set_nodelay::<R>(&stream);
-                        let local = local_addr::<R>(&stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-                        outgoing.connected(local);
-                        log.out = Some(local.ip());
+                        let local = on_connected::<R, H>(&stream, outgoing, log);
                         dest = Some(stream);
-                        log.meter.connected();
                         misuse(hs.handle_connected(now(), Ok(local)))?;
                     }
                     Err(failure) => misuse(hs.handle_connected(now(), Err(failure)))?,
@@ -438,6 +430,21 @@ async fn handshake<R: Runtime, H: Hooks>(
             other => return Err(io::Error::other(format!("unexpected step {other:?}"))),
         }
     }
+}
+
+/// A connect succeeded (directly or as a race's winner): no delay on `stream`, its source counted
+/// for `outgoing` and logged (`out=`), the meter told; returns the local address for the reply.
+fn on_connected<R: Runtime, H: Hooks>(
+    stream: &R::Stream,
+    outgoing: Outgoing<'_>,
+    log: &mut ConnLog<'_, H>,
+) -> SocketAddr {
+    set_nodelay::<R>(stream);
+    let local = local_addr::<R>(stream).unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    outgoing.connected(local);
+    log.out = Some(local.ip());
+    log.meter.connected();
+    local
 }
 
 /// The address the client connected to (for `out same`).
