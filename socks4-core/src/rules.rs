@@ -1273,7 +1273,10 @@ impl fmt::Display for RuleError {
             Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
             Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
             Self::BadIsolate(w) => {
-                write!(f, "`isolate {w}` is not stream isolation: write `isolate client`, `isolate user` or `isolate client,user`")
+                write!(
+                    f,
+                    "`isolate {w}` is not stream isolation: write `isolate client`, `isolate user` or `isolate client,user`"
+                )
             }
             Self::IsolatePrefixTooLong(n) => write!(
                 f,
@@ -1580,7 +1583,11 @@ mod tests {
         assert_eq!(r("allow via socks4a://h:1 isolate user"), Ok(built));
         assert_eq!(r("allow via socks4a://h:1 isolate"), Err(RuleError::MissingValue("isolate".into())));
         for bad in ["bogus", "client,", ",user", "client,client", "user,user,client", "Client", "client;user", "all"] {
-            assert_eq!(r(&format!("allow via socks4a://h:1 isolate {bad}")), Err(RuleError::BadIsolate(bad.into())), "{bad}");
+            assert_eq!(
+                r(&format!("allow via socks4a://h:1 isolate {bad}")),
+                Err(RuleError::BadIsolate(bad.into())),
+                "{bad}"
+            );
         }
         assert_eq!(
             r("allow via socks4a://h:1 isolate client isolate user"),
@@ -1595,7 +1602,8 @@ mod tests {
             Err(RuleError::IsolatePrefixTooLong(MAX_ISOLATED_PREFIX + 1))
         );
         assert!(r(&format!("allow via socks4a://h:1 as {long}n")).is_ok(), "no isolation, no prefix limit");
-        for e in [RuleError::BadIsolate("x".into()), RuleError::IsolateWithoutVia, RuleError::IsolatePrefixTooLong(300)] {
+        for e in [RuleError::BadIsolate("x".into()), RuleError::IsolateWithoutVia, RuleError::IsolatePrefixTooLong(300)]
+        {
             assert!(!format!("{e}").is_empty());
         }
     }
