@@ -99,7 +99,7 @@ pub struct ServerArgs {
     /// the other family than the destination's is skipped). A rule's `out` wins over it.
     #[arg(long, value_name = "ADDR", env = "SOCKS4_OUTGOING", value_delimiter = ',')]
     pub outgoing: Vec<IpAddr>,
-    /// TCP keepalive on both sockets of each relay: IDLE[,INTERVAL,COUNT], e.g. 60s or 60s,10s,5
+    /// TCP keepalive on both sockets of each relay: IDLE, or IDLE,INTERVAL,COUNT, e.g. 60s or 60s,10s,5
     /// (default: off).
     #[arg(long, value_name = "IDLE[,INTERVAL,COUNT]", value_parser = keepalive, env = "SOCKS4_KEEPALIVE")]
     pub keepalive: Option<Keepalive>,

@@ -41,7 +41,7 @@
 //! ```
 //!
 //! How SOCKS4a names are looked up and their addresses tried (see [`NamesConfig`],
-//! [`eyeballs`](crate::eyeballs), [`dns`](crate::dns)):
+//! [`eyeballs`](crate::eyeballs), [`names`](crate::names)):
 //!
 //! ```toml
 //! [names]

@@ -25,7 +25,8 @@
 //!     }
 //! }
 //! names::install(|_config| Ok(Arc::new(Fixed)));
-//! let config = NamesConfig { resolvers: vec!["127.0.0.1:53".parse()?], ..NamesConfig::default() };
+//! let mut config = NamesConfig::default();
+//! config.resolvers = vec!["127.0.0.1:53".parse()?];
 //! let resolver = names::resolver_for(&config).expect("configured")?;
 //! let mut lookup = std::pin::pin!(names::Lookup::start(&*resolver, "example.org", 80));
 //! let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -11,7 +11,7 @@
 //!   [`Decisions::user_checked`]); a refusal is logged and answered ([`users::refuse`]); then
 //!   the rules decide ([`upstream::authorize`]) and a route is kept;
 //! - `Resolve` answered ([`Decisions::resolved`]): the addresses ordered for Happy Eyeballs
-//!   ([`eyeballs::order`]), the first one the rules allow handed to the handshake;
+//!   ([`eyeballs::order`](crate::eyeballs::order)), the first one the rules allow handed to the handshake;
 //! - `Connect`: through the route's parents ([`Step::Chain`]), directly ([`Step::Connect`]), or
 //!   for a name with several addresses the rules allow, racing them ([`Step::Race`]);
 //! - `Listen` (BIND): the BIND-wait slot is taken ([`Admission::start_bind_wait`]; over the limit,

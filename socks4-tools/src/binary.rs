@@ -19,7 +19,8 @@ mod auth;
 mod egress;
 pub use auth::{users_burst, users_flood_fairness, users_memory_bounded};
 pub use egress::{
-    keepalive_on_relayed_sockets, outgoing_refused_at_start, outgoing_rotation, outgoing_same_same, warn_unsafe_socks,
+    keepalive_on_relayed_sockets, outgoing_parent_and_reload, outgoing_refused_at_start, outgoing_rotation,
+    outgoing_same_same, warn_unsafe_socks,
 };
 mod operations;
 mod ops;
@@ -623,6 +624,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_stalled_parent", crate::chain::chain_stalled_parent),
     ("outgoing_rotation", outgoing_rotation),
     ("outgoing_same_same", outgoing_same_same),
+    ("outgoing_parent_and_reload", outgoing_parent_and_reload),
     ("outgoing_refused_at_start", outgoing_refused_at_start),
     ("keepalive_on_relayed_sockets", keepalive_on_relayed_sockets),
     ("warn_unsafe_socks", warn_unsafe_socks),

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::operations::{WithMetrics, address_after, scrape, start_with_metrics};
-use super::ops::run;
+use super::ops::{Scratch, run, signal};
 use super::{connect_from, echo_target, line_with, start};
 use crate::scenarios::{Failure, Outcome};
 use crate::wire;
@@ -119,6 +119,55 @@ pub fn outgoing_rotation(binary: &Path) -> Result<Outcome, Failure> {
             return Err(Failure::new(format!("{series} is {got}, not {want}")));
         }
     }
+    drop(server);
+    Ok(Outcome::Pass)
+}
+
+/// The source a parent sees, and a reload: `--config FILE` with `outgoing = ["127.0.0.2"]` and
+/// the rules `allow user carol out 127.0.0.5 via socks4://PARENT`, `allow any`. Bob reaches the destination
+/// from 127.0.0.2; carol's request reaches the parent (the first hop of her route) from 127.0.0.5.
+/// The file then says `outgoing = ["127.0.0.3"]` and `out 127.0.0.6`, and after `SIGHUP` new
+/// connections leave from those: bob's from 127.0.0.3, carol's parent sees 127.0.0.6.
+///
+/// # Errors
+/// What went wrong.
+pub fn outgoing_parent_and_reload(binary: &Path) -> Result<Outcome, Failure> {
+    let (target, parent) = (Recorder::start()?, Recorder::start()?);
+    let file = |default: u8, carol: u8| {
+        format!(
+            "outgoing = [\"127.0.0.{default}\"]\nrules = [\"allow user carol out 127.0.0.{carol} via socks4://{}\", \"allow any\"]\n",
+            SocketAddr::V4(parent.addr().unwrap_or(SocketAddrV4::new(LOCAL, 0)))
+        )
+    };
+    let dir = Scratch::new("egress-reload")?;
+    let path = dir.write("socks4.toml", &file(2, 5))?.to_string_lossy().into_owned();
+    let (server, lines, proxy, mut seen) = start(binary, &["--listen", "127.0.0.1:0", "--config", &path])?;
+    let expect = |default: u8, carol: u8, when: &str| -> Result<(), Failure> {
+        let bob = source_seen(proxy, &target, "bob")?;
+        if bob != IpAddr::V4(v4(default)) {
+            return Err(Failure::new(format!("{when}: `outgoing` is 127.0.0.{default}; the destination saw {bob}")));
+        }
+        let dest = target.addr()?;
+        let client = thread::spawn(move || connect_from(LOCAL, proxy, dest, b"carol").map(|(code, _)| code));
+        let (mut hop, seen_from) = parent.next_source()?;
+        hop.set_nonblocking(false)?;
+        hop.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = [0u8; 64];
+        let _ = hop.read(&mut request)?;
+        hop.write_all(&[0, wire::GRANTED, 0, 0, 0, 0, 0, 0])?;
+        let code = client.join().map_err(|_| Failure::new("the client thread panicked"))??;
+        if seen_from != IpAddr::V4(v4(carol)) || code != wire::GRANTED {
+            return Err(Failure::new(format!(
+                "{when}: carol's rule says `out 127.0.0.{carol}` for its route; the parent saw {seen_from} (reply {code})"
+            )));
+        }
+        Ok(())
+    };
+    expect(2, 5, "before the reload")?;
+    dir.write("socks4.toml", &file(3, 6))?;
+    signal(&server, "HUP")?;
+    line_with(&lines, "config reloaded from ", &mut seen)?;
+    expect(3, 6, "after the reload")?;
     drop(server);
     Ok(Outcome::Pass)
 }

@@ -15,10 +15,10 @@ use crate::scenarios::{Failure, Outcome};
 use crate::wire;
 
 /// A directory of the check's own files, removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(what: &str) -> Result<Self, Failure> {
+    pub(crate) fn new(what: &str) -> Result<Self, Failure> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("socks4-{what}-{}-{n}", std::process::id()));
@@ -27,7 +27,7 @@ impl Scratch {
     }
 
     /// Writes `text` to the file `name` in it; returns the file's path.
-    fn write(&self, name: &str, text: &str) -> Result<PathBuf, Failure> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<PathBuf, Failure> {
         let path = self.0.join(name);
         std::fs::write(&path, text)?;
         Ok(path)
