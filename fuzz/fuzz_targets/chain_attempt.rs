@@ -74,18 +74,19 @@ fuzz_target!(|case: Case| {
     let route = rule.route.expect("a route");
     let ups = Arc::new(Upstreams::new());
     let mut now = Instant::now();
+    let client = std::net::IpAddr::from([127, 0, 0, 1]);
     let made = match (case.bind, case.by_name) {
         (true, _) => {
             let peer: SocketAddr = "192.0.2.7:21".parse().expect("an address");
-            Attempt::bind(Arc::clone(&ups), &route, peer, &case.user, (TIMEOUT, 2 * TIMEOUT), now)
+            Attempt::bind(Arc::clone(&ups), &route, peer, client, &case.user, (TIMEOUT, 2 * TIMEOUT), now)
         }
         (false, true) => {
             let target = ChainTarget::Host("duck.onion".into(), 443);
-            Attempt::connect(Arc::clone(&ups), &route, &target, &case.user, TIMEOUT, now)
+            Attempt::connect(Arc::clone(&ups), &route, &target, client, &case.user, TIMEOUT, now)
         }
         (false, false) => {
             let target = ChainTarget::Addr("192.0.2.1:80".parse().expect("an address"));
-            Attempt::connect(Arc::clone(&ups), &route, &target, &case.user, TIMEOUT, now)
+            Attempt::connect(Arc::clone(&ups), &route, &target, client, &case.user, TIMEOUT, now)
         }
     };
     let Ok(mut attempt) = made else { return };

@@ -6,6 +6,7 @@
 //! allow|deny [from CIDR] [to CIDR|CLASS|HOST-PATTERN] [port N|N-M] [command connect|bind] [user NAME]
 //! allow [conditions as above] ident
 //! allow [conditions as above] via socks4a://HOST:PORT[,socks4://HOST:PORT...] [as NAME]
+//!       [isolate client|user|client,user]
 //! allow [conditions as above] out ADDR[,ADDR...] | out dev IFACE | out same
 //! allow|deny any
 //! ```
@@ -16,8 +17,8 @@
 //! ([`Rules::egress`] gives the matching rule's).
 //!
 //! `via` (allow rules only) gives the rule a [`Route`]: a request it allows is sent through these
-//! parent proxies, tried in order, instead of connecting directly (see [`Route`] for the syntax
-//! and `as`). [`Rules::decide`] names the matching rule ([`Decision::rule`]) and
+//! parent proxies, tried in order, instead of connecting directly (see [`Route`] for the syntax,
+//! `as` and `isolate`). [`Rules::decide`] names the matching rule ([`Decision::rule`]) and
 //! [`Rules::route`] gives its route. A rule without `via` connects directly.
 //!
 //! `from` matches the client's address, `to` the destination: a network (IPv4 or IPv6) matches the
@@ -528,7 +529,10 @@ impl fmt::Display for Parent {
 ///
 /// Text form, in a rule: `via socks4a://a:9050,socks4a://b:9050` (or `via` repeated), and
 /// optionally `as NAME` (the user id sent to the parents; without it the client's user name is
-/// sent, never a users-file token). `user` stays the condition on the client's user id.
+/// sent, never a users-file token) and `isolate client`, `isolate user` or `isolate client,user`
+/// (stream isolation, see [`Isolate`]: each client gets its own user id upstream, so a Tor parent
+/// keeps different clients off shared circuits; with `as NAME`, NAME is its prefix). `user` stays
+/// the condition on the client's user id.
 ///
 /// ```
 /// use socks4_core::rules::{Rule, Scheme};
@@ -538,6 +542,8 @@ impl fmt::Display for Parent {
 /// assert_eq!(route.parents[0].scheme, Scheme::Socks4);
 /// assert_eq!(route.user.as_deref(), Some("relay"));
 /// assert_eq!(route.to_string(), "via socks4://bastion:1080,socks4://[::1]:1081 as relay");
+/// let tor: Rule = "allow to *.onion via socks4a://127.0.0.1:9050 isolate client".parse()?;
+/// assert_eq!(tor.route.unwrap().isolate, Some(socks4_core::rules::Isolate::Client));
 /// # Ok::<(), socks4_core::rules::RuleError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -545,20 +551,38 @@ impl fmt::Display for Parent {
 pub struct Route {
     /// The parents, in the order to try them (at least one).
     pub parents: Vec<Parent>,
-    /// The user id to send to the parents (`as NAME`); `None`: the client's user name.
+    /// The user id to send to the parents (`as NAME`); `None`: the client's user name. With
+    /// [`isolate`](Self::isolate), the prefix of the per-client id.
     pub user: Option<String>,
+    /// Stream isolation (`isolate ...`): send each client (by address, user name or both) a user
+    /// id of its own; `None`: the same one for all (`as NAME`, or the client's user name).
+    pub isolate: Option<Isolate>,
 }
 
 impl Route {
     /// A route through `parents`, sending the client's user name.
     pub fn new(parents: Vec<Parent>) -> Self {
-        Self { parents, user: None }
+        Self { parents, user: None, isolate: None }
     }
 
     /// With the user id to send to the parents.
     #[must_use]
     pub fn with_user(mut self, user: &str) -> Self {
         self.user = Some(user.to_string());
+        self
+    }
+
+    /// With stream isolation (`isolate ...`; see [`Isolate`]).
+    ///
+    /// ```
+    /// use socks4_core::rules::{Isolate, Route};
+    /// let route = Route::new(vec!["socks4a://127.0.0.1:9050".parse()?]).with_user("tor").with_isolate(Isolate::Both);
+    /// assert_eq!(route.to_string(), "via socks4a://127.0.0.1:9050 as tor isolate client,user");
+    /// # Ok::<(), socks4_core::rules::RuleError>(())
+    /// ```
+    #[must_use]
+    pub fn with_isolate(mut self, isolate: Isolate) -> Self {
+        self.isolate = Some(isolate);
         self
     }
 
@@ -581,7 +605,96 @@ impl fmt::Display for Route {
         if let Some(user) = &self.user {
             write!(f, " as {user}")?;
         }
+        if let Some(isolate) = &self.isolate {
+            write!(f, " isolate {isolate}")?;
+        }
         Ok(())
+    }
+}
+
+/// The longest `as NAME` a route with [`Isolate`] takes: the per-client id the server sends is
+/// `NAME-` and [`ISOLATION_ID_LEN`] hex digits, and a SOCKS4 user id is at most 255 bytes.
+pub const MAX_ISOLATED_PREFIX: usize = 255 - 1 - ISOLATION_ID_LEN;
+
+/// The length of the per-client part of an isolated user id (hex digits of a 64-bit keyed hash).
+pub const ISOLATION_ID_LEN: usize = 16;
+
+/// What tells clients apart for stream isolation (`isolate client`, `isolate user`, `isolate
+/// client,user` after a route): each distinct client gets a distinct user id upstream, the same
+/// one for as long as the server runs, so a Tor parent (which isolates streams by SOCKS
+/// credentials, `IsolateSOCKSAuth`) keeps different clients off shared circuits.
+///
+/// The core only carries it; the server derives the id (a keyed hash: the parent never sees the
+/// client's address or name).
+///
+/// ```
+/// use socks4_core::rules::{Isolate, Rule};
+/// let rule: Rule = "allow via socks4a://127.0.0.1:9050 isolate user,client".parse()?;
+/// let isolate = rule.route.as_ref().unwrap().isolate.unwrap();
+/// assert_eq!(isolate, Isolate::Both);
+/// assert!(isolate.by_client() && isolate.by_user());
+/// assert_eq!(rule.to_string(), "allow via socks4a://127.0.0.1:9050 isolate client,user");
+/// assert!("allow via socks4a://127.0.0.1:9050 isolate bogus".parse::<Rule>().is_err());
+/// # Ok::<(), socks4_core::rules::RuleError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isolate {
+    /// By the client's address (`isolate client`): behind a trusted balancer, the address its
+    /// PROXY header names.
+    Client,
+    /// By the client's user name (`isolate user`; with a users file the verified name, never the
+    /// token).
+    User,
+    /// By both (`isolate client,user`).
+    Both,
+}
+
+impl Isolate {
+    /// Does the client's address tell clients apart?
+    pub const fn by_client(self) -> bool {
+        matches!(self, Self::Client | Self::Both)
+    }
+
+    /// Does the client's user name tell clients apart?
+    pub const fn by_user(self) -> bool {
+        matches!(self, Self::User | Self::Both)
+    }
+}
+
+impl FromStr for Isolate {
+    type Err = RuleError;
+
+    /// `client`, `user`, or both separated by a comma (in either order, each once).
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        let bad = || RuleError::BadIsolate(s.to_string());
+        let (mut client, mut user) = (false, false);
+        for part in s.split(',') {
+            let seen = match part {
+                "client" => core::mem::replace(&mut client, true),
+                "user" => core::mem::replace(&mut user, true),
+                _ => return Err(bad()),
+            };
+            if seen {
+                return Err(bad());
+            }
+        }
+        match (client, user) {
+            (true, true) => Ok(Self::Both),
+            (true, false) => Ok(Self::Client),
+            (false, true) => Ok(Self::User),
+            (false, false) => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Isolate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Client => "client",
+            Self::User => "user",
+            Self::Both => "client,user",
+        })
     }
 }
 
@@ -839,6 +952,7 @@ impl FromStr for Rule {
         }
         let mut route: Option<Route> = None;
         let mut route_user: Option<String> = None;
+        let mut isolate: Option<Isolate> = None;
         while let Some(key) = words.next() {
             if key == "ident" {
                 if rule.ident {
@@ -886,6 +1000,7 @@ impl FromStr for Rule {
                     false
                 }
                 "as" => route_user.replace(value.to_string()).is_some(),
+                "isolate" => isolate.replace(value.parse()?).is_some(),
                 "out" => {
                     let egress = match value {
                         "dev" => Egress::device(words.next().ok_or_else(|| RuleError::BadOut("dev".to_string()))?)?,
@@ -905,11 +1020,15 @@ impl FromStr for Rule {
         if rule.egress.is_some() && rule.action == Action::Deny {
             return Err(RuleError::OutOnDeny);
         }
-        match (route, route_user) {
-            (Some(_), _) if rule.action == Action::Deny => return Err(RuleError::RouteOnDeny),
-            (Some(route), user) => rule.route = Some(Route { user, ..route }),
-            (None, Some(_)) => return Err(RuleError::AsWithoutVia),
-            (None, None) => {}
+        match (route, route_user, isolate) {
+            (Some(_), _, _) if rule.action == Action::Deny => return Err(RuleError::RouteOnDeny),
+            (Some(_), Some(prefix), Some(_)) if prefix.len() > MAX_ISOLATED_PREFIX => {
+                return Err(RuleError::IsolatePrefixTooLong(prefix.len()));
+            }
+            (Some(route), user, isolate) => rule.route = Some(Route { user, isolate, ..route }),
+            (None, Some(_), _) => return Err(RuleError::AsWithoutVia),
+            (None, None, Some(_)) => return Err(RuleError::IsolateWithoutVia),
+            (None, None, None) => {}
         }
         Ok(rule)
     }
@@ -1088,7 +1207,8 @@ pub enum RuleError {
     Empty,
     /// The first word is not `allow` or `deny`.
     BadAction(String),
-    /// A keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`, `via`, `as`, `out`.
+    /// A keyword is not one of `from`, `to`, `port`, `command`, `user`, `ident`, `via`, `as`,
+    /// `isolate`, `out`.
     UnknownKey(String),
     /// A condition keyword has no value after it.
     MissingValue(String),
@@ -1111,6 +1231,13 @@ pub enum RuleError {
     RouteOnDeny,
     /// `as NAME` without `via`.
     AsWithoutVia,
+    /// Not an `isolate` value (`client`, `user` or `client,user`).
+    BadIsolate(String),
+    /// `as NAME` with `isolate`: NAME (this many bytes) is too long to prefix the per-client id
+    /// (at most [`MAX_ISOLATED_PREFIX`]).
+    IsolatePrefixTooLong(usize),
+    /// `isolate` without `via`.
+    IsolateWithoutVia,
     /// Not an `out` value: `ADDR[,ADDR...]` (at most [`MAX_OUT_ADDRS`] unicast addresses),
     /// `dev IFACE` or `same`.
     BadOut(String),
@@ -1126,7 +1253,7 @@ impl fmt::Display for RuleError {
             Self::Empty => f.write_str("empty rule: write `allow ...` or `deny ...`"),
             Self::BadAction(w) => write!(f, "rule starts with `{w}`, expected `allow` or `deny`"),
             Self::UnknownKey(w) => {
-                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as, out)")
+                write!(f, "unknown condition `{w}` (use from, to, port, command, user, ident, via, as, isolate, out)")
             }
             Self::MissingValue(w) => write!(f, "condition `{w}` has no value"),
             Self::Duplicate(w) => write!(f, "condition `{w}` given twice"),
@@ -1145,6 +1272,17 @@ impl fmt::Display for RuleError {
             }
             Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
             Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
+            Self::BadIsolate(w) => {
+                write!(
+                    f,
+                    "`isolate {w}` is not stream isolation: write `isolate client`, `isolate user` or `isolate client,user`"
+                )
+            }
+            Self::IsolatePrefixTooLong(n) => write!(
+                f,
+                "`as NAME` with `isolate`: NAME is {n} bytes, at most {MAX_ISOLATED_PREFIX} (it prefixes the per-client id)"
+            ),
+            Self::IsolateWithoutVia => f.write_str("`isolate` (stream isolation at the parent proxy) needs `via`"),
             Self::BadOut(w) => write!(
                 f,
                 "`out {w}` is not a source: write `out ADDR[,ADDR...]` (at most {MAX_OUT_ADDRS} unicast addresses), \
@@ -1411,6 +1549,63 @@ mod tests {
         let other = req(Command::Connect, [1, 1, 1, 1], 80, None, b"bob");
         assert_eq!(rules.egress(&rules.decide(local, &other)), None);
         assert_eq!(Rules::default().egress(&Rules::default().decide(local, &alice)), None);
+    }
+
+    #[test]
+    fn isolation_parses_displays_and_rejects_bad_forms() {
+        let r = |s: &str| s.parse::<Rule>();
+        let route = |s: &str| r(s).unwrap().route.unwrap();
+        assert_eq!(route("allow via socks4a://127.0.0.1:9050 isolate client").isolate, Some(Isolate::Client));
+        assert_eq!(route("allow via socks4a://127.0.0.1:9050 isolate user").isolate, Some(Isolate::User));
+        assert_eq!(route("allow via socks4a://127.0.0.1:9050 isolate user,client").isolate, Some(Isolate::Both));
+        assert_eq!(route("allow via socks4a://127.0.0.1:9050").isolate, None);
+        // `as client` stays a literal user id named "client".
+        let literal = route("allow via socks4a://127.0.0.1:9050 as client");
+        assert_eq!((literal.user.as_deref(), literal.isolate), (Some("client"), None));
+        let both = route("allow isolate client via socks4a://h:1 as tor");
+        assert_eq!((both.user.as_deref(), both.isolate), (Some("tor"), Some(Isolate::Client)));
+        for text in [
+            "allow to *.onion via socks4a://127.0.0.1:9050 isolate client",
+            "allow user alice via socks4a://127.0.0.1:9050 isolate user",
+            "allow via socks4a://a:9050,socks4a://b:9050 as tor isolate client,user",
+        ] {
+            let rule = r(text).unwrap();
+            assert_eq!(rule.to_string(), text);
+            assert_eq!(r(&rule.to_string()), Ok(rule));
+        }
+        assert_eq!(
+            r("allow via socks4a://h:1 isolate user,client").unwrap().to_string(),
+            "allow via socks4a://h:1 isolate client,user",
+            "one spelling"
+        );
+        let built = Rule::any(Action::Allow)
+            .with_route(Route::new(vec!["socks4a://h:1".parse().unwrap()]).with_isolate(Isolate::User));
+        assert_eq!(r("allow via socks4a://h:1 isolate user"), Ok(built));
+        assert_eq!(r("allow via socks4a://h:1 isolate"), Err(RuleError::MissingValue("isolate".into())));
+        for bad in ["bogus", "client,", ",user", "client,client", "user,user,client", "Client", "client;user", "all"] {
+            assert_eq!(
+                r(&format!("allow via socks4a://h:1 isolate {bad}")),
+                Err(RuleError::BadIsolate(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            r("allow via socks4a://h:1 isolate client isolate user"),
+            Err(RuleError::Duplicate("isolate".into()))
+        );
+        assert_eq!(r("allow isolate client"), Err(RuleError::IsolateWithoutVia));
+        assert_eq!(r("deny via socks4a://h:1 isolate client"), Err(RuleError::RouteOnDeny));
+        let long = "n".repeat(MAX_ISOLATED_PREFIX);
+        assert!(r(&format!("allow via socks4a://h:1 as {long} isolate client")).is_ok());
+        assert_eq!(
+            r(&format!("allow via socks4a://h:1 as {long}n isolate client")),
+            Err(RuleError::IsolatePrefixTooLong(MAX_ISOLATED_PREFIX + 1))
+        );
+        assert!(r(&format!("allow via socks4a://h:1 as {long}n")).is_ok(), "no isolation, no prefix limit");
+        for e in [RuleError::BadIsolate("x".into()), RuleError::IsolateWithoutVia, RuleError::IsolatePrefixTooLong(300)]
+        {
+            assert!(!format!("{e}").is_empty());
+        }
     }
 
     #[test]

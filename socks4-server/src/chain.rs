@@ -20,7 +20,8 @@
 //! let (route, now) = (rule.route.unwrap(), Instant::now());
 //! let target = ChainTarget::Host("duck.onion".into(), 443);
 //! let ups = Arc::new(Upstreams::new());
-//! let mut attempt = Attempt::connect(ups, &route, &target, b"", Duration::from_secs(5), now).unwrap();
+//! let client = [127, 0, 0, 1].into();
+//! let mut attempt = Attempt::connect(ups, &route, &target, client, b"", Duration::from_secs(5), now).unwrap();
 //! assert!(matches!(attempt.poll(), Io::Connect(addr) if addr.port() == 9050));
 //! attempt.handle_connected(now, Ok(()));
 //! let Io::Write(request) = attempt.poll() else { panic!() };
@@ -172,8 +173,8 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// A CONNECT to `target` through `route` ([`connect_request`]'s request, `timeout` per
-    /// parent), its health recorded in `upstreams` (the process's: [`Upstreams::global`]).
+    /// A CONNECT to `target` through `route` for the client at `client` ([`connect_request`]'s
+    /// request, `timeout` per parent), its health recorded in `upstreams` (the process's: [`Upstreams::global`]).
     ///
     /// # Errors
     /// When the request cannot be made (the client's reply: 91), as [`connect_request`].
@@ -181,15 +182,16 @@ impl Attempt {
         upstreams: Arc<Upstreams>,
         route: &Route,
         target: &ChainTarget,
+        client: IpAddr,
         client_user_id: &[u8],
         timeout: Duration,
         now: Instant,
     ) -> Result<Self, Failure> {
-        let request = connect_request(route, target, client_user_id)?;
+        let request = connect_request(route, target, client, client_user_id)?;
         Ok(Self::new(upstreams, route, request, false, timeout, Duration::ZERO, now))
     }
 
-    /// A BIND for `expected_peer` through `route` ([`bind_request`]): the first reply within
+    /// A BIND for `expected_peer` through `route` for the client at `client` ([`bind_request`]): the first reply within
     /// `timeout` per parent, the second within `bind_timeout` of it.
     ///
     /// # Errors
@@ -198,12 +200,13 @@ impl Attempt {
         upstreams: Arc<Upstreams>,
         route: &Route,
         expected_peer: SocketAddr,
+        client: IpAddr,
         client_user_id: &[u8],
         (timeout, bind_timeout): (Duration, Duration),
         now: Instant,
     ) -> Result<Self, Failure> {
         let IpAddr::V4(ip) = expected_peer.ip().to_canonical() else { return Err(Failure::Other) };
-        let request = bind_request(route, SocketAddrV4::new(ip, expected_peer.port()), client_user_id)?;
+        let request = bind_request(route, SocketAddrV4::new(ip, expected_peer.port()), client, client_user_id)?;
         Ok(Self::new(upstreams, route, request, true, timeout, bind_timeout, now))
     }
 
@@ -472,6 +475,7 @@ mod tests {
     }
 
     const SECOND: Duration = Duration::from_secs(1);
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// Drives `attempt` until it answers: connects fail on the ports in `refused`, resolves go to
     /// `lookup`, the parent's bytes are `reply`, split at `split`.
@@ -516,7 +520,7 @@ mod tests {
         let r = route("allow via socks4a://127.0.0.1:1,socks4a://127.0.0.1:2 as tor");
         let now = Instant::now();
         let target = ChainTarget::Host("duck.onion".into(), 443);
-        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, b"alice:secret", SECOND, now).unwrap();
+        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, LOCAL, b"alice:secret", SECOND, now).unwrap();
         let (sent, answer) = run(&mut attempt, now, &[1], &[0, 90, 0, 80, 1, 2, 3, 4], 3);
         assert_eq!(sent, b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
         assert_eq!(answer, Answer { to: AnswerTo::Connect, result: Ok("1.2.3.4:80".parse().unwrap()) });
@@ -530,14 +534,14 @@ mod tests {
         let ups = Arc::new(Upstreams::new());
         let r = route("allow via socks4://127.0.0.1:1,socks4://127.0.0.1:2");
         let (now, target) = (Instant::now(), ChainTarget::Addr("192.0.2.1:80".parse().unwrap()));
-        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, b"alice:x", SECOND, now).unwrap();
+        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, LOCAL, b"alice:x", SECOND, now).unwrap();
         let (sent, answer) = run(&mut attempt, now, &[], &[0, 93, 0, 0, 0, 0, 0, 0], 8);
         assert_eq!(sent, b"\x04\x01\x00\x50\xc0\x00\x02\x01alice\0", "the name, not the token");
         assert_eq!(answer.result, Err(Failure::Rejected(socks4_core::ReplyCode::IdentMismatch)));
         assert_eq!((attempt.via().unwrap().port, ups.stats().failures), (1, 0), "a refusal is not a failure");
 
         for reply in [&b"HTTP/1.1 400 Bad"[..], &[0, 90, 0]] {
-            let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, b"", SECOND, now).unwrap();
+            let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, LOCAL, b"", SECOND, now).unwrap();
             let (_, answer) = run(&mut attempt, now, &[], reply, 2);
             assert_eq!(answer.result, Err(Failure::Other), "{reply:?}: no second parent");
             assert_eq!(attempt.via().unwrap().port, 1);
@@ -545,7 +549,7 @@ mod tests {
         assert_eq!(ups.stats().failures, 2);
         let r4 = route("allow via socks4://127.0.0.1:1");
         let host = ChainTarget::Host("a.example".into(), 80);
-        assert_eq!(Attempt::connect(ups, &r4, &host, b"", SECOND, now).err(), Some(Failure::Other));
+        assert_eq!(Attempt::connect(ups, &r4, &host, LOCAL, b"", SECOND, now).err(), Some(Failure::Other));
     }
 
     #[test]
@@ -553,7 +557,7 @@ mod tests {
         let ups = Arc::new(Upstreams::new());
         let r = route("allow via socks4://127.0.0.1:1,socks4://parent.example:2");
         let (now, target) = (Instant::now(), ChainTarget::Addr("192.0.2.1:80".parse().unwrap()));
-        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, b"", SECOND, now).unwrap();
+        let mut attempt = Attempt::connect(Arc::clone(&ups), &r, &target, LOCAL, b"", SECOND, now).unwrap();
         assert!(matches!(attempt.poll(), Io::Connect(_)));
         assert_eq!(attempt.poll(), Io::Wait);
         attempt.handle_timeout(now + SECOND / 2);
@@ -579,7 +583,7 @@ mod tests {
         assert_eq!(ups.stats().failures, 2);
 
         let mut none =
-            Attempt::connect(ups, &route("allow via socks4://127.0.0.1:1"), &target, b"", SECOND, now).unwrap();
+            Attempt::connect(ups, &route("allow via socks4://127.0.0.1:1"), &target, LOCAL, b"", SECOND, now).unwrap();
         assert!(matches!(none.poll(), Io::Connect(_)));
         none.handle_error(now, Failure::Refused);
         let Io::Answer(answer) = none.poll() else { panic!() };
@@ -592,7 +596,7 @@ mod tests {
         let r = route("allow via socks4://127.0.0.1:1080");
         let now = Instant::now();
         let peer = "192.0.2.7:0".parse().unwrap();
-        let mut attempt = Attempt::bind(Arc::clone(&ups), &r, peer, b"bob", (SECOND, 2 * SECOND), now).unwrap();
+        let mut attempt = Attempt::bind(Arc::clone(&ups), &r, peer, LOCAL, b"bob", (SECOND, 2 * SECOND), now).unwrap();
         let replies = [[0, 90, 0x9c, 0x40, 0, 0, 0, 0], [0, 90, 0x13, 0x88, 192, 0, 2, 7]].concat();
         let (sent, first) = run(&mut attempt, now, &[], &replies, 5);
         assert_eq!(sent, b"\x04\x02\x00\x00\xc0\x00\x02\x07bob\0");
@@ -605,6 +609,6 @@ mod tests {
         let mut hs = ServerHandshake::new(Duration::ZERO, Default::default(), Default::default());
         assert!(first.apply(&mut hs, Duration::ZERO).is_err(), "a handshake that did not ask");
         let v6 = "[2001:db8::1]:0".parse().unwrap();
-        assert!(Attempt::bind(ups, &r, v6, b"", (SECOND, SECOND), now).is_err(), "SOCKS4 cannot ask for IPv6");
+        assert!(Attempt::bind(ups, &r, v6, LOCAL, b"", (SECOND, SECOND), now).is_err(), "SOCKS4 cannot ask for IPv6");
     }
 }

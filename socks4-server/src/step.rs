@@ -263,7 +263,8 @@ impl Decisions {
                         (Some(route), target) => {
                             let user_id = hs.request().map_or(&[][..], |r| r.user_id);
                             let timeout = cx.config.timeouts.connect;
-                            match Attempt::connect(Arc::clone(cx.upstreams), route, &target, user_id, timeout, cx.at) {
+                            let (ups, client) = (Arc::clone(cx.upstreams), cx.client.ip());
+                            match Attempt::connect(ups, route, &target, client, user_id, timeout, cx.at) {
                                 Ok(attempt) => return Ok(Step::Chain(Box::new(attempt))),
                                 Err(failure) => hs.handle_connected(cx.now, Err(failure))?,
                             }
@@ -296,7 +297,8 @@ impl Decisions {
                         None => (SocketAddr::new(expected_peer, 0), &[][..]),
                     };
                     let timeouts = (cx.config.timeouts.connect, cx.config.timeouts.bind);
-                    match Attempt::bind(Arc::clone(cx.upstreams), route, peer, user_id, timeouts, cx.at) {
+                    match Attempt::bind(Arc::clone(cx.upstreams), route, peer, cx.client.ip(), user_id, timeouts, cx.at)
+                    {
                         Ok(attempt) => return Ok(Step::Chain(Box::new(attempt))),
                         Err(failure) => hs.handle_listening(cx.now, Err(failure))?,
                     }

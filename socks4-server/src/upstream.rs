@@ -9,8 +9,8 @@
 //!                    else resolve as before
 //! Output::Authorize: (after the users file) if let Via(route) = authorize(&mut hs, now, rules, client,
 //!                       users)? { keep it for Connect or Listen }
-//! Output::Connect:   with a route: chain::Attempt::connect(.., &route, &target, user_id, ..)
-//! Output::Listen:    with a route (BIND): chain::Attempt::bind(.., &route, expected_peer, user_id, ..)
+//! Output::Connect:   with a route: chain::Attempt::connect(.., &route, &target, client, user_id, ..)
+//! Output::Listen:    with a route (BIND): chain::Attempt::bind(.., &route, expected_peer, client, user_id, ..)
 //! ```
 //!
 //! Every driver (socks4-std's poller, the async driver on its event loop) performs the
@@ -42,13 +42,15 @@
 //! order). Only attempts that end count: one dropped because its client left records nothing.
 //! [`Upstreams::stats`] gives the counters a metrics exporter can publish.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use socks4_core::rules::{Parent, Route, Rules};
+use socks4_core::rules::{ISOLATION_ID_LEN, Parent, Route, Rules};
 use socks4_core::{
     AccessRequest, Action, ClientEvent, ClientHandshake, Dest, Failure, Misuse, ReplyCode, ServerHandshake, Target,
 };
@@ -219,16 +221,18 @@ impl From<Target<'_>> for ChainTarget {
     }
 }
 
-/// The request to send to a route's parents for a CONNECT to `target`: the route's `as` user id,
-/// else the user name of `client_user_id` (never a token after `:`); a name goes unresolved, and
-/// only on a `socks4a://` route. `Err` (the client's 91) when the request cannot be made: a name on
+/// The request to send to a route's parents for a CONNECT to `target` from the client at `client`:
+/// the user id is [`parent_user_id`]'s (the route's `as` user id, else the user name of
+/// `client_user_id`, never a token after `:`; with `isolate`, the client's own id); a name goes
+/// unresolved, and only on a `socks4a://` route. `Err` (the client's 91) when the request cannot be made: a name on
 /// a `socks4://` route (it is resolved before), an IPv6 address, a user id that cannot be sent.
 ///
 /// ```
 /// use socks4_server::upstream::{connect_request, ChainTarget};
 /// let rule: socks4_core::rules::Rule = "allow via socks4a://127.0.0.1:9050 as tor".parse()?;
 /// let route = rule.route.unwrap();
-/// let hs = connect_request(&route, &ChainTarget::Host("duck.onion".into(), 443), b"alice:token").unwrap();
+/// let (duck, client) = (ChainTarget::Host("duck.onion".into(), 443), [127, 0, 0, 1].into());
+/// let hs = connect_request(&route, &duck, client, b"alice:token").unwrap();
 /// assert_eq!(hs.request_bytes(), b"\x04\x01\x01\xbb\x00\x00\x00\x01tor\0duck.onion\0");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -237,8 +241,13 @@ impl From<Target<'_>> for ChainTarget {
 ///
 /// [`Failure::Other`] (the client's 91) when the request cannot be encoded, or for a name on a
 /// `socks4://` route (which takes addresses only).
-pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8]) -> Result<ClientHandshake, Failure> {
-    let user = parent_user(route, client_user_id);
+pub fn connect_request(
+    route: &Route,
+    target: &ChainTarget,
+    client: IpAddr,
+    client_user_id: &[u8],
+) -> Result<ClientHandshake, Failure> {
+    let user = &*parent_user_id(route, client, client_user_id);
     let request = match target {
         ChainTarget::Addr(addr) => ClientHandshake::connect_to(Target::Addr(*addr), user),
         ChainTarget::Host(host, port) if route.forwards_names() => ClientHandshake::connect_host(host, *port, user),
@@ -248,8 +257,8 @@ pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8
     request.map_err(|_| Failure::Other)
 }
 
-/// The request to send to a route's parents for a BIND expecting `expected_peer` (user id as in
-/// [`connect_request`]); `Err` (the client's 91) when it cannot be sent.
+/// The request to send to a route's parents for a BIND expecting `expected_peer` from the client
+/// at `client` (user id as in [`connect_request`]); `Err` (the client's 91) when it cannot be sent.
 ///
 /// # Errors
 ///
@@ -257,9 +266,10 @@ pub fn connect_request(route: &Route, target: &ChainTarget, client_user_id: &[u8
 pub fn bind_request(
     route: &Route,
     expected_peer: SocketAddrV4,
+    client: IpAddr,
     client_user_id: &[u8],
 ) -> Result<ClientHandshake, Failure> {
-    ClientHandshake::bind(expected_peer, parent_user(route, client_user_id)).map_err(|_| Failure::Other)
+    ClientHandshake::bind(expected_peer, &parent_user_id(route, client, client_user_id)).map_err(|_| Failure::Other)
 }
 
 /// What a parent's reply to a CONNECT means for the client: the address it reports (for our
@@ -439,9 +449,46 @@ impl Upstreams {
     }
 }
 
-/// The user id to send to a route's parents: its `as` name, else the client's user name.
-fn parent_user<'a>(route: &'a Route, client_user_id: &'a [u8]) -> &'a [u8] {
-    route.user.as_deref().map_or(crate::users::user_name(client_user_id), str::as_bytes)
+/// The user id to send to a route's parents for the client at `client` whose request carried
+/// `client_user_id`: without `isolate`, the route's `as` name, else the client's user name (never a
+/// token after `:`); with `isolate` (stream isolation, [`Isolate`](socks4_core::rules::Isolate)), an id of the client's own:
+/// [`ISOLATION_ID_LEN`] hex digits of a keyed hash of what `isolate` names — the client's address
+/// (IPv4-mapped IPv6 as IPv4, an IPv6 address whole), its user name, or both — after `NAME-` when
+/// the route has `as NAME`.
+///
+/// The hash's key is random, made once per process: the parent cannot recover the address or
+/// the name from the id, one client keeps its id (and its Tor circuits) for the process's life,
+/// reloads included, and two clients get two ids. The id is always a valid SOCKS4 user id (hex
+/// digits, after a prefix the rule parser bounds to
+/// [`MAX_ISOLATED_PREFIX`](socks4_core::rules::MAX_ISOLATED_PREFIX)).
+///
+/// ```
+/// use socks4_server::upstream::parent_user_id;
+/// let rule: socks4_core::rules::Rule = "allow via socks4a://127.0.0.1:9050 as tor isolate client".parse()?;
+/// let route = rule.route.unwrap();
+/// let one = parent_user_id(&route, [127, 0, 0, 1].into(), b"alice:token");
+/// assert!(one.starts_with(b"tor-") && one.len() == 4 + 16);
+/// assert_eq!(one, parent_user_id(&route, [127, 0, 0, 1].into(), b"bob"), "by address only");
+/// assert_ne!(one, parent_user_id(&route, [127, 0, 0, 2].into(), b"alice:token"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn parent_user_id<'a>(route: &'a Route, client: IpAddr, client_user_id: &'a [u8]) -> Cow<'a, [u8]> {
+    let name = crate::users::user_name(client_user_id);
+    let Some(isolate) = route.isolate else {
+        return Cow::Borrowed(route.user.as_deref().map_or(name, str::as_bytes));
+    };
+    let addr = isolate.by_client().then(|| client.to_canonical());
+    let user = isolate.by_user().then_some(name);
+    // One key for the process (reloads keep it): SipHash under a random 128-bit key.
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let id = KEY.get_or_init(RandomState::new).hash_one((addr, user));
+    let mut out = Vec::with_capacity(route.user.as_ref().map_or(0, |p| p.len() + 1) + ISOLATION_ID_LEN);
+    if let Some(prefix) = &route.user {
+        out.extend_from_slice(prefix.as_bytes());
+        out.push(b'-');
+    }
+    out.extend_from_slice(format!("{id:0width$x}", width = ISOLATION_ID_LEN).as_bytes());
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -540,7 +587,31 @@ mod tests {
         assert_eq!(second_bind_reply(ClientEvent::Rejected(ReplyCode::Rejected)), Err(Failure::Other));
         assert_eq!(second_bind_reply(ClientEvent::BindListening(a)), Err(Failure::BadAnswer));
         let r = route("allow via socks4://127.0.0.1:1");
-        assert_eq!(connect_request(&r, &ChainTarget::Host("a.example".into(), 80), b"").err(), Some(Failure::Other));
+        let host = ChainTarget::Host("a.example".into(), 80);
+        assert_eq!(connect_request(&r, &host, [127, 0, 0, 1].into(), b"").err(), Some(Failure::Other));
+    }
+
+    #[test]
+    fn isolation_gives_each_client_its_own_id() {
+        let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+        let by_client = route("allow via socks4a://127.0.0.1:9050 isolate client");
+        let id = parent_user_id(&by_client, a, b"alice:tok");
+        assert_eq!(id.len(), ISOLATION_ID_LEN);
+        assert!(id.iter().all(u8::is_ascii_hexdigit) && !id.windows(9).any(|w| w == b"127.0.0.1"));
+        assert_eq!(id, parent_user_id(&by_client, a, b"alice:other"), "the same client, the same id");
+        assert_eq!(id, parent_user_id(&by_client, "::ffff:127.0.0.1".parse().unwrap(), b""), "mapped is IPv4");
+        assert_ne!(id, parent_user_id(&by_client, b, b"alice:tok"));
+        let by_user = route("allow via socks4a://127.0.0.1:9050 as tor isolate user");
+        let alice = parent_user_id(&by_user, a, b"alice:tok");
+        assert!(alice.starts_with(b"tor-") && alice.len() == 4 + ISOLATION_ID_LEN && !alice.ends_with(b"alice"));
+        assert_eq!(alice, parent_user_id(&by_user, b, b"alice:other"), "the name, never the token");
+        assert_ne!(alice, parent_user_id(&by_user, a, b"bob:tok"));
+        let both = route("allow via socks4a://127.0.0.1:9050 isolate client,user");
+        let ids =
+            [(a, &b"alice"[..]), (b, b"alice"), (a, b"bob")].map(|(ip, u)| parent_user_id(&both, ip, u).into_owned());
+        assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2]);
+        let plain = route("allow via socks4a://127.0.0.1:9050");
+        assert_eq!(&*parent_user_id(&plain, a, b"alice:tok"), b"alice", "no isolation: as before");
     }
 
     #[test]
