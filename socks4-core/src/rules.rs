@@ -1022,6 +1022,9 @@ impl FromStr for Rule {
         }
         match (route, route_user, isolate) {
             (Some(_), _, _) if rule.action == Action::Deny => return Err(RuleError::RouteOnDeny),
+            (Some(_), Some(name), _) if name.len() > 255 || name.contains('\0') => {
+                return Err(RuleError::BadRouteUser(name.len()));
+            }
             (Some(_), Some(prefix), Some(_)) if prefix.len() > MAX_ISOLATED_PREFIX => {
                 return Err(RuleError::IsolatePrefixTooLong(prefix.len()));
             }
@@ -1231,6 +1234,8 @@ pub enum RuleError {
     RouteOnDeny,
     /// `as NAME` without `via`.
     AsWithoutVia,
+    /// `as NAME`: NAME (this many bytes) is not a SOCKS4 user id (a NUL byte, or over 255 bytes).
+    BadRouteUser(usize),
     /// Not an `isolate` value (`client`, `user` or `client,user`).
     BadIsolate(String),
     /// `as NAME` with `isolate`: NAME (this many bytes) is too long to prefix the per-client id
@@ -1272,6 +1277,9 @@ impl fmt::Display for RuleError {
             }
             Self::RouteOnDeny => f.write_str("`via` applies to allow rules only"),
             Self::AsWithoutVia => f.write_str("`as NAME` (the user id for the parent proxy) needs `via`"),
+            Self::BadRouteUser(n) => {
+                write!(f, "`as NAME`: NAME ({n} bytes) is not a user id: no NUL byte, at most 255 bytes")
+            }
             Self::BadIsolate(w) => {
                 write!(
                     f,
@@ -1602,8 +1610,16 @@ mod tests {
             Err(RuleError::IsolatePrefixTooLong(MAX_ISOLATED_PREFIX + 1))
         );
         assert!(r(&format!("allow via socks4a://h:1 as {long}n")).is_ok(), "no isolation, no prefix limit");
-        for e in [RuleError::BadIsolate("x".into()), RuleError::IsolateWithoutVia, RuleError::IsolatePrefixTooLong(300)]
-        {
+        let user = "u".repeat(255);
+        assert!(r(&format!("allow via socks4a://h:1 as {user}")).is_ok());
+        assert_eq!(r(&format!("allow via socks4a://h:1 as {user}u")), Err(RuleError::BadRouteUser(256)));
+        assert_eq!(r("allow via socks4a://h:1 as a\0b"), Err(RuleError::BadRouteUser(3)));
+        for e in [
+            RuleError::BadIsolate("x".into()),
+            RuleError::IsolateWithoutVia,
+            RuleError::IsolatePrefixTooLong(300),
+            RuleError::BadRouteUser(300),
+        ] {
             assert!(!format!("{e}").is_empty());
         }
     }

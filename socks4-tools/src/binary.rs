@@ -620,6 +620,7 @@ pub const ALL: &[(&str, Check)] = &[
     ("chain_dante_parent", crate::chain::chain_dante_parent),
     ("chain_bind_wait_cap", crate::chain::chain_bind_wait_cap),
     ("chain_numeric_names", crate::chain::chain_numeric_names),
+    ("chain_stream_isolation", crate::chain::chain_stream_isolation),
     ("chain_bind_by_name", crate::chain::chain_bind_by_name),
     ("chain_stalled_parent", crate::chain::chain_stalled_parent),
     ("outgoing_rotation", outgoing_rotation),

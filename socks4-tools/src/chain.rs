@@ -269,6 +269,68 @@ pub fn chain_bind_by_name(binary: &Path) -> Result<Outcome, Failure> {
     Ok(Outcome::Pass)
 }
 
+/// Stream isolation: `binary` with `--allow 'port 1001 via socks4a://PARENT isolate client'` and
+/// `--allow 'port 1002 via socks4a://PARENT as tor isolate client,user'` (a parent that records
+/// what it gets). Through port 1001, the parent sees one 16-hex-digit user id per client address
+/// (127.0.0.1 and 127.0.0.2 differ, a second user from 127.0.0.1 keeps its id) that holds neither
+/// the address nor the name; through port 1002, `tor-` and an id per (address, user) pair, stable
+/// across connections.
+///
+/// # Errors
+/// What went wrong, with the server's log.
+pub fn chain_stream_isolation(binary: &Path) -> Result<Outcome, Failure> {
+    let (parent, requests) = recording_parent()?;
+    let child = Hop::start(
+        binary,
+        &[
+            format!("port 1001 via socks4a://{parent} isolate client"),
+            format!("port 1002 via socks4a://{parent} as tor isolate client,user"),
+        ],
+    )?;
+    // The user id the parent got for a CONNECT from `source` as `user` to port `port`.
+    let seen = |source: [u8; 4], user: &str, port: u16| -> Result<String, Failure> {
+        let target = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), port);
+        let (code, _) = connect_from(source.into(), child.addr, target, user.as_bytes())?;
+        if code != 91 {
+            return Err(Failure::new(format!(
+                "from {source:?} as {user} to port {port}: reply {code}, not the parent's 91"
+            )));
+        }
+        let request = requests
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Failure::new(format!("from {source:?} as {user}: the parent got nothing")))?;
+        let id = request.get(8..).unwrap_or_default().split(|&b| b == 0).next().unwrap_or_default();
+        Ok(String::from_utf8_lossy(id).into_owned())
+    };
+    let hex = |id: &str| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let a = seen([127, 0, 0, 1], "alice", 1001)?;
+    let b = seen([127, 0, 0, 2], "alice", 1001)?;
+    let a_bob = seen([127, 0, 0, 1], "bob", 1001)?;
+    if !hex(&a) || !hex(&b) {
+        return Err(Failure::new(format!("isolate client: ids {a:?} and {b:?} are not 16 hex digits")));
+    }
+    if a == b {
+        return Err(Failure::new(format!("isolate client: 127.0.0.1 and 127.0.0.2 share the id {a:?}")));
+    }
+    if a_bob != a {
+        return Err(Failure::new(format!("isolate client: a second user from 127.0.0.1 got {a_bob:?}, not {a:?}")));
+    }
+    let alice = seen([127, 0, 0, 1], "alice", 1002)?;
+    let bob = seen([127, 0, 0, 1], "bob", 1002)?;
+    let again = seen([127, 0, 0, 1], "alice", 1002)?;
+    let id = |with: &str| with.strip_prefix("tor-").filter(|id| hex(id)).map(str::to_owned);
+    match (id(&alice), id(&bob)) {
+        (Some(x), Some(y)) if x != y && again == alice && x != a => {}
+        _ => {
+            return Err(Failure::new(format!(
+                "as tor isolate client,user: alice {alice:?}, bob {bob:?}, alice again {again:?} \
+                 (want tor- and 16 hex digits, one per user, stable, unlike the client-only id {a:?})"
+            )));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
 /// Failover and refusals: `binary` routes through a dead parent first, then a live one named
 /// `localhost` (another adapter, which denies the user `refuse-me`; its name is resolved when
 /// connecting), and the user `want-93` through a parent that answers 93. A CONNECT is served

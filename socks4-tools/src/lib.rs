@@ -123,7 +123,7 @@ macro_rules! binary_tests {
             sighup_reload check_config names_itself route_to_self socket_activation notify_readiness
             metrics_count_what_was_sent readyz_while_draining healthz_beside_idle_sockets shutdown_cut_resets json_log_lines
             proxy_protocol proxy_reentry
-            chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap chain_numeric_names
+            chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap chain_numeric_names chain_stream_isolation
             chain_bind_by_name chain_stalled_parent
             outgoing_rotation outgoing_same_same outgoing_parent_and_reload outgoing_refused_at_start keepalive_on_relayed_sockets warn_unsafe_socks own_resolver happy_eyeballs
         );
