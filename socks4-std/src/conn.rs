@@ -473,15 +473,7 @@ impl Conn {
         if !matches!(self.stage, Stage::Handshake) {
             return;
         }
-        let cx = Context {
-            config: &self.snapshot.config,
-            verifier: self.snapshot.verifier.as_ref(),
-            client: self.client_addr,
-            proxied: matches!(self.proxy, Proxy::Proxied),
-            upstreams: Upstreams::global(),
-            now: ctx.clock(),
-            at: ctx.now,
-        };
+        let cx = context(&self.snapshot, self.client_addr, &self.proxy, ctx);
         // Fails only if the handshake stopped waiting for it (it timed out meanwhile).
         let Ok(found) = self.decisions.resolved(&mut self.hs, &cx, lookup) else { return };
         if self.meter.phase() == Phase::Resolving {
@@ -691,15 +683,7 @@ impl Conn {
         // Whether this call started something to wait for: a new phase, with the client watched.
         let mut started = false;
         loop {
-            let cx = Context {
-                config: &self.snapshot.config,
-                verifier: self.snapshot.verifier.as_ref(),
-                client: self.client_addr,
-                proxied: matches!(self.proxy, Proxy::Proxied),
-                upstreams: Upstreams::global(),
-                now: ctx.clock(),
-                at: ctx.now,
-            };
+            let cx = context(&self.snapshot, self.client_addr, &self.proxy, ctx);
             let step = match self.decisions.next(&mut self.hs, &mut self.admission, &cx) {
                 Ok(step) => step,
                 Err(e) => return self.finish(&e.to_string()),
@@ -1402,6 +1386,20 @@ pub(crate) fn start_connect(outgoing: &Outgoing<'_>, addr: SocketAddr) -> Result
 /// A TCP socket for an outgoing connection, non-blocking from the start (one syscall on Linux).
 fn is_in_progress(e: &io::Error) -> bool {
     socks4_server::egress::is_in_progress(e)
+}
+
+/// What the decisions see of a connection (its snapshot, client and the loop's clocks). A free
+/// function, not a method: the caller holds `&mut` of the connection's other fields meanwhile.
+fn context<'a>(snapshot: &'a Snapshot, client: SocketAddr, proxy: &Proxy, ctx: &Ctx<'_>) -> Context<'a> {
+    Context {
+        config: &snapshot.config,
+        verifier: snapshot.verifier.as_ref(),
+        client,
+        proxied: matches!(proxy, Proxy::Proxied),
+        upstreams: Upstreams::global(),
+        now: ctx.clock(),
+        at: ctx.now,
+    }
 }
 
 #[cfg(test)]
