@@ -69,11 +69,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The connector's error is the source of hyper-util's "client error (Connect)".
+            // The connector's error is the source of hyper-util's "client error (Connect)"; an
+            // error that already says its source's text is not followed by it again.
             let mut msg = e.to_string();
             let mut source = e.source();
             while let Some(s) = source {
-                msg = format!("{msg}: {s}");
+                let text = s.to_string();
+                if !msg.contains(&text) {
+                    msg = format!("{msg}: {text}");
+                }
                 source = s.source();
             }
             eprintln!("hyper_get: {msg}");

@@ -41,10 +41,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use socks4_core::ReplyCode;
 use tokio::net::TcpStream;
@@ -56,8 +57,106 @@ use crate::client::{ConnectError, ProxyAddr, Target};
 /// [`Connection`](hyper_util::client::legacy::connect::Connection). Its `connected()` is
 /// `Connected::new()` (not a proxy: requests are origin-form) with the socket's
 /// [`HttpInfo`](hyper_util::client::legacy::connect::HttpInfo), whose remote address is the
-/// proxy's. `into_inner()` gives the [`TcpStream`].
-pub type SocksStream = TokioIo<TcpStream>;
+/// proxy's.
+///
+/// Nothing is read from it before the first write. The client speaks first in HTTP (and in TLS),
+/// and hyper's HTTP/1 client takes bytes that arrive on a connection before its request as an
+/// error ("unexpected message"): bytes the proxy relayed right after its reply (a destination that
+/// answered early) wait in the socket until the request is written, and are then read as its
+/// response, in order. [`into_inner`](Self::into_inner) gives the [`TcpStream`] itself.
+#[derive(Debug)]
+pub struct SocksStream {
+    io: TokioIo<TcpStream>,
+    /// Whether anything was written yet (reads wait for it).
+    written: bool,
+    /// The reader waiting for the first write.
+    reader: Option<Waker>,
+}
+
+impl SocksStream {
+    fn new(stream: TcpStream) -> Self {
+        SocksStream { io: TokioIo::new(stream), written: false, reader: None }
+    }
+
+    /// The connection to the proxy, now a tunnel to the destination.
+    pub fn get_ref(&self) -> &TcpStream {
+        self.io.inner()
+    }
+
+    /// The [`TcpStream`], for I/O of your own (without the wait for a first write).
+    pub fn into_inner(self) -> TcpStream {
+        self.io.into_inner()
+    }
+
+    /// Lets reads go on from now (a write happened, or the stream is being shut down).
+    fn open_reads(&mut self) {
+        self.written = true;
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
+    }
+}
+
+impl hyper::rt::Read for SocksStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.written {
+            if !this.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                this.reader = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for SocksStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.io).poll_write(cx, buf));
+        if matches!(written, Ok(n) if n > 0) {
+            this.open_reads();
+        }
+        Poll::Ready(written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs));
+        if matches!(written, Ok(n) if n > 0) {
+            this.open_reads();
+        }
+        Poll::Ready(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.io)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.open_reads();
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for SocksStream {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
 
 /// The future of a [`SocksConnector`] call: boxed, `Send`.
 pub type Connecting = Pin<Box<dyn Future<Output = Result<SocksStream, ConnectorError>> + Send + 'static>>;
@@ -156,7 +255,7 @@ impl SocksConnector {
             None => self.proxy,
         };
         let stream = crate::client::connect(proxy, target, &self.user_id).await.map_err(ConnectorError::Proxy)?;
-        Ok(TokioIo::new(stream))
+        Ok(SocksStream::new(stream))
     }
 }
 
@@ -290,7 +389,9 @@ mod tests {
             S::Future: Send + 'static,
         {
         }
-        fn hyper_io<T: hyper::rt::Read + hyper::rt::Write + hyper_util::client::legacy::connect::Connection + Unpin + Send>() {
+        fn hyper_io<
+            T: hyper::rt::Read + hyper::rt::Write + hyper_util::client::legacy::connect::Connection + Unpin + Send,
+        >() {
         }
         service(&SocksConnector::new("127.0.0.1:1080".parse::<SocketAddr>().unwrap()));
         hyper_io::<SocksStream>();

@@ -125,3 +125,33 @@ async fn a_uri_with_no_default_port_is_a_bad_uri() {
     let err = get(SocksConnector::new(proxy), "ftp://127.0.0.1/".into()).await.unwrap_err();
     assert!(matches!(connector_error(&err), ConnectorError::BadUri { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_response_that_comes_with_the_reply_is_read_after_the_request() {
+    // A fake proxy: the grant and a whole HTTP response in one write, before the request; hyper's
+    // client would take bytes on a connection it has sent nothing on as an error.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut request = [0u8; 9]; // VN CD PORT IP, an empty user id and its NUL
+        s.read_exact(&mut request).unwrap();
+        assert_eq!(request, *b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00");
+        let page = "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly";
+        s.write_all(&[b"\x00\x5a\x00\x50\x7f\x00\x00\x01", page.as_bytes()].concat()).unwrap();
+        let mut http = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !http.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert_ne!(n, 0, "closed before the request: {http:?}");
+            http.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(http).unwrap()
+    });
+    let body = get(SocksConnector::new(proxy), "http://127.0.0.1/".into()).await.unwrap();
+    assert_eq!(body, b"early");
+    let request = tokio::task::spawn_blocking(move || fake.join().unwrap()).await.unwrap();
+    assert!(request.starts_with("GET / HTTP/1.1\r\n"), "{request}");
+}
