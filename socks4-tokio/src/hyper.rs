@@ -1,6 +1,6 @@
 //! A [hyper] connector through a SOCKS4 proxy (feature `hyper`): [`SocksConnector`], a
-//! [`tower_service::Service<http::Uri>`] for hyper-util's legacy
-//! [`Client`](hyper_util::client::legacy::Client) and whatever takes a connector of that shape (a
+//! [`tower_service::Service<http::Uri>`] for hyper-util's legacy `Client`
+//! (`hyper_util::client::legacy::Client`) and whatever takes a connector of that shape (a
 //! TLS connector that wraps an inner one, for `https`).
 //!
 //! Each call opens a connection to the proxy and runs a CONNECT to the URI's host and port (80 for
@@ -54,7 +54,7 @@ use crate::client::{ConnectError, ProxyAddr, Target};
 
 /// What a [`SocksConnector`] call returns: the tunnel through the proxy, as hyper's I/O
 /// ([`hyper::rt::Read`], [`hyper::rt::Write`]) and hyper-util's
-/// [`Connection`](hyper_util::client::legacy::connect::Connection). Its `connected()` is
+/// [`Connection`]. Its `connected()` is
 /// `Connected::new()` (not a proxy: requests are origin-form) with the socket's
 /// [`HttpInfo`](hyper_util::client::legacy::connect::HttpInfo), whose remote address is the
 /// proxy's.
@@ -222,7 +222,7 @@ impl SocksConnector {
         self.remote_dns
     }
 
-    /// Connects to `uri`'s host and port through the proxy (what [`Service::call`] runs).
+    /// Connects to `uri`'s host and port through the proxy (what [`Service::call`](tower_service::Service::call) runs).
     ///
     /// # Errors
     /// [`ConnectorError::BadUri`] for a URI without a host, or without a port and with a scheme
