@@ -23,6 +23,7 @@ fi
 
 cargo build -q -p socks4-tools --bins
 cargo build -q -p socks4-tokio -p socks4-smol -p socks4-std --examples
+cargo build -q -p socks4-tokio --features hyper --example hyper_get
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 # shellcheck source=lib.sh
@@ -64,6 +65,11 @@ for c in tokio smol std; do
     run must "socks4-$c" "\`${c}_client\` example, \`--4a\`" --4a \
         --run "$e connect {proxy} {host} {port} '{user}' {path} 1" --bind-run "$e bind {proxy} {host} {port} '{user}' 1"
 done
+# socks4-tokio's hyper connector (feature `hyper`) under hyper-util's Client: no BIND, so its three
+# cases are left out (--skip: not run, not counted).
+e="$bin/examples/hyper_get"
+run must "socks4-tokio hyper" "\`hyper_get\` example (\`hyper::SocksConnector\`), \`--4a\`" --4a \
+    --run "$e --4a --timeout 1 {proxy} {url} '{user}'" --skip bind_two_replies --skip bind_unspecified_address --skip bind_second_reply_rejected
 
 if command -v curl >/dev/null; then
     run finding "curl $(curl --version | head -1 | cut -d' ' -f2) socks4a" '`-x socks4a://{user}@{proxy} --connect-timeout 1`, `--4a`' \

@@ -32,6 +32,9 @@
 //!   socks4-server. A program that only connects through a proxy turns it off
 //!   (`socks4-tokio = { version = "0.3", default-features = false }`): the crate is then the client
 //!   connector on socks4-core and tokio (`rt`, `net`, `time`), with nothing of the server.
+//! - `hyper` (off by default, client side only, needs no `server`): `hyper::SocksConnector`, a
+//!   `tower_service::Service<http::Uri>` connector for hyper-util's legacy `Client`, SOCKS4 or 4a
+//!   with a user id (`examples/hyper_get.rs`).
 //!
 //! The client side: [`connect`] (SOCKS4 or 4a CONNECT), [`connect_over`] (the handshake over a
 //! stream you already have), [`bind`] and [`bind_to`] (BIND by address or by name), with
@@ -47,6 +50,8 @@
 //! ```
 
 pub mod client;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 #[cfg(feature = "server")]
 mod pool;
 mod runtime;

@@ -36,6 +36,29 @@ pub fn closed_port() -> io::Result<SocketAddrV4> {
     Ok(addr)
 }
 
+/// A one-request HTTP server on 127.0.0.1 answering `body` (HTTP/1.0 200, `Content-Length`,
+/// `Connection: close`), for an HTTP client through the proxy (curl, hyper). Its thread waits for
+/// one connection, gives its request 10 s, answers and ends.
+pub fn http_once(body: &'static str) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = s.write_all(reply.as_bytes());
+    });
+    Ok(addr)
+}
+
 fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
     match addr {
         SocketAddr::V4(a) => Ok(a),

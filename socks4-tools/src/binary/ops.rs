@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{Server, connect_from, echo_target, line_with, served_from, start, start_command};
 use crate::scenarios::{Failure, Outcome};
+use crate::targets::http_once;
 use crate::wire;
 
 /// A directory of the check's own files, removed when dropped.
@@ -380,27 +381,6 @@ fn on_path(program: &str) -> Option<PathBuf> {
 /// A port free on 127.0.0.1 a moment ago.
 fn free_port() -> Result<u16, Failure> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A one-request HTTP server on 127.0.0.1 answering `body`, for curl.
-fn http_once(body: &'static str) -> Result<SocketAddr, Failure> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    thread::spawn(move || {
-        let Ok((mut s, _)) = listener.accept() else { return };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-        let _ = s.write_all(reply.as_bytes());
-    });
-    Ok(addr)
 }
 
 /// Socket activation with the real `systemd-socket-activate -l 127.0.0.1:PORT binary --listen
