@@ -92,6 +92,17 @@ async fn a_users_file_refuses_a_wrong_token_with_93_and_lets_the_right_one() {
 
     let right = SocksConnector::socks4a(proxy).user_id(format!("alice:{token}"));
     assert_eq!(get(right, format!("http://{page}/")).await.unwrap(), b"for alice");
+
+    // The same user from a proxy URL's user part (NAME:TOKEN, a `-` percent-escaped), and reached
+    // through hyper-util's own HttpConnector as the inner connector.
+    let page = http_once("for alice, by URL").unwrap();
+    let url = SocksConnector::from_url(&format!("socks4a://alice:hyper%2Dtest-token@{proxy}")).unwrap();
+    assert_eq!(url.user_id_bytes(), format!("alice:{token}").as_bytes());
+    let over_http = url.with_connector(hyper_util::client::legacy::connect::HttpConnector::new());
+    assert_eq!(get(over_http, format!("http://{page}/")).await.unwrap(), b"for alice, by URL");
+    let wrong = SocksConnector::from_url(&format!("socks4a://alice:nope@{proxy}")).unwrap();
+    let err = get(wrong, format!("http://{page}/")).await.unwrap_err();
+    assert_eq!(connector_error(&err).reply_code(), Some(ReplyCode::IdentMismatch), "{err:?}");
     let _ = std::fs::remove_file(file);
 }
 
