@@ -22,6 +22,11 @@
 //! ([`ProxyAddr`]); built on [`ClientHandshake`](socks4_core::ClientHandshake). With
 //! `default-features = false` (no `server` feature) the crate is this client on socks4-core alone.
 //!
+//! ## Features
+//! - `server` (default): the server ([`Server`], its worker threads and poller, the `socks4-std`
+//!   binary), with socks4-server, socks4-sys and polling. Without it the crate is the blocking
+//!   client alone.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use socks4_server::ServerConfig;
@@ -37,6 +42,15 @@
 //! handle.shutdown();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+// A client-only build (no `server`) has none of the server's items the docs above name: their
+// links lead to the Features section, which says what turns them on.
+#![cfg_attr(
+    not(feature = "server"),
+    doc = "\n[`Server`]: #features\n[`Server::splice`]: #features\n[`SplicePolicy`]: #features\n\
+           [`MAX_PENDING`]: #features\n[`polling::Poller`]: #features\n[`socks4_server::chain`]: #features\n\
+           [`socks4_server::step`]: #features"
+)]
 
 mod client;
 #[cfg(feature = "server")]

@@ -4,6 +4,7 @@
 //!
 //! Measured by bytes written before the sender's socket stays full, with a generous margin
 //! (the kernel's socket buffers autotune up to `tcp_rmem`/`tcp_wmem` maxima), not by timing.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 

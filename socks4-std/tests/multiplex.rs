@@ -1,5 +1,6 @@
 //! 2,000 concurrent relayed connections on 2 workers: each worker's poll loop multiplexes
 //! about 1,000 connections (2,000 sockets) at once.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 

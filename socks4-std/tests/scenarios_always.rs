@@ -2,6 +2,7 @@
 //! the first byte (`SplicePolicy::Always`): with `scenarios` (the default policy, `Streaming`:
 //! copy, then splice once a direction streams) and `scenarios_copy` (`Never`), every policy runs
 //! them.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 

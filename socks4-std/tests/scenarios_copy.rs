@@ -1,5 +1,6 @@
 //! The shared behavioural scenarios (socks4-tools) against socks4-std with splicing off: the
 //! portable copy relay that every platform but Linux uses.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 

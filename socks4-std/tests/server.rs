@@ -1,5 +1,6 @@
 //! Server behaviour beyond the shared scenarios: connection and per-client limits, idle timeout,
 //! graceful shutdown, config validation, users file, watching the client during the handshake.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 

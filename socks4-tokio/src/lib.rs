@@ -49,6 +49,14 @@
 //! # Ok(()) }
 //! ```
 
+// A client-only build (no `server`) has none of the server's items the docs above name: their
+// links lead to the Features section, which says what turns them on.
+#![cfg_attr(
+    not(feature = "server"),
+    doc = "\n[`ServerConfig::reuseport`]: #features\n[`ServerHandle::stats`]: #features\n[`Stats`]: #features\n\
+           [`serve_connection`]: #features\n[`Hooks`]: #features\n[`Server`]: #features"
+)]
+
 pub mod client;
 #[cfg(feature = "hyper")]
 pub mod hyper;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use socks4_async::{Interest, Runtime};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The tokio runtime, for [`socks4_async::serve_connection`]: run it inside a tokio runtime with
+/// The tokio runtime, for [`socks4_async`]'s driver (`serve_connection`, with the `server` feature): run it inside a tokio runtime with
 /// the `net` and `time` drivers (a current-thread one with a `LocalSet`, like the server's
 /// workers, or any other).
 #[derive(Debug, Clone, Copy, Default)]

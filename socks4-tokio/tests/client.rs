@@ -1,4 +1,5 @@
 //! The client connector, against the real server and against a raw-socket fake proxy.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 mod common;

@@ -1,6 +1,7 @@
 //! The driver's embedder hooks on an accept loop of the test's own ([`socks4_tokio::Hooks`], as
 //! in examples/hooks.rs): the check hook is asked before the users file and the rules, once per
 //! request, and its refusal is the connection's logged result.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::cell::RefCell;

@@ -1,6 +1,7 @@
 //! Adapter-specific server behaviour: connection limit, graceful shutdown, the binary's refusal
 //! to run as an open proxy, reuseport mode and the idle timeout (the shared checks of
 //! `socks4_tools::binary` are in tests/binary.rs).
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 
 mod common;
 
