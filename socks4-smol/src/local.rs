@@ -493,3 +493,98 @@ impl Runtime for SmolLocal {
         Some(stream.0.io.as_fd())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
+
+    use std::time::{Duration, Instant};
+
+    use futures_lite::future;
+    use socks4_async::Runtime;
+
+    use super::{BlockOn, Reactor, SmolLocal};
+
+    fn sources() -> usize {
+        Reactor::current().unwrap().sources.borrow().len()
+    }
+
+    /// A connected pair: the connecting side and the accepted one.
+    async fn pair() -> (super::LocalStream, super::LocalStream) {
+        let listener = SmolLocal::listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = SmolLocal::listener_addr(&listener).unwrap();
+        let (client, accepted) =
+            future::zip(SmolLocal::connect(addr, Duration::from_secs(5)), SmolLocal::accept(&listener)).await;
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[test]
+    fn read_and_write_wait_on_one_stream_at_once_and_drop_deregisters() {
+        SmolLocal::block_on(async {
+            let before = sources();
+            let (a, b) = pair().await;
+            assert_eq!(sources(), before + 2);
+            // `a` waits to read while it writes; `b` echoes.
+            let mut got = [0; 4];
+            let reading = SmolLocal::read(&a, &mut got);
+            let writing = async {
+                SmolLocal::sleep(Duration::from_millis(20)).await;
+                assert_eq!(SmolLocal::write(&a, b"ping").await.unwrap(), 4);
+                let mut buf = [0; 4];
+                assert_eq!(SmolLocal::peek(&b).unwrap().await.unwrap(), 1);
+                SmolLocal::readable(&b).unwrap().await.unwrap();
+                assert_eq!(SmolLocal::read(&b, &mut buf).await.unwrap(), 4);
+                SmolLocal::writable(&b).unwrap().await.unwrap();
+                SmolLocal::write(&b, &buf).await.unwrap()
+            };
+            let (n, m) = future::zip(reading, writing).await;
+            assert_eq!((n.unwrap(), m), (4, 4));
+            assert_eq!(&got, b"ping");
+            drop(b);
+            // End of file: the read waits for the event, then sees 0.
+            assert_eq!(SmolLocal::read(&a, &mut got).await.unwrap(), 0);
+            drop(a);
+            assert_eq!(sources(), before);
+        });
+    }
+
+    #[test]
+    fn timers_and_wakes_from_other_threads_end_the_wait() {
+        SmolLocal::block_on(async {
+            let start = Instant::now();
+            SmolLocal::sleep(Duration::from_millis(30)).await;
+            assert!(start.elapsed() >= Duration::from_millis(30));
+            // Woken from smol's blocking pool: the poller is notified.
+            let start = Instant::now();
+            let v = SmolLocal::unblock(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                7
+            })
+            .await;
+            assert_eq!(v, Some(7));
+            assert!(start.elapsed() < Duration::from_secs(5));
+        });
+    }
+
+    #[test]
+    fn connect_refused() {
+        SmolLocal::block_on(async {
+            // A port nobody listens on (bound, then closed).
+            let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let err = SmolLocal::connect(addr, Duration::from_secs(5)).await.err().unwrap();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        });
+    }
+
+    #[test]
+    fn outside_block_on_a_wait_fails_instead_of_hanging() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let stream = SmolLocal::from_std(client).unwrap();
+        let mut buf = [0; 1];
+        // The readiness is taken as there: the first try is a read (WouldBlock), then the wait fails.
+        let err = future::block_on(SmolLocal::read(&stream, &mut buf)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Other);
+    }
+}
