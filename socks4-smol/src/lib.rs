@@ -23,8 +23,8 @@
 //!   holds it polls for all and wakes the others' tasks across threads, re-arming each socket per
 //!   wait: the smol server reached 0.77× tokio's handshake rate with 1.7–2.9 context switches and
 //!   0.25–0.31 ms of CPU per handshake (tokio: 1.4–1.5, 0.22–0.23 ms). With a reactor per worker
-//!   it makes 1.01× tokio's handshakes at 0.197 ms of CPU and 1.58 context switches each (tokio
-//!   0.202 ms, 1.52; async-io 0.234 ms, 2.52) and holds a relayed connection in 2.7 KiB (async-io
+//!   it makes 0.95–1.03× tokio's handshakes (async-io: 0.86–0.93×) at 1.6–1.7 context switches
+//!   each (tokio 1.5–1.7, async-io 2.2–2.5) and holds a relayed connection in 2.7 KiB (async-io
 //!   4.1, tokio 4.3): the figures are in [`local`]. The binary takes
 //!   `SOCKS4_SMOL_RUNTIME=async-io` to run on [`Smol`] instead (for comparisons).
 //!   `unsafe` is allowed in that one module, for `Poller::add` (see its docs).

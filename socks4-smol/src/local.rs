@@ -24,19 +24,30 @@
 //!
 //! # Measured
 //! Release builds, `--workers 2`, `perf stat -e task-clock,context-switches -p SERVER` during a 4 s
-//! `socks4-load rate --concurrency 64`, 6 alternating rounds on a shared 2-core VM (medians):
+//! `socks4-load rate --concurrency 64`, alternating rounds on a shared 2-core VM, medians; CPU and
+//! context switches per handshake. "main" is the binary before this runtime (commit 67cc439),
+//! "async-io" this build with `SOCKS4_SMOL_RUNTIME=async-io` (`spawn_on::<Smol>()`):
 //!
-//! | pool | handshakes/s | CPU ms per handshake | context switches per handshake |
-//! |---|---:|---:|---:|
-//! | socks4-tokio | 4,941 | 0.202 | 1.52 |
-//! | [`Smol`](crate::Smol) (async-io) | 4,231 (0.86×) | 0.234 | 2.52 |
-//! | `SmolLocal` | 4,990 (1.01×) | 0.197 | 1.58 |
+//! | pool | quiet machine, 4 rounds: handshakes/s | CPU ms | switches | busy machine, 6 rounds: handshakes/s | CPU ms | switches |
+//! |---|---:|---:|---:|---:|---:|---:|
+//! | socks4-tokio | 6,927 | 0.144 | 1.69 | 4,941 | 0.202 | 1.52 |
+//! | smol, main | 6,038 (0.87×) | 0.172 | 2.27 | – | – | – |
+//! | smol, async-io | 6,300 (0.91×) | 0.166 | 2.22 | 4,231 (0.86×) | 0.234 | 2.52 |
+//! | `SmolLocal` | 6,577 (0.95×) | 0.151 | 1.72 | 4,990 (1.01×) | 0.197 | 1.58 |
 //!
-//! `bench/compare.sh` (`ROUNDS=3 RATE_SECS=2 BULK_MIB=32 HOLD_K=2000`, two runs; handshake rates on
-//! that machine spread ±20% between rounds): `SmolLocal` 0.92× and 1.10× tokio's handshakes
-//! (0.995× pooled), bulk within noise of both, and 2.7 KiB of RSS per held connection against 4.1
-//! on async-io and 4.3 on tokio (a registered socket is a descriptor, a slab key and an `Rc`, with
-//! no `Arc<Source>` and its mutex and waker slabs).
+//! `bench/compare.sh` (`ROUNDS=3 RATE_SECS=2 BULK_MIB=32 HOLD_K=2000`; rates spread up to ±20%
+//! between rounds on that machine): on the quiet machine (`SERVERS="tokio smol%old smol"`)
+//! `SmolLocal` made 8,128 handshakes/s against tokio's 7,925 (1.03×) and main's 7,391 (0.93×), bulk
+//! 2,372 MiB/s (tokio 2,529, main 2,312), and held a relayed connection in 2.68 KiB of RSS (tokio
+//! 4.31, main 4.10); two busier runs gave 0.92× and 1.10× tokio's handshakes and 2.7 KiB. A
+//! registered socket is a descriptor, a slab key and an `Rc`, with no `Arc<Source>` and its mutex
+//! and waker slabs.
+//!
+//! What is left of the gap in CPU to tokio is mostly `polling`'s wait: each is five system calls on
+//! epoll (`timerfd_settime` and an `epoll_ctl` for its timer, `epoll_pwait`, a read and an
+//! `epoll_ctl` for its notifier) where mio makes one. The cached readiness also costs the relay a
+//! `WouldBlock` read after each chunk, as on tokio: a short read cannot clear it, since `polling`
+//! registers no `EPOLLRDHUP`, and a FIN that came with the last bytes would then never be seen.
 //!
 //! Sources are `!Send` (they hold the thread's reactor), so a stream cannot leave its thread; one
 //! registered outside `SmolLocal::block_on` (or polled while none runs on its thread) fails its
