@@ -25,6 +25,9 @@ impl BlockOn for AsyncStd {
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         async_std::task::block_on(future)
     }
+
+    // async-std runs on async-io's reactor.
+    crate::runtime::async_io_accept!();
 }
 
 impl Runtime for AsyncStd {

@@ -15,15 +15,62 @@ use async_io::Async;
 use futures_lite::future;
 use socks4_async::Runtime;
 
-/// A runtime a worker thread can run its executor on: [`Smol`], or `AsyncStd` (feature
-/// `async-std`).
+/// A runtime a worker thread can run its executor on: [`SmolLocal`](crate::SmolLocal) (the
+/// server's default), [`Smol`], or `AsyncStd` (feature `async-std`), and how the server's accept
+/// loops wait on their listeners there.
 pub trait BlockOn: Runtime {
     /// Runs a future to completion on the current thread, driving the runtime's reactor and timers.
     fn block_on<T>(future: impl Future<Output = T>) -> T;
+
+    /// A listener an accept loop waits on; it accepts std streams, which the worker they are
+    /// dealt to registers ([`Runtime::from_std`]).
+    type AcceptListener: 'static;
+
+    /// Sets up what the runtime needs on a worker thread before [`block_on`](Self::block_on), so
+    /// that a failure (no descriptor for a poller) is an error of `Server::spawn`.
+    fn init_thread() -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Registers a listener (on the worker thread whose accept loop uses it).
+    fn accept_listener(listener: TcpListener) -> io::Result<Self::AcceptListener>;
+
+    /// Accepts one pending connection, non-blocking, without registering it (`WouldBlock`: none;
+    /// a runtime that caches readiness forgets it then).
+    fn try_accept(listener: &Self::AcceptListener) -> io::Result<(TcpStream, SocketAddr)>;
+
+    /// Waits until the listener may have a connection to accept.
+    fn accept_readable(listener: &Self::AcceptListener) -> impl Future<Output = io::Result<()>> + '_;
 }
 
+/// The accept loop's listener on async-io ([`Smol`], and `AsyncStd`, which runs on async-io).
+macro_rules! async_io_accept {
+    () => {
+        type AcceptListener = async_io::Async<std::net::TcpListener>;
+
+        fn accept_listener(listener: std::net::TcpListener) -> std::io::Result<Self::AcceptListener> {
+            async_io::Async::new(listener)
+        }
+
+        fn try_accept(listener: &Self::AcceptListener) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+            socks4_sys::accept_nonblocking(listener.get_ref())
+        }
+
+        fn accept_readable(
+            listener: &Self::AcceptListener,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+            listener.readable()
+        }
+    };
+}
+#[cfg(feature = "async-std")]
+pub(crate) use async_io_accept;
+
 /// The smol runtime: `async-io` reactor and timers (a per-thread wheel, see `timers`), `async-net`
-/// resolution, blocking work on smol's thread pool.
+/// resolution, blocking work on smol's thread pool. Its streams work on any executor that
+/// async-io's reactor serves; the server's pool defaults to [`SmolLocal`](crate::SmolLocal)
+/// instead (a reactor per worker, faster: see there), and runs on this with
+/// `server.spawn_on::<Smol>()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Smol;
 
@@ -31,6 +78,8 @@ impl BlockOn for Smol {
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         crate::timers::block_on(future)
     }
+
+    async_io_accept!();
 }
 
 impl Runtime for Smol {

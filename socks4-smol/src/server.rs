@@ -12,7 +12,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use async_executor::LocalExecutor;
-use async_io::{Async, Timer};
 use futures_lite::{StreamExt, future};
 use smol::channel::{self, Receiver, Sender};
 use socks4_server::ServerConfig;
@@ -20,7 +19,18 @@ use socks4_server::limits::{Admission, Refusal, RefusalLog};
 use socks4_server::metrics::Metrics;
 use socks4_server::reload::{LiveConfig, Snapshot};
 
-use crate::runtime::{BlockOn, Smol};
+use crate::runtime::BlockOn;
+
+/// The pool's runtime for [`Server::spawn`] and [`Server::run`]: a reactor per worker on Unix
+/// ([`SmolLocal`](crate::SmolLocal)), async-io's elsewhere.
+#[cfg(unix)]
+type PoolRuntime = crate::SmolLocal;
+#[cfg(not(unix))]
+type PoolRuntime = crate::Smol;
+
+/// The binary's choice of runtime for comparisons: `SOCKS4_SMOL_RUNTIME=async-io` runs the pool on
+/// [`Smol`](crate::Smol) (async-io's reactor) instead of the default.
+const RUNTIME_VAR: &str = "SOCKS4_SMOL_RUNTIME";
 
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -104,17 +114,18 @@ impl Server {
         Arc::clone(&self.metrics)
     }
 
-    /// Starts the worker pool (which also accepts) on smol in background threads.
+    /// Starts the worker pool (which also accepts) on smol's executor in background threads, each
+    /// worker with a reactor of its own ([`SmolLocal`](crate::SmolLocal); [`Smol`](crate::Smol)
+    /// where there is none).
     pub fn spawn(self) -> io::Result<ServerHandle> {
-        self.spawn_on::<Smol>()
+        self.spawn_on::<PoolRuntime>()
     }
 
-    /// Starts the worker pool (which also accepts) on runtime `R` in background threads.
+    /// Starts the worker pool (which also accepts) on runtime `R` in background threads. Each
+    /// worker registers its listeners and sets up its runtime before this returns: a failure
+    /// (e.g. no file descriptor for a poller) is an error here, not a panic in a thread later.
     pub fn spawn_on<R: BlockOn>(self) -> io::Result<ServerHandle> {
-        // Register the listeners here: this also starts the async-io reactor on this thread, so a
-        // failure (e.g. no file descriptor for epoll) is an error now, not a panic in a thread later.
-        let listeners =
-            self.listeners.into_iter().map(|(l, fixed)| Ok((Async::new(l)?, fixed))).collect::<io::Result<Vec<_>>>()?;
+        let listeners = self.listeners;
         let shared = Arc::new(Shared::default());
         let mut handle = ServerHandle {
             addrs: self.addrs.clone(),
@@ -130,7 +141,7 @@ impl Server {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel::unbounded::<Handoff>()).unzip();
         // Each listener's accept loop runs as a task on one worker (the one `reuseport` gives it,
         // else round-robin over the listeners): no acceptor thread to wake per connection.
-        let mut accept_tasks: Vec<Vec<(Async<TcpListener>, Acceptor)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut accept_tasks: Vec<Vec<(TcpListener, Acceptor)>> = (0..workers).map(|_| Vec::new()).collect();
         let next = Arc::new(AtomicUsize::new(0));
         for (k, (listener, fixed)) in listeners.into_iter().enumerate() {
             let (home, targets) = match fixed {
@@ -147,21 +158,46 @@ impl Server {
             accept_tasks[home].push((listener, acceptor));
         }
         drop(senders);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (i, (rx, acceptors)) in receivers.into_iter().zip(accept_tasks).enumerate() {
             let (live, shared, stop) = (self.live.clone(), shared.clone(), stop_rx.clone());
             let metrics = Arc::clone(&self.metrics);
+            let ready = ready_tx.clone();
             let thread = thread::Builder::new().name(format!("socks4-smol-worker-{i}")).spawn(move || {
                 metrics.enter_worker(i);
-                worker::<R>(rx, acceptors, stop, live, shared)
+                let registered = R::init_thread().and_then(|()| {
+                    acceptors.into_iter().map(|(l, a)| Ok((R::accept_listener(l)?, a))).collect::<io::Result<Vec<_>>>()
+                });
+                match registered {
+                    Ok(acceptors) => {
+                        let _ = ready.send(Ok(()));
+                        drop(ready);
+                        worker::<R>(rx, acceptors, stop, live, shared);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
             })?;
             handle.workers.push(thread);
+        }
+        drop(ready_tx);
+        // Every worker answers once (a thread that died first closes the channel early). On an
+        // error, dropping `handle` stops and joins the others.
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker thread ended while starting")),
+            }
         }
         Ok(handle)
     }
 
-    /// Runs on smol until SIGINT or SIGTERM, then shuts down gracefully.
+    /// Runs on smol (as [`spawn`](Self::spawn) does) until SIGINT or SIGTERM, then shuts down
+    /// gracefully.
     pub fn run(self) -> io::Result<()> {
-        self.run_on::<Smol>()
+        self.run_on::<PoolRuntime>()
     }
 
     /// Runs on runtime `R` until SIGINT or SIGTERM, then shuts down gracefully.
@@ -247,11 +283,11 @@ const ACCEPT_BATCH: usize = 64;
 
 impl Acceptor {
     /// Accepts until `stop` closes.
-    async fn run(self, listener: Async<TcpListener>, stop: Receiver<()>) {
+    async fn run<R: BlockOn>(self, listener: R::AcceptListener, stop: Receiver<()>) {
         let summaries = async {
             // The refusal summary's last lines, when no new refusal comes to write them.
             loop {
-                Timer::after(RefusalLog::DEFAULT_INTERVAL).await;
+                R::sleep(RefusalLog::DEFAULT_INTERVAL).await;
                 self.live.snapshot().limiter.refusals().flush(Instant::now());
             }
         };
@@ -259,17 +295,17 @@ impl Acceptor {
             async {
                 let _ = stop.recv().await;
             },
-            future::or(self.accept_loop(&listener), summaries),
+            future::or(self.accept_loop::<R>(&listener), summaries),
         )
         .await;
     }
 
     /// Accepts every pending connection (non-blocking, without registering it with the reactor:
     /// its worker does that), then waits for the listener to become readable again.
-    async fn accept_loop(&self, listener: &Async<TcpListener>) {
+    async fn accept_loop<R: BlockOn>(&self, listener: &R::AcceptListener) {
         let mut batch = 0;
         loop {
-            match socks4_sys::accept_nonblocking(listener.get_ref()) {
+            match R::try_accept(listener) {
                 Ok((stream, peer)) => {
                     self.deal(stream, peer);
                     batch += 1;
@@ -280,16 +316,16 @@ impl Acceptor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     batch = 0;
-                    if let Err(e) = listener.readable().await {
+                    if let Err(e) = R::accept_readable(listener).await {
                         tracing::warn!("listener failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
-                        Timer::after(ACCEPT_ERROR_PAUSE).await;
+                        R::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 }
                 Err(e) if socks4_server::accept::is_per_connection(&e) => {}
                 Err(e) => {
                     self.metrics.accept_error();
                     tracing::warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE:?}");
-                    Timer::after(ACCEPT_ERROR_PAUSE).await;
+                    R::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
         }
@@ -347,7 +383,7 @@ impl Drop for LiveGuard {
 /// the connections it is handed.
 fn worker<R: BlockOn>(
     rx: Receiver<Handoff>,
-    acceptors: Vec<(Async<TcpListener>, Acceptor)>,
+    acceptors: Vec<(R::AcceptListener, Acceptor)>,
     stop: Receiver<()>,
     config: Arc<LiveConfig>,
     shared: Arc<Shared>,
@@ -355,7 +391,7 @@ fn worker<R: BlockOn>(
     let ex = LocalExecutor::new();
     let live = Rc::new(Cell::new(0usize));
     for (listener, acceptor) in acceptors {
-        ex.spawn(acceptor.run(listener, stop.clone())).detach();
+        ex.spawn(acceptor.run::<R>(listener, stop.clone())).detach();
     }
     drop(stop);
     R::block_on(ex.run(async {
@@ -398,7 +434,14 @@ impl socks4_server::cli::Serve for Server {
     }
 
     fn spawn(self) -> io::Result<ServerHandle> {
-        Server::spawn(self)
+        match std::env::var(RUNTIME_VAR).as_deref() {
+            Ok("async-io") => self.spawn_on::<crate::Smol>(),
+            Ok("local") | Err(_) => Server::spawn(self),
+            Ok(other) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{RUNTIME_VAR}={other}: expected `local` (the default) or `async-io`"),
+            )),
+        }
     }
 
     fn metrics(&self) -> Arc<Metrics> {

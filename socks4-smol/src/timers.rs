@@ -5,7 +5,9 @@
 //! (an eventfd write and one more `epoll_wait` round, often on another thread) each time one is
 //! armed. Inside [`Smol::block_on`](crate::Smol) a thread instead keeps its sleepers in a local
 //! ordered map, and one `async_io::Timer` per thread is re-armed only when a new deadline is earlier
-//! than the one it waits for. Outside it, [`Sleep`] falls back to an `async_io::Timer`.
+//! than the one it waits for. Inside [`SmolLocal::block_on`](crate::SmolLocal) the same map has no
+//! timer at all: the worker's poller waits until the earliest deadline ([`next_deadline`]) and then
+//! wakes the due sleepers ([`fire_due`]). Outside both, [`Sleep`] falls back to an `async_io::Timer`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,7 +32,8 @@ struct Wheel {
     sleepers: BTreeMap<Key, Waker>,
     /// The deadline `timer` is set to.
     armed: Instant,
-    timer: Timer,
+    /// `None`: the thread's poller waits for the earliest deadline itself (`crate::local`).
+    timer: Option<Timer>,
 }
 
 thread_local! {
@@ -46,21 +49,64 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
             return false;
         }
         let armed = Instant::now() + IDLE;
-        *w = Some(Wheel { sleepers: BTreeMap::new(), armed, timer: Timer::at(armed) });
+        *w = Some(Wheel { sleepers: BTreeMap::new(), armed, timer: Some(Timer::at(armed)) });
         true
     });
     if !installed {
         // Nested: the outer call drives the wheel.
         return async_io::block_on(future);
     }
-    struct Uninstall;
-    impl Drop for Uninstall {
-        fn drop(&mut self) {
-            let _ = WHEEL.try_with(|w| w.borrow_mut().take());
-        }
-    }
     let _uninstall = Uninstall;
     async_io::block_on(futures_lite::future::or(future, futures_lite::future::poll_fn(drive::<T>)))
+}
+
+/// Removes the thread's wheel when dropped.
+pub(crate) struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = WHEEL.try_with(|w| w.borrow_mut().take());
+    }
+}
+
+/// Installs a wheel without a timer on this thread, for a loop that waits for
+/// [`next_deadline`] itself and calls [`fire_due`]. `None` if the thread has a wheel already (an
+/// outer loop installed it; it is driven all the same by whoever calls `fire_due`).
+#[cfg(all(unix, feature = "server"))]
+pub(crate) fn install_untimed() -> Option<Uninstall> {
+    WHEEL.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.is_some() {
+            return None;
+        }
+        *w = Some(Wheel { sleepers: BTreeMap::new(), armed: Instant::now() + IDLE, timer: None });
+        Some(Uninstall)
+    })
+}
+
+/// The earliest deadline of this thread's sleepers.
+#[cfg(all(unix, feature = "server"))]
+pub(crate) fn next_deadline() -> Option<Instant> {
+    WHEEL.with(|w| w.borrow().as_ref().and_then(|w| w.sleepers.keys().next().map(|k| k.0)))
+}
+
+/// Wakes this thread's sleepers whose deadline has passed.
+#[cfg(all(unix, feature = "server"))]
+pub(crate) fn fire_due(now: Instant) {
+    let mut due = Vec::new();
+    WHEEL.with(|w| {
+        let mut w = w.borrow_mut();
+        let Some(w) = w.as_mut() else { return };
+        while let Some(entry) = w.sleepers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+    });
+    for waker in due {
+        waker.wake();
+    }
 }
 
 /// Wakes the sleepers whose deadline has passed and re-arms the thread's timer. Never completes.
@@ -69,7 +115,8 @@ fn drive<T>(cx: &mut Context<'_>) -> Poll<T> {
     WHEEL.with(|w| {
         let mut w = w.borrow_mut();
         let Some(w) = w.as_mut() else { return };
-        while Pin::new(&mut w.timer).poll(cx).is_ready() {
+        let Some(timer) = w.timer.as_mut() else { return };
+        while Pin::new(&mut *timer).poll(cx).is_ready() {
             let now = Instant::now();
             while let Some(entry) = w.sleepers.first_entry() {
                 if entry.key().0 > now {
@@ -78,7 +125,7 @@ fn drive<T>(cx: &mut Context<'_>) -> Poll<T> {
                 due.push(entry.remove());
             }
             w.armed = w.sleepers.keys().next().map_or(now + IDLE, |k| k.0);
-            w.timer.set_at(w.armed);
+            timer.set_at(w.armed);
         }
     });
     for waker in due {
@@ -153,9 +200,11 @@ impl Future for Sleep {
                     key
                 }
             };
-            if deadline < w.armed {
+            if deadline < w.armed
+                && let Some(timer) = w.timer.as_mut()
+            {
                 w.armed = deadline;
-                w.timer.set_at(deadline);
+                timer.set_at(deadline);
             }
             Some(key)
         });

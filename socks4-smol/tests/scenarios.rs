@@ -1,4 +1,5 @@
-//! The shared behavioural scenarios against socks4-smol on smol.
+//! The shared behavioural scenarios against socks4-smol on smol, the pool's default (`SmolLocal`: a
+//! reactor per worker).
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;

@@ -24,6 +24,11 @@ fn on_smol(config: ServerConfig) -> ServerHandle {
     Server::bind(config).unwrap().spawn().unwrap()
 }
 
+/// The pool on async-io's one reactor (`spawn` runs it on a reactor per worker, `SmolLocal`).
+fn on_async_io(config: ServerConfig) -> ServerHandle {
+    Server::bind(config).unwrap().spawn_on::<socks4_smol::Smol>().unwrap()
+}
+
 #[cfg(feature = "async-std")]
 fn on_async_std(config: ServerConfig) -> ServerHandle {
     Server::bind(config).unwrap().spawn_on::<socks4_smol::AsyncStd>().unwrap()
@@ -34,6 +39,9 @@ macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         mod smol_runtime {
             $( #[test] fn $case() { super::$case(super::on_smol) } )*
+        }
+        mod async_io_runtime {
+            $( #[test] fn $case() { super::$case(super::on_async_io) } )*
         }
         #[cfg(feature = "async-std")]
         mod async_std_runtime {
