@@ -58,6 +58,15 @@
 //! socks4_smol::Server::bind(config)?.run()?; // until SIGINT/SIGTERM
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// A client-only build (no `server`) has none of the server's items the docs above name: their
+// links lead to the Features section, which says what turns them on.
+#![cfg_attr(
+    not(feature = "server"),
+    doc = "\n[`Server`]: #features\n[`Server::run`]: #features\n[`ServerHandle::shutdown`]: #features\n\
+           [`ServerHandle::stats`]: #features\n[`Stats`]: #features\n[`SmolLocal`]: #features\n[`local`]: #features\n\
+           [`async_executor::LocalExecutor`]: #features\n[`socks4_server::limits`]: #features\n\
+           [`socks4_server::users`]: #features"
+)]
 // `deny`, not `forbid`: `local` allows it for its one call of `Poller::add` (its SAFETY comment).
 #![deny(unsafe_code)]
 

@@ -15,7 +15,7 @@ use async_io::Async;
 use futures_lite::future;
 use socks4_async::Runtime;
 
-/// A runtime a worker thread can run its executor on: [`SmolLocal`](crate::SmolLocal) (the
+/// A runtime a worker thread can run its executor on: `SmolLocal` (the
 /// server's default), [`Smol`], or `AsyncStd` (feature `async-std`), and how the server's accept
 /// loops wait on their listeners there.
 pub trait BlockOn: Runtime {
@@ -68,7 +68,7 @@ pub(crate) use async_io_accept;
 
 /// The smol runtime: `async-io` reactor and timers (a per-thread wheel, see `timers`), `async-net`
 /// resolution, blocking work on smol's thread pool. Its streams work on any executor that
-/// async-io's reactor serves; the server's pool defaults to [`SmolLocal`](crate::SmolLocal)
+/// async-io's reactor serves; the server's pool defaults to `SmolLocal`
 /// instead (a reactor per worker, faster: see there), and runs on this with
 /// `server.spawn_on::<Smol>()`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,5 +1,6 @@
 //! Accept errors (EMFILE) pause the acceptor instead of crashing or spinning, and it recovers.
 //! Its own test binary: it lowers the process's file descriptor limit.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;

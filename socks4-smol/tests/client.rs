@@ -1,5 +1,6 @@
 //! The client connector: against the server, and against a raw-socket fake proxy that checks the
 //! exact request bytes and answers with scripted bytes.
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;

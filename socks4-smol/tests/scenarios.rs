@@ -1,5 +1,6 @@
 //! The shared behavioural scenarios against socks4-smol on smol, the pool's default (`SmolLocal`: a
 //! reactor per worker).
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;

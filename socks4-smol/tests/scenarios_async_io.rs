@@ -1,5 +1,6 @@
 //! The shared behavioural scenarios against socks4-smol's pool on async-io's one reactor
 //! (`spawn_on::<Smol>()`; `spawn` gives each worker a reactor of its own, see `scenarios.rs`).
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;

@@ -1,6 +1,7 @@
 //! Server behaviour beyond the shared scenarios: connection and per-client limits, users file,
 //! watching the client while the handshake waits, graceful shutdown, idle timeout, config refusal
 //! (library and binary).
+#![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // tests: a failed setup should panic
 
 mod common;
