@@ -17,7 +17,7 @@
 //!   its [`Runtime`] implementations: [`SmolLocal`] (the server's default, Unix), [`Smol`] and,
 //!   with a feature, `AsyncStd`.
 //! - **A reactor per worker** ([`SmolLocal`], [`local`]): each worker thread runs smol's
-//!   `LocalExecutor` over a `polling::Poller` of its own, with its sockets registered once,
+//!   `LocalExecutor` over an epoll instance of its own (Linux), with its sockets registered once,
 //!   edge-triggered, with cached readiness, and its timers driven by the poller's timeout. On
 //!   async-io's one reactor per process ([`Smol`], `server.spawn_on::<Smol>()`), whichever worker
 //!   holds it polls for all and wakes the others' tasks across threads, re-arming each socket per
@@ -27,7 +27,7 @@
 //!   each (tokio 1.5–1.7, async-io 2.2–2.5) and holds a relayed connection in 2.7 KiB (async-io
 //!   4.1, tokio 4.3): the figures are in [`local`]. The binary takes
 //!   `SOCKS4_SMOL_RUNTIME=async-io` to run on [`Smol`] instead (for comparisons).
-//!   `unsafe` is allowed in that one module, for `Poller::add` (see its docs).
+//!   Elsewhere the pool runs on [`Smol`]. No `unsafe`: epoll through rustix's safe calls.
 //! - **async-std**: with the non-default `async-std` feature, `AsyncStd` runs the same server on
 //!   async-std's reactor, timers and resolver (`server.spawn_on::<AsyncStd>()`). async-std is
 //!   deprecated upstream in favour of smol; the feature exists for programs that still use it.
@@ -67,13 +67,12 @@
            [`async_executor::LocalExecutor`]: #features\n[`socks4_server::limits`]: #features\n\
            [`socks4_server::users`]: #features"
 )]
-// `deny`, not `forbid`: `local` allows it for its one call of `Poller::add` (its SAFETY comment).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "async-std")]
 mod async_std_runtime;
 pub mod client;
-#[cfg(all(unix, feature = "server"))]
+#[cfg(all(target_os = "linux", feature = "server"))]
 pub mod local;
 mod runtime;
 #[cfg(feature = "server")]
@@ -83,7 +82,7 @@ mod timers;
 #[cfg(feature = "async-std")]
 pub use async_std_runtime::AsyncStd;
 pub use client::{ConnectError, PendingBind, ProxyAddr, Target, bind, bind_to, connect, connect_over};
-#[cfg(all(unix, feature = "server"))]
+#[cfg(all(target_os = "linux", feature = "server"))]
 pub use local::SmolLocal;
 pub use runtime::{BlockOn, Smol};
 #[cfg(feature = "server")]

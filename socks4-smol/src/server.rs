@@ -21,11 +21,11 @@ use socks4_server::reload::{LiveConfig, Snapshot};
 
 use crate::runtime::BlockOn;
 
-/// The pool's runtime for [`Server::spawn`] and [`Server::run`]: a reactor per worker on Unix
+/// The pool's runtime for [`Server::spawn`] and [`Server::run`]: a reactor per worker on Linux
 /// ([`SmolLocal`](crate::SmolLocal)), async-io's elsewhere.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 type PoolRuntime = crate::SmolLocal;
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 type PoolRuntime = crate::Smol;
 
 /// The binary's choice of runtime for comparisons: `SOCKS4_SMOL_RUNTIME=async-io` runs the pool on

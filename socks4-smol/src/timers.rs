@@ -72,7 +72,7 @@ impl Drop for Uninstall {
 /// Installs a wheel without a timer on this thread, for a loop that waits for
 /// [`next_deadline`] itself and calls [`fire_due`]. `None` if the thread has a wheel already (an
 /// outer loop installed it; it is driven all the same by whoever calls `fire_due`).
-#[cfg(all(unix, feature = "server"))]
+#[cfg(all(target_os = "linux", feature = "server"))]
 pub(crate) fn install_untimed() -> Option<Uninstall> {
     WHEEL.with(|w| {
         let mut w = w.borrow_mut();
@@ -85,13 +85,13 @@ pub(crate) fn install_untimed() -> Option<Uninstall> {
 }
 
 /// The earliest deadline of this thread's sleepers.
-#[cfg(all(unix, feature = "server"))]
+#[cfg(all(target_os = "linux", feature = "server"))]
 pub(crate) fn next_deadline() -> Option<Instant> {
     WHEEL.with(|w| w.borrow().as_ref().and_then(|w| w.sleepers.keys().next().map(|k| k.0)))
 }
 
 /// Wakes this thread's sleepers whose deadline has passed.
-#[cfg(all(unix, feature = "server"))]
+#[cfg(all(target_os = "linux", feature = "server"))]
 pub(crate) fn fire_due(now: Instant) {
     let mut due = Vec::new();
     WHEEL.with(|w| {
