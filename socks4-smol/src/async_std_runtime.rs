@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use socks4_async::Runtime;
 
@@ -49,11 +48,7 @@ impl Runtime for AsyncStd {
             let stream = crate::runtime::connect_async_io(socket, addr).await?;
             Self::from_std(stream.into_inner()?)
         };
-        future::or(connect, async {
-            Self::sleep(timeout).await;
-            Err(io::ErrorKind::TimedOut.into())
-        })
-        .await
+        crate::runtime::within::<Self, _>(timeout, connect).await
     }
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {

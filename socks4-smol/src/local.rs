@@ -77,7 +77,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{EventfdFlags, Timespec, eventfd};
 use slab::Slab;
@@ -505,11 +504,7 @@ impl Runtime for SmolLocal {
                 Some(e) => Err(e),
             }
         };
-        future::or(connect, async {
-            Self::sleep(timeout).await;
-            Err(io::ErrorKind::TimedOut.into())
-        })
-        .await
+        crate::runtime::within::<Self, _>(timeout, connect).await
     }
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {

@@ -92,11 +92,7 @@ impl Runtime for Smol {
     }
 
     async fn connect_socket(socket: socket2::Socket, addr: SocketAddr, timeout: Duration) -> io::Result<Self::Stream> {
-        future::or(connect_async_io(socket, addr), async {
-            Self::sleep(timeout).await;
-            Err(io::ErrorKind::TimedOut.into())
-        })
-        .await
+        within::<Self, _>(timeout, connect_async_io(socket, addr)).await
     }
 
     async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -163,6 +159,19 @@ impl Runtime for Smol {
         use std::os::fd::AsFd;
         Some(stream.get_ref().as_fd())
     }
+}
+
+/// `work`'s result, or `TimedOut` once `timeout` has passed on `R`'s timers: the connect bound
+/// of each of the crate's runtimes.
+pub(crate) async fn within<R: Runtime, T>(
+    timeout: Duration,
+    work: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    future::or(work, async {
+        R::sleep(timeout).await;
+        Err(io::ErrorKind::TimedOut.into())
+    })
+    .await
 }
 
 /// Connects a new non-blocking socket with async-io (what `Async::<TcpStream>::connect` does
