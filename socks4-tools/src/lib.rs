@@ -126,6 +126,7 @@ macro_rules! binary_tests {
             chain_two_hops chain_three_hops chain_failover_and_refusals chain_dante_parent chain_bind_wait_cap chain_numeric_names chain_stream_isolation
             chain_bind_by_name chain_stalled_parent
             outgoing_rotation outgoing_same_same outgoing_parent_and_reload outgoing_refused_at_start keepalive_on_relayed_sockets warn_unsafe_socks own_resolver happy_eyeballs
+            rejected_reply_survives_loss
         );
     };
 }

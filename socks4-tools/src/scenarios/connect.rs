@@ -156,7 +156,8 @@ const TRAILING_BYTES: usize = 200 * 1024;
 /// which makes the kernel send a reset. On loopback the reply itself is never overtaken, so this
 /// checks what the reset would do: with a 4 KiB send buffer the client's write of the 200 KiB
 /// completes only if the server reads it (a closing server resets it), and after the reply the
-/// client must see end of file, not a reset.
+/// client must see end of file, not a reset. (`binary::rejected_reply_survives_loss` shows the
+/// reply itself lost to a reset, where a network namespace drops a packet.)
 pub(crate) fn rejected_client_drained(ctx: &Ctx) -> Result<Outcome, Failure> {
     let Some(denied) = ctx.profile.denied_user.as_deref() else {
         return Ok(Outcome::Skip("no denied user id configured".into()));

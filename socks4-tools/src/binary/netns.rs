@@ -1,0 +1,184 @@
+//! A check where the network loses a packet: the server runs in a network namespace of the
+//! check's own, reached through a veth pair, and nftables there drops the first copy of the
+//! server's reply. On plain loopback nothing is lost, so a server that resets a rejected client
+//! still delivers its reply; here the reply waits for its retransmission, and a reset sent
+//! meanwhile destroys it.
+//!
+//! Needs root, `ip` (iproute2) and `nft` (nftables); skipped without them unless
+//! `SOCKS4_REQUIRE_NETNS` is set. The addresses are a /30 of 198.18.0.0/15 (the benchmarking
+//! range, RFC 2544) on the veth pair alone, and the client's socket is bound to its end of the
+//! pair: nothing it sends can leave by another route.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+
+use super::{line_with, start_command};
+use crate::scenarios::{Failure, Outcome};
+use crate::wire;
+
+/// How much the rejected client sends after its request: more than the server's first read takes,
+/// less than the drain's bound (256 KiB).
+const TRAILING_BYTES: usize = 200 * 1024;
+
+/// How long the client waits for its reply: the retransmission comes after one retransmission
+/// timeout (200 ms at least, about 1 s before the connection measured its round trip).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A network namespace with one end of a veth pair in it; both go when it is dropped.
+struct Namespace {
+    name: String,
+    /// The veth end outside the namespace, with [`Self::outside`].
+    device: String,
+    outside: Ipv4Addr,
+    inside: Ipv4Addr,
+}
+
+/// Runs `ip ARGS…` (or another program); an error names the command and what it printed.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(|e| format!("{program} stdin: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{program} {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Namespace {
+    /// A namespace named after this process and a counter, with `lo` up and a veth pair whose
+    /// ends hold a /30 of 198.18.0.0/15 picked the same way.
+    fn create() -> Result<Self, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = std::process::id();
+        // Device names have at most 15 bytes: "s4" + 6 hex digits of the pid + the counter + a/b.
+        let tag = format!("s4{:06x}{:x}", id & 0xff_ffff, n & 0xf);
+        let subnet = (id.wrapping_mul(16).wrapping_add(n)) % (1 << 15);
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + subnet * 4;
+        let ns = Self {
+            name: format!("{tag}-ns"),
+            device: format!("{tag}a"),
+            outside: Ipv4Addr::from(base + 1),
+            inside: Ipv4Addr::from(base + 2),
+        };
+        run("ip", &["netns", "add", &ns.name], None)?;
+        // From here on, dropping `ns` removes the namespace and with it the veth pair.
+        let inner = format!("{tag}b");
+        let outside = format!("{}/30", ns.outside);
+        let inside = format!("{}/30", ns.inside);
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"], None)?;
+        run("ip", &["link", "add", &ns.device, "type", "veth", "peer", "name", &inner, "netns", &ns.name], None)?;
+        run("ip", &["addr", "add", &outside, "dev", &ns.device], None)?;
+        run("ip", &["link", "set", &ns.device, "up"], None)?;
+        run("ip", &["-n", &ns.name, "addr", "add", &inside, "dev", &inner], None)?;
+        run("ip", &["-n", &ns.name, "link", "set", &inner, "up"], None)?;
+        Ok(ns)
+    }
+
+    /// Loads an nftables ruleset inside the namespace.
+    fn nft(&self, rules: &str) -> Result<String, String> {
+        run("ip", &["netns", "exec", &self.name, "nft", "-f", "-"], Some(rules))
+    }
+
+    /// Lists the namespace's nftables ruleset.
+    fn ruleset(&self) -> Result<String, String> {
+        run("ip", &["netns", "exec", &self.name, "nft", "list", "ruleset"], None)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name], None);
+        // The pair goes with the namespace; this only matters if the move into it failed.
+        let _ = run("ip", &["link", "del", &self.device], None);
+    }
+}
+
+/// What is missing for a namespace check, if anything.
+fn missing() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root (network namespaces and nftables need it)".into());
+    }
+    for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+        if run(program, &["-V"], None).is_err() {
+            return Some(format!("no {program} (Debian's {package})"));
+        }
+    }
+    None
+}
+
+/// A rejected client's reply survives a lost packet: `binary` runs in a network namespace
+/// (`--allow 'user allowed'`) where nftables drops the first packet carrying data from the
+/// server's port, which is the reply 91 to a CONNECT by another user. The client then sends
+/// 200 KiB after its request (4 KiB send buffer) and half-closes. A server that closes with that
+/// input unread sends a reset, which discards the reply waiting for its retransmission: the client
+/// reads a reset and no reply. A server that drains after its final reply
+/// (`socks4_server::linger`) retransmits it: the client reads 91 and a clean end of file. The
+/// check also asserts that the rule did drop a packet.
+///
+/// # Errors
+/// What went wrong; a skip without root, `ip` or `nft`, unless `SOCKS4_REQUIRE_NETNS` is set.
+pub fn rejected_reply_survives_loss(binary: &Path) -> Result<Outcome, Failure> {
+    if let Some(why) = missing() {
+        return if std::env::var_os("SOCKS4_REQUIRE_NETNS").is_some() {
+            Err(Failure::new(format!("SOCKS4_REQUIRE_NETNS is set: {why}")))
+        } else {
+            Ok(Outcome::Skip(why))
+        };
+    }
+    let ns = Namespace::create().map_err(|e| Failure::new(format!("setting up the namespace: {e}")))?;
+    let listen = format!("{}:0", ns.inside);
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", &ns.name]).arg(binary).args(["--listen", &listen, "--allow", "user allowed"]);
+    let (server, lines, proxy, mut seen) = start_command(command)?;
+    ns.nft(&format!(
+        "table inet socks4_check {{\n chain output {{\n  type filter hook output priority 0;\n  \
+         tcp sport {} tcp flags & psh == psh quota until 100 bytes drop\n }}\n}}\n",
+        proxy.port()
+    ))
+    .map_err(|e| Failure::new(format!("loading the drop rule: {e}")))?;
+
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind_device(Some(ns.device.as_bytes()))?;
+    socket.set_send_buffer_size(4096)?;
+    socket.connect_timeout(&proxy.into(), Duration::from_secs(5))?;
+    let mut s = TcpStream::from(socket);
+    s.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    s.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    // Any destination: the rules refuse the user before a connect.
+    let mut sent = wire::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), b"mallory");
+    sent.resize(sent.len() + TRAILING_BYTES, b'x');
+    let wrote = s.write_all(&sent).and_then(|()| s.shutdown(Shutdown::Write));
+    let mut reply = Vec::new();
+    let read = s.read_to_end(&mut reply);
+    let dropped = ns.ruleset().map_err(|e| Failure::new(format!("reading the rule's quota: {e}")))?;
+    let logged = line_with(&lines, "result=denied by rules", &mut seen);
+    drop(server);
+    logged?;
+    if !dropped.contains("used") || dropped.contains("used 0 bytes") {
+        return Err(Failure::new(format!("the drop rule dropped nothing, so this proved nothing: {dropped}")));
+    }
+    match (read, reply.as_slice()) {
+        (Ok(_), r) if r.len() == 8 && r[1] == wire::REJECTED => Ok(Outcome::Pass),
+        (read, r) => Err(Failure::new(format!(
+            "expected the 8-byte reply 91 and end of file, read {r:02x?} then {read:?} (write: {wrote:?}): \
+             the reply was lost, so a reset overtook its retransmission (the server closed with unread \
+             input instead of draining); log: {seen:#?}"
+        ))),
+    }
+}
