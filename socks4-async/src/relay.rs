@@ -4,7 +4,8 @@
 //!
 //! A direction waits for readability without a buffer, then borrows one from its worker's pool
 //! only while bytes flow, so an idle relayed connection holds none. Which chunks are spliced is
-//! socks4-sys's one policy ([`SplicePolicy::DEFAULT`], as in socks4-std): small chunks (a request, a
+//! socks4-sys's one policy ([`SplicePolicy::DEFAULT`], as in socks4-std; [`SplicePolicy::from_env`]
+//! picks another for a benchmark): small chunks (a request, a
 //! keystroke) go through the buffer; once a read fills it the direction is streaming, and on Linux
 //! its chunks go through a pipe with `splice(2)` ([`crate::splice`]) until one moves less again.
 //!
@@ -16,6 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -193,6 +195,12 @@ pub(crate) enum Chunk {
     NoPipe,
 }
 
+/// The relays' splice policy: [`SplicePolicy::from_env`], read once per process.
+fn splice_policy() -> SplicePolicy {
+    static POLICY: OnceLock<SplicePolicy> = OnceLock::new();
+    *POLICY.get_or_init(SplicePolicy::from_env)
+}
+
 /// Copies `from` to its peer (after `first`) until end of file, which the relay passes on as a
 /// half-close; `Err` once the relay is over.
 async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Result<(), Stop> {
@@ -203,6 +211,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
         sh.written(from, first.len())?;
     }
     // What the last chunk moved, for the splice policy; whether splicing works for these streams.
+    let policy = splice_policy();
     let mut last_moved = 0;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let mut can_splice = crate::splice::possible::<R>(src, dst);
@@ -216,7 +225,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
             }
             None => false,
         };
-        let splicing = can_splice && SplicePolicy::DEFAULT.decide(last_moved, BUF_LEN) == Mode::Splice;
+        let splicing = can_splice && policy.decide(last_moved, BUF_LEN) == Mode::Splice;
         let wanted = if splicing { socks4_sys::sizes::PIPE_LEN } else { BUF_LEN };
         // Asked only now that `src` is readable: an idle direction holds none of a shared cap.
         let allowed = sh.allowance(from, wanted).await;

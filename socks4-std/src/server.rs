@@ -53,8 +53,9 @@ pub struct Server {
 
 /// The environment variable that picks the splice policy (`never`, `always`, `streaming`),
 /// read once when a server is bound; for benchmarks (`bench/compare.sh`). Unset, or not a
-/// policy's name: [`SplicePolicy::DEFAULT`].
-pub const SPLICE_POLICY_ENV: &str = "SOCKS4_SPLICE_POLICY";
+/// policy's name: [`SplicePolicy::DEFAULT`]. The same for every adapter
+/// ([`SplicePolicy::from_env`]).
+pub use socks4_sys::SPLICE_POLICY_ENV;
 
 impl Server {
     /// Binds every listen address of `config` (port 0 picks a free port).
@@ -77,7 +78,7 @@ impl Server {
         let listeners = socks4_server::listen::listeners(config, workers, activated)?;
         live.listening_on(&socks4_server::listen::local_addrs(&listeners));
         let metrics = live.metrics(workers);
-        let splice = std::env::var(SPLICE_POLICY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_default();
+        let splice = SplicePolicy::from_env();
         Ok(Server { listeners, workers, live, splice, metrics })
     }
 

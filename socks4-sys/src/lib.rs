@@ -63,5 +63,5 @@ pub mod socket;
 pub use accept::accept_nonblocking;
 pub use local::{LocalBuf, LocalPipe};
 pub use pipe::{Descriptor, Pipe, SPLICE_SUPPORTED};
-pub use policy::{Mode, PolicyError, SplicePolicy};
+pub use policy::{Mode, PolicyError, SPLICE_POLICY_ENV, SplicePolicy};
 pub use pool::{BufPool, PipePool};

@@ -91,6 +91,28 @@ impl SplicePolicy {
     }
 }
 
+/// The environment variable that picks the servers' splice policy (`never`, `always`,
+/// `streaming`), for benchmarks (`bench/compare.sh`): see [`SplicePolicy::from_env`].
+pub const SPLICE_POLICY_ENV: &str = "SOCKS4_SPLICE_POLICY";
+
+impl SplicePolicy {
+    /// The policy [`SPLICE_POLICY_ENV`] names, or [`DEFAULT`](Self::DEFAULT) when it is unset or
+    /// names none. Every server reads it once, when it starts, so that one binary can be measured
+    /// under each candidate.
+    ///
+    /// ```
+    /// use socks4_sys::SplicePolicy;
+    /// // Unset here: the default.
+    /// # if std::env::var_os(socks4_sys::SPLICE_POLICY_ENV).is_none() {
+    /// assert_eq!(SplicePolicy::from_env(), SplicePolicy::DEFAULT);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn from_env() -> Self {
+        std::env::var(SPLICE_POLICY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_default()
+    }
+}
+
 impl Default for SplicePolicy {
     fn default() -> Self {
         Self::DEFAULT
