@@ -76,6 +76,7 @@ impl Namespace {
             outside: Ipv4Addr::from(base + 1),
             inside: Ipv4Addr::from(base + 2),
         };
+        remove_stale();
         run("ip", &["netns", "add", &ns.name], None)?;
         // From here on, dropping `ns` removes the namespace and with it the veth pair.
         let inner = format!("{tag}b");
@@ -106,6 +107,19 @@ impl Drop for Namespace {
         let _ = run("ip", &["netns", "del", &self.name], None);
         // The pair goes with the namespace; this only matters if the move into it failed.
         let _ = run("ip", &["link", "del", &self.device], None);
+    }
+}
+
+/// Deletes the namespaces (and so their veth pairs) of earlier runs whose process is gone: a
+/// check that was killed never ran its `Drop`.
+fn remove_stale() {
+    let Ok(list) = run("ip", &["netns", "list"], None) else { return };
+    for name in list.lines().filter_map(|line| line.split_whitespace().next()) {
+        let Some(tag) = name.strip_prefix("s4").and_then(|rest| rest.strip_suffix("-ns")) else { continue };
+        let Some(pid) = tag.get(..6).and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { continue };
+        if pid != std::process::id() & 0xff_ffff && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run("ip", &["netns", "del", name], None);
+        }
     }
 }
 
