@@ -100,8 +100,9 @@ pub const SPLICE_POLICY_ENV: &str = "SOCKS4_SPLICE_POLICY";
 
 impl SplicePolicy {
     /// The policy [`SPLICE_POLICY_ENV`] names, or [`DEFAULT`](Self::DEFAULT) when it is unset or
-    /// names none. Every server reads it once, when it starts, so that one binary can be measured
-    /// under each candidate.
+    /// names none (a misspelt name is not an error: check the spelling before measuring), so
+    /// that one binary can be measured under each candidate. socks4-std reads it when a server is
+    /// bound, the async driver at the first relay of the process (then keeps it).
     ///
     /// ```
     /// use socks4_sys::SplicePolicy;
