@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -39,23 +39,13 @@ struct Namespace {
     inside: Ipv4Addr,
 }
 
-/// Runs `ip ARGS…` (or another program); an error names the command and what it printed.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| format!("{program} stdin: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{program} {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+/// Runs `program ARGS…` ([`ops::run`](super::ops::run): bounded in time); its output, or an
+/// error that names the command and what it printed.
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    match super::ops::run(Path::new(program), args) {
+        Ok((status, out, _)) if status.success() => Ok(out),
+        Ok((status, _, err)) => Err(format!("{program} {}: {status} {}", args.join(" "), err.trim())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -77,54 +67,54 @@ impl Namespace {
             inside: Ipv4Addr::from(base + 2),
         };
         remove_stale();
-        run("ip", &["netns", "add", &ns.name], None)?;
+        run("ip", &["netns", "add", &ns.name])?;
         // From here on, dropping `ns` removes the namespace and with it the veth pair.
         let inner = format!("{tag}b");
         let outside = format!("{}/30", ns.outside);
         let inside = format!("{}/30", ns.inside);
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"], None)?;
-        run("ip", &["link", "add", &ns.device, "type", "veth", "peer", "name", &inner, "netns", &ns.name], None)?;
-        run("ip", &["addr", "add", &outside, "dev", &ns.device], None)?;
-        run("ip", &["link", "set", &ns.device, "up"], None)?;
-        run("ip", &["-n", &ns.name, "addr", "add", &inside, "dev", &inner], None)?;
-        run("ip", &["-n", &ns.name, "link", "set", &inner, "up"], None)?;
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
+        run("ip", &["link", "add", &ns.device, "type", "veth", "peer", "name", &inner, "netns", &ns.name])?;
+        run("ip", &["addr", "add", &outside, "dev", &ns.device])?;
+        run("ip", &["link", "set", &ns.device, "up"])?;
+        run("ip", &["-n", &ns.name, "addr", "add", &inside, "dev", &inner])?;
+        run("ip", &["-n", &ns.name, "link", "set", &inner, "up"])?;
         Ok(ns)
     }
 
-    /// Loads an nftables ruleset inside the namespace.
-    fn nft(&self, rules: &str) -> Result<String, String> {
-        run("ip", &["netns", "exec", &self.name, "nft", "-f", "-"], Some(rules))
+    /// Runs nftables commands inside the namespace.
+    fn nft(&self, commands: &str) -> Result<String, String> {
+        run("ip", &["netns", "exec", &self.name, "nft", commands])
     }
 
     /// Lists the namespace's nftables ruleset.
     fn ruleset(&self) -> Result<String, String> {
-        run("ip", &["netns", "exec", &self.name, "nft", "list", "ruleset"], None)
+        run("ip", &["netns", "exec", &self.name, "nft", "list", "ruleset"])
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name], None);
+        let _ = run("ip", &["netns", "del", &self.name]);
         // The pair goes with the namespace; this only matters if the move into it failed.
-        let _ = run("ip", &["link", "del", &self.device], None);
+        let _ = run("ip", &["link", "del", &self.device]);
     }
 }
 
 /// Deletes the namespaces (and so their veth pairs) of earlier runs whose process is gone: a
 /// check that was killed never ran its `Drop`.
 fn remove_stale() {
-    let Ok(list) = run("ip", &["netns", "list"], None) else { return };
+    let Ok(list) = run("ip", &["netns", "list"]) else { return };
     for name in list.lines().filter_map(|line| line.split_whitespace().next()) {
         let Some(tag) = name.strip_prefix("s4").and_then(|rest| rest.strip_suffix("-ns")) else { continue };
         let Some(pid) = tag.get(..6).and_then(|hex| u32::from_str_radix(hex, 16).ok()) else { continue };
         if pid != std::process::id() & 0xff_ffff && !Path::new(&format!("/proc/{pid}")).exists() {
             // Its server outlived it and holds the namespace (and the veth pair) open.
-            if let Ok(pids) = run("ip", &["netns", "pids", name], None) {
+            if let Ok(pids) = run("ip", &["netns", "pids", name]) {
                 for pid in pids.split_whitespace() {
-                    let _ = run("kill", &["-KILL", pid], None);
+                    let _ = run("kill", &["-KILL", pid]);
                 }
             }
-            let _ = run("ip", &["netns", "del", name], None);
+            let _ = run("ip", &["netns", "del", name]);
         }
     }
 }
@@ -135,7 +125,7 @@ fn missing() -> Option<String> {
         return Some("not root (network namespaces and nftables need it)".into());
     }
     for (program, version, package) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
-        if run(program, &[version], None).is_err() {
+        if run(program, &[version]).is_err() {
             return Some(format!("no {program} (Debian's {package})"));
         }
     }
@@ -177,8 +167,9 @@ pub fn rejected_reply_survives_loss(binary: &Path) -> Result<Outcome, Failure> {
     command.args(["netns", "exec", &ns.name]).arg(binary).args(["--listen", &listen, "--allow", "user allowed"]);
     let (server, lines, proxy, mut seen) = start_command(command)?;
     ns.nft(&format!(
-        "table inet socks4_check {{\n chain output {{\n  type filter hook output priority 0;\n  \
-         tcp sport {} tcp flags & psh == psh quota until 100 bytes drop\n }}\n}}\n",
+        "add table inet socks4_check; \
+         add chain inet socks4_check output {{ type filter hook output priority 0; }}; \
+         add rule inet socks4_check output tcp sport {} tcp flags & psh == psh quota until 100 bytes drop",
         proxy.port()
     ))
     .map_err(|e| Failure::new(format!("loading the drop rule: {e}")))?;
