@@ -185,7 +185,7 @@ impl tower_service::Service<Uri> for Direct {
         Box::pin(async move {
             let (host, port) =
                 host_and_port(&proxy).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let host = unbracketed(host);
             let stream = TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(stream))
@@ -415,7 +415,7 @@ where
 
     async fn connect_unbounded(&self, uri: Uri) -> Result<SocksStream<C::Response>, ConnectorError> {
         let (host, port) = host_and_port(&uri)?;
-        let ip = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse::<IpAddr>().ok();
+        let ip = unbracketed(host).parse::<IpAddr>().ok();
         let target = match ip {
             Some(ip) => Target::Addr(SocketAddr::new(ip, port)),
             None if self.remote_dns => Target::Host(host, port),
@@ -474,6 +474,11 @@ fn host_and_port(uri: &Uri) -> Result<(&str, u16), ConnectorError> {
         (None, _) => return Err(bad("it has no port, and its scheme is neither http nor https")),
     };
     Ok((host, port))
+}
+
+/// A URI host without the brackets of an IPv6 address.
+fn unbracketed(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 /// The first IPv4 address `host` resolves to here (a SOCKS4 request carries no other).
