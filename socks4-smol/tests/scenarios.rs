@@ -6,18 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
-use socks4_smol::{Server, ServerHandle};
+use socks4_smol::Server;
 use socks4_tools::scenarios::Profile;
 
 fn start() -> (SocketAddr, Profile, ()) {
-    static SERVER: OnceLock<ServerHandle> = OnceLock::new();
-    let handle = SERVER.get_or_init(|| {
-        common::init_tracing();
-        Server::bind(common::test_config()).unwrap().spawn().unwrap()
-    });
-    (handle.local_addrs()[0], Profile::test_server(), ())
+    common::scenario_server(Server::spawn)
 }
 
 socks4_tools::scenario_tests!(start);

@@ -4,6 +4,8 @@
 #![cfg(feature = "server")] // it runs our server: nothing to test in a client-only build
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+mod common;
+
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -74,9 +76,7 @@ fn reply_code(proxy: SocketAddr, request: &[u8]) -> u8 {
 #[test]
 fn the_check_hook_comes_before_the_users_file_once_per_request() {
     let token = "hook-test-token";
-    let hash = socks4_server::users::hash_token(token.as_bytes()).unwrap();
-    let file = std::env::temp_dir().join(format!("socks4-tokio-hooks-{}", std::process::id()));
-    std::fs::write(&file, format!("alice:{hash}\n")).unwrap();
+    let file = common::users_file("hooks", "alice", token);
     let mut config = ServerConfig::default();
     config.users = Some(file.clone());
     config.rules = socks4_core::rules::Rules::parse("allow any").unwrap();

@@ -75,9 +75,7 @@ async fn socks4a_sends_the_name_for_the_proxy_to_resolve() {
 #[tokio::test]
 async fn a_users_file_refuses_a_wrong_token_with_93_and_lets_the_right_one() {
     let token = "hyper-test-token";
-    let hash = socks4_server::users::hash_token(token.as_bytes()).unwrap();
-    let file = std::env::temp_dir().join(format!("socks4-tokio-hyper-users-{}", std::process::id()));
-    std::fs::write(&file, format!("alice:{hash}\n")).unwrap();
+    let file = common::users_file("hyper-users", "alice", token);
     let mut config = common::test_config();
     config.users = Some(file.clone());
     config.rules = Rules::parse("allow any").unwrap();

@@ -1,11 +1,15 @@
 //! Shared test helpers: the test server's configuration.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use socks4_core::rules::Rules;
 use socks4_server::ServerConfig;
+use socks4_smol::{Server, ServerHandle};
+use socks4_tools::scenarios::Profile;
 
 /// The configuration `Profile::test_server()` describes, on 127.0.0.1 port 0.
 pub fn test_config() -> ServerConfig {
@@ -31,4 +35,15 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_test_writer()
         .try_init();
+}
+
+/// The shared scenarios' server of this test binary: bound to [`test_config`] and started by
+/// `spawn` (the runtime under test) on first use, then kept; its address and profile.
+pub fn scenario_server(spawn: impl FnOnce(Server) -> io::Result<ServerHandle>) -> (SocketAddr, Profile, ()) {
+    static SERVER: OnceLock<ServerHandle> = OnceLock::new();
+    let handle = SERVER.get_or_init(|| {
+        init_tracing();
+        spawn(Server::bind(test_config()).unwrap()).unwrap()
+    });
+    (handle.local_addrs()[0], Profile::test_server(), ())
 }

@@ -68,3 +68,12 @@ pub fn closes_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
         }
     }
 }
+
+/// A users file in the temporary directory (named after `tag` and this process) with one line:
+/// `user`'s Argon2id hash of `token`; the caller removes it.
+pub fn users_file(tag: &str, user: &str, token: &str) -> std::path::PathBuf {
+    let hash = socks4_server::users::hash_token(token.as_bytes()).unwrap();
+    let file = std::env::temp_dir().join(format!("socks4-tokio-{tag}-{}", std::process::id()));
+    std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+    file
+}
