@@ -112,9 +112,12 @@ for name in s1 s2 s3; do
         fail "$name: no 'conn client=127.0.0.5:... result=ok' line: $(tail -3 "$work/$name.log")"
     fi
 done
-# HAProxy turns a reset into a close: the reset scenario cannot pass through it.
+# HAProxy turns a reset into a close: the reset scenario cannot pass through it. It also drops
+# TCP urgent bytes (2.6 here: a byte sent with MSG_OOB never reaches the server), so the
+# urgent-data scenario cannot either.
 # From 127.0.0.5: a header naming 127.0.0.1, the servers' own address, is refused as a re-entry.
-if timeout 300 "$bin/socks4-check" "127.0.0.1:$front" --source 127.0.0.5 --skip upstream_reset_reaches_client --user-id-limit 255 \
+if timeout 300 "$bin/socks4-check" "127.0.0.1:$front" --source 127.0.0.5 --skip upstream_reset_reaches_client \
+    --skip urgent_data_both_ways --user-id-limit 255 \
     --handshake-timeout 2 --bulk-mib 8 >"$work/check.txt" 2>&1 && tail -1 "$work/check.txt" | grep -q ' 0 failed'; then
     pass "socks4-check through HAProxy: $(tail -1 "$work/check.txt")"
 else

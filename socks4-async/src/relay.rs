@@ -117,7 +117,7 @@ impl<R: Runtime> Shared<'_, R> {
         if let Some(bandwidth) = &self.bandwidth {
             let unused = match chunk {
                 Ok(Chunk::Moved(n)) => allowed - n.min(allowed),
-                Ok(Chunk::NoPipe | Chunk::Unsupported) => 0,
+                Ok(Chunk::NoPipe | Chunk::Copy | Chunk::Unsupported) => 0,
                 _ => allowed,
             };
             bandwidth.refund(Direction::from(from), unused);
@@ -193,6 +193,9 @@ pub(crate) enum Chunk {
     Unsupported,
     /// No pipe could be had (e.g. out of descriptors): use the buffered copy for this chunk.
     NoPipe,
+    /// `src` holds bytes no splice moves (TCP urgent data's mark): copy this chunk, which reads
+    /// past the mark, then splice again.
+    Copy,
 }
 
 /// The relays' splice policy: [`SplicePolicy::from_env`], read once per process.
@@ -240,7 +243,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
                 Chunk::Eof => break,
                 Chunk::NotReady => continue,
                 Chunk::Unsupported => can_splice = false,
-                Chunk::NoPipe => {}
+                Chunk::NoPipe | Chunk::Copy => {}
             }
         }
         let chunk = copy_chunk(sh, from, allowed, can_wait).await;

@@ -29,6 +29,7 @@ pub(crate) async fn chunk<R: Runtime>(sh: &Shared<'_, R>, from: Side, limit: usi
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
         Err(e) if e.kind() == io::ErrorKind::Unsupported => return Ok(Chunk::Unsupported),
+        Err(e) if socks4_sys::at_urgent_mark(&e) => return Ok(Chunk::Copy),
         Err(e) => return Err(sh.error(from, &e)),
     };
     sh.read(from, n)?;

@@ -96,6 +96,10 @@ const WRITE: u8 = 2;
 /// on. Kept apart from [`READ`] so that a short read may forget [`READ`] (the data is drained)
 /// without forgetting an end of file that came with the data: no second event would announce it.
 const READ_CLOSED: u8 = 4;
+/// TCP urgent data came (`EPOLLPRI`): readable until a read would block, even after a short read.
+/// A read stops short at urgent data's mark with bytes still behind it, and no new event comes
+/// for bytes already there, so forgetting [`READ`] then would stall the stream.
+const URGENT: u8 = 8;
 
 /// Events taken per wait.
 const EVENTS: usize = 1024;
@@ -202,6 +206,9 @@ impl Reactor {
                 if hangup || flags.contains(EventFlags::RDHUP) {
                     source.ready |= READ_CLOSED;
                 }
+                if flags.contains(EventFlags::PRI) {
+                    source.ready |= URGENT;
+                }
                 if hangup || flags.intersects(EventFlags::IN | EventFlags::RDHUP | EventFlags::PRI) {
                     source.ready |= READ;
                     source.wakers[0].take_into(&mut due);
@@ -236,9 +243,9 @@ impl Epoll {
         Ok(Epoll { epoll, notify })
     }
 
-    /// Watches `io` for both directions and its hang-up, edge-triggered, under `key`.
+    /// Watches `io` for both directions, its hang-up and urgent data, edge-triggered, under `key`.
     fn add(&self, io: &impl AsFd, key: usize) -> io::Result<()> {
-        let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+        let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::PRI | EventFlags::ET;
         Ok(epoll::add(&self.epoll, io, EventData::new_u64(key as u64), flags)?)
     }
 
@@ -273,9 +280,10 @@ impl Epoll {
     }
 }
 
-/// The readiness bits that let `bit`'s direction go ahead: a closed socket is readable.
+/// The readiness bits that let `bit`'s direction go ahead: a closed socket is readable, and one
+/// with urgent data not yet read past.
 const fn readiness(bit: u8) -> u8 {
-    if bit == READ { READ | READ_CLOSED } else { bit }
+    if bit == READ { READ | READ_CLOSED | URGENT } else { bit }
 }
 
 /// One socket's cached readiness and waiting tasks.
@@ -564,8 +572,8 @@ impl Runtime for SmolLocal {
             let n = stream.0.io(READ, move |mut s| s.read(buf)).await?;
             // A read that did not fill the buffer drained the socket (as tokio assumes too): the
             // next read waits for an event instead of trying a read that would block. An end of
-            // file already seen stays ([`READ_CLOSED`]); data or a FIN that comes later is a new
-            // edge.
+            // file already seen stays ([`READ_CLOSED`]), and urgent data ([`URGENT`]); data or a
+            // FIN that comes later is a new edge.
             if n > 0 && n < len {
                 stream.0.forget(READ);
             }
@@ -692,6 +700,24 @@ mod tests {
             };
             let (n, m) = future::zip(read_within(&c, &mut buf), later).await;
             assert_eq!((n, m, buf[0]), (1, 1, b'y'));
+        });
+    }
+
+    #[test]
+    fn a_short_read_at_urgent_data_keeps_readiness() {
+        SmolLocal::block_on(async {
+            let (a, b) = pair().await;
+            socks4_sys::socket::urgent_inline(&SmolLocal::socket(&a)).unwrap();
+            let sender = socket2::SockRef::from(b.get_ref());
+            assert_eq!(SmolLocal::write(&b, b"ab").await.unwrap(), 2);
+            assert_eq!(sender.send_out_of_band(b"U").unwrap(), 1);
+            assert_eq!(SmolLocal::write(&b, b"cd").await.unwrap(), 2);
+            SmolLocal::sleep(Duration::from_millis(20)).await;
+            // The read stops at the mark; what follows it is there already, with no event to come.
+            let mut buf = [0; 64];
+            assert_eq!(read_within(&a, &mut buf).await, 2);
+            let n = read_within(&a, &mut buf).await;
+            assert_eq!(&buf[..n], b"Ucd", "the urgent byte in its place");
         });
     }
 

@@ -167,6 +167,8 @@ impl Dir {
         progress: &mut Progress,
     ) -> Result<(), PumpError> {
         let mut reads = 0;
+        // After a splice stopped at urgent data: one copy read, which passes the mark.
+        let mut copy_next = false;
         loop {
             if self.off < self.pending.len() {
                 match write_some(dst, &self.pending[self.off..]) {
@@ -209,7 +211,7 @@ impl Dir {
                 return Ok(());
             }
             reads += 1;
-            let pipe = pipes.take(self.last, scratch.len());
+            let pipe = if std::mem::take(&mut copy_next) { None } else { pipes.take(self.last, scratch.len()) };
             let wanted = pipe.as_ref().map_or(MAX_PENDING.min(scratch.len()), Pipe::capacity);
             let allowed = match grant(caps, wanted) {
                 Ok(n) => n,
@@ -242,6 +244,13 @@ impl Dir {
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         // These sockets cannot be spliced: copy from now on (this read too).
                         pipes.disable();
+                        reads -= 1;
+                    }
+                    // Urgent data's mark, which no splice passes: this one read copies.
+                    Err(e) if socks4_sys::at_urgent_mark(&e) => {
+                        // Urgent data's mark, which no splice passes: the next read copies.
+                        pipes.pool.put(pipe);
+                        copy_next = true;
                         reads -= 1;
                     }
                     Err(e) => return Err(PumpError::Read(e)),

@@ -62,6 +62,6 @@ pub mod socket;
 
 pub use accept::accept_nonblocking;
 pub use local::{LocalBuf, LocalPipe};
-pub use pipe::{Descriptor, Pipe, SPLICE_SUPPORTED};
+pub use pipe::{Descriptor, Pipe, SPLICE_SUPPORTED, at_urgent_mark};
 pub use policy::{Mode, PolicyError, SPLICE_POLICY_ENV, SplicePolicy};
 pub use pool::{BufPool, PipePool};

@@ -97,7 +97,10 @@ impl Pipe {
     /// it cannot mean anything else), [`Unsupported`](io::ErrorKind::Unsupported) when the kernel
     /// cannot splice from `src` (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`: copy instead, nothing was
     /// moved), [`InvalidInput`](io::ErrorKind::InvalidInput) if the pipe is not empty, else the
-    /// read error. `EINTR` is retried.
+    /// read error, or an error for which [`at_urgent_mark`] is true: `src` holds bytes that no
+    /// splice moves (TCP urgent data, whose mark stops every splice until a `recv` reads past
+    /// it), so copy them with one read (with `SO_OOBINLINE` set, the urgent byte too) and splice
+    /// again; nothing was moved. `EINTR` is retried.
     pub fn fill<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
         if !self.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty"));
@@ -119,12 +122,40 @@ impl Pipe {
     }
 }
 
+/// The error of a [`Pipe::fill`] that found `src` holding bytes no splice moves: see
+/// [`at_urgent_mark`].
+#[derive(Debug)]
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+struct UrgentMark;
+
+impl std::fmt::Display for UrgentMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("splice stopped at TCP urgent data: read it with a copy")
+    }
+}
+
+impl std::error::Error for UrgentMark {}
+
+impl From<UrgentMark> for io::Error {
+    fn from(mark: UrgentMark) -> io::Error {
+        io::Error::new(io::ErrorKind::Other, mark)
+    }
+}
+
+/// Whether `e`, from [`Pipe::fill`], says that the source holds bytes at TCP urgent data's mark,
+/// which no splice moves: read them with a copy (one `read` passes the mark), then splice again.
+#[must_use]
+pub fn at_urgent_mark(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<UrgentMark>())
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
 
     use rustix::io::Errno;
+    use rustix::net::{RecvFlags, recv};
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice};
 
     /// The kernel's default pipe size, assumed if it cannot even be asked.
@@ -164,12 +195,14 @@ mod imp {
             let len = max.min(self.capacity());
             loop {
                 match splice(src.as_fd(), None, &self.write, None, len, FLAGS) {
+                    Ok(0) if holds_bytes(src) => return Err(super::UrgentMark.into()),
                     Ok(n) => {
                         // At most `len` <= `capacity`, a `u32`.
                         self.held = u32::try_from(n).unwrap_or(self.capacity);
                         return Ok(n);
                     }
                     Err(Errno::INTR) => {}
+                    Err(Errno::AGAIN) if holds_bytes(src) => return Err(super::UrgentMark.into()),
                     Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
                         return Err(io::Error::from(io::ErrorKind::Unsupported));
                     }
@@ -192,6 +225,15 @@ mod imp {
                 }
             }
         }
+    }
+
+    /// Whether the socket `src` still holds bytes although a splice from it moved none: the
+    /// kernel's splice stops at TCP urgent data's mark (`tcp_read_sock`) and returns `EAGAIN`, or
+    /// 0 once a FIN came, for as long as the mark is unread, while `recv` passes it. One peek,
+    /// only when a splice moved nothing (which is once per drained wakeup, or the end).
+    fn holds_bytes<S: AsFd + ?Sized>(src: &S) -> bool {
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        matches!(recv(src.as_fd(), &mut [0u8; 1][..], flags), Ok((n, _)) if n > 0)
     }
 }
 

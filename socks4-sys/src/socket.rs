@@ -1,11 +1,12 @@
-//! Outgoing TCP sockets: a non-blocking socket made in one call and a connect started on it
-//! without waiting, the two steps every driver (async or `polling`) takes before it waits for
-//! writability. socks4-server's egress binds the socket to a source between them.
+//! TCP sockets: a non-blocking socket made in one call and a connect started on it without
+//! waiting, the two steps every driver (async or `polling`) takes before it waits for
+//! writability (socks4-server's egress binds the socket to a source between them), and the one
+//! option every relayed socket gets ([`urgent_inline`]).
 
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 /// A new TCP socket of `domain`, non-blocking from the start (one syscall on Linux), not bound.
 ///
@@ -58,4 +59,22 @@ pub fn is_in_progress(e: &io::Error) -> bool {
         return true;
     }
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Keeps TCP urgent data (`MSG_OOB`, telnet's and FTP's "Synch" on an abort) in the stream
+/// (`SO_OOBINLINE`), for a socket a relay reads: a read then returns the urgent byte in its place
+/// instead of skipping it, so the relay passes every byte on (the urgency itself is not: a proxy
+/// cannot send it on through a plain write). Set it before the socket is read.
+///
+/// ```
+/// let socket = socks4_sys::socket::nonblocking(socket2::Domain::IPV4)?;
+/// socks4_sys::socket::urgent_inline(&socket2::SockRef::from(&socket))?;
+/// assert!(socket.out_of_band_inline()?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// The system's, from `setsockopt(2)` (not a socket).
+pub fn urgent_inline(socket: &SockRef<'_>) -> io::Result<()> {
+    socket.set_out_of_band_inline(true)
 }

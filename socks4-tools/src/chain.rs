@@ -29,6 +29,7 @@ const THROUGH_CHAIN: &[&str] = &[
     "upstream_reset_reaches_client",
     "client_reset_reaches_upstream",
     "bulk_both_ways",
+    "urgent_data_both_ways",
     "bind_basic",
     "bind_wrong_peer",
     "bind_client_leaves",

@@ -60,6 +60,7 @@ macro_rules! __for_each_scenario {
             streams::half_close_client_first
             streams::half_close_target_first
             streams::bulk_both_ways
+            streams::urgent_data_both_ways
             faults::upstream_reset_reaches_client
             faults::client_reset_reaches_upstream
             load::concurrent_500

@@ -248,6 +248,9 @@ fn handle(mut client: TcpStream) -> io::Result<()> {
 
 /// Copies both ways, propagating each EOF as `shutdown(Write)` and a failure as a reset.
 fn relay(a: TcpStream, b: TcpStream) -> io::Result<()> {
+    // Urgent data stays in the stream (a read would skip the urgent byte otherwise).
+    socket2::SockRef::from(&a).set_out_of_band_inline(true)?;
+    socket2::SockRef::from(&b).set_out_of_band_inline(true)?;
     let (a2, b2) = (a.try_clone()?, b.try_clone()?);
     let t = thread::Builder::new().stack_size(STACK).spawn(move || copy(a2, b2))?;
     copy(b, a);

@@ -1,4 +1,5 @@
-//! Byte streams through the relay: half-close in both directions, and bulk transfer both ways.
+//! Byte streams through the relay: half-close in both directions, bulk transfer both ways, and
+//! TCP urgent data.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -155,4 +156,84 @@ fn read_and_verify(s: &mut TcpStream, seed: u64, len: u64) -> Result<(), Failure
         off += n as u64;
     }
     Ok(())
+}
+
+/// Bytes of [`urgent_data_both_ways`]'s bulk part: enough for a relay to move them by splice.
+const URGENT_BULK: usize = 256 * 1024;
+
+/// Writes `bytes` to `s` with the byte at each of `marks` sent as TCP urgent data (`MSG_OOB`,
+/// as telnet and FTP send a "Synch" on an abort), the bytes between in ordinary writes.
+fn write_with_urgent(s: &TcpStream, bytes: &[u8], marks: &[usize]) -> io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    let mut from = 0;
+    for &at in marks {
+        (&*s).write_all(&bytes[from..at])?;
+        if sock.send_out_of_band(&bytes[at..=at])? != 1 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        from = at + 1;
+    }
+    (&*s).write_all(&bytes[from..])
+}
+
+/// The bytes [`urgent_data_both_ways`] sends each way, and where its urgent bytes are: a short
+/// exchange (`ab`, urgent `U`, `cd`: relayed by copying), then [`URGENT_BULK`] bytes with an
+/// urgent byte near the end (relayed by splice where the server splices).
+fn urgent_stream(seed: u64) -> (Vec<u8>, [usize; 2]) {
+    let mut bytes = b"abUcd".to_vec();
+    let mut bulk = vec![0u8; URGENT_BULK];
+    pattern(seed, 0, &mut bulk);
+    bytes.extend_from_slice(&bulk);
+    (bytes, [2, 5 + URGENT_BULK - 1024])
+}
+
+/// Reads exactly `want.len()` bytes (no end of file needed) and checks them.
+fn expect_bytes(s: &mut TcpStream, want: &[u8], what: &str) -> Result<(), Failure> {
+    let got = read_exact_n(s, want.len(), what)?;
+    if got != want {
+        let i = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+        bail!("{what}: byte {i} is {:#04x}, sent {:#04x}", got[i], want[i]);
+    }
+    Ok(())
+}
+
+/// TCP urgent data is relayed in its place, both ways, with nothing lost and no stall: the client
+/// sends a short stream and then a bulk one, each with a byte sent as urgent data (`MSG_OOB`), to
+/// an echo target and reads every byte back without closing; then a target sends the same to the
+/// client. The urgency itself does not cross (a proxy relays a byte stream); the byte must, and
+/// the bytes after it too, although a read stops at the urgent mark and a splice cannot pass it.
+pub(crate) fn urgent_data_both_ways(ctx: &Ctx) -> Result<Outcome, Failure> {
+    let (bytes, marks) = urgent_stream(11);
+    let echo = EchoTarget::start().context("starting the echo target")?;
+    let mut s = open_connect(ctx, echo.addr(), b"urgent")?;
+    let writer = s.try_clone().context("cloning the socket")?;
+    let sent = bytes.clone();
+    let writing = thread::spawn(move || write_with_urgent(&writer, &sent, &marks));
+    let echoed = expect_bytes(&mut s, &bytes, "the echo of bytes sent with urgent data");
+    if echoed.is_err() {
+        let _ = s.shutdown(Shutdown::Both); // unblocks the writer
+    }
+    let written = writing.join().map_err(|_| Failure::new("the urgent writer panicked"))?;
+    echoed?;
+    written.context("client writing with urgent data")?;
+    drop(s);
+
+    // The other way: a target that sends the same (and then waits for the client to close).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the urgent target")?;
+    let std::net::SocketAddr::V4(addr) = listener.local_addr()? else { bail!("not IPv4") };
+    let sent = bytes.clone();
+    let target = thread::spawn(move || -> io::Result<()> {
+        let (conn, _) = listener.accept()?;
+        write_with_urgent(&conn, &sent, &marks)?;
+        conn.set_read_timeout(Some(REPORT_TIMEOUT))?;
+        let _ = (&conn).read(&mut [0u8; 1]); // until the client closes
+        Ok(())
+    });
+    let mut s = open_connect(ctx, addr, b"urgent")?;
+    let received = expect_bytes(&mut s, &bytes, "bytes a target sent with urgent data");
+    drop(s);
+    let served = target.join().map_err(|_| Failure::new("the urgent target panicked"))?;
+    received?;
+    served.context("the target writing with urgent data")?;
+    Ok(Outcome::Pass)
 }
