@@ -172,3 +172,32 @@ fn a_pipe_is_non_blocking_and_close_on_exec_and_sized() {
 fn fds(pipe: &Pipe) -> String {
     format!("{pipe:?}")
 }
+
+/// A splice stops at TCP urgent data's mark and never passes it: `fill` says so
+/// (`at_urgent_mark`) instead of `WouldBlock` (bytes wait behind the mark) or `Ok(0)` (after the
+/// FIN), one read with `SO_OOBINLINE` passes it with the urgent byte in its place, and splicing
+/// then goes on to the end of file.
+#[test]
+fn a_splice_at_urgent_data_hands_one_read_to_a_copy() {
+    let (a, mut b) = pair();
+    socks4_sys::socket::urgent_inline(&socket2::SockRef::from(&b)).expect("SO_OOBINLINE");
+    b.set_nonblocking(true).expect("nonblocking");
+    (&a).write_all(b"before").expect("write");
+    assert_eq!(socket2::SockRef::from(&a).send_out_of_band(b"U").expect("send MSG_OOB"), 1);
+    (&a).write_all(b"after").expect("write");
+    let mut pipe = Pipe::new().expect("pipe");
+    assert_eq!(retry(|| pipe.fill(&b, usize::MAX)).expect("fill"), 6, "up to the mark");
+    let mut pipe = Pipe::new().expect("a fresh pipe"); // (the first one's bytes are not checked)
+    thread::sleep(Duration::from_millis(20)); // the rest has come
+    let err = pipe.fill(&b, usize::MAX).expect_err("a splice at the mark moves nothing");
+    assert!(socks4_sys::at_urgent_mark(&err), "{err:?}");
+    assert!(pipe.is_empty());
+    a.shutdown(Shutdown::Write).expect("shutdown");
+    thread::sleep(Duration::from_millis(20));
+    let err = pipe.fill(&b, usize::MAX).expect_err("after the FIN still: not an end of file");
+    assert!(socks4_sys::at_urgent_mark(&err), "{err:?}");
+    let mut got = [0u8; 16];
+    let n = b.read(&mut got).expect("a copy read passes the mark");
+    assert_eq!(&got[..n], b"Uafter", "the urgent byte in its place");
+    assert_eq!(pipe.fill(&b, usize::MAX).expect("end of file"), 0);
+}
