@@ -60,8 +60,6 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
     let config = &snapshot.config;
     let start = Instant::now();
     set_nodelay::<R>(&client);
-    // Urgent data stays in the stream, from the first byte read (the peer's is set at the relay).
-    let _ = socks4_sys::socket::urgent_inline(&R::socket(&client));
     let mut from = From { proxied: false, first: Vec::new() };
     let peer = if config.proxy_protocol.contains(peer.ip()) {
         from.proxied = true;
@@ -87,6 +85,7 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
         Ok(Next::Relay(dest, early)) => {
             let bandwidth = snapshot.bandwidth.as_deref().map(|b| log.bandwidth(b));
             log.meter.enter(Phase::Relaying);
+            // Urgent data stays in the stream (the client's: from the listener, `socks4_server::listen`).
             let _ = socks4_sys::socket::urgent_inline(&R::socket(&dest));
             if let Some(keepalive) = &config.keepalive {
                 // Best effort, like TCP_NODELAY: a socket that refuses still relays.

@@ -527,7 +527,18 @@ pub fn main<S: Serve>(name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A benchmark knob: a misspelt policy must not be measured as the default under its name.
+    let splice = match socks4_sys::SplicePolicy::try_from_env() {
+        Ok(splice) => splice,
+        Err(e) => {
+            eprintln!("{name}: {}: {e}", socks4_sys::SPLICE_POLICY_ENV);
+            return ExitCode::from(2);
+        }
+    };
     let set_log_level = init_logging(&config.log_level, config.log_format);
+    if let Some(splice) = splice {
+        tracing::info!("splice policy {splice} ({})", socks4_sys::SPLICE_POLICY_ENV);
+    }
     let metrics_addr = config.metrics;
     // Before serving: from then on a SIGHUP reloads rather than kills.
     let mut signals = match crate::signals::Signals::new() {

@@ -8,6 +8,7 @@
 //! let groups = listeners(&config, 2, None)?;
 //! assert_eq!(groups.len(), 1, "one group per listen address");
 //! assert!(groups[0][0].local_addr()?.port() != 0);
+//! assert!(socket2::SockRef::from(&groups[0][0]).out_of_band_inline()?, "urgent data inline");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -23,17 +24,22 @@ pub const BACKLOG: i32 = 1024;
 
 /// Per listen address of `config`, its listeners: one, or (`reuseport`) one per worker, all on the
 /// port the first one got. With `activated` (socket activation) each of those is a group of its own
-/// instead, and nothing is bound.
+/// instead, and nothing is bound. Every listener has `SO_OOBINLINE`
+/// ([`socks4_sys::socket::urgent_inline`]), which the sockets it accepts inherit: a client's urgent
+/// byte is read in its place, with no system call per connection.
 ///
 /// # Errors
 ///
-/// The I/O error of the first listener that cannot be bound (see [`listen`]).
+/// The I/O error of the first listener that cannot be bound (see [`listen`]), or configured.
 pub fn listeners(
     config: &ServerConfig,
     workers: usize,
     activated: Option<Vec<TcpListener>>,
 ) -> io::Result<Vec<Vec<TcpListener>>> {
     if let Some(activated) = activated {
+        for listener in &activated {
+            socks4_sys::socket::urgent_inline(&socket2::SockRef::from(listener))?;
+        }
         return Ok(activated.into_iter().map(|l| vec![l]).collect());
     }
     let per_address = if config.reuseport { workers } else { 1 };
@@ -51,7 +57,8 @@ pub fn listeners(
 }
 
 /// Binds one non-blocking listener: `SO_REUSEADDR`, IPv6-only for IPv6 addresses (so `[::]` and
-/// `0.0.0.0` can coexist), and `SO_REUSEPORT` if asked.
+/// `0.0.0.0` can coexist), `SO_OOBINLINE` (for the sockets it accepts), and `SO_REUSEPORT` if
+/// asked.
 ///
 /// # Errors
 ///
@@ -68,6 +75,7 @@ pub fn listen(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
         #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
         socket.set_reuse_port(true)?;
     }
+    socks4_sys::socket::urgent_inline(&socket2::SockRef::from(&socket))?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;

@@ -297,7 +297,6 @@ impl Conn {
         ctx: &mut Ctx<'_>,
     ) -> Self {
         let _ = client.set_nodelay(true);
-        let _ = socks4_sys::socket::urgent_inline(&socket2::SockRef::from(&client));
         let hs = snapshot.config.handshake(ctx.clock());
         let proxy = match snapshot.config.proxy_protocol.contains(client_addr.ip()) {
             true => Proxy::Reading(Box::new(HeaderReader::new(client_addr).trusting(&snapshot.config.proxy_protocol))),
@@ -1068,7 +1067,7 @@ impl Conn {
         let now = self.relay_clock(ctx);
         self.meter.enter(Phase::Relaying);
         if let Some(upstream) = &self.upstream {
-            // The client's was set at accept (urgent data in its early bytes stays too).
+            // The client's comes from the listener (`socks4_server::listen`).
             let _ = socks4_sys::socket::urgent_inline(&socket2::SockRef::from(upstream));
         }
         if let (Some(keepalive), Some(upstream)) = (&self.snapshot.config.keepalive, &self.upstream) {

@@ -138,7 +138,7 @@ impl std::error::Error for UrgentMark {}
 
 impl From<UrgentMark> for io::Error {
     fn from(mark: UrgentMark) -> io::Error {
-        io::Error::new(io::ErrorKind::Other, mark)
+        io::Error::other(mark)
     }
 }
 

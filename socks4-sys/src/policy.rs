@@ -100,8 +100,8 @@ pub const SPLICE_POLICY_ENV: &str = "SOCKS4_SPLICE_POLICY";
 
 impl SplicePolicy {
     /// The policy [`SPLICE_POLICY_ENV`] names, or [`DEFAULT`](Self::DEFAULT) when it is unset or
-    /// names none (a misspelt name is not an error: check the spelling before measuring), so
-    /// that one binary can be measured under each candidate. socks4-std reads it when a server is
+    /// names none (the servers refuse to start on that: see [`try_from_env`](Self::try_from_env)),
+    /// so that one binary can be measured under each candidate. socks4-std reads it when a server is
     /// bound, the async driver at the first relay of the process (then keeps it).
     ///
     /// ```
@@ -113,7 +113,28 @@ impl SplicePolicy {
     /// ```
     #[must_use]
     pub fn from_env() -> Self {
-        std::env::var(SPLICE_POLICY_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or_default()
+        Self::try_from_env().ok().flatten().unwrap_or_default()
+    }
+
+    /// The policy [`SPLICE_POLICY_ENV`] names: `Ok(None)` when it is unset. The servers call it
+    /// at start and refuse a name that is none, so that a misspelt policy is not measured as the
+    /// default.
+    ///
+    /// ```
+    /// # if std::env::var_os(socks4_sys::SPLICE_POLICY_ENV).is_none() {
+    /// assert_eq!(socks4_sys::SplicePolicy::try_from_env(), Ok(None));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError::Unknown`] when it is set to anything else than a policy's name (or is not
+    /// Unicode).
+    pub fn try_from_env() -> Result<Option<Self>, PolicyError> {
+        match std::env::var(SPLICE_POLICY_ENV) {
+            Ok(name) => name.parse().map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(PolicyError::Unknown),
+        }
     }
 }
 

@@ -205,8 +205,14 @@ pub fn shutdown_cut_resets(binary: &Path) -> Result<Outcome, Failure> {
 
 /// Runs `binary` with `args` to its end (at most 20 s); returns its status, stdout and stderr.
 pub(super) fn run(binary: &Path, args: &[&str]) -> Result<(ExitStatus, String, String), Failure> {
+    run_with(binary, args, &[])
+}
+
+/// [`run`] with `env` added to the environment.
+fn run_with(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(ExitStatus, String, String), Failure> {
     let mut child = Command::new(binary)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -242,7 +248,8 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> Result<ExitSt
 /// `--check-config` of `binary`: with a good file and command-line options on top it exits 0 and
 /// prints the merged configuration (binding nothing: the file's port is held by this check), and
 /// that output is itself a config file giving the same output; a file with a bad rule, an open
-/// proxy on the command line and a missing file exit with status 2 and the reason on stderr.
+/// proxy on the command line and a missing file exit with status 2 and the reason on stderr, and
+/// so does starting with a misspelt `SOCKS4_SPLICE_POLICY`.
 ///
 /// # Errors
 /// What went wrong.
@@ -291,6 +298,12 @@ pub fn check_config(binary: &Path) -> Result<Outcome, Failure> {
         if status.code() != Some(2) || !err.contains(reason) {
             return Err(Failure::new(format!("{args:?}: {status}, stderr {err:?} (wanted 2 and {reason:?})")));
         }
+    }
+    // A misspelt splice policy (a benchmark knob) refuses to start, rather than measure the default.
+    let serve = ["--listen", "127.0.0.1:0", "--allow", "any"];
+    let (status, _, err) = run_with(binary, &serve, &[("SOCKS4_SPLICE_POLICY", "sometimes")])?;
+    if status.code() != Some(2) || !err.contains("SOCKS4_SPLICE_POLICY") {
+        return Err(Failure::new(format!("SOCKS4_SPLICE_POLICY=sometimes: {status}, stderr {err:?}")));
     }
     drop(held);
     Ok(Outcome::Pass)
