@@ -216,6 +216,9 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
     // What the last chunk moved, for the splice policy; whether splicing works for these streams.
     let policy = splice_policy();
     let mut last_moved = 0;
+    // The last splice moved less than it asked (see `splice::chunk`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let mut drained = false;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let mut can_splice = crate::splice::possible::<R>(src, dst);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -234,7 +237,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
         let allowed = sh.allowance(from, wanted).await;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if splicing {
-            let chunk = crate::splice::chunk(sh, from, allowed).await;
+            let chunk = crate::splice::chunk(sh, from, allowed, &mut drained).await;
             match sh.charge(from, allowed, chunk)? {
                 Chunk::Moved(n) => {
                     last_moved = n;

@@ -17,14 +17,23 @@ pub(crate) fn possible<R: Runtime>(src: &R::Stream, dst: &R::Stream) -> bool {
 
 /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to `limit` and the pipe's
 /// capacity), then splices the pipe out to `dst` until it is empty. `src` is not read again before
-/// the pipe is empty, which is the back-pressure. Called once `src` was readable.
-pub(crate) async fn chunk<R: Runtime>(sh: &Shared<'_, R>, from: Side, limit: usize) -> Result<Chunk, Stop> {
+/// the pipe is empty, which is the back-pressure. Called once `src` was readable. `drained`: the
+/// last splice from `src` moved less than it asked (so a peek, not a splice, first asks whether
+/// more came: [`socks4_sys::Pipe::refill`]); kept up to date.
+pub(crate) async fn chunk<R: Runtime>(
+    sh: &Shared<'_, R>,
+    from: Side,
+    limit: usize,
+    drained: &mut bool,
+) -> Result<Chunk, Stop> {
     let (src, dst) = (sh.socket(from), sh.socket(from.peer()));
     let (Some(src_fd), Some(dst_fd)) = (R::fd(src), R::fd(dst)) else { return Ok(Chunk::Unsupported) };
     let Ok(mut pipe) = LocalPipe::take() else { return Ok(Chunk::NoPipe) };
     // The pipe is empty, so `WouldBlock` can only mean that `src` has nothing: its readiness is
     // cleared.
-    let n = match R::try_io(src, Interest::Readable, || pipe.fill(&src_fd, limit)) {
+    let (asked, after_short) = (limit.min(pipe.capacity()), std::mem::take(drained));
+    let fill = || if after_short { pipe.refill(&src_fd, limit) } else { pipe.fill(&src_fd, limit) };
+    let n = match R::try_io(src, Interest::Readable, fill) {
         Ok(0) => return Ok(Chunk::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
@@ -32,6 +41,7 @@ pub(crate) async fn chunk<R: Runtime>(sh: &Shared<'_, R>, from: Side, limit: usi
         Err(e) if socks4_sys::at_urgent_mark(&e) => return Ok(Chunk::Copy),
         Err(e) => return Err(sh.error(from, &e)),
     };
+    *drained = n < asked;
     sh.read(from, n)?;
     // A pipe still holding bytes when this returns early (an error, or the relay dropped) is
     // closed by `LocalPipe`, never reused.

@@ -169,6 +169,9 @@ impl Dir {
         let mut reads = 0;
         // After a splice stopped at urgent data: one copy read, which passes the mark.
         let mut copy_next = false;
+        // The last splice moved less than it asked: a peek, not a splice, asks whether more came
+        // (`Pipe::refill`).
+        let mut drained = false;
         loop {
             if self.off < self.pending.len() {
                 match write_some(dst, &self.pending[self.off..]) {
@@ -224,7 +227,10 @@ impl Dir {
                 }
             };
             if let Some(mut pipe) = pipe {
-                let filled = pipe.fill(src, allowed);
+                let filled = match std::mem::take(&mut drained) {
+                    true => pipe.refill(src, allowed),
+                    false => pipe.fill(src, allowed),
+                };
                 refund(caps, allowed - filled.as_ref().map_or(0, |&n| n));
                 match filled {
                     Ok(0) => {
@@ -235,6 +241,7 @@ impl Dir {
                     Ok(n) => {
                         progress.read += n;
                         self.last = u32::try_from(n).unwrap_or(u32::MAX);
+                        drained = n < allowed.min(pipe.capacity());
                         self.piped = Some(pipe);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -246,7 +253,6 @@ impl Dir {
                         pipes.disable();
                         reads -= 1;
                     }
-                    // Urgent data's mark, which no splice passes: this one read copies.
                     Err(e) if socks4_sys::at_urgent_mark(&e) => {
                         // Urgent data's mark, which no splice passes: the next read copies.
                         pipes.pool.put(pipe);

@@ -100,12 +100,28 @@ impl Pipe {
     /// read error, or an error for which [`at_urgent_mark`] is true: `src` holds bytes that no
     /// splice moves (TCP urgent data, whose mark stops every splice until a `recv` reads past
     /// it), so copy them with one read (with `SO_OOBINLINE` set, the urgent byte too) and splice
-    /// again; nothing was moved. `EINTR` is retried.
+    /// again; nothing was moved. `EINTR` is retried. A splice that moves nothing costs one
+    /// `MSG_PEEK` more, to tell the mark; after a fill that moved less than it asked, call
+    /// [`refill`](Self::refill) instead, which spends that peek in place of the splice.
     pub fn fill<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
         if !self.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty"));
         }
         self.inner.fill(src, max)
+    }
+
+    /// [`fill`](Self::fill) for a caller whose last fill from `src` moved less than it asked,
+    /// which drained `src` (unless it stopped at urgent data's mark): one `MSG_PEEK` first, and
+    /// [`WouldBlock`](io::ErrorKind::WouldBlock) without a splice when `src` has nothing, which is
+    /// the system call a splice would have spent to say so; else the fill.
+    ///
+    /// # Errors
+    /// As [`fill`](Self::fill).
+    pub fn refill<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
+        if !self.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty"));
+        }
+        self.inner.refill(src, max)
     }
 
     /// Splices what the pipe holds (as much as `dst` takes now) out to the socket `dst`.
@@ -195,19 +211,26 @@ mod imp {
             let len = max.min(self.capacity());
             loop {
                 match splice(src.as_fd(), None, &self.write, None, len, FLAGS) {
-                    Ok(0) if holds_bytes(src) => return Err(super::UrgentMark.into()),
+                    Ok(0) if peek(src) == Peek::Bytes => return Err(super::UrgentMark.into()),
                     Ok(n) => {
                         // At most `len` <= `capacity`, a `u32`.
                         self.held = u32::try_from(n).unwrap_or(self.capacity);
                         return Ok(n);
                     }
                     Err(Errno::INTR) => {}
-                    Err(Errno::AGAIN) if holds_bytes(src) => return Err(super::UrgentMark.into()),
+                    Err(Errno::AGAIN) if peek(src) == Peek::Bytes => return Err(super::UrgentMark.into()),
                     Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
                         return Err(io::Error::from(io::ErrorKind::Unsupported));
                     }
                     Err(e) => return Err(e.into()),
                 }
+            }
+        }
+
+        pub(super) fn refill<S: AsFd + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
+            match peek(src) {
+                Peek::Nothing => Err(io::ErrorKind::WouldBlock.into()),
+                Peek::Bytes | Peek::Other => self.fill(src, max),
             }
         }
 
@@ -227,13 +250,25 @@ mod imp {
         }
     }
 
-    /// Whether the socket `src` still holds bytes although a splice from it moved none: the
-    /// kernel's splice stops at TCP urgent data's mark (`tcp_read_sock`) and returns `EAGAIN`, or
-    /// 0 once a FIN came, for as long as the mark is unread, while `recv` passes it. One peek,
-    /// only when a splice moved nothing (which is once per drained wakeup, or the end).
-    fn holds_bytes<S: AsFd + ?Sized>(src: &S) -> bool {
-        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-        matches!(recv(src.as_fd(), &mut [0u8; 1][..], flags), Ok((n, _)) if n > 0)
+    /// What one non-blocking `MSG_PEEK` of a byte finds in a socket.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Peek {
+        Bytes,
+        Nothing,
+        /// End of file, an error, or not a socket: the splice says what.
+        Other,
+    }
+
+    /// Peeks at `src`: a splice that moved nothing although `src` holds bytes stopped at TCP
+    /// urgent data's mark (the kernel's `tcp_read_sock` stops there and returns `EAGAIN`, or 0
+    /// once a FIN came, for as long as the mark is unread; `recv` passes it).
+    fn peek<S: AsFd + ?Sized>(src: &S) -> Peek {
+        match recv(src.as_fd(), &mut [0u8; 1][..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((0, _)) => Peek::Other,
+            Ok(_) => Peek::Bytes,
+            Err(Errno::AGAIN) => Peek::Nothing,
+            Err(_) => Peek::Other,
+        }
     }
 }
 
@@ -263,6 +298,10 @@ mod imp {
         }
 
         pub(super) fn drain<S: super::Descriptor + ?Sized>(&mut self, _dst: &S) -> io::Result<usize> {
+            match *self {}
+        }
+
+        pub(super) fn refill<S: super::Descriptor + ?Sized>(&mut self, _src: &S, _max: usize) -> io::Result<usize> {
             match *self {}
         }
     }

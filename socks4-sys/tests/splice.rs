@@ -201,3 +201,23 @@ fn a_splice_at_urgent_data_hands_one_read_to_a_copy() {
     assert_eq!(&got[..n], b"Uafter", "the urgent byte in its place");
     assert_eq!(pipe.fill(&b, usize::MAX).expect("end of file"), 0);
 }
+
+/// `refill` (after a fill that drained the socket) peeks instead of splicing: `WouldBlock` while
+/// nothing came, the bytes once they come, and `Ok(0)` at end of file (never `WouldBlock`, which
+/// would have an edge-triggered caller wait for a FIN already seen).
+#[test]
+fn refill_peeks_first_and_never_hides_an_end_of_file() {
+    let (mut a, b) = pair();
+    b.set_nonblocking(true).expect("nonblocking");
+    let mut pipe = Pipe::new().expect("pipe");
+    a.write_all(b"one").expect("write");
+    assert_eq!(retry(|| pipe.fill(&b, usize::MAX)).expect("fill"), 3, "a short fill");
+    let mut pipe = Pipe::new().expect("a fresh pipe");
+    let e = pipe.refill(&b, usize::MAX).expect_err("nothing came");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    a.write_all(b"two").expect("write");
+    assert_eq!(retry(|| pipe.refill(&b, usize::MAX)).expect("refill"), 3);
+    let mut pipe = Pipe::new().expect("a fresh pipe");
+    a.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(retry(|| pipe.refill(&b, usize::MAX)).expect("end of file"), 0);
+}
