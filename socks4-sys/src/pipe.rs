@@ -211,14 +211,25 @@ mod imp {
             let len = max.min(self.capacity());
             loop {
                 match splice(src.as_fd(), None, &self.write, None, len, FLAGS) {
-                    Ok(0) if peek(src) == Peek::Bytes => return Err(super::UrgentMark.into()),
+                    // A peek that finds an error takes it (`SO_ERROR` is read once): it is the
+                    // answer then, or a reset would pass on as an end of file.
+                    Ok(0) => {
+                        return match peek(src)? {
+                            Peek::Bytes => Err(super::UrgentMark.into()),
+                            Peek::Nothing | Peek::End => Ok(0),
+                        };
+                    }
                     Ok(n) => {
                         // At most `len` <= `capacity`, a `u32`.
                         self.held = u32::try_from(n).unwrap_or(self.capacity);
                         return Ok(n);
                     }
                     Err(Errno::INTR) => {}
-                    Err(Errno::AGAIN) if peek(src) == Peek::Bytes => return Err(super::UrgentMark.into()),
+                    Err(Errno::AGAIN) => match peek(src)? {
+                        Peek::Bytes => return Err(super::UrgentMark.into()),
+                        Peek::Nothing => return Err(io::ErrorKind::WouldBlock.into()),
+                        Peek::End => {} // a FIN came meanwhile: the splice says 0 now
+                    },
                     Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
                         return Err(io::Error::from(io::ErrorKind::Unsupported));
                     }
@@ -228,9 +239,9 @@ mod imp {
         }
 
         pub(super) fn refill<S: AsFd + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
-            match peek(src) {
+            match peek(src)? {
                 Peek::Nothing => Err(io::ErrorKind::WouldBlock.into()),
-                Peek::Bytes | Peek::Other => self.fill(src, max),
+                Peek::Bytes | Peek::End => self.fill(src, max),
             }
         }
 
@@ -255,19 +266,22 @@ mod imp {
     enum Peek {
         Bytes,
         Nothing,
-        /// End of file, an error, or not a socket: the splice says what.
-        Other,
+        End,
     }
 
     /// Peeks at `src`: a splice that moved nothing although `src` holds bytes stopped at TCP
     /// urgent data's mark (the kernel's `tcp_read_sock` stops there and returns `EAGAIN`, or 0
-    /// once a FIN came, for as long as the mark is unread; `recv` passes it).
-    fn peek<S: AsFd + ?Sized>(src: &S) -> Peek {
-        match recv(src.as_fd(), &mut [0u8; 1][..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((0, _)) => Peek::Other,
-            Ok(_) => Peek::Bytes,
-            Err(Errno::AGAIN) => Peek::Nothing,
-            Err(_) => Peek::Other,
+    /// once a FIN came, for as long as the mark is unread; `recv` passes it). `Err`: the socket's
+    /// error, which this peek took, so the caller must return it.
+    fn peek<S: AsFd + ?Sized>(src: &S) -> Result<Peek, Errno> {
+        loop {
+            return match recv(src.as_fd(), &mut [0u8; 1][..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                Ok((0, _)) => Ok(Peek::End),
+                Ok(_) => Ok(Peek::Bytes),
+                Err(Errno::AGAIN) => Ok(Peek::Nothing),
+                Err(Errno::INTR) => continue,
+                Err(e) => Err(e),
+            };
         }
     }
 }

@@ -221,3 +221,25 @@ fn refill_peeks_first_and_never_hides_an_end_of_file() {
     a.shutdown(Shutdown::Write).expect("shutdown");
     assert_eq!(retry(|| pipe.refill(&b, usize::MAX)).expect("end of file"), 0);
 }
+
+/// A reset after data stays a reset through `refill` and `fill`: the peek that asks whether more
+/// came takes the socket's pending error, so it must be the answer (an end of file instead would
+/// make a cut-off transfer look complete).
+#[test]
+fn a_reset_after_data_is_an_error_not_an_end_of_file() {
+    for refill in [true, false] {
+        let (a, b) = pair();
+        b.set_nonblocking(true).expect("nonblocking");
+        (&a).write_all(b"data").expect("write");
+        socket2::SockRef::from(&a).set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+        thread::sleep(Duration::from_millis(20));
+        let mut pipe = Pipe::new().expect("pipe");
+        assert_eq!(retry(|| pipe.fill(&b, usize::MAX)).expect("fill"), 4);
+        drop(a); // a reset
+        thread::sleep(Duration::from_millis(20));
+        let mut pipe = Pipe::new().expect("a fresh pipe");
+        let got = if refill { pipe.refill(&b, usize::MAX) } else { pipe.fill(&b, usize::MAX) };
+        let e = got.expect_err("a reset, not an end of file");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "refill: {refill}");
+    }
+}
