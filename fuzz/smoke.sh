@@ -8,7 +8,7 @@ seconds="${FUZZ_SECONDS:-30}"
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    targets=(request_parser reply_parser server_handshake client_handshake relay ident_reply users_file proxy_header rules_parser numeric_host metrics_endpoint chain_attempt)
+    targets=(request_parser reply_parser server_handshake client_handshake relay ident_reply users_file proxy_header rules_parser numeric_host metrics_endpoint chain_attempt proxy_url)
 fi
 if ! cargo +nightly fuzz --help >/dev/null 2>&1; then
     echo "smoke.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2

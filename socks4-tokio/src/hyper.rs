@@ -319,11 +319,14 @@ fn proxy_uri(authority: &str) -> Uri {
         .unwrap_or_else(|_| Uri::from_static("http://0.0.0.0:1080/"))
 }
 
-/// `url` without its user part (a token must not reach a log through an error).
+/// `url` without its user part, all before the last `@` but the scheme (a token must not reach a
+/// log through an error), with or without a `SCHEME://` in front: `alice:s3cret@proxy` is
+/// `***@proxy`.
 fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, hostport))) => format!("{scheme}://***@{hostport}"),
-        _ => url.to_owned(),
+    let Some((_, hostport)) = url.rsplit_once('@') else { return url.to_owned() };
+    match url.split_once("://") {
+        Some((scheme, _)) if !scheme.contains('@') => format!("{scheme}://***@{hostport}"),
+        _ => format!("***@{hostport}"),
     }
 }
 
@@ -631,8 +634,13 @@ mod tests {
             let e = SocksConnector::from_url(url).unwrap_err();
             assert!(e.to_string().contains(why), "{url}: {e}");
         }
-        let e = SocksConnector::from_url("socks4://secret-token%zz@h").unwrap_err();
-        assert!(!e.to_string().contains("secret-token"), "the user part stays out of errors: {e}");
+        // The user part stays out of errors, with or without the scheme (or with a broken one).
+        for url in
+            ["socks4://secret-token%zz@h", "alice:secret-token@h:1080", "socks4:/a:secret-token@h", "x@secret-token@h"]
+        {
+            let e = SocksConnector::from_url(url).unwrap_err();
+            assert!(!e.to_string().contains("secret-token"), "{url}: {e}");
+        }
     }
 
     #[test]
