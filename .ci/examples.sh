@@ -194,6 +194,9 @@ if [ "$rc" -eq 97 ] && grep -qF "(91)" "$work/curl.err" && log_has "$work/hooks.
 else
     fail "hooks: port 25 not refused by the check hook: curl exit $rc, $(tr -d '\n' <"$work/curl.err")"
 fi
+# Its listener is socks4-server's: urgent data crosses the driver with the byte in its place.
+checker "hooks socks4-check (early data, half-close, urgent data)" "$hooks" --only early_data \
+    --only half_close_client_first --only half_close_target_first --only urgent_data_both_ways
 
 echo "examples: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

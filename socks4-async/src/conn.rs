@@ -43,6 +43,10 @@ use crate::runtime::{Runtime, local_addr, set_nodelay, with_timeout, within, wri
 /// limits), drives the handshake (rules, users file, ident, CONNECT, BIND, chaining), relays, and
 /// writes the connection's one log line through `hooks`.
 ///
+/// `client` should come from a listener of [`socks4_server::listen`], whose accepted sockets keep
+/// TCP urgent data in the stream (or one with [`socks4_sys::socket::urgent_inline`] set): from
+/// another, a client's urgent byte is not relayed.
+///
 /// `snapshot`: the configuration the connection runs with (a [`LiveConfig`]'s current one, taken
 /// at accept). `admission`: its claim on the per-client limits ([`Limiter::admit`], or
 /// [`Limiter::defer`] for a trusted balancer); the end of the handshake frees its handshake slot.

@@ -44,6 +44,9 @@ async fn main() {
     // Loopback clients only. The rules could also name hosts: `allow to *.example.com`.
     let rules = Arc::new(Rules::parse("allow from 127.0.0.0/8\nallow from ::1/128").expect("static rules"));
     let listener = TcpListener::bind(listen).await.expect("binding the listen address");
+    // TCP urgent data (`MSG_OOB`) stays in the stream, on the sockets it accepts too: a read
+    // returns the urgent byte in its place instead of skipping it.
+    SockRef::from(&listener).set_out_of_band_inline(true).expect("SO_OOBINLINE");
     eprintln!("chain: listening on {}, upstream {upstream}", listener.local_addr().expect("listener address"));
     loop {
         let (client, peer) = match listener.accept().await {
@@ -181,6 +184,7 @@ async fn connect_upstream(
 /// passed on as a half-close), one side failed (the other is reset), or nothing moved for
 /// [`IDLE_TIMEOUT`]. The early data goes up first. Returns how it ended and the relay's books.
 async fn relay(client: TcpStream, upstream: TcpStream, early: &[u8], clock: Clock) -> (RelayEnd, Relay) {
+    let _ = SockRef::from(&upstream).set_out_of_band_inline(true); // as the listener's
     let relay = Mutex::new(Relay::new(clock.now(), IDLE_TIMEOUT));
     let r = Relaying { relay, client: &client, upstream: &upstream, clock };
     // A direction ends with `Ok` at its EOF, which disables its branch (the other goes on), or with

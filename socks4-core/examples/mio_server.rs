@@ -51,6 +51,9 @@ fn main() {
     let clock = Clock::new();
     let mut poll = Poll::new().expect("creating the mio Poll");
     let mut listener = TcpListener::bind(listen).expect("binding the listen address");
+    // TCP urgent data (`MSG_OOB`) stays in the stream, on the sockets it accepts too: a read
+    // returns the urgent byte in its place instead of skipping it.
+    SockRef::from(&listener).set_out_of_band_inline(true).expect("SO_OOBINLINE");
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE).expect("registering the listener");
     eprintln!("mio_server: listening on {}", listener.local_addr().expect("listener address"));
 
@@ -235,6 +238,7 @@ impl Conn {
                 Output::Connect(Target::Addr(addr)) => match TcpStream::connect(addr) {
                     // Non-blocking: the result comes as a writable event (step 2).
                     Ok(mut up) => {
+                        let _ = SockRef::from(&up).set_out_of_band_inline(true); // as the listener's
                         let interest = Interest::READABLE | Interest::WRITABLE;
                         registry.register(&mut up, Token(self.id * 2 + 1), interest)?;
                         self.upstream = Some(up);

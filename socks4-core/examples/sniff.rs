@@ -66,6 +66,9 @@ fn sniff(first: &[u8]) -> Option<Protocol> {
 fn main() {
     let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:1083".to_owned());
     let listener = TcpListener::bind(&listen).expect("binding the listen address");
+    // TCP urgent data (`MSG_OOB`) stays in the stream, on the sockets it accepts too: a read
+    // returns the urgent byte in its place instead of skipping it.
+    SockRef::from(&listener).set_out_of_band_inline(true).expect("SO_OOBINLINE");
     eprintln!("sniff: listening on {}", listener.local_addr().expect("listener address"));
     let rules = Rules::parse("allow from 127.0.0.0/8\nallow from ::1/128").expect("static rules");
     thread::scope(|scope| {
@@ -225,6 +228,7 @@ fn serve_socks4(
 /// reset), or nothing moved for [`IDLE_TIMEOUT`]. The early data goes up first. Returns how it
 /// ended and the relay's books.
 fn relay(client: TcpStream, upstream: TcpStream, early: &[u8], clock: Clock) -> (RelayEnd, Relay) {
+    let _ = SockRef::from(&upstream).set_out_of_band_inline(true); // as the listener's
     let relay = Mutex::new(Relay::new(clock.now(), IDLE_TIMEOUT));
     let r = Relaying { relay, client: &client, upstream: &upstream, clock };
     let (up, down) = thread::scope(|scope| {

@@ -57,7 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let listener = TcpListener::bind(addr).await?;
+        // socks4-server's listener: non-blocking, and its accepted sockets keep TCP urgent data
+        // in the stream (`SO_OOBINLINE`), so the relay passes that byte on too.
+        let listener = TcpListener::from_std(socks4_server::listen::listen(addr, false)?)?;
         println!("listening on {}", listener.local_addr()?);
         let hooks = Rc::new(Audit::default());
         loop {
