@@ -89,13 +89,7 @@ pub async fn serve_connection<R: Runtime, H: Hooks>(
         Ok(Next::Relay(dest, early)) => {
             let bandwidth = snapshot.bandwidth.as_deref().map(|b| log.bandwidth(b));
             log.meter.enter(Phase::Relaying);
-            // Urgent data stays in the stream (the client's: from the listener, `socks4_server::listen`).
-            let _ = socks4_sys::socket::urgent_inline(&R::socket(&dest));
-            if let Some(keepalive) = &config.keepalive {
-                // Best effort, like TCP_NODELAY: a socket that refuses still relays.
-                let _ = keepalive.apply(R::socket(&client));
-                let _ = keepalive.apply(R::socket(&dest));
-            }
+            config.relay_sockets(R::socket(&client), R::socket(&dest));
             let end = relay::<R>(&client, &dest, &early, config.timeouts.idle, bandwidth, &log.counts).await;
             log.meter.close(end.into());
             log.finish(end);

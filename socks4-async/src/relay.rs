@@ -216,7 +216,7 @@ async fn pump<R: Runtime>(sh: &Shared<'_, R>, from: Side, first: &[u8]) -> Resul
     // What the last chunk moved, for the splice policy; whether splicing works for these streams.
     let policy = splice_policy();
     let mut last_moved = 0;
-    // The last splice moved less than it asked (see `splice::chunk`).
+    // The last splice moved less than it asked (`Pipe::fill_next`).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let mut drained = false;
     #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -18,8 +18,7 @@ pub(crate) fn possible<R: Runtime>(src: &R::Stream, dst: &R::Stream) -> bool {
 /// Moves one chunk `src` → pipe → `dst`: splices in what `src` has (up to `limit` and the pipe's
 /// capacity), then splices the pipe out to `dst` until it is empty. `src` is not read again before
 /// the pipe is empty, which is the back-pressure. Called once `src` was readable. `drained`: the
-/// last splice from `src` moved less than it asked (so a peek, not a splice, first asks whether
-/// more came: [`socks4_sys::Pipe::refill`]); kept up to date.
+/// direction's state for [`socks4_sys::Pipe::fill_next`].
 pub(crate) async fn chunk<R: Runtime>(
     sh: &Shared<'_, R>,
     from: Side,
@@ -31,9 +30,7 @@ pub(crate) async fn chunk<R: Runtime>(
     let Ok(mut pipe) = LocalPipe::take() else { return Ok(Chunk::NoPipe) };
     // The pipe is empty, so `WouldBlock` can only mean that `src` has nothing: its readiness is
     // cleared.
-    let (asked, after_short) = (limit.min(pipe.capacity()), std::mem::take(drained));
-    let fill = || if after_short { pipe.refill(&src_fd, limit) } else { pipe.fill(&src_fd, limit) };
-    let n = match R::try_io(src, Interest::Readable, fill) {
+    let n = match R::try_io(src, Interest::Readable, || pipe.fill_next(&src_fd, limit, drained)) {
         Ok(0) => return Ok(Chunk::Eof),
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
@@ -41,7 +38,6 @@ pub(crate) async fn chunk<R: Runtime>(
         Err(e) if socks4_sys::at_urgent_mark(&e) => return Ok(Chunk::Copy),
         Err(e) => return Err(sh.error(from, &e)),
     };
-    *drained = n < asked;
     sh.read(from, n)?;
     // A pipe still holding bytes when this returns early (an error, or the relay dropped) is
     // closed by `LocalPipe`, never reused.

@@ -336,6 +336,28 @@ impl ServerConfig {
             .ident_name_only(self.users.is_some())
     }
 
+    /// Sets the options of a relay's two sockets as the relay starts, best effort (a socket that
+    /// refuses still relays): `SO_OOBINLINE` on `dest` (the client's comes from its listener,
+    /// [`listen`](crate::listen)), and [`keepalive`](Self::keepalive) on both when configured.
+    /// What every adapter does when its handshake ends in a relay.
+    ///
+    /// ```
+    /// let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let client = std::net::TcpStream::connect(l.local_addr()?)?;
+    /// let (dest, _) = l.accept()?;
+    /// let config = socks4_server::ServerConfig::default();
+    /// config.relay_sockets(socket2::SockRef::from(&client), socket2::SockRef::from(&dest));
+    /// assert!(socket2::SockRef::from(&dest).out_of_band_inline()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn relay_sockets(&self, client: socket2::SockRef<'_>, dest: socket2::SockRef<'_>) {
+        let _ = socks4_sys::socket::urgent_inline(&dest);
+        if let Some(keepalive) = &self.keepalive {
+            let _ = keepalive.apply(client);
+            let _ = keepalive.apply(dest);
+        }
+    }
+
     /// The timeouts a [`ServerHandshake`](socks4_core::ServerHandshake) needs.
     pub fn handshake_timeouts(&self) -> socks4_core::Timeouts {
         self.timeouts.handshake()

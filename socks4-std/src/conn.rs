@@ -1067,13 +1067,7 @@ impl Conn {
         let now = self.relay_clock(ctx);
         self.meter.enter(Phase::Relaying);
         if let Some(upstream) = &self.upstream {
-            // The client's comes from the listener (`socks4_server::listen`).
-            let _ = socks4_sys::socket::urgent_inline(&socket2::SockRef::from(upstream));
-        }
-        if let (Some(keepalive), Some(upstream)) = (&self.snapshot.config.keepalive, &self.upstream) {
-            // Best effort, like TCP_NODELAY: a socket that refuses still relays.
-            let _ = keepalive.apply(socket2::SockRef::from(&self.client));
-            let _ = keepalive.apply(socket2::SockRef::from(upstream));
+            self.snapshot.config.relay_sockets(socket2::SockRef::from(&self.client), socket2::SockRef::from(upstream));
         }
         self.relay = Relay::new(now, self.snapshot.config.timeouts.idle);
         self.bandwidth = self.snapshot.bandwidth.as_deref().map(|b| {

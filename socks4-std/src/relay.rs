@@ -169,8 +169,7 @@ impl Dir {
         let mut reads = 0;
         // After a splice stopped at urgent data: one copy read, which passes the mark.
         let mut copy_next = false;
-        // The last splice moved less than it asked: a peek, not a splice, asks whether more came
-        // (`Pipe::refill`).
+        // The last splice moved less than it asked (`Pipe::fill_next`).
         let mut drained = false;
         loop {
             if self.off < self.pending.len() {
@@ -227,10 +226,7 @@ impl Dir {
                 }
             };
             if let Some(mut pipe) = pipe {
-                let filled = match std::mem::take(&mut drained) {
-                    true => pipe.refill(src, allowed),
-                    false => pipe.fill(src, allowed),
-                };
+                let filled = pipe.fill_next(src, allowed, &mut drained);
                 refund(caps, allowed - filled.as_ref().map_or(0, |&n| n));
                 match filled {
                     Ok(0) => {
@@ -241,7 +237,6 @@ impl Dir {
                     Ok(n) => {
                         progress.read += n;
                         self.last = u32::try_from(n).unwrap_or(u32::MAX);
-                        drained = n < allowed.min(pipe.capacity());
                         self.piped = Some(pipe);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -101,27 +101,41 @@ impl Pipe {
     /// splice moves (TCP urgent data, whose mark stops every splice until a `recv` reads past
     /// it), so copy them with one read (with `SO_OOBINLINE` set, the urgent byte too) and splice
     /// again; nothing was moved. `EINTR` is retried. A splice that moves nothing costs one
-    /// `MSG_PEEK` more, to tell the mark; after a fill that moved less than it asked, call
-    /// [`refill`](Self::refill) instead, which spends that peek in place of the splice.
+    /// `MSG_PEEK` more, to tell the mark; a relay calls [`fill_next`](Self::fill_next), which
+    /// spends that peek in place of a splice.
     pub fn fill<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
-        if !self.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty"));
-        }
+        self.must_be_empty()?;
         self.inner.fill(src, max)
     }
 
-    /// [`fill`](Self::fill) for a caller whose last fill from `src` moved less than it asked,
-    /// which drained `src` (unless it stopped at urgent data's mark): one `MSG_PEEK` first, and
-    /// [`WouldBlock`](io::ErrorKind::WouldBlock) without a splice when `src` has nothing, which is
-    /// the system call a splice would have spent to say so; else the fill.
+    /// [`fill`](Self::fill) for a relay direction, which keeps `drained` (false at first) from
+    /// one call to the next: after a fill that moved less than it asked, which drained `src`
+    /// (unless it stopped at urgent data's mark), one `MSG_PEEK` comes first, and
+    /// [`WouldBlock`](io::ErrorKind::WouldBlock) without a splice when `src` has nothing: the
+    /// system call a splice would have spent to say so. Sets `drained` for the next call.
     ///
     /// # Errors
     /// As [`fill`](Self::fill).
-    pub fn refill<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize) -> io::Result<usize> {
-        if !self.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty"));
+    pub fn fill_next<S: Descriptor + ?Sized>(&mut self, src: &S, max: usize, drained: &mut bool) -> io::Result<usize> {
+        self.must_be_empty()?;
+        let asked = max.min(self.capacity());
+        let filled = match std::mem::take(drained) {
+            true => self.inner.refill(src, max),
+            false => self.inner.fill(src, max),
+        };
+        if let Ok(n) = filled {
+            *drained = n < asked;
         }
-        self.inner.refill(src, max)
+        filled
+    }
+
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) unless the pipe is empty (only then is it
+    /// filled).
+    fn must_be_empty(&self) -> io::Result<()> {
+        match self.is_empty() {
+            true => Ok(()),
+            false => Err(io::Error::new(io::ErrorKind::InvalidInput, "fill: the pipe is not empty")),
+        }
     }
 
     /// Splices what the pipe holds (as much as `dst` takes now) out to the socket `dst`.
@@ -262,7 +276,7 @@ mod imp {
     }
 
     /// What one non-blocking `MSG_PEEK` of a byte finds in a socket.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug)]
     enum Peek {
         Bytes,
         Nothing,
@@ -275,13 +289,13 @@ mod imp {
     /// error, which this peek took, so the caller must return it.
     fn peek<S: AsFd + ?Sized>(src: &S) -> Result<Peek, Errno> {
         loop {
-            return match recv(src.as_fd(), &mut [0u8; 1][..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-                Ok((0, _)) => Ok(Peek::End),
-                Ok(_) => Ok(Peek::Bytes),
-                Err(Errno::AGAIN) => Ok(Peek::Nothing),
-                Err(Errno::INTR) => continue,
-                Err(e) => Err(e),
-            };
+            match recv(src.as_fd(), &mut [0u8; 1][..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Ok(Peek::End),
+                Ok(_) => return Ok(Peek::Bytes),
+                Err(Errno::AGAIN) => return Ok(Peek::Nothing),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 }

@@ -202,32 +202,34 @@ fn a_splice_at_urgent_data_hands_one_read_to_a_copy() {
     assert_eq!(pipe.fill(&b, usize::MAX).expect("end of file"), 0);
 }
 
-/// `refill` (after a fill that drained the socket) peeks instead of splicing: `WouldBlock` while
+/// `fill_next` after a fill that drained the socket peeks instead of splicing: `WouldBlock` while
 /// nothing came, the bytes once they come, and `Ok(0)` at end of file (never `WouldBlock`, which
 /// would have an edge-triggered caller wait for a FIN already seen).
 #[test]
-fn refill_peeks_first_and_never_hides_an_end_of_file() {
+fn fill_next_peeks_first_and_never_hides_an_end_of_file() {
     let (mut a, b) = pair();
     b.set_nonblocking(true).expect("nonblocking");
     let mut pipe = Pipe::new().expect("pipe");
+    let mut drained = false;
     a.write_all(b"one").expect("write");
-    assert_eq!(retry(|| pipe.fill(&b, usize::MAX)).expect("fill"), 3, "a short fill");
+    assert_eq!(retry(|| pipe.fill_next(&b, usize::MAX, &mut drained)).expect("fill"), 3, "a short fill");
+    assert!(drained);
     let mut pipe = Pipe::new().expect("a fresh pipe");
-    let e = pipe.refill(&b, usize::MAX).expect_err("nothing came");
+    let e = pipe.fill_next(&b, usize::MAX, &mut true).expect_err("nothing came");
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     a.write_all(b"two").expect("write");
-    assert_eq!(retry(|| pipe.refill(&b, usize::MAX)).expect("refill"), 3);
+    assert_eq!(retry(|| pipe.fill_next(&b, usize::MAX, &mut true)).expect("refill"), 3);
     let mut pipe = Pipe::new().expect("a fresh pipe");
     a.shutdown(Shutdown::Write).expect("shutdown");
-    assert_eq!(retry(|| pipe.refill(&b, usize::MAX)).expect("end of file"), 0);
+    assert_eq!(retry(|| pipe.fill_next(&b, usize::MAX, &mut true)).expect("end of file"), 0);
 }
 
-/// A reset after data stays a reset through `refill` and `fill`: the peek that asks whether more
+/// A reset after data stays a reset through `fill_next` (after a short fill or not): the peek that asks whether more
 /// came takes the socket's pending error, so it must be the answer (an end of file instead would
 /// make a cut-off transfer look complete).
 #[test]
 fn a_reset_after_data_is_an_error_not_an_end_of_file() {
-    for refill in [true, false] {
+    for after_short in [true, false] {
         let (a, b) = pair();
         b.set_nonblocking(true).expect("nonblocking");
         (&a).write_all(b"data").expect("write");
@@ -238,8 +240,8 @@ fn a_reset_after_data_is_an_error_not_an_end_of_file() {
         drop(a); // a reset
         thread::sleep(Duration::from_millis(20));
         let mut pipe = Pipe::new().expect("a fresh pipe");
-        let got = if refill { pipe.refill(&b, usize::MAX) } else { pipe.fill(&b, usize::MAX) };
+        let got = pipe.fill_next(&b, usize::MAX, &mut { after_short });
         let e = got.expect_err("a reset, not an end of file");
-        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "refill: {refill}");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "after a short fill: {after_short}");
     }
 }
